@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11 and make:
+#   make run    install into .venv and start the broker on 127.0.0.1:5672
+#   make test   install into .venv with the test extras and run `trial qha`
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qha-installed
+# twistd and trial find twisted/plugins/qha_plugin.py through the checkout.
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test check bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/twistd -n --pidfile= qha
+
+test: $(STAMP)
+	$(BIN)/trial qha
+	$(BIN)/mypy qha
+
+check: test
+
+clean:
+	rm -rf $(VENV) _trial_temp* *.egg-info twisted/plugins/dropin.cache

@@ -1,0 +1,662 @@
+"""
+One AMQP channel: methods in, calls on the broker model, replies out.
+
+A channel owns its consumers, the messages it delivered and that wait for an
+acknowledgement, its publisher-confirm counter and its transaction. A
+L{ChannelError} raised while handling a method closes this channel only.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable
+
+from pamqp import commands
+from twisted.logger import Logger
+
+from ..broker.errors import (
+    ChannelError,
+    NotAllowed,
+    NotFound,
+    NotImplemented_,
+    PreconditionFailed,
+    AccessRefused,
+    UnexpectedFrame,
+)
+from ..broker.exchange import Exchange
+from ..broker.message import Message
+from ..broker.queue import Consumer, Entry, Queue
+from . import wire
+
+if TYPE_CHECKING:
+    from .protocol import AMQPServer
+
+_unpackBodySize = struct.Struct(">Q").unpack_from
+_packDeliverHeader = struct.Struct(">BHI").pack
+_packTag = struct.Struct(">Q").pack
+
+Unacked = tuple[Consumer | None, Queue, Entry]
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+class Channel:
+    """
+    The state of one open channel of an L{AMQPServer} connection.
+
+    @ivar unacked: delivery tag to (consumer, queue, entry) of every message
+        delivered and not yet acknowledged, in delivery order.
+    @ivar consumers: consumer tag to consumer.
+    @ivar confirming: whether confirm.select was seen.
+    @ivar transaction: the operations of the open transaction, or L{None}
+        if the channel is not transactional.
+    """
+
+    log = Logger()
+
+    def __init__(self, connection: "AMQPServer", number: int) -> None:
+        self.connection = connection
+        self.number = number
+        self.vhost = connection.vhost
+        self.closing = False
+        self.flowActive = True
+        self.unacked: OrderedDict[int, Unacked] = OrderedDict()
+        self.consumers: dict[str, Consumer] = {}
+        self.nextDeliveryTag = 1
+        self.prefetchCount = 0
+        self.globalPrefetch = 0
+        self.confirming = False
+        self.publishSeq = 0
+        self.confirmedUpTo = 0
+        self.transaction: list[Callable[[], None]] | None = None
+        self.lastQueue: str | None = None
+        # The publish being assembled from its method, header and body frames.
+        self._publishExchange: Exchange | None = None
+        self._publishRoutingKey = ""
+        self._publishAddressing = b""
+        self._publishMandatory = False
+        self._header: bytes | None = None
+        self._bodySize = 0
+        self._bodyParts: list[bytes] = []
+        self._bodyReceived = 0
+        self.expectingContent = False
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.number}>"
+
+    # Frames from the connection
+
+    def handleMethod(self, frame: Any) -> None:
+        """
+        Handle one decoded method (anything but basic.publish and basic.ack,
+        which come through their fast paths).
+        """
+        handler = _handlers.get(type(frame))
+        if handler is None:
+            raise NotImplemented_(
+                f"method {frame.name} is not supported on a channel"
+            )
+        handler(self, frame)
+
+    def publish(
+        self, exchangeName: str, routingKey: str, addressing: bytes, mandatory: bool, immediate: bool
+    ) -> None:
+        """
+        basic.publish: the start of a message; its content frames follow.
+        """
+        if immediate:
+            raise NotImplemented_("immediate=true is not supported (as in RabbitMQ)")
+        # A missing exchange closes the channel now, as in RabbitMQ; the
+        # content frames that follow are ignored by the closing channel.
+        self._publishExchange = self.vhost.exchanges.get(exchangeName)
+        if self._publishExchange is None or self._publishExchange.internal:
+            self.vhost.publishTarget(exchangeName)
+        self._publishRoutingKey = routingKey
+        self._publishAddressing = addressing
+        self._publishMandatory = mandatory
+        self._header = None
+        self.expectingContent = True
+
+    def contentHeader(self, payload: bytes) -> None:
+        """
+        The content header frame of the message being published.
+        """
+        if not self.expectingContent or self._header is not None:
+            raise UnexpectedFrame(
+                f"content header frame on channel {self.number} without a"
+                " basic.publish before it"
+            )
+        if len(payload) < 14:
+            raise UnexpectedFrame(
+                f"content header frame on channel {self.number} is too short"
+                f" ({len(payload)} bytes)"
+            )
+        bodySize = _unpackBodySize(payload, 4)[0]
+        limit = self.connection.factory.maxMessageSize
+        if bodySize > limit:
+            self.expectingContent = False
+            raise PreconditionFailed(
+                f"message size {bodySize} is larger than the configured"
+                f" max size {limit}"
+            )
+        self._header = payload
+        self._bodySize = bodySize
+        self._bodyParts = []
+        self._bodyReceived = 0
+        if bodySize == 0:
+            self._complete(b"")
+
+    def contentBody(self, payload: bytes) -> None:
+        """
+        A content body frame of the message being published.
+        """
+        if self._header is None:
+            raise UnexpectedFrame(
+                f"content body frame on channel {self.number} without a"
+                " content header before it"
+            )
+        received = self._bodyReceived + len(payload)
+        if received > self._bodySize:
+            raise UnexpectedFrame(
+                f"content body on channel {self.number} is longer than the"
+                f" {self._bodySize} bytes its header announced"
+            )
+        if received == self._bodySize:
+            if self._bodyParts:
+                self._bodyParts.append(payload)
+                body = b"".join(self._bodyParts)
+                self._bodyParts = []
+            else:
+                body = payload
+            self._complete(body)
+        else:
+            self._bodyParts.append(payload)
+            self._bodyReceived = received
+
+    def _complete(self, body: bytes) -> None:
+        """
+        A whole message arrived: route it (or keep it for the transaction).
+        """
+        self.expectingContent = False
+        header = self._header
+        assert header is not None
+        self._header = None
+        message = Message(self._publishAddressing, header, body)
+        exchange = self._publishExchange
+        routingKey = self._publishRoutingKey
+        mandatory = self._publishMandatory
+        if exchange is None or exchange.deleted:
+            exchange = self.vhost.publishTarget(message.exchange)
+        if self.transaction is not None:
+            self.transaction.append(
+                lambda: self._route(exchange, routingKey, message, mandatory)
+            )
+            return
+        self._route(exchange, routingKey, message, mandatory)
+        if self.confirming:
+            self.publishSeq += 1
+            self.connection.confirmReady(self)
+
+    def _route(
+        self, exchange: Exchange, routingKey: str, message: Message, mandatory: bool
+    ) -> None:
+        queues = self.vhost.route(exchange, routingKey, message)
+        if queues:
+            for queue in queues:
+                queue.enqueue(message)
+        elif mandatory:
+            self.connection.write(
+                wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
+                + wire.content(
+                    self.number, message.header, message.body, self.connection.frameMax
+                )
+            )
+
+    def flushConfirms(self) -> None:
+        """
+        Acknowledge, in one basic.ack, every publish confirmed since the last
+        flush.
+        """
+        upTo = self.publishSeq
+        if upTo > self.confirmedUpTo and not self.closing:
+            multiple = upTo - self.confirmedUpTo > 1
+            self.confirmedUpTo = upTo
+            self.connection.write(wire.basicAck(self.number, upTo, multiple))
+
+    # Delivery (the broker's DeliveryTarget)
+
+    def canDeliver(self, consumer: Consumer) -> bool:
+        """
+        Whether C{consumer} may be sent another message now.
+        """
+        return (
+            self.flowActive
+            and self.connection.writable
+            and not self.closing
+            and (consumer.prefetch == 0 or consumer.unacked < consumer.prefetch)
+            and (self.globalPrefetch == 0 or len(self.unacked) < self.globalPrefetch)
+        )
+
+    def deliver(self, consumer: Consumer, entry: Entry) -> None:
+        """
+        Send basic.deliver and the content of C{entry} to the client.
+        """
+        tag = self.nextDeliveryTag
+        self.nextDeliveryTag = tag + 1
+        message = entry.message
+        payload = (
+            consumer.deliverPrefix
+            + _packTag(tag)
+            + (b"\x01" if entry.redelivered else b"\x00")
+            + message.addressing
+        )
+        connection = self.connection
+        body = message.body
+        header = message.header
+        number = self.number
+        if len(body) <= connection.frameMax - 8:
+            data = b"".join(
+                (
+                    _packDeliverHeader(1, number, len(payload)),
+                    payload,
+                    b"\xce\x02",
+                    struct.pack(">HI", number, len(header)),
+                    header,
+                    b"\xce\x03",
+                    struct.pack(">HI", number, len(body)),
+                    body,
+                    b"\xce",
+                )
+                if body
+                else (
+                    _packDeliverHeader(1, number, len(payload)),
+                    payload,
+                    b"\xce\x02",
+                    struct.pack(">HI", number, len(header)),
+                    header,
+                    b"\xce",
+                )
+            )
+        else:
+            data = (
+                _packDeliverHeader(1, number, len(payload))
+                + payload
+                + b"\xce"
+                + wire.content(number, header, body, connection.frameMax)
+            )
+        if not consumer.noAck:
+            self.unacked[tag] = (consumer, consumer.queue, entry)
+        connection.write(data)
+
+    def consumerCancelled(self, consumer: Consumer) -> None:
+        """
+        The broker cancelled C{consumer}: its queue was deleted.
+        """
+        if self.consumers.pop(consumer.tag, None) is None:
+            return
+        if self.connection.clientCapabilities.get("consumer_cancel_notify"):
+            self.connection.write(wire.basicCancel(self.number, consumer.tag))
+
+    # Acknowledgements
+
+    def ack(self, deliveryTag: int, multiple: bool) -> None:
+        """
+        basic.ack from a consumer.
+        """
+        if self.transaction is not None:
+            self._checkTag(deliveryTag, multiple)
+            self.transaction.append(lambda: self._settle(deliveryTag, multiple, None))
+            return
+        self._settle(deliveryTag, multiple, None)
+
+    def _checkTag(self, deliveryTag: int, multiple: bool) -> None:
+        if deliveryTag in self.unacked or (multiple and deliveryTag == 0):
+            return
+        if multiple and self.unacked and next(iter(self.unacked)) <= deliveryTag:
+            return
+        raise PreconditionFailed(f"unknown delivery tag {deliveryTag}")
+
+    def _take(self, deliveryTag: int, multiple: bool) -> list[Unacked]:
+        """
+        Remove and return the unacknowledged deliveries a tag names.
+        """
+        unacked = self.unacked
+        if not multiple:
+            try:
+                return [unacked.pop(deliveryTag)]
+            except KeyError:
+                raise PreconditionFailed(
+                    f"unknown delivery tag {deliveryTag}"
+                ) from None
+        if deliveryTag == 0:
+            taken = list(unacked.values())
+            unacked.clear()
+            return taken
+        if deliveryTag not in unacked and not (
+            unacked and next(iter(unacked)) <= deliveryTag
+        ):
+            raise PreconditionFailed(f"unknown delivery tag {deliveryTag}")
+        taken = []
+        while unacked:
+            tag = next(iter(unacked))
+            if tag > deliveryTag:
+                break
+            taken.append(unacked.popitem(last=False)[1])
+        return taken
+
+    def _settle(self, deliveryTag: int, multiple: bool, requeue: bool | None) -> None:
+        """
+        Ack (C{requeue} L{None}), or nack/reject with or without requeue.
+        """
+        taken = self._take(deliveryTag, multiple)
+        self._finish(taken, requeue)
+
+    def _finish(self, taken: list[Unacked], requeue: bool | None) -> None:
+        touched: dict[Queue, list[Entry]] = {}
+        for consumer, queue, entry in taken:
+            queue.consumerSettled(consumer)
+            if requeue:
+                touched.setdefault(queue, []).append(entry)
+            else:
+                queue.settle(entry)
+                touched.setdefault(queue, [])
+        for queue, entries in touched.items():
+            if entries:
+                queue.release(entries)
+            elif queue.consumers:
+                queue.dispatch()
+
+    def nack(self, deliveryTag: int, multiple: bool, requeue: bool) -> None:
+        """
+        basic.nack or basic.reject from a consumer.
+        """
+        if self.transaction is not None:
+            self._checkTag(deliveryTag, multiple)
+            self.transaction.append(
+                lambda: self._settle(deliveryTag, multiple, requeue)
+            )
+            return
+        self._settle(deliveryTag, multiple, requeue)
+
+    # Closing
+
+    def cleanUp(self) -> None:
+        """
+        The channel closes: cancel its consumers and requeue what it held.
+        """
+        self.closing = True
+        self.expectingContent = False
+        for consumer in list(self.consumers.values()):
+            consumer.queue.removeConsumer(consumer)
+        self.consumers.clear()
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        self._finish(taken, True)
+
+    # Method handlers
+
+    def _queueName(self, name: str) -> str:
+        """
+        An empty queue name means the queue this channel declared last.
+        """
+        if name:
+            return name
+        if self.lastQueue is None:
+            raise NotFound("no previously declared queue on this channel")
+        return self.lastQueue
+
+    def _reply(self, nowait: bool, data: bytes) -> None:
+        if not nowait:
+            self.connection.write(data)
+
+    def channelFlow(self, frame: commands.Channel.Flow) -> None:
+        self.flowActive = bool(frame.active)
+        self.connection.write(wire.channelFlowOk(self.number, self.flowActive))
+        if self.flowActive:
+            self._dispatchAll()
+
+    def _dispatchAll(self) -> None:
+        for queue in {consumer.queue for consumer in self.consumers.values()}:
+            queue.dispatch()
+
+    def exchangeDeclare(self, frame: commands.Exchange.Declare) -> None:
+        self.vhost.declareExchange(
+            _str(frame.exchange),
+            _str(frame.exchange_type),
+            passive=frame.passive,
+            durable=frame.durable,
+            autoDelete=frame.auto_delete,
+            internal=frame.internal,
+            arguments=frame.arguments or {},
+        )
+        self._reply(frame.nowait, wire.simple(self.number, 40, 11))
+
+    def exchangeDelete(self, frame: commands.Exchange.Delete) -> None:
+        self.vhost.deleteExchange(_str(frame.exchange), ifUnused=frame.if_unused)
+        self._reply(frame.nowait, wire.simple(self.number, 40, 21))
+
+    def exchangeBind(self, frame: commands.Exchange.Bind) -> None:
+        self.vhost.bindExchange(
+            _str(frame.destination),
+            _str(frame.source),
+            _str(frame.routing_key),
+            frame.arguments or {},
+        )
+        self._reply(frame.nowait, wire.simple(self.number, 40, 31))
+
+    def exchangeUnbind(self, frame: commands.Exchange.Unbind) -> None:
+        self.vhost.unbindExchange(
+            _str(frame.destination),
+            _str(frame.source),
+            _str(frame.routing_key),
+            frame.arguments or {},
+        )
+        self._reply(frame.nowait, wire.simple(self.number, 40, 51))
+
+    def queueDeclare(self, frame: commands.Queue.Declare) -> None:
+        queue = self.vhost.declareQueue(
+            _str(frame.queue),
+            passive=frame.passive,
+            durable=frame.durable,
+            exclusive=frame.exclusive,
+            autoDelete=frame.auto_delete,
+            arguments=frame.arguments or {},
+            owner=self.connection,
+        )
+        self.lastQueue = queue.name
+        self._reply(
+            frame.nowait,
+            wire.queueDeclareOk(
+                self.number, queue.name, queue.messageCount, queue.consumerCount
+            ),
+        )
+
+    def queueBind(self, frame: commands.Queue.Bind) -> None:
+        self.vhost.bindQueue(
+            self._queueName(_str(frame.queue)),
+            _str(frame.exchange),
+            _str(frame.routing_key),
+            frame.arguments or {},
+            owner=self.connection,
+        )
+        self._reply(frame.nowait, wire.simple(self.number, 50, 21))
+
+    def queueUnbind(self, frame: commands.Queue.Unbind) -> None:
+        self.vhost.unbindQueue(
+            self._queueName(_str(frame.queue)),
+            _str(frame.exchange),
+            _str(frame.routing_key),
+            frame.arguments or {},
+            owner=self.connection,
+        )
+        self.connection.write(wire.simple(self.number, 50, 51))
+
+    def queuePurge(self, frame: commands.Queue.Purge) -> None:
+        count = self.vhost.purgeQueue(
+            self._queueName(_str(frame.queue)), owner=self.connection
+        )
+        self._reply(frame.nowait, wire.queueMessageCountOk(self.number, 31, count))
+
+    def queueDelete(self, frame: commands.Queue.Delete) -> None:
+        count = self.vhost.deleteQueue(
+            self._queueName(_str(frame.queue)),
+            ifUnused=frame.if_unused,
+            ifEmpty=frame.if_empty,
+            owner=self.connection,
+        )
+        self._reply(frame.nowait, wire.queueMessageCountOk(self.number, 41, count))
+
+    def basicQos(self, frame: commands.Basic.Qos) -> None:
+        if frame.prefetch_size:
+            raise NotImplemented_(
+                f"prefetch_size!={frame.prefetch_size}: only prefetch_count is"
+                " supported (as in RabbitMQ)"
+            )
+        if frame.global_:
+            self.globalPrefetch = frame.prefetch_count
+        else:
+            self.prefetchCount = frame.prefetch_count
+        self.connection.write(wire.simple(self.number, 60, 11))
+        self._dispatchAll()
+
+    def basicConsume(self, frame: commands.Basic.Consume) -> None:
+        queue = self.vhost.queue(
+            self._queueName(_str(frame.queue)), owner=self.connection
+        )
+        tag = _str(frame.consumer_tag)
+        if not tag:
+            tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode(
+                "ascii"
+            ).rstrip("=")
+        elif tag in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
+        if queue.hasExclusiveConsumer() or (frame.exclusive and queue.consumers):
+            raise AccessRefused(
+                f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use"
+            )
+        consumer = Consumer(
+            queue,
+            tag,
+            self,
+            noAck=frame.no_ack,
+            exclusive=frame.exclusive,
+            prefetch=self.prefetchCount,
+            arguments=frame.arguments or {},
+        )
+        consumer.deliverPrefix = wire.deliverPrefix(tag)
+        self.consumers[tag] = consumer
+        self._reply(frame.nowait, wire.basicConsumeOk(self.number, tag))
+        queue.addConsumer(consumer)
+
+    def basicCancel(self, frame: commands.Basic.Cancel) -> None:
+        tag = _str(frame.consumer_tag)
+        consumer = self.consumers.pop(tag, None)
+        self._reply(frame.nowait, wire.basicCancelOk(self.number, tag))
+        if consumer is not None:
+            consumer.queue.removeConsumer(consumer)
+
+    def basicGet(self, frame: commands.Basic.Get) -> None:
+        queue = self.vhost.queue(
+            self._queueName(_str(frame.queue)), owner=self.connection
+        )
+        entry = queue.get()
+        if entry is None:
+            self.connection.write(wire.basicGetEmpty(self.number))
+            return
+        tag = self.nextDeliveryTag
+        self.nextDeliveryTag = tag + 1
+        message = entry.message
+        self.connection.write(
+            wire.basicGetOk(
+                self.number, tag, entry.redelivered, message.addressing, queue.messageCount
+            )
+            + wire.content(self.number, message.header, message.body, self.connection.frameMax)
+        )
+        if frame.no_ack:
+            queue.settle(entry)
+        else:
+            queue.unacked += 1
+            self.unacked[tag] = (None, queue, entry)
+
+    def basicAckFrame(self, frame: commands.Basic.Ack) -> None:
+        self.ack(frame.delivery_tag, frame.multiple)
+
+    def basicNack(self, frame: commands.Basic.Nack) -> None:
+        self.nack(frame.delivery_tag, frame.multiple, frame.requeue)
+
+    def basicReject(self, frame: commands.Basic.Reject) -> None:
+        self.nack(frame.delivery_tag, False, frame.requeue)
+
+    def basicRecover(self, frame: commands.Basic.Recover) -> None:
+        if not frame.requeue:
+            raise NotImplemented_("basic.recover with requeue=false is not supported")
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        self._finish(taken, True)
+        self.connection.write(wire.simple(self.number, 60, 111))
+
+    def basicRecoverAsync(self, frame: commands.Basic.RecoverAsync) -> None:
+        raise NotImplemented_("basic.recover-async is deprecated; use basic.recover")
+
+    def confirmSelect(self, frame: commands.Confirm.Select) -> None:
+        if self.transaction is not None:
+            raise PreconditionFailed("cannot switch from tx to confirm mode")
+        self.confirming = True
+        self._reply(frame.nowait, wire.simple(self.number, 85, 11))
+
+    def txSelect(self, frame: commands.Tx.Select) -> None:
+        if self.confirming:
+            raise PreconditionFailed("cannot switch from confirm to tx mode")
+        if self.transaction is None:
+            self.transaction = []
+        self.connection.write(wire.simple(self.number, 90, 11))
+
+    def txCommit(self, frame: commands.Tx.Commit) -> None:
+        if self.transaction is None:
+            raise PreconditionFailed("channel is not transactional")
+        operations, self.transaction = self.transaction, []
+        for operation in operations:
+            operation()
+        self.connection.write(wire.simple(self.number, 90, 21))
+
+    def txRollback(self, frame: commands.Tx.Rollback) -> None:
+        if self.transaction is None:
+            raise PreconditionFailed("channel is not transactional")
+        self.transaction = []
+        self.connection.write(wire.simple(self.number, 90, 31))
+
+
+_handlers: dict[type, Callable[[Channel, Any], None]] = {
+    commands.Channel.Flow: Channel.channelFlow,
+    commands.Exchange.Declare: Channel.exchangeDeclare,
+    commands.Exchange.Delete: Channel.exchangeDelete,
+    commands.Exchange.Bind: Channel.exchangeBind,
+    commands.Exchange.Unbind: Channel.exchangeUnbind,
+    commands.Queue.Declare: Channel.queueDeclare,
+    commands.Queue.Bind: Channel.queueBind,
+    commands.Queue.Unbind: Channel.queueUnbind,
+    commands.Queue.Purge: Channel.queuePurge,
+    commands.Queue.Delete: Channel.queueDelete,
+    commands.Basic.Qos: Channel.basicQos,
+    commands.Basic.Consume: Channel.basicConsume,
+    commands.Basic.Cancel: Channel.basicCancel,
+    commands.Basic.Get: Channel.basicGet,
+    commands.Basic.Ack: Channel.basicAckFrame,
+    commands.Basic.Nack: Channel.basicNack,
+    commands.Basic.Reject: Channel.basicReject,
+    commands.Basic.Recover: Channel.basicRecover,
+    commands.Basic.RecoverAsync: Channel.basicRecoverAsync,
+    commands.Confirm.Select: Channel.confirmSelect,
+    commands.Tx.Select: Channel.txSelect,
+    commands.Tx.Commit: Channel.txCommit,
+    commands.Tx.Rollback: Channel.txRollback,
+}
+
+__all__ = ["Channel", "ChannelError"]

@@ -1,0 +1,662 @@
+"""
+The AMQP 0-9-1 server protocol: frames off the socket, the connection
+handshake, heartbeats, flow control, and channels.
+
+The hot path (basic.publish, its content frames, basic.ack, basic.deliver)
+is decoded and encoded here with C{struct}; every other method goes through
+pamqp.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from typing import Any
+
+from pamqp import commands
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .. import __version__
+from ..broker.errors import (
+    AMQPError,
+    ChannelError,
+    ChannelStateError,
+    CommandInvalid,
+    ConnectionAccessRefused,
+    ConnectionError,
+    FrameError,
+    InternalError,
+    NotAllowed,
+    NotImplemented_,
+    SyntaxError,
+    UnexpectedFrame,
+)
+from ..broker.vhost import VirtualHost
+from . import wire
+from .channel import Channel
+from .users import AuthenticationFailed, UserDatabase
+
+_unpackFrameHeader = struct.Struct(">BHI").unpack_from
+_unpackMethodId = struct.Struct(">I").unpack_from
+_unpackAck = struct.Struct(">QB").unpack_from
+
+PUBLISH = (60 << 16) | 40
+ACK = (60 << 16) | 80
+
+# Connection states
+AWAITING_HEADER = "awaiting protocol header"
+AWAITING_START_OK = "awaiting connection.start-ok"
+AWAITING_TUNE_OK = "awaiting connection.tune-ok"
+AWAITING_OPEN = "awaiting connection.open"
+OPEN = "open"
+CLOSING = "closing"
+CLOSED = "closed"
+
+_methodNames = {
+    index: cls.name for index, cls in commands.INDEX_MAPPING.items()
+}
+
+
+class BrokerFactory(ServerFactory):
+    """
+    Makes an L{AMQPServer} per client connection, all sharing one virtual
+    host.
+
+    @ivar connections: the open connections.
+    @ivar acceptingClients: when false (a backup in a cluster), clients are
+        refused at connection.open with C{refusalText}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        vhost: VirtualHost,
+        users: UserDatabase,
+        clock: IReactorTime,
+        heartbeat: int = 60,
+        frameMax: int = 131072,
+        channelMax: int = 2047,
+        maxMessageSize: int = 128 * 1024 * 1024,
+        handshakeTimeout: float = 10.0,
+    ) -> None:
+        self.vhost = vhost
+        self.users = users
+        self.clock = clock
+        self.heartbeat = heartbeat
+        self.frameMax = frameMax
+        self.channelMax = channelMax
+        self.maxMessageSize = maxMessageSize
+        self.handshakeTimeout = handshakeTimeout
+        self.connections: set[AMQPServer] = set()
+        self.acceptingClients = True
+        self.refusalText = ""
+        vhost.resources.listeners.append(self._memoryAlarm)
+
+    def buildProtocol(self, addr: IAddress) -> "AMQPServer":
+        protocol = AMQPServer(self)
+        protocol.factory = self
+        return protocol
+
+    def _memoryAlarm(self, blocked: bool) -> None:
+        if blocked:
+            self.log.warn(
+                "memory high watermark passed ({used} bytes queued): blocking publishers",
+                used=self.vhost.resources.used,
+            )
+        else:
+            self.log.info("memory use fell below the high watermark: unblocking")
+        for connection in list(self.connections):
+            connection.memoryAlarm(blocked)
+
+
+@implementer(IPushProducer)
+class AMQPServer(Protocol):
+    """
+    One client connection.
+
+    @ivar writable: false while the socket's send buffer is full, so that
+        consumers stop taking messages and the queues hold them instead.
+    """
+
+    log = Logger()
+    factory: BrokerFactory
+
+    def __init__(self, factory: BrokerFactory) -> None:
+        self.factory = factory
+        self.vhost = factory.vhost
+        self.clock = factory.clock
+        self.state = AWAITING_HEADER
+        self.channels: dict[int, Channel] = {}
+        self.closingChannels: set[int] = set()
+        self.frameMax = factory.frameMax
+        self.channelMax = factory.channelMax
+        self.heartbeat = 0
+        self.clientProperties: dict[str, Any] = {}
+        self.clientCapabilities: dict[str, Any] = {}
+        self.user: str | None = None
+        self.writable = True
+        self._pending = b""
+        self._confirming: set[Channel] = set()
+        self._lastReceived = 0.0
+        self._heartbeatLoop: LoopingCall | None = None
+        self._timeout: Any = None
+        self._blockedSent = False
+        self._pausedForMemory = False
+        self._readPaused = False
+        self.peer = "?"
+
+    # Connection lifetime
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.factory.connections.add(self)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._lastReceived = self.clock.seconds()
+        self._timeout = self.clock.callLater(
+            self.factory.handshakeTimeout, self._handshakeTimedOut
+        )
+
+    def _handshakeTimedOut(self) -> None:
+        self._timeout = None
+        self.log.info("{peer} did not finish the AMQP handshake in time", peer=self.peer)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.state = CLOSED
+        self.factory.connections.discard(self)
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        if self._heartbeatLoop is not None and self._heartbeatLoop.running:
+            self._heartbeatLoop.stop()
+        for channel in list(self.channels.values()):
+            channel.cleanUp()
+        self.channels.clear()
+        self.vhost.connectionClosed(self)
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} unless the connection is going away.
+        """
+        if self.state is not CLOSED:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    # IPushProducer: the transport tells us when its send buffer is full.
+
+    def pauseProducing(self) -> None:
+        self.writable = False
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        queues = {
+            consumer.queue
+            for channel in self.channels.values()
+            for consumer in channel.consumers.values()
+        }
+        for queue in queues:
+            queue.dispatch()
+
+    def stopProducing(self) -> None:
+        self.writable = False
+
+    # Frames
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Decode every whole frame in C{data} and keep the rest.
+        """
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        self._lastReceived = self.clock.seconds()
+        if self.state is AWAITING_HEADER:
+            if len(data) < 8:
+                if wire.PROTOCOL_HEADER.startswith(data):
+                    self._pending = data
+                    return
+                data = data + b"\x00" * 8
+            if data[:8] != wire.PROTOCOL_HEADER:
+                self.log.info(
+                    "{peer} sent a bad protocol header {header!r}",
+                    peer=self.peer,
+                    header=data[:8],
+                )
+                self.transport.write(wire.PROTOCOL_HEADER)  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                self.state = CLOSED
+                return
+            self._sendStart()
+            data = data[8:]
+        offset = 0
+        size = len(data)
+        frameLimit = self.factory.frameMax
+        try:
+            while size - offset >= 8:
+                frameType, number, length = _unpackFrameHeader(data, offset)
+                if length > frameLimit:
+                    raise FrameError(
+                        f"frame of {length} bytes on channel {number} is larger"
+                        f" than frame_max {frameLimit}"
+                    )
+                end = offset + 7 + length
+                if end >= size:
+                    break
+                if data[end] != 0xCE:
+                    raise FrameError(
+                        f"frame on channel {number} does not end with 0xCE"
+                        " (malformed or wrong length)"
+                    )
+                start = offset + 7
+                offset = end + 1
+                if frameType == 1:
+                    self._methodFrame(number, data, start, end)
+                elif frameType == 3:
+                    self._bodyFrame(number, data[start:end])
+                elif frameType == 2:
+                    self._headerFrame(number, data[start:end])
+                elif frameType == 8:
+                    if number != 0:
+                        raise FrameError("heartbeat frame on a channel other than 0")
+                else:
+                    raise FrameError(f"unknown frame type {frameType}")
+                if self.state is CLOSED:
+                    return
+        except ConnectionError as error:
+            self.connectionError(error, malformed=isinstance(error, FrameError))
+            return
+        except ChannelError as error:
+            # Raised outside a channel call: treat as fatal for the connection.
+            self.connectionError(InternalError(error.replyText))
+            return
+        except Exception:
+            self.log.failure("internal error handling data from {peer}", peer=self.peer)
+            self.connectionError(
+                InternalError("the broker failed handling this connection's data; see its log")
+            )
+            return
+        if offset < size:
+            self._pending = data[offset:]
+        if self._confirming:
+            for channel in self._confirming:
+                channel.flushConfirms()
+            self._confirming.clear()
+        if self._pausedForMemory and not self._readPaused:
+            self._readPaused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _methodFrame(self, number: int, data: bytes, start: int, end: int) -> None:
+        if end - start < 4:
+            raise FrameError(f"method frame on channel {number} is too short")
+        index = _unpackMethodId(data, start)[0]
+        if number:
+            channel = self.channels.get(number)
+            if channel is not None and not channel.closing:
+                if index == PUBLISH:
+                    self._publish(channel, data, start + 4, end, number)
+                    return
+                if index == ACK and end - start == 13:
+                    deliveryTag, flags = _unpackAck(data, start + 4)
+                    self._channelCall(number, index, channel.ack, deliveryTag, bool(flags & 1))
+                    return
+        frame = self._decode(index, data[start + 4 : end], number)
+        if number == 0:
+            self._connectionMethod(frame, index)
+        else:
+            self._channelMethod(number, frame, index)
+
+    def _decode(self, index: int, payload: bytes, number: int) -> Any:
+        cls = commands.INDEX_MAPPING.get(index)
+        if cls is None:
+            raise NotImplemented_(
+                f"unknown method class {index >> 16} method {index & 0xFFFF}"
+                f" on channel {number}"
+            )
+        frame = cls()
+        try:
+            frame.unmarshal(payload)
+        except Exception as error:
+            raise SyntaxError(
+                f"could not decode the arguments of {cls.name} on channel"
+                f" {number}: {error}"
+            ) from None
+        return frame
+
+    def _publish(self, channel: Channel, data: bytes, start: int, end: int, number: int) -> None:
+        """
+        basic.publish without pamqp: reserved short, exchange, routing key,
+        flags.
+        """
+        if self.state is not OPEN:
+            return
+        try:
+            exchangeLength = data[start + 2]
+            keyStart = start + 3 + exchangeLength
+            keyLength = data[keyStart]
+            flagsAt = keyStart + 1 + keyLength
+            if flagsAt >= end:
+                raise IndexError()
+            flags = data[flagsAt]
+            exchangeName = data[start + 3 : keyStart].decode("utf-8")
+            routingKey = data[keyStart + 1 : flagsAt].decode("utf-8")
+        except (IndexError, UnicodeDecodeError):
+            raise SyntaxError(
+                f"could not decode the arguments of Basic.Publish on channel {number}"
+            ) from None
+        if channel.expectingContent:
+            raise UnexpectedFrame(
+                f"basic.publish on channel {number} while the content of the"
+                " previous message was expected"
+            )
+        self._channelCall(
+            number,
+            PUBLISH,
+            channel.publish,
+            exchangeName,
+            routingKey,
+            data[start + 2 : flagsAt],
+            bool(flags & 1),
+            bool(flags & 2),
+        )
+        if self.factory.vhost.resources.blocked:
+            self._pausedForMemory = True
+
+    def _channelCall(self, number: int, index: int, call: Any, *args: Any) -> None:
+        try:
+            call(*args)
+        except ChannelError as error:
+            self.channelError(number, error, index)
+
+    def _headerFrame(self, number: int, payload: bytes) -> None:
+        channel = self.channels.get(number)
+        if channel is None:
+            if number in self.closingChannels:
+                return
+            raise ChannelStateError(f"content header frame on channel {number} that is not open")
+        if channel.closing:
+            return
+        self._channelCall(number, 0, channel.contentHeader, payload)
+
+    def _bodyFrame(self, number: int, payload: bytes) -> None:
+        channel = self.channels.get(number)
+        if channel is None:
+            if number in self.closingChannels:
+                return
+            raise ChannelStateError(f"content body frame on channel {number} that is not open")
+        if channel.closing:
+            return
+        self._channelCall(number, 0, channel.contentBody, payload)
+
+    # Connection methods
+
+    def _connectionMethod(self, frame: Any, index: int) -> None:
+        if isinstance(frame, commands.Connection.Close):
+            self.write(wire.connectionCloseOk())
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.state = CLOSED
+            self.connectionLost()
+            return
+        if isinstance(frame, commands.Connection.CloseOk):
+            if self.state is CLOSING:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                self.state = CLOSED
+                self.connectionLost()
+                return
+            raise CommandInvalid("connection.close-ok without a connection.close")
+        if self.state is CLOSING:
+            return
+        if self.state is AWAITING_START_OK and isinstance(frame, commands.Connection.StartOk):
+            self._startOk(frame)
+        elif self.state is AWAITING_TUNE_OK and isinstance(frame, commands.Connection.TuneOk):
+            self._tuneOk(frame)
+        elif self.state is AWAITING_OPEN and isinstance(frame, commands.Connection.Open):
+            self._open(frame)
+        elif self.state is OPEN and isinstance(
+            frame, (commands.Connection.Blocked, commands.Connection.Unblocked)
+        ):
+            return
+        else:
+            raise CommandInvalid(
+                f"{frame.name} is not expected on channel 0 while {self.state}"
+            )
+
+    def _sendStart(self) -> None:
+        properties = {
+            "product": "qha",
+            "version": __version__,
+            "platform": f"Python {platform.python_version()} / Twisted",
+            "information": "qha: AMQP 0-9-1 on Twisted, https://example.invalid/qha",
+            "copyright": "qha authors",
+            "cluster_name": "qha",
+            "capabilities": {
+                "publisher_confirms": True,
+                "basic.nack": True,
+                "consumer_cancel_notify": True,
+                "exchange_exchange_bindings": True,
+                "per_consumer_qos": True,
+                "authentication_failure_close": True,
+                "connection.blocked": True,
+                "consumer_priorities": False,
+                "direct_reply_to": False,
+            },
+        }
+        self.write(
+            wire.connectionStart(properties, " ".join(self.factory.users.mechanisms()))
+        )
+        self.state = AWAITING_START_OK
+
+    def _startOk(self, frame: commands.Connection.StartOk) -> None:
+        self.clientProperties = frame.client_properties or {}
+        capabilities = self.clientProperties.get("capabilities") or {}
+        self.clientCapabilities = capabilities if isinstance(capabilities, dict) else {}
+        response = frame.response
+        if isinstance(response, str):
+            response = response.encode("utf-8")
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        loopback = str(getattr(peer, "host", "")) in ("127.0.0.1", "::1") or str(
+            getattr(peer, "host", "")
+        ).startswith("127.")
+        try:
+            self.user = self.factory.users.authenticate(
+                str(frame.mechanism), response or b"", loopback
+            )
+        except AuthenticationFailed as failure:
+            self.log.info("{peer}: {failure}", peer=self.peer, failure=str(failure))
+            raise ConnectionAccessRefused(str(failure)) from None
+        self.write(
+            wire.connectionTune(
+                self.factory.channelMax, self.factory.frameMax, self.factory.heartbeat
+            )
+        )
+        self.state = AWAITING_TUNE_OK
+
+    def _tuneOk(self, frame: commands.Connection.TuneOk) -> None:
+        serverFrameMax = self.factory.frameMax
+        if frame.frame_max and not 4096 <= frame.frame_max <= serverFrameMax:
+            raise NotAllowed(
+                f"frame_max={frame.frame_max} is outside the allowed range"
+                f" 4096..{serverFrameMax}"
+            )
+        self.frameMax = frame.frame_max or serverFrameMax
+        serverChannelMax = self.factory.channelMax
+        if frame.channel_max and frame.channel_max > serverChannelMax:
+            raise NotAllowed(
+                f"channel_max={frame.channel_max} is more than the server's"
+                f" {serverChannelMax}"
+            )
+        self.channelMax = frame.channel_max or serverChannelMax
+        self.heartbeat = frame.heartbeat
+        if self.heartbeat:
+            self._heartbeatLoop = LoopingCall(self._heartbeatTick)
+            self._heartbeatLoop.clock = self.clock
+            self._heartbeatLoop.start(self.heartbeat / 2.0, now=False)
+        self.state = AWAITING_OPEN
+
+    def _heartbeatTick(self) -> None:
+        """
+        Send a heartbeat; drop a peer silent for two heartbeat intervals.
+        """
+        if self.clock.seconds() - self._lastReceived >= 2 * self.heartbeat:
+            self.log.info(
+                "{peer} sent nothing for {seconds}s (two heartbeat intervals):"
+                " closing the connection",
+                peer=self.peer,
+                seconds=2 * self.heartbeat,
+            )
+            if self._heartbeatLoop is not None and self._heartbeatLoop.running:
+                self._heartbeatLoop.stop()
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self.write(wire.HEARTBEAT_FRAME)
+
+    def _open(self, frame: commands.Connection.Open) -> None:
+        vhost = frame.virtual_host
+        if isinstance(vhost, bytes):
+            vhost = vhost.decode("utf-8", "replace")
+        if vhost != self.vhost.name:
+            raise NotAllowed(f"vhost '{vhost}' not found; this broker has vhost '/'")
+        if not self.factory.acceptingClients:
+            raise ConnectionForcedRefusal(self.factory.refusalText)
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        self.write(wire.connectionOpenOk())
+        self.state = OPEN
+        if self.vhost.resources.blocked:
+            self.memoryAlarm(True)
+
+    # Channels
+
+    def _channelMethod(self, number: int, frame: Any, index: int) -> None:
+        if self.state is CLOSING:
+            return
+        if self.state is not OPEN:
+            raise ChannelStateError(
+                f"{frame.name} on channel {number} before the connection was open"
+            )
+        channel = self.channels.get(number)
+        if isinstance(frame, commands.Channel.Open):
+            if channel is not None or number in self.closingChannels:
+                raise ChannelStateError(f"second 'channel.open' seen on channel {number}")
+            if number > self.channelMax:
+                raise NotAllowed(
+                    f"channel {number} is above the negotiated channel_max"
+                    f" {self.channelMax}"
+                )
+            self.channels[number] = Channel(self, number)
+            self.write(wire.channelOpenOk(number))
+            return
+        if channel is None:
+            if number in self.closingChannels:
+                if isinstance(frame, (commands.Channel.CloseOk, commands.Channel.Close)):
+                    self.closingChannels.discard(number)
+                    if isinstance(frame, commands.Channel.Close):
+                        self.write(wire.channelCloseOk(number))
+                return
+            raise ChannelStateError(
+                f"expected 'channel.open' on channel {number}, got {frame.name}"
+            )
+        if isinstance(frame, commands.Channel.Close):
+            channel.cleanUp()
+            del self.channels[number]
+            self.write(wire.channelCloseOk(number))
+            return
+        if isinstance(frame, commands.Channel.CloseOk):
+            raise ChannelStateError(
+                f"channel.close-ok on channel {number} without a channel.close"
+            )
+        if channel.expectingContent:
+            raise UnexpectedFrame(
+                f"{frame.name} on channel {number} while the content of a"
+                " message was expected"
+            )
+        self._channelCall(number, index, channel.handleMethod, frame)
+
+    def confirmReady(self, channel: Channel) -> None:
+        """
+        C{channel} has publishes to confirm at the end of this read.
+        """
+        self._confirming.add(channel)
+
+    def channelError(self, number: int, error: ChannelError, index: int) -> None:
+        """
+        Close channel C{number} with C{error}'s code and text.
+        """
+        channel = self.channels.pop(number, None)
+        if channel is None:
+            return
+        self.log.info(
+            "{peer} channel {channel}: {text}",
+            peer=self.peer,
+            channel=number,
+            text=error.replyText,
+        )
+        channel.cleanUp()
+        self._confirming.discard(channel)
+        self.closingChannels.add(number)
+        self.write(
+            wire.channelClose(
+                number, error.replyCode, error.replyText, index >> 16, index & 0xFFFF
+            )
+        )
+
+    def connectionError(self, error: AMQPError, malformed: bool = False, index: int = 0) -> None:
+        """
+        Close the connection with C{error}'s code and text. After a malformed
+        frame nothing more can be read, so the socket closes at once.
+        """
+        if self.state in (CLOSED, CLOSING):
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.log.info("{peer}: closing connection: {text}", peer=self.peer, text=error.replyText)
+        handshaking = self.state is not OPEN
+        self.write(wire.connectionClose(error.replyCode, error.replyText, index >> 16, index & 0xFFFF))
+        for channel in list(self.channels.values()):
+            channel.cleanUp()
+        self._confirming.clear()
+        self.state = CLOSING
+        if malformed or handshaking:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._timeout = self.clock.callLater(3.0, self._closeTimedOut)
+
+    def _closeTimedOut(self) -> None:
+        self._timeout = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def memoryAlarm(self, blocked: bool) -> None:
+        """
+        The broker's memory use crossed the high watermark.
+        """
+        if self.state is not OPEN:
+            return
+        if self.clientCapabilities.get("connection.blocked"):
+            if blocked and not self._blockedSent:
+                self._blockedSent = True
+                self.write(wire.connectionBlocked("low on memory"))
+            elif not blocked and self._blockedSent:
+                self._blockedSent = False
+                self.write(wire.connectionUnblocked())
+        if not blocked:
+            self._pausedForMemory = False
+            if self._readPaused:
+                self._readPaused = False
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+
+class ConnectionForcedRefusal(ConnectionError):
+    """
+    A backup refuses clients: 320 CONNECTION_FORCED tells a client library
+    to try the next address at once.
+    """
+
+    replyCode = 320
+    replyName = "CONNECTION_FORCED"
+
+
+__all__ = ["AMQPServer", "BrokerFactory", "InternalError"]

@@ -1,0 +1,896 @@
+"""
+The broker's user database: who may log in, checked with SASL PLAIN or
+AMQPLAIN, and the C{qha-users} command that edits a users file.
+
+A users file is UTF-8 text with one user per line::
+
+    # comments and blank lines are ignored
+    bob:scrypt$16384$8$1$<salt base64>$<hash base64>
+
+Passwords are stored as scrypt hashes; the scrypt cost parameters are part of
+each line, so they can be raised later without breaking existing entries.
+
+Without a users file the broker knows the single user C{guest} with the
+password C{guest}. As in RabbitMQ (its C{loopback_users} default), C{guest}
+may only log in over a loopback connection, whether it is the built-in user
+or one defined in a users file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import stat
+import struct
+import sys
+import tempfile
+from dataclasses import dataclass
+from getpass import getpass
+from typing import Mapping, NoReturn, Sequence
+
+from pamqp import decode
+from twisted.logger import Logger
+
+from qha.broker.errors import ConnectionAccessRefused
+
+__all__ = [
+    "AuthenticationFailed",
+    "ScryptHash",
+    "UserDatabase",
+    "hashPassword",
+    "main",
+]
+
+GUEST = "guest"
+"""
+The user that exists when there is no users file, and that may only log in
+from a loopback address.
+"""
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_LENGTH = 16
+HASH_LENGTH = 32
+
+_MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
+"""
+The most memory one password check may use (scrypt needs about 128 * r * N
+bytes); a users file asking for more is refused when it is loaded, instead of
+every login failing later.
+"""
+
+_MAX_SCRYPT_P = 16
+
+_MAX_NAME_IN_MESSAGE = 32
+"""
+How much of a client-chosen user name or mechanism goes into an error text:
+the text travels back in connection.close, whose reply-text is a short string
+of at most 255 bytes.
+"""
+
+_FILE_FORMAT = "NAME:scrypt$N$r$p$SALT$HASH"
+
+_NEW_FILE_HEADER = (
+    "# qha users file, one user per line: " + _FILE_FORMAT + "\n"
+    "# Edit with: qha-users FILE add|remove|list\n"
+)
+
+
+class AuthenticationFailed(ConnectionAccessRefused):
+    """
+    A login was refused.
+
+    The broker answers with connection.close 403 ACCESS_REFUSED; C{str()} of
+    the exception is the explanation, L{replyText} the same with the
+    C{ACCESS_REFUSED - } prefix the client sees, e.g.::
+
+        ACCESS_REFUSED - login refused for user 'bob' with mechanism PLAIN:
+        bad username or password
+
+    The text never says whether a user exists.
+    """
+
+
+def _quote(text: str) -> str:
+    """
+    Quote a client-chosen name for an error text: shortened, and with
+    unprintable characters escaped by C{repr}.
+
+    @param text: the name as the client sent it.
+    @return: a quoted, bounded form of C{text}.
+    """
+    if len(text) > _MAX_NAME_IN_MESSAGE:
+        return repr(text[:_MAX_NAME_IN_MESSAGE]) + "..."
+    return repr(text)
+
+
+def _userNameProblem(name: str) -> str | None:
+    """
+    Check that C{name} can be a user name in a users file.
+
+    @param name: the proposed user name.
+    @return: what is wrong with it, or L{None} if it is fine.
+    """
+    if not name:
+        return "user name is empty"
+    if ":" in name or any(c.isspace() or not c.isprintable() for c in name):
+        return (
+            f"user name {_quote(name)} may not contain ':', whitespace "
+            "or control characters"
+        )
+    if name.startswith("#"):
+        return f"user name {_quote(name)} may not start with '#'"
+    return None
+
+
+def _scryptMemory(n: int, r: int, p: int) -> int:
+    """
+    The C{maxmem} to give L{hashlib.scrypt} for these parameters: what
+    OpenSSL needs (128 * r * (N + 2 + p) bytes) and some room.
+
+    @param n: the scrypt CPU/memory cost.
+    @param r: the scrypt block size.
+    @param p: the scrypt parallelization.
+    @return: a memory limit in bytes.
+    """
+    return 128 * r * (n + 2 + p) + 1024 * 1024
+
+
+def _decodeBase64(text: str, what: str) -> bytes:
+    """
+    Decode standard base64, strictly.
+
+    @param text: the base64 text.
+    @param what: what is being decoded, for the error message.
+    @return: the decoded bytes.
+    @raise ValueError: if C{text} is not valid base64 or decodes to nothing.
+    """
+    try:
+        value = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise ValueError(f"the {what} is not valid base64") from None
+    if not value:
+        raise ValueError(f"the {what} is empty")
+    return value
+
+
+@dataclass(frozen=True)
+class ScryptHash:
+    """
+    A password stored as an scrypt hash, with its parameters and salt.
+
+    @ivar n: the scrypt CPU/memory cost, a power of two.
+    @ivar r: the scrypt block size.
+    @ivar p: the scrypt parallelization.
+    @ivar salt: the random salt.
+    @ivar digest: scrypt(password, salt, n, r, p).
+    """
+
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    digest: bytes
+
+    @classmethod
+    def fromPassword(
+        cls,
+        password: str,
+        n: int = SCRYPT_N,
+        r: int = SCRYPT_R,
+        p: int = SCRYPT_P,
+    ) -> ScryptHash:
+        """
+        Hash a password with a fresh random salt.
+
+        @param password: the password.
+        @param n: the scrypt CPU/memory cost, a power of two; tests use a
+            small one to run fast.
+        @param r: the scrypt block size.
+        @param p: the scrypt parallelization.
+        @return: the hash.
+        """
+        _checkParameters(n, r, p)
+        salt = os.urandom(SALT_LENGTH)
+        digest = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=salt,
+            n=n,
+            r=r,
+            p=p,
+            dklen=HASH_LENGTH,
+            maxmem=_scryptMemory(n, r, p),
+        )
+        return cls(n=n, r=r, p=p, salt=salt, digest=digest)
+
+    @classmethod
+    def fromString(cls, text: str) -> ScryptHash:
+        """
+        Parse the C{scrypt$N$r$p$SALT$HASH} form written by L{asString}.
+
+        @param text: the hash as found in a users file.
+        @return: the hash.
+        @raise ValueError: with a one-line explanation if C{text} is not a
+            usable scrypt hash.
+        """
+        parts = text.split("$")
+        if len(parts) != 6 or parts[0] != "scrypt":
+            raise ValueError("the password hash is not scrypt$N$r$p$SALT$HASH")
+        try:
+            n, r, p = (int(part, 10) for part in parts[1:4])
+        except ValueError:
+            raise ValueError("the scrypt N, r and p must be numbers") from None
+        _checkParameters(n, r, p)
+        salt = _decodeBase64(parts[4], "salt")
+        digest = _decodeBase64(parts[5], "hash")
+        if len(digest) < 16:
+            raise ValueError("the hash is shorter than 16 bytes")
+        return cls(n=n, r=r, p=p, salt=salt, digest=digest)
+
+    def asString(self) -> str:
+        """
+        The form stored in a users file after C{NAME:}.
+
+        @return: C{scrypt$N$r$p$SALT$HASH} with base64 salt and hash.
+        """
+        salt = base64.b64encode(self.salt).decode("ascii")
+        digest = base64.b64encode(self.digest).decode("ascii")
+        return f"scrypt${self.n}${self.r}${self.p}${salt}${digest}"
+
+    def verify(self, password: str) -> bool:
+        """
+        Check a password against this hash, in constant time.
+
+        This costs one scrypt computation (some 25-50 ms with the default
+        parameters).
+
+        @param password: the password the client sent.
+        @return: whether it is the password that was hashed.
+        """
+        try:
+            candidate = hashlib.scrypt(
+                password.encode("utf-8"),
+                salt=self.salt,
+                n=self.n,
+                r=self.r,
+                p=self.p,
+                dklen=len(self.digest),
+                maxmem=_scryptMemory(self.n, self.r, self.p),
+            )
+        except (ValueError, MemoryError, UnicodeEncodeError):
+            return False
+        return hmac.compare_digest(candidate, self.digest)
+
+
+def _checkParameters(n: int, r: int, p: int) -> None:
+    """
+    Check scrypt parameters before they are used.
+
+    @param n: the scrypt CPU/memory cost.
+    @param r: the scrypt block size.
+    @param p: the scrypt parallelization.
+    @raise ValueError: if scrypt would refuse them, or they would need more
+        memory or time than a login may take.
+    """
+    if n < 2 or n & (n - 1):
+        raise ValueError("the scrypt N must be a power of two greater than 1")
+    if r < 1 or not 1 <= p <= _MAX_SCRYPT_P:
+        raise ValueError(
+            f"the scrypt r must be at least 1 and p between 1 and {_MAX_SCRYPT_P}"
+        )
+    if 128 * r * n > _MAX_SCRYPT_MEMORY:
+        raise ValueError(
+            f"the scrypt N and r need more than "
+            f"{_MAX_SCRYPT_MEMORY // (1024 * 1024)} MiB per login"
+        )
+
+
+def hashPassword(
+    password: str, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P
+) -> str:
+    """
+    Hash a password for a users file.
+
+    @param password: the password.
+    @param n: the scrypt CPU/memory cost, a power of two; the default costs
+        some 25-50 ms per check, tests pass a small one.
+    @param r: the scrypt block size.
+    @param p: the scrypt parallelization.
+    @return: C{scrypt$N$r$p$SALT$HASH}, the part of a users file line after
+        C{NAME:}.
+    """
+    return ScryptHash.fromPassword(password, n=n, r=r, p=p).asString()
+
+
+_UNKNOWN_USER_HASH = ScryptHash(
+    n=SCRYPT_N,
+    r=SCRYPT_R,
+    p=SCRYPT_P,
+    salt=b"\0" * SALT_LENGTH,
+    digest=b"\0" * HASH_LENGTH,
+)
+"""
+Checked instead of a real hash when the user does not exist, so that an
+unknown user takes as long to refuse as a wrong password.
+"""
+
+
+@dataclass(frozen=True)
+class _UsersFileLine:
+    """
+    One line of a users file, kept as text so that C{qha-users} can rewrite
+    the file without losing comments.
+
+    @ivar text: the line without its line ending.
+    @ivar user: the user it defines, or L{None} for a comment or blank line.
+    @ivar passwordHash: that user's password hash, or L{None}.
+    """
+
+    text: str
+    user: str | None = None
+    passwordHash: ScryptHash | None = None
+
+
+def _readUsersFile(path: str) -> list[_UsersFileLine]:
+    """
+    Read and check a users file.
+
+    @param path: the file.
+    @return: its lines, in order.
+    @raise ValueError: with a one-line message naming the file (and the line
+        number, if the problem is on a line) if the file cannot be read or
+        is malformed.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(
+            f"cannot read users file {path!r}: {e.strerror or e}"
+        ) from None
+    lines: list[_UsersFileLine] = []
+    definedOn: dict[str, int] = {}
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"users file {path!r}, line {number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: not valid UTF-8") from None
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        stripped = text.strip()
+        if not stripped or stripped.startswith("#"):
+            lines.append(_UsersFileLine(text))
+            continue
+        name, colon, hashText = stripped.partition(":")
+        if not colon:
+            raise ValueError(f"{where}: expected {_FILE_FORMAT}, found no ':'")
+        problem = _userNameProblem(name)
+        if problem is not None:
+            raise ValueError(f"{where}: {problem}")
+        if name in definedOn:
+            raise ValueError(
+                f"{where}: user {_quote(name)} is already defined on line "
+                f"{definedOn[name]}"
+            )
+        try:
+            passwordHash = ScryptHash.fromString(hashText)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        definedOn[name] = number
+        lines.append(_UsersFileLine(text, name, passwordHash))
+    return lines
+
+
+class UserDatabase:
+    """
+    The users that may log in, and the SASL mechanisms they log in with.
+
+    Successful password checks are remembered (by user and SHA-256 of the
+    password, never the password itself) so that a storm of reconnecting
+    clients does not cost one scrypt computation per connection; L{reload}
+    forgets them.
+
+    @ivar path: the users file this database was loaded from, or L{None}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, users: Mapping[str, ScryptHash], path: str | None = None
+    ) -> None:
+        """
+        @param users: the password hash of each user, by name.
+        @param path: the users file they come from, for L{reload}.
+        """
+        self.path = path
+        self._users: dict[str, ScryptHash] = dict(users)
+        self._verified: dict[tuple[str, bytes], ScryptHash] = {}
+
+    @classmethod
+    def default(cls) -> UserDatabase:
+        """
+        The database used without a users file: the single user C{guest}
+        with the password C{guest}, which may only log in from loopback.
+
+        @return: the database.
+        """
+        return cls({GUEST: ScryptHash.fromPassword(GUEST)})
+
+    @classmethod
+    def fromFile(cls, path: str) -> UserDatabase:
+        """
+        Load a users file.
+
+        @param path: the file.
+        @return: the database.
+        @raise ValueError: with a one-line message naming the file and line
+            if it cannot be read or is malformed.
+        """
+        return cls(cls._loadUsers(path), path)
+
+    @staticmethod
+    def _loadUsers(path: str) -> dict[str, ScryptHash]:
+        """
+        Read the users of a users file.
+
+        @param path: the file.
+        @return: the password hash of each user, by name.
+        @raise ValueError: see L{fromFile}.
+        """
+        return {
+            line.user: line.passwordHash
+            for line in _readUsersFile(path)
+            if line.user is not None and line.passwordHash is not None
+        }
+
+    def reload(self) -> None:
+        """
+        Read the users file again and forget remembered password checks.
+
+        On error the database is left as it was.
+
+        @raise ValueError: see L{fromFile}; also if this database has no
+            file.
+        """
+        if self.path is None:
+            raise ValueError("this user database was not loaded from a file")
+        users = self._loadUsers(self.path)
+        self._users = users
+        self._verified.clear()
+        self.log.info(
+            "Reloaded users file {path}: {count} users",
+            path=self.path,
+            count=len(users),
+        )
+
+    def users(self) -> list[str]:
+        """
+        The names of all users.
+
+        @return: the names, sorted.
+        """
+        return sorted(self._users)
+
+    def mechanisms(self) -> list[str]:
+        """
+        The SASL mechanisms offered in connection.start, best first.
+
+        @return: the mechanism names.
+        """
+        return ["PLAIN", "AMQPLAIN"]
+
+    def authenticate(
+        self, mechanism: str, response: bytes, peerIsLoopback: bool
+    ) -> str:
+        """
+        Check the response of a connection.start-ok.
+
+        @param mechanism: the mechanism the client chose.
+        @param response: the client's SASL response. For PLAIN
+            C{authzid NUL authcid NUL password}, where authzid is empty or
+            the same as authcid; for AMQPLAIN the content of an AMQP field
+            table (without its length) holding LOGIN and PASSWORD.
+        @param peerIsLoopback: whether the client connected from a loopback
+            address; C{guest} may log in only then.
+        @return: the name of the user that logged in.
+        @raise AuthenticationFailed: for an unknown mechanism, a malformed
+            response, an unknown user or a wrong password, or C{guest} from
+            elsewhere than loopback.
+        """
+        if mechanism == "PLAIN":
+            user, password = _parsePlain(response)
+        elif mechanism == "AMQPLAIN":
+            user, password = _parseAMQPlain(response)
+        else:
+            self.log.warn(
+                "Login refused: unknown mechanism {mechanism!r}",
+                mechanism=mechanism,
+            )
+            raise AuthenticationFailed(
+                f"login refused: unknown authentication mechanism "
+                f"{_quote(mechanism)}; supported: {' '.join(self.mechanisms())}"
+            )
+        return self._checkPassword(mechanism, user, password, peerIsLoopback)
+
+    def _checkPassword(
+        self, mechanism: str, user: str, password: str, peerIsLoopback: bool
+    ) -> str:
+        """
+        Check a user name and password.
+
+        @param mechanism: the mechanism they came with, for messages.
+        @param user: the user name.
+        @param password: the password.
+        @param peerIsLoopback: whether the client is on a loopback address.
+        @return: C{user}.
+        @raise AuthenticationFailed: if the login is refused.
+        """
+        if user == GUEST and not peerIsLoopback:
+            # Checked first, and whether guest exists or not, so that guest's
+            # password cannot be probed from the network at all.
+            self._refuse(
+                mechanism,
+                user,
+                "user 'guest' may only connect from a loopback address; "
+                "add another user with qha-users",
+                "guest from a non-loopback address",
+            )
+        stored = self._users.get(user)
+        key = (user, hashlib.sha256(password.encode("utf-8")).digest())
+        if stored is not None and self._verified.get(key) is stored:
+            return user
+        if stored is None:
+            _UNKNOWN_USER_HASH.verify(password)
+            self._refuse(
+                mechanism, user, "bad username or password", "unknown user"
+            )
+        if not stored.verify(password):
+            self._refuse(
+                mechanism, user, "bad username or password", "wrong password"
+            )
+        self._verified[key] = stored
+        return user
+
+    def _refuse(
+        self, mechanism: str, user: str, reason: str, logReason: str
+    ) -> NoReturn:
+        """
+        Log a refused login and raise L{AuthenticationFailed}.
+
+        @param mechanism: the mechanism used.
+        @param user: the user name the client sent.
+        @param reason: what the client is told.
+        @param logReason: what the log says; it may say more than the
+            client is told, e.g. whether the user exists.
+        @raise AuthenticationFailed: always.
+        """
+        self.log.warn(
+            "Login refused for user {user!r} with mechanism {mechanism}: "
+            "{reason}",
+            user=user,
+            mechanism=mechanism,
+            reason=logReason,
+        )
+        raise AuthenticationFailed(
+            f"login refused for user {_quote(user)} with mechanism "
+            f"{mechanism}: {reason}"
+        )
+
+
+def _malformed(mechanism: str, problem: str) -> AuthenticationFailed:
+    """
+    The error for a response that cannot be parsed.
+
+    @param mechanism: the mechanism.
+    @param problem: what is wrong with the response.
+    @return: the exception to raise.
+    """
+    return AuthenticationFailed(
+        f"login refused with mechanism {mechanism}: malformed response: "
+        f"{problem}"
+    )
+
+
+def _parsePlain(response: bytes) -> tuple[str, str]:
+    """
+    Parse a SASL PLAIN response (RFC 4616).
+
+    @param response: C{authzid NUL authcid NUL password}.
+    @return: the user name (authcid) and the password.
+    @raise AuthenticationFailed: if the response is malformed, or asks to
+        act as another user (authzid not empty and not authcid).
+    """
+    expected = "expected authzid NUL user NUL password"
+    if not response:
+        raise _malformed("PLAIN", f"empty; {expected}")
+    parts = response.split(b"\0")
+    if len(parts) != 3:
+        raise _malformed(
+            "PLAIN", f"{len(parts) - 1} NUL bytes instead of 2; {expected}"
+        )
+    try:
+        authzid, user, password = (part.decode("utf-8") for part in parts)
+    except UnicodeDecodeError:
+        raise _malformed("PLAIN", "not valid UTF-8") from None
+    if not user:
+        raise _malformed("PLAIN", "empty user name")
+    if authzid and authzid != user:
+        raise AuthenticationFailed(
+            f"login refused for user {_quote(user)} with mechanism PLAIN: "
+            f"cannot act as another user ({_quote(authzid)})"
+        )
+    return user, password
+
+
+def _parseAMQPlain(response: bytes) -> tuple[str, str]:
+    """
+    Parse an AMQPLAIN response.
+
+    @param response: an AMQP field table without its 4-byte length, as
+        pika and py-amqp send it, with the long strings LOGIN and PASSWORD.
+    @return: the user name and the password.
+    @raise AuthenticationFailed: if the response is malformed.
+    """
+    expected = "expected a field table with LOGIN and PASSWORD"
+    if not response:
+        raise _malformed("AMQPLAIN", f"empty; {expected}")
+    try:
+        table = decode.field_table(struct.pack(">I", len(response)) + response)[1]
+    except Exception:
+        # pamqp raises ValueError for most bad input, but a crafted table can
+        # reach others (e.g. RecursionError from deeply nested tables); none
+        # of them may escape as anything but a refused login.
+        raise _malformed("AMQPLAIN", f"not a field table; {expected}") from None
+    user = table.get("LOGIN")
+    password = table.get("PASSWORD")
+    if not isinstance(user, str) or not isinstance(password, str):
+        raise _malformed(
+            "AMQPLAIN", "LOGIN and PASSWORD must be UTF-8 long strings"
+        )
+    if not user:
+        raise _malformed("AMQPLAIN", "empty user name")
+    return user, password
+
+
+class _CommandLineError(Exception):
+    """
+    An error that C{qha-users} reports in one line before exiting with 1.
+    """
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """
+    An argument parser whose usage errors are one-line L{_CommandLineError}s
+    instead of a usage text and exit status 2.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """
+        Report a usage error.
+
+        @param message: what is wrong.
+        @raise _CommandLineError: always.
+        """
+        raise _CommandLineError(f"{message} (see {self.prog} --help)")
+
+
+def _readPassword(name: str, fromStandardInput: bool) -> str:
+    """
+    Get a new password: one line from standard input, or typed twice.
+
+    @param name: the user, for the prompt.
+    @param fromStandardInput: read one line from standard input instead of
+        prompting.
+    @return: the password.
+    @raise _CommandLineError: if there is none, or the two differ.
+    """
+    if fromStandardInput:
+        line = sys.stdin.readline()
+        if not line:
+            raise _CommandLineError("no password on standard input")
+        password = line.rstrip("\r\n")
+    else:
+        try:
+            password = getpass(f"Password for {name!r}: ")
+            again = getpass("Password again: ")
+        except EOFError:
+            raise _CommandLineError("no password given") from None
+        if password != again:
+            raise _CommandLineError("the passwords do not match")
+    if not password:
+        raise _CommandLineError("the password is empty")
+    if "\0" in password:
+        raise _CommandLineError("the password may not contain NUL characters")
+    return password
+
+
+def _readForEditing(path: str) -> list[_UsersFileLine]:
+    """
+    Read a users file for C{qha-users}.
+
+    @param path: the file.
+    @return: its lines.
+    @raise _CommandLineError: if it cannot be read or is malformed.
+    """
+    try:
+        return _readUsersFile(path)
+    except ValueError as e:
+        raise _CommandLineError(str(e)) from None
+
+
+def _writeAtomically(path: str, lines: Sequence[_UsersFileLine]) -> None:
+    """
+    Replace a users file: write a temporary file next to it, then rename it
+    over the old one, so that the broker never reads half a file.
+
+    A new file gets mode 0600; an existing one keeps its mode. A symbolic
+    link is followed and its target replaced.
+
+    @param path: the file.
+    @param lines: its new content.
+    @raise _CommandLineError: if it cannot be written.
+    """
+    target = os.path.realpath(path)
+    directory, base = os.path.split(target)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise _CommandLineError(f"cannot write {path!r}: {e.strerror or e}")
+    content = "".join(line.text + "\n" for line in lines).encode("utf-8")
+    try:
+        # mkstemp creates the file with mode 0600.
+        fd, temporary = tempfile.mkstemp(
+            prefix=f".{base}.", suffix=".tmp", dir=directory
+        )
+    except OSError as e:
+        raise _CommandLineError(f"cannot write {path!r}: {e.strerror or e}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except OSError as e:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise _CommandLineError(f"cannot write {path!r}: {e.strerror or e}")
+
+
+def _addUser(path: str, name: str, passwordFromStandardInput: bool) -> str:
+    """
+    Add a user to a users file, or give an existing one a new password.
+
+    @param path: the users file; created if it does not exist.
+    @param name: the user.
+    @param passwordFromStandardInput: see L{_readPassword}.
+    @return: what was done, for the person running the command.
+    @raise _CommandLineError: on any error; the file is then unchanged.
+    """
+    problem = _userNameProblem(name)
+    if problem is not None:
+        raise _CommandLineError(problem)
+    if os.path.lexists(path):
+        lines = _readForEditing(path)
+    else:
+        lines = [_UsersFileLine(text) for text in _NEW_FILE_HEADER.splitlines()]
+    password = _readPassword(name, passwordFromStandardInput)
+    passwordHash = ScryptHash.fromPassword(password)
+    entry = _UsersFileLine(f"{name}:{passwordHash.asString()}", name, passwordHash)
+    for index, line in enumerate(lines):
+        if line.user == name:
+            lines[index] = entry
+            done = f"changed the password of user {name!r} in {path}"
+            break
+    else:
+        lines.append(entry)
+        done = f"added user {name!r} to {path}"
+    _writeAtomically(path, lines)
+    return done
+
+
+def _removeUser(path: str, name: str) -> str:
+    """
+    Remove a user from a users file.
+
+    @param path: the users file.
+    @param name: the user.
+    @return: what was done, for the person running the command.
+    @raise _CommandLineError: if the file cannot be read or written or has
+        no such user.
+    """
+    lines = _readForEditing(path)
+    kept = [line for line in lines if line.user != name]
+    if len(kept) == len(lines):
+        raise _CommandLineError(f"there is no user {name!r} in {path!r}")
+    _writeAtomically(path, kept)
+    return f"removed user {name!r} from {path}"
+
+
+def _listUsers(path: str) -> str:
+    """
+    List the users of a users file.
+
+    @param path: the users file.
+    @return: their names, one per line, in file order.
+    @raise _CommandLineError: if the file cannot be read.
+    """
+    return "".join(
+        line.user + "\n" for line in _readForEditing(path) if line.user is not None
+    )
+
+
+def _argumentParser() -> _ArgumentParser:
+    """
+    The command line of C{qha-users}.
+
+    @return: a parser.
+    """
+    parser = _ArgumentParser(
+        prog="qha-users",
+        description="Edit a qha users file (for twistd qha --users FILE).",
+    )
+    parser.add_argument("file", metavar="FILE", help="the users file")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True
+    )
+    add = commands.add_parser(
+        "add", help="add a user, or set the password of an existing one"
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from one line of standard input "
+        "instead of asking for it twice",
+    )
+    remove = commands.add_parser("remove", help="remove a user")
+    remove.add_argument("name", metavar="NAME")
+    commands.add_parser("list", help="list the users")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run C{qha-users FILE add NAME [--password-stdin]}, C{qha-users FILE
+    remove NAME} or C{qha-users FILE list}.
+
+    This command does no networking, so it does not run a reactor.
+
+    @param argv: the arguments without the program name; L{sys.argv} if
+        L{None}.
+    @return: the exit status: 0 on success, 1 on any error (reported as one
+        line on standard error).
+    """
+    parser = _argumentParser()
+    try:
+        arguments = parser.parse_args(argv)
+        if arguments.command == "add":
+            done = _addUser(arguments.file, arguments.name, arguments.password_stdin)
+            print(done)
+        elif arguments.command == "remove":
+            print(_removeUser(arguments.file, arguments.name))
+        else:
+            sys.stdout.write(_listUsers(arguments.file))
+    except _CommandLineError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    except SystemExit as e:
+        # --help prints its text and exits with 0.
+        return e.code if isinstance(e.code, int) else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,551 @@
+"""
+The virtual host: the exchanges, queues and bindings clients share, and the
+operations AMQP methods map onto.
+
+Every operation checks its arguments and raises an L{AMQPError} with the reply
+code and text RabbitMQ would give, so that clients written against RabbitMQ see
+the errors they expect.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any, Callable, Protocol
+
+from .errors import (
+    AccessRefused,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
+from .exchange import Binding, Destination, Exchange, exchangeType
+from .message import Message
+from .queue import Entry, Queue
+
+REPLICATE_ARGUMENT = "qpid.replicate"
+REPLICATE_LEVELS = ("none", "configuration", "all")
+
+# Arguments compared when a queue or exchange is declared again: those that
+# change behaviour. Others (a client's own annotations) may differ, as in
+# RabbitMQ.
+_EQUIVALENCE_PREFIXES = ("x-", "qpid.", "alternate-exchange")
+
+
+class BrokerObserver(Protocol):
+    """
+    Sees every change to the broker's state, in order: the replication
+    stream and the store are built on this.
+    """
+
+    def queueDeclared(self, queue: Queue) -> None: ...
+
+    def queueDeleted(self, queue: Queue) -> None: ...
+
+    def exchangeDeclared(self, exchange: Exchange) -> None: ...
+
+    def exchangeDeleted(self, exchange: Exchange) -> None: ...
+
+    def bound(self, binding: Binding) -> None: ...
+
+    def unbound(self, binding: Binding) -> None: ...
+
+    def enqueued(self, queue: Queue, entry: Entry) -> None: ...
+
+    def acquired(self, queue: Queue, entry: Entry) -> None: ...
+
+    def released(self, queue: Queue, entry: Entry) -> None: ...
+
+    def dequeued(self, queue: Queue, entry: Entry) -> None: ...
+
+    def purged(self, queue: Queue, count: int) -> None: ...
+
+
+class Resources:
+    """
+    Memory accounting for queued messages, and the high watermark past which
+    publishers are blocked.
+
+    @ivar used: estimated bytes held by queued messages.
+    @ivar overhead: the estimated bytes each message costs beyond its body.
+    """
+
+    overhead = 400
+
+    def __init__(self, highWatermark: int = 0) -> None:
+        self.highWatermark = highWatermark
+        self.used = 0
+        self.blocked = False
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def add(self, size: int) -> None:
+        """
+        A message of C{size} body bytes was enqueued.
+        """
+        self.used += size + self.overhead
+        if not self.blocked and self.highWatermark and self.used > self.highWatermark:
+            self._set(True)
+
+    def remove(self, size: int, count: int = 1) -> None:
+        """
+        C{count} messages of C{size} body bytes in all left the broker.
+        """
+        self.used -= size + count * self.overhead
+        if self.blocked and self.used <= self.highWatermark:
+            self._set(False)
+
+    def _set(self, blocked: bool) -> None:
+        self.blocked = blocked
+        for listener in list(self.listeners):
+            listener(blocked)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return repr(value) if not isinstance(value, str) else f"'{value}'"
+
+
+def _significant(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in arguments.items()
+        if key.startswith(_EQUIVALENCE_PREFIXES)
+    }
+
+
+def checkReplicate(arguments: dict[str, Any], kind: str, name: str) -> None:
+    """
+    Refuse a C{qpid.replicate} argument that is not a valid level.
+
+    @raise PreconditionFailed: naming the valid values.
+    """
+    if REPLICATE_ARGUMENT not in arguments:
+        return
+    value = arguments[REPLICATE_ARGUMENT]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if value not in REPLICATE_LEVELS:
+        raise PreconditionFailed(
+            f"invalid value {_describe(value)} for argument '{REPLICATE_ARGUMENT}'"
+            f" of {kind} '{name}'; valid values are none, configuration, all"
+        )
+
+
+class VirtualHost:
+    """
+    One AMQP virtual host.
+
+    @ivar observers: told of every change, in order.
+    """
+
+    def __init__(self, name: str = "/", resources: Resources | None = None) -> None:
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.observers: list[BrokerObserver] = []
+        self.resources = resources if resources is not None else Resources()
+        for exchangeName, typeName in [
+            ("", "direct"),
+            ("amq.direct", "direct"),
+            ("amq.fanout", "fanout"),
+            ("amq.topic", "topic"),
+            ("amq.headers", "headers"),
+            ("amq.match", "headers"),
+        ]:
+            self.exchanges[exchangeName] = exchangeType(typeName)(
+                exchangeName, durable=True
+            )
+        self.defaultExchange = self.exchanges[""]
+
+    def _where(self) -> str:
+        return f"in vhost '{self.name}'"
+
+    # Exchanges
+
+    def declareExchange(
+        self,
+        name: str,
+        type: str,
+        passive: bool = False,
+        durable: bool = False,
+        autoDelete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Exchange:
+        """
+        Declare an exchange, or check an existing one is equivalent.
+        """
+        arguments = arguments or {}
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        existing = self.exchanges.get(name)
+        if passive:
+            if existing is None:
+                raise NotFound(f"no exchange '{name}' {self._where()}")
+            return existing
+        cls = exchangeType(type)
+        checkReplicate(arguments, "exchange", name)
+        if existing is not None:
+            for field, received, current in [
+                ("type", type, existing.type),
+                ("durable", durable, existing.durable),
+                ("auto_delete", autoDelete, existing.autoDelete),
+                ("internal", internal, existing.internal),
+            ]:
+                if received != current:
+                    raise PreconditionFailed(
+                        f"inequivalent arg '{field}' for exchange '{name}'"
+                        f" {self._where()}: received {_describe(received)} but"
+                        f" current is {_describe(current)}"
+                    )
+            self._checkArguments("exchange", name, existing.arguments, arguments)
+            return existing
+        if name.startswith("amq."):
+            raise AccessRefused(
+                f"exchange name '{name}' contains reserved prefix 'amq.*'"
+            )
+        exchange = cls(name, durable, autoDelete, internal, arguments)
+        self.exchanges[name] = exchange
+        for observer in self.observers:
+            observer.exchangeDeclared(exchange)
+        return exchange
+
+    def _checkArguments(
+        self, kind: str, name: str, current: dict[str, Any], received: dict[str, Any]
+    ) -> None:
+        current, received = _significant(current), _significant(received)
+        for key in sorted(set(current) | set(received)):
+            if current.get(key) != received.get(key):
+                raise PreconditionFailed(
+                    f"inequivalent arg '{key}' for {kind} '{name}' {self._where()}:"
+                    f" received {_describe(received.get(key, 'none'))} but current"
+                    f" is {_describe(current.get(key, 'none'))}"
+                )
+
+    def exchange(self, name: str) -> Exchange:
+        """
+        The exchange called C{name}.
+
+        @raise NotFound: if there is none.
+        """
+        try:
+            return self.exchanges[name]
+        except KeyError:
+            raise NotFound(f"no exchange '{name}' {self._where()}") from None
+
+    def deleteExchange(self, name: str, ifUnused: bool = False) -> None:
+        """
+        Delete an exchange and every binding to and from it. Deleting one
+        that does not exist succeeds, as in RabbitMQ.
+        """
+        if name == "" or name.startswith("amq."):
+            raise AccessRefused(
+                f"cannot delete exchange '{name or 'amq.default'}': it is built in"
+            )
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return
+        if ifUnused and (exchange.bindings or exchange.inbound):
+            raise PreconditionFailed(f"exchange '{name}' {self._where()} in use")
+        for binding in list(exchange.bindings.values()):
+            self._removeBinding(binding, autoDelete=False)
+        for binding in list(exchange.inbound):
+            self._removeBinding(binding)
+        del self.exchanges[name]
+        exchange.deleted = True
+        for observer in self.observers:
+            observer.exchangeDeleted(exchange)
+
+    # Queues
+
+    def declareQueue(
+        self,
+        name: str,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        autoDelete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        owner: object = None,
+    ) -> Queue:
+        """
+        Declare a queue (server-named if C{name} is empty), or check an
+        existing one is equivalent and accessible to C{owner}.
+        """
+        arguments = arguments or {}
+        if passive:
+            if not name:
+                raise NotFound("a passive declare needs a queue name")
+            return self.queue(name, owner)
+        if not name:
+            name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode(
+                "ascii"
+            ).rstrip("=")
+        existing = self.queues.get(name)
+        checkReplicate(arguments, "queue", name)
+        if existing is not None:
+            self._checkOwner(existing, owner)
+            for field, received, current in [
+                ("durable", durable, existing.durable),
+                ("exclusive", exclusive, existing.exclusive),
+                ("auto_delete", autoDelete, existing.autoDelete),
+            ]:
+                if received != current:
+                    raise PreconditionFailed(
+                        f"inequivalent arg '{field}' for queue '{name}'"
+                        f" {self._where()}: received {_describe(received)} but"
+                        f" current is {_describe(current)}"
+                    )
+            self._checkArguments("queue", name, existing.arguments, arguments)
+            return existing
+        if name.startswith("amq."):
+            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        queue = Queue(
+            self,
+            name,
+            durable=durable,
+            exclusive=exclusive,
+            autoDelete=autoDelete,
+            arguments=arguments,
+            owner=owner if exclusive else None,
+        )
+        self.queues[name] = queue
+        for observer in self.observers:
+            observer.queueDeclared(queue)
+        # Every queue is bound to the default exchange by its name.
+        binding = Binding(self.defaultExchange, queue, name, {})
+        self.defaultExchange.bind(binding)
+        return queue
+
+    def _checkOwner(self, queue: Queue, owner: object) -> None:
+        if queue.exclusive and queue.owner is not owner:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{queue.name}'"
+                f" {self._where()}. It could be originally declared on another"
+                " connection or the exclusive property value does not match that"
+                " of the original declaration."
+            )
+
+    def queue(self, name: str, owner: object = None) -> Queue:
+        """
+        The queue called C{name}, checking C{owner} may use it.
+
+        @raise NotFound: if there is none.
+        @raise ResourceLocked: if another connection holds it exclusively.
+        """
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue '{name}' {self._where()}")
+        self._checkOwner(queue, owner)
+        return queue
+
+    def deleteQueue(
+        self,
+        name: str,
+        ifUnused: bool = False,
+        ifEmpty: bool = False,
+        owner: object = None,
+    ) -> int:
+        """
+        Delete a queue; return how many ready messages it held. Its consumers
+        are cancelled. Deleting one that does not exist succeeds.
+        """
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0
+        self._checkOwner(queue, owner)
+        if ifUnused and queue.consumers:
+            raise PreconditionFailed(f"queue '{name}' {self._where()} in use")
+        if ifEmpty and queue.entries:
+            raise PreconditionFailed(f"queue '{name}' {self._where()} is not empty")
+        count = len(queue.entries)
+        del self.queues[name]
+        queue.deleted = True
+        for binding in list(queue.bindings):
+            self._removeBinding(binding)
+        self.defaultExchange.unbind(Binding(self.defaultExchange, queue, name, {}))
+        size = sum(len(entry.message.body) for entry in queue.entries)
+        queue.entries.clear()
+        if count:
+            self.resources.remove(size, count)
+        for consumer in list(queue.consumers):
+            queue.consumers.remove(consumer)
+            consumer.target.consumerCancelled(consumer)
+        for observer in self.observers:
+            observer.queueDeleted(queue)
+        return count
+
+    def purgeQueue(self, name: str, owner: object = None) -> int:
+        """
+        Drop the ready messages of a queue; return how many.
+        """
+        return self.queue(name, owner).purge()
+
+    def connectionClosed(self, owner: object) -> None:
+        """
+        C{owner}'s connection went away: its exclusive queues go with it.
+        """
+        for queue in [q for q in self.queues.values() if q.owner is owner]:
+            self.deleteQueue(queue.name, owner=owner)
+
+    # Bindings
+
+    def _checkBindable(self, exchange: Exchange) -> None:
+        if exchange.name == "":
+            raise AccessRefused(
+                "operation not permitted on the default exchange"
+            )
+
+    def bindQueue(
+        self,
+        queueName: str,
+        exchangeName: str,
+        routingKey: str,
+        arguments: dict[str, Any] | None = None,
+        owner: object = None,
+    ) -> Binding:
+        """
+        Bind a queue to an exchange.
+        """
+        queue = self.queue(queueName, owner)
+        exchange = self.exchange(exchangeName)
+        self._checkBindable(exchange)
+        return self._addBinding(Binding(exchange, queue, routingKey, arguments or {}))
+
+    def unbindQueue(
+        self,
+        queueName: str,
+        exchangeName: str,
+        routingKey: str,
+        arguments: dict[str, Any] | None = None,
+        owner: object = None,
+    ) -> None:
+        """
+        Remove a queue's binding; removing one that does not exist succeeds.
+        """
+        queue = self.queue(queueName, owner)
+        exchange = self.exchange(exchangeName)
+        self._checkBindable(exchange)
+        binding = exchange.bindings.get(
+            Binding(exchange, queue, routingKey, arguments or {}).key
+        )
+        if binding is not None:
+            self._removeBinding(binding)
+
+    def bindExchange(
+        self,
+        destinationName: str,
+        sourceName: str,
+        routingKey: str,
+        arguments: dict[str, Any] | None = None,
+    ) -> Binding:
+        """
+        Bind an exchange to another (exchange-to-exchange binding).
+        """
+        destination = self.exchange(destinationName)
+        source = self.exchange(sourceName)
+        self._checkBindable(source)
+        self._checkBindable(destination)
+        return self._addBinding(
+            Binding(source, destination, routingKey, arguments or {})
+        )
+
+    def unbindExchange(
+        self,
+        destinationName: str,
+        sourceName: str,
+        routingKey: str,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        Remove an exchange-to-exchange binding.
+        """
+        destination = self.exchange(destinationName)
+        source = self.exchange(sourceName)
+        self._checkBindable(source)
+        self._checkBindable(destination)
+        binding = source.bindings.get(
+            Binding(source, destination, routingKey, arguments or {}).key
+        )
+        if binding is not None:
+            self._removeBinding(binding)
+
+    def _addBinding(self, binding: Binding) -> Binding:
+        if binding.source.bind(binding):
+            destination = binding.destination
+            if isinstance(destination, Queue):
+                destination.bindings.add(binding)
+            else:
+                destination.inbound.add(binding)
+            for observer in self.observers:
+                observer.bound(binding)
+            return binding
+        return binding.source.bindings[binding.key]
+
+    def _removeBinding(self, binding: Binding, autoDelete: bool = True) -> None:
+        source = binding.source
+        if source.unbind(binding) is None:
+            return
+        destination = binding.destination
+        if isinstance(destination, Queue):
+            destination.bindings.discard(binding)
+        else:
+            destination.inbound.discard(binding)
+        for observer in self.observers:
+            observer.unbound(binding)
+        if autoDelete and source.autoDelete and not source.bindings:
+            self.deleteExchange(source.name)
+
+    # Publishing
+
+    def route(self, exchange: Exchange, routingKey: str, message: Message) -> list[Queue]:
+        """
+        The queues a message published to C{exchange} reaches, each once,
+        following exchange-to-exchange bindings.
+        """
+        if exchange is self.defaultExchange:
+            queue = self.queues.get(routingKey)
+            return [queue] if queue is not None else []
+        destinations = exchange.match(routingKey, message)
+        if not exchange.hasExchangeDestinations:
+            return list(destinations)  # type: ignore[arg-type]
+        queues: dict[Queue, None] = {}
+        seen = {exchange}
+        pending: list[Destination] = list(destinations)
+        while pending:
+            destination = pending.pop()
+            if isinstance(destination, Queue):
+                queues[destination] = None
+            elif destination not in seen:
+                seen.add(destination)
+                pending.extend(destination.match(routingKey, message))
+        return list(queues)
+
+    def publishTarget(self, exchangeName: str) -> Exchange:
+        """
+        The exchange a client may publish to under C{exchangeName}.
+
+        @raise NotFound: if there is none.
+        @raise AccessRefused: if it is internal.
+        """
+        exchange = self.exchanges.get(exchangeName)
+        if exchange is None:
+            raise NotFound(f"no exchange '{exchangeName}' {self._where()}")
+        if exchange.internal:
+            raise AccessRefused(
+                f"cannot publish to internal exchange '{exchangeName}'"
+                f" {self._where()}"
+            )
+        return exchange
+
+    def publish(self, exchangeName: str, routingKey: str, message: Message) -> list[Queue]:
+        """
+        Route C{message} and enqueue it on every queue it reaches; return
+        those queues (empty: unroutable).
+        """
+        exchange = self.publishTarget(exchangeName)
+        queues = self.route(exchange, routingKey, message)
+        for queue in queues:
+            queue.enqueue(message)
+        return queues

@@ -1,0 +1,269 @@
+"""
+The twistd plugin's options and service: C{twistd -n qha --help}.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.logger import Logger
+from twisted.python import usage
+
+from .amqp.protocol import BrokerFactory
+from .amqp.users import UserDatabase
+from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mi": 1024**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "ti": 1024**4, "tib": 1024**4,
+}
+
+
+def physicalMemory() -> int:
+    """
+    The machine's physical memory in bytes (1 GiB if it cannot be told).
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1024**3
+
+
+def parseWatermark(value: str) -> int:
+    """
+    A memory high watermark: a fraction of physical memory (C{0.4}) or a
+    size (C{512MiB}, C{2GB}, C{1000000}).
+
+    @raise ValueError: with a message saying what is accepted.
+    """
+    text = value.strip()
+    try:
+        fraction = float(text)
+    except ValueError:
+        pass
+    else:
+        if 0 < fraction < 1:
+            return int(physicalMemory() * fraction)
+    match = _SIZE.match(text)
+    if match is None or (match.group(2) or "").lower() not in _UNITS:
+        raise ValueError(
+            f"--memory-high-watermark: {value!r} is neither a fraction of memory"
+            " between 0 and 1 (0.4) nor a size (512MiB, 2GB, 100000000)"
+        )
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def _positiveInt(name: str, low: int, high: int) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"--{name} must be a whole number, not {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"--{name} must be between {low} and {high}, not {number}")
+        return number
+
+    coerce.coerceDoc = f"A whole number from {low} to {high}."  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd qha}. A bad option or value ends the program with one
+    line that says what is wrong.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "qha is an AMQP 0-9-1 message broker. Run it in the foreground with"
+        " `twistd -n qha`; every RabbitMQ client library (pika, aio-pika, kombu)"
+        " connects to it unchanged."
+    )
+
+    optParameters = [
+        [
+            "port",
+            "p",
+            "tcp:5672:interface=127.0.0.1",
+            "Endpoint to listen on for AMQP clients (tcp:PORT:interface=ADDR, ssl:...).",
+        ],
+        [
+            "users",
+            "u",
+            None,
+            "File of users with scrypt-hashed passwords (see `qha-users`)."
+            " Without it, guest/guest may log in from loopback only.",
+        ],
+        [
+            "heartbeat",
+            None,
+            60,
+            "Heartbeat interval (seconds) the broker proposes; 0 turns heartbeats off."
+            " A peer silent for two intervals is dropped.",
+            _positiveInt("heartbeat", 0, 65535),
+        ],
+        [
+            "frame-max",
+            None,
+            131072,
+            "Largest frame (bytes) the broker accepts and proposes.",
+            _positiveInt("frame-max", 4096, 1048576),
+        ],
+        [
+            "channel-max",
+            None,
+            2047,
+            "Most channels a connection may open.",
+            _positiveInt("channel-max", 1, 65535),
+        ],
+        [
+            "max-message-size",
+            None,
+            128 * 1024 * 1024,
+            "Largest message body (bytes) a publisher may send; larger ones get"
+            " 406 PRECONDITION_FAILED.",
+            _positiveInt("max-message-size", 1, 512 * 1024 * 1024),
+        ],
+        [
+            "memory-high-watermark",
+            None,
+            "0.4",
+            "Queued-message memory past which publishers are blocked: a fraction"
+            " of physical memory (0.4) or a size (512MiB, 2GB).",
+        ],
+        [
+            "ha-replicate",
+            None,
+            "none",
+            "Default qpid.replicate level for declares that do not give one:"
+            " none, configuration or all.",
+        ],
+    ]
+
+    exitOnError = True
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, and on a usage error print one line and exit with status 1
+        (twistd would print the whole help first, burying the reason).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if not self.exitOnError:
+                raise
+            sys.stderr.write(f"twistd qha: error: {error} (see `twistd qha --help`)\n")
+            raise SystemExit(1) from None
+
+    def postOptions(self) -> None:
+        """
+        Check values that depend on each other and load the users file.
+        """
+        try:
+            self["memory-high-watermark"] = parseWatermark(
+                str(self["memory-high-watermark"])
+            )
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        if self["ha-replicate"] not in REPLICATE_LEVELS:
+            raise usage.UsageError(
+                f"--ha-replicate must be one of {', '.join(REPLICATE_LEVELS)},"
+                f" not {self['ha-replicate']!r}"
+            )
+        if self["users"] is not None:
+            try:
+                self["userDatabase"] = UserDatabase.fromFile(self["users"])
+            except ValueError as error:
+                raise usage.UsageError(str(error)) from None
+        else:
+            self["userDatabase"] = UserDatabase.default()
+        try:
+            from twisted.internet import reactor
+
+            serverFromString(reactor, self["port"])
+        except (ValueError, TypeError, KeyError) as error:
+            raise usage.UsageError(
+                f"--port: {self['port']!r} is not a valid endpoint ({error});"
+                " use e.g. tcp:5672:interface=127.0.0.1"
+            ) from None
+
+
+class ListeningService(Service):
+    """
+    Listens on an endpoint and logs the address it got, so that a process
+    started on port 0 says which port it has.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, description: str, factory: Any, what: str) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.what = what
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.factory)
+
+        def listening(port: IListeningPort) -> None:
+            self.port = port
+            address = port.getHost()
+            self.log.info(
+                "qha {what} listening on {host}:{port}",
+                what=self.what,
+                host=getattr(address, "host", "?"),
+                port=getattr(address, "port", "?"),
+            )
+
+        def failed(failure: Any) -> None:
+            self.log.failure(
+                "qha cannot listen on {description}", failure, description=self.description
+            )
+            if IReactorCore.providedBy(self.reactor):
+                self.reactor.stop()
+
+        d.addCallbacks(listening, failed)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def makeService(config: Options, reactor: Any = None) -> MultiService:
+    """
+    The broker's services for twistd.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    resources = Resources(highWatermark=config["memory-high-watermark"])
+    vhost = VirtualHost("/", resources)
+    factory = BrokerFactory(
+        vhost,
+        config["userDatabase"],
+        reactor,
+        heartbeat=config["heartbeat"],
+        frameMax=config["frame-max"],
+        channelMax=config["channel-max"],
+        maxMessageSize=config["max-message-size"],
+    )
+    service = MultiService()
+    ListeningService(reactor, config["port"], factory, "AMQP").setServiceParent(service)
+    return service

@@ -1,0 +1,5 @@
+"""
+Tests for qha: C{trial qha}.
+"""
+
+__all__: list[str] = []
