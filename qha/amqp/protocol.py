@@ -56,10 +56,6 @@ OPEN = "open"
 CLOSING = "closing"
 CLOSED = "closed"
 
-_methodNames = {
-    index: cls.name for index, cls in commands.INDEX_MAPPING.items()
-}
-
 
 class BrokerFactory(ServerFactory):
     """
@@ -97,7 +93,7 @@ class BrokerFactory(ServerFactory):
         self.refusalText = ""
         vhost.resources.listeners.append(self._memoryAlarm)
 
-    def buildProtocol(self, addr: IAddress) -> "AMQPServer":
+    def buildProtocol(self, addr: IAddress | None) -> "AMQPServer":  # type: ignore[override]
         protocol = AMQPServer(self)
         protocol.factory = self
         return protocol
@@ -147,7 +143,7 @@ class AMQPServer(Protocol):
         self._timeout: Any = None
         self._blockedSent = False
         self._pausedForMemory = False
-        self._readPaused = False
+        self._readPauses: set[str] = set()
         self.peer = "?"
 
     # Connection lifetime
@@ -190,10 +186,20 @@ class AMQPServer(Protocol):
     # IPushProducer: the transport tells us when its send buffer is full.
 
     def pauseProducing(self) -> None:
+        """
+        The socket's send buffer is full: deliver nothing more to this
+        client, and read nothing more from it (so a client that never reads
+        its confirms or returns cannot make them pile up here).
+        """
         self.writable = False
+        self._pauseReading("write")
 
     def resumeProducing(self) -> None:
+        """
+        The send buffer drained: deliver and read again.
+        """
         self.writable = True
+        self._resumeReading("write")
         queues = {
             consumer.queue
             for channel in self.channels.values()
@@ -204,6 +210,17 @@ class AMQPServer(Protocol):
 
     def stopProducing(self) -> None:
         self.writable = False
+
+    def _pauseReading(self, reason: str) -> None:
+        if not self._readPauses and self.state is not CLOSED:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._readPauses.add(reason)
+
+    def _resumeReading(self, reason: str) -> None:
+        if reason in self._readPauses:
+            self._readPauses.discard(reason)
+            if not self._readPauses and self.state is not CLOSED:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
 
     # Frames
 
@@ -286,9 +303,8 @@ class AMQPServer(Protocol):
             for channel in self._confirming:
                 channel.flushConfirms()
             self._confirming.clear()
-        if self._pausedForMemory and not self._readPaused:
-            self._readPaused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        if self._pausedForMemory:
+            self._pauseReading("memory")
 
     def _methodFrame(self, number: int, data: bytes, start: int, end: int) -> None:
         if end - start < 4:
@@ -322,7 +338,7 @@ class AMQPServer(Protocol):
             frame.unmarshal(payload)
         except Exception as error:
             raise SyntaxError(
-                f"could not decode the arguments of {cls.name} on channel"
+                f"could not decode the arguments of {getattr(cls, 'name', cls)} on channel"
                 f" {number}: {error}"
             ) from None
         return frame
@@ -454,9 +470,11 @@ class AMQPServer(Protocol):
         self.clientProperties = frame.client_properties or {}
         capabilities = self.clientProperties.get("capabilities") or {}
         self.clientCapabilities = capabilities if isinstance(capabilities, dict) else {}
-        response = frame.response
-        if isinstance(response, str):
-            response = response.encode("utf-8")
+        response: bytes
+        if isinstance(frame.response, str):
+            response = frame.response.encode("utf-8")
+        else:
+            response = frame.response or b""
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         loopback = str(getattr(peer, "host", "")) in ("127.0.0.1", "::1") or str(
             getattr(peer, "host", "")
@@ -644,9 +662,7 @@ class AMQPServer(Protocol):
                 self.write(wire.connectionUnblocked())
         if not blocked:
             self._pausedForMemory = False
-            if self._readPaused:
-                self._readPaused = False
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+            self._resumeReading("memory")
 
 
 class ConnectionForcedRefusal(ConnectionError):

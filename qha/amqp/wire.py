@@ -92,7 +92,7 @@ def content(channel: int, header: bytes, body: bytes, frameMax: int) -> bytes:
     else:
         view = memoryview(body)
         for start in range(0, len(body), limit):
-            chunk = view[start : start + limit]
+            chunk = bytes(view[start : start + limit])
             parts += [_frameHeader.pack(FRAME_BODY, channel, len(chunk)), chunk, FRAME_END]
     return b"".join(parts)
 
