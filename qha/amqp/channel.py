@@ -372,6 +372,10 @@ class Channel:
                 queue.release(entries)
             elif queue.consumers:
                 queue.dispatch()
+        if self.globalPrefetch and taken and not self.closing:
+            # Global prefetch credit is the channel's: consumers of other
+            # queues may be waiting for it too.
+            self._dispatchAll()
 
     def nack(self, deliveryTag: int, multiple: bool, requeue: bool) -> None:
         """

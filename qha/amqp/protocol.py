@@ -220,6 +220,7 @@ class AMQPServer(Protocol):
         if reason in self._readPauses:
             self._readPauses.discard(reason)
             if not self._readPauses and self.state is not CLOSED:
+                self._lastReceived = self.clock.seconds()
                 self.transport.resumeProducing()  # type: ignore[union-attr]
 
     # Frames
@@ -252,7 +253,7 @@ class AMQPServer(Protocol):
             data = data[8:]
         offset = 0
         size = len(data)
-        frameLimit = self.factory.frameMax
+        frameLimit = self.frameMax
         try:
             while size - offset >= 8:
                 frameType, number, length = _unpackFrameHeader(data, offset)
@@ -316,7 +317,7 @@ class AMQPServer(Protocol):
                 if index == PUBLISH:
                     self._publish(channel, data, start + 4, end, number)
                     return
-                if index == ACK and end - start == 13:
+                if index == ACK and end - start == 13 and not channel.expectingContent:
                     deliveryTag, flags = _unpackAck(data, start + 4)
                     self._channelCall(number, index, channel.ack, deliveryTag, bool(flags & 1))
                     return
@@ -519,7 +520,10 @@ class AMQPServer(Protocol):
         """
         Send a heartbeat; drop a peer silent for two heartbeat intervals.
         """
-        if self.clock.seconds() - self._lastReceived >= 2 * self.heartbeat:
+        # While reading is paused the peer's heartbeats wait unread, so its
+        # silence says nothing (RabbitMQ pauses its monitor when blocking).
+        silent = self.clock.seconds() - self._lastReceived
+        if not self._readPauses and silent >= 2 * self.heartbeat:
             self.log.info(
                 "{peer} sent nothing for {seconds}s (two heartbeat intervals):"
                 " closing the connection",
@@ -537,7 +541,7 @@ class AMQPServer(Protocol):
         if isinstance(vhost, bytes):
             vhost = vhost.decode("utf-8", "replace")
         if vhost != self.vhost.name:
-            raise NotAllowed(f"vhost '{vhost}' not found; this broker has vhost '/'")
+            raise NotAllowed(f"vhost '{vhost}' not found; this broker has vhost '{self.vhost.name}'")
         if not self.factory.acceptingClients:
             raise ConnectionForcedRefusal(self.factory.refusalText)
         if self._timeout is not None and self._timeout.active():

@@ -199,6 +199,14 @@ class FanoutExchange(Exchange):
         return self._index.byKey.get("", ())
 
 
+def topicWords(key: str) -> list[str]:
+    """
+    The words of a routing key or binding pattern. The empty key has no
+    words (as in RabbitMQ), so C{#} matches it and C{*} does not.
+    """
+    return key.split(".") if key else []
+
+
 def topicMatches(pattern: list[str], words: list[str]) -> bool:
     """
     Whether the routing key C{words} match the binding C{pattern}, where
@@ -243,7 +251,7 @@ class TopicExchange(Exchange):
 
     def _indexAdd(self, binding: Binding) -> None:
         self._index.add(binding.routingKey, binding.destination)
-        self._patterns[binding.routingKey] = binding.routingKey.split(".")
+        self._patterns[binding.routingKey] = topicWords(binding.routingKey)
         self._cache.clear()
 
     def _indexRemove(self, binding: Binding) -> None:
@@ -256,7 +264,7 @@ class TopicExchange(Exchange):
         cached = self._cache.get(routingKey)
         if cached is not None:
             return cached
-        words = routingKey.split(".")
+        words = topicWords(routingKey)
         found: dict[Destination, None] = {}
         for key, pattern in self._patterns.items():
             if topicMatches(pattern, words):

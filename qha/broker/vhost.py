@@ -246,7 +246,9 @@ class VirtualHost:
         exchange = self.exchanges.get(name)
         if exchange is None:
             return
-        if ifUnused and (exchange.bindings or exchange.inbound):
+        # In use means bindings from it (AMQP: "queue bindings"; RabbitMQ
+        # counts only bindings whose source it is).
+        if ifUnused and exchange.bindings:
             raise PreconditionFailed(f"exchange '{name}' {self._where()} in use")
         for binding in list(exchange.bindings.values()):
             self._removeBinding(binding, autoDelete=False)
@@ -278,7 +280,8 @@ class VirtualHost:
             if not name:
                 raise NotFound("a passive declare needs a queue name")
             return self.queue(name, owner)
-        if not name:
+        serverNamed = not name
+        if serverNamed:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode(
                 "ascii"
             ).rstrip("=")
@@ -299,7 +302,7 @@ class VirtualHost:
                     )
             self._checkArguments("queue", name, existing.arguments, arguments)
             return existing
-        if name.startswith("amq."):
+        if name.startswith("amq.") and not serverNamed:
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         queue = Queue(
             self,

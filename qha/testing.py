@@ -1,0 +1,207 @@
+"""
+Public fakes for testing code that uses the broker model, shared by qha's own
+tests and by anyone building on L{qha.broker}.
+
+L{RecordingTarget} stands in for an AMQP channel as a consumer's
+L{DeliveryTarget}: it records what it is given and takes only as many
+messages as it has credit for. L{RecordingObserver} records every
+L{BrokerObserver} event, in order, in a form that is easy to compare.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .broker.exchange import Binding, Exchange
+from .broker.queue import Consumer, DeliveryTarget, Entry, Queue
+from .broker.vhost import BrokerObserver
+
+__all__ = ["RecordingObserver", "RecordingTarget"]
+
+
+class RecordingTarget:
+    """
+    A L{DeliveryTarget} that records deliveries and cancellations.
+
+    It takes a message when it has credit left (L{None}: unlimited) and the
+    consumer is under its own prefetch limit, as a channel would.
+
+    @ivar credit: how many more messages it will take, or L{None} for no
+        limit; each delivery uses one.
+    @ivar deliveries: every C{(consumer, entry)} delivered, in order.
+    @ivar cancelled: every consumer the broker cancelled, in order.
+    """
+
+    def __init__(self, credit: int | None = None) -> None:
+        """
+        @param credit: the initial credit, L{None} for no limit.
+        """
+        self.credit = credit
+        self.deliveries: list[tuple[Consumer, Entry]] = []
+        self.cancelled: list[Consumer] = []
+
+    def canDeliver(self, consumer: Consumer) -> bool:
+        """
+        Whether there is credit left and C{consumer} is under its prefetch.
+        """
+        if self.credit is not None and self.credit <= 0:
+            return False
+        return consumer.prefetch == 0 or consumer.unacked < consumer.prefetch
+
+    def deliver(self, consumer: Consumer, entry: Entry) -> None:
+        """
+        Record the delivery and use one credit.
+        """
+        self.deliveries.append((consumer, entry))
+        if self.credit is not None:
+            self.credit -= 1
+
+    def consumerCancelled(self, consumer: Consumer) -> None:
+        """
+        Record that the broker cancelled C{consumer}.
+        """
+        self.cancelled.append(consumer)
+
+    def grant(self, credit: int) -> None:
+        """
+        Allow C{credit} more deliveries (from no limit, to exactly that many).
+
+        The caller asks the queues to dispatch again, as a channel does when
+        the client acknowledges or raises its prefetch.
+        """
+        self.credit = (self.credit or 0) + credit
+
+    def bodies(self) -> list[bytes]:
+        """
+        The bodies of the messages delivered, in order.
+        """
+        return [entry.message.body for _, entry in self.deliveries]
+
+    def tags(self) -> list[str]:
+        """
+        The tags of the consumers that received each delivery, in order.
+        """
+        return [consumer.tag for consumer, _ in self.deliveries]
+
+    def ack(self, consumer: Consumer, entry: Entry) -> None:
+        """
+        Acknowledge a delivery, as a channel does on basic.ack: the consumer
+        gets its credit back, the entry is settled and the queue dispatches.
+        """
+        queue = consumer.queue
+        queue.consumerSettled(consumer)
+        queue.settle(entry)
+        queue.dispatch()
+
+
+def _bindingDescription(binding: Binding) -> tuple[str, str, str]:
+    """
+    A binding as C{(source, destination, routing key)} names.
+    """
+    return (binding.source.name, binding.destination.name, binding.routingKey)
+
+
+class RecordingObserver:
+    """
+    A L{BrokerObserver} that records every event, in order.
+
+    @ivar events: one tuple per event: its name, then the names and ids that
+        identify what it is about, e.g. C{("enqueued", "q", 1)} or
+        C{("bound", "amq.direct", "q", "key")}.
+    @ivar calls: one tuple per event: its name, then the objects it was
+        called with.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.calls: list[tuple[Any, ...]] = []
+
+    def clear(self) -> None:
+        """
+        Forget the events recorded so far.
+        """
+        del self.events[:]
+        del self.calls[:]
+
+    def queueDeclared(self, queue: Queue) -> None:
+        """
+        Record a declared queue.
+        """
+        self.events.append(("queueDeclared", queue.name))
+        self.calls.append(("queueDeclared", queue))
+
+    def queueDeleted(self, queue: Queue) -> None:
+        """
+        Record a deleted queue.
+        """
+        self.events.append(("queueDeleted", queue.name))
+        self.calls.append(("queueDeleted", queue))
+
+    def exchangeDeclared(self, exchange: Exchange) -> None:
+        """
+        Record a declared exchange.
+        """
+        self.events.append(("exchangeDeclared", exchange.name))
+        self.calls.append(("exchangeDeclared", exchange))
+
+    def exchangeDeleted(self, exchange: Exchange) -> None:
+        """
+        Record a deleted exchange.
+        """
+        self.events.append(("exchangeDeleted", exchange.name))
+        self.calls.append(("exchangeDeleted", exchange))
+
+    def bound(self, binding: Binding) -> None:
+        """
+        Record a new binding.
+        """
+        self.events.append(("bound",) + _bindingDescription(binding))
+        self.calls.append(("bound", binding))
+
+    def unbound(self, binding: Binding) -> None:
+        """
+        Record a removed binding.
+        """
+        self.events.append(("unbound",) + _bindingDescription(binding))
+        self.calls.append(("unbound", binding))
+
+    def enqueued(self, queue: Queue, entry: Entry) -> None:
+        """
+        Record a message added to a queue.
+        """
+        self.events.append(("enqueued", queue.name, entry.id))
+        self.calls.append(("enqueued", queue, entry))
+
+    def acquired(self, queue: Queue, entry: Entry) -> None:
+        """
+        Record a message taken by a consumer or basic.get.
+        """
+        self.events.append(("acquired", queue.name, entry.id))
+        self.calls.append(("acquired", queue, entry))
+
+    def released(self, queue: Queue, entry: Entry) -> None:
+        """
+        Record a message given back to its queue.
+        """
+        self.events.append(("released", queue.name, entry.id))
+        self.calls.append(("released", queue, entry))
+
+    def dequeued(self, queue: Queue, entry: Entry) -> None:
+        """
+        Record a message gone for good (acknowledged).
+        """
+        self.events.append(("dequeued", queue.name, entry.id))
+        self.calls.append(("dequeued", queue, entry))
+
+    def purged(self, queue: Queue, count: int) -> None:
+        """
+        Record a purge of C{count} messages.
+        """
+        self.events.append(("purged", queue.name, count))
+        self.calls.append(("purged", queue, count))
+
+
+if TYPE_CHECKING:
+    # mypy checks that the fakes provide the interfaces they stand in for.
+    _target: DeliveryTarget = RecordingTarget()
+    _observer: BrokerObserver = RecordingObserver()
