@@ -12,8 +12,11 @@ Why this does not use Twisted, nor an AMQP client library
 A load generator must not be the bottleneck of what it measures.  General
 purpose Python clients (pika, aio-pika) spend tens of microseconds of Python
 per message and top out at a few thousand messages per second, far below what
-a broker does.  So each client here is one process with one blocking TCP
-socket and a C{selectors} loop, and it speaks AMQP itself:
+a broker does.  So each client here is one process with one plain TCP socket
+and a C{selectors} loop, and it speaks AMQP itself.  The socket is
+non-blocking only so that a publisher whose broker has stopped reading (TCP
+back-pressure, C{Connection.Blocked}) still hears the parent's stop command;
+every wait is a C{select} on the socket and the command pipe.
 
   - Publishing is pipelined raw bytes.  The method, content header and body
     frames of a publish are encoded once with pamqp; a batch buffer holds
@@ -38,7 +41,7 @@ The parent process declares and purges the queue, starts the consumers and
 waits (bounded) until each reports C{Basic.ConsumeOk}, starts the publishers
 and waits until each is connected, then tells them all to go at once.  After
 C{--duration} seconds (or once every publisher has sent C{--messages}) it tells
-the publishers to stop; they finish the frame they are writing and, with
+the publishers to stop; they finish the batch they are writing and, with
 confirms, wait (bounded) for outstanding confirms.  The parent then waits
 (bounded by C{--drain-timeout}) for the consumers to receive what was
 published, stops them, prints the report and deletes the queue.
@@ -49,17 +52,27 @@ one pipe each (commands); nothing waits by sleeping.
 Accuracy
 ========
 
-  - Latency is measured from C{time.monotonic_ns()} read by the publisher just
-    before it copies a batch into the kernel, to C{time.monotonic_ns()} read
-    by the consumer right after the C{recv} that completed the message.  On
+  - Latency is measured from C{time.monotonic_ns()} read by the publisher as
+    it stamps a message, just before writing its batch (at most 64 KiB) to
+    the socket, to C{time.monotonic_ns()} read by the consumer when C{select}
+    reports the socket readable for the read that completes the message.  On
     Linux the monotonic clock is system-wide, so these compare across
-    processes; they do not across machines.
+    processes; they do not across machines.  Time a stamped batch waits for
+    a full socket to drain, and time a busy consumer leaves data in its
+    socket, both count as latency.
   - Latencies are kept in a log-linear histogram (1 ns steps below 1024 ns,
     then 512 steps per power of two), so a reported percentile is the upper
     edge of its bucket, at most 0.2% above the true value.  C{max} is exact.
   - Without C{--confirm}, publishers send as fast as TCP lets them; if the
     broker cannot keep up, messages queue and the latency measures that queue.
     Use C{--confirm WINDOW} to bound messages in flight.
+  - Rates count from the moment the publishers are told to go (process
+    start-up and connection set-up are excluded) to the last write, the last
+    confirm, or the last delivery.  C{lost} is published minus consumed when
+    the consumers were stopped: if C{--drain-timeout} ran out first, it
+    includes messages still queued.
+  - Publishes are C{mandatory}, so unroutable messages come back as
+    C{Basic.Return} and are counted as returned.
   - Clients and broker share the machine's cores when run on one host; see
     the CPU use of both before crediting a figure to the broker.
 """
@@ -81,7 +94,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence, TextIO, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TextIO, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from pamqp import base, body, commands, constants, frame, header
@@ -347,7 +360,7 @@ class _ArgumentParser(argparse.ArgumentParser):
     and exiting, so L{main} prints one line and tests can check the message.
     """
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         """
         @param message: what is wrong.
         @raise OptionsError: always.
@@ -361,6 +374,9 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """
 
     def convert(text: str) -> int:
+        """
+        @return: C{text} as an integer in range.
+        """
         try:
             value = int(text)
         except ValueError:
@@ -855,7 +871,9 @@ class LatencyHistogram:
         """
         if not self.count:
             return None
-        rank = max(1, math.ceil(percent / 100 * self.count))
+        # Rounded first so that float noise (99.9% of 1000 = 999.0000001)
+        # does not push the rank up by one.
+        rank = max(1, math.ceil(round(percent * self.count / 100, 6)))
         seen = 0
         for index, count in enumerate(self.counts):
             seen += count
@@ -1040,6 +1058,9 @@ def summarize(
     lastDelivery = max((each.lastNs for each in consumers), default=start)
 
     def milliseconds(value: int | None) -> float | None:
+        """
+        @return: nanoseconds as milliseconds.
+        """
         return None if value is None else value / 1e6
 
     return BenchReport(
@@ -1081,12 +1102,21 @@ def formatTable(report: BenchReport) -> str:
     """
 
     def rate(value: float | None) -> str:
+        """
+        @return: a rate, right-aligned with thousands separators.
+        """
         return "-" if value is None else f"{value:>12,.0f}"
 
     def ms(value: float | None) -> str:
+        """
+        @return: milliseconds to the microsecond.
+        """
         return "-" if value is None else f"{value:.3f}"
 
     def count(value: int | None) -> str:
+        """
+        @return: a count with thousands separators.
+        """
         return "-" if value is None else f"{value:,}"
 
     lines = [
@@ -1105,8 +1135,13 @@ def formatTable(report: BenchReport) -> str:
         lines.append(f"  consumed   {rate(report.consumedRate)}")
     lines += [
         "",
-        f"  latency ms  p50 {ms(report.latencyP50)}  p99 {ms(report.latencyP99)}"
-        f"  max {ms(report.latencyMax)}  (of {report.latencyCount:,})",
+        (
+            f"  latency ms  p50 {ms(report.latencyP50)}  p99 "
+            f"{ms(report.latencyP99)}  max {ms(report.latencyMax)}  "
+            f"(of {report.latencyCount:,})"
+            if report.latencyCount
+            else "  latency ms  - (nothing consumed)"
+        ),
         "",
         f"  published {count(report.published)}  confirmed "
         f"{count(report.confirmed)}  nacked {count(report.nacked)}  consumed "
@@ -1189,7 +1224,7 @@ class AMQPConnection:
         first = b""
         while len(first) < 8:
             self._waitReadable(deadline)
-            data = self._receive()
+            data = self.receiveAvailable()
             first += data
             if not first.startswith(b"AMQP"[: len(first)]):
                 break
@@ -1263,7 +1298,7 @@ class AMQPConnection:
         """
         self.sendAll(encodeMethod(method, channel))
 
-    def _receive(self) -> bytes:
+    def receiveAvailable(self) -> bytes:
         """
         Read what the kernel has; the socket must be readable.
 
@@ -1289,8 +1324,8 @@ class AMQPConnection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BenchError("timed out waiting for the server")
-            for key, _ in self.selector.select(remaining):
-                if key.fileobj is self.socket:
+            for key, mask in self.selector.select(remaining):
+                if key.fileobj is self.socket and mask & selectors.EVENT_READ:
                     return
 
     def receiveFrames(self, deadline: float) -> list[Frame]:
@@ -1302,7 +1337,7 @@ class AMQPConnection:
             self._backlog.clear()
             return frames
         self._waitReadable(deadline)
-        return self.reader.feed(self._receive())
+        return self.reader.feed(self.receiveAvailable())
 
     def takeBacklog(self) -> list[Frame]:
         """
@@ -1365,13 +1400,17 @@ class AMQPConnection:
                 self.sendMethod(commands.Connection.CloseOk(), 0)
             except BenchError:
                 pass
-            raise ServerClosedError("connection", method.reply_code, method.reply_text)
+            raise ServerClosedError(
+                "connection", method.reply_code or 0, method.reply_text or ""
+            )
         if isinstance(method, commands.Channel.Close):
             try:
                 self.sendMethod(commands.Channel.CloseOk(), channel)
             except BenchError:
                 pass
-            raise ServerClosedError("channel", method.reply_code, method.reply_text)
+            raise ServerClosedError(
+                "channel", method.reply_code or 0, method.reply_text or ""
+            )
         if isinstance(method, commands.Connection.Blocked):
             if not self.blocked:
                 self.blocked = True
@@ -1399,8 +1438,9 @@ class AMQPConnection:
         Errors are ignored: this is the end anyway.
         """
         try:
-            self.sendMethod(
-                commands.Connection.Close(200, "bye", 0, 0), 0
+            self.sendAll(
+                encodeMethod(commands.Connection.Close(200, "bye", 0, 0), 0),
+                timeout,
             )
             deadline = time.monotonic() + timeout
             while True:
@@ -1408,7 +1448,8 @@ class AMQPConnection:
                     if frameType == FRAME_METHOD and channel == 0:
                         method = decodeMethod(channel, payload)
                         if isinstance(
-                            method, (commands.Connection.CloseOk, commands.Connection.Close)
+                            method,
+                            (commands.Connection.CloseOk, commands.Connection.Close),
                         ):
                             return
         except BenchError:
@@ -1433,3 +1474,767 @@ def _waitWritable(sock: socket.socket, timeout: float) -> None:
     with selectors.DefaultSelector() as selector:
         selector.register(sock, selectors.EVENT_WRITE)
         selector.select(timeout)
+
+
+# --------------------------------------------------------------------------
+# Clients
+
+
+#: A report from a client process to the parent: kind, role, index, payload.
+Report = tuple[str, str, int, Any]
+
+
+class Publisher:
+    """
+    One publishing client.  It keeps the socket full of stamped batches, or
+    with confirms keeps at most C{--confirm} messages unconfirmed, and stops
+    stamping while the server has the connection blocked.
+    """
+
+    def __init__(
+        self,
+        connection: AMQPConnection,
+        options: BenchOptions,
+        index: int,
+        template: PublishTemplate,
+    ) -> None:
+        """
+        @param connection: an open connection, in confirm mode if
+            C{options.confirm}.
+        @param options: the run's options.
+        @param index: this publisher's number; the top 16 bits of its
+            sequence numbers.
+        @param template: the encoded publish.
+        """
+        self.connection = connection
+        self.options = options
+        self.index = index
+        self.template = template
+        #: Whether we stopped in the middle of a frame (stop timed out).
+        self.midFrame = False
+
+    def run(self, control: multiprocessing.connection.Connection) -> PublisherResult:
+        """
+        Publish until C{"stop"} arrives on C{control} (then finish the batch
+        being written and wait for outstanding confirms, both bounded by
+        L{STOP_TIMEOUT}), or until C{--messages} are sent and settled.
+
+        @return: the counts and times.
+        """
+        selector = self.connection.selector
+        selector.register(control, selectors.EVENT_READ, "control")
+        try:
+            return self._publish(control)
+        finally:
+            # Leave the selector as the connection's own methods expect it:
+            # a closed control pipe or a writable socket would wake them.
+            selector.unregister(control)
+            selector.modify(self.connection.socket, selectors.EVENT_READ)
+
+    def _publish(
+        self, control: multiprocessing.connection.Connection
+    ) -> PublisherResult:
+        """
+        The publishing loop of L{run}.
+        """
+        connection = self.connection
+        sock = connection.socket
+        selector = connection.selector
+        reader = connection.reader
+        monotonic = time.monotonic_ns
+        unpackMethod = METHOD_ID.unpack_from
+        unpackTagAndBits = TAG_AND_BITS.unpack_from
+        handleRare = connection.handleRareFrame
+
+        length = len(self.template.encoded)
+        capacity = max(1, BATCH_BYTES // length)
+        window = self.options.confirm
+        if window:
+            capacity = min(capacity, window)
+        limit = self.options.messages
+        batch = PublishBatch(self.template, capacity)
+        tracker = ConfirmTracker()
+        sequenceBase = self.index << 48
+
+        published = 0
+        returned = 0
+        pending: memoryview | None = None
+        pendingCount = 0
+        pendingOffset = 0
+        stopping = False
+        stopDeadline = 0
+        writing = False
+        start = lastSend = lastConfirm = monotonic()
+        frames = connection.takeBacklog()
+
+        while True:
+            if frames:
+                confirmed = False
+                for frameType, channel, payload in frames:
+                    if frameType != FRAME_METHOD:
+                        continue
+                    methodId = unpackMethod(payload)[0]
+                    if methodId == BASIC_ACK:
+                        tag, bits = unpackTagAndBits(payload, 4)
+                        tracker.settle(tag, bool(bits & 1), True)
+                        confirmed = True
+                    elif methodId == BASIC_NACK:
+                        tag, bits = unpackTagAndBits(payload, 4)
+                        tracker.settle(tag, bool(bits & 1), False)
+                        confirmed = True
+                    elif methodId == BASIC_RETURN:
+                        returned += 1
+                    else:
+                        handleRare(frameType, channel, payload)
+                if confirmed:
+                    lastConfirm = monotonic()
+                frames = []
+
+            if (
+                pending is None
+                and not stopping
+                and not connection.blocked
+                and (not window or published - tracker.settled < window)
+                and (limit is None or published < limit)
+            ):
+                count = capacity
+                if window:
+                    count = min(count, window - (published - tracker.settled))
+                if limit is not None:
+                    count = min(count, limit - published)
+                pending = batch.stamp(count, sequenceBase + published + 1)
+                pendingCount = count
+                pendingOffset = 0
+
+            if pending is not None:
+                try:
+                    pendingOffset += sock.send(pending[pendingOffset:])
+                except BlockingIOError:
+                    pass
+                except OSError as error:
+                    raise BenchError(f"connection lost: {error}") from None
+                if pendingOffset == len(pending):
+                    published += pendingCount
+                    pending = None
+                    lastSend = monotonic()
+
+            if pending is None and (not window or tracker.settled >= published):
+                if stopping or (limit is not None and published >= limit):
+                    break
+            if stopping and monotonic() > stopDeadline:
+                break
+
+            canStamp = (
+                pending is None
+                and not stopping
+                and not connection.blocked
+                and (not window or published - tracker.settled < window)
+                and (limit is None or published < limit)
+            )
+            wantWrite = pending is not None
+            if wantWrite != writing:
+                selector.modify(
+                    sock,
+                    selectors.EVENT_READ | (selectors.EVENT_WRITE if wantWrite else 0),
+                )
+                writing = wantWrite
+            for key, mask in selector.select(0 if canStamp else IDLE_WAIT):
+                if key.data == "control":
+                    try:
+                        command = control.recv()
+                    except EOFError:
+                        command = "stop"
+                    if command == "stop" and not stopping:
+                        stopping = True
+                        stopDeadline = monotonic() + int(STOP_TIMEOUT * 1e9)
+                elif mask & selectors.EVENT_READ:
+                    frames = reader.feed(connection.receiveAvailable())
+
+        if pending is not None:
+            # Stopped while the socket would not drain: count what got out.
+            published += pendingOffset // length
+            self.midFrame = pendingOffset % length != 0
+        return PublisherResult(
+            published=published,
+            confirmed=tracker.acked,
+            nacked=tracker.nacked,
+            returned=returned,
+            unconfirmed=published - tracker.settled if window else 0,
+            startNs=start,
+            lastSendNs=lastSend,
+            lastConfirmNs=lastConfirm if window else lastSend,
+            blockedCount=connection.blockedCount,
+            blockedNs=connection.blockedTime(),
+        )
+
+
+class Consumer:
+    """
+    One consuming client: receives deliveries, reads the send timestamp
+    from the body, and acks (multiple) every C{prefetch / 2} deliveries.
+    """
+
+    def __init__(
+        self,
+        connection: AMQPConnection,
+        options: BenchOptions,
+        index: int,
+        reports: Any,
+    ) -> None:
+        """
+        @param connection: an open connection with a consumer on the queue.
+        @param options: the run's options.
+        @param index: this consumer's number.
+        @param reports: the parent's report queue, for progress.
+        """
+        self.connection = connection
+        self.options = options
+        self.index = index
+        self.reports = reports
+        self.histogram = LatencyHistogram()
+        self.consumed = 0
+        self.redelivered = 0
+        self.unacked = 0
+        self.lastTag = 0
+        self.firstNs = 0
+        self.lastNs = 0
+        self._bodySize = 0
+        self._remaining = 0
+        self._stampNs = -1
+
+    def handleFrames(self, frames: list[Frame], receivedNs: int) -> None:
+        """
+        Account for a read's frames; the hot path, so everything is local.
+
+        @param frames: the frames, in order.
+        @param receivedNs: when the read that completed them returned.
+        """
+        counts = self.histogram.counts
+        maximum = self.histogram.maximum
+        recorded = 0
+        consumed = self.consumed
+        unacked = self.unacked
+        lastTag = self.lastTag
+        bodySize = self._bodySize
+        remaining = self._remaining
+        stampNs = self._stampNs
+        ackEvery = self.options.ackEvery
+        unpackMethod = METHOD_ID.unpack_from
+        unpackLong = LONG_LONG.unpack_from
+        unpackHeader = HEADER_BODY_SIZE.unpack_from
+        consumedBefore = consumed
+        for frameType, channel, payload in frames:
+            if frameType == FRAME_BODY:
+                if remaining == bodySize and len(payload) >= 16:
+                    stampNs = unpackLong(payload)[0]
+                remaining -= len(payload)
+                if remaining > 0:
+                    continue
+            elif frameType == FRAME_HEADER:
+                bodySize = remaining = unpackHeader(payload)[2]
+                stampNs = -1
+                if bodySize:
+                    continue
+            elif frameType == FRAME_METHOD:
+                if unpackMethod(payload)[0] == BASIC_DELIVER:
+                    tagEnd = 5 + payload[4]
+                    lastTag = unpackLong(payload, tagEnd)[0]
+                    if payload[tagEnd + 8] & 1:
+                        self.redelivered += 1
+                else:
+                    self.connection.handleRareFrame(frameType, channel, payload)
+                continue
+            else:
+                continue
+            # A whole message has arrived.
+            consumed += 1
+            if stampNs >= 0:
+                latency = receivedNs - stampNs
+                if latency < 0:
+                    latency = 0
+                bits = latency.bit_length()
+                if bits <= 10:
+                    counts[latency] += 1
+                else:
+                    counts[((bits - 10) << 9) + (latency >> (bits - 10))] += 1
+                if latency > maximum:
+                    maximum = latency
+                recorded += 1
+            unacked += 1
+            if unacked >= ackEvery:
+                self.connection.sendAll(encodeAck(lastTag, True))
+                unacked = 0
+        if consumed != consumedBefore:
+            if not consumedBefore:
+                self.firstNs = receivedNs
+            self.lastNs = receivedNs
+        self.histogram.count += recorded
+        self.histogram.maximum = maximum
+        self.consumed = consumed
+        self.unacked = unacked
+        self.lastTag = lastTag
+        self._bodySize = bodySize
+        self._remaining = remaining
+        self._stampNs = stampNs
+
+    def ackAll(self) -> None:
+        """
+        Acknowledge every delivery not acknowledged yet.
+        """
+        if self.unacked:
+            self.connection.sendAll(encodeAck(self.lastTag, True))
+            self.unacked = 0
+
+    def run(self, control: multiprocessing.connection.Connection) -> ConsumerResult:
+        """
+        Consume until C{"stop"} arrives on C{control}, telling the parent how
+        many messages arrived every L{PROGRESS_INTERVAL_NS}.
+
+        @return: the counts, times and latencies.
+        """
+        selector = self.connection.selector
+        selector.register(control, selectors.EVENT_READ, "control")
+        try:
+            return self._consume(control)
+        finally:
+            selector.unregister(control)
+
+    def _consume(
+        self, control: multiprocessing.connection.Connection
+    ) -> ConsumerResult:
+        """
+        The receiving loop of L{run}.
+        """
+        connection = self.connection
+        selector = connection.selector
+        reader = connection.reader
+        monotonic = time.monotonic_ns
+        lastProgress = monotonic()
+        frames = connection.takeBacklog()
+        if frames:
+            self.handleFrames(frames, lastProgress)
+        stopping = False
+        while not stopping:
+            events = selector.select(IDLE_WAIT)
+            receivedNs = monotonic()
+            for key, mask in events:
+                if key.data == "control":
+                    try:
+                        stopping = control.recv() == "stop"
+                    except EOFError:
+                        stopping = True
+                else:
+                    self.handleFrames(
+                        reader.feed(connection.receiveAvailable()), receivedNs
+                    )
+            if not events:
+                self.ackAll()
+            if receivedNs - lastProgress >= PROGRESS_INTERVAL_NS:
+                self.reports.put(("progress", "consumer", self.index, self.consumed))
+                lastProgress = receivedNs
+        result = ConsumerResult(
+            consumed=self.consumed,
+            redelivered=self.redelivered,
+            firstNs=self.firstNs,
+            lastNs=self.lastNs,
+            latencies=self.histogram.toSparse(),
+            maximumNs=self.histogram.maximum,
+        )
+        self.ackAll()
+        return result
+
+
+def _waitForGo(control: multiprocessing.connection.Connection) -> bool:
+    """
+    @return: whether the parent said C{"go"} (rather than stop, or died).
+    """
+    try:
+        command: object = control.recv()
+    except EOFError:
+        return False
+    return command == "go"
+
+
+def _runClient(role: str, index: int, reports: Any, body: Callable[[], None]) -> None:
+    """
+    Run a client's C{body}, reporting any failure to the parent in one line.
+    """
+    try:
+        body()
+    except KeyboardInterrupt:
+        pass
+    except BenchError as error:
+        reports.put(("error", role, index, str(error)))
+    except Exception:
+        reports.put(("error", role, index, traceback.format_exc().rstrip()))
+
+
+def publisherProcess(
+    options: BenchOptions,
+    index: int,
+    control: multiprocessing.connection.Connection,
+    reports: Any,
+) -> None:
+    """
+    The body of a publisher process: connect, report ready, wait for
+    C{"go"}, publish, report the result.
+
+    @param control: commands from the parent (C{"go"}, C{"stop"}).
+    @param reports: the parent's report queue.
+    """
+
+    def publish() -> None:
+        """
+        Connect, publish and report; close (or abort) the connection.
+        """
+        connection = AMQPConnection.open(options.url)
+        publisher: Publisher | None = None
+        try:
+            if options.confirm:
+                connection.call(commands.Confirm.Select(), commands.Confirm.SelectOk)
+            template = buildPublishTemplate(
+                options.queue, options.size, connection.frameMax, options.persistent
+            )
+            reports.put(("ready", "publisher", index, None))
+            if not _waitForGo(control):
+                return
+            publisher = Publisher(connection, options, index, template)
+            result = publisher.run(control)
+            reports.put(("done", "publisher", index, result))
+        finally:
+            if publisher is not None and publisher.midFrame:
+                connection.abort()
+            else:
+                connection.close()
+
+    _runClient("publisher", index, reports, publish)
+
+
+def consumerProcess(
+    options: BenchOptions,
+    index: int,
+    control: multiprocessing.connection.Connection,
+    reports: Any,
+) -> None:
+    """
+    The body of a consumer process: connect, set the prefetch, consume,
+    report ready, receive until told to stop, report the result.
+
+    @param control: commands from the parent (C{"stop"}).
+    @param reports: the parent's report queue.
+    """
+
+    def consume() -> None:
+        """
+        Connect, consume and report; close the connection.
+        """
+        connection = AMQPConnection.open(options.url)
+        try:
+            connection.call(
+                commands.Basic.Qos(prefetch_count=options.prefetch),
+                commands.Basic.QosOk,
+            )
+            connection.call(
+                commands.Basic.Consume(
+                    queue=options.queue, consumer_tag=f"{PROGRAM}-{index}"
+                ),
+                commands.Basic.ConsumeOk,
+            )
+            reports.put(("ready", "consumer", index, None))
+            result = Consumer(connection, options, index, reports).run(control)
+            reports.put(("done", "consumer", index, result))
+        finally:
+            connection.close()
+
+    _runClient("consumer", index, reports, consume)
+
+
+# --------------------------------------------------------------------------
+# The parent
+
+
+@dataclass
+class _Client:
+    """
+    A client process as the parent sees it.
+    """
+
+    role: str
+    index: int
+    process: multiprocessing.process.BaseProcess
+    control: multiprocessing.connection.Connection
+
+
+class _Run:
+    """
+    The parent's side of a run: starts client processes, sends them
+    commands, and handles their reports.
+    """
+
+    def __init__(self, options: BenchOptions) -> None:
+        """
+        @param options: the run's options.
+        """
+        self.options = options
+        self.context = multiprocessing.get_context("spawn")
+        self.reports = self.context.Queue()
+        self.clients: dict[tuple[str, int], _Client] = {}
+        self.ready: set[tuple[str, int]] = set()
+        self.results: dict[tuple[str, int], Any] = {}
+        self.progress: dict[int, int] = {}
+
+    def start(self, role: str, count: int) -> None:
+        """
+        Start C{count} client processes of a role.
+        """
+        target = publisherProcess if role == "publisher" else consumerProcess
+        for index in range(count):
+            receiver, sender = self.context.Pipe(duplex=False)
+            process = self.context.Process(
+                target=target,
+                args=(self.options, index, receiver, self.reports),
+                name=f"{PROGRAM}-{role}-{index}",
+                daemon=True,
+            )
+            process.start()
+            receiver.close()
+            self.clients[(role, index)] = _Client(role, index, process, sender)
+
+    def keys(self, role: str) -> list[tuple[str, int]]:
+        """
+        @return: the keys of the clients of a role.
+        """
+        return [key for key in self.clients if key[0] == role]
+
+    def send(self, role: str, command: str) -> None:
+        """
+        Send a command to every client of a role.
+        """
+        for key in self.keys(role):
+            try:
+                self.clients[key].control.send(command)
+            except OSError:
+                pass  # it has exited; its report says why
+
+    def pump(self, until: Callable[[], bool], deadline: float | None) -> bool:
+        """
+        Handle reports until C{until()} holds or the C{time.monotonic()}
+        C{deadline} passes.
+
+        @return: whether C{until()} holds.
+        @raise BenchError: when a client reports an error or dies.
+        """
+        nextCheck = time.monotonic() + 0.5
+        while not until():
+            now = time.monotonic()
+            if now >= nextCheck:
+                self._checkAlive()
+                nextCheck = now + 0.5
+            wait = nextCheck - now
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+                if wait <= 0:
+                    return False
+            try:
+                report = self.reports.get(timeout=wait)
+            except queuemodule.Empty:
+                continue
+            self._handle(report)
+        return True
+
+    def _handle(self, report: Report) -> None:
+        """
+        Take in one report.
+        """
+        kind, role, index, payload = report
+        if kind == "ready":
+            self.ready.add((role, index))
+        elif kind == "progress":
+            self.progress[index] = payload
+        elif kind == "done":
+            self.results[(role, index)] = payload
+            if role == "consumer":
+                self.progress[index] = payload.consumed
+        elif kind == "error":
+            raise BenchError(f"{role} {index}: {payload}")
+
+    def _checkAlive(self) -> None:
+        """
+        @raise BenchError: if a client exited without reporting a result.
+        """
+        for key, client in self.clients.items():
+            if client.process.exitcode is not None and key not in self.results:
+                while True:
+                    try:
+                        self._handle(self.reports.get_nowait())
+                    except queuemodule.Empty:
+                        break
+                if key not in self.results:
+                    raise BenchError(
+                        f"{key[0]} {key[1]} exited unexpectedly "
+                        f"(exit code {client.process.exitcode})"
+                    )
+
+    def shutdown(self) -> None:
+        """
+        Let every client exit, ending those that do not within a few seconds.
+        """
+        for client in self.clients.values():
+            client.control.close()
+        deadline = time.monotonic() + CLOSE_TIMEOUT + 2
+        for client in self.clients.values():
+            client.process.join(max(0.0, deadline - time.monotonic()))
+            if client.process.is_alive():
+                client.process.terminate()
+                client.process.join(2)
+        self.reports.close()
+        self.reports.cancel_join_thread()
+
+
+def runBench(options: BenchOptions) -> BenchReport:
+    """
+    Run the whole benchmark against C{options.url}.
+
+    @return: the figures.
+    @raise BenchError: when it cannot run or the server refuses something.
+    """
+    admin = AMQPConnection.open(options.url)
+    clients = _Run(options)
+    declared = False
+
+    def allOf(
+        role: str, holds: Callable[[tuple[str, int]], bool]
+    ) -> Callable[[], bool]:
+        """
+        @return: a test that C{holds} for every client of C{role}.
+        """
+        return lambda: all(holds(key) for key in clients.keys(role))
+
+    try:
+        admin.call(
+            commands.Queue.Declare(
+                queue=options.queue,
+                durable=options.durable,
+                arguments=options.queueArguments or None,
+            ),
+            commands.Queue.DeclareOk,
+        )
+        declared = True
+        admin.call(
+            commands.Queue.Purge(queue=options.queue), commands.Queue.PurgeOk
+        )
+        for role, count in (
+            ("consumer", options.consumers),
+            ("publisher", options.publishers),
+        ):
+            clients.start(role, count)
+            if not clients.pump(
+                allOf(role, clients.ready.__contains__),
+                time.monotonic() + STARTUP_TIMEOUT,
+            ):
+                raise BenchError(
+                    f"{role}s did not start within {STARTUP_TIMEOUT:.0f} s"
+                )
+
+        publishersDone = allOf("publisher", clients.results.__contains__)
+        clients.send("publisher", "go")
+        if options.duration is not None:
+            clients.pump(publishersDone, time.monotonic() + options.duration)
+            clients.send("publisher", "stop")
+            if not clients.pump(
+                publishersDone, time.monotonic() + STOP_TIMEOUT + 10
+            ):
+                raise BenchError("publishers did not stop")
+        else:
+            clients.pump(publishersDone, None)
+        publishers: list[PublisherResult] = [
+            clients.results[key] for key in clients.keys("publisher")
+        ]
+
+        consumers: list[ConsumerResult] = []
+        if options.consumers:
+            expected = sum(
+                each.published - each.returned - each.nacked
+                for each in publishers
+            )
+            clients.pump(
+                lambda: sum(clients.progress.values()) >= expected,
+                time.monotonic() + options.drainTimeout,
+            )
+            clients.send("consumer", "stop")
+            if not clients.pump(
+                allOf("consumer", clients.results.__contains__),
+                time.monotonic() + STOP_TIMEOUT,
+            ):
+                raise BenchError("consumers did not stop")
+            consumers = [
+                clients.results[key] for key in clients.keys("consumer")
+            ]
+        return summarize(options, publishers, consumers)
+    finally:
+        clients.shutdown()
+        if declared and not options.keepQueue:
+            _deleteQueue(options, admin)
+        admin.close()
+
+
+def _deleteQueue(options: BenchOptions, admin: AMQPConnection) -> None:
+    """
+    Delete the bench's queue on C{admin}, or on a new connection if the
+    server has closed that one; give up quietly if neither works.
+    """
+    delete = commands.Queue.Delete(queue=options.queue)
+    try:
+        admin.call(delete, commands.Queue.DeleteOk, timeout=CLOSE_TIMEOUT)
+        return
+    except BenchError:
+        pass
+    try:
+        fresh = AMQPConnection.open(options.url, CLOSE_TIMEOUT)
+    except BenchError:
+        return
+    try:
+        fresh.call(delete, commands.Queue.DeleteOk, timeout=CLOSE_TIMEOUT)
+    except BenchError:
+        pass
+    finally:
+        fresh.close()
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """
+    The C{qha-bench} command.
+
+    @param argv: the arguments, without the program name; C{sys.argv[1:]}
+        by default.
+    @param out: where the report goes; standard output by default.
+    @return: the exit code: 0, 1 when the run failed, 2 for a bad command
+        line.
+    """
+    output = sys.stdout if out is None else out
+    try:
+        options = parseArguments(sys.argv[1:] if argv is None else argv)
+    except OptionsError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        report = runBench(options)
+    except BenchError as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        return 130
+    if options.json:
+        print(json.dumps(asdict(report)), file=output)
+    else:
+        print(formatTable(report), file=output)
+    return 0
+
+
+if __name__ == "__main__":
+    # Import ourselves by name so that the classes pickled between processes
+    # belong to qha.bench rather than __main__.
+    from qha.bench import main as _main
+
+    sys.exit(_main())

@@ -596,7 +596,7 @@ class Channel:
         self.nack(frame.delivery_tag, frame.multiple, frame.requeue)
 
     def basicReject(self, frame: commands.Basic.Reject) -> None:
-        self.nack(frame.delivery_tag, False, frame.requeue)
+        self.nack(frame.delivery_tag or 0, False, frame.requeue)
 
     def basicRecover(self, frame: commands.Basic.Recover) -> None:
         if not frame.requeue:

@@ -144,6 +144,7 @@ class AMQPServer(Protocol):
         self._blockedSent = False
         self._pausedForMemory = False
         self._readPauses: set[str] = set()
+        self._released = False
         self.peer = "?"
 
     # Connection lifetime
@@ -164,6 +165,13 @@ class AMQPServer(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:
+        """
+        Release everything the connection held; safe to call twice (the
+        broker calls it when it closes, the transport when the socket goes).
+        """
+        if self._released:
+            return
+        self._released = True
         self.state = CLOSED
         self.factory.connections.discard(self)
         if self._timeout is not None and self._timeout.active():

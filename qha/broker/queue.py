@@ -232,7 +232,7 @@ class Queue:
         """
         vhost = self.vhost
         vhost.resources.remove(len(entry.message.body))
-        if vhost.observers:
+        if vhost.observers and not self.deleted:
             for observer in vhost.observers:
                 observer.dequeued(self, entry)
 
