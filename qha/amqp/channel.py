@@ -28,7 +28,7 @@ from ..broker.errors import (
 )
 from ..broker.exchange import Exchange
 from ..broker.message import Message
-from ..broker.queue import Consumer, Entry, Queue
+from ..broker.queue import Consumer, Entry, Queue, QueueFull
 from . import wire
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class Channel:
         self.confirming = False
         self.publishSeq = 0
         self.confirmedUpTo = 0
+        self.nacked: list[int] = []
         self.transaction: list[Callable[[], None]] | None = None
         self.lastQueue: str | None = None
         # The publish being assembled from its method, header and body frames.
@@ -138,6 +139,11 @@ class Channel:
                 f"content header frame on channel {self.number} is too short"
                 f" ({len(payload)} bytes)"
             )
+        if payload[0] != 0 or payload[1] != 60:
+            raise UnexpectedFrame(
+                f"content header frame on channel {self.number} is for class"
+                f" {payload[0] << 8 | payload[1]}, not basic (60)"
+            )
         bodySize = _unpackBodySize(payload, 4)[0]
         limit = self.connection.factory.maxMessageSize
         if bodySize > limit:
@@ -194,23 +200,43 @@ class Channel:
         mandatory = self._publishMandatory
         if exchange is None or exchange.deleted:
             exchange = self.vhost.publishTarget(message.exchange)
+        if header[12] & 0x01 or header[13] & 0x01:
+            # An expiration property (flag 0x0100) must be a whole number
+            # of milliseconds, as RabbitMQ checks.
+            expiration = message.properties.expiration if header[12] & 0x01 else None
+            if expiration is not None and not (
+                expiration.isdigit() and expiration.isascii()
+            ):
+                raise PreconditionFailed(
+                    f"invalid expiration '{expiration}': it must be a whole"
+                    " number of milliseconds, 0 or more"
+                )
         if self.transaction is not None:
             self.transaction.append(
                 lambda: self._route(exchange, routingKey, message, mandatory)
             )
             return
-        self._route(exchange, routingKey, message, mandatory)
         if self.confirming:
             self.publishSeq += 1
             self.connection.confirmReady(self)
+        self._route(exchange, routingKey, message, mandatory)
 
     def _route(
         self, exchange: Exchange, routingKey: str, message: Message, mandatory: bool
     ) -> None:
         queues = self.vhost.route(exchange, routingKey, message)
         if queues:
+            refused: QueueFull | None = None
             for queue in queues:
-                queue.enqueue(message)
+                try:
+                    queue.enqueue(message)
+                except QueueFull as full:
+                    refused = full
+            if refused is not None:
+                if self.confirming:
+                    self.nacked.append(self.publishSeq)
+                else:
+                    raise refused
         elif mandatory:
             self.connection.write(
                 wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
@@ -225,10 +251,27 @@ class Channel:
         flush.
         """
         upTo = self.publishSeq
-        if upTo > self.confirmedUpTo and not self.closing:
-            multiple = upTo - self.confirmedUpTo > 1
-            self.confirmedUpTo = upTo
-            self.connection.write(wire.basicAck(self.number, upTo, multiple))
+        if upTo <= self.confirmedUpTo or self.closing:
+            return
+        write = self.connection.write
+        if self.nacked:
+            # A refused publish gets basic.nack; the acks around it must not
+            # cover it with 'multiple'.
+            for seq in self.nacked:
+                if seq - 1 > self.confirmedUpTo:
+                    write(
+                        wire.basicAck(
+                            self.number, seq - 1, seq - 1 - self.confirmedUpTo > 1
+                        )
+                    )
+                write(wire.basicNack(self.number, seq, False))
+                self.confirmedUpTo = seq
+            self.nacked = []
+            if upTo <= self.confirmedUpTo:
+                return
+        multiple = upTo - self.confirmedUpTo > 1
+        self.confirmedUpTo = upTo
+        write(wire.basicAck(self.number, upTo, multiple))
 
     # Delivery (the broker's DeliveryTarget)
 
@@ -362,16 +405,21 @@ class Channel:
         touched: dict[Queue, list[Entry]] = {}
         for consumer, queue, entry in taken:
             queue.consumerSettled(consumer)
-            if requeue:
-                touched.setdefault(queue, []).append(entry)
-            else:
+            if requeue is None:
                 queue.settle(entry)
                 touched.setdefault(queue, [])
+            else:
+                touched.setdefault(queue, []).append(entry)
         for queue, entries in touched.items():
-            if entries:
+            if not entries:
+                if queue.consumers:
+                    queue.dispatch()
+            elif requeue:
                 queue.release(entries)
-            elif queue.consumers:
-                queue.dispatch()
+            else:
+                queue.reject(entries)
+                if queue.consumers:
+                    queue.dispatch()
         if self.globalPrefetch and taken and not self.closing:
             # Global prefetch credit is the channel's: consumers of other
             # queues may be waiting for it too.

@@ -83,6 +83,10 @@ class Exchange:
         self.inbound: set[Binding] = set()
         self.hasExchangeDestinations = False
         self.deleted = False
+        alternate = self.arguments.get("alternate-exchange")
+        if isinstance(alternate, (bytes, bytearray)):
+            alternate = bytes(alternate).decode("utf-8", "replace")
+        self.alternate: str | None = alternate if isinstance(alternate, str) else None
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__} {self.name!r}>"

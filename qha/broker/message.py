@@ -10,13 +10,103 @@ expiry).
 
 from __future__ import annotations
 
+import calendar
+import datetime
+import decimal
 import struct
 from typing import Any
 
 from pamqp import commands
 from pamqp.header import ContentHeader
 
-_unpackShortStrLen = struct.Struct(">B").unpack_from
+_unpackShort = struct.Struct(">H").unpack_from
+_unpackLong = struct.Struct(">I").unpack_from
+
+# Basic property flags, in wire order.
+_PROPERTIES = [
+    ("content_type", 0x8000, "shortstr"),
+    ("content_encoding", 0x4000, "shortstr"),
+    ("headers", 0x2000, "table"),
+    ("delivery_mode", 0x1000, "octet"),
+    ("priority", 0x0800, "octet"),
+    ("correlation_id", 0x0400, "shortstr"),
+    ("reply_to", 0x0200, "shortstr"),
+    ("expiration", 0x0100, "shortstr"),
+    ("message_id", 0x0080, "shortstr"),
+    ("timestamp", 0x0040, "timestamp"),
+    ("type", 0x0020, "shortstr"),
+    ("user_id", 0x0010, "shortstr"),
+    ("app_id", 0x0008, "shortstr"),
+    ("cluster_id", 0x0004, "shortstr"),
+]
+
+
+def encodeValue(value: Any) -> bytes:
+    """
+    One AMQP field value, as RabbitMQ reads it. Unlike pamqp 4, floats are
+    encoded as doubles, so a header survives a round trip unchanged.
+    """
+    if value is None:
+        return b"V"
+    if isinstance(value, bool):
+        return b"t" + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        if -(2**31) <= value < 2**31:
+            return b"I" + struct.pack(">i", value)
+        return b"l" + struct.pack(">q", value)
+    if isinstance(value, float):
+        return b"d" + struct.pack(">d", value)
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        return b"S" + struct.pack(">I", len(raw)) + raw
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        return b"x" + struct.pack(">I", len(raw)) + raw
+    if isinstance(value, dict):
+        return b"F" + encodeTable(value)
+    if isinstance(value, (list, tuple)):
+        items = b"".join(encodeValue(item) for item in value)
+        return b"A" + struct.pack(">I", len(items)) + items
+    if isinstance(value, datetime.datetime):
+        return b"T" + struct.pack(">Q", calendar.timegm(value.utctimetuple()))
+    if isinstance(value, decimal.Decimal):
+        sign, digits, exponent = value.as_tuple()
+        places = max(0, -int(exponent))
+        unscaled = int(value.scaleb(places))
+        return b"D" + struct.pack(">Bi", places, unscaled)
+    raise TypeError(f"cannot encode {type(value).__name__} in an AMQP table")
+
+
+def encodeTable(table: dict[str, Any]) -> bytes:
+    """
+    An AMQP field table.
+    """
+    items = b"".join(encodeShortString(key) + encodeValue(value) for key, value in table.items())
+    return struct.pack(">I", len(items)) + items
+
+
+def encodeProperties(properties: dict[str, Any]) -> bytes:
+    """
+    Property flags and values for a content header.
+    """
+    flags = 0
+    parts = []
+    for name, flag, kind in _PROPERTIES:
+        value = properties.get(name)
+        if value is None:
+            continue
+        flags |= flag
+        if kind == "shortstr":
+            parts.append(encodeShortString(value))
+        elif kind == "octet":
+            parts.append(bytes((value,)))
+        elif kind == "table":
+            parts.append(encodeTable(value))
+        else:
+            if isinstance(value, datetime.datetime):
+                value = calendar.timegm(value.utctimetuple())
+            parts.append(struct.pack(">Q", value))
+    return struct.pack(">H", flags) + b"".join(parts)
 
 
 def encodeShortString(value: str) -> bytes:
@@ -60,13 +150,113 @@ class Message:
     @ivar body: the body, all frames joined.
     """
 
-    __slots__ = ("addressing", "header", "body", "_properties")
+    __slots__ = ("addressing", "header", "body", "_properties", "_scan")
 
     def __init__(self, addressing: bytes, header: bytes, body: bytes) -> None:
         self.addressing = addressing
         self.header = header
         self.body = body
         self._properties: commands.Basic.Properties | None = None
+        self._scan: tuple[int, int, str | None] | None = None
+
+    def _scanned(self) -> tuple[int, int, str | None]:
+        """
+        Delivery mode, priority and expiration read straight off the header
+        bytes, without decoding the rest (a policy queue needs them for every
+        message).
+        """
+        if self._scan is not None:
+            return self._scan
+        header = self.header
+        result: tuple[int, int, str | None]
+        try:
+            flags = _unpackShort(header, 12)[0]
+            if flags & 1:
+                raise ValueError("more than one flag word")
+            offset = 14
+            deliveryMode = priority = 0
+            expiration = None
+            if flags & 0x8000:
+                offset += 1 + header[offset]
+            if flags & 0x4000:
+                offset += 1 + header[offset]
+            if flags & 0x2000:
+                offset += 4 + _unpackLong(header, offset)[0]
+            if flags & 0x1000:
+                deliveryMode = header[offset]
+                offset += 1
+            if flags & 0x0800:
+                priority = header[offset]
+                offset += 1
+            if flags & 0x0400:
+                offset += 1 + header[offset]
+            if flags & 0x0200:
+                offset += 1 + header[offset]
+            if flags & 0x0100:
+                length = header[offset]
+                expiration = header[offset + 1 : offset + 1 + length].decode("utf-8")
+            result = (deliveryMode, priority, expiration)
+        except (ValueError, IndexError, struct.error, UnicodeDecodeError):
+            properties = self.properties
+            result = (
+                properties.delivery_mode or 0,
+                properties.priority or 0,
+                properties.expiration,
+            )
+        self._scan = result
+        return result
+
+    @property
+    def priority(self) -> int:
+        """
+        The message's priority property (0 if it has none).
+        """
+        return self._scanned()[1]
+
+    @property
+    def persistent(self) -> bool:
+        """
+        Whether the message asks to be kept on disk (delivery mode 2).
+        """
+        return self._scanned()[0] == 2
+
+    @property
+    def expiration(self) -> int | None:
+        """
+        The per-message TTL in milliseconds from the expiration property, or
+        L{None}. An invalid value counts as none (the AMQP layer refuses it
+        on publish).
+        """
+        text = self._scanned()[2]
+        if text is None:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            return None
+        return value if value >= 0 else None
+
+    def rebuilt(
+        self,
+        exchange: str,
+        routingKey: str,
+        headers: dict[str, Any],
+        dropExpiration: bool = False,
+    ) -> "Message":
+        """
+        A copy addressed anew, with C{headers} as its headers table (for
+        dead-lettering). The body is shared.
+        """
+        properties = {
+            name: getattr(self.properties, name, None) for name, _, _ in _PROPERTIES
+        }
+        properties["headers"] = headers
+        if dropExpiration:
+            properties["expiration"] = None
+        header = self.header[:12] + encodeProperties(properties)
+        return Message(
+            encodeShortString(exchange) + encodeShortString(routingKey), header, self.body
+        )
 
     @classmethod
     def build(

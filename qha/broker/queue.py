@@ -1,18 +1,30 @@
 """
-Queues, their entries and their consumers.
+Queues, their entries and their consumers, and the queue policies.
 
 A queue holds L{Entry} objects in order. Each entry has a per-queue id that
 only grows (the replication id of the cluster work), so a message that a
 consumer held and gave back returns to its old place. Every change to a queue
-is reported, in order, to the virtual host's observers.
+is reported, in order, to the virtual host's observers: a message dropped by a
+length limit, replaced in a last-value queue or expired is a dequeue like an
+acknowledged one, so a replica that applies the same events holds the same
+messages.
+
+The policies (see L{qha.broker.policy}) are priority levels with fairshare,
+a length limit in messages or bytes that drops the oldest (lowest priority
+first) or refuses the publish, last-value replacement, message TTL, queue
+expiry and dead-lettering. A queue with none of them takes a fast path.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from .errors import PreconditionFailed
 from .message import Message
+from .policy import DROP_HEAD, REJECT_PUBLISH_DLX, QueuePolicy, parsePolicy
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
@@ -40,20 +52,53 @@ class DeliveryTarget(Protocol):
         """
 
 
+class QueueFull(PreconditionFailed):
+    """
+    A publish was refused by a full queue whose overflow mode is
+    C{reject-publish}: confirm-mode publishers get basic.nack, others this
+    channel error.
+    """
+
+    def __init__(self, queue: "Queue") -> None:
+        policy = queue.policy
+        limits = []
+        if policy.maxCount is not None:
+            limits.append(f"at most {policy.maxCount} messages")
+        if policy.maxBytes is not None:
+            limits.append(f"at most {policy.maxBytes} bytes")
+        super().__init__(
+            f"queue '{queue.name}' in vhost '{queue.vhost.name}' is full"
+            f" ({' and '.join(limits)}, overflow {policy.overflow}): message refused"
+        )
+        self.queue = queue
+
+
 class Entry:
     """
     A message's place in one queue.
 
     @ivar id: the per-queue id, increasing in enqueue order.
     @ivar redelivered: whether the message was delivered before.
+    @ivar level: its priority level (0 in a queue without priorities).
+    @ivar expiresAt: when it expires (clock seconds), or L{None}.
+    @ivar deliveryCount: how many times it was delivered.
     """
 
-    __slots__ = ("message", "id", "redelivered")
+    __slots__ = ("message", "id", "redelivered", "level", "expiresAt")
 
-    def __init__(self, message: Message, id: int, redelivered: bool = False) -> None:
+    def __init__(
+        self,
+        message: Message,
+        id: int,
+        redelivered: bool = False,
+        level: int = 0,
+        expiresAt: float | None = None,
+    ) -> None:
         self.message = message
         self.id = id
         self.redelivered = redelivered
+        self.level = level
+        self.expiresAt = expiresAt
 
     def __repr__(self) -> str:
         return f"<Entry {self.id} redelivered={self.redelivered} {self.message!r}>"
@@ -105,12 +150,16 @@ class Consumer:
 
 class Queue:
     """
-    A queue: entries in order, consumers served in turn.
+    A queue: entries in order (by priority level, then id), consumers served
+    in turn.
 
     @ivar owner: for an exclusive queue, the connection that owns it.
     @ivar everConsumed: whether a consumer ever subscribed (an auto-delete
         queue is deleted when its last consumer goes, not before it had one).
     @ivar unacked: how many entries consumers hold unacknowledged.
+    @ivar policy: the policies its arguments asked for.
+    @ivar levels: the ready entries of each priority level, oldest first.
+    @ivar readyBytes: the body bytes of the ready entries.
     """
 
     def __init__(
@@ -122,6 +171,7 @@ class Queue:
         autoDelete: bool = False,
         arguments: dict[str, Any] | None = None,
         owner: object = None,
+        policy: QueuePolicy | None = None,
     ) -> None:
         self.vhost = vhost
         self.name = name
@@ -130,7 +180,14 @@ class Queue:
         self.autoDelete = autoDelete
         self.arguments = arguments or {}
         self.owner = owner
-        self.entries: deque[Entry] = deque()
+        self.policy = policy if policy is not None else parsePolicy(self.arguments, name)
+        self.plain = self.policy.plain
+        self.levels: list[deque[Entry]] = [
+            deque() for _ in range(max(self.policy.priorities, 1))
+        ]
+        self._first = self.levels[0]
+        self.readyCount = 0
+        self.readyBytes = 0
         self.consumers: deque[Consumer] = deque()
         self.bindings: set[Any] = set()
         self.nextId = 1
@@ -138,16 +195,41 @@ class Queue:
         self.everConsumed = False
         self.deleted = False
         self._dispatching = False
+        self._lastValues: dict[Any, Entry] = {}
+        self._streakLevel = -1
+        self._streak = 0
+        self._expiryCall: IDelayedCall | None = None
+        self._idleCall: IDelayedCall | None = None
+        self.touch()
 
     def __repr__(self) -> str:
-        return f"<Queue {self.name!r} ready={len(self.entries)} unacked={self.unacked}>"
+        return f"<Queue {self.name!r} ready={self.messageCount} unacked={self.unacked}>"
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The virtual host's clock, for TTL and expiry.
+        """
+        return self.vhost.clock
+
+    @property
+    def entries(self) -> deque[Entry]:
+        """
+        The ready entries in delivery order (highest priority first). For a
+        queue without priorities this is the live deque itself.
+        """
+        if len(self.levels) == 1:
+            return self._first
+        return deque(entry for level in reversed(self.levels) for entry in level)
 
     @property
     def messageCount(self) -> int:
         """
         How many messages are ready for delivery (not held by a consumer).
         """
-        return len(self.entries)
+        if self.plain:
+            return len(self._first)
+        return self.readyCount
 
     @property
     def consumerCount(self) -> int:
@@ -156,13 +238,23 @@ class Queue:
         """
         return len(self.consumers)
 
+    def _notify(self, event: str, *args: Any) -> None:
+        for observer in self.vhost.observers:
+            getattr(observer, event)(self, *args)
+
+    # Enqueueing
+
     def enqueue(self, message: Message) -> Entry:
         """
         Append C{message} and deliver what can be delivered.
+
+        @raise QueueFull: when a full queue refuses publishes.
         """
+        if not self.plain:
+            return self._enqueuePolicy(message)
         entry = Entry(message, self.nextId)
         self.nextId += 1
-        self.entries.append(entry)
+        self._first.append(entry)
         vhost = self.vhost
         vhost.resources.add(len(message.body))
         if vhost.observers:
@@ -172,6 +264,176 @@ class Queue:
             self.dispatch()
         return entry
 
+    def _enqueuePolicy(self, message: Message) -> Entry:
+        policy = self.policy
+        size = len(message.body)
+        if policy.limited and policy.overflow != DROP_HEAD and self._wouldOverflow(size):
+            if policy.overflow == REJECT_PUBLISH_DLX:
+                self.vhost.deadLetter(self, [message], "maxlen")
+            raise QueueFull(self)
+        level = 0
+        if policy.priorities:
+            level = min(message.priority, policy.priorities - 1)
+        expiresAt = None
+        ttl = policy.messageTtl
+        expiration = message.expiration
+        if expiration is not None and (ttl is None or expiration < ttl):
+            ttl = expiration
+        if ttl is not None:
+            expiresAt = self.clock.seconds() + ttl / 1000.0
+        entry = Entry(message, self.nextId, level=level, expiresAt=expiresAt)
+        self.nextId += 1
+        if policy.lvqKey is not None:
+            value = message.headers.get(policy.lvqKey)
+            if value is not None:
+                value = _hashable(value)
+                previous = self._lastValues.get(value)
+                if previous is not None:
+                    self._unlink(previous)
+                    self._removed(previous)
+                self._lastValues[value] = entry
+        self.vhost.resources.add(size)
+        self._notify("enqueued", entry)
+        self._link(entry)
+        if policy.limited:
+            while self._overLimit():
+                dropped = self._dropOldest()
+                if dropped is None:
+                    break
+                self._removed(dropped)
+                self.vhost.deadLetter(self, [dropped.message], "maxlen")
+        if ttl == 0:
+            # A message with no time to live may go to a waiting consumer,
+            # and otherwise expires at once, as in RabbitMQ.
+            if self.consumers:
+                self.dispatch()
+            self.expireDue()
+        elif self.consumers:
+            self.dispatch()
+        if expiresAt is not None:
+            self._scheduleExpiry()
+        return entry
+
+    def _wouldOverflow(self, size: int) -> bool:
+        policy = self.policy
+        return (policy.maxCount is not None and self.readyCount + 1 > policy.maxCount) or (
+            policy.maxBytes is not None and self.readyBytes + size > policy.maxBytes
+        )
+
+    def _overLimit(self) -> bool:
+        policy = self.policy
+        return (policy.maxCount is not None and self.readyCount > policy.maxCount) or (
+            policy.maxBytes is not None and self.readyBytes > policy.maxBytes
+        )
+
+    def _link(self, entry: Entry) -> None:
+        """
+        Add C{entry} to the end of its level.
+        """
+        self.levels[entry.level].append(entry)
+        self.readyCount += 1
+        self.readyBytes += len(entry.message.body)
+
+    def _unlink(self, entry: Entry) -> None:
+        """
+        Take C{entry} out of the middle of its level.
+        """
+        self.levels[entry.level].remove(entry)
+        self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        """
+        C{entry} is no longer ready: update the counts and the last values.
+        """
+        self.readyCount -= 1
+        self.readyBytes -= len(entry.message.body)
+        if self._lastValues:
+            value = self.policy.lvqKey and entry.message.headers.get(self.policy.lvqKey)
+            if value is not None:
+                value = _hashable(value)
+                if self._lastValues.get(value) is entry:
+                    del self._lastValues[value]
+
+    def _removed(self, entry: Entry) -> None:
+        """
+        C{entry} left the queue without being delivered (replaced, dropped,
+        expired): account for it and tell the observers.
+        """
+        self.vhost.resources.remove(len(entry.message.body))
+        if not self.deleted:
+            self._notify("dequeued", entry)
+
+    def _dropOldest(self) -> Entry | None:
+        """
+        Remove the oldest entry of the lowest non-empty priority level.
+        """
+        for level in self.levels:
+            if level:
+                entry = level.popleft()
+                self._forget(entry)
+                return entry
+        return None
+
+    # Delivery
+
+    def _nextLevel(self) -> deque[Entry] | None:
+        """
+        The level to deliver from next: the highest with entries, unless it
+        used up its fairshare and a lower one is waiting.
+        """
+        levels = self.levels
+        top = len(levels) - 1
+        while top >= 0 and not levels[top]:
+            top -= 1
+        if top < 0:
+            return None
+        fairshare = self.policy.fairshare
+        if fairshare and top == self._streakLevel:
+            limit = fairshare.get(top, 0)
+            if limit and self._streak >= limit:
+                lower = top - 1
+                while lower >= 0 and not levels[lower]:
+                    lower -= 1
+                if lower >= 0:
+                    top = lower
+        if top == self._streakLevel:
+            self._streak += 1
+        else:
+            self._streakLevel = top
+            self._streak = 1
+        return levels[top]
+
+    def _take(self) -> Entry | None:
+        """
+        Remove and return the next entry to deliver, expiring (and
+        dead-lettering) any that ran out of time on the way.
+        """
+        if self.plain:
+            return self._first.popleft() if self._first else None
+        now: float | None = None
+        while True:
+            level = self._nextLevel()
+            if level is None:
+                return None
+            entry = level.popleft()
+            self._forget(entry)
+            if entry.expiresAt is not None:
+                if now is None:
+                    now = self.clock.seconds()
+                if entry.expiresAt <= now:
+                    self._expire(entry)
+                    continue
+            return entry
+
+    def _expire(self, entry: Entry) -> None:
+        self._removed(entry)
+        self.vhost.deadLetter(self, [entry.message], "expired")
+
+    def _hasReady(self) -> bool:
+        if self.plain:
+            return bool(self._first)
+        return self.readyCount > 0
+
     def dispatch(self) -> None:
         """
         Deliver ready entries to consumers that can take them, in turn.
@@ -180,14 +442,15 @@ class Queue:
             return
         self._dispatching = True
         try:
-            entries = self.entries
             consumers = self.consumers
-            while entries and consumers:
+            while consumers and self._hasReady():
                 for _ in range(len(consumers)):
                     consumer = consumers[0]
                     consumers.rotate(-1)
                     if consumer.target.canDeliver(consumer):
-                        entry = entries.popleft()
+                        entry = self._take()
+                        if entry is None:
+                            return
                         self._delivered(consumer, entry)
                         break
                 else:
@@ -217,9 +480,10 @@ class Queue:
 
         The caller settles or releases it.
         """
-        if not self.entries:
+        self.touch()
+        entry = self._take()
+        if entry is None:
             return None
-        entry = self.entries.popleft()
         vhost = self.vhost
         if vhost.observers:
             for observer in vhost.observers:
@@ -236,6 +500,15 @@ class Queue:
             for observer in vhost.observers:
                 observer.dequeued(self, entry)
 
+    def reject(self, entries: list[Entry]) -> None:
+        """
+        C{entries} were rejected without requeue: gone, and dead-lettered if
+        the queue says where.
+        """
+        for entry in entries:
+            self.settle(entry)
+        self.vhost.deadLetter(self, [entry.message for entry in entries], "rejected")
+
     def release(self, entries: Iterable[Entry], redelivered: bool = True) -> None:
         """
         Put C{entries} back in their places (by id), marked redelivered.
@@ -244,25 +517,45 @@ class Queue:
             for entry in entries:
                 self.vhost.resources.remove(len(entry.message.body))
             return
-        ready = self.entries
         vhost = self.vhost
+        lastValues = self.policy.lvqKey is not None
         for entry in sorted(entries, key=lambda e: e.id, reverse=True):
             entry.redelivered = entry.redelivered or redelivered
+            if lastValues and self._supersededValue(entry):
+                # A newer message with the same key arrived while this one
+                # was held: the newer value wins.
+                self._removed(entry)
+                continue
+            ready = self.levels[entry.level]
             if not ready or entry.id < ready[0].id:
                 ready.appendleft(entry)
             else:
-                position = 0
-                for position, other in enumerate(ready):
+                position = len(ready)
+                for index, other in enumerate(ready):
                     if other.id > entry.id:
+                        position = index
                         break
-                else:
-                    position = len(ready)
                 ready.insert(position, entry)
+            self.readyCount += 1
+            self.readyBytes += len(entry.message.body)
+            if lastValues:
+                value = entry.message.headers.get(self.policy.lvqKey)  # type: ignore[arg-type]
+                if value is not None:
+                    self._lastValues[_hashable(value)] = entry
             if vhost.observers:
                 for observer in vhost.observers:
                     observer.released(self, entry)
         if self.consumers:
             self.dispatch()
+        if not self.plain and self.policy.messageTtl is not None:
+            self._scheduleExpiry()
+
+    def _supersededValue(self, entry: Entry) -> bool:
+        value = entry.message.headers.get(self.policy.lvqKey)  # type: ignore[arg-type]
+        if value is None:
+            return False
+        newer = self._lastValues.get(_hashable(value))
+        return newer is not None and newer.id > entry.id
 
     def consumerSettled(self, consumer: Consumer | None, count: int = 1) -> None:
         """
@@ -273,12 +566,15 @@ class Queue:
         if consumer is not None:
             consumer.unacked -= count
 
+    # Consumers
+
     def addConsumer(self, consumer: Consumer) -> None:
         """
         Subscribe C{consumer} and deliver what it can take.
         """
         self.consumers.append(consumer)
         self.everConsumed = True
+        self._cancelIdle()
         self.dispatch()
 
     def removeConsumer(self, consumer: Consumer) -> None:
@@ -291,22 +587,127 @@ class Queue:
             return
         if self.autoDelete and not self.consumers and not self.deleted:
             self.vhost.deleteQueue(self.name, owner=self.owner)
-
-    def purge(self) -> int:
-        """
-        Drop every ready entry; entries held by consumers stay.
-        """
-        count = len(self.entries)
-        size = sum(len(entry.message.body) for entry in self.entries)
-        self.entries.clear()
-        if count:
-            self.vhost.resources.remove(size, count)
-        for observer in self.vhost.observers:
-            observer.purged(self, count)
-        return count
+        elif not self.consumers:
+            self.touch()
 
     def hasExclusiveConsumer(self) -> bool:
         """
         Whether a consumer holds this queue exclusively.
         """
         return any(consumer.exclusive for consumer in self.consumers)
+
+    # Removing
+
+    def purge(self) -> int:
+        """
+        Drop every ready entry; entries held by consumers stay.
+        """
+        removed = self.clearReady()
+        count = len(removed)
+        if count:
+            self.vhost.resources.remove(
+                sum(len(entry.message.body) for entry in removed), count
+            )
+        for observer in self.vhost.observers:
+            observer.purged(self, count)
+        return count
+
+    def clearReady(self) -> list[Entry]:
+        """
+        Remove and return every ready entry, with no events.
+        """
+        removed = [entry for level in self.levels for entry in level]
+        for level in self.levels:
+            level.clear()
+        self.readyCount = 0
+        self.readyBytes = 0
+        self._lastValues.clear()
+        return removed
+
+    def deleted_(self) -> None:
+        """
+        The queue was deleted: stop its timers.
+        """
+        self.deleted = True
+        for call in (self._expiryCall, self._idleCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._expiryCall = self._idleCall = None
+
+    # Time: message TTL and queue expiry
+
+    def _scheduleExpiry(self) -> None:
+        """
+        Make sure a timer fires when the earliest head of a level expires.
+        """
+        if self.deleted:
+            return
+        earliest: float | None = None
+        for level in self.levels:
+            if level and level[0].expiresAt is not None:
+                at = level[0].expiresAt
+                if earliest is None or at < earliest:
+                    earliest = at
+        if earliest is None:
+            return
+        call = self._expiryCall
+        if call is not None and call.active():
+            if call.getTime() <= earliest:
+                return
+            call.cancel()
+        delay = max(0.0, earliest - self.clock.seconds())
+        self._expiryCall = self.clock.callLater(delay, self._expiryFired)
+
+    def _expiryFired(self) -> None:
+        self._expiryCall = None
+        self.expireDue()
+
+    def expireDue(self) -> int:
+        """
+        Expire (and dead-letter) the entries at the heads of the levels whose
+        time is up; return how many.
+        """
+        now = self.clock.seconds()
+        count = 0
+        for level in self.levels:
+            while level and level[0].expiresAt is not None and level[0].expiresAt <= now:
+                entry = level.popleft()
+                self._forget(entry)
+                self._expire(entry)
+                count += 1
+        self._scheduleExpiry()
+        return count
+
+    def touch(self) -> None:
+        """
+        The queue was used (declared, consumed from, read with get): restart
+        its C{x-expires} countdown if it has one and no consumers.
+        """
+        expires = self.policy.expires
+        if expires is None or self.consumers or self.deleted:
+            return
+        self._cancelIdle()
+        self._idleCall = self.clock.callLater(expires / 1000.0, self._idleExpired)
+
+    def _cancelIdle(self) -> None:
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._idleCall = None
+
+    def _idleExpired(self) -> None:
+        self._idleCall = None
+        if not self.deleted and not self.consumers:
+            self.vhost.deleteQueue(self.name, owner=self.owner)
+
+    def readyEntries(self) -> Iterator[Entry]:
+        """
+        Every ready entry, in delivery order.
+        """
+        for level in reversed(self.levels):
+            yield from level
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (dict, list, bytearray)):
+        return repr(value)
+    return value

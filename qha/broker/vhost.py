@@ -10,6 +10,7 @@ the errors they expect.
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 from typing import Any, Callable, Protocol
 
@@ -20,8 +21,12 @@ from .errors import (
     ResourceLocked,
 )
 from .exchange import Binding, Destination, Exchange, exchangeType
-from .message import Message
-from .queue import Entry, Queue
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+
+from .message import Message, decodeAddressing
+from .policy import parsePolicy
+from .queue import Entry, Queue, QueueFull
 
 REPLICATE_ARGUMENT = "qpid.replicate"
 REPLICATE_LEVELS = ("none", "configuration", "all")
@@ -139,8 +144,19 @@ class VirtualHost:
     @ivar observers: told of every change, in order.
     """
 
-    def __init__(self, name: str = "/", resources: Resources | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "/",
+        resources: Resources | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param clock: the time source for message TTL and queue expiry; a
+            L{Clock} that never moves by default, so a model used without
+            one has no timers.
+        """
         self.name = name
+        self.clock: IReactorTime = clock if clock is not None else Clock()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.observers: list[BrokerObserver] = []
@@ -312,6 +328,7 @@ class VirtualHost:
             autoDelete=autoDelete,
             arguments=arguments,
             owner=owner if exclusive else None,
+            policy=parsePolicy(arguments, name),
         )
         self.queues[name] = queue
         for observer in self.observers:
@@ -360,18 +377,17 @@ class VirtualHost:
         self._checkOwner(queue, owner)
         if ifUnused and queue.consumers:
             raise PreconditionFailed(f"queue '{name}' {self._where()} in use")
-        if ifEmpty and queue.entries:
+        if ifEmpty and queue.messageCount:
             raise PreconditionFailed(f"queue '{name}' {self._where()} is not empty")
-        count = len(queue.entries)
         del self.queues[name]
-        queue.deleted = True
+        queue.deleted_()
         for binding in list(queue.bindings):
             self._removeBinding(binding)
         self.defaultExchange.unbind(Binding(self.defaultExchange, queue, name, {}))
-        size = sum(len(entry.message.body) for entry in queue.entries)
-        queue.entries.clear()
+        removed = queue.clearReady()
+        count = len(removed)
         if count:
-            self.resources.remove(size, count)
+            self.resources.remove(sum(len(entry.message.body) for entry in removed), count)
         for consumer in list(queue.consumers):
             queue.consumers.remove(consumer)
             consumer.target.consumerCancelled(consumer)
@@ -512,7 +528,8 @@ class VirtualHost:
             return [queue] if queue is not None else []
         destinations = exchange.match(routingKey, message)
         if not exchange.hasExchangeDestinations:
-            return list(destinations)  # type: ignore[arg-type]
+            if destinations or exchange.alternate is None:
+                return list(destinations)  # type: ignore[arg-type]
         queues: dict[Queue, None] = {}
         seen = {exchange}
         pending: list[Destination] = list(destinations)
@@ -523,7 +540,96 @@ class VirtualHost:
             elif destination not in seen:
                 seen.add(destination)
                 pending.extend(destination.match(routingKey, message))
+        if not queues:
+            # Unroutable: follow alternate exchanges (each at most once).
+            alternateName = exchange.alternate
+            while alternateName is not None:
+                alternate = self.exchanges.get(alternateName)
+                if alternate is None or alternate in seen:
+                    break
+                seen.add(alternate)
+                if alternate is self.defaultExchange:
+                    return self.route(alternate, routingKey, message)
+                for destination in alternate.match(routingKey, message):
+                    if isinstance(destination, Queue):
+                        queues[destination] = None
+                    elif destination not in seen:
+                        queues.update(
+                            (queue, None)
+                            for queue in self.route(destination, routingKey, message)
+                        )
+                if queues:
+                    break
+                alternateName = alternate.alternate
         return list(queues)
+
+    def deadLetter(self, queue: Queue, messages: list[Message], reason: str) -> None:
+        """
+        Route C{messages} that left C{queue} for C{reason} (C{rejected},
+        C{expired}, C{maxlen}) to its dead-letter exchange, with an
+        C{x-death} header as RabbitMQ writes it. Without a dead-letter
+        exchange (or if it is gone) they are dropped.
+        """
+        policy = queue.policy
+        if policy.deadLetterExchange is None or not messages:
+            return
+        exchange = self.exchanges.get(policy.deadLetterExchange)
+        if exchange is None:
+            return
+        now = datetime.datetime.fromtimestamp(
+            int(self.clock.seconds()), datetime.timezone.utc
+        )
+        for message in messages:
+            originalExchange, originalKey = decodeAddressing(message.addressing)
+            routingKey = (
+                policy.deadLetterRoutingKey
+                if policy.deadLetterRoutingKey is not None
+                else originalKey
+            )
+            headers = dict(message.headers)
+            deaths = list(headers.get("x-death") or [])
+            for index, death in enumerate(deaths):
+                if (
+                    isinstance(death, dict)
+                    and death.get("queue") == queue.name
+                    and death.get("reason") == reason
+                ):
+                    death = dict(death)
+                    death["count"] = int(death.get("count", 1)) + 1
+                    death["time"] = now
+                    deaths.pop(index)
+                    deaths.insert(0, death)
+                    break
+            else:
+                death = {
+                    "count": 1,
+                    "reason": reason,
+                    "queue": queue.name,
+                    "time": now,
+                    "exchange": originalExchange,
+                    "routing-keys": [originalKey],
+                }
+                expiration = message.properties.expiration
+                if expiration is not None:
+                    death["original-expiration"] = expiration
+                deaths.insert(0, death)
+            headers["x-death"] = deaths
+            if "x-first-death-reason" not in headers:
+                headers["x-first-death-reason"] = reason
+                headers["x-first-death-queue"] = queue.name
+                headers["x-first-death-exchange"] = originalExchange
+            deadLettered = message.rebuilt(
+                exchange.name, routingKey, headers, dropExpiration=True
+            )
+            for target in self.route(exchange, routingKey, deadLettered):
+                if target is queue and reason != "rejected":
+                    # RabbitMQ drops a message that would cycle back to its
+                    # queue without a rejection in the loop.
+                    continue
+                try:
+                    target.enqueue(deadLettered)
+                except QueueFull:
+                    pass
 
     def publishTarget(self, exchangeName: str) -> Exchange:
         """
