@@ -254,7 +254,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
 
         reactor = globalReactor
     resources = Resources(highWatermark=config["memory-high-watermark"])
-    vhost = VirtualHost("/", resources)
+    vhost = VirtualHost("/", resources, clock=reactor)
     factory = BrokerFactory(
         vhost,
         config["userDatabase"],

@@ -1,0 +1,675 @@
+"""
+A real C{twistd qha} broker in a child process, for the end-to-end tests.
+
+L{BrokerProcess} starts C{twistd -n --pidfile= qha --port
+tcp:0:interface=127.0.0.1} with the Python that runs the tests, reads its
+log until the line C{qha AMQP listening on 127.0.0.1:PORT} (for at most
+L{STARTUP_TIMEOUT} seconds, with a reader thread and a bounded queue wait,
+never a sleep), and stops it with SIGTERM, then SIGKILL if it does not go.
+
+L{sharedBroker} gives the tests of one class one broker: trial does not run
+C{setUpClass}, and trial runs the tests of a class one after another, so the
+broker of a class is stopped as soon as a test of another class asks for
+its own, and the last one when the test process exits. On Linux the child
+also gets C{PR_SET_PDEATHSIG}, so that even a test process killed with
+SIGKILL leaves no broker behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import ctypes
+import os
+import queue
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any, Callable, Sequence
+
+import pika
+from pamqp import commands, frame as pamqpFrame
+from pamqp.exceptions import UnmarshalingException
+from pamqp.heartbeat import Heartbeat
+from pika import data as pikaData
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from twisted.trial.unittest import SynchronousTestCase
+
+import qha
+
+STARTUP_TIMEOUT = 20.0
+"""
+Seconds a broker may take to say which port it listens on.
+"""
+
+STOP_TIMEOUT = 10.0
+"""
+Seconds a broker may take to exit after SIGTERM before it gets SIGKILL.
+"""
+
+_LISTENING = re.compile(r"qha AMQP listening on ([0-9.]+):(\d+)")
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(qha.__file__)))
+"""
+The checkout that holds the C{qha} package under test and
+C{twisted/plugins/qha_plugin.py}: the child's working directory and
+C{PYTHONPATH}, so that its C{twistd} finds the same code.
+"""
+
+
+class BrokerStartError(Exception):
+    """
+    The broker process exited or said nothing useful before it listened.
+    """
+
+
+def _findPrctl() -> Any:
+    """
+    Linux's C{prctl}, looked up once in the parent (looking it up in the
+    child after C{fork} could deadlock), or L{None} elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _findPrctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _dieWithParent() -> None:
+    """
+    In the child, before exec: ask Linux to SIGKILL this process when the
+    test process dies, however it dies. Elsewhere this does nothing.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def twistdCommand() -> list[str]:
+    """
+    The command that runs C{twistd} with the Python running the tests: the
+    C{twistd} script next to C{sys.executable} if there is one, else the
+    same entry point through C{-c}.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [sys.executable, script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class BrokerProcess:
+    """
+    One C{twistd qha} process on a free loopback port.
+
+    @ivar arguments: the options given after C{qha} besides C{--port}.
+    @ivar port: the TCP port it listens on, once started.
+    @ivar process: the child process, once started.
+    """
+
+    def __init__(self, arguments: Sequence[str] = ()) -> None:
+        """
+        @param arguments: extra C{twistd qha} options, such as
+            C{["--memory-high-watermark", "200000"]}.
+        """
+        self.arguments = list(arguments)
+        self.port = 0
+        self.host = "127.0.0.1"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._lines: collections.deque[str] = collections.deque(maxlen=5000)
+        self._ports: queue.Queue[int | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<BrokerProcess port={self.port} arguments={self.arguments!r}>"
+
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """
+        Start the broker and wait until it listens.
+
+        @param timeout: the most seconds to wait for the listening line.
+        @raise BrokerStartError: if it exits first or takes longer; the
+            process is stopped and the message holds its output.
+        """
+        environment = dict(os.environ)
+        pythonPath = environment.get("PYTHONPATH")
+        environment["PYTHONPATH"] = (
+            CHECKOUT if not pythonPath else CHECKOUT + os.pathsep + pythonPath
+        )
+        environment["PYTHONUNBUFFERED"] = "1"
+        command = twistdCommand() + [
+            "-n",
+            "--pidfile=",
+            "qha",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            *self.arguments,
+        ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=CHECKOUT,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_dieWithParent,
+        )
+        _running.add(self)
+        assert self.process.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read,
+            args=(self.process.stdout,),
+            name=f"qha broker output {self.process.pid}",
+            daemon=True,
+        )
+        self._reader.start()
+        try:
+            port = self._ports.get(timeout=timeout)
+        except queue.Empty:
+            self.stop()
+            raise BrokerStartError(
+                f"twistd qha did not listen within {timeout} s:\n{self.output()}"
+            ) from None
+        if port is None:
+            self.stop()
+            raise BrokerStartError(
+                f"twistd qha exited before it listened:\n{self.output()}"
+            )
+        self.port = port
+
+    def _read(self, stream: IO[bytes]) -> None:
+        """
+        In the reader thread: keep every line of the broker's output (so
+        that its pipe never fills), and report the port it listens on.
+        """
+        announced = False
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._lines.append(line)
+            if not announced:
+                match = _LISTENING.search(line)
+                if match is not None:
+                    announced = True
+                    self._ports.put(int(match.group(2)))
+        stream.close()
+        if not announced:
+            self._ports.put(None)
+
+    def output(self) -> str:
+        """
+        What the broker logged so far (its last lines), to explain a failure.
+        """
+        return "\n".join(list(self._lines))
+
+    def running(self) -> bool:
+        """
+        Whether the process is still alive.
+        """
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """
+        Stop the broker: SIGTERM, then SIGKILL if it has not exited within
+        L{STOP_TIMEOUT} seconds. Safe to call more than once.
+        """
+        process = self.process
+        if process is None:
+            return
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=STOP_TIMEOUT)
+        finally:
+            _running.discard(self)
+            if self._reader is not None:
+                self._reader.join(timeout=STOP_TIMEOUT)
+                self._reader = None
+
+
+_running: set[BrokerProcess] = set()
+_shared: dict[tuple[type, tuple[str, ...]], BrokerProcess] = {}
+
+
+def _stopAll() -> None:
+    """
+    At exit: stop every broker still running.
+    """
+    _shared.clear()
+    for broker in list(_running):
+        broker.stop()
+
+
+atexit.register(_stopAll)
+
+
+def sharedBroker(testClass: type, arguments: Sequence[str] = ()) -> BrokerProcess:
+    """
+    The broker the tests of C{testClass} share, started on first use (and
+    again if a test killed it); the brokers of other classes are stopped
+    first, since trial has finished with their tests.
+
+    @param testClass: the test case class.
+    @param arguments: extra C{twistd qha} options.
+    """
+    key = (testClass, tuple(arguments))
+    for otherKey in [k for k in _shared if k != key]:
+        _shared.pop(otherKey).stop()
+    broker = _shared.get(key)
+    if broker is not None and broker.running():
+        return broker
+    if broker is not None:
+        broker.stop()
+    broker = BrokerProcess(arguments)
+    broker.start()
+    _shared[key] = broker
+    return broker
+
+
+def waitUntil(
+    condition: Callable[[], Any],
+    pump: Callable[[float], None],
+    timeout: float = 5.0,
+    what: str = "the expected event",
+) -> Any:
+    """
+    Call C{pump} with the time left (e.g. a pika connection's
+    C{process_data_events}) until C{condition()} is true.
+
+    @param condition: what to wait for; its true result is returned.
+    @param pump: processes I/O for at most the seconds it is given.
+    @param timeout: the most seconds to wait.
+    @param what: named in the error if the time runs out.
+    @raise AssertionError: if C{condition} is still false after C{timeout}.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        pump(min(left, 0.25))
+
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+"""
+The AMQP 0-9-1 protocol header.
+"""
+
+
+def rawFrame(frameType: int, channel: int, payload: bytes, end: bytes = b"\xce") -> bytes:
+    """
+    One frame built by hand, so that a test can make it wrong on purpose.
+
+    @param frameType: 1 method, 2 content header, 3 content body, 8
+        heartbeat, or anything else.
+    @param channel: the channel number.
+    @param payload: the frame's payload.
+    @param end: the frame-end octet (C{0xCE} in a correct frame).
+    """
+    return struct.pack(">BHI", frameType, channel, len(payload)) + payload + end
+
+
+def methodFrame(channel: int, method: Any) -> bytes:
+    """
+    A correct method frame for a pamqp method object.
+    """
+    return pamqpFrame.marshal(method, channel)
+
+
+class RawConnection:
+    """
+    A client on a plain socket that speaks as much AMQP as a test needs, so
+    that it can send what no client library would: garbage, truncated,
+    oversized and out-of-order frames.
+
+    Every read is bounded by C{timeout}; nothing sleeps.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+        """
+        @param port: the broker's port.
+        @param host: the broker's address.
+        @param timeout: the most seconds any one read waits.
+        """
+        self.timeout = timeout
+        self.socket = socket.create_connection((host, port), timeout=timeout)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+        self.tune: Any = None
+        self.start: Any = None
+
+    def close(self) -> None:
+        """
+        Close the socket.
+        """
+        self.socket.close()
+
+    def send(self, data: bytes) -> None:
+        """
+        Send C{data} as it is.
+        """
+        self.socket.sendall(data)
+
+    def sendMethod(self, channel: int, method: Any) -> None:
+        """
+        Send one pamqp method on C{channel}.
+        """
+        self.send(methodFrame(channel, method))
+
+    def _fill(self, deadline: float) -> bool:
+        """
+        Read what the socket has, waiting until C{deadline} at most.
+
+        @return: false at end of file.
+        @raise TimeoutError: if nothing came in time.
+        """
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the broker sent nothing in time")
+        readable, _, _ = select.select([self.socket], [], [], left)
+        if not readable:
+            raise TimeoutError("the broker sent nothing in time")
+        try:
+            data = self.socket.recv(65536)
+        except ConnectionResetError:
+            return False
+        if not data:
+            return False
+        self.buffer += data
+        return True
+
+    def readBytes(self, count: int, timeout: float | None = None) -> bytes:
+        """
+        Read exactly C{count} bytes (or fewer if the broker closes first).
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while len(self.buffer) < count:
+            if not self._fill(deadline):
+                break
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def readFrame(self, timeout: float | None = None) -> tuple[int, Any]:
+        """
+        Read one frame and decode it with pamqp.
+
+        @return: the channel number and the frame (a method, content
+            header or body, or heartbeat).
+        @raise EOFError: if the broker closed the socket first.
+        @raise TimeoutError: if no whole frame came in time.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            if len(self.buffer) >= 7:
+                try:
+                    consumed, channel, value = pamqpFrame.unmarshal(self.buffer)
+                except UnmarshalingException:
+                    pass
+                else:
+                    self.buffer = self.buffer[consumed:]
+                    return channel, value
+            if not self._fill(deadline):
+                raise EOFError(f"the broker closed the socket; unread: {self.buffer!r}")
+
+    def readMethod(self, timeout: float | None = None) -> tuple[int, Any]:
+        """
+        Read frames until a method comes (skipping heartbeats).
+        """
+        while True:
+            channel, value = self.readFrame(timeout)
+            if not isinstance(value, Heartbeat):
+                return channel, value
+
+    def handshake(
+        self,
+        channelMax: int | None = None,
+        frameMax: int | None = None,
+        heartbeat: int = 0,
+        user: str = "guest",
+        password: str = "guest",
+        expectOpenOk: bool = True,
+    ) -> None:
+        """
+        Do the whole connection handshake, with PLAIN, up to
+        connection.open-ok.
+
+        @param channelMax: the channel_max of tune-ok; the broker's by default.
+        @param frameMax: the frame_max of tune-ok; the broker's by default.
+        @param heartbeat: the heartbeat of tune-ok; none by default.
+        @param expectOpenOk: if false, return after sending connection.open,
+            for a test that expects the broker to refuse.
+        """
+        self.send(PROTOCOL_HEADER)
+        _, self.start = self.readMethod()
+        assert isinstance(self.start, commands.Connection.Start), self.start
+        self.sendMethod(
+            0,
+            commands.Connection.StartOk(
+                client_properties={"product": "qha raw test client"},
+                mechanism="PLAIN",
+                response=f"\0{user}\0{password}",
+                locale="en_US",
+            ),
+        )
+        _, self.tune = self.readMethod()
+        assert isinstance(self.tune, commands.Connection.Tune), self.tune
+        self.sendMethod(
+            0,
+            commands.Connection.TuneOk(
+                self.tune.channel_max if channelMax is None else channelMax,
+                self.tune.frame_max if frameMax is None else frameMax,
+                heartbeat,
+            ),
+        )
+        self.sendMethod(0, commands.Connection.Open("/"))
+        if not expectOpenOk:
+            return
+        _, openOk = self.readMethod()
+        assert isinstance(openOk, commands.Connection.OpenOk), openOk
+
+    def openChannel(self, channel: int) -> None:
+        """
+        Open C{channel} and wait for channel.open-ok.
+        """
+        self.sendMethod(channel, commands.Channel.Open())
+        number, openOk = self.readMethod()
+        assert (number, type(openOk)) == (channel, commands.Channel.OpenOk), openOk
+
+    def expectConnectionClose(self, timeout: float | None = None) -> Any:
+        """
+        Read until connection.close, answer it with close-ok, and check that
+        the broker then closes the socket.
+
+        @return: the connection.close method.
+        @raise AssertionError: if something else happened.
+        """
+        while True:
+            channel, value = self.readMethod(timeout)
+            if isinstance(value, commands.Connection.Close):
+                break
+        try:
+            self.sendMethod(0, commands.Connection.CloseOk())
+        except OSError:
+            pass
+        self.expectEndOfFile(timeout)
+        return value
+
+    def expectEndOfFile(self, timeout: float | None = None) -> bytes:
+        """
+        Read until the broker closes the socket; return what came first.
+
+        @raise TimeoutError: if it stays open.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while self._fill(deadline):
+            pass
+        data, self.buffer = self.buffer, b""
+        return data
+
+
+class AMQPlainCredentials(pika.PlainCredentials):
+    """
+    pika credentials that log in with the AMQPLAIN mechanism (an AMQP field
+    table of LOGIN and PASSWORD) instead of PLAIN; pika itself offers only
+    PLAIN and EXTERNAL.
+    """
+
+    TYPE = "AMQPLAIN"
+
+    def response_for(self, start: Any) -> tuple[str | None, bytes | None]:
+        """
+        The AMQPLAIN response, if the broker offers AMQPLAIN.
+        """
+        mechanisms = start.mechanisms
+        if isinstance(mechanisms, bytes):
+            mechanisms = mechanisms.decode("ascii")
+        if self.TYPE not in mechanisms.split():
+            return None, None
+        pieces: list[bytes] = []
+        pikaData.encode_table(
+            pieces, {"LOGIN": self.username, "PASSWORD": self.password}
+        )
+        return self.TYPE, b"".join(pieces)[4:]
+
+
+class BrokerTestCase(SynchronousTestCase):
+    """
+    The base of the end-to-end tests: the tests of a class share one
+    broker (see L{sharedBroker}), started with L{brokerArguments}, and talk
+    to it with pika's blocking client, which is fine here because trial's
+    reactor does not run during a L{SynchronousTestCase}.
+
+    @cvar brokerArguments: extra C{twistd qha} options for this class.
+    @ivar broker: the class's broker.
+    """
+
+    brokerArguments: Sequence[str] = ()
+
+    def setUp(self) -> None:
+        """
+        Get the class's broker, starting it if need be.
+        """
+        self.broker = sharedBroker(type(self), self.brokerArguments)
+        self._names = 0
+
+    def uniqueName(self, label: str = "") -> str:
+        """
+        A queue or exchange name no other test uses.
+        """
+        self._names += 1
+        method = self.id().rsplit(".", 1)[-1]
+        return f"{type(self).__name__}.{method}.{label}{self._names}"
+
+    def parameters(self, **overrides: Any) -> pika.ConnectionParameters:
+        """
+        pika connection parameters for the broker: guest, one attempt, and
+        socket and handshake timeouts so that nothing waits for ever.
+        """
+        settings: dict[str, Any] = dict(
+            host=self.broker.host,
+            port=self.broker.port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+            connection_attempts=1,
+            socket_timeout=5,
+            stack_timeout=10,
+            blocked_connection_timeout=None,
+        )
+        settings.update(overrides)
+        return pika.ConnectionParameters(**settings)
+
+    def connect(self, **overrides: Any) -> BlockingConnection:
+        """
+        A pika blocking connection, closed at the end of the test.
+        """
+        connection = BlockingConnection(self.parameters(**overrides))
+        self.addCleanup(self._closeQuietly, connection)
+        return connection
+
+    def channel(self, connection: BlockingConnection | None = None) -> BlockingChannel:
+        """
+        A channel on C{connection}, or on a new connection.
+        """
+        if connection is None:
+            connection = self.connect()
+        return connection.channel()
+
+    @staticmethod
+    def _closeQuietly(connection: BlockingConnection) -> None:
+        """
+        Close C{connection} if the test left it open.
+        """
+        if connection.is_open:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                pass
+
+    def waitFor(
+        self,
+        connection: BlockingConnection,
+        condition: Callable[[], Any],
+        timeout: float = 5.0,
+        what: str = "the expected event",
+    ) -> Any:
+        """
+        Process C{connection}'s events until C{condition()} is true, for at
+        most C{timeout} seconds.
+        """
+        return waitUntil(
+            condition,
+            lambda left: connection.process_data_events(time_limit=left),
+            timeout,
+            what,
+        )
+
+    def raw(self) -> "RawConnection":
+        """
+        A raw socket client to the broker, closed at the end of the test.
+        """
+        connection = RawConnection(self.broker.port, self.broker.host)
+        self.addCleanup(connection.close)
+        return connection
+
+    def assertConnectionWorks(self, connection: BlockingConnection) -> None:
+        """
+        Check that C{connection} still does a round trip: declare a
+        queue, publish to it, get the message back.
+        """
+        self.assertTrue(connection.is_open)
+        channel = connection.channel()
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.basic_publish("", queue, b"still working")
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        self.assertIsNotNone(method)
+        self.assertEqual(body, b"still working")
+        channel.close()
+
+
+__all__ = [
+    "AMQPlainCredentials",
+    "BrokerTestCase",
+    "PROTOCOL_HEADER",
+    "RawConnection",
+    "methodFrame",
+    "rawFrame",
+    "BrokerStartError",
+    "CHECKOUT",
+    "sharedBroker",
+    "twistdCommand",
+    "waitUntil",
+]
