@@ -18,6 +18,7 @@ from twisted.python import usage
 from .amqp.protocol import BrokerFactory
 from .amqp.users import UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
+from .ha.node import HANode, HAOptions, NodeAMPFactory, NodeLocator, PersistentState, parseBrokers
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -148,6 +149,62 @@ class Options(usage.Options):
             "Default qpid.replicate level for declares that do not give one:"
             " none, configuration or all.",
         ],
+        ["ha-cluster", None, "no", "yes: join a cluster (--ha-brokers); no: run standalone."],
+        [
+            "ha-port",
+            None,
+            "tcp:5673:interface=127.0.0.1",
+            "Endpoint of the AMP port for replication and qha-admin.",
+        ],
+        [
+            "ha-brokers",
+            None,
+            None,
+            "Every broker's AMP address: host:port,host:port (or Qpid's"
+            " amqp:tcp:host:port,tcp:host:port).",
+        ],
+        [
+            "ha-public-brokers",
+            None,
+            None,
+            "Client (AMQP) addresses to advertise, host:port,host:port.",
+        ],
+        ["ha-username", None, None, "User brokers authenticate to each other with; clients cannot use it."],
+        ["ha-password", None, None, "Password for --ha-username."],
+        ["ha-mechanism", None, "PLAIN", "Mechanism for --ha-username (PLAIN)."],
+        [
+            "ha-backup-timeout",
+            None,
+            10.0,
+            "Seconds a promoted broker waits for the backups it knew before going active.",
+            float,
+        ],
+        [
+            "ha-heartbeat",
+            None,
+            2.0,
+            "Seconds between heartbeats on replication links; a link silent for two is dropped.",
+            float,
+        ],
+        [
+            "ha-min-backups",
+            None,
+            0,
+            "Confirm a publish to a replicated queue only when at least this many backups hold it.",
+            _positiveInt("ha-min-backups", 0, 1000),
+        ],
+        [
+            "ha-queue-replication",
+            None,
+            "no",
+            "yes: allow single-queue replication (qha-admin replicate) outside a cluster.",
+        ],
+        [
+            "data-dir",
+            None,
+            "qha-data",
+            "Directory where the broker keeps its identity and epoch.",
+        ],
     ]
 
     exitOnError = True
@@ -180,6 +237,29 @@ class Options(usage.Options):
                 f"--ha-replicate must be one of {', '.join(REPLICATE_LEVELS)},"
                 f" not {self['ha-replicate']!r}"
             )
+        for name in ("ha-cluster", "ha-queue-replication"):
+            if self[name] not in ("yes", "no"):
+                raise usage.UsageError(f"--{name} must be yes or no, not {self[name]!r}")
+        if self["ha-mechanism"] != "PLAIN":
+            raise usage.UsageError(
+                f"--ha-mechanism {self['ha-mechanism']!r} is not supported; use PLAIN"
+            )
+        if (self["ha-username"] is None) != (self["ha-password"] is None):
+            raise usage.UsageError("--ha-username and --ha-password go together")
+        for name in ("ha-backup-timeout", "ha-heartbeat"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 or more, not {self[name]}")
+        self["brokers"] = []
+        if self["ha-cluster"] == "yes":
+            if not self["ha-brokers"]:
+                raise usage.UsageError(
+                    "--ha-cluster yes needs --ha-brokers, every broker's AMP address"
+                    " (host:port,host:port)"
+                )
+            try:
+                self["brokers"] = parseBrokers(self["ha-brokers"])
+            except ValueError as error:
+                raise usage.UsageError(f"--ha-brokers: {error}") from None
         if self["users"] is not None:
             try:
                 self["userDatabase"] = UserDatabase.fromFile(self["users"])
@@ -202,23 +282,43 @@ class ListeningService(Service):
     """
     Listens on an endpoint and logs the address it got, so that a process
     started on port 0 says which port it has.
+
+    A broker in a cluster listens for AMQP clients only while it is the
+    primary: backups refuse clients at once (connection refused), so a
+    client's list of addresses lands on the primary.
+
+    @ivar automatic: whether it listens when the service starts.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: Any, what: str) -> None:
+    def __init__(
+        self, reactor: Any, description: str, factory: Any, what: str, automatic: bool = True
+    ) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.what = what
+        self.automatic = automatic
         self.port: IListeningPort | None = None
+        self._listening: Any = None
 
     def startService(self) -> None:
         super().startService()
+        if self.automatic:
+            self.startListening()
+
+    def startListening(self) -> None:
+        """
+        Listen, unless already listening.
+        """
+        if self.port is not None or self._listening is not None:
+            return
         endpoint = serverFromString(self.reactor, self.description)
-        d = endpoint.listen(self.factory)
+        self._listening = d = endpoint.listen(self.factory)
 
         def listening(port: IListeningPort) -> None:
+            self._listening = None
             self.port = port
             address = port.getHost()
             self.log.info(
@@ -229,6 +329,7 @@ class ListeningService(Service):
             )
 
         def failed(failure: Any) -> None:
+            self._listening = None
             self.log.failure(
                 "qha cannot listen on {description}", failure, description=self.description
             )
@@ -237,17 +338,28 @@ class ListeningService(Service):
 
         d.addCallbacks(listening, failed)
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def stopListening(self, reason: str = "the broker is stopping") -> Any:
+        """
+        Stop listening and close the clients' connections with C{reason}.
+        """
+        disconnect = getattr(self.factory, "disconnectAll", None)
+        if disconnect is not None:
+            disconnect(reason)
         if self.port is not None:
             port, self.port = self.port, None
+            self.log.info("qha {what} stopped listening: {reason}", what=self.what, reason=reason)
             return port.stopListening()
         return None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.stopListening()
 
 
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """
-    The broker's services for twistd.
+    The broker's services for twistd: the AMQP listener, and the AMP port
+    for admins and (in a cluster) the other brokers.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -255,6 +367,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         reactor = globalReactor
     resources = Resources(highWatermark=config["memory-high-watermark"])
     vhost = VirtualHost("/", resources, clock=reactor)
+    vhost.defaultReplicate = config["ha-replicate"]
     factory = BrokerFactory(
         vhost,
         config["userDatabase"],
@@ -264,6 +377,27 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         channelMax=config["channel-max"],
         maxMessageSize=config["max-message-size"],
     )
+    if config["ha-username"] is not None:
+        factory.refusedUsers.add(config["ha-username"])
     service = MultiService()
-    ListeningService(reactor, config["port"], factory, "AMQP").setServiceParent(service)
+    cluster = config["ha-cluster"] == "yes"
+    amqp = ListeningService(reactor, config["port"], factory, "AMQP", automatic=not cluster)
+    amqp.setServiceParent(service)
+    state = PersistentState(config["data-dir"])
+    options = HAOptions(
+        brokers=config["brokers"],
+        publicBrokers=config["ha-public-brokers"] or "",
+        username=config["ha-username"],
+        password=config["ha-password"],
+        replicateDefault=config["ha-replicate"],
+        backupTimeout=config["ha-backup-timeout"],
+        heartbeat=config["ha-heartbeat"],
+        minBackups=config["ha-min-backups"],
+        dataDir=config["data-dir"],
+    )
+    node = HANode(options, vhost, reactor, amqp, state, standalone=not cluster)
+    node.setServiceParent(service)
+    ListeningService(
+        reactor, config["ha-port"], NodeAMPFactory(lambda: NodeLocator(node)), "AMP"
+    ).setServiceParent(service)
     return service

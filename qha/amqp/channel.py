@@ -76,7 +76,8 @@ class Channel:
         self.publishSeq = 0
         self.confirmedUpTo = 0
         self.nacked: list[int] = []
-        self.transaction: list[Callable[[], None]] | None = None
+        self.pendingConfirms: dict[int, Any] = {}
+        self.transaction: list[Callable[[], Any]] | None = None
         self.lastQueue: str | None = None
         # The publish being assembled from its method, header and body frames.
         self._publishExchange: Exchange | None = None
@@ -219,17 +220,36 @@ class Channel:
         if self.confirming:
             self.publishSeq += 1
             self.connection.confirmReady(self)
-        self._route(exchange, routingKey, message, mandatory)
+            completion = self._route(exchange, routingKey, message, mandatory)
+            if completion is not None:
+                seq = self.publishSeq
+                self.pendingConfirms[seq] = completion
+                completion.addCallback(lambda: self._confirmDone(seq))
+        else:
+            self._route(exchange, routingKey, message, mandatory)
+
+    def _confirmDone(self, seq: int) -> None:
+        """
+        The backups hold publish C{seq}: confirm what can be confirmed.
+        """
+        self.pendingConfirms.pop(seq, None)
+        self.flushConfirms()
 
     def _route(
         self, exchange: Exchange, routingKey: str, message: Message, mandatory: bool
-    ) -> None:
+    ) -> Any:
+        """
+        Enqueue C{message} where it routes; return what its confirm must
+        wait for (backups), or L{None}.
+        """
         queues = self.vhost.route(exchange, routingKey, message)
         if queues:
             refused: QueueFull | None = None
+            accepted = []
             for queue in queues:
                 try:
                     queue.enqueue(message)
+                    accepted.append(queue)
                 except QueueFull as full:
                     refused = full
             if refused is not None:
@@ -237,6 +257,9 @@ class Channel:
                     self.nacked.append(self.publishSeq)
                 else:
                     raise refused
+            gate = self.connection.factory.gate
+            if gate is not None and accepted:
+                return gate.hold(accepted)
         elif mandatory:
             self.connection.write(
                 wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
@@ -248,16 +271,22 @@ class Channel:
     def flushConfirms(self) -> None:
         """
         Acknowledge, in one basic.ack, every publish confirmed since the last
-        flush.
+        flush, up to the first that still waits for backups.
         """
         upTo = self.publishSeq
+        if self.pendingConfirms:
+            upTo = min(upTo, next(iter(self.pendingConfirms)) - 1)
         if upTo <= self.confirmedUpTo or self.closing:
             return
         write = self.connection.write
         if self.nacked:
             # A refused publish gets basic.nack; the acks around it must not
             # cover it with 'multiple'.
+            later = []
             for seq in self.nacked:
+                if seq > upTo:
+                    later.append(seq)
+                    continue
                 if seq - 1 > self.confirmedUpTo:
                     write(
                         wire.basicAck(
@@ -266,7 +295,7 @@ class Channel:
                     )
                 write(wire.basicNack(self.number, seq, False))
                 self.confirmedUpTo = seq
-            self.nacked = []
+            self.nacked = later
             if upTo <= self.confirmedUpTo:
                 return
         multiple = upTo - self.confirmedUpTo > 1
@@ -674,9 +703,21 @@ class Channel:
         if self.transaction is None:
             raise PreconditionFailed("channel is not transactional")
         operations, self.transaction = self.transaction, []
-        for operation in operations:
-            operation()
-        self.connection.write(wire.simple(self.number, 90, 21))
+        waits = [wait for wait in (operation() for operation in operations) if wait is not None]
+        commitOk = wire.simple(self.number, 90, 21)
+        if not waits:
+            self.connection.write(commitOk)
+            return
+        # The commit completes once the backups hold its messages.
+        remaining = [len(waits)]
+
+        def one() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and not self.closing:
+                self.connection.write(commitOk)
+
+        for wait in waits:
+            wait.addCallback(one)
 
     def txRollback(self, frame: commands.Tx.Rollback) -> None:
         if self.transaction is None:

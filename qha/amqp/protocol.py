@@ -91,12 +91,25 @@ class BrokerFactory(ServerFactory):
         self.connections: set[AMQPServer] = set()
         self.acceptingClients = True
         self.refusalText = ""
+        # The cluster's replication gate: publishes to replicated queues
+        # are confirmed only when it says so (None: standalone).
+        self.gate: Any = None
+        # Users who may not log in over AMQP (the brokers' own HA user).
+        self.refusedUsers: set[str] = set()
         vhost.resources.listeners.append(self._memoryAlarm)
 
     def buildProtocol(self, addr: IAddress | None) -> "AMQPServer":  # type: ignore[override]
         protocol = AMQPServer(self)
         protocol.factory = self
         return protocol
+
+    def disconnectAll(self, text: str) -> None:
+        """
+        Close every client connection with 320 CONNECTION_FORCED and C{text}
+        (the broker stepped down or is stopping).
+        """
+        for connection in list(self.connections):
+            connection.connectionError(ConnectionForcedRefusal(text))
 
     def _memoryAlarm(self, blocked: bool) -> None:
         if blocked:
@@ -495,6 +508,11 @@ class AMQPServer(Protocol):
         except AuthenticationFailed as failure:
             self.log.info("{peer}: {failure}", peer=self.peer, failure=str(failure))
             raise ConnectionAccessRefused(str(failure)) from None
+        if self.user in self.factory.refusedUsers:
+            raise ConnectionAccessRefused(
+                f"user '{self.user}' is the brokers' replication user and may not"
+                " connect as a client"
+            )
         self.write(
             wire.connectionTune(
                 self.factory.channelMax, self.factory.frameMax, self.factory.heartbeat

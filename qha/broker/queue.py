@@ -17,7 +17,9 @@ expiry and dead-lettering. A queue with none of them takes a fast path.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
+from uuid import uuid4
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -196,10 +198,16 @@ class Queue:
         self.deleted = False
         self._dispatching = False
         self._lastValues: dict[Any, Entry] = {}
+        # The id of the newest message of each key value ever enqueued, so
+        # that an older value given back by a consumer is dropped even when
+        # the newer one is held or was consumed.
+        self._newestValueIds: dict[Any, int] = {}
         self._streakLevel = -1
         self._streak = 0
         self._expiryCall: IDelayedCall | None = None
         self._idleCall: IDelayedCall | None = None
+        self.held: dict[int, Entry] = {}
+        self.uuid = uuid4().hex
         self.touch()
 
     def __repr__(self) -> str:
@@ -292,6 +300,7 @@ class Queue:
                     self._unlink(previous)
                     self._removed(previous)
                 self._lastValues[value] = entry
+                self._newestValueIds[value] = entry.id
         self.vhost.resources.add(size)
         self._notify("enqueued", entry)
         self._link(entry)
@@ -304,9 +313,15 @@ class Queue:
                 self.vhost.deadLetter(self, [dropped.message], "maxlen")
         if ttl == 0:
             # A message with no time to live may go to a waiting consumer,
-            # and otherwise expires at once, as in RabbitMQ.
+            # and otherwise expires at once, as in RabbitMQ. It must not
+            # count as expired while this dispatch runs (the clock moved
+            # since its expiresAt was computed), but does if it comes back.
             if self.consumers:
-                self.dispatch()
+                entry.expiresAt = None
+                try:
+                    self.dispatch()
+                finally:
+                    entry.expiresAt = expiresAt
             self.expireDue()
         elif self.consumers:
             self.dispatch()
@@ -472,6 +487,7 @@ class Queue:
         else:
             consumer.unacked += 1
             self.unacked += 1
+            self.held[entry.id] = entry
             consumer.target.deliver(consumer, entry)
 
     def get(self) -> Entry | None:
@@ -484,6 +500,7 @@ class Queue:
         entry = self._take()
         if entry is None:
             return None
+        self.held[entry.id] = entry
         vhost = self.vhost
         if vhost.observers:
             for observer in vhost.observers:
@@ -495,6 +512,7 @@ class Queue:
         C{entry} was acknowledged (or delivered with no-ack): it is gone.
         """
         vhost = self.vhost
+        self.held.pop(entry.id, None)
         vhost.resources.remove(len(entry.message.body))
         if vhost.observers and not self.deleted:
             for observer in vhost.observers:
@@ -515,29 +533,20 @@ class Queue:
         """
         if self.deleted:
             for entry in entries:
+                self.held.pop(entry.id, None)
                 self.vhost.resources.remove(len(entry.message.body))
             return
         vhost = self.vhost
         lastValues = self.policy.lvqKey is not None
         for entry in sorted(entries, key=lambda e: e.id, reverse=True):
+            self.held.pop(entry.id, None)
             entry.redelivered = entry.redelivered or redelivered
             if lastValues and self._supersededValue(entry):
                 # A newer message with the same key arrived while this one
                 # was held: the newer value wins.
                 self._removed(entry)
                 continue
-            ready = self.levels[entry.level]
-            if not ready or entry.id < ready[0].id:
-                ready.appendleft(entry)
-            else:
-                position = len(ready)
-                for index, other in enumerate(ready):
-                    if other.id > entry.id:
-                        position = index
-                        break
-                ready.insert(position, entry)
-            self.readyCount += 1
-            self.readyBytes += len(entry.message.body)
+            self._insert(entry)
             if lastValues:
                 value = entry.message.headers.get(self.policy.lvqKey)  # type: ignore[arg-type]
                 if value is not None:
@@ -547,8 +556,123 @@ class Queue:
                     observer.released(self, entry)
         if self.consumers:
             self.dispatch()
-        if not self.plain and self.policy.messageTtl is not None:
+        if not self.plain:
+            # Per-message expirations count too: an entry that expired while
+            # held must not wait for a later timer.
             self._scheduleExpiry()
+
+    def _insert(self, entry: Entry) -> None:
+        """
+        Put C{entry} in its level at the place its id gives it.
+        """
+        ready = self.levels[entry.level]
+        if not ready or entry.id < ready[0].id:
+            ready.appendleft(entry)
+        elif entry.id > ready[-1].id:
+            ready.append(entry)
+        else:
+            ready.insert(bisect_left(ready, entry.id, key=_entryId), entry)
+        self.readyCount += 1
+        self.readyBytes += len(entry.message.body)
+
+    def _find(self, id: int) -> Entry | None:
+        """
+        The ready entry with C{id}, or L{None}.
+        """
+        for ready in self.levels:
+            if ready and ready[0].id <= id <= ready[-1].id:
+                index = bisect_left(ready, id, key=_entryId)
+                if index < len(ready) and ready[index].id == id:
+                    return ready[index]
+        return None
+
+    # Replicas: a backup applies the primary's events exactly, running no
+    # policy of its own (the primary's drops, replacements and expiries
+    # arrive as dequeues).
+
+    def replicaEnqueue(self, message: Message, id: int, redelivered: bool = False) -> Entry:
+        """
+        Add the primary's entry C{id} in its place.
+        """
+        existing = self._find(id)
+        if existing is not None:
+            return existing
+        policy = self.policy
+        level = min(message.priority, policy.priorities - 1) if policy.priorities else 0
+        expiresAt = None
+        ttl = policy.messageTtl
+        expiration = message.expiration
+        if expiration is not None and (ttl is None or expiration < ttl):
+            ttl = expiration
+        if ttl is not None:
+            expiresAt = self.clock.seconds() + ttl / 1000.0
+        entry = Entry(message, id, redelivered, level, expiresAt)
+        if id >= self.nextId:
+            self.nextId = id + 1
+        self._insert(entry)
+        if policy.lvqKey is not None:
+            value = message.headers.get(policy.lvqKey)
+            if value is not None:
+                self._lastValues[_hashable(value)] = entry
+        self.vhost.resources.add(len(message.body))
+        self._notify("enqueued", entry)
+        return entry
+
+    def replicaDequeue(self, id: int) -> None:
+        """
+        The primary's entry C{id} is gone.
+        """
+        self.held.pop(id, None)
+        entry = self._find(id)
+        if entry is None:
+            return
+        self._unlink(entry)
+        self._removed(entry)
+
+    def replicaAcquire(self, id: int) -> None:
+        """
+        A consumer on the primary holds entry C{id}: after a failover it is
+        delivered again, marked redelivered.
+        """
+        entry = self._find(id)
+        if entry is not None:
+            entry.redelivered = True
+            self.held[id] = entry
+
+    def replicaRelease(self, id: int) -> None:
+        """
+        The primary's consumer gave entry C{id} back.
+        """
+        self.held.pop(id, None)
+
+    def replicaPurge(self) -> None:
+        """
+        The primary purged: drop every entry no consumer there holds.
+        """
+        for ready in self.levels:
+            for entry in [e for e in ready if e.id not in self.held]:
+                ready.remove(entry)
+                self._forget(entry)
+                self._removed(entry)
+
+    def ids(self) -> list[int]:
+        """
+        The ids of every entry the queue holds, ready or held, sorted.
+        """
+        ids = [entry.id for level in self.levels for entry in level]
+        ids.extend(self.held)
+        return sorted(set(ids))
+
+    def promoted(self, epoch: int) -> None:
+        """
+        This replica's broker became the primary: new ids start in the new
+        epoch's range (so they never collide with ids an old primary gave
+        out), and TTL and expiry timers start.
+        """
+        self.held.clear()
+        self.nextId = max(self.nextId, epoch << 40)
+        self.touch()
+        self.expireDue()
 
     def _supersededValue(self, entry: Entry) -> bool:
         value = entry.message.headers.get(self.policy.lvqKey)  # type: ignore[arg-type]
@@ -640,7 +764,7 @@ class Queue:
         """
         Make sure a timer fires when the earliest head of a level expires.
         """
-        if self.deleted:
+        if self.deleted or self.vhost.replica:
             return
         earliest: float | None = None
         for level in self.levels:
@@ -667,6 +791,8 @@ class Queue:
         Expire (and dead-letter) the entries at the heads of the levels whose
         time is up; return how many.
         """
+        if self.vhost.replica:
+            return 0
         now = self.clock.seconds()
         count = 0
         for level in self.levels:
@@ -684,7 +810,7 @@ class Queue:
         its C{x-expires} countdown if it has one and no consumers.
         """
         expires = self.policy.expires
-        if expires is None or self.consumers or self.deleted:
+        if expires is None or self.consumers or self.deleted or self.vhost.replica:
             return
         self._cancelIdle()
         self._idleCall = self.clock.callLater(expires / 1000.0, self._idleExpired)
@@ -705,6 +831,10 @@ class Queue:
         """
         for level in reversed(self.levels):
             yield from level
+
+
+def _entryId(entry: Entry) -> int:
+    return entry.id
 
 
 def _hashable(value: Any) -> Any:

@@ -157,6 +157,8 @@ class VirtualHost:
         """
         self.name = name
         self.clock: IReactorTime = clock if clock is not None else Clock()
+        self.replica = False
+        self.defaultReplicate = "none"
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.observers: list[BrokerObserver] = []
@@ -286,10 +288,14 @@ class VirtualHost:
         autoDelete: bool = False,
         arguments: dict[str, Any] | None = None,
         owner: object = None,
+        replica: bool = False,
     ) -> Queue:
         """
         Declare a queue (server-named if C{name} is empty), or check an
         existing one is equivalent and accessible to C{owner}.
+
+        @param replica: a backup copying the primary's queue, whose name
+            may be one the server made (C{amq.gen-...}).
         """
         arguments = arguments or {}
         if passive:
@@ -318,7 +324,7 @@ class VirtualHost:
                     )
             self._checkArguments("queue", name, existing.arguments, arguments)
             return existing
-        if name.startswith("amq.") and not serverNamed:
+        if name.startswith("amq.") and not serverNamed and not replica:
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         queue = Queue(
             self,
@@ -423,6 +429,7 @@ class VirtualHost:
         routingKey: str,
         arguments: dict[str, Any] | None = None,
         owner: object = None,
+        replica: bool = False,
     ) -> Binding:
         """
         Bind a queue to an exchange.
@@ -439,6 +446,7 @@ class VirtualHost:
         routingKey: str,
         arguments: dict[str, Any] | None = None,
         owner: object = None,
+        replica: bool = False,
     ) -> None:
         """
         Remove a queue's binding; removing one that does not exist succeeds.

@@ -126,10 +126,14 @@ class BrokerProcess:
         self.host = "127.0.0.1"
         self.process: subprocess.Popen[bytes] | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=5000)
+        self.linesLogged = 0
         self._ports: queue.Queue[int | None] = queue.Queue()
         self._reader: threading.Thread | None = None
 
     def __repr__(self) -> str:
+        """
+        The port and arguments, for test failure messages.
+        """
         return f"<BrokerProcess port={self.port} arguments={self.arguments!r}>"
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
@@ -195,6 +199,7 @@ class BrokerProcess:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self._lines.append(line)
+            self.linesLogged += 1
             if not announced:
                 match = _LISTENING.search(line)
                 if match is not None:
@@ -204,11 +209,22 @@ class BrokerProcess:
         if not announced:
             self._ports.put(None)
 
-    def output(self) -> str:
+    def output(self, lines: int = 200) -> str:
         """
-        What the broker logged so far (its last lines), to explain a failure.
+        The last C{lines} lines the broker logged, to explain a failure.
         """
-        return "\n".join(list(self._lines))
+        return "\n".join(list(self._lines)[-lines:])
+
+    def linesSince(self, mark: int) -> list[str]:
+        """
+        The lines logged after the first C{mark} lines (as many of them as
+        are still kept).
+
+        @param mark: a value of L{linesLogged} read earlier.
+        """
+        lines = list(self._lines)
+        count = min(self.linesLogged - mark, len(lines))
+        return lines[len(lines) - count :] if count > 0 else []
 
     def running(self) -> bool:
         """
@@ -555,17 +571,63 @@ class BrokerTestCase(SynchronousTestCase):
     reactor does not run during a L{SynchronousTestCase}.
 
     @cvar brokerArguments: extra C{twistd qha} options for this class.
+    @cvar watchdogTimeout: the most seconds one test may take.
+    @ivar brokerMayFail: whether the test expects the broker to log a
+        traceback; otherwise one fails the test.
     @ivar broker: the class's broker.
     """
 
     brokerArguments: Sequence[str] = ()
+    watchdogTimeout = 60.0
+    brokerMayFail = False
 
     def setUp(self) -> None:
         """
-        Get the class's broker, starting it if need be.
+        Get the class's broker, starting it if need be, and arm a watchdog:
+        pika's blocking calls have no timeout of their own, so a broker that
+        never answers would hang the test run. After L{watchdogTimeout}
+        seconds the watchdog kills the broker, which makes every blocked
+        call fail, and the test is reported as failed.
         """
         self.broker = sharedBroker(type(self), self.brokerArguments)
         self._names = 0
+        self.addCleanup(self._checkBrokerLog, self.broker, self.broker.linesLogged)
+        self._watchdogFired = threading.Event()
+        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog)
+        watchdog.daemon = True
+        watchdog.start()
+        self.addCleanup(self._disarmWatchdog, watchdog)
+
+    def _checkBrokerLog(self, broker: BrokerProcess, mark: int) -> None:
+        """
+        Fail the test if the broker logged a traceback while it ran (an
+        exception the broker did not expect), unless the test says it may.
+        """
+        if self.brokerMayFail:
+            return
+        lines = broker.linesSince(mark)
+        if any("Traceback" in line for line in lines):
+            self.fail("the broker logged a traceback:\n" + "\n".join(lines))
+
+    def _watchdog(self) -> None:
+        """
+        In the watchdog's thread: the test took too long; kill its broker.
+        """
+        self._watchdogFired.set()
+        process = self.broker.process
+        if process is not None and process.poll() is None:
+            process.kill()
+
+    def _disarmWatchdog(self, watchdog: threading.Timer) -> None:
+        """
+        Stop the watchdog; fail the test if it fired.
+        """
+        watchdog.cancel()
+        if self._watchdogFired.is_set():
+            self.fail(
+                f"the test took more than {self.watchdogTimeout} s: its broker was"
+                f" killed. Its output:\n{self.broker.output()}"
+            )
 
     def uniqueName(self, label: str = "") -> str:
         """

@@ -45,11 +45,17 @@ async def nextMessage(iterator: Any) -> AbstractIncomingMessage:
     return message
 
 
+async def ignore(message: AbstractIncomingMessage) -> None:
+    """
+    A consumer callback that leaves its messages unacknowledged.
+    """
+
+
 async def getAll(queue: AbstractQueue) -> list[bytes]:
     """
     Take every ready message of C{queue} with basic.get and no-ack.
     """
-    bodies = []
+    bodies: list[bytes] = []
     while True:
         message = await queue.get(no_ack=True, fail=False)
         if message is None:
@@ -303,9 +309,11 @@ class RoutingTests(AioPikaTestCase):
                 returned = await exchange.publish(
                     Message(b"lost"), self.uniqueName("nobody"), mandatory=True
                 )
-                self.assertIsInstance(returned.delivery, commands.Basic.Return)
-                self.assertEqual(returned.delivery.reply_code, 312)
-                self.assertEqual(returned.delivery.reply_text, "NO_ROUTE")
+                assert isinstance(returned, aiormq.abc.DeliveredMessage), returned
+                delivery = returned.delivery
+                assert isinstance(delivery, commands.Basic.Return), delivery
+                self.assertEqual(delivery.reply_code, 312)
+                self.assertEqual(delivery.reply_text, "NO_ROUTE")
                 self.assertEqual(returned.body, b"lost")
 
         self.runAsync(test)
@@ -334,8 +342,7 @@ class QueueTests(AioPikaTestCase):
                 consumerChannel = await connection.channel()
                 await consumerChannel.set_qos(prefetch_count=1)
                 consumerQueue = await consumerChannel.get_queue(name)
-                received: list[AbstractIncomingMessage] = []
-                await consumerQueue.consume(received.append)
+                await consumerQueue.consume(ignore)
                 passive = await channel.declare_queue(name, passive=True)
                 result = passive.declaration_result
                 self.assertEqual((result.message_count, result.consumer_count), (2, 1))
@@ -375,7 +382,7 @@ class QueueTests(AioPikaTestCase):
                 queue = await channel.get_queue(name)
                 purged = await queue.purge()
                 self.assertEqual(purged.message_count, 4)
-                tag = await queue.consume(lambda message: None)
+                tag = await queue.consume(ignore)
                 with self.assertRaises(aiormq.exceptions.ChannelPreconditionFailed):
                     await queue.delete(if_unused=True)
                 channel = await connection.channel()
@@ -576,10 +583,13 @@ class ConsumeTests(AioPikaTestCase):
                 queue = await channel.declare_queue(name)
                 cancelled: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 underlay = await channel.get_underlay_channel()
-                underlay.on_consumer_cancel_callbacks.add(
-                    lambda frame: cancelled.done() or cancelled.set_result(frame)
-                )
-                tag = await queue.consume(lambda message: None)
+
+                def onCancel(frame: Any) -> None:
+                    if not cancelled.done():
+                        cancelled.set_result(frame)
+
+                underlay.on_consumer_cancel_callbacks.add(onCancel)
+                tag = await queue.consume(ignore)
                 other = await connection.channel()
                 await other.queue_delete(name)
                 frame = await asyncio.wait_for(cancelled, EVENT_TIMEOUT)
@@ -630,5 +640,154 @@ class ConsumeTests(AioPikaTestCase):
                 with self.assertRaises(RuntimeError):
                     await connection.channel()
                 await self.assertStillWorks(bystander)
+
+        self.runAsync(test)
+
+
+class MoreFeaturesTests(AioPikaTestCase):
+    """
+    The rest of the features through aio-pika: exclusive consumers, global
+    prefetch, recover, exchange declare and delete options, unbind.
+    """
+
+    def test_exclusiveConsumer(self) -> None:
+        """
+        A second consumer on a queue consumed exclusively is refused with
+        403.
+        """
+
+        async def test() -> None:
+            async with await self.aioConnect() as connection:
+                channel = await connection.channel()
+                queue = await channel.declare_queue(exclusive=True)
+                await queue.consume(ignore, exclusive=True)
+                other = await connection.channel()
+                otherQueue = await other.get_queue(queue.name)
+                with self.assertRaises(aiormq.exceptions.ChannelAccessRefused):
+                    await otherQueue.consume(ignore)
+                await self.assertStillWorks(connection)
+
+        self.runAsync(test)
+
+    def test_globalPrefetch(self) -> None:
+        """
+        A global prefetch of 2 holds the whole channel to two
+        unacknowledged messages across two consumers.
+        """
+
+        async def test() -> None:
+            async with await self.aioConnect() as connection:
+                channel = await connection.channel()
+                await channel.set_qos(prefetch_count=2, global_=True)
+                first = await channel.declare_queue(exclusive=True)
+                second = await channel.declare_queue(exclusive=True)
+                for queue in (first, second):
+                    for index in range(3):
+                        await channel.default_exchange.publish(
+                            Message(b"%d" % index), queue.name
+                        )
+                received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+                await first.consume(received.put)
+                await second.consume(received.put)
+                held = [await asyncio.wait_for(received.get(), EVENT_TIMEOUT) for _ in range(2)]
+                probe = await connection.channel()
+                ready = 0
+                for queue in (first, second):
+                    passive = await probe.declare_queue(queue.name, passive=True)
+                    ready += passive.declaration_result.message_count or 0
+                self.assertEqual(ready, 4)
+                self.assertTrue(received.empty())
+                for message in held:
+                    await message.ack()
+                more = [await asyncio.wait_for(received.get(), EVENT_TIMEOUT) for _ in range(2)]
+                self.assertEqual(len(more), 2)
+
+        self.runAsync(test)
+
+    def test_recover(self) -> None:
+        """
+        basic.recover redelivers what the channel holds, marked
+        redelivered.
+        """
+
+        async def test() -> None:
+            async with await self.aioConnect() as connection:
+                channel = await connection.channel()
+                queue = await channel.declare_queue(exclusive=True)
+                await channel.default_exchange.publish(Message(b"again"), queue.name)
+                async with queue.iterator() as messages:
+                    first = await nextMessage(messages)
+                    self.assertFalse(first.redelivered)
+                    underlay = await channel.get_underlay_channel()
+                    await underlay.basic_recover(requeue=True)
+                    second = await nextMessage(messages)
+                    self.assertEqual((second.body, second.redelivered), (b"again", True))
+                    await second.ack()
+
+        self.runAsync(test)
+
+    def test_exchangeOptions(self) -> None:
+        """
+        Passive declare of a missing exchange is 404; a durable exchange
+        redeclared as transient is 406; delete if-unused of a bound exchange
+        is 406; after unbinding it deletes.
+        """
+
+        async def test() -> None:
+            async with await self.aioConnect() as connection:
+                channel = await connection.channel()
+                with self.assertRaises(aiormq.exceptions.ChannelNotFoundEntity):
+                    await channel.get_exchange(self.uniqueName("missing"), ensure=True)
+                channel = await connection.channel()
+                name = self.uniqueName("x")
+                exchange = await channel.declare_exchange(name, ExchangeType.DIRECT, durable=True)
+                with self.assertRaises(aiormq.exceptions.ChannelPreconditionFailed):
+                    await channel.declare_exchange(name, ExchangeType.DIRECT, durable=False)
+                channel = await connection.channel()
+                exchange = await channel.get_exchange(name)
+                queue = await channel.declare_queue(exclusive=True)
+                await queue.bind(exchange, "k")
+                with self.assertRaises(aiormq.exceptions.ChannelPreconditionFailed):
+                    await exchange.delete(if_unused=True)
+                channel = await connection.channel()
+                exchange = await channel.get_exchange(name)
+                queue = await channel.get_queue(queue.name)
+                await exchange.publish(Message(b"bound"), "k")
+                await queue.unbind(exchange, "k")
+                await exchange.publish(Message(b"unbound"), "k")
+                self.assertEqual(await getAll(queue), [b"bound"])
+                await exchange.delete(if_unused=True)
+                with self.assertRaises(aiormq.exceptions.ChannelNotFoundEntity):
+                    await channel.get_exchange(name, ensure=True)
+
+        self.runAsync(test)
+
+    def test_internalExchange(self) -> None:
+        """
+        An internal exchange refuses publishes (403) but receives through an
+        exchange-to-exchange binding.
+        """
+
+        async def test() -> None:
+            async with await self.aioConnect() as connection:
+                channel = await connection.channel()
+                internal = await channel.declare_exchange(
+                    self.uniqueName("internal"), ExchangeType.FANOUT,
+                    internal=True, auto_delete=True,
+                )
+                public = await channel.declare_exchange(
+                    self.uniqueName("public"), ExchangeType.FANOUT, auto_delete=True
+                )
+                await internal.bind(public)
+                queue = await channel.declare_queue(exclusive=True)
+                await queue.bind(internal)
+                await public.publish(Message(b"through"), "")
+                self.assertEqual(await getAll(queue), [b"through"])
+                # aio-pika refuses to publish to an exchange it declared as
+                # internal; one it merely looked up by name it sends.
+                unknowing = await channel.get_exchange(internal.name, ensure=False)
+                with self.assertRaises(aiormq.exceptions.ChannelAccessRefused):
+                    await unknowing.publish(Message(b"direct"), "")
+                await self.assertStillWorks(connection)
 
         self.runAsync(test)

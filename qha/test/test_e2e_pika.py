@@ -26,7 +26,13 @@ from pika.exceptions import (
 )
 from pika.spec import Basic, BasicProperties
 
-from qha.test.brokerprocess import AMQPlainCredentials, BrokerTestCase, methodFrame
+from qha.broker.vhost import Resources
+from qha.test.brokerprocess import (
+    AMQPlainCredentials,
+    BrokerTestCase,
+    methodFrame,
+    waitUntil,
+)
 
 Delivery = tuple[Any, BasicProperties, bytes]
 
@@ -37,6 +43,9 @@ class Deliveries:
     """
 
     def __init__(self) -> None:
+        """
+        Nothing received yet.
+        """
         self.received: list[Delivery] = []
 
     def __call__(
@@ -66,7 +75,7 @@ def drain(channel: BlockingChannel, queue: str) -> list[bytes]:
     """
     Get every ready message of C{queue} with basic.get and no-ack.
     """
-    bodies = []
+    bodies: list[bytes] = []
     while True:
         method, _, body = channel.basic_get(queue, auto_ack=True)
         if method is None:
@@ -429,7 +438,11 @@ class ExchangeTests(BrokerTestCase):
         channel = connection.channel()
         channel.exchange_declare(name, "fanout", durable=True)
         channel.exchange_declare(name, "fanout", durable=True)
-        for change in [dict(exchange_type="direct", durable=True), dict(exchange_type="fanout")]:
+        changes: list[dict[str, Any]] = [
+            {"exchange_type": "direct", "durable": True},
+            {"exchange_type": "fanout"},
+        ]
+        for change in changes:
             with self.assertRaises(ChannelClosedByBroker) as caught:
                 connection.channel().exchange_declare(name, **change)
             self.assertEqual(caught.exception.reply_code, 406)
@@ -1245,13 +1258,19 @@ class MemoryWatermarkTests(BrokerTestCase):
         """
         Publishing past the watermark brings connection.blocked; consuming
         the queue brings connection.unblocked, and every message published
-        arrives, including those sent after the broker blocked.
+        arrives, including one sent after the broker unblocked.
         """
-        publisher = self.connect()
+        # With confirms, each publish waits for its basic.ack, which the
+        # broker sends after connection.blocked: the publisher stops at the
+        # message that crossed the watermark and has nothing more in flight.
+        # blocked_connection_timeout turns a broker that never unblocks into
+        # a failure instead of a hang.
+        publisher = self.connect(blocked_connection_timeout=20)
         events: list[str] = []
         publisher.add_on_connection_blocked_callback(lambda c, m: events.append("blocked"))
         publisher.add_on_connection_unblocked_callback(lambda c, m: events.append("unblocked"))
         channel = publisher.channel()
+        channel.confirm_delivery()
         queue = self.uniqueName("q")
         channel.queue_declare(queue, auto_delete=True)
         body = b"m" * 10000
@@ -1262,26 +1281,28 @@ class MemoryWatermarkTests(BrokerTestCase):
             published += 1
             publisher.process_data_events(time_limit=0)
         self.assertEqual(events, ["blocked"])
-        self.assertGreaterEqual(published * (len(body) + 400), 200000)
+        self.assertEqual(published, 200000 // (len(body) + Resources.overhead) + 1)
 
         consumerConnection = self.connect()
         consumer = consumerConnection.channel()
         deliveries = Deliveries()
         consumer.basic_consume(queue, deliveries, auto_ack=True)
-        self.waitFor(
-            consumerConnection,
-            lambda: len(deliveries.received) >= published - 10,
-            timeout=10,
-            what="the queue to drain",
+
+        def pumpBoth(left: float) -> None:
+            consumerConnection.process_data_events(time_limit=min(left, 0.05))
+            publisher.process_data_events(time_limit=0)
+
+        waitUntil(
+            lambda: len(deliveries.received) == published and events[-1] == "unblocked",
+            pumpBoth,
+            10,
+            "the queue to drain and connection.unblocked",
         )
-        self.waitFor(publisher, lambda: "unblocked" in events, what="connection.unblocked")
         self.assertEqual(events, ["blocked", "unblocked"])
         channel.basic_publish("", queue, b"after")
-        self.waitFor(
-            consumerConnection,
-            lambda: len(deliveries.received) == published + 1,
-            timeout=10,
-            what="every message",
+        waitUntil(
+            lambda: len(deliveries.received) == published + 1, pumpBoth, 10,
+            "every message, the one after unblocking too",
         )
         self.assertEqual(deliveries.bodies[-1], b"after")
         self.assertEqual(deliveries.bodies[:-1], [body] * published)

@@ -1,0 +1,94 @@
+"""
+The admin commands C{qha-admin} sends to a broker's AMP port.
+
+A broker answers them in every role; those that change the broker's state
+(promote, add, delete) say why when they refuse.
+"""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+from ..ha.commands import ChunkedBytes, Login, Refused, _errors
+
+__all__ = [
+    "AddObject",
+    "DeleteObject",
+    "ListObjects",
+    "Login",
+    "Ping",
+    "Promote",
+    "Query",
+    "Refused",
+    "Replicate",
+]
+
+
+class Ping(amp.Command):
+    """
+    Is the broker alive?
+    """
+
+    arguments = list[tuple[bytes, amp.Argument]]()
+    response = [(b"role", amp.Unicode())]
+    errors = _errors
+
+
+class Query(amp.Command):
+    """
+    The broker's HA state, as JSON.
+    """
+
+    arguments = list[tuple[bytes, amp.Argument]]()
+    response = [(b"state", amp.Unicode())]
+    errors = _errors
+
+
+class Promote(amp.Command):
+    """
+    Make this broker the primary (what a cluster manager does).
+    """
+
+    arguments = [(b"force", amp.Boolean())]
+    response = [(b"role", amp.Unicode()), (b"epoch", amp.Integer())]
+    errors = _errors
+
+
+class Replicate(amp.Command):
+    """
+    Make a local queue a live replica of a queue on another broker.
+    """
+
+    arguments = [(b"remote", amp.Unicode()), (b"queue", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = _errors
+
+
+class ListObjects(amp.Command):
+    """
+    Queues, exchanges or bindings with their counts, as JSON.
+    """
+
+    arguments = [(b"kind", amp.Unicode())]
+    response = [(b"objects", ChunkedBytes())]
+    errors = _errors
+
+
+class AddObject(amp.Command):
+    """
+    Declare a queue or an exchange (JSON description).
+    """
+
+    arguments = [(b"kind", amp.Unicode()), (b"description", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = _errors
+
+
+class DeleteObject(amp.Command):
+    """
+    Delete a queue or an exchange.
+    """
+
+    arguments = [(b"kind", amp.Unicode()), (b"name", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = _errors

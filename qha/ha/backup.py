@@ -1,0 +1,204 @@
+"""
+The backup's side of replication: the L{Replicator} applies the primary's
+events to the local virtual host exactly, running no policy of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from ..broker.errors import AMQPError
+from ..broker.exchange import exchangeType
+from ..broker.message import Message
+from ..broker.queue import Queue
+from ..broker.vhost import VirtualHost
+from . import events as ev
+
+
+def holdingsOf(vhost: VirtualHost) -> dict[str, Any]:
+    """
+    What the backup holds, for the primary to send only what it lacks: per
+    queue its uuid and its entry ids as ranges.
+    """
+    holdings: dict[str, Any] = {}
+    for queue in vhost.queues.values():
+        ranges: list[list[int]] = []
+        for id in queue.ids():
+            if ranges and ranges[-1][1] == id - 1:
+                ranges[-1][1] = id
+            else:
+                ranges.append([id, id])
+        holdings[queue.name] = {"uuid": queue.uuid, "ids": ranges}
+    return holdings
+
+
+class Replicator:
+    """
+    Applies replication events to a backup's virtual host.
+
+    @ivar members: the backups the primary last said it had.
+    """
+
+    log = Logger()
+
+    def __init__(self, vhost: VirtualHost, caughtUp: Callable[[], None]) -> None:
+        self.vhost = vhost
+        self.caughtUp = caughtUp
+        self.members: list[dict[str, str]] = []
+        self.applied = 0
+
+    def apply(self, data: bytes) -> None:
+        """
+        Apply every event in one box, in order.
+
+        @raise ev.MalformedEvents: if the box cannot be decoded.
+        """
+        for event in ev.readEvents(data):
+            self.applied += 1
+            handler = _handlers[event[0]]
+            try:
+                handler(self, *event[1:])
+            except AMQPError as error:
+                # The primary accepted it; a difference here is a bug, not a
+                # reason to stop following.
+                self.log.warn(
+                    "could not apply {event}: {error}", event=event[0], error=error.replyText
+                )
+
+    def _queue(self, name: str) -> Queue | None:
+        return self.vhost.queues.get(name)
+
+    def snapshot(self, data: bytes) -> None:
+        present = json.loads(data)
+        queues = present["queues"]
+        for name, queue in list(self.vhost.queues.items()):
+            if queues.get(name) != queue.uuid:
+                # Gone from the primary, or deleted and recreated while we
+                # were away.
+                self.vhost.deleteQueue(name, owner=queue.owner)
+        exchanges = set(present["exchanges"])
+        for name in list(self.vhost.exchanges):
+            if name and not name.startswith("amq.") and name not in exchanges:
+                self.vhost.deleteExchange(name)
+
+    def queueDeclared(
+        self,
+        name: str,
+        uuid: str,
+        durable: bool,
+        exclusive: bool,
+        autoDelete: bool,
+        unused: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        existing = self.vhost.queues.get(name)
+        if existing is not None and existing.uuid != uuid:
+            self.vhost.deleteQueue(name, owner=existing.owner)
+            existing = None
+        if existing is None:
+            queue = self.vhost.declareQueue(
+                name, durable=durable, autoDelete=autoDelete, arguments=arguments, replica=True
+            )
+            queue.uuid = uuid
+
+    def queueDeleted(self, name: str, uuid: str) -> None:
+        queue = self.vhost.queues.get(name)
+        if queue is not None and queue.uuid == uuid:
+            self.vhost.deleteQueue(name, owner=queue.owner)
+
+    def exchangeDeclared(
+        self,
+        name: str,
+        type: str,
+        unused: str,
+        durable: bool,
+        autoDelete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        existing = self.vhost.exchanges.get(name)
+        if existing is not None and existing.type != type:
+            self.vhost.deleteExchange(name)
+            existing = None
+        if existing is None:
+            exchangeType(type)
+            self.vhost.declareExchange(
+                name, type, durable=durable, autoDelete=autoDelete, internal=internal, arguments=arguments
+            )
+
+    def exchangeDeleted(self, name: str) -> None:
+        self.vhost.deleteExchange(name)
+
+    def bound(
+        self, source: str, kind: bytes, destination: str, key: str, arguments: dict[str, Any]
+    ) -> None:
+        if kind == b"q":
+            if destination in self.vhost.queues and source in self.vhost.exchanges:
+                self.vhost.bindQueue(destination, source, key, arguments, replica=True)
+        elif destination in self.vhost.exchanges and source in self.vhost.exchanges:
+            self.vhost.bindExchange(destination, source, key, arguments)
+
+    def unbound(
+        self, source: str, kind: bytes, destination: str, key: str, arguments: dict[str, Any]
+    ) -> None:
+        if source not in self.vhost.exchanges:
+            return
+        if kind == b"q":
+            if destination in self.vhost.queues:
+                self.vhost.unbindQueue(destination, source, key, arguments, replica=True)
+        elif destination in self.vhost.exchanges:
+            self.vhost.unbindExchange(destination, source, key, arguments)
+
+    def purged(self, name: str) -> None:
+        queue = self._queue(name)
+        if queue is not None:
+            queue.replicaPurge()
+
+    def enqueued(
+        self, name: str, id: int, redelivered: bool, addressing: bytes, header: bytes, body: bytes
+    ) -> None:
+        queue = self._queue(name)
+        if queue is not None:
+            queue.replicaEnqueue(Message(addressing, header, body), id, redelivered)
+
+    def dequeued(self, name: str, id: int) -> None:
+        queue = self._queue(name)
+        if queue is not None:
+            queue.replicaDequeue(id)
+
+    def acquired(self, name: str, id: int) -> None:
+        queue = self._queue(name)
+        if queue is not None:
+            queue.replicaAcquire(id)
+
+    def released(self, name: str, id: int) -> None:
+        queue = self._queue(name)
+        if queue is not None:
+            queue.replicaRelease(id)
+
+    def caughtUpMarker(self) -> None:
+        self.caughtUp()
+
+    def membersChanged(self, data: bytes) -> None:
+        self.members = json.loads(data)
+
+
+_handlers: dict[bytes, Callable[..., None]] = {
+    ev.SNAPSHOT: Replicator.snapshot,
+    ev.QUEUE_DECLARED: Replicator.queueDeclared,
+    ev.QUEUE_DELETED: Replicator.queueDeleted,
+    ev.EXCHANGE_DECLARED: Replicator.exchangeDeclared,
+    ev.EXCHANGE_DELETED: Replicator.exchangeDeleted,
+    ev.BOUND: Replicator.bound,
+    ev.UNBOUND: Replicator.unbound,
+    ev.PURGED: Replicator.purged,
+    ev.ENQUEUED: Replicator.enqueued,
+    ev.DEQUEUED: Replicator.dequeued,
+    ev.ACQUIRED: Replicator.acquired,
+    ev.RELEASED: Replicator.released,
+    ev.CAUGHT_UP: Replicator.caughtUpMarker,
+    ev.MEMBERS: Replicator.membersChanged,
+}

@@ -1,0 +1,145 @@
+"""
+The AMP commands brokers speak to each other, and that C{qha-admin} speaks
+to a broker.
+
+AMP caps a value at 64 KiB, so the replication payload travels as
+L{ChunkedBytes}: one logical value spread over as many keys as it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.protocols import amp
+
+CHUNK = 65535
+
+
+class ChunkedBytes(amp.Argument):
+    """
+    A byte string of any length, sent as C{name}, C{name.1}, C{name.2} ...
+    each at most 64 KiB.
+    """
+
+    def toBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any) -> None:  # type: ignore[override]
+        value = objects[name.decode("ascii")]
+        strings[name] = value[:CHUNK]
+        index = 1
+        for start in range(CHUNK, len(value), CHUNK):
+            strings[name + b"." + str(index).encode("ascii")] = value[start : start + CHUNK]
+            index += 1
+
+    def fromBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any) -> None:  # type: ignore[override]
+        parts = [strings[name]]
+        index = 1
+        while True:
+            key = name + b"." + str(index).encode("ascii")
+            if key not in strings:
+                break
+            parts.append(strings[key])
+            index += 1
+        objects[name.decode("ascii")] = b"".join(parts)
+
+
+class NotAuthenticated(Exception):
+    """
+    The peer did not log in with the HA credentials.
+    """
+
+
+class StaleEpoch(Exception):
+    """
+    The peer's epoch is older than ours: it must not lead us.
+    """
+
+
+class NotPrimary(Exception):
+    """
+    A backup was asked for something only the primary does.
+    """
+
+
+class Refused(Exception):
+    """
+    An admin request was refused; the message says why.
+    """
+
+
+_errors: dict[type[Exception], bytes] = {
+    NotAuthenticated: b"NOT_AUTHENTICATED",
+    StaleEpoch: b"STALE_EPOCH",
+    NotPrimary: b"NOT_PRIMARY",
+    Refused: b"REFUSED",
+}
+
+
+class Login(amp.Command):
+    """
+    Authenticate this AMP connection with the HA (or admin) credentials.
+    """
+
+    arguments = [(b"username", amp.Unicode()), (b"password", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = _errors
+
+
+class Hello(amp.Command):
+    """
+    Who are you? Asked by a joining broker of every address it knows, and by
+    a primary probing for a newer primary.
+    """
+
+    arguments = [
+        (b"brokerId", amp.Unicode()),
+        (b"epoch", amp.Integer()),
+        (b"role", amp.Unicode()),
+    ]
+    response = [
+        (b"brokerId", amp.Unicode()),
+        (b"epoch", amp.Integer()),
+        (b"role", amp.Unicode()),
+    ]
+    errors = _errors
+
+
+class Subscribe(amp.Command):
+    """
+    A backup asks the primary for the replication stream, saying what it
+    holds already (JSON: queue name to uuid and id ranges).
+    """
+
+    arguments = [
+        (b"brokerId", amp.Unicode()),
+        (b"epoch", amp.Integer()),
+        (b"address", amp.Unicode()),
+        (b"holdings", ChunkedBytes()),
+    ]
+    response = [(b"epoch", amp.Integer())]
+    errors = _errors
+
+
+class Events(amp.Command):
+    """
+    The primary sends a batch of events; the answer acknowledges that the
+    backup applied them.
+    """
+
+    arguments = [
+        (b"epoch", amp.Integer()),
+        (b"seq", amp.Integer()),
+        (b"events", ChunkedBytes()),
+    ]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = _errors
+
+
+class Heartbeat(amp.Command):
+    """
+    Sent both ways on a replication link; a link silent for two intervals is
+    dead.
+    """
+
+    arguments = [(b"epoch", amp.Integer())]
+    response = [(b"epoch", amp.Integer())]
+    errors = _errors
+    requiresAnswer = True

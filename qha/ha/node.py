@@ -1,0 +1,939 @@
+"""
+A broker's life in a cluster: its identity and epoch, its role, the AMP
+port where backups subscribe and admins connect, discovery of the primary,
+promotion, recovery and fencing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, ServerFactory
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from ..admin.commands import AddObject, DeleteObject, ListObjects, Ping, Promote, Query, Replicate
+from ..broker.errors import AMQPError
+from ..broker.exchange import Exchange
+from ..broker.queue import Queue
+from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
+from .backup import Replicator, holdingsOf
+from .commands import (
+    Events,
+    Heartbeat,
+    Hello,
+    Login,
+    NotAuthenticated,
+    NotPrimary,
+    Refused,
+    StaleEpoch,
+    Subscribe,
+)
+from .events import MalformedEvents
+from .primary import ReplicationGate, ReplicationSource, replicateLevel
+from .role import (
+    ACTIVE,
+    BACKUP_ROLES,
+    CATCHUP,
+    JOINING,
+    PRIMARY_ROLES,
+    READY,
+    RECOVERING,
+    STANDALONE,
+    Role,
+    RoleRefused,
+)
+
+
+def parseBrokers(value: str) -> list[str]:
+    """
+    Parse C{--ha-brokers}: C{host:port,host:port} or Qpid's
+    C{amqp:tcp:host:port,tcp:host:port}; return C{host:port} strings.
+
+    @raise ValueError: naming the part that is wrong.
+    """
+    text = value.strip()
+    if text.startswith("amqp:"):
+        text = text[len("amqp:") :]
+    brokers = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.startswith("tcp:"):
+            part = part[len("tcp:") :]
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{part!r} in {value!r} is not host:port (e.g. node1:5673 or"
+                " amqp:tcp:node1:5673,tcp:node2:5673)"
+            )
+        brokers.append(f"{host.strip('[]')}:{int(port)}")
+    if not brokers:
+        raise ValueError(f"{value!r} names no broker")
+    return brokers
+
+
+def clientEndpoint(address: str) -> str:
+    """
+    The client endpoint string for C{host:port}.
+    """
+    host, _, port = address.rpartition(":")
+    return f"tcp:host={host}:port={port}:timeout=2"
+
+
+class PersistentState:
+    """
+    The broker's identity and epoch, kept in C{--data-dir}.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        idPath = os.path.join(directory, "broker-id")
+        if os.path.exists(idPath):
+            with open(idPath) as f:
+                self.brokerId = f.read().strip()
+        else:
+            self.brokerId = str(uuid.uuid4())
+            self._write("broker-id", self.brokerId)
+        epochPath = os.path.join(directory, "epoch")
+        self.epoch = 0
+        if os.path.exists(epochPath):
+            with open(epochPath) as f:
+                text = f.read().strip()
+            try:
+                self.epoch = int(text)
+            except ValueError:
+                raise ValueError(f"{epochPath}: {text!r} is not an epoch number") from None
+
+    def _write(self, name: str, text: str) -> None:
+        path = os.path.join(self.directory, name)
+        temporary = path + ".tmp"
+        with open(temporary, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def setEpoch(self, epoch: int) -> None:
+        """
+        Record C{epoch} durably before acting on it.
+        """
+        self._write("epoch", str(epoch))
+        self.epoch = epoch
+
+
+@dataclass
+class HAOptions:
+    """
+    The cluster options of C{twistd qha}.
+    """
+
+    brokers: list[str]
+    publicBrokers: str = ""
+    username: str | None = None
+    password: str | None = None
+    replicateDefault: str = "none"
+    backupTimeout: float = 10.0
+    heartbeat: float = 2.0
+    minBackups: int = 0
+    dataDir: str = "qha-data"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NodeAMP(amp.AMP):
+    """
+    An AMP connection of the node, either way; tells its locator when it
+    goes.
+    """
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        locator = self.locator  # type: ignore[attr-defined]
+        if isinstance(locator, NodeLocator):
+            locator.lost()
+
+
+class NodeLocator(amp.CommandLocator):
+    """
+    The commands a node answers on one AMP connection: replication (for
+    brokers) and admin (for qha-admin).
+    """
+
+    def __init__(self, node: "HANode") -> None:
+        super().__init__()
+        self.node = node
+        self.connection: NodeAMP | None = None
+        self.authenticated = node.options.username is None
+        self.source: ReplicationSource | None = None
+        self.link: "BackupLink | None" = None
+
+    def lost(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+            self.source = None
+        if self.link is not None:
+            self.link.lost()
+
+    def _check(self) -> None:
+        if not self.authenticated:
+            raise NotAuthenticated("log in first with the HA (or admin) credentials")
+
+    @Login.responder
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        options = self.node.options
+        if options.username is not None and (
+            username != options.username or password != options.password
+        ):
+            raise NotAuthenticated(f"bad HA username or password for {username!r}")
+        self.authenticated = True
+        return {}
+
+    @Hello.responder
+    def hello(self, brokerId: str, epoch: int, role: str) -> dict[str, Any]:
+        self._check()
+        self.node.heardEpoch(epoch, role, brokerId)
+        return {"brokerId": self.node.brokerId, "epoch": self.node.epoch, "role": self.node.role.name}
+
+    @Subscribe.responder
+    def subscribe(self, brokerId: str, epoch: int, address: str, holdings: bytes) -> dict[str, Any]:
+        self._check()
+        node = self.node
+        if epoch > node.epoch:
+            node.heardEpoch(epoch, JOINING, brokerId)
+            raise StaleEpoch(f"this broker's epoch {node.epoch} is older than {epoch}")
+        if node.role.name not in PRIMARY_ROLES:
+            raise NotPrimary(f"this broker is {node.role.name}, not the primary")
+        assert self.connection is not None
+        try:
+            held = json.loads(holdings) if holdings else {}
+        except ValueError:
+            held = {}
+        source = ReplicationSource(node, self.connection, brokerId, address, node.clock)
+        self.source = source
+        node.sources[brokerId] = source
+        node.clock.callLater(0, source.start, held)
+        return {"epoch": node.epoch}
+
+    @Events.responder
+    def events(self, epoch: int, seq: int, events: bytes) -> dict[str, Any]:
+        self._check()
+        if self.link is None:
+            raise NotPrimary("this connection is not a replication link")
+        self.link.received(epoch, seq, events)
+        return {}
+
+    @Heartbeat.responder
+    def heartbeat(self, epoch: int) -> dict[str, Any]:
+        self._check()
+        if self.link is not None:
+            self.link.heard()
+        self.node.heardEpoch(epoch, "", "")
+        return {"epoch": self.node.epoch}
+
+    # Admin
+
+    @Ping.responder
+    def ping(self) -> dict[str, Any]:
+        self._check()
+        return {"role": self.node.role.name}
+
+    @Query.responder
+    def query(self) -> dict[str, Any]:
+        self._check()
+        return {"state": json.dumps(self.node.describe())}
+
+    @Promote.responder
+    def promote(self, force: bool) -> Deferred[dict[str, Any]]:
+        self._check()
+        return ensureDeferred(self.node.promote(force))
+
+    @Replicate.responder
+    def replicate(self, remote: str, queue: str) -> dict[str, Any]:
+        self._check()
+        raise Refused(
+            "single-queue replication (qha-admin replicate) is not available yet"
+        )
+
+    @ListObjects.responder
+    def listObjects(self, kind: str) -> dict[str, Any]:
+        self._check()
+        return {"objects": json.dumps(self.node.listObjects(kind)).encode("utf-8")}
+
+    @AddObject.responder
+    def addObject(self, kind: str, description: str) -> dict[str, Any]:
+        self._check()
+        self.node.addObject(kind, json.loads(description))
+        return {}
+
+    @DeleteObject.responder
+    def deleteObject(self, kind: str, name: str) -> dict[str, Any]:
+        self._check()
+        self.node.deleteObject(kind, name)
+        return {}
+
+
+class BackupLink:
+    """
+    A backup's subscription to the primary over one AMP connection.
+    """
+
+    log = Logger()
+
+    def __init__(self, node: "HANode", connection: NodeAMP, primaryId: str, address: str) -> None:
+        self.node = node
+        self.connection = connection
+        self.primaryId = primaryId
+        self.address = address
+        self.lastHeard = node.clock.seconds()
+        self.closed = False
+        self.lastSeq = 0
+        self._watch: IDelayedCall | None = None
+        self.replicator = Replicator(node.vhost, self.caughtUp)
+
+    def start(self) -> None:
+        self._scheduleWatch()
+
+    def _scheduleWatch(self) -> None:
+        if self.node.options.heartbeat and not self.closed:
+            self._watch = self.node.clock.callLater(self.node.options.heartbeat, self._check)
+
+    def _check(self) -> None:
+        self._watch = None
+        if self.closed:
+            return
+        silent = self.node.clock.seconds() - self.lastHeard
+        if silent >= 2 * self.node.options.heartbeat:
+            self.log.warn(
+                "primary {primary} silent for {silent:.1f}s: looking for the primary again",
+                primary=self.address,
+                silent=silent,
+            )
+            self.close()
+            return
+        d = self.connection.callRemote(Heartbeat, epoch=self.node.epoch)
+        d.addCallbacks(lambda _: self.heard(), lambda _: None)
+        self._scheduleWatch()
+
+    def heard(self) -> None:
+        self.lastHeard = self.node.clock.seconds()
+
+    def received(self, epoch: int, seq: int, data: bytes) -> None:
+        """
+        A box of events from the primary.
+        """
+        node = self.node
+        if epoch < node.epoch:
+            raise StaleEpoch(
+                f"replication stream of epoch {epoch} refused: this backup knows epoch {node.epoch}"
+            )
+        if epoch > node.epoch:
+            node.adoptEpoch(epoch)
+        self.heard()
+        try:
+            self.replicator.apply(data)
+        except MalformedEvents as error:
+            self.log.error("malformed replication box {seq}: {error}", seq=seq, error=str(error))
+            raise
+        self.lastSeq = seq
+
+    def caughtUp(self) -> None:
+        self.log.info("caught up with the primary at {address}", address=self.address)
+        self.node.roleInput("caughtUp")
+
+    def close(self) -> None:
+        if not self.closed:
+            transport = self.connection.transport
+            self.lost()
+            if transport is not None:
+                transport.abortConnection()  # type: ignore[attr-defined]
+
+    def lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
+        self.node.linkLost(self)
+
+
+class StandaloneRole:
+    """
+    The role of a broker outside any cluster: it never changes.
+    """
+
+    name = STANDALONE
+
+    def apply(self, input: str) -> None:
+        raise RoleRefused(f"cannot {input} this broker: it is standalone")
+
+
+class HANode(Service):
+    """
+    The cluster side of one broker.
+
+    @ivar sources: the primary's replication sources, by backup id.
+    @ivar link: a backup's subscription to the primary.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        options: HAOptions,
+        vhost: VirtualHost,
+        clock: Any,
+        amqp: Any,
+        state: PersistentState,
+        standalone: bool = False,
+    ) -> None:
+        self.options = options
+        self.standalone = standalone
+        self.vhost = vhost
+        self.clock: IReactorTime = clock
+        self.reactor = clock
+        self.amqp = amqp
+        self.state = state
+        self.brokerId = state.brokerId
+        self.role: Role | StandaloneRole = (
+            StandaloneRole() if standalone else Role(self._roleChanged)
+        )
+        self.gate = ReplicationGate(self)
+        self.sources: dict[str, ReplicationSource] = {}
+        self.link: BackupLink | None = None
+        self.members: list[dict[str, str]] = []
+        self.expected: set[str] = set()
+        self.knownEpochs: dict[str, int] = {}
+        self._discoveryCall: IDelayedCall | None = None
+        self._recoveryCall: IDelayedCall | None = None
+        self._probeCall: IDelayedCall | None = None
+        self._discovering = False
+        if not standalone:
+            vhost.replica = True
+            amqp.factory.gate = self.gate
+
+    # Properties the replication code reads
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def replicateDefault(self) -> str:
+        return self.options.replicateDefault
+
+    @property
+    def minBackups(self) -> int:
+        return self.options.minBackups
+
+    @property
+    def heartbeat(self) -> float:
+        return self.options.heartbeat
+
+    # Service
+
+    def startService(self) -> None:
+        super().startService()
+        if self.standalone:
+            return
+        self.log.info(
+            "qha broker {id} joining the cluster {brokers} at epoch {epoch}",
+            id=self.brokerId,
+            brokers=",".join(self.options.brokers),
+            epoch=self.epoch,
+        )
+        self._scheduleDiscovery(0)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for call in (self._discoveryCall, self._recoveryCall, self._probeCall):
+            if call is not None and call.active():
+                call.cancel()
+        if self.link is not None:
+            self.link.close()
+        for source in list(self.sources.values()):
+            source.drop("the broker is stopping")
+        return None
+
+    # Roles
+
+    def roleInput(self, input: str) -> None:
+        try:
+            self.role.apply(input)
+        except RoleRefused as refusal:
+            self.log.info("{refusal}", refusal=str(refusal))
+
+    def _roleChanged(self, old: str, new: str) -> None:
+        self.log.info("role {old} -> {new} (epoch {epoch})", old=old, new=new, epoch=self.epoch)
+        if new == JOINING:
+            if old in PRIMARY_ROLES:
+                self._stopServing()
+            self._scheduleDiscovery(0)
+        elif new == RECOVERING:
+            self._startServing()
+        elif new == ACTIVE:
+            self.gate.recovered()
+            self.log.info("qha broker {id} is the active primary", id=self.brokerId)
+
+    def _startServing(self) -> None:
+        vhost = self.vhost
+        vhost.replica = False
+        for queue in list(vhost.queues.values()):
+            queue.promoted(self.epoch)
+        self.gate.recovering = True
+        self.amqp.startListening()
+        self.expected = {
+            member["id"]
+            for member in self.members
+            if member.get("id") != self.brokerId and member.get("role") != "primary"
+        }
+        if self.expected:
+            self.log.info(
+                "recovering: waiting up to {timeout}s for backups {expected}",
+                timeout=self.options.backupTimeout,
+                expected=sorted(self.expected),
+            )
+            self._recoveryCall = self.clock.callLater(self.options.backupTimeout, self._recoveryTimedOut)
+        else:
+            self.clock.callLater(0, self.roleInput, "recovered")
+        self._scheduleProbe()
+
+    def _recoveryTimedOut(self) -> None:
+        self._recoveryCall = None
+        if self.role.name == RECOVERING:
+            self.log.warn(
+                "backups {missing} did not return within {timeout}s: going active without them",
+                missing=sorted(self.expected),
+                timeout=self.options.backupTimeout,
+            )
+            self.expected.clear()
+            self.roleInput("recovered")
+
+    def _stopServing(self) -> None:
+        self.log.warn("stepping down: a newer primary exists")
+        self.amqp.stopListening("this broker stepped down: a newer primary exists")
+        for source in list(self.sources.values()):
+            source.drop("this broker stepped down")
+        self.vhost.replica = True
+        self.gate = ReplicationGate(self)
+        self.amqp.factory.gate = self.gate
+        if self._recoveryCall is not None and self._recoveryCall.active():
+            self._recoveryCall.cancel()
+        self._recoveryCall = None
+
+    def backupReady(self, source: ReplicationSource) -> None:
+        self.gate.backupReady(source)
+        self._announceMembers()
+        if source.backupId in self.expected:
+            self.expected.discard(source.backupId)
+            if not self.expected and self.role.name == RECOVERING:
+                if self._recoveryCall is not None and self._recoveryCall.active():
+                    self._recoveryCall.cancel()
+                self._recoveryCall = None
+                self.roleInput("recovered")
+
+    def backupLost(self, source: ReplicationSource) -> None:
+        if self.sources.get(source.backupId) is source:
+            del self.sources[source.backupId]
+        self._announceMembers()
+
+    def _announceMembers(self) -> None:
+        members = [
+            {"id": s.backupId, "address": s.address} for s in self.sources.values() if s.ready
+        ]
+        members.append({"id": self.brokerId, "address": "", "role": "primary"})
+        for source in self.sources.values():
+            source.sendMembers(members)
+
+    # Epochs and fencing
+
+    def adoptEpoch(self, epoch: int) -> None:
+        """
+        A backup follows a primary of a newer epoch: remember it durably.
+        """
+        if epoch > self.state.epoch:
+            self.state.setEpoch(epoch)
+
+    def heardEpoch(self, epoch: int, role: str, brokerId: str) -> None:
+        """
+        Another broker spoke of C{epoch}: a primary that hears of a newer
+        one steps down at once.
+        """
+        if epoch > self.epoch and self.role.name in PRIMARY_ROLES:
+            self.log.warn(
+                "broker {other} speaks of epoch {epoch}, newer than ours ({ours})",
+                other=brokerId or "?",
+                epoch=epoch,
+                ours=self.epoch,
+            )
+            self.roleInput("demote")
+
+    def _scheduleProbe(self) -> None:
+        if self.options.heartbeat and self.role.name in PRIMARY_ROLES:
+            self._probeCall = self.clock.callLater(self.options.heartbeat, self._probe)
+
+    def _probe(self) -> None:
+        """
+        A primary asks the others who they are, to learn of a newer epoch.
+        """
+        self._probeCall = None
+        if self.role.name not in PRIMARY_ROLES:
+            return
+
+        async def probeAll() -> None:
+            for address in self.options.brokers:
+                answer = await self._ask(address)
+                if answer is not None and answer["brokerId"] != self.brokerId:
+                    if answer["role"] in PRIMARY_ROLES:
+                        self.heardEpoch(answer["epoch"], answer["role"], answer["brokerId"])
+
+        d = ensureDeferred(probeAll())
+        d.addErrback(lambda failure: None)
+        d.addBoth(lambda _: self._scheduleProbe())
+
+    async def _connect(self, address: str) -> NodeAMP:
+        endpoint = clientFromString(self.reactor, clientEndpoint(address))
+        locator = NodeLocator(self)
+        locator.authenticated = True
+        protocol = NodeAMP(locator=locator)
+        locator.connection = protocol
+        from twisted.internet.endpoints import connectProtocol
+
+        await connectProtocol(endpoint, protocol)
+        if self.options.username is not None:
+            await protocol.callRemote(
+                Login, username=self.options.username, password=self.options.password or ""
+            )
+        return protocol
+
+    async def _ask(self, address: str) -> dict[str, Any] | None:
+        """
+        Hello to C{address}; L{None} if it does not answer.
+        """
+        try:
+            protocol = await self._connect(address)
+        except Exception:
+            return None
+        try:
+            answer = await protocol.callRemote(
+                Hello, brokerId=self.brokerId, epoch=self.epoch, role=self.role.name
+            )
+            self.knownEpochs[address] = answer["epoch"]
+            return dict(answer)
+        except Exception:
+            return None
+        finally:
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+
+    # Discovery: joining -> catchup
+
+    def _scheduleDiscovery(self, delay: float) -> None:
+        if self._discoveryCall is not None and self._discoveryCall.active():
+            return
+        self._discoveryCall = self.clock.callLater(delay, self._discover)
+
+    def _discover(self) -> None:
+        self._discoveryCall = None
+        if self.role.name != JOINING or self._discovering or not self.running:
+            return
+        self._discovering = True
+
+        def done(found: bool) -> None:
+            self._discovering = False
+            if not found and self.role.name == JOINING and self.running:
+                self._scheduleDiscovery(0.5)
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("discovery failed", failure)
+            done(False)
+
+        d = ensureDeferred(self._findPrimary())
+        d.addCallbacks(done, failed)
+
+    async def _findPrimary(self) -> bool:
+        for address in self.options.brokers:
+            if self.role.name != JOINING:
+                return True
+            try:
+                protocol = await self._connect(address)
+            except Exception:
+                continue
+            try:
+                answer = await protocol.callRemote(
+                    Hello, brokerId=self.brokerId, epoch=self.epoch, role=self.role.name
+                )
+                self.knownEpochs[address] = answer["epoch"]
+                if (
+                    answer["brokerId"] == self.brokerId
+                    or answer["role"] not in PRIMARY_ROLES
+                    or answer["epoch"] < self.epoch
+                    or self.role.name != JOINING
+                ):
+                    protocol.transport.loseConnection()  # type: ignore[union-attr]
+                    continue
+                link = BackupLink(self, protocol, answer["brokerId"], address)
+                locator = protocol.locator  # type: ignore[attr-defined]
+                locator.link = link
+                self.link = link
+                self.vhost.replica = True
+                self.roleInput("primaryFound")
+                await protocol.callRemote(
+                    Subscribe,
+                    brokerId=self.brokerId,
+                    epoch=self.epoch,
+                    address=self.options.extra.get("haAddress", ""),
+                    holdings=json.dumps(holdingsOf(self.vhost)).encode("utf-8"),
+                )
+                link.start()
+                self.log.info("following the primary at {address}", address=address)
+                return True
+            except Exception as error:
+                self.log.info("{address}: {error}", address=address, error=str(error))
+                if self.link is not None and self.link.connection is protocol:
+                    self.link.close()
+                elif protocol.transport is not None:
+                    protocol.transport.loseConnection()
+        return False
+
+    def linkLost(self, link: BackupLink) -> None:
+        if self.link is link:
+            self.link = None
+            self.members = link.replicator.members or self.members
+            if self.role.name in (CATCHUP, READY):
+                self.roleInput("primaryLost")
+            elif self.role.name == JOINING:
+                self._scheduleDiscovery(0.5)
+
+    # Promotion
+
+    async def promote(self, force: bool) -> dict[str, Any]:
+        """
+        Become the primary, if the rules allow (or C{force}).
+        """
+        role = self.role.name
+        if self.standalone:
+            raise Refused("cannot promote this broker: it is standalone (--ha-cluster no)")
+        if role in PRIMARY_ROLES:
+            return {"role": role, "epoch": self.epoch}
+        others = []
+        for address in self.options.brokers:
+            answer = await self._ask(address)
+            if answer is not None and answer["brokerId"] != self.brokerId:
+                others.append((address, answer))
+        if not force:
+            if role == CATCHUP:
+                raise Refused("cannot promote this broker: it is still catching up with the primary")
+            for address, answer in others:
+                if answer["role"] in PRIMARY_ROLES and answer["epoch"] >= self.epoch:
+                    raise Refused(
+                        f"cannot promote this broker: {address} is already the primary"
+                        f" ({answer['role']}, epoch {answer['epoch']})"
+                    )
+            if role == JOINING:
+                for address, answer in others:
+                    if answer["role"] == READY:
+                        raise Refused(
+                            f"cannot promote this broker: it is joining and {address} is"
+                            " ready; promote that one"
+                        )
+        epochs = [self.epoch] + [answer["epoch"] for _, answer in others] + list(
+            self.knownEpochs.values()
+        )
+        if self.link is not None:
+            self.members = self.link.replicator.members or self.members
+            self.link.close()
+        if self.role.name == CATCHUP:
+            self.roleInput("primaryLost")
+        self.state.setEpoch(max(epochs) + 1)
+        try:
+            self.role.apply("promote")
+        except RoleRefused as refusal:
+            raise Refused(str(refusal)) from None
+        return {"role": self.role.name, "epoch": self.epoch}
+
+    # Admin views
+
+    def describe(self) -> dict[str, Any]:
+        """
+        The broker's HA state for C{qha-admin query}.
+        """
+        return {
+            "role": self.role.name,
+            "brokerId": self.brokerId,
+            "epoch": self.epoch,
+            "brokers": ",".join(self.options.brokers),
+            "publicBrokers": self.options.publicBrokers,
+            "replicateDefault": self.options.replicateDefault,
+            "minBackups": self.options.minBackups,
+            "primary": self.link.address if self.link is not None else None,
+            "backups": [
+                {
+                    "id": source.backupId,
+                    "address": source.address,
+                    "ready": source.ready,
+                    "sent": source.seq,
+                    "acknowledged": source.acked,
+                }
+                for source in self.sources.values()
+            ],
+        }
+
+    def listObjects(self, kind: str) -> list[dict[str, Any]]:
+        return listObjects(self.vhost, kind, self.options.replicateDefault)
+
+    def addObject(self, kind: str, description: dict[str, Any]) -> None:
+        if self.role.name not in PRIMARY_ROLES + (STANDALONE,):
+            raise Refused(
+                f"this broker is {self.role.name}: add queues and exchanges on the primary"
+            )
+        addObject(self.vhost, kind, description)
+
+    def deleteObject(self, kind: str, name: str) -> None:
+        if self.role.name not in PRIMARY_ROLES + (STANDALONE,):
+            raise Refused(
+                f"this broker is {self.role.name}: delete queues and exchanges on the primary"
+            )
+        deleteObject(self.vhost, kind, name)
+
+
+def listObjects(vhost: VirtualHost, kind: str, default: str) -> list[dict[str, Any]]:
+    """
+    Queues, exchanges or bindings with their counts, like qpid-stat.
+    """
+    if kind == "queues":
+        return [
+            {
+                "name": q.name,
+                "durable": q.durable,
+                "autoDelete": q.autoDelete,
+                "exclusive": q.exclusive,
+                "messages": q.messageCount,
+                "unacked": q.unacked,
+                "consumers": q.consumerCount,
+                "replicate": replicateLevel(q, default),
+            }
+            for q in vhost.queues.values()
+        ]
+    if kind == "exchanges":
+        return [
+            {
+                "name": x.name,
+                "type": x.type,
+                "durable": x.durable,
+                "autoDelete": x.autoDelete,
+                "internal": x.internal,
+                "bindings": len(x.bindings),
+                "replicate": replicateLevel(x, default),
+            }
+            for x in vhost.exchanges.values()
+        ]
+    if kind == "bindings":
+        rows = []
+        for exchange in vhost.exchanges.values():
+            if exchange is vhost.defaultExchange:
+                continue
+            for binding in exchange.bindings.values():
+                rows.append(
+                    {
+                        "source": exchange.name,
+                        "destination": binding.destination.name,
+                        "destinationKind": "queue" if isinstance(binding.destination, Queue) else "exchange",
+                        "routingKey": binding.routingKey,
+                        "arguments": {k: str(v) for k, v in binding.arguments.items()},
+                    }
+                )
+        return rows
+    raise Refused(f"unknown kind {kind!r}: use queues, exchanges or bindings")
+
+
+def addObject(vhost: VirtualHost, kind: str, description: dict[str, Any]) -> None:
+    """
+    Declare a queue or an exchange for C{qha-admin add}.
+    """
+    arguments = dict(description.get("arguments") or {})
+    if description.get("replicate"):
+        arguments[REPLICATE_ARGUMENT] = description["replicate"]
+    try:
+        if kind == "queue":
+            vhost.declareQueue(
+                description["name"],
+                durable=bool(description.get("durable")),
+                autoDelete=bool(description.get("autoDelete")),
+                arguments=arguments,
+            )
+        elif kind == "exchange":
+            vhost.declareExchange(
+                description["name"],
+                description.get("type", "direct"),
+                durable=bool(description.get("durable")),
+                autoDelete=bool(description.get("autoDelete")),
+                arguments=arguments,
+            )
+        else:
+            raise Refused(f"unknown kind {kind!r}: use queue or exchange")
+    except AMQPError as error:
+        raise Refused(error.replyText) from None
+
+
+def deleteObject(vhost: VirtualHost, kind: str, name: str) -> None:
+    """
+    Delete a queue or an exchange for C{qha-admin del}.
+    """
+    try:
+        if kind == "queue":
+            if name not in vhost.queues:
+                raise Refused(f"no queue '{name}'")
+            queue = vhost.queues[name]
+            vhost.deleteQueue(name, owner=queue.owner)
+        elif kind == "exchange":
+            if name not in vhost.exchanges:
+                raise Refused(f"no exchange '{name}'")
+            vhost.deleteExchange(name)
+        else:
+            raise Refused(f"unknown kind {kind!r}: use queue or exchange")
+    except AMQPError as error:
+        raise Refused(error.replyText) from None
+
+
+class NodeAMPFactory(ServerFactory):
+    """
+    Accepts AMP connections for a node (backups, admins), or for a
+    standalone broker's admin commands.
+    """
+
+    def __init__(self, locatorFactory: Callable[[], NodeLocator]) -> None:
+        self.locatorFactory = locatorFactory
+
+    def buildProtocol(self, addr: Any) -> NodeAMP:  # type: ignore[override]
+        locator = self.locatorFactory()
+        protocol = NodeAMP(locator=locator)
+        locator.connection = protocol
+        return protocol
+
+
+__all__ = [
+    "HANode",
+    "HAOptions",
+    "NodeAMPFactory",
+    "NodeLocator",
+    "PersistentState",
+    "parseBrokers",
+    "Factory",
+]

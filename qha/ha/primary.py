@@ -1,0 +1,488 @@
+"""
+The primary's side of replication: one L{ReplicationSource} per backup,
+turning broker events into the stream, and the L{ReplicationGate} that holds
+publisher confirms until the backups have the message.
+
+A source observes the virtual host. Events of one reactor turn travel in one
+AMP box; the backup's answer to the box acknowledges every event in it, and
+completes the confirms waiting on it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from ..broker.exchange import Binding, Exchange
+from ..broker.queue import Entry, Queue
+from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
+from . import events as ev
+from .commands import Events, Heartbeat
+
+if TYPE_CHECKING:
+    from .node import HANode
+
+NONE = "none"
+CONFIGURATION = "configuration"
+ALL = "all"
+
+
+def replicateLevel(obj: Queue | Exchange, default: str) -> str:
+    """
+    The replication level of a queue or exchange: its C{qpid.replicate}
+    argument, or the broker's default. Built-in exchanges and exclusive
+    queues (which die with their connection) are never replicated.
+    """
+    if isinstance(obj, Exchange) and (obj.name == "" or obj.name.startswith("amq.")):
+        return NONE
+    if isinstance(obj, Queue) and obj.exclusive:
+        return NONE
+    value = obj.arguments.get(REPLICATE_ARGUMENT, default)
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    return value if value in (NONE, CONFIGURATION, ALL) else default
+
+
+def _builtin(exchange: Exchange) -> bool:
+    return exchange.name == "" or exchange.name.startswith("amq.")
+
+
+class Completion:
+    """
+    A publish (or a transaction) waiting for backups before it is confirmed.
+
+    It is done when every backup it waits for acknowledged it and at least
+    C{needed} backups hold it (C{--ha-min-backups}), and no other hold (a
+    recovering primary) remains.
+    """
+
+    __slots__ = ("parties", "acked", "needed", "holds", "callbacks", "done")
+
+    def __init__(self, needed: int) -> None:
+        self.parties: set[Any] = set()
+        self.acked = 0
+        self.needed = needed
+        self.holds = 0
+        self.callbacks: list[Callable[[], None]] = []
+        self.done = False
+
+    def addCallback(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} once done (at once if it is).
+        """
+        if self.done:
+            callback()
+        else:
+            self.callbacks.append(callback)
+
+    def acknowledged(self, party: Any) -> None:
+        """
+        C{party} holds the message.
+        """
+        if party in self.parties:
+            self.parties.discard(party)
+            self.acked += 1
+            self.check()
+
+    def lost(self, party: Any) -> None:
+        """
+        C{party} went away before acknowledging.
+        """
+        if party in self.parties:
+            self.parties.discard(party)
+            self.check()
+
+    def check(self) -> None:
+        """
+        Fire the callbacks if nothing is outstanding.
+        """
+        if self.done or self.parties or self.holds or self.acked < self.needed:
+            return
+        self.done = True
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+class ReplicationGate:
+    """
+    Decides which publishes must wait for backups, and tracks them.
+
+    @ivar sources: the ready backups' sources.
+    @ivar held: completions held by a recovering primary or short of
+        C{minBackups}.
+    """
+
+    def __init__(self, node: "HANode") -> None:
+        self.node = node
+        self.sources: set[ReplicationSource] = set()
+        self.waiting: set[Completion] = set()
+        self.recovering = False
+
+    def hold(self, queues: list[Queue]) -> Completion | None:
+        """
+        A message was enqueued on C{queues}: the completion its confirm waits
+        for, or L{None} if it needs none.
+        """
+        default = self.node.replicateDefault
+        replicated = any(replicateLevel(queue, default) == ALL for queue in queues)
+        if not replicated and not self.recovering:
+            return None
+        completion = Completion(self.node.minBackups if replicated else 0)
+        if replicated:
+            for source in self.sources:
+                completion.parties.add(source)
+                source.attach(completion)
+        if self.recovering:
+            completion.holds += 1
+        if completion.parties or completion.holds or completion.acked < completion.needed:
+            self.waiting.add(completion)
+            completion.addCallback(lambda: self.waiting.discard(completion))
+            return completion
+        return None
+
+    def backupReady(self, source: "ReplicationSource") -> None:
+        """
+        A backup caught up: it holds every message now queued, so it counts
+        for the completions short of C{minBackups}.
+        """
+        self.sources.add(source)
+        for completion in list(self.waiting):
+            if completion.acked < completion.needed and source not in completion.parties:
+                completion.acked += 1
+                completion.check()
+
+    def backupLost(self, source: "ReplicationSource") -> None:
+        """
+        A backup went away: stop waiting for it.
+        """
+        self.sources.discard(source)
+        for completion in list(self.waiting):
+            completion.lost(source)
+
+    def recovered(self) -> None:
+        """
+        The primary became active: release what recovery held.
+        """
+        self.recovering = False
+        for completion in list(self.waiting):
+            if completion.holds:
+                completion.holds -= 1
+                completion.check()
+
+
+class ReplicationSource:
+    """
+    The stream to one backup, over its AMP connection.
+
+    @ivar ready: whether the backup finished catching up.
+    @ivar acked: the sequence number of the last box the backup applied.
+    """
+
+    log = Logger()
+    window = 64
+
+    def __init__(
+        self,
+        node: "HANode",
+        connection: amp.AMP,
+        backupId: str,
+        address: str,
+        clock: IReactorTime,
+    ) -> None:
+        self.node = node
+        self.vhost: VirtualHost = node.vhost
+        self.connection = connection
+        self.backupId = backupId
+        self.address = address
+        self.clock = clock
+        self.writer = ev.EventWriter()
+        self.waiters: list[Completion] = []
+        self.inFlight: dict[int, list[Completion]] = {}
+        self.seq = 0
+        self.acked = 0
+        self.caughtUpAt: int | None = None
+        self.ready = False
+        self.closed = False
+        self.lastHeard = clock.seconds()
+        self._flushCall: IDelayedCall | None = None
+        self._heartbeatCall: IDelayedCall | None = None
+
+    def __repr__(self) -> str:
+        return f"<ReplicationSource to {self.backupId} ready={self.ready}>"
+
+    # Lifetime
+
+    def start(self, holdings: dict[str, Any]) -> None:
+        """
+        Send the snapshot (only what the backup lacks), then follow the
+        live stream.
+        """
+        self.snapshot(holdings)
+        self.writer.event(ev.CAUGHT_UP)
+        self.caughtUpAt = self.seq + 1
+        self.vhost.observers.append(self)
+        self.flush()
+        self._scheduleHeartbeat()
+
+    def stop(self) -> None:
+        """
+        The backup went away (or was dropped): stop observing and release
+        the confirms waiting for it.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if self in self.vhost.observers:
+            self.vhost.observers.remove(self)
+        for call in (self._flushCall, self._heartbeatCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._flushCall = self._heartbeatCall = None
+        self.node.gate.backupLost(self)
+        self.inFlight.clear()
+        self.waiters = []
+        self.node.backupLost(self)
+
+    def drop(self, why: str) -> None:
+        """
+        Cut the backup off; it must catch up again.
+        """
+        self.log.warn("dropping backup {backup}: {why}", backup=self.backupId, why=why)
+        transport = self.connection.transport
+        self.stop()
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    # The stream
+
+    def attach(self, completion: Completion) -> None:
+        """
+        C{completion} waits for the box that carries the current events.
+        """
+        self.waiters.append(completion)
+        self._scheduleFlush()
+
+    def _scheduleFlush(self) -> None:
+        if self._flushCall is None and not self.closed:
+            self._flushCall = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Send the events of this turn in one box.
+        """
+        self._flushCall = None
+        if self.closed or (not self.writer.count and not self.waiters):
+            return
+        if self.seq - self.acked >= self.window and self.ready:
+            # Too many boxes unanswered: keep gathering; an answer flushes.
+            return
+        self.seq += 1
+        seq = self.seq
+        data = self.writer.take()
+        waiters, self.waiters = self.waiters, []
+        self.inFlight[seq] = waiters
+        d = self.connection.callRemote(Events, epoch=self.node.epoch, seq=seq, events=data)
+        d.addCallbacks(lambda _: self._applied(seq), self._failed)
+
+    def _applied(self, seq: int) -> None:
+        self.lastHeard = self.clock.seconds()
+        self.acked = max(self.acked, seq)
+        for completion in self.inFlight.pop(seq, []):
+            completion.acknowledged(self)
+        if not self.ready and self.caughtUpAt is not None and seq >= self.caughtUpAt:
+            self.ready = True
+            self.log.info("backup {backup} is ready", backup=self.backupId)
+            self.node.backupReady(self)
+        if self.writer.count or self.waiters:
+            self._scheduleFlush()
+
+    def _failed(self, failure: Any) -> None:
+        if not self.closed:
+            self.log.info(
+                "replication to {backup} failed: {error}",
+                backup=self.backupId,
+                error=failure.getErrorMessage(),
+            )
+            self.drop("its replication box failed")
+
+    def _scheduleHeartbeat(self) -> None:
+        interval = self.node.heartbeat
+        if interval and not self.closed:
+            self._heartbeatCall = self.clock.callLater(interval, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        self._heartbeatCall = None
+        if self.closed:
+            return
+        silent = self.clock.seconds() - self.lastHeard
+        if silent >= 2 * self.node.heartbeat:
+            self.drop(f"silent for {silent:.1f}s (two heartbeats)")
+            return
+        d = self.connection.callRemote(Heartbeat, epoch=self.node.epoch)
+        d.addCallbacks(self._heard, lambda failure: None)
+        self._scheduleHeartbeat()
+
+    def _heard(self, response: dict[str, Any]) -> None:
+        self.lastHeard = self.clock.seconds()
+
+    def sendMembers(self, members: list[dict[str, str]]) -> None:
+        """
+        Tell the backup which backups the primary has (for recovery).
+        """
+        self.writer.event(ev.MEMBERS, json.dumps(members).encode("utf-8"))
+        self._scheduleFlush()
+
+    # Snapshot
+
+    def snapshot(self, holdings: dict[str, Any]) -> None:
+        """
+        Write the state the backup needs: every replicated object, and of
+        each message-replicated queue the entries the backup lacks, and
+        drops for the ids it holds that the primary no longer has.
+        """
+        default = self.node.replicateDefault
+        vhost = self.vhost
+        exchanges = [
+            x for x in vhost.exchanges.values()
+            if not _builtin(x) and replicateLevel(x, default) != NONE
+        ]
+        queues = [q for q in vhost.queues.values() if replicateLevel(q, default) != NONE]
+        present = {
+            "exchanges": [x.name for x in exchanges],
+            "queues": {q.name: q.uuid for q in queues},
+        }
+        self.writer.event(ev.SNAPSHOT, json.dumps(present).encode("utf-8"))
+        for exchange in exchanges:
+            self.exchangeDeclared(exchange)
+        for queue in queues:
+            self._declare(queue)
+            if replicateLevel(queue, default) != ALL:
+                continue
+            held = holdings.get(queue.name)
+            have: set[int] = set()
+            if held is not None and held.get("uuid") == queue.uuid:
+                for start, end in held.get("ids", []):
+                    have.update(range(start, end + 1))
+            entries = sorted(
+                list(queue.readyEntries()) + list(queue.held.values()),
+                key=lambda entry: entry.id,
+            )
+            mine = {entry.id for entry in entries}
+            for id in sorted(have - mine):
+                self.writer.event(ev.DEQUEUED, queue.name, id)
+            for entry in entries:
+                if entry.id not in have:
+                    self.enqueued(queue, entry)
+                if entry.id in queue.held:
+                    self.writer.event(ev.ACQUIRED, queue.name, entry.id)
+        for exchange in [vhost.defaultExchange] + list(vhost.exchanges.values()):
+            if exchange is vhost.defaultExchange:
+                continue
+            for binding in exchange.bindings.values():
+                self.bound(binding)
+
+    # BrokerObserver
+
+    def _declare(self, queue: Queue) -> None:
+        self.writer.event(
+            ev.QUEUE_DECLARED,
+            queue.name,
+            queue.uuid,
+            queue.durable,
+            False,
+            queue.autoDelete,
+            False,
+            queue.arguments,
+        )
+
+    def _replicated(self, obj: Queue | Exchange, level: str = CONFIGURATION) -> bool:
+        actual = replicateLevel(obj, self.node.replicateDefault)
+        return actual == ALL or (actual == CONFIGURATION and level == CONFIGURATION)
+
+    def queueDeclared(self, queue: Queue) -> None:
+        if self._replicated(queue):
+            self._declare(queue)
+            self._scheduleFlush()
+
+    def queueDeleted(self, queue: Queue) -> None:
+        if self._replicated(queue):
+            self.writer.event(ev.QUEUE_DELETED, queue.name, queue.uuid)
+            self._scheduleFlush()
+
+    def exchangeDeclared(self, exchange: Exchange) -> None:
+        if self._replicated(exchange):
+            self.writer.event(
+                ev.EXCHANGE_DECLARED,
+                exchange.name,
+                exchange.type,
+                "",
+                exchange.durable,
+                exchange.autoDelete,
+                exchange.internal,
+                exchange.arguments,
+            )
+            self._scheduleFlush()
+
+    def exchangeDeleted(self, exchange: Exchange) -> None:
+        if self._replicated(exchange):
+            self.writer.event(ev.EXCHANGE_DELETED, exchange.name)
+            self._scheduleFlush()
+
+    def _bindingEvent(self, kind: bytes, binding: Binding) -> None:
+        source = binding.source
+        destination = binding.destination
+        if source is self.vhost.defaultExchange:
+            return
+        if not (_builtin(source) or self._replicated(source)):
+            return
+        if isinstance(destination, Queue):
+            if not self._replicated(destination):
+                return
+            destinationKind = b"q"
+        else:
+            if not (_builtin(destination) or self._replicated(destination)):
+                return
+            destinationKind = b"x"
+        self.writer.event(
+            kind, source.name, destinationKind, destination.name, binding.routingKey, binding.arguments
+        )
+        self._scheduleFlush()
+
+    def bound(self, binding: Binding) -> None:
+        self._bindingEvent(ev.BOUND, binding)
+
+    def unbound(self, binding: Binding) -> None:
+        self._bindingEvent(ev.UNBOUND, binding)
+
+    def enqueued(self, queue: Queue, entry: Entry) -> None:
+        if self._replicated(queue, ALL):
+            message = entry.message
+            self.writer.enqueued(
+                queue.name, entry.id, entry.redelivered, message.addressing, message.header, message.body
+            )
+            self._scheduleFlush()
+
+    def acquired(self, queue: Queue, entry: Entry) -> None:
+        if self._replicated(queue, ALL):
+            self.writer.event(ev.ACQUIRED, queue.name, entry.id)
+            self._scheduleFlush()
+
+    def released(self, queue: Queue, entry: Entry) -> None:
+        if self._replicated(queue, ALL):
+            self.writer.event(ev.RELEASED, queue.name, entry.id)
+            self._scheduleFlush()
+
+    def dequeued(self, queue: Queue, entry: Entry) -> None:
+        if self._replicated(queue, ALL):
+            self.writer.event(ev.DEQUEUED, queue.name, entry.id)
+            self._scheduleFlush()
+
+    def purged(self, queue: Queue, count: int) -> None:
+        if self._replicated(queue, ALL):
+            self.writer.event(ev.PURGED, queue.name)
+            self._scheduleFlush()
