@@ -76,7 +76,8 @@ class Channel:
         self.publishSeq = 0
         self.confirmedUpTo = 0
         self.nacked: list[int] = []
-        self.pendingConfirms: dict[int, Any] = {}
+        self.pendingConfirms: OrderedDict[int, Any] = OrderedDict()
+        self._lastCompletion: Any = None
         self.transaction: list[Callable[[], Any]] | None = None
         self.lastQueue: str | None = None
         # The publish being assembled from its method, header and body frames.
@@ -222,18 +223,13 @@ class Channel:
             self.connection.confirmReady(self)
             completion = self._route(exchange, routingKey, message, mandatory)
             if completion is not None:
-                seq = self.publishSeq
-                self.pendingConfirms[seq] = completion
-                completion.addCallback(lambda: self._confirmDone(seq))
+                self.pendingConfirms[self.publishSeq] = completion
+                if completion is not self._lastCompletion:
+                    # Many publishes share a completion: one callback.
+                    self._lastCompletion = completion
+                    completion.addCallback(self.flushConfirms)
         else:
             self._route(exchange, routingKey, message, mandatory)
-
-    def _confirmDone(self, seq: int) -> None:
-        """
-        The backups hold publish C{seq}: confirm what can be confirmed.
-        """
-        self.pendingConfirms.pop(seq, None)
-        self.flushConfirms()
 
     def _route(
         self, exchange: Exchange, routingKey: str, message: Message, mandatory: bool
@@ -274,8 +270,13 @@ class Channel:
         flush, up to the first that still waits for backups.
         """
         upTo = self.publishSeq
-        if self.pendingConfirms:
-            upTo = min(upTo, next(iter(self.pendingConfirms)) - 1)
+        pending = self.pendingConfirms
+        while pending:
+            seq = next(iter(pending))
+            if not pending[seq].done:
+                upTo = min(upTo, seq - 1)
+                break
+            pending.popitem(last=False)
         if upTo <= self.confirmedUpTo or self.closing:
             return
         write = self.connection.write

@@ -386,6 +386,8 @@ class Queue:
             if level:
                 entry = level.popleft()
                 self._forget(entry)
+                if level and level[0].expiresAt is not None:
+                    self._scheduleExpiry()
                 return entry
         return None
 
@@ -426,6 +428,7 @@ class Queue:
         if self.plain:
             return self._first.popleft() if self._first else None
         now: float | None = None
+        expired = False
         while True:
             level = self._nextLevel()
             if level is None:
@@ -437,7 +440,12 @@ class Queue:
                     now = self.clock.seconds()
                 if entry.expiresAt <= now:
                     self._expire(entry)
+                    expired = True
                     continue
+            if expired or (level and level[0].expiresAt is not None):
+                # A new head with a time to live (a per-message expiration
+                # behind one without) needs a timer, as in RabbitMQ.
+                self._scheduleExpiry()
             return entry
 
     def _expire(self, entry: Entry) -> None:
@@ -580,6 +588,8 @@ class Queue:
         The ready entry with C{id}, or L{None}.
         """
         for ready in self.levels:
+            if ready and ready[0].id == id:
+                return ready[0]
             if ready and ready[0].id <= id <= ready[-1].id:
                 index = bisect_left(ready, id, key=_entryId)
                 if index < len(ready) and ready[index].id == id:
@@ -626,8 +636,34 @@ class Queue:
         entry = self._find(id)
         if entry is None:
             return
-        self._unlink(entry)
+        ready = self.levels[entry.level]
+        if ready[0] is entry:
+            ready.popleft()
+            self._forget(entry)
+        else:
+            self._unlink(entry)
         self._removed(entry)
+
+    def replicaDequeueRange(self, first: int, last: int) -> None:
+        """
+        The primary's entries C{first} to C{last} are gone.
+        """
+        held = self.held
+        if len(self.levels) == 1:
+            ready = self._first
+            # The common case: a consumer acknowledged the oldest entries.
+            while ready and first <= ready[0].id <= last:
+                entry = ready.popleft()
+                held.pop(entry.id, None)
+                self._forget(entry)
+                self._removed(entry)
+            if not ready or ready[0].id > last:
+                # Entries are in id order: the rest of the range is gone.
+                for id in range(first, last + 1):
+                    held.pop(id, None)
+                return
+        for id in range(first, last + 1):
+            self.replicaDequeue(id)
 
     def replicaAcquire(self, id: int) -> None:
         """
@@ -678,8 +714,11 @@ class Queue:
         value = entry.message.headers.get(self.policy.lvqKey)  # type: ignore[arg-type]
         if value is None:
             return False
-        newer = self._lastValues.get(_hashable(value))
-        return newer is not None and newer.id > entry.id
+        value = _hashable(value)
+        newer = self._lastValues.get(value)
+        if newer is not None and newer.id > entry.id:
+            return True
+        return self._newestValueIds.get(value, 0) > entry.id
 
     def consumerSettled(self, consumer: Consumer | None, count: int = 1) -> None:
         """

@@ -179,6 +179,17 @@ class Replicator:
         if queue is not None:
             queue.replicaRelease(id)
 
+    def dequeuedRange(self, name: str, first: int, last: int) -> None:
+        queue = self._queue(name)
+        if queue is not None:
+            queue.replicaDequeueRange(first, last)
+
+    def acquiredRange(self, name: str, first: int, last: int) -> None:
+        queue = self._queue(name)
+        if queue is not None:
+            for id in range(first, last + 1):
+                queue.replicaAcquire(id)
+
     def caughtUpMarker(self) -> None:
         self.caughtUp()
 
@@ -199,6 +210,8 @@ _handlers: dict[bytes, Callable[..., None]] = {
     ev.DEQUEUED: Replicator.dequeued,
     ev.ACQUIRED: Replicator.acquired,
     ev.RELEASED: Replicator.released,
+    ev.DEQUEUED_RANGE: Replicator.dequeuedRange,
+    ev.ACQUIRED_RANGE: Replicator.acquiredRange,
     ev.CAUGHT_UP: Replicator.caughtUpMarker,
     ev.MEMBERS: Replicator.membersChanged,
 }

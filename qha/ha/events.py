@@ -29,6 +29,10 @@ ENQUEUED = b"E"
 DEQUEUED = b"D"
 ACQUIRED = b"A"
 RELEASED = b"L"
+# Runs of consecutive ids: a consumer takes and acknowledges messages in
+# order, so one event stands for many.
+DEQUEUED_RANGE = b"d"
+ACQUIRED_RANGE = b"a"
 # Stream control
 SNAPSHOT = b"S"
 CAUGHT_UP = b"R"
@@ -48,11 +52,25 @@ class EventWriter:
         self.parts: list[bytes] = []
         self.count = 0
         self.size = 0
+        self._run: list[Any] | None = None
 
     def __len__(self) -> int:
         return self.count
 
     def _add(self, data: bytes) -> None:
+        if self._run is not None:
+            self._endRun()
+        self.parts.append(data)
+        self.size += len(data)
+
+    def _endRun(self) -> None:
+        kind, queue, first, last = self._run  # type: ignore[misc]
+        self._run = None
+        raw = queue.encode("utf-8")
+        if first == last:
+            data = kind + _H.pack(len(raw)) + raw + _q.pack(first)
+        else:
+            data = _RANGES[kind] + _H.pack(len(raw)) + raw + _q.pack(first) + _q.pack(last)
         self.parts.append(data)
         self.size += len(data)
 
@@ -86,8 +104,9 @@ class EventWriter:
         """
         self.count += 1
         raw = queue.encode("utf-8")
-        self._add(
-            b"".join(
+        # A run of acquires or dequeues stays open across enqueues: those
+        # are of newer ids, so the run may be applied after them.
+        data = b"".join(
                 (
                     b"E",
                     _H.pack(len(raw)),
@@ -102,12 +121,34 @@ class EventWriter:
                     body,
                 )
             )
-        )
+        self.parts.append(data)
+        self.size += len(data)
+
+    def entryEvent(self, kind: bytes, queue: str, id: int) -> None:
+        """
+        A dequeue, acquire or release: the type, the queue, the id.
+        """
+        self.count += 1
+        run = self._run
+        if run is not None:
+            if run[3] + 1 == id and run[0] == kind and run[1] == queue:
+                run[3] = id
+                return
+            self._endRun()
+        if kind in _RANGES:
+            self._run = [kind, queue, id, id]
+            return
+        raw = queue.encode("utf-8")
+        data = kind + _H.pack(len(raw)) + raw + _q.pack(id)
+        self.parts.append(data)
+        self.size += len(data)
 
     def take(self) -> bytes:
         """
         The encoded events so far; the writer starts empty again.
         """
+        if self._run is not None:
+            self._endRun()
         data = b"".join(self.parts)
         self.parts = []
         self.count = 0
@@ -128,10 +169,16 @@ LAYOUTS: dict[bytes, str] = {
     DEQUEUED: "si",
     ACQUIRED: "si",
     RELEASED: "si",
+    DEQUEUED_RANGE: "sii",
+    ACQUIRED_RANGE: "sii",
     SNAPSHOT: "b",
     CAUGHT_UP: "",
     MEMBERS: "b",
 }
+
+
+_ENTRY_EVENTS = frozenset((ENQUEUED, DEQUEUED, ACQUIRED, RELEASED))
+_RANGES = {DEQUEUED: DEQUEUED_RANGE, ACQUIRED: ACQUIRED_RANGE}
 
 
 class MalformedEvents(ValueError):
@@ -149,10 +196,41 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
     offset = 0
     end = len(data)
     view = memoryview(data)
+    unpackH = _H.unpack_from
+    unpackI = _I.unpack_from
+    unpackq = _q.unpack_from
     try:
         while offset < end:
             kind = data[offset : offset + 1]
             offset += 1
+            if kind in _ENTRY_EVENTS:
+                # The hot events, decoded without the generic loop.
+                length = unpackH(data, offset)[0]
+                offset += 2
+                name = str(view[offset : offset + length], "utf-8")
+                offset += length
+                id = unpackq(data, offset)[0]
+                offset += 8
+                if kind == ENQUEUED:
+                    redelivered = data[offset] == 1
+                    offset += 1
+                    length = unpackI(data, offset)[0]
+                    addressing = data[offset + 4 : offset + 4 + length]
+                    offset += 4 + length
+                    length = unpackI(data, offset)[0]
+                    header = data[offset + 4 : offset + 4 + length]
+                    offset += 4 + length
+                    length = unpackI(data, offset)[0]
+                    body = data[offset + 4 : offset + 4 + length]
+                    offset += 4 + length
+                    if offset > end:
+                        raise MalformedEvents("event runs past the end of the box")
+                    yield (kind, name, id, redelivered, addressing, header, body)
+                else:
+                    if offset > end:
+                        raise MalformedEvents("event runs past the end of the box")
+                    yield (kind, name, id)
+                continue
             layout = LAYOUTS.get(kind)
             if layout is None:
                 raise MalformedEvents(f"unknown event type {kind!r} at offset {offset - 1}")

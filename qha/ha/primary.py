@@ -47,6 +47,18 @@ def replicateLevel(obj: Queue | Exchange, default: str) -> str:
     return value if value in (NONE, CONFIGURATION, ALL) else default
 
 
+def cachedLevel(obj: Queue | Exchange, default: str) -> str:
+    """
+    L{replicateLevel}, worked out once per object (its arguments do not
+    change).
+    """
+    try:
+        return obj._haLevel  # type: ignore[union-attr]
+    except AttributeError:
+        level = obj._haLevel = replicateLevel(obj, default)  # type: ignore[union-attr]
+        return level
+
+
 def _builtin(exchange: Exchange) -> bool:
     return exchange.name == "" or exchange.name.startswith("amq.")
 
@@ -60,7 +72,7 @@ class Completion:
     recovering primary) remains.
     """
 
-    __slots__ = ("parties", "acked", "needed", "holds", "callbacks", "done")
+    __slots__ = ("parties", "acked", "needed", "holds", "callbacks", "done", "replicated")
 
     def __init__(self, needed: int) -> None:
         self.parties: set[Any] = set()
@@ -69,6 +81,7 @@ class Completion:
         self.holds = 0
         self.callbacks: list[Callable[[], None]] = []
         self.done = False
+        self.replicated = True
 
     def addCallback(self, callback: Callable[[], None]) -> None:
         """
@@ -122,6 +135,7 @@ class ReplicationGate:
         self.sources: set[ReplicationSource] = set()
         self.waiting: set[Completion] = set()
         self.recovering = False
+        self.current: Completion | None = None
 
     def hold(self, queues: list[Queue]) -> Completion | None:
         """
@@ -129,10 +143,20 @@ class ReplicationGate:
         for, or L{None} if it needs none.
         """
         default = self.node.replicateDefault
-        replicated = any(replicateLevel(queue, default) == ALL for queue in queues)
+        replicated = False
+        for queue in queues:
+            if cachedLevel(queue, default) == ALL:
+                replicated = True
+                break
         if not replicated and not self.recovering:
             return None
+        current = self.current
+        if current is not None and not current.done and current.replicated == replicated:
+            # One completion serves every publish of a reactor turn: they
+            # travel in the same boxes.
+            return current
         completion = Completion(self.node.minBackups if replicated else 0)
+        completion.replicated = replicated
         if replicated:
             for source in self.sources:
                 completion.parties.add(source)
@@ -142,8 +166,15 @@ class ReplicationGate:
         if completion.parties or completion.holds or completion.acked < completion.needed:
             self.waiting.add(completion)
             completion.addCallback(lambda: self.waiting.discard(completion))
+            self.current = completion
             return completion
         return None
+
+    def sealed(self) -> None:
+        """
+        A source sent its box: later publishes need a new completion.
+        """
+        self.current = None
 
     def backupReady(self, source: "ReplicationSource") -> None:
         """
@@ -286,6 +317,7 @@ class ReplicationSource:
         data = self.writer.take()
         waiters, self.waiters = self.waiters, []
         self.inFlight[seq] = waiters
+        self.node.gate.sealed()
         d = self.connection.callRemote(Events, epoch=self.node.epoch, seq=seq, events=data)
         d.addCallbacks(lambda _: self._applied(seq), self._failed)
 
@@ -401,7 +433,7 @@ class ReplicationSource:
         )
 
     def _replicated(self, obj: Queue | Exchange, level: str = CONFIGURATION) -> bool:
-        actual = replicateLevel(obj, self.node.replicateDefault)
+        actual = cachedLevel(obj, self.node.replicateDefault)
         return actual == ALL or (actual == CONFIGURATION and level == CONFIGURATION)
 
     def queueDeclared(self, queue: Queue) -> None:
@@ -469,17 +501,17 @@ class ReplicationSource:
 
     def acquired(self, queue: Queue, entry: Entry) -> None:
         if self._replicated(queue, ALL):
-            self.writer.event(ev.ACQUIRED, queue.name, entry.id)
+            self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
             self._scheduleFlush()
 
     def released(self, queue: Queue, entry: Entry) -> None:
         if self._replicated(queue, ALL):
-            self.writer.event(ev.RELEASED, queue.name, entry.id)
+            self.writer.entryEvent(ev.RELEASED, queue.name, entry.id)
             self._scheduleFlush()
 
     def dequeued(self, queue: Queue, entry: Entry) -> None:
         if self._replicated(queue, ALL):
-            self.writer.event(ev.DEQUEUED, queue.name, entry.id)
+            self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
             self._scheduleFlush()
 
     def purged(self, queue: Queue, count: int) -> None:
