@@ -393,6 +393,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         backupTimeout=config["ha-backup-timeout"],
         heartbeat=config["ha-heartbeat"],
         minBackups=config["ha-min-backups"],
+        queueReplication=config["ha-queue-replication"] == "yes",
         dataDir=config["data-dir"],
     )
     node = HANode(options, vhost, reactor, amqp, state, standalone=not cluster)

@@ -293,11 +293,20 @@ class Message:
     def properties(self) -> commands.Basic.Properties:
         """
         The decoded basic properties, decoded on first use.
+
+        Properties that do not decode (a publisher sent garbage) count as
+        none: they are decoded lazily, in whatever connection or timer
+        first needs them (another client's reject that dead-letters the
+        message, a TTL expiry), and must not make the broker fail there.
         """
         if self._properties is None:
             content = ContentHeader()
-            content.unmarshal(self.header)
-            self._properties = content.properties
+            try:
+                content.unmarshal(self.header)
+            except Exception:
+                self._properties = commands.Basic.Properties()
+            else:
+                self._properties = content.properties
         return self._properties
 
     @property

@@ -260,6 +260,11 @@ class Queue:
         """
         if not self.plain:
             return self._enqueuePolicy(message)
+        if message.header[12] & 0x01 and message.expiration is not None:
+            # A per-message expiration (property flag 0x0100) needs the
+            # policy path, from now on.
+            self._leavePlain()
+            return self._enqueuePolicy(message)
         entry = Entry(message, self.nextId)
         self.nextId += 1
         self._first.append(entry)
@@ -271,6 +276,16 @@ class Queue:
         if self.consumers:
             self.dispatch()
         return entry
+
+    def _leavePlain(self) -> None:
+        """
+        Take the policy path from now on, for a queue with no policy that
+        got a message with an expiration: count its ready entries the way
+        that path does.
+        """
+        self.plain = False
+        self.readyCount = len(self._first)
+        self.readyBytes = sum(len(entry.message.body) for entry in self._first)
 
     def _enqueuePolicy(self, message: Message) -> Entry:
         policy = self.policy
@@ -626,6 +641,9 @@ class Queue:
                 self._lastValues[_hashable(value)] = entry
         self.vhost.resources.add(len(message.body))
         self._notify("enqueued", entry)
+        if self.consumers and not self.vhost.replica:
+            # A single-queue replica on a serving broker feeds its consumers.
+            self.dispatch()
         return entry
 
     def replicaDequeue(self, id: int) -> None:

@@ -113,6 +113,7 @@ class Subscribe(amp.Command):
         (b"epoch", amp.Integer()),
         (b"address", amp.Unicode()),
         (b"holdings", ChunkedBytes()),
+        (b"queue", amp.Unicode(optional=True)),
     ]
     response = [(b"epoch", amp.Integer())]
     errors = _errors

@@ -152,6 +152,7 @@ class HAOptions:
     backupTimeout: float = 10.0
     heartbeat: float = 2.0
     minBackups: int = 0
+    queueReplication: bool = False
     dataDir: str = "qha-data"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -211,9 +212,13 @@ class NodeLocator(amp.CommandLocator):
         return {"brokerId": self.node.brokerId, "epoch": self.node.epoch, "role": self.node.role.name}
 
     @Subscribe.responder
-    def subscribe(self, brokerId: str, epoch: int, address: str, holdings: bytes) -> dict[str, Any]:
+    def subscribe(
+        self, brokerId: str, epoch: int, address: str, holdings: bytes, queue: str | None = None
+    ) -> dict[str, Any]:
         self._check()
         node = self.node
+        if queue is not None:
+            return self._subscribeQueue(brokerId, holdings, queue)
         if epoch > node.epoch:
             node.heardEpoch(epoch, JOINING, brokerId)
             raise StaleEpoch(f"this broker's epoch {node.epoch} is older than {epoch}")
@@ -227,6 +232,25 @@ class NodeLocator(amp.CommandLocator):
         source = ReplicationSource(node, self.connection, brokerId, address, node.clock)
         self.source = source
         node.sources[brokerId] = source
+        node.clock.callLater(0, source.start, held)
+        return {"epoch": node.epoch}
+
+    def _subscribeQueue(self, brokerId: str, holdings: bytes, queue: str) -> dict[str, Any]:
+        """
+        Single-queue replication: stream one queue to another broker.
+        """
+        node = self.node
+        if node.role.name not in PRIMARY_ROLES + (STANDALONE,):
+            raise NotPrimary(f"this broker is {node.role.name}, not the primary")
+        if queue not in node.vhost.queues:
+            raise Refused(f"no queue '{queue}' on this broker to replicate")
+        assert self.connection is not None
+        try:
+            held = json.loads(holdings) if holdings else {}
+        except ValueError:
+            held = {}
+        source = ReplicationSource(node, self.connection, brokerId, "", node.clock, only=queue)
+        self.source = source
         node.clock.callLater(0, source.start, held)
         return {"epoch": node.epoch}
 
@@ -266,9 +290,8 @@ class NodeLocator(amp.CommandLocator):
     @Replicate.responder
     def replicate(self, remote: str, queue: str) -> dict[str, Any]:
         self._check()
-        raise Refused(
-            "single-queue replication (qha-admin replicate) is not available yet"
-        )
+        self.node.replicateQueue(remote, queue)
+        return {}
 
     @ListObjects.responder
     def listObjects(self, kind: str) -> dict[str, Any]:
@@ -420,6 +443,7 @@ class HANode(Service):
         self.members: list[dict[str, str]] = []
         self.expected: set[str] = set()
         self.knownEpochs: dict[str, int] = {}
+        self.queueReplicas: dict[str, Any] = {}
         self._discoveryCall: IDelayedCall | None = None
         self._recoveryCall: IDelayedCall | None = None
         self._probeCall: IDelayedCall | None = None
@@ -469,6 +493,8 @@ class HANode(Service):
             self.link.close()
         for source in list(self.sources.values()):
             source.drop("the broker is stopping")
+        for replica in self.queueReplicas.values():
+            replica.stop()
         return None
 
     # Roles
@@ -768,6 +794,35 @@ class HANode(Service):
             raise Refused(str(refusal)) from None
         return {"role": self.role.name, "epoch": self.epoch}
 
+    # Single-queue replication
+
+    def replicateQueue(self, remote: str, queue: str) -> None:
+        """
+        Make C{queue} here a live replica of C{queue} on C{remote} (a broker,
+        or a cluster's brokers, as AMP addresses).
+        """
+        if not (self.options.queueReplication or not self.standalone):
+            raise Refused(
+                "single-queue replication is off: start the broker with"
+                " --ha-queue-replication yes"
+            )
+        if self.role.name not in PRIMARY_ROLES + (STANDALONE,):
+            raise Refused(
+                f"this broker is {self.role.name}: replicate queues onto the primary"
+            )
+        try:
+            addresses = parseBrokers(remote)
+        except ValueError as error:
+            raise Refused(f"REMOTE: {error}") from None
+        from .queuereplica import QueueReplica
+
+        existing = self.queueReplicas.get(queue)
+        if existing is not None:
+            existing.stop()
+        replica = QueueReplica(self, addresses, queue)
+        self.queueReplicas[queue] = replica
+        replica.start()
+
     # Admin views
 
     def describe(self) -> dict[str, Any]:
@@ -783,6 +838,7 @@ class HANode(Service):
             "replicateDefault": self.options.replicateDefault,
             "minBackups": self.options.minBackups,
             "primary": self.link.address if self.link is not None else None,
+            "queueReplicas": [replica.describe() for replica in self.queueReplicas.values()],
             "backups": [
                 {
                     "id": source.backupId,

@@ -224,8 +224,14 @@ class ReplicationSource:
         backupId: str,
         address: str,
         clock: IReactorTime,
+        only: str | None = None,
     ) -> None:
+        """
+        @param only: replicate just this queue (single-queue replication,
+            C{qha-admin replicate}), not the whole broker.
+        """
         self.node = node
+        self.only = only
         self.vhost: VirtualHost = node.vhost
         self.connection = connection
         self.backupId = backupId
@@ -253,7 +259,10 @@ class ReplicationSource:
         Send the snapshot (only what the backup lacks), then follow the
         live stream.
         """
-        self.snapshot(holdings)
+        if self.only is not None:
+            self.snapshotQueue(holdings)
+        else:
+            self.snapshot(holdings)
         self.writer.event(ev.CAUGHT_UP)
         self.caughtUpAt = self.seq + 1
         self.vhost.observers.append(self)
@@ -277,7 +286,8 @@ class ReplicationSource:
         self.node.gate.backupLost(self)
         self.inFlight.clear()
         self.waiters = []
-        self.node.backupLost(self)
+        if self.only is None:
+            self.node.backupLost(self)
 
     def drop(self, why: str) -> None:
         """
@@ -328,8 +338,13 @@ class ReplicationSource:
             completion.acknowledged(self)
         if not self.ready and self.caughtUpAt is not None and seq >= self.caughtUpAt:
             self.ready = True
-            self.log.info("backup {backup} is ready", backup=self.backupId)
-            self.node.backupReady(self)
+            self.log.info(
+                "backup {backup} is ready{what}",
+                backup=self.backupId,
+                what=f" (replica of queue {self.only!r})" if self.only else "",
+            )
+            if self.only is None:
+                self.node.backupReady(self)
         if self.writer.count or self.waiters:
             self._scheduleFlush()
 
@@ -371,6 +386,39 @@ class ReplicationSource:
 
     # Snapshot
 
+    def snapshotQueue(self, holdings: dict[str, Any]) -> None:
+        """
+        The snapshot of single-queue replication: the one queue and what
+        the replica lacks of it.
+        """
+        queue = self.vhost.queues.get(self.only or "")
+        if queue is not None:
+            self._declare(queue)
+            self._entries(queue, holdings)
+
+    def _entries(self, queue: Queue, holdings: dict[str, Any]) -> None:
+        """
+        The entries of C{queue} the backup lacks, drops for those it holds
+        that are gone, and acquire marks for those consumers hold.
+        """
+        held = holdings.get(queue.name)
+        have: set[int] = set()
+        if held is not None and held.get("uuid") == queue.uuid:
+            for start, end in held.get("ids", []):
+                have.update(range(start, end + 1))
+        entries = sorted(
+            list(queue.readyEntries()) + list(queue.held.values()),
+            key=lambda entry: entry.id,
+        )
+        mine = {entry.id for entry in entries}
+        for id in sorted(have - mine):
+            self.writer.entryEvent(ev.DEQUEUED, queue.name, id)
+        for entry in entries:
+            if entry.id not in have:
+                self.enqueued(queue, entry)
+            if entry.id in queue.held:
+                self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+
     def snapshot(self, holdings: dict[str, Any]) -> None:
         """
         Write the state the backup needs: every replicated object, and of
@@ -395,23 +443,7 @@ class ReplicationSource:
             self._declare(queue)
             if replicateLevel(queue, default) != ALL:
                 continue
-            held = holdings.get(queue.name)
-            have: set[int] = set()
-            if held is not None and held.get("uuid") == queue.uuid:
-                for start, end in held.get("ids", []):
-                    have.update(range(start, end + 1))
-            entries = sorted(
-                list(queue.readyEntries()) + list(queue.held.values()),
-                key=lambda entry: entry.id,
-            )
-            mine = {entry.id for entry in entries}
-            for id in sorted(have - mine):
-                self.writer.event(ev.DEQUEUED, queue.name, id)
-            for entry in entries:
-                if entry.id not in have:
-                    self.enqueued(queue, entry)
-                if entry.id in queue.held:
-                    self.writer.event(ev.ACQUIRED, queue.name, entry.id)
+            self._entries(queue, holdings)
         for exchange in [vhost.defaultExchange] + list(vhost.exchanges.values()):
             if exchange is vhost.defaultExchange:
                 continue
@@ -433,6 +465,8 @@ class ReplicationSource:
         )
 
     def _replicated(self, obj: Queue | Exchange, level: str = CONFIGURATION) -> bool:
+        if self.only is not None:
+            return isinstance(obj, Queue) and obj.name == self.only
         actual = cachedLevel(obj, self.node.replicateDefault)
         return actual == ALL or (actual == CONFIGURATION and level == CONFIGURATION)
 

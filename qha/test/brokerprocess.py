@@ -6,6 +6,8 @@ tcp:0:interface=127.0.0.1} with the Python that runs the tests, reads its
 log until the line C{qha AMQP listening on 127.0.0.1:PORT} (for at most
 L{STARTUP_TIMEOUT} seconds, with a reader thread and a bounded queue wait,
 never a sleep), and stops it with SIGTERM, then SIGKILL if it does not go.
+Its replication port is a free port too and its state directory a fresh
+temporary one, so that brokers of concurrent test runs never collide.
 
 L{sharedBroker} gives the tests of one class one broker: trial does not run
 C{setUpClass}, and trial runs the tests of a class one after another, so the
@@ -24,14 +26,16 @@ import os
 import queue
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence, cast
 
 import pika
 from pamqp import commands, frame as pamqpFrame
@@ -127,6 +131,7 @@ class BrokerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=5000)
         self.linesLogged = 0
+        self._dataDirectory: str | None = None
         self._ports: queue.Queue[int | None] = queue.Queue()
         self._reader: threading.Thread | None = None
 
@@ -156,17 +161,22 @@ class BrokerProcess:
             "qha",
             "--port",
             "tcp:0:interface=127.0.0.1",
+            *self._isolation(),
             *self.arguments,
         ]
-        self.process = subprocess.Popen(
-            command,
-            cwd=CHECKOUT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_dieWithParent,
-        )
+        try:
+            self.process = subprocess.Popen(
+                command,
+                cwd=CHECKOUT,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_dieWithParent,
+            )
+        except BaseException:
+            self.stop()
+            raise
         _running.add(self)
         assert self.process.stdout is not None
         self._reader = threading.Thread(
@@ -189,6 +199,31 @@ class BrokerProcess:
                 f"twistd qha exited before it listened:\n{self.output()}"
             )
         self.port = port
+
+    def _isolation(self) -> list[str]:
+        """
+        Options that keep this broker apart from every other one on the
+        machine, for those of them that C{twistd qha} has: its replication
+        (AMP) port on a free port too, and its state in a directory of its
+        own, removed when it stops.
+        """
+        from qha.tap import Options
+
+        parameters = cast(list[list[Any]], Options.optParameters)
+        names = {parameter[0] for parameter in parameters}
+        arguments = []
+        if "ha-port" in names and not self._gives("--ha-port"):
+            arguments += ["--ha-port", "tcp:0:interface=127.0.0.1"]
+        if "data-dir" in names and not self._gives("--data-dir"):
+            self._dataDirectory = tempfile.mkdtemp(prefix="qha-e2e-")
+            arguments += ["--data-dir", self._dataDirectory]
+        return arguments
+
+    def _gives(self, option: str) -> bool:
+        """
+        Whether the caller's arguments set C{option}.
+        """
+        return any(a == option or a.startswith(option + "=") for a in self.arguments)
 
     def _read(self, stream: IO[bytes]) -> None:
         """
@@ -238,9 +273,9 @@ class BrokerProcess:
         L{STOP_TIMEOUT} seconds. Safe to call more than once.
         """
         process = self.process
-        if process is None:
-            return
         try:
+            if process is None:
+                return
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -253,6 +288,9 @@ class BrokerProcess:
             if self._reader is not None:
                 self._reader.join(timeout=STOP_TIMEOUT)
                 self._reader = None
+            if self._dataDirectory is not None:
+                shutil.rmtree(self._dataDirectory, ignore_errors=True)
+                self._dataDirectory = None
 
 
 _running: set[BrokerProcess] = set()
@@ -441,6 +479,23 @@ class RawConnection:
                     return channel, value
             if not self._fill(deadline):
                 raise EOFError(f"the broker closed the socket; unread: {self.buffer!r}")
+
+    def readRawFrame(self, timeout: float | None = None) -> tuple[int, int, bytes]:
+        """
+        Read one frame without decoding its payload (which may be what a
+        test sent on purpose malformed).
+
+        @return: the frame type, channel number and payload.
+        @raise EOFError: if the broker closed the socket first.
+        """
+        header = self.readBytes(7, timeout)
+        if len(header) < 7:
+            raise EOFError("the broker closed the socket")
+        frameType, channel, size = struct.unpack(">BHI", header)
+        rest = self.readBytes(size + 1, timeout)
+        if len(rest) < size + 1:
+            raise EOFError("the broker closed the socket")
+        return frameType, channel, rest[:size]
 
     def readMethod(self, timeout: float | None = None) -> tuple[int, Any]:
         """

@@ -10,6 +10,10 @@ with a deadline.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import pika
@@ -26,6 +30,7 @@ from pika.exceptions import (
 )
 from pika.spec import Basic, BasicProperties
 
+from qha.amqp.users import hashPassword
 from qha.broker.vhost import Resources
 from qha.test.brokerprocess import (
     AMQPlainCredentials,
@@ -159,6 +164,53 @@ class ConnectionTests(BrokerTestCase):
         with self.assertRaises(ProbableAuthenticationError):
             self.connect(credentials=pika.PlainCredentials("guest", "wrong"))
         self.assertConnectionWorks(self.connect())
+
+
+class UsersFileTests(BrokerTestCase):
+    """
+    A broker started with C{--users FILE}: its users log in with PLAIN and
+    AMQPLAIN, anyone else is refused, guest included.
+    """
+
+    usersFile: str | None = None
+
+    def setUp(self) -> None:
+        """
+        Write the users file (once, with a cheap scrypt cost) and start the
+        broker with it.
+        """
+        if UsersFileTests.usersFile is None:
+            directory = tempfile.mkdtemp(prefix="qha-e2e-users-")
+            atexit.register(shutil.rmtree, directory, True)
+            path = os.path.join(directory, "users")
+            with open(path, "w") as f:
+                f.write(f"alice:{hashPassword('wonderland', n=2**4)}\n")
+            UsersFileTests.usersFile = path
+        self.brokerArguments = ["--users", UsersFileTests.usersFile]
+        super().setUp()
+
+    def test_userLogsIn(self) -> None:
+        """
+        A user of the file logs in with PLAIN and with AMQPLAIN.
+        """
+        for credentials in [
+            pika.PlainCredentials("alice", "wonderland"),
+            AMQPlainCredentials("alice", "wonderland"),
+        ]:
+            self.assertConnectionWorks(self.connect(credentials=credentials))
+
+    def test_othersRefused(self) -> None:
+        """
+        A wrong password, and guest (who is not in the file), are refused
+        with 403.
+        """
+        for credentials in [
+            pika.PlainCredentials("alice", "looking-glass"),
+            pika.PlainCredentials("guest", "guest"),
+        ]:
+            with self.assertRaises(ProbableAuthenticationError) as caught:
+                self.connect(credentials=credentials)
+            self.assertIn("(403)", str(caught.exception))
 
 
 class HeartbeatTests(BrokerTestCase):
