@@ -25,9 +25,10 @@ from ..broker.errors import (
     PreconditionFailed,
     AccessRefused,
     UnexpectedFrame,
+    SyntaxError,
 )
 from ..broker.exchange import Exchange
-from ..broker.message import Message
+from ..broker.message import Message, checkProperties
 from ..broker.queue import Consumer, Entry, Queue, QueueFull
 from . import wire
 
@@ -146,6 +147,14 @@ class Channel:
                 f"content header frame on channel {self.number} is for class"
                 f" {payload[0] << 8 | payload[1]}, not basic (60)"
             )
+        if payload[12] or payload[13]:
+            try:
+                checkProperties(payload)
+            except ValueError as error:
+                raise SyntaxError(
+                    f"malformed message properties in the content header on"
+                    f" channel {self.number}: {error}"
+                ) from None
         bodySize = _unpackBodySize(payload, 4)[0]
         limit = self.connection.factory.maxMessageSize
         if bodySize > limit:

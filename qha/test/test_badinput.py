@@ -344,68 +344,47 @@ class GarbageTests(BadInputTestCase):
         self.assertClosedWith(raw, 540)
         self.assertNothingLost()
 
-    def test_malformedPropertiesRouted(self) -> None:
+    def test_malformedPropertiesTableTooLong(self) -> None:
         """
         A content header whose headers table claims more bytes than the
-        frame has, published to a headers exchange (which must read the
-        properties): the message counts as having no properties, and the
-        broker neither fails nor closes the connection.
+        frame has: 502 SYNTAX_ERROR naming the properties, and the message
+        reaches no queue, so no other client is handed bytes its library
+        cannot decode.
         """
+        queue = self.uniqueName("malformed")
+        channel = self.channel()
+        channel.queue_declare(queue)
+        self.addCleanup(lambda: self.channel().queue_delete(queue))
         raw = self.bad()
         header = contentHeader(1, flags=0x2000) + b"\x00\x00\x10\x00abc"
         raw.send(
-            methodFrame(1, commands.Basic.Publish(exchange="amq.headers"))
+            methodFrame(1, commands.Basic.Publish(routing_key=queue))
             + rawFrame(2, 1, header)
             + rawFrame(3, 1, b"x")
         )
-        raw.sendMethod(1, commands.Queue.Declare(queue="", exclusive=True))
-        _, declareOk = raw.readMethod()
-        self.assertIsInstance(declareOk, commands.Queue.DeclareOk)
+        self.assertClosedWith(raw, 502, "properties", "headers table")
+        self.assertEqual(channel.queue_declare(queue, passive=True).method.message_count, 0)
         self.assertNothingLost()
 
-    def test_malformedPropertiesDeadLettered(self) -> None:
+    def test_malformedPropertiesGarbageTable(self) -> None:
         """
-        A message with garbage in its headers table, published by one
-        connection into a queue that dead-letters, is rejected by another
-        connection: that other connection is not harmed (the properties are
-        decoded only then, in its context), and the dead-lettered copy
-        carries properties that decode, with x-death.
+        A headers table of the right length holding an unknown field type:
+        502 SYNTAX_ERROR, and nothing is enqueued.
         """
-        work = self.uniqueName("work")
-        dead = self.uniqueName("dead")
+        queue = self.uniqueName("garbage")
         channel = self.channel()
-        channel.queue_declare(dead, auto_delete=False)
-        channel.queue_declare(
-            work,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
-        )
-        self.addCleanup(lambda: self.channel().queue_delete(work))
-        self.addCleanup(lambda: self.channel().queue_delete(dead))
-        bad = self.bad()
+        channel.queue_declare(queue)
+        self.addCleanup(lambda: self.channel().queue_delete(queue))
+        raw = self.bad()
         garbage = b"\x01Z" + b"q\x00\x00"
         header = contentHeader(4, flags=0x2000) + struct.pack(">I", len(garbage)) + garbage
-        bad.send(
-            methodFrame(1, commands.Basic.Publish(routing_key=work))
+        raw.send(
+            methodFrame(1, commands.Basic.Publish(routing_key=queue))
             + rawFrame(2, 1, header)
             + rawFrame(3, 1, b"body")
         )
-        bad.sendMethod(1, commands.Basic.Qos(0, 0, False))
-        bad.readMethod()
-        other = self.bad()
-        other.sendMethod(1, commands.Basic.Get(queue=work))
-        _, getOk = other.readMethod()
-        self.assertIsInstance(getOk, commands.Basic.GetOk)
-        frameType, _, forwarded = other.readRawFrame()
-        self.assertEqual((frameType, forwarded), (2, header))
-        self.assertEqual(other.readRawFrame(), (3, 1, b"body"))
-        other.sendMethod(1, commands.Basic.Reject(getOk.delivery_tag, requeue=False))
-        other.sendMethod(1, commands.Queue.Declare(queue=dead, passive=True))
-        _, declareOk = other.readMethod()
-        self.assertIsInstance(declareOk, commands.Queue.DeclareOk)
-        self.assertEqual(declareOk.message_count, 1)
-        method, properties, body = channel.basic_get(dead, auto_ack=True)
-        self.assertEqual(body, b"body")
-        self.assertEqual(properties.headers["x-death"][0]["queue"], work)
+        self.assertClosedWith(raw, 502, "properties")
+        self.assertEqual(channel.queue_declare(queue, passive=True).method.message_count, 0)
         self.assertNothingLost()
 
 
