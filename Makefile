@@ -9,7 +9,7 @@ STAMP := $(VENV)/.qha-installed
 # twistd and trial find twisted/plugins/qha_plugin.py through the checkout.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test check bench clean
+.PHONY: run test check soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 	$(BIN)/mypy qha
 
 check: test
+
+# The failover soak test (about a minute): three brokers, ten SIGKILL failovers.
+soak: $(STAMP)
+	QHA_SOAK=1 $(BIN)/trial qha.test.test_soak
 
 clean:
 	rm -rf $(VENV) _trial_temp* *.egg-info twisted/plugins/dropin.cache
