@@ -615,25 +615,37 @@ class Queue:
     # policy of its own (the primary's drops, replacements and expiries
     # arrive as dequeues).
 
-    def replicaEnqueue(self, message: Message, id: int, redelivered: bool = False) -> Entry:
+    def replicaEnqueue(
+        self,
+        message: Message,
+        id: int,
+        redelivered: bool = False,
+        expiresAt: float | None = None,
+    ) -> Entry:
         """
         Add the primary's entry C{id} in its place.
+
+        @param expiresAt: when it expires on the primary's clock (the
+            primary's TTL deadline is kept, not restarted), if it does.
         """
         existing = self._find(id)
         if existing is not None:
             return existing
         policy = self.policy
         level = min(message.priority, policy.priorities - 1) if policy.priorities else 0
-        expiresAt = None
-        ttl = policy.messageTtl
-        expiration = message.expiration
-        if expiration is not None and (ttl is None or expiration < ttl):
-            ttl = expiration
-        if ttl is not None:
-            expiresAt = self.clock.seconds() + ttl / 1000.0
+        if expiresAt is None:
+            ttl = policy.messageTtl
+            expiration = message.expiration
+            if expiration is not None and (ttl is None or expiration < ttl):
+                ttl = expiration
+            if ttl is not None:
+                expiresAt = self.clock.seconds() + ttl / 1000.0
         entry = Entry(message, id, redelivered, level, expiresAt)
         if id >= self.nextId:
             self.nextId = id + 1
+        if self.plain and expiresAt is not None:
+            # As on the primary: once promoted, it must expire this one.
+            self._leavePlain()
         self._insert(entry)
         if policy.lvqKey is not None:
             value = message.headers.get(policy.lvqKey)
@@ -725,6 +737,11 @@ class Queue:
         """
         self.held.clear()
         self.nextId = max(self.nextId, epoch << 40)
+        if self.autoDelete and self.everConsumed and not self.consumers:
+            # Its consumers were on the failed primary and are gone, as
+            # when their connections close: an auto-delete queue goes.
+            self.vhost.deleteQueue(self.name, owner=self.owner)
+            return
         self.touch()
         self.expireDue()
 
@@ -754,7 +771,12 @@ class Queue:
         Subscribe C{consumer} and deliver what it can take.
         """
         self.consumers.append(consumer)
-        self.everConsumed = True
+        if not self.everConsumed:
+            self.everConsumed = True
+            if self.autoDelete:
+                # Replicas learn that it is in use (declared again, now
+                # with everConsumed set).
+                self._notify("queueDeclared")
         self._cancelIdle()
         self.dispatch()
 

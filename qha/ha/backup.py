@@ -83,6 +83,13 @@ class Replicator:
         for name in list(self.vhost.exchanges):
             if name and not name.startswith("amq.") and name not in exchanges:
                 self.vhost.deleteExchange(name)
+        # The snapshot sends every binding again: drop those held now, so
+        # that one removed while this backup was away (or that of an
+        # exchange deleted and recreated meanwhile) does not linger.
+        for exchange in list(self.vhost.exchanges.values()):
+            if exchange is not self.vhost.defaultExchange:
+                for binding in list(exchange.bindings.values()):
+                    self.vhost._removeBinding(binding, autoDelete=False)
 
     def queueDeclared(
         self,
@@ -91,7 +98,7 @@ class Replicator:
         durable: bool,
         exclusive: bool,
         autoDelete: bool,
-        unused: bool,
+        everConsumed: bool,
         arguments: dict[str, Any],
     ) -> None:
         existing = self.vhost.queues.get(name)
@@ -99,10 +106,13 @@ class Replicator:
             self.vhost.deleteQueue(name, owner=existing.owner)
             existing = None
         if existing is None:
-            queue = self.vhost.declareQueue(
+            existing = self.vhost.declareQueue(
                 name, durable=durable, autoDelete=autoDelete, arguments=arguments, replica=True
             )
-            queue.uuid = uuid
+            existing.uuid = uuid
+        # An auto-delete queue that had a consumer on the primary goes when
+        # a promoted backup finds it without one (see Queue.promoted).
+        existing.everConsumed = existing.everConsumed or everConsumed
 
     def queueDeleted(self, name: str, uuid: str) -> None:
         queue = self.vhost.queues.get(name)
@@ -158,11 +168,18 @@ class Replicator:
             queue.replicaPurge()
 
     def enqueued(
-        self, name: str, id: int, redelivered: bool, addressing: bytes, header: bytes, body: bytes
+        self,
+        name: str,
+        id: int,
+        redelivered: bool,
+        addressing: bytes,
+        header: bytes,
+        body: bytes,
+        expiresAt: float | None = None,
     ) -> None:
         queue = self._queue(name)
         if queue is not None:
-            queue.replicaEnqueue(Message(addressing, header, body), id, redelivered)
+            queue.replicaEnqueue(Message(addressing, header, body), id, redelivered, expiresAt)
 
     def dequeued(self, name: str, id: int) -> None:
         queue = self._queue(name)

@@ -98,7 +98,16 @@ class EventWriter:
                 raise TypeError(f"cannot encode {type(value).__name__} in an event")
         self._add(b"".join(out))
 
-    def enqueued(self, queue: str, id: int, redelivered: bool, addressing: bytes, header: bytes, body: bytes) -> None:
+    def enqueued(
+        self,
+        queue: str,
+        id: int,
+        redelivered: bool,
+        addressing: bytes,
+        header: bytes,
+        body: bytes,
+        expiresAt: float | None = None,
+    ) -> None:
         """
         The hot event, encoded without the generic loop.
         """
@@ -113,6 +122,7 @@ class EventWriter:
                     raw,
                     _q.pack(id),
                     b"\x01" if redelivered else b"\x00",
+                    _q.pack(int(expiresAt * 1000) if expiresAt is not None else 0),
                     _I.pack(len(addressing)),
                     addressing,
                     _I.pack(len(header)),
@@ -165,7 +175,7 @@ LAYOUTS: dict[bytes, str] = {
     BOUND: "sbsst",
     UNBOUND: "sbsst",
     PURGED: "s",
-    ENQUEUED: "sifbbb",
+    ENQUEUED: "sifibbb",
     DEQUEUED: "si",
     ACQUIRED: "si",
     RELEASED: "si",
@@ -213,7 +223,8 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                 offset += 8
                 if kind == ENQUEUED:
                     redelivered = data[offset] == 1
-                    offset += 1
+                    expiresAt = unpackq(data, offset + 1)[0]
+                    offset += 9
                     length = unpackI(data, offset)[0]
                     addressing = data[offset + 4 : offset + 4 + length]
                     offset += 4 + length
@@ -225,7 +236,16 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                     offset += 4 + length
                     if offset > end:
                         raise MalformedEvents("event runs past the end of the box")
-                    yield (kind, name, id, redelivered, addressing, header, body)
+                    yield (
+                        kind,
+                        name,
+                        id,
+                        redelivered,
+                        addressing,
+                        header,
+                        body,
+                        expiresAt / 1000.0 if expiresAt else None,
+                    )
                 else:
                     if offset > end:
                         raise MalformedEvents("event runs past the end of the box")

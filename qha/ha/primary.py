@@ -460,7 +460,7 @@ class ReplicationSource:
             queue.durable,
             False,
             queue.autoDelete,
-            False,
+            queue.everConsumed,
             queue.arguments,
         )
 
@@ -529,7 +529,13 @@ class ReplicationSource:
         if self._replicated(queue, ALL):
             message = entry.message
             self.writer.enqueued(
-                queue.name, entry.id, entry.redelivered, message.addressing, message.header, message.body
+                queue.name,
+                entry.id,
+                entry.redelivered,
+                message.addressing,
+                message.header,
+                message.body,
+                entry.expiresAt,
             )
             self._scheduleFlush()
 
