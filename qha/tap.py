@@ -18,6 +18,7 @@ from twisted.python import usage
 from .amqp.protocol import BrokerFactory
 from .amqp.users import UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
+from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
 from .ha.node import HANode, HAOptions, NodeAMPFactory, NodeLocator, PersistentState, parseBrokers
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -203,7 +204,23 @@ class Options(usage.Options):
             "data-dir",
             None,
             "qha-data",
-            "Directory where the broker keeps its identity and epoch.",
+            "Directory where the broker keeps its store (journal), identity and epoch.",
+        ],
+        [
+            "store",
+            None,
+            "journal",
+            "journal: keep durable queues, exchanges, bindings and persistent messages"
+            " in DATA-DIR/journal; memory: keep nothing across restarts.",
+        ],
+    ]
+
+    optFlags = [
+        [
+            "store-recover",
+            None,
+            "Start even on a damaged store: keep a copy of it (journal.damaged-TIME)"
+            " and go on from the last good record.",
         ],
     ]
 
@@ -237,6 +254,8 @@ class Options(usage.Options):
                 f"--ha-replicate must be one of {', '.join(REPLICATE_LEVELS)},"
                 f" not {self['ha-replicate']!r}"
             )
+        if self["store"] not in ("journal", "memory"):
+            raise usage.UsageError(f"--store must be journal or memory, not {self['store']!r}")
         for name in ("ha-cluster", "ha-queue-replication"):
             if self[name] not in ("yes", "no"):
                 raise usage.UsageError(f"--{name} must be yes or no, not {self[name]!r}")
@@ -356,6 +375,53 @@ class ListeningService(Service):
         return self.stopListening()
 
 
+class StoreService(Service):
+    """
+    Flushes and closes the store when the broker stops.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.store.close()
+        return None
+
+
+def openStore(config: Options, vhost: VirtualHost, reactor: Any) -> Store:
+    """
+    Open the store and recover the virtual host from it. A damaged store
+    stops the broker with one line that says where, and how to start anyway.
+    """
+    log = Logger()
+    if config["store"] == "memory":
+        store = Store(MemoryJournal(), reactor)
+        store.attach(vhost)
+        return store
+    path = os.path.join(config["data-dir"], "journal")
+    store = Store(FileJournal(path, recover=config["store-recover"]), reactor)
+    try:
+        recovered = store.recover(vhost)
+    except StoreCorrupt as corrupt:
+        sys.stderr.write(
+            f"twistd qha: error: the store is damaged: {corrupt}. Nothing was changed."
+            " To start anyway from the last good record, keeping a copy of the damaged"
+            " file, add --store-recover.\n"
+        )
+        raise SystemExit(1) from None
+    except OSError as error:
+        sys.stderr.write(f"twistd qha: error: cannot open the store {path}: {error}\n")
+        raise SystemExit(1) from None
+    log.info(
+        "recovered {queues} queues and {messages} messages from {path} in {seconds:.2f}s"
+        " (epoch {epoch}, position {position})",
+        path=path,
+        **recovered,
+    )
+    return store
+
+
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """
     The broker's services for twistd: the AMQP listener, and the AMP port
@@ -396,7 +462,16 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         queueReplication=config["ha-queue-replication"] == "yes",
         dataDir=config["data-dir"],
     )
+    store = openStore(config, vhost, reactor)
+    factory.store = store
     node = HANode(options, vhost, reactor, amqp, state, standalone=not cluster)
+    node.store = store
+    node.position = store.position
+    if not cluster:
+        for queue in list(vhost.queues.values()):
+            queue.promoted(store.epoch)
+        store.positionSource = lambda: (node.epoch, node.position)
+    StoreService(store).setServiceParent(service)
     node.setServiceParent(service)
     ListeningService(
         reactor, config["ha-port"], NodeAMPFactory(lambda: NodeLocator(node)), "AMP"

@@ -48,6 +48,27 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+class Waits:
+    """
+    What a publish's confirm waits for: the backups (replication) and the
+    disk (the store); either may be L{None}.
+    """
+
+    __slots__ = ("replicated", "stored")
+
+    def __init__(self, replicated: Any, stored: Any) -> None:
+        self.replicated = replicated
+        self.stored = stored
+
+    def done(self) -> bool:
+        """
+        Whether both are done.
+        """
+        return (self.replicated is None or self.replicated.done) and (
+            self.stored is None or self.stored.done
+        )
+
+
 class Channel:
     """
     The state of one open channel of an L{AMQPServer} connection.
@@ -78,7 +99,8 @@ class Channel:
         self.confirmedUpTo = 0
         self.nacked: list[int] = []
         self.pendingConfirms: OrderedDict[int, Any] = OrderedDict()
-        self._lastCompletion: Any = None
+        self._lastReplicated: Any = None
+        self._lastStored: Any = None
         self.transaction: list[Callable[[], Any]] | None = None
         self.lastQueue: str | None = None
         # The publish being assembled from its method, header and body frames.
@@ -233,10 +255,15 @@ class Channel:
             completion = self._route(exchange, routingKey, message, mandatory)
             if completion is not None:
                 self.pendingConfirms[self.publishSeq] = completion
-                if completion is not self._lastCompletion:
-                    # Many publishes share a completion: one callback.
-                    self._lastCompletion = completion
-                    completion.addCallback(self.flushConfirms)
+                # Many publishes share a completion: one callback each.
+                if completion.replicated is not self._lastReplicated:
+                    self._lastReplicated = completion.replicated
+                    if completion.replicated is not None:
+                        completion.replicated.addCallback(self.flushConfirms)
+                if completion.stored is not self._lastStored:
+                    self._lastStored = completion.stored
+                    if completion.stored is not None:
+                        completion.stored.addCallback(self.flushConfirms)
         else:
             self._route(exchange, routingKey, message, mandatory)
 
@@ -262,9 +289,16 @@ class Channel:
                     self.nacked.append(self.publishSeq)
                 else:
                     raise refused
-            gate = self.connection.factory.gate
-            if gate is not None and accepted:
-                return gate.hold(accepted)
+            if accepted:
+                factory = self.connection.factory
+                gate = factory.gate
+                store = factory.store
+                replicated = gate.hold(accepted) if gate is not None else None
+                stored = (
+                    store.hold(accepted, message.persistent) if store is not None else None
+                )
+                if replicated is not None or stored is not None:
+                    return Waits(replicated, stored)
         elif mandatory:
             self.connection.write(
                 wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
@@ -282,7 +316,7 @@ class Channel:
         pending = self.pendingConfirms
         while pending:
             seq = next(iter(pending))
-            if not pending[seq].done:
+            if not pending[seq].done():
                 upTo = min(upTo, seq - 1)
                 break
             pending.popitem(last=False)
@@ -713,7 +747,13 @@ class Channel:
         if self.transaction is None:
             raise PreconditionFailed("channel is not transactional")
         operations, self.transaction = self.transaction, []
-        waits = [wait for wait in (operation() for operation in operations) if wait is not None]
+        waits = [
+            completion
+            for wait in (operation() for operation in operations)
+            if wait is not None
+            for completion in (wait.replicated, wait.stored)
+            if completion is not None
+        ]
         commitOk = wire.simple(self.number, 90, 21)
         if not waits:
             self.connection.write(commitOk)

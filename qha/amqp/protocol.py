@@ -94,6 +94,9 @@ class BrokerFactory(ServerFactory):
         # The cluster's replication gate: publishes to replicated queues
         # are confirmed only when it says so (None: standalone).
         self.gate: Any = None
+        # The store: persistent messages on durable queues are confirmed
+        # once it flushed them to disk (None: no store).
+        self.store: Any = None
         # Users who may not log in over AMQP (the brokers' own HA user).
         self.refusedUsers: set[str] = set()
         vhost.resources.listeners.append(self._memoryAlarm)

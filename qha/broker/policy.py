@@ -47,8 +47,9 @@ class QueuePolicy:
     The behaviour a queue's arguments ask for.
 
     @ivar lvqKey: the header whose value identifies a last value.
-    @ivar maxCount: the most messages (ready and held) the queue keeps.
-    @ivar maxBytes: the most body bytes the queue keeps.
+    @ivar maxCount: the most ready messages the queue keeps (messages
+        consumers hold do not count, as in RabbitMQ).
+    @ivar maxBytes: the most body bytes of ready messages the queue keeps.
     @ivar overflow: what a full queue does: drop its oldest (lowest
         priority first) or refuse the publish.
     @ivar priorities: the number of priority levels (0: no priorities).

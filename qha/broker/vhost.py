@@ -119,6 +119,21 @@ def _significant(arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _deathCycle(queueName: str, deaths: list[Any]) -> bool:
+    """
+    Whether dead-lettering a message whose x-death is C{deaths} (newest
+    first) to queue C{queueName} closes a cycle with no rejection in it:
+    the message died in that queue before and nothing since was a client's
+    rejection, as RabbitMQ's C{rabbit_dead_letter:is_cycle} decides.
+    """
+    for death in deaths:
+        if not isinstance(death, dict) or death.get("reason") == "rejected":
+            return False
+        if death.get("queue") == queueName:
+            return True
+    return False
+
+
 def checkReplicate(arguments: dict[str, Any], kind: str, name: str) -> None:
     """
     Refuse a C{qpid.replicate} argument that is not a valid level.
@@ -301,7 +316,10 @@ class VirtualHost:
         if passive:
             if not name:
                 raise NotFound("a passive declare needs a queue name")
-            return self.queue(name, owner)
+            # Every queue.declare renews an x-expires lease, as in RabbitMQ.
+            found = self.queue(name, owner)
+            found.touch()
+            return found
         serverNamed = not name
         if serverNamed:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode(
@@ -323,6 +341,7 @@ class VirtualHost:
                         f" current is {_describe(current)}"
                     )
             self._checkArguments("queue", name, existing.arguments, arguments)
+            existing.touch()
             return existing
         if name.startswith("amq.") and not serverNamed and not replica:
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
@@ -595,7 +614,10 @@ class VirtualHost:
                 else originalKey
             )
             headers = dict(message.headers)
-            deaths = list(headers.get("x-death") or [])
+            # A publisher may send any x-death: one that is not an array is
+            # replaced, as RabbitMQ does.
+            previous = headers.get("x-death")
+            deaths = list(previous) if isinstance(previous, list) else []
             for index, death in enumerate(deaths):
                 if (
                     isinstance(death, dict)
@@ -603,7 +625,10 @@ class VirtualHost:
                     and death.get("reason") == reason
                 ):
                     death = dict(death)
-                    death["count"] = int(death.get("count", 1)) + 1
+                    count = death.get("count")
+                    if isinstance(count, bool) or not isinstance(count, int):
+                        count = 1
+                    death["count"] = count + 1
                     death["time"] = now
                     deaths.pop(index)
                     deaths.insert(0, death)
@@ -630,8 +655,8 @@ class VirtualHost:
                 exchange.name, routingKey, headers, dropExpiration=True
             )
             for target in self.route(exchange, routingKey, deadLettered):
-                if target is queue and reason != "rejected":
-                    # RabbitMQ drops a message that would cycle back to its
+                if reason != "rejected" and _deathCycle(target.name, deaths):
+                    # RabbitMQ drops a message that would cycle back to a
                     # queue without a rejection in the loop.
                     continue
                 try:

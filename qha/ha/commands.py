@@ -65,11 +65,19 @@ class Refused(Exception):
     """
 
 
+class OutOfSequence(Exception):
+    """
+    A replication box arrived after a gap (a box before it is missing): the
+    backup applied none of it and must catch up again.
+    """
+
+
 _errors: dict[type[Exception], bytes] = {
     NotAuthenticated: b"NOT_AUTHENTICATED",
     StaleEpoch: b"STALE_EPOCH",
     NotPrimary: b"NOT_PRIMARY",
     Refused: b"REFUSED",
+    OutOfSequence: b"OUT_OF_SEQUENCE",
 }
 
 
@@ -98,6 +106,8 @@ class Hello(amp.Command):
         (b"brokerId", amp.Unicode()),
         (b"epoch", amp.Integer()),
         (b"role", amp.Unicode()),
+        (b"storeEpoch", amp.Integer(optional=True)),
+        (b"storePosition", amp.Integer(optional=True)),
     ]
     errors = _errors
 
@@ -129,6 +139,7 @@ class Events(amp.Command):
         (b"epoch", amp.Integer()),
         (b"seq", amp.Integer()),
         (b"events", ChunkedBytes()),
+        (b"position", amp.Integer(optional=True)),
     ]
     response = list[tuple[bytes, amp.Argument]]()
     errors = _errors

@@ -34,6 +34,7 @@ from .commands import (
     Login,
     NotAuthenticated,
     NotPrimary,
+    OutOfSequence,
     Refused,
     StaleEpoch,
     Subscribe,
@@ -81,6 +82,12 @@ def parseBrokers(value: str) -> list[str]:
     if not brokers:
         raise ValueError(f"{value!r} names no broker")
     return brokers
+
+
+HELLO_TIMEOUT = 2.0
+"""
+Seconds a broker waits for another's answer to L{Hello}.
+"""
 
 
 def clientEndpoint(address: str) -> str:
@@ -209,7 +216,16 @@ class NodeLocator(amp.CommandLocator):
     def hello(self, brokerId: str, epoch: int, role: str) -> dict[str, Any]:
         self._check()
         self.node.heardEpoch(epoch, role, brokerId)
-        return {"brokerId": self.node.brokerId, "epoch": self.node.epoch, "role": self.node.role.name}
+        answer: dict[str, Any] = {
+            "brokerId": self.node.brokerId,
+            "epoch": self.node.epoch,
+            "role": self.node.role.name,
+        }
+        store = self.node.store
+        if store is not None:
+            answer["storeEpoch"] = store.epoch
+            answer["storePosition"] = store.position
+        return answer
 
     @Subscribe.responder
     def subscribe(
@@ -255,11 +271,19 @@ class NodeLocator(amp.CommandLocator):
         return {"epoch": node.epoch}
 
     @Events.responder
-    def events(self, epoch: int, seq: int, events: bytes) -> dict[str, Any]:
+    def events(
+        self, epoch: int, seq: int, events: bytes, position: int | None = None
+    ) -> dict[str, Any]:
         self._check()
         if self.link is None:
             raise NotPrimary("this connection is not a replication link")
         self.link.received(epoch, seq, events)
+        store = self.node.store
+        if store is not None and self.link is self.node.link:
+            # A backup with a store acknowledges only what is on its disk.
+            if position is not None:
+                store.setPosition(max(epoch, self.node.epoch), position)
+            store.flush()
         return {}
 
     @Heartbeat.responder
@@ -368,6 +392,21 @@ class BackupLink:
         if epoch > node.epoch:
             node.adoptEpoch(epoch)
         self.heard()
+        if seq <= self.lastSeq:
+            # Sent again: applying it twice could bring back a message that
+            # a later box dequeued.
+            self.log.info("replication box {seq} was applied already: ignored", seq=seq)
+            return
+        if seq != self.lastSeq + 1:
+            # A box is missing (or this one overtook it): applying this one
+            # could dequeue before enqueueing. Catch up again instead.
+            self.log.warn(
+                "replication box {seq} arrived after box {last}: catching up again",
+                seq=seq,
+                last=self.lastSeq,
+            )
+            node.clock.callLater(0, self.close)
+            raise OutOfSequence(f"replication box {seq} refused: box {self.lastSeq + 1} is missing")
         try:
             self.replicator.apply(data)
         except MalformedEvents as error:
@@ -394,6 +433,22 @@ class BackupLink:
             self._watch.cancel()
         self._watch = None
         self.node.linkLost(self)
+
+
+class EventCounter:
+    """
+    Counts the primary's events: the position in its stream that boxes
+    carry and stores record, to tell which of several stores is newest.
+    """
+
+    def __init__(self, node: "HANode") -> None:
+        self.node = node
+
+    def _count(self, *args: Any) -> None:
+        self.node.position += 1
+
+    queueDeclared = queueDeleted = exchangeDeclared = exchangeDeleted = _count
+    bound = unbound = enqueued = acquired = released = dequeued = purged = _count
 
 
 class StandaloneRole:
@@ -444,6 +499,10 @@ class HANode(Service):
         self.expected: set[str] = set()
         self.knownEpochs: dict[str, int] = {}
         self.queueReplicas: dict[str, Any] = {}
+        self.store: Any = None
+        # The position in this primary's stream: every broker event counts.
+        self.position = 0
+        vhost.observers.append(EventCounter(self))
         self._discoveryCall: IDelayedCall | None = None
         self._recoveryCall: IDelayedCall | None = None
         self._probeCall: IDelayedCall | None = None
@@ -520,6 +579,8 @@ class HANode(Service):
     def _startServing(self) -> None:
         vhost = self.vhost
         vhost.replica = False
+        if self.store is not None:
+            self.store.positionSource = lambda: (self.epoch, self.position)
         for queue in list(vhost.queues.values()):
             queue.promoted(self.epoch)
         self.gate.recovering = True
@@ -554,11 +615,16 @@ class HANode(Service):
     def _stopServing(self) -> None:
         self.log.warn("stepping down: a newer primary exists")
         self.amqp.stopListening("this broker stepped down: a newer primary exists")
+        # A new gate before the backups go: losing them must not release
+        # (confirm) the publishes the old gate held, which no backup of the
+        # new primary has.
+        self.gate = ReplicationGate(self)
+        self.amqp.factory.gate = self.gate
         for source in list(self.sources.values()):
             source.drop("this broker stepped down")
         self.vhost.replica = True
-        self.gate = ReplicationGate(self)
-        self.amqp.factory.gate = self.gate
+        if self.store is not None:
+            self.store.positionSource = None
         if self._recoveryCall is not None and self._recoveryCall.active():
             self._recoveryCall.cancel()
         self._recoveryCall = None
@@ -648,6 +714,18 @@ class HANode(Service):
             )
         return protocol
 
+    def _hello(self, protocol: NodeAMP) -> "Deferred[Any]":
+        """
+        Hello on C{protocol}, given up after C{HELLO_TIMEOUT} seconds: a
+        paused broker (SIGSTOP) still accepts connections but never answers,
+        and must not hold up discovery, probing or promotion for ever.
+        """
+        d: Deferred[Any] = protocol.callRemote(
+            Hello, brokerId=self.brokerId, epoch=self.epoch, role=self.role.name
+        )
+        d.addTimeout(HELLO_TIMEOUT, self.clock)
+        return d
+
     async def _ask(self, address: str) -> dict[str, Any] | None:
         """
         Hello to C{address}; L{None} if it does not answer.
@@ -657,9 +735,7 @@ class HANode(Service):
         except Exception:
             return None
         try:
-            answer = await protocol.callRemote(
-                Hello, brokerId=self.brokerId, epoch=self.epoch, role=self.role.name
-            )
+            answer = await self._hello(protocol)
             self.knownEpochs[address] = answer["epoch"]
             return dict(answer)
         except Exception:
@@ -702,9 +778,7 @@ class HANode(Service):
             except Exception:
                 continue
             try:
-                answer = await protocol.callRemote(
-                    Hello, brokerId=self.brokerId, epoch=self.epoch, role=self.role.name
-                )
+                answer = await self._hello(protocol)
                 self.knownEpochs[address] = answer["epoch"]
                 if (
                     answer["brokerId"] == self.brokerId
@@ -779,6 +853,17 @@ class HANode(Service):
                             f"cannot promote this broker: it is joining and {address} is"
                             " ready; promote that one"
                         )
+        if not force and self.store is not None:
+            mine = (self.store.epoch, self.store.position)
+            for address, answer in others:
+                theirs = (answer.get("storeEpoch"), answer.get("storePosition"))
+                if theirs[0] is not None and theirs[1] is not None and theirs > mine:
+                    raise Refused(
+                        f"cannot promote this broker: the store of {address} is newer"
+                        f" (epoch {theirs[0]}, position {theirs[1]}) than this one's"
+                        f" (epoch {mine[0]}, position {mine[1]}); promote that one, or"
+                        " use --force"
+                    )
         epochs = [self.epoch] + [answer["epoch"] for _, answer in others] + list(
             self.knownEpochs.values()
         )

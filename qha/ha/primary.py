@@ -328,7 +328,9 @@ class ReplicationSource:
         waiters, self.waiters = self.waiters, []
         self.inFlight[seq] = waiters
         self.node.gate.sealed()
-        d = self.connection.callRemote(Events, epoch=self.node.epoch, seq=seq, events=data)
+        d = self.connection.callRemote(
+            Events, epoch=self.node.epoch, seq=seq, events=data, position=self.node.position
+        )
         d.addCallbacks(lambda _: self._applied(seq), self._failed)
 
     def _applied(self, seq: int) -> None:

@@ -261,6 +261,14 @@ class ClusterBroker(BrokerProcess):
         @raise BrokerStartError: if it exits first or takes longer; the
             process is killed and the message holds its output.
         """
+        self.launch()
+        self.waitUntilListening(timeout)
+
+    def launch(self) -> None:
+        """
+        Start the broker process, without waiting for it (see
+        L{waitUntilListening}).
+        """
         environment = dict(os.environ)
         pythonPath = environment.get("PYTHONPATH")
         environment["PYTHONPATH"] = (
@@ -297,6 +305,15 @@ class ClusterBroker(BrokerProcess):
             daemon=True,
         )
         self._reader.start()
+
+    def waitUntilListening(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """
+        Wait until the launched broker logs that it listens for AMP.
+
+        @param timeout: the most seconds to wait.
+        @raise BrokerStartError: if it exits first or takes longer; the
+            process is killed and the message holds its output.
+        """
         deadline = time.monotonic() + timeout
         with self._changed:
             while not self._ampListening and not self._exited:
@@ -445,8 +462,18 @@ class Cluster:
 
         @param indexes: which brokers to start.
         """
-        for index in range(len(self.brokers)) if indexes is None else indexes:
-            self.brokers[index].start()
+        if indexes is None:
+            indexes = range(len(self.brokers))
+        chosen = [self.brokers[index] for index in indexes]
+        for broker in chosen:
+            broker.launch()
+        try:
+            for broker in chosen:
+                broker.waitUntilListening()
+        except BrokerStartError:
+            for broker in chosen:
+                broker.kill()
+            raise
 
     def startBroker(self, index: int) -> ClusterBroker:
         """
@@ -673,6 +700,37 @@ class Cluster:
         return pika.BlockingConnection(self.amqpParameters(index, **overrides))
 
 
+def startCluster(
+    testCase: Any,
+    size: int,
+    arguments: Sequence[str] = (),
+    primary: int | None = 0,
+    **keywords: Any,
+) -> Cluster:
+    """
+    A cluster for one test: started, stopped by C{testCase.addCleanup}, and
+    (unless C{primary} is L{None}) with broker C{primary} promoted and
+    active and every other broker ready.
+
+    @param testCase: the test; its C{addCleanup} stops the cluster.
+    @param size: how many brokers.
+    @param arguments: extra C{twistd qha} options for every broker.
+    @param primary: the broker to promote, or L{None} to leave every
+        broker joining.
+    @param keywords: passed on to L{Cluster}.
+    """
+    cluster = Cluster(size, arguments, **keywords)
+    testCase.addCleanup(cluster.stop)
+    cluster.start()
+    if primary is not None:
+        cluster.startPrimary(primary)
+        for index in range(size):
+            if index != primary:
+                cluster.waitForRole(index, "ready")
+        cluster.waitForBackups(primary, size - 1)
+    return cluster
+
+
 __all__ = [
     "AMP_TIMEOUT",
     "BlockingAMP",
@@ -682,4 +740,5 @@ __all__ = [
     "ROLE_TIMEOUT",
     "callAMP",
     "freePort",
+    "startCluster",
 ]

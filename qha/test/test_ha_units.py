@@ -11,11 +11,13 @@ their bytes. Each test that uses time ends with no timer left.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 from pamqp import commands
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -26,9 +28,9 @@ from qha.broker.queue import Consumer, Entry, Queue
 from qha.broker.vhost import VirtualHost
 from qha.ha import events as ev
 from qha.ha.backup import Replicator, holdingsOf
-from qha.ha.commands import CHUNK, ChunkedBytes, Events, Heartbeat, Hello, StaleEpoch, Subscribe
+from qha.ha.commands import CHUNK, ChunkedBytes, Events, Heartbeat, Hello, Refused, StaleEpoch, Subscribe
 from qha.ha.node import BackupLink, HANode, HAOptions, NodeAMP, NodeAMPFactory, NodeLocator, PersistentState
-from qha.ha.primary import Completion, ReplicationGate, ReplicationSource
+from qha.ha.primary import Completion, ReplicationGate
 from qha.ha.role import (
     ACTIVE,
     CATCHUP,
@@ -232,6 +234,9 @@ class EventCodecTests(SynchronousTestCase):
         expected: list[tuple[Any, ...]] = []
 
         def add(kind: bytes, *fields: Any) -> None:
+            """
+            Write one event and expect it back as written.
+            """
             writer.event(kind, *fields)
             expected.append((kind,) + fields)
 
@@ -336,7 +341,7 @@ class EventCodecTests(SynchronousTestCase):
         """
         An unknown event type is malformed, and the message says where.
         """
-        error = self.assertRaises(MalformedError, list, ev.readEvents(b"Z"))
+        error = self.assertRaises(ev.MalformedEvents, list, ev.readEvents(b"Z"))
         self.assertIn("unknown event type b'Z' at offset 0", str(error))
 
     def test_truncated(self) -> None:
@@ -372,9 +377,6 @@ class EventCodecTests(SynchronousTestCase):
         """
         data = ev.DEQUEUED + b"\x00\x01\xff" + b"\x00" * 8
         self.assertRaises(ev.MalformedEvents, list, ev.readEvents(data))
-
-
-MalformedError = ev.MalformedEvents
 
 
 # ChunkedBytes
@@ -595,7 +597,8 @@ class GateTests(SynchronousTestCase):
 
     def test_backupLost(self) -> None:
         """
-        A backup that goes away is no longer waited for.
+        A backup that goes away is no longer waited for, by the publishes
+        already waiting or by later ones.
         """
         gate, (one, two) = self.gate(sources=2)
         completion = gate.hold([self.replicated])
@@ -605,7 +608,10 @@ class GateTests(SynchronousTestCase):
         gate.backupLost(two)  # type: ignore[arg-type]
         self.assertEqual(fired, [True])
         self.assertNotIn(two, gate.sources)
-        self.assertIsNone(gate.hold([self.replicated]) if not gate.sources else None)
+        gate.sealed()
+        later = gate.hold([self.replicated])
+        assert later is not None
+        self.assertEqual(later.parties, {one})
 
     def test_minBackupsHolds(self) -> None:
         """
@@ -678,7 +684,7 @@ class GateTests(SynchronousTestCase):
         replicated = gate.hold([self.replicated])
         assert plain is not None and replicated is not None
         self.assertIsNot(plain, replicated)
-        fired = self.confirmed(plain) + []
+        fired = self.confirmed(plain)
         firedReplicated = self.confirmed(replicated)
         self.assertEqual((fired, firedReplicated), ([], []))
         gate.recovered()
@@ -885,6 +891,9 @@ class InMemoryCluster:
         apply = link.replicator.apply
 
         def recordingApply(data: bytes) -> None:
+            """
+            Record the box, then apply it.
+            """
             connection.boxes.append(list(ev.readEvents(data)))
             apply(data)
 
@@ -905,6 +914,19 @@ class InMemoryCluster:
         if flush:
             connection.flush()
         return connection
+
+    def kill(self, node: HANode) -> None:
+        """
+        C{node} dies at once, as with SIGKILL: nothing it had not sent yet
+        leaves it, its connections drop, its timers stop.
+        """
+        for link in self.links:
+            if link.link.primaryId == node.brokerId:
+                transport = link.pump.serverIO
+                transport.stream = []
+                transport.disconnecting = True
+        node.stopService()
+        self.flush()
 
     def flush(self) -> None:
         """
@@ -1155,7 +1177,7 @@ class BoxInterceptor:
         self.kept: list[dict[str, Any]] = []
         self.sent: list[int] = []
         self.failures: list[Failure] = []
-        protocol.callRemote = self.callRemote  # type: ignore[method-assign]
+        protocol.callRemote = self.callRemote  # type: ignore[method-assign,assignment]
 
     def callRemote(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         """
@@ -1580,7 +1602,10 @@ class FencingTests(SynchronousTestCase):
         """
         for epoch in (0, 1):
             [answer] = self.talk(Hello, brokerId="other", epoch=epoch, role=ACTIVE)
-            self.assertEqual(answer, {"brokerId": self.primary.brokerId, "epoch": 1, "role": ACTIVE})
+            self.assertEqual(
+                {key: answer[key] for key in ("brokerId", "epoch", "role")},
+                {"brokerId": self.primary.brokerId, "epoch": 1, "role": ACTIVE},
+            )
         self.assertEqual(self.primary.role.name, ACTIVE)
         self.cluster.finish()
 
@@ -1645,19 +1670,20 @@ class FailoverTests(SynchronousTestCase):
     def setUp(self) -> None:
         """
         A primary with two ready backups, all holding two messages of the
-        replicated queue C{q}; then the primary dies (its links drop).
+        replicated queue C{q}; then the primary dies.
         """
         self.cluster = InMemoryCluster(self, backupTimeout=10.0)
         self.old = self.cluster.primary()
         self.old.vhost.declareQueue("q", arguments=ALL)
         self.first = self.cluster.node()
         self.second = self.cluster.node()
-        links = [self.cluster.connect(self.old, node) for node in (self.first, self.second)]
+        for node in (self.first, self.second):
+            self.cluster.connect(self.old, node)
         for body in (b"1", b"2"):
             self.old.vhost.publish("", "q", message(body, "q"))
         self.cluster.flush()
-        for link in links:
-            link.cut()
+        self.cluster.kill(self.old)
+        self.assertEqual([node.role.name for node in (self.first, self.second)], [JOINING] * 2)
 
     def publish(self, node: HANode, queue: str = "q") -> Completion | None:
         """
@@ -1769,7 +1795,8 @@ class FailoverTests(SynchronousTestCase):
         """
         Promoting the primary again changes nothing, not even its epoch.
         """
-        self.assertEqual(self.cluster.promote(self.old), {"role": ACTIVE, "epoch": 1})
+        primary = self.cluster.primary()
+        self.assertEqual(self.cluster.promote(primary), {"role": ACTIVE, "epoch": 1})
         self.cluster.finish()
 
 
@@ -1877,3 +1904,266 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertEqual(self.backup.role.name, JOINING)
         self.assertIsNone(self.backup.link)
         self.cluster.finish()
+
+
+class Network:
+    """
+    Brokers on one L{MemoryReactorClock}: each listens on a fake port, and
+    their own code (discovery, promotion, probes) connects to the others
+    through fake TCP, completed by L{settle}.
+
+    @ivar paused: ports whose broker is paused (SIGSTOP): connections to
+        it are accepted, but no byte moves on them.
+    """
+
+    def __init__(self, case: SynchronousTestCase, heartbeat: float = 0.0) -> None:
+        """
+        @param case: the test, for temporary directories.
+        @param heartbeat: C{--ha-heartbeat} of every node.
+        """
+        self.case = case
+        self.reactor = MemoryReactorClock()
+        self.completer = iosim.ConnectionCompleter(self.reactor)
+        self.heartbeat = heartbeat
+        self.pumps: list[iosim.IOPump] = []
+        self.nodes: dict[int, HANode] = {}
+        self.ports = [5001, 5002, 5003]
+        self.paused: set[int] = set()
+
+    def node(self, port: int) -> HANode:
+        """
+        The broker whose AMP port is C{port}, listening, knowing every
+        broker's address; not started.
+        """
+        options = HAOptions(
+            brokers=[f"127.0.0.1:{other}" for other in self.ports],
+            heartbeat=self.heartbeat,
+            dataDir=self.case.mktemp(),
+        )
+        options.extra["haAddress"] = f"127.0.0.1:{port}"
+        node = HANode(
+            options,
+            VirtualHost(clock=self.reactor),
+            self.reactor,
+            FakeAMQP(),
+            PersistentState(options.dataDir),
+        )
+        self.reactor.listenTCP(port, NodeAMPFactory(lambda: NodeLocator(node)))
+        self.nodes[port] = node
+        return node
+
+    def settle(self) -> None:
+        """
+        Run what is due now, complete every connection attempt (refusing
+        those to ports nobody listens on), and move bytes until nothing
+        happens any more.
+        """
+        listening = {entry[0] for entry in self.reactor.tcpServers}
+        for _ in range(1000):
+            self.reactor.advance(0)
+            moved = False
+            for index, attempt in enumerate(self.reactor.tcpClients):
+                if attempt[1] not in listening:
+                    self.reactor.tcpClients.pop(index)
+                    connector = self.reactor.connectors.pop(index)
+                    attempt[2].clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+                    moved = True
+                    break
+            if not moved:
+                # A paused broker's kernel still accepts connections.
+                pump = self.completer.succeedOnce(greet=False)
+                if pump is not None:
+                    self.pumps.append(pump)
+                    moved = True
+            for pump in self.pumps:
+                if not self.isPaused(pump) and pump.flush():
+                    moved = True
+            if not moved:
+                return
+        raise AssertionError("the network never settled")
+
+    def isPaused(self, pump: iosim.IOPump) -> bool:
+        """
+        Whether either end of C{pump} is a paused broker.
+        """
+        for protocol in (pump.client, pump.server):
+            locator = getattr(protocol, "locator", None)
+            node = getattr(locator, "node", None)
+            for port in self.paused:
+                if self.nodes.get(port) is node:
+                    return True
+        return False
+
+    def advance(self, seconds: float, step: float = 0.25) -> None:
+        """
+        Let C{seconds} pass in steps, settling the network at each.
+        """
+        steps = int(round(seconds / step))
+        for _ in range(steps):
+            self.reactor.advance(step)
+            self.settle()
+
+    def promote(self, node: HANode, force: bool = False) -> Any:
+        """
+        Ask C{node} to promote itself; the result, or the failure. Time
+        passes while it waits for brokers that do not answer (at most ten
+        seconds).
+        """
+        results: list[Any] = []
+        ensureDeferred(node.promote(force)).addBoth(results.append)
+        self.settle()
+        for _ in range(40):
+            if results:
+                break
+            self.advance(0.25)
+        [result] = results
+        return result
+
+    def finish(self) -> None:
+        """
+        Stop every broker, let their links close, and check no timer is
+        left.
+        """
+        self.paused.clear()
+        for node in self.nodes.values():
+            node.stopService()
+        self.settle()
+        self.reactor.advance(1)
+        self.settle()
+        self.case.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class DiscoveryTests(SynchronousTestCase):
+    """
+    The node's own discovery, promotion checks and probes, over fake TCP.
+    """
+
+    def test_findsPrimary(self) -> None:
+        """
+        A started broker tries every address (the first refuses), finds
+        the primary among them and catches up.
+        """
+        network = Network(self)
+        network.ports = [5009, 5001, 5002]
+        primary = network.node(5001)
+        backup = network.node(5002)
+        primary.startService()
+        self.assertEqual(network.promote(primary)["role"], RECOVERING)
+        network.settle()
+        self.assertEqual(primary.role.name, ACTIVE)
+        primary.vhost.declareQueue("q", arguments=ALL)
+        primary.vhost.publish("", "q", message(b"m", "q"))
+        backup.startService()
+        network.settle()
+        self.assertEqual(backup.role.name, READY)
+        self.assertEqual(contents(backup.vhost.queues["q"]), [(1, b"m", False)])
+        self.assertEqual(
+            [(s.address, s.ready) for s in primary.sources.values()], [("127.0.0.1:5002", True)]
+        )
+        network.finish()
+
+    def test_rejoinsByItself(self) -> None:
+        """
+        A backup whose link drops looks for the primary again, resubscribes
+        with what it holds and catches up with what it missed.
+        """
+        network = Network(self)
+        primary = network.node(5001)
+        backup = network.node(5002)
+        primary.startService()
+        network.promote(primary)
+        queue = primary.vhost.declareQueue("q", arguments=ALL)
+        backup.startService()
+        network.settle()
+        for body in (b"1", b"2", b"3"):
+            primary.vhost.publish("", "q", message(body, "q"))
+        network.settle()
+        link = backup.link
+        assert link is not None
+        link.close()
+        entry = queue.get()
+        assert entry is not None
+        queue.settle(entry)
+        primary.vhost.publish("", "q", message(b"4", "q"))
+        network.settle()
+        self.assertIsNot(backup.link, link)
+        self.assertEqual(backup.role.name, READY)
+        self.assertEqual([id for id, _, _ in contents(backup.vhost.queues["q"])], [2, 3, 4])
+        network.finish()
+
+    def test_joiningRefusedWhileReady(self) -> None:
+        """
+        A joining broker refuses promotion while a ready backup exists
+        (its primary is paused, so it is still ready), naming it; with
+        C{force} it is promoted at a higher epoch than any it heard of.
+        """
+        network = Network(self)
+        primary = network.node(5001)
+        ready = network.node(5002)
+        joining = network.node(5003)
+        primary.startService()
+        network.promote(primary)
+        ready.startService()
+        network.settle()
+        self.assertEqual(ready.role.name, READY)
+        network.paused.add(5001)
+        failure = network.promote(joining)
+        self.assertIsInstance(failure, Failure)
+        failure.trap(Refused)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "cannot promote this broker: it is joining and 127.0.0.1:5002 is ready; promote that one",
+        )
+        self.assertEqual(joining.role.name, JOINING)
+        self.assertEqual(network.promote(joining, force=True), {"role": RECOVERING, "epoch": 2})
+        network.finish()
+
+    def test_primaryRefusesSecondPrimary(self) -> None:
+        """
+        Promoting a backup while the primary answers is refused, naming the
+        primary.
+        """
+        network = Network(self)
+        primary = network.node(5001)
+        backup = network.node(5002)
+        primary.startService()
+        network.promote(primary)
+        backup.startService()
+        network.settle()
+        failure = network.promote(backup)
+        failure.trap(Refused)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "cannot promote this broker: 127.0.0.1:5001 is already the primary (active, epoch 1)",
+        )
+        network.finish()
+
+    def test_pausedPrimaryStepsDown(self) -> None:
+        """
+        A primary paused while a backup was promoted in its place learns of
+        the newer epoch from its probes when it runs again, stops serving
+        clients and follows the new primary as a backup.
+        """
+        network = Network(self, heartbeat=1.0)
+        old = network.node(5001)
+        backup = network.node(5002)
+        old.startService()
+        network.promote(old)
+        old.vhost.declareQueue("q", arguments=ALL)
+        backup.startService()
+        network.settle()
+        self.assertEqual(backup.role.name, READY)
+        network.paused.add(5001)
+        network.advance(2.5)
+        self.assertEqual(backup.role.name, JOINING)
+        self.assertEqual(network.promote(backup), {"role": RECOVERING, "epoch": 2})
+        network.settle()
+        self.assertEqual(backup.role.name, ACTIVE)
+        backup.vhost.publish("", "q", message(b"after", "q"))
+        network.paused.clear()
+        network.advance(2)
+        self.assertEqual(old.role.name, READY)
+        self.assertFalse(old.amqp.listening)
+        self.assertEqual(old.epoch, 2)
+        self.assertEqual([body for _, body, _ in contents(old.vhost.queues["q"])], [b"after"])
+        network.finish()

@@ -1,0 +1,647 @@
+"""
+The store: a journal of the broker's durable state, written with the same
+events the replication stream carries.
+
+What is kept: durable exchanges, durable (non-exclusive) queues, bindings
+whose ends are durable (or built in), and persistent (delivery mode 2)
+messages on durable queues, with their acknowledgements, acquisitions (so a
+message delivered before a crash comes back marked redelivered) and purges.
+Transient state is not written and does not survive a restart.
+
+The events of one reactor turn form one record: C{[length][crc32][epoch]
+[position][events]}, appended and flushed to disk (fsync) before the
+confirms waiting on them complete, so many confirms share one flush. A
+record torn by a crash (the last one, cut short or with a bad checksum) was
+never confirmed and is dropped on recovery; damage anywhere else is
+reported with the file and the byte, and the broker refuses to start on it
+unless told to keep a copy and go on (C{--store-recover}).
+
+When the journal has grown well past the state it holds, it is rewritten as
+one snapshot record (compaction).
+
+Two implementations of the journal share this store: L{FileJournal} (the
+embedded default) and L{MemoryJournal} (for tests and for brokers that want
+no disk).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ..broker.exchange import Binding, Exchange
+from ..broker.queue import Entry, Queue
+from ..broker.vhost import VirtualHost
+from ..ha import events as ev
+from ..ha.backup import Replicator
+from ..ha.primary import Completion
+
+MAGIC = b"QHA-JOURNAL-1\n"
+_record = struct.Struct(">II")
+_meta = struct.Struct(">qq")
+
+
+class StoreCorrupt(Exception):
+    """
+    The store is damaged somewhere other than a torn last record.
+
+    @ivar path: the file.
+    @ivar offset: the byte where the damage starts.
+    @ivar reason: what is wrong.
+    """
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: {reason} at byte {offset}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+@dataclass
+class Record:
+    """
+    One record of the journal: the epoch and stream position when it was
+    written, and its events.
+    """
+
+    epoch: int
+    position: int
+    events: bytes
+
+
+def encodeRecord(epoch: int, position: int, events: bytes) -> bytes:
+    """
+    A record as it is written to the journal.
+    """
+    body = _meta.pack(epoch, position) + events
+    return _record.pack(len(body), zlib.crc32(body)) + body
+
+
+def scanRecords(data: bytes, path: str, start: int = 0) -> tuple[list[Record], int]:
+    """
+    The valid records in C{data} from C{start}, and where the valid part
+    ends (a torn last record is left out).
+
+    @raise StoreCorrupt: for damage before the last record.
+    """
+    records: list[Record] = []
+    offset = start
+    end = len(data)
+    while offset < end:
+        if end - offset < _record.size:
+            break
+        length, crc = _record.unpack_from(data, offset)
+        bodyStart = offset + _record.size
+        bodyEnd = bodyStart + length
+        if bodyEnd > end:
+            # Cut short by a crash while writing: never confirmed.
+            break
+        body = data[bodyStart:bodyEnd]
+        if zlib.crc32(body) != crc or length < _meta.size:
+            if bodyEnd == end:
+                break
+            raise StoreCorrupt(
+                path,
+                offset,
+                f"record {len(records) + 1} fails its checksum ({length} bytes,"
+                f" {end - bodyEnd} bytes of records after it)",
+            )
+        epoch, position = _meta.unpack_from(body)
+        records.append(Record(epoch, position, body[_meta.size :]))
+        offset = bodyEnd
+    return records, offset
+
+
+class Journal(Protocol):
+    """
+    Where the store's records go.
+    """
+
+    def load(self) -> list[Record]:
+        """
+        Read and check every record.
+
+        @raise StoreCorrupt: if the journal is damaged.
+        """
+
+    def append(self, record: bytes) -> None:
+        """
+        Write C{record} and make it durable before returning.
+        """
+
+    def rewrite(self, record: bytes) -> None:
+        """
+        Replace the whole journal with C{record} (compaction), atomically.
+        """
+
+    def size(self) -> int:
+        """
+        The journal's size in bytes.
+        """
+
+    def close(self) -> None:
+        """
+        Release the journal.
+        """
+
+
+class MemoryJournal:
+    """
+    A journal in memory: it survives a broker restart within one process
+    (tests reuse the object), not a process restart.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.syncs = 0
+
+    def load(self) -> list[Record]:
+        records, _ = scanRecords(b"".join(self.records), "<memory>")
+        return records
+
+    def append(self, record: bytes) -> None:
+        self.records.append(record)
+        self.syncs += 1
+
+    def rewrite(self, record: bytes) -> None:
+        self.records = [record]
+
+    def size(self) -> int:
+        return sum(len(record) for record in self.records)
+
+    def close(self) -> None:
+        pass
+
+
+class FileJournal:
+    """
+    The embedded journal: one append-only file, flushed with fsync.
+
+    @ivar recover: on damage, keep a copy of the file and go on from the
+        last good record instead of refusing.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, recover: bool = False) -> None:
+        self.path = path
+        self.recover = recover
+        self.file: Any = None
+        self.syncs = 0
+
+    def load(self) -> list[Record]:
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, exist_ok=True)
+        if not os.path.exists(self.path):
+            with open(self.path, "wb") as f:
+                f.write(MAGIC)
+                f.flush()
+                os.fsync(f.fileno())
+            _syncDirectory(directory)
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if not data.startswith(MAGIC):
+            if len(data) < len(MAGIC) and MAGIC.startswith(data):
+                data = MAGIC
+            else:
+                self._damaged(0, "the file does not start with the qha journal header")
+                data = MAGIC
+        try:
+            records, valid = scanRecords(data, self.path, len(MAGIC))
+        except StoreCorrupt as corrupt:
+            if not self.recover:
+                raise
+            self._damaged(corrupt.offset, corrupt.reason)
+            records, valid = self._salvage(data, corrupt.offset)
+            data = data[:valid]
+        self.file = open(self.path, "r+b")
+        if valid < len(data) or not data.startswith(MAGIC):
+            self.log.warn(
+                "{path}: dropping a torn last record ({bytes} bytes) that was never confirmed",
+                path=self.path,
+                bytes=len(data) - valid,
+            )
+        self.file.truncate(valid) if valid >= len(MAGIC) else None
+        if valid < len(MAGIC):
+            self.file.seek(0)
+            self.file.write(MAGIC)
+            self.file.truncate(len(MAGIC))
+        self.file.seek(0, os.SEEK_END)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return records
+
+    def _damaged(self, offset: int, reason: str) -> None:
+        if not self.recover:
+            raise StoreCorrupt(self.path, offset, reason)
+        copy = f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        shutil.copy2(self.path, copy)
+        self.log.warn(
+            "{path}: {reason} at byte {offset}; kept a copy as {copy} and going on"
+            " from the last good record (--store-recover)",
+            path=self.path,
+            reason=reason,
+            offset=offset,
+            copy=copy,
+        )
+
+    def _salvage(self, data: bytes, offset: int) -> tuple[list[Record], int]:
+        records, valid = scanRecords(data[:offset], self.path, len(MAGIC))
+        return records, valid
+
+    def append(self, record: bytes) -> None:
+        self.file.write(record)
+        self.file.flush()
+        os.fdatasync(self.file.fileno())
+        self.syncs += 1
+
+    def rewrite(self, record: bytes) -> None:
+        temporary = self.path + ".compacting"
+        with open(temporary, "wb") as f:
+            f.write(MAGIC + record)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, self.path)
+        _syncDirectory(os.path.dirname(self.path) or ".")
+        self.file.close()
+        self.file = open(self.path, "r+b")
+        self.file.seek(0, os.SEEK_END)
+
+    def size(self) -> int:
+        return self.file.tell() if self.file is not None else 0
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _syncDirectory(directory: str) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _builtin(exchange: Exchange) -> bool:
+    return exchange.name == "" or exchange.name.startswith("amq.")
+
+
+def durableQueue(queue: Queue) -> bool:
+    """
+    Whether C{queue} is kept: durable and not exclusive.
+    """
+    return queue.durable and not queue.exclusive
+
+
+class Store:
+    """
+    Keeps the durable part of a virtual host in a journal.
+
+    It observes the virtual host; the events of one reactor turn are one
+    record, flushed (fsync) at the end of the turn, and the publishes
+    waiting on them are confirmed after that.
+
+    @ivar epoch: the cluster epoch the store last recorded.
+    @ivar position: the position in the primary's stream of the last event
+        recorded (for telling which of several stores is newest).
+    """
+
+    log = Logger()
+    compactAt = 64 * 1024 * 1024
+
+    def __init__(self, journal: Journal, clock: IReactorTime) -> None:
+        self.journal = journal
+        self.clock = clock
+        self.writer = ev.EventWriter()
+        self.epoch = 0
+        self.position = 0
+        self.current: Completion | None = None
+        self.liveBytes = 0
+        self.records = 0
+        self._flushCall: IDelayedCall | None = None
+        self.vhost: VirtualHost | None = None
+        # Where a serving broker's epoch and stream position come from (a
+        # backup's come with the boxes it applies).
+        self.positionSource: Callable[[], tuple[int, int]] | None = None
+
+    # Recovery
+
+    def recover(self, vhost: VirtualHost) -> dict[str, Any]:
+        """
+        Replay the journal into C{vhost} (which must be empty) and start
+        observing it.
+
+        @return: what was recovered.
+        @raise StoreCorrupt: if the journal is damaged.
+        """
+        started = time.monotonic()
+        records = self.journal.load()
+        replica = vhost.replica
+        vhost.replica = True
+        replicator = Replicator(vhost, lambda: None)
+        for index, record in enumerate(records):
+            try:
+                replicator.apply(record.events)
+            except ev.MalformedEvents as error:
+                raise StoreCorrupt(
+                    getattr(self.journal, "path", "<memory>"),
+                    0,
+                    f"record {index + 1} passes its checksum but cannot be decoded: {error}",
+                ) from None
+            self.epoch = max(self.epoch, record.epoch)
+            self.position = record.position
+        vhost.replica = replica
+        self.records = len(records)
+        messages = 0
+        for queue in vhost.queues.values():
+            for entry in list(queue.readyEntries()):
+                messages += 1
+                self.liveBytes += len(entry.message.body)
+        self.attach(vhost)
+        return {
+            "records": len(records),
+            "queues": len(vhost.queues),
+            "messages": messages,
+            "epoch": self.epoch,
+            "position": self.position,
+            "seconds": time.monotonic() - started,
+        }
+
+    def attach(self, vhost: VirtualHost) -> None:
+        """
+        Observe C{vhost} from now on.
+        """
+        self.vhost = vhost
+        if self not in vhost.observers:
+            vhost.observers.insert(0, self)
+
+    # Writing
+
+    def _dirty(self) -> None:
+        if self._flushCall is None:
+            self._flushCall = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write this turn's events as one record, fsync, and complete the
+        confirms that waited for them.
+        """
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        if self.positionSource is not None:
+            self.epoch, self.position = self.positionSource()
+        if self.writer.count:
+            self.journal.append(encodeRecord(self.epoch, self.position, self.writer.take()))
+            self.records += 1
+        current, self.current = self.current, None
+        if current is not None:
+            current.holds -= 1
+            current.check()
+        if self.journal.size() > self.compactAt and self.journal.size() > 4 * self.liveBytes:
+            self.compact()
+
+    def hold(self, queues: list[Queue], persistent: bool) -> Completion | None:
+        """
+        The completion a publish to C{queues} waits for: the flush of this
+        turn's record, if the message was written.
+        """
+        if not persistent or not any(durableQueue(queue) for queue in queues):
+            return None
+        if self.current is None:
+            self.current = Completion(0)
+            self.current.holds = 1
+            self._dirty()
+        return self.current
+
+    def setPosition(self, epoch: int, position: int) -> None:
+        """
+        The broker applied the stream up to C{position} of C{epoch}.
+        """
+        if (epoch, position) != (self.epoch, self.position):
+            self.epoch, self.position = epoch, position
+            self._dirty()
+            if not self.writer.count:
+                # Record the new position even with no durable change.
+                self.writer.event(ev.CAUGHT_UP)
+
+    def compact(self) -> None:
+        """
+        Rewrite the journal as one snapshot of the durable state.
+        """
+        vhost = self.vhost
+        if vhost is None:
+            return
+        writer = ev.EventWriter()
+        for exchange in vhost.exchanges.values():
+            if exchange.durable and not _builtin(exchange):
+                _writeExchange(writer, exchange)
+        for queue in vhost.queues.values():
+            if not durableQueue(queue):
+                continue
+            _writeQueue(writer, queue)
+            entries = sorted(
+                list(queue.readyEntries()) + list(queue.held.values()), key=lambda e: e.id
+            )
+            for entry in entries:
+                if entry.message.persistent:
+                    _writeEntry(writer, queue, entry)
+                    if entry.id in queue.held:
+                        writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+        for exchange in vhost.exchanges.values():
+            if exchange is vhost.defaultExchange:
+                continue
+            for binding in exchange.bindings.values():
+                if self._keptBinding(binding):
+                    _writeBinding(writer, ev.BOUND, binding)
+        before = self.journal.size()
+        self.journal.rewrite(encodeRecord(self.epoch, self.position, writer.take()))
+        self.records = 1
+        self.log.info(
+            "compacted the store from {before} to {after} bytes",
+            before=before,
+            after=self.journal.size(),
+        )
+
+    def close(self) -> None:
+        """
+        Flush what is pending and close the journal.
+        """
+        self.flush()
+        self.journal.close()
+
+    # BrokerObserver
+
+    def _keptBinding(self, binding: Binding) -> bool:
+        source = binding.source
+        destination = binding.destination
+        if self.vhost is not None and source is self.vhost.defaultExchange:
+            return False
+        if not (_builtin(source) or source.durable):
+            return False
+        if isinstance(destination, Queue):
+            return durableQueue(destination)
+        return _builtin(destination) or destination.durable
+
+    def queueDeclared(self, queue: Queue) -> None:
+        if durableQueue(queue):
+            _writeQueue(self.writer, queue)
+            self._dirty()
+
+    def queueDeleted(self, queue: Queue) -> None:
+        if durableQueue(queue):
+            self.writer.event(ev.QUEUE_DELETED, queue.name, queue.uuid)
+            self._dirty()
+
+    def exchangeDeclared(self, exchange: Exchange) -> None:
+        if exchange.durable and not _builtin(exchange):
+            _writeExchange(self.writer, exchange)
+            self._dirty()
+
+    def exchangeDeleted(self, exchange: Exchange) -> None:
+        if exchange.durable and not _builtin(exchange):
+            self.writer.event(ev.EXCHANGE_DELETED, exchange.name)
+            self._dirty()
+
+    def bound(self, binding: Binding) -> None:
+        if self._keptBinding(binding):
+            _writeBinding(self.writer, ev.BOUND, binding)
+            self._dirty()
+
+    def unbound(self, binding: Binding) -> None:
+        if self._keptBinding(binding):
+            _writeBinding(self.writer, ev.UNBOUND, binding)
+            self._dirty()
+
+    def enqueued(self, queue: Queue, entry: Entry) -> None:
+        if queue.durable and not queue.exclusive and entry.message.persistent:
+            _writeEntry(self.writer, queue, entry)
+            self.liveBytes += len(entry.message.body)
+            self._dirty()
+
+    def acquired(self, queue: Queue, entry: Entry) -> None:
+        if queue.durable and not queue.exclusive and entry.message.persistent:
+            self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+            self._dirty()
+
+    def released(self, queue: Queue, entry: Entry) -> None:
+        pass
+
+    def dequeued(self, queue: Queue, entry: Entry) -> None:
+        if queue.durable and not queue.exclusive and entry.message.persistent:
+            self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
+            self.liveBytes -= len(entry.message.body)
+            self._dirty()
+
+    def purged(self, queue: Queue, count: int) -> None:
+        if durableQueue(queue):
+            self.writer.event(ev.PURGED, queue.name)
+            self._dirty()
+
+
+def _writeQueue(writer: ev.EventWriter, queue: Queue) -> None:
+    writer.event(
+        ev.QUEUE_DECLARED,
+        queue.name,
+        queue.uuid,
+        queue.durable,
+        False,
+        queue.autoDelete,
+        False,
+        queue.arguments,
+    )
+
+
+def _writeExchange(writer: ev.EventWriter, exchange: Exchange) -> None:
+    writer.event(
+        ev.EXCHANGE_DECLARED,
+        exchange.name,
+        exchange.type,
+        "",
+        exchange.durable,
+        exchange.autoDelete,
+        exchange.internal,
+        exchange.arguments,
+    )
+
+
+def _writeBinding(writer: ev.EventWriter, kind: bytes, binding: Binding) -> None:
+    destination = binding.destination
+    writer.event(
+        kind,
+        binding.source.name,
+        b"q" if isinstance(destination, Queue) else b"x",
+        destination.name,
+        binding.routingKey,
+        binding.arguments,
+    )
+
+
+def _writeEntry(writer: ev.EventWriter, queue: Queue, entry: Entry) -> None:
+    message = entry.message
+    writer.enqueued(
+        queue.name,
+        entry.id,
+        entry.redelivered,
+        message.addressing,
+        message.header,
+        message.body,
+        entry.expiresAt,
+    )
+
+
+def storeInfo(path: str) -> dict[str, Any]:
+    """
+    What a journal holds, read without a broker (for C{qha-admin
+    store-info}): its epoch and stream position, and its queues and
+    messages.
+
+    @raise StoreCorrupt: if it is damaged.
+    """
+    journal = FileJournal(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(MAGIC):
+        raise StoreCorrupt(path, 0, "the file does not start with the qha journal header")
+    records, valid = scanRecords(data, path, len(MAGIC))
+    vhost = VirtualHost()
+    vhost.replica = True
+    replicator = Replicator(vhost, lambda: None)
+    epoch = position = 0
+    for record in records:
+        replicator.apply(record.events)
+        epoch = max(epoch, record.epoch)
+        position = record.position
+    del journal
+    return {
+        "path": path,
+        "bytes": len(data),
+        "records": len(records),
+        "tornBytes": len(data) - valid,
+        "epoch": epoch,
+        "position": position,
+        "queues": {
+            name: {"messages": queue.messageCount, "durable": queue.durable}
+            for name, queue in vhost.queues.items()
+        },
+        "exchanges": sorted(
+            name for name in vhost.exchanges if name and not name.startswith("amq.")
+        ),
+    }
+
+
+def readAll(journal: Journal) -> Iterator[Record]:
+    """
+    Every record of C{journal}, for tests.
+    """
+    yield from journal.load()
