@@ -294,9 +294,7 @@ class Channel:
                 gate = factory.gate
                 store = factory.store
                 replicated = gate.hold(accepted) if gate is not None else None
-                stored = (
-                    store.hold(accepted, message.persistent) if store is not None else None
-                )
+                stored = store.hold(accepted, message) if store is not None else None
                 if replicated is not None or stored is not None:
                     return Waits(replicated, stored)
         elif mandatory:

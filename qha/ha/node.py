@@ -502,7 +502,8 @@ class HANode(Service):
         self.store: Any = None
         # The position in this primary's stream: every broker event counts.
         self.position = 0
-        vhost.observers.append(EventCounter(self))
+        if not standalone:
+            vhost.observers.append(EventCounter(self))
         self._discoveryCall: IDelayedCall | None = None
         self._recoveryCall: IDelayedCall | None = None
         self._probeCall: IDelayedCall | None = None

@@ -38,6 +38,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ..broker.exchange import Binding, Exchange
+from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
 from ..ha import events as ev
@@ -411,12 +412,17 @@ class Store:
         if self.journal.size() > self.compactAt and self.journal.size() > 4 * self.liveBytes:
             self.compact()
 
-    def hold(self, queues: list[Queue], persistent: bool) -> Completion | None:
+    def hold(self, queues: list[Queue], message: Message) -> Completion | None:
         """
         The completion a publish to C{queues} waits for: the flush of this
         turn's record, if the message was written.
         """
-        if not persistent or not any(durableQueue(queue) for queue in queues):
+        for queue in queues:
+            if queue.durable and not queue.exclusive:
+                break
+        else:
+            return None
+        if not message.persistent:
             return None
         if self.current is None:
             self.current = Completion(0)
