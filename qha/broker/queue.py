@@ -626,20 +626,19 @@ class Queue:
         Add the primary's entry C{id} in its place.
 
         @param expiresAt: when it expires on the primary's clock (the
-            primary's TTL deadline is kept, not restarted), if it does.
+            primary's TTL deadline is kept, not restarted); L{None} if it
+            does not.
         """
-        existing = self._find(id)
-        if existing is not None:
-            return existing
+        last = self._first[-1].id if self._first else 0
+        if len(self.levels) > 1 or id <= last:
+            # Only an id at or below the newest can be a duplicate.
+            existing = self._find(id)
+            if existing is not None:
+                return existing
         policy = self.policy
         level = min(message.priority, policy.priorities - 1) if policy.priorities else 0
-        if expiresAt is None:
-            ttl = policy.messageTtl
-            expiration = message.expiration
-            if expiration is not None and (ttl is None or expiration < ttl):
-                ttl = expiration
-            if ttl is not None:
-                expiresAt = self.clock.seconds() + ttl / 1000.0
+        # The primary worked out the deadline (None: the message does not
+        # expire); the replica keeps it rather than restarting the TTL.
         entry = Entry(message, id, redelivered, level, expiresAt)
         if id >= self.nextId:
             self.nextId = id + 1
