@@ -321,6 +321,8 @@ class ListeningService(Service):
         self.automatic = automatic
         self.port: IListeningPort | None = None
         self._listening: Any = None
+        self._retry: Any = None
+        self.wanted = False
 
     def startService(self) -> None:
         super().startService()
@@ -331,13 +333,17 @@ class ListeningService(Service):
         """
         Listen, unless already listening.
         """
-        if self.port is not None or self._listening is not None:
+        self.wanted = True
+        if self.port is not None or self._listening is not None or self._retry is not None:
             return
         endpoint = serverFromString(self.reactor, self.description)
         self._listening = d = endpoint.listen(self.factory)
 
         def listening(port: IListeningPort) -> None:
             self._listening = None
+            if not self.wanted:
+                port.stopListening()
+                return
             self.port = port
             address = port.getHost()
             self.log.info(
@@ -349,6 +355,16 @@ class ListeningService(Service):
 
         def failed(failure: Any) -> None:
             self._listening = None
+            if not self.automatic:
+                # A promoted broker whose address is still held (an old
+                # primary that has not let go yet): keep trying.
+                self.log.warn(
+                    "qha cannot listen on {description} yet ({error}); trying again in 1s",
+                    description=self.description,
+                    error=failure.getErrorMessage(),
+                )
+                self._retry = self.reactor.callLater(1.0, self._retried)
+                return
             self.log.failure(
                 "qha cannot listen on {description}", failure, description=self.description
             )
@@ -357,10 +373,19 @@ class ListeningService(Service):
 
         d.addCallbacks(listening, failed)
 
+    def _retried(self) -> None:
+        self._retry = None
+        if self.wanted:
+            self.startListening()
+
     def stopListening(self, reason: str = "the broker is stopping") -> Any:
         """
         Stop listening and close the clients' connections with C{reason}.
         """
+        self.wanted = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         disconnect = getattr(self.factory, "disconnectAll", None)
         if disconnect is not None:
             disconnect(reason)

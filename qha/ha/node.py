@@ -167,11 +167,17 @@ class HAOptions:
 class NodeAMP(amp.AMP):
     """
     An AMP connection of the node, either way; tells its locator when it
-    goes.
+    goes. It does not log every connection (probes come every heartbeat).
     """
 
+    def makeConnection(self, transport: Any) -> None:
+        self._transportPeer = transport.getPeer()
+        self._transportHost = transport.getHost()
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        super().connectionLost(reason)
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
         locator = self.locator  # type: ignore[attr-defined]
         if isinstance(locator, NodeLocator):
             locator.lost()
@@ -706,9 +712,9 @@ class HANode(Service):
         locator.authenticated = True
         protocol = NodeAMP(locator=locator)
         locator.connection = protocol
-        from twisted.internet.endpoints import connectProtocol
-
-        await connectProtocol(endpoint, protocol)
+        factory = Factory.forProtocol(lambda: protocol)
+        factory.noisy = False
+        await endpoint.connect(factory)
         if self.options.username is not None:
             await protocol.callRemote(
                 Login, username=self.options.username, password=self.options.password or ""
@@ -1059,6 +1065,8 @@ class NodeAMPFactory(ServerFactory):
     Accepts AMP connections for a node (backups, admins), or for a
     standalone broker's admin commands.
     """
+
+    noisy = False
 
     def __init__(self, locatorFactory: Callable[[], NodeLocator]) -> None:
         self.locatorFactory = locatorFactory

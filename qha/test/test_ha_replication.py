@@ -423,6 +423,9 @@ class ClusterTestCase(SynchronousTestCase):
         """
 
         def present() -> dict[str, Any] | None:
+            """
+            The queue's row if it is there as expected.
+            """
             row = self.objects(index, "queues").get(name)
             if row is None or (messages is not None and row["messages"] != messages):
                 return None
@@ -891,6 +894,9 @@ class ReplicationTests(ClusterTestCase):
             self.declareExchange(channel, name, "topic")
 
         def verify() -> None:
+            """
+            Both alternate exchanges work on the current primary.
+            """
             channel = self.channel()
             self.publish(channel, "unmatched", "foo", exchange=ex)
             self.assertEqual(bodies(self.drain(channel, altq)), [b"foo"])
@@ -982,6 +988,9 @@ class ReplicationTests(ClusterTestCase):
         channel = self.channel()
 
         def count() -> int:
+            """
+            The queue's message count on the new primary.
+            """
             return int(channel.queue_declare(queue, passive=True).method.message_count)
 
         # The new primary expires the long ones at the head, then the first
@@ -1015,6 +1024,9 @@ class CatchupTests(ClusterTestCase):
         sent = 0
 
         def send(count: int) -> None:
+            """
+            Publish C{count} more numbered messages.
+            """
             nonlocal sent
             for _ in range(count):
                 self.publish(channel, queue, str(sent))
@@ -1051,6 +1063,9 @@ class CatchupTests(ClusterTestCase):
         received: list[int] = []
 
         def take(c: BlockingChannel, method: Any, properties: BasicProperties, body: bytes) -> None:
+            """
+            pika's on_message_callback: record the number, acknowledge, stop at 990.
+            """
             received.append(properties.headers["sn"])
             c.basic_ack(method.delivery_tag)
             if len(received) == 990:
@@ -1066,6 +1081,9 @@ class CatchupTests(ClusterTestCase):
         self.waitForQueue(second, queue, 10)
 
         def numbers(messages: list[Message]) -> list[int]:
+            """
+            The C{sn} headers of C{messages}.
+            """
             return [properties.headers["sn"] for _, _, properties in messages]
 
         self.failover(first, restart=False)
@@ -1127,6 +1145,9 @@ class CatchupTests(ClusterTestCase):
                 self.waitForQueue(backup, self.name(label), len(expected))
 
         def check(messages: list[Message], expected: list[int], label: str) -> None:
+            """
+            C{messages} are C{expected}, only the first redelivered.
+            """
             self.assertEqual(bodies(messages), [str(i).encode() for i in expected], label)
             self.assertEqual(
                 [redelivered for _, redelivered, _ in messages],
@@ -1195,6 +1216,9 @@ class CatchupTests(ClusterTestCase):
         self.assertIn((exchange, bound, "xxq"), self.bindings(late))
 
         def backupIds() -> set[str]:
+            """
+            The ids of the backups the primary has now.
+            """
             return {backup["id"] for backup in self.cluster.query(self.primary)["backups"]}
 
         self.cluster.pause(late)
@@ -1313,6 +1337,9 @@ class OwnClusterTests(ClusterTestCase):
         self.sync(channel)
 
         def backupIds() -> set[str]:
+            """
+            The ids of the backups the primary has now.
+            """
             return {backup["id"] for backup in cluster.query(0)["backups"]}
 
         cluster.pause(1)
