@@ -400,6 +400,27 @@ class ListeningService(Service):
         return self.stopListening()
 
 
+def advertisedAddress(endpoint: str) -> str:
+    """
+    The C{host:port} other brokers know this one by, from its C{--ha-port}
+    endpoint (the interface, or the host name when it listens on all).
+    """
+    parts = endpoint.split(":")
+    port = next((part for part in parts[1:] if part.isdigit()), "")
+    for part in parts:
+        if part.startswith("port="):
+            port = part[len("port="):]
+    host = ""
+    for part in parts:
+        if part.startswith("interface="):
+            host = part[len("interface="):]
+    if host in ("", "0.0.0.0", "::"):
+        import socket
+
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
 class StoreService(Service):
     """
     Flushes and closes the store when the broker stops.
@@ -489,6 +510,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     )
     store = openStore(config, vhost, reactor)
     factory.store = store
+    options.extra["haAddress"] = advertisedAddress(config["ha-port"])
     node = HANode(options, vhost, reactor, amqp, state, standalone=not cluster)
     node.store = store
     node.position = store.position
