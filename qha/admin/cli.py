@@ -8,7 +8,9 @@ It asks one broker (or, with C{--all}, every broker of its cluster), prints
 a human-readable answer (a table, or JSON with C{--json}) and exits with 0
 when all went well, 1 when the broker refused or could not be reached or
 answered too late (one line on standard error says why), and 2 for a bad
-command line.
+command line. C{store-info} alone talks to no broker: it reads the stores
+in brokers' data directories, to tell which is newest after a total
+shutdown.
 
 The command functions (L{COMMANDS}) take a L{Session}, which connects
 through a L{Connector}: C{main} gives it TCP, tests give it in-memory AMP
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Awaitable, Callable, Coroutine, NoReturn, Sequence, TextIO
 
@@ -45,6 +48,7 @@ from ..broker.vhost import REPLICATE_LEVELS
 from ..ha.commands import NotAuthenticated, NotPrimary, StaleEpoch
 from ..ha.node import parseBrokers
 from ..ha.role import ACTIVE, CATCHUP, JOINING, PRIMARY_ROLES, READY, RECOVERING, STANDALONE
+from ..store.journal import StoreCorrupt, storeInfo as readStoreInfo
 from .commands import (
     AddObject,
     DeleteObject,
@@ -67,6 +71,7 @@ __all__ = [
     "formatExchanges",
     "formatQuery",
     "formatQueues",
+    "formatStore",
     "formatTable",
     "main",
     "parseArguments",
@@ -305,6 +310,20 @@ def buildParser() -> argparse.ArgumentParser:
             metavar="K=V",
             help="a declare argument (repeatable); integer-looking values become integers",
         )
+
+    storeInfo = command(
+        "store-info",
+        "read brokers' stores with no broker running: where each stopped, what it"
+        " holds, and which is newest (the one to promote after a total shutdown)",
+    )
+    storeInfo.add_argument(
+        "--data-dir",
+        dest="data_dirs",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a broker's --data-dir (repeatable, one per broker)",
+    )
 
     delete = command("del", "delete a queue or an exchange")
     deleteKinds = delete.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -904,6 +923,90 @@ async def delete(session: Session) -> int:
     return 0
 
 
+def _readStore(directory: str) -> dict[str, Any]:
+    """
+    What the store in C{directory} (a broker's C{--data-dir}, or its journal
+    file itself) holds.
+
+    @raise AdminError: with one line, if there is no store or it is damaged.
+    """
+    path = directory if os.path.isfile(directory) else os.path.join(directory, "journal")
+    try:
+        info = readStoreInfo(path)
+    except FileNotFoundError:
+        raise AdminError(f"store-info: no store in {directory} (no file {path})") from None
+    except StoreCorrupt as corrupt:
+        raise AdminError(
+            f"store-info: {corrupt}; a broker refuses to start on it (--store-recover"
+            " starts it from the last good record, keeping a copy)"
+        ) from None
+    except OSError as error:
+        raise AdminError(f"store-info: cannot read {path}: {error.strerror}") from None
+    info["dataDir"] = directory
+    info["queues"] = {
+        name: {"messages": queue["messages"]} for name, queue in info["queues"].items()
+    }
+    return info
+
+
+def formatStore(info: dict[str, Any]) -> str:
+    """
+    One store as C{store-info} prints it: where it stopped and what it
+    holds, then its queues with their message counts.
+    """
+    fields = [
+        ("data dir", info["dataDir"]),
+        ("journal", info["path"]),
+        ("epoch", info["epoch"]),
+        ("position", info["position"]),
+        ("records", info["records"]),
+        ("bytes", info["bytes"]),
+        ("torn bytes", info["tornBytes"]),
+        ("exchanges", ", ".join(info["exchanges"]) or "none"),
+    ]
+    width = max(len(name) for name, _ in fields)
+    text = "".join(f"{name.ljust(width)}  {_cell(value)}\n" for name, value in fields)
+    queues = info["queues"]
+    if not queues:
+        return text + f"{'queues'.ljust(width)}  none\n"
+    return text + "\n" + formatTable(
+        ["queue", "messages"], [[name, queues[name]["messages"]] for name in sorted(queues)]
+    )
+
+
+async def storeInfo(session: Session) -> int:
+    """
+    C{store-info --data-dir DIR ...}: read each store (no broker needed),
+    print where it stopped (epoch, stream position) and what it holds, and
+    with several say which is newest: the highest C{(epoch, position)}.
+    A missing or damaged store is one line on standard error and exit 1.
+    """
+    stores: list[dict[str, Any]] = []
+    failed = False
+    for directory in session.arguments.data_dirs:
+        try:
+            stores.append(_readStore(directory))
+        except AdminError as error:
+            session.complain(str(error))
+            failed = True
+    newest: list[str] = []
+    if stores:
+        top = max((info["epoch"], info["position"]) for info in stores)
+        newest = [info["dataDir"] for info in stores if (info["epoch"], info["position"]) == top]
+    if session.arguments.json:
+        session.writeJSON({"stores": stores, "newest": newest, "complete": not failed})
+    else:
+        session.write("\n".join(formatStore(info) for info in stores))
+        if len(session.arguments.data_dirs) > 1 and newest:
+            best = stores[[info["dataDir"] for info in stores].index(newest[0])]
+            qualifier = " of those read" if failed else ""
+            session.write(
+                f"\nnewest{qualifier}: {', '.join(newest)}"
+                f" (epoch {best['epoch']}, position {best['position']})\n"
+            )
+    return 1 if failed else 0
+
+
 COMMANDS: dict[str, Command] = {
     "ping": ping,
     "status": status,
@@ -915,6 +1018,7 @@ COMMANDS: dict[str, Command] = {
     "bindings": _lister("bindings", formatBindings),
     "add": add,
     "del": delete,
+    "store-info": storeInfo,
 }
 """
 Every command, by name, as a function of the session to the exit status.

@@ -65,6 +65,12 @@ class Refused(Exception):
     """
 
 
+class MalformedBox(Exception):
+    """
+    A replication box could not be decoded; the backup catches up again.
+    """
+
+
 class OutOfSequence(Exception):
     """
     A replication box arrived after a gap (a box before it is missing): the
@@ -78,6 +84,7 @@ _errors: dict[type[Exception], bytes] = {
     NotPrimary: b"NOT_PRIMARY",
     Refused: b"REFUSED",
     OutOfSequence: b"OUT_OF_SEQUENCE",
+    MalformedBox: b"MALFORMED_BOX",
 }
 
 

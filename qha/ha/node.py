@@ -28,6 +28,7 @@ from ..broker.queue import Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from .backup import Replicator, holdingsOf
 from .commands import (
+    MalformedBox,
     Events,
     Heartbeat,
     Hello,
@@ -391,12 +392,7 @@ class BackupLink:
         A box of events from the primary.
         """
         node = self.node
-        if epoch < node.epoch:
-            raise StaleEpoch(
-                f"replication stream of epoch {epoch} refused: this backup knows epoch {node.epoch}"
-            )
-        if epoch > node.epoch:
-            node.adoptEpoch(epoch)
+        self.checkEpoch(epoch)
         self.heard()
         if seq <= self.lastSeq:
             # Sent again: applying it twice could bring back a message that
@@ -417,8 +413,21 @@ class BackupLink:
             self.replicator.apply(data)
         except MalformedEvents as error:
             self.log.error("malformed replication box {seq}: {error}", seq=seq, error=str(error))
-            raise
+            node.clock.callLater(0, self.close)
+            raise MalformedBox(f"replication box {seq} refused: {error}") from None
         self.lastSeq = seq
+
+    def checkEpoch(self, epoch: int) -> None:
+        """
+        Refuse a stream of an older epoch; adopt a newer one.
+        """
+        node = self.node
+        if epoch < node.epoch:
+            raise StaleEpoch(
+                f"replication stream of epoch {epoch} refused: this backup knows epoch {node.epoch}"
+            )
+        if epoch > node.epoch:
+            node.adoptEpoch(epoch)
 
     def caughtUp(self) -> None:
         self.log.info("caught up with the primary at {address}", address=self.address)

@@ -378,6 +378,8 @@ class ReplicationSource:
 
     def _heard(self, response: dict[str, Any]) -> None:
         self.lastHeard = self.clock.seconds()
+        # A backup that follows a newer primary fences this one.
+        self.node.heardEpoch(response.get("epoch", 0), "", self.backupId)
 
     def sendMembers(self, members: list[dict[str, str]]) -> None:
         """

@@ -166,14 +166,11 @@ class QueueReplicaLink(BackupLink):
         super().__init__(node, connection, primaryId, address)
         self.replica = replica
 
-    def received(self, epoch: int, seq: int, data: bytes) -> None:
+    def checkEpoch(self, epoch: int) -> None:
         """
-        Apply a box: a remote standalone broker's or another cluster's
-        epochs are not ours, so they are not checked.
+        A remote standalone broker's or another cluster's epochs are not
+        ours: they are not checked.
         """
-        self.heard()
-        self.replicator.apply(data)
-        self.lastSeq = seq
 
     def caughtUp(self) -> None:
         self.log.info(

@@ -209,7 +209,11 @@ class FileJournal:
             _syncDirectory(directory)
         with open(self.path, "rb") as f:
             data = f.read()
-        if not data.startswith(MAGIC):
+        # A header cut short by a crash during the first start is a new
+        # journal; a wrong one is damage. Either way the header is written
+        # again below.
+        rewriteHeader = not data.startswith(MAGIC)
+        if rewriteHeader:
             if len(data) < len(MAGIC) and MAGIC.startswith(data):
                 data = MAGIC
             else:
@@ -224,17 +228,16 @@ class FileJournal:
             records, valid = self._salvage(data, corrupt.offset)
             data = data[:valid]
         self.file = open(self.path, "r+b")
-        if valid < len(data) or not data.startswith(MAGIC):
+        if valid < len(data):
             self.log.warn(
                 "{path}: dropping a torn last record ({bytes} bytes) that was never confirmed",
                 path=self.path,
                 bytes=len(data) - valid,
             )
-        self.file.truncate(valid) if valid >= len(MAGIC) else None
-        if valid < len(MAGIC):
+        if rewriteHeader:
             self.file.seek(0)
             self.file.write(MAGIC)
-            self.file.truncate(len(MAGIC))
+        self.file.truncate(valid)
         self.file.seek(0, os.SEEK_END)
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -328,6 +331,7 @@ class Store:
         self.position = 0
         self.current: Completion | None = None
         self.liveBytes = 0
+        self._recount = False
         self.records = 0
         self._flushCall: IDelayedCall | None = None
         self.vhost: VirtualHost | None = None
@@ -409,8 +413,28 @@ class Store:
         if current is not None:
             current.holds -= 1
             current.check()
-        if self.journal.size() > self.compactAt and self.journal.size() > 4 * self.liveBytes:
-            self.compact()
+        if self.journal.size() > self.compactAt:
+            if self._recount:
+                # A purge or a queue deletion dropped messages whose sizes
+                # were not counted off one by one.
+                self._recount = False
+                self.liveBytes = self._countLiveBytes()
+            if self.journal.size() > 4 * self.liveBytes:
+                self.compact()
+
+    def _countLiveBytes(self) -> int:
+        """
+        The body bytes of the persistent messages on kept queues.
+        """
+        if self.vhost is None:
+            return 0
+        total = 0
+        for queue in self.vhost.queues.values():
+            if durableQueue(queue):
+                for entry in list(queue.readyEntries()) + list(queue.held.values()):
+                    if entry.message.persistent:
+                        total += len(entry.message.body)
+        return total
 
     def hold(self, queues: list[Queue], message: Message) -> Completion | None:
         """
@@ -507,6 +531,7 @@ class Store:
     def queueDeleted(self, queue: Queue) -> None:
         if durableQueue(queue):
             self.writer.event(ev.QUEUE_DELETED, queue.name, queue.uuid)
+            self._recount = True
             self._dirty()
 
     def exchangeDeclared(self, exchange: Exchange) -> None:
@@ -552,6 +577,7 @@ class Store:
     def purged(self, queue: Queue, count: int) -> None:
         if durableQueue(queue):
             self.writer.event(ev.PURGED, queue.name)
+            self._recount = True
             self._dirty()
 
 
@@ -624,8 +650,13 @@ def storeInfo(path: str) -> dict[str, Any]:
     vhost.replica = True
     replicator = Replicator(vhost, lambda: None)
     epoch = position = 0
-    for record in records:
-        replicator.apply(record.events)
+    for index, record in enumerate(records):
+        try:
+            replicator.apply(record.events)
+        except ev.MalformedEvents as error:
+            raise StoreCorrupt(
+                path, 0, f"record {index + 1} passes its checksum but cannot be decoded: {error}"
+            ) from None
         epoch = max(epoch, record.epoch)
         position = record.position
     del journal

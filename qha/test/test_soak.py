@@ -22,7 +22,7 @@ import pika
 from pika.exceptions import AMQPError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .cluster import Cluster
+from .cluster import Cluster, RemoteAMPError
 
 QUEUE = "soak"
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
@@ -165,7 +165,18 @@ class FailoverSoakTests(SynchronousTestCase):
             self.assertTrue(ready, f"round {round}: no ready backup")
             cluster.kill(primary)
             newPrimary = ready[0]
-            cluster.promote(newPrimary)
+            # Right after the kill the other backup may still count as
+            # ready while this one already went back to joining, and a
+            # joining broker is not promoted while another is ready: wait
+            # for the roles to settle.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    cluster.promote(newPrimary)
+                    break
+                except RemoteAMPError:
+                    self.assertLess(time.monotonic(), deadline, "promotion kept being refused")
+                    cluster.brokers[newPrimary].waitForOutput(0.1)
             cluster.waitForRole(newPrimary, "active", timeout=30)
             cluster.restart(primary)
             primary = newPrimary
