@@ -357,8 +357,12 @@ class Message:
     @property
     def headers(self) -> dict[str, Any]:
         """
-        The application headers table, empty if there is none.
+        The application headers table, empty if there is none (read off the
+        property flags without decoding anything).
         """
+        header = self.header
+        if self._properties is None and len(header) > 12 and not header[12] & 0x20:
+            return {}
         return self.properties.headers or {}
 
     @property

@@ -316,8 +316,11 @@ class Queue:
                     self._removed(previous)
                 self._lastValues[value] = entry
                 self._newestValueIds[value] = entry.id
-        self.vhost.resources.add(size)
-        self._notify("enqueued", entry)
+        vhost = self.vhost
+        vhost.resources.add(size)
+        if vhost.observers:
+            for observer in vhost.observers:
+                observer.enqueued(self, entry)
         self._link(entry)
         if policy.limited:
             while self._overLimit():
