@@ -207,6 +207,9 @@ class Queue:
         self._expiryCall: IDelayedCall | None = None
         self._idleCall: IDelayedCall | None = None
         self.held: dict[int, Entry] = {}
+        # On a replica, every ready entry by id (the primary's events name
+        # entries by id); None on a serving broker.
+        self._byId: dict[int, Entry] | None = None
         self.uuid = uuid4().hex
         self.touch()
 
@@ -380,6 +383,8 @@ class Queue:
         """
         self.readyCount -= 1
         self.readyBytes -= len(entry.message.body)
+        if self._byId is not None:
+            self._byId.pop(entry.id, None)
         if self._lastValues:
             value = self.policy.lvqKey and entry.message.headers.get(self.policy.lvqKey)
             if value is not None:
@@ -591,6 +596,8 @@ class Queue:
         """
         Put C{entry} in its level at the place its id gives it.
         """
+        if self._byId is not None:
+            self._byId[entry.id] = entry
         ready = self.levels[entry.level]
         if not ready or entry.id < ready[0].id:
             ready.appendleft(entry)
@@ -605,6 +612,8 @@ class Queue:
         """
         The ready entry with C{id}, or L{None}.
         """
+        if self._byId is not None:
+            return self._byId.get(id)
         for ready in self.levels:
             if ready and ready[0].id == id:
                 return ready[0]
@@ -632,6 +641,8 @@ class Queue:
             primary's TTL deadline is kept, not restarted); L{None} if it
             does not.
         """
+        if self._byId is None and self.vhost.replica:
+            self._byId = {e.id: e for level in self.levels for e in level}
         last = self._first[-1].id if self._first else 0
         if len(self.levels) > 1 or id <= last:
             # Only an id at or below the newest can be a duplicate.
@@ -738,6 +749,7 @@ class Queue:
         out), and TTL and expiry timers start.
         """
         self.held.clear()
+        self._byId = None
         self.nextId = max(self.nextId, epoch << 40)
         if self.autoDelete and self.everConsumed and not self.consumers:
             # Its consumers were on the failed primary and are gone, as
@@ -827,6 +839,8 @@ class Queue:
         self.readyCount = 0
         self.readyBytes = 0
         self._lastValues.clear()
+        if self._byId is not None:
+            self._byId.clear()
         return removed
 
     def deleted_(self) -> None:
