@@ -26,6 +26,7 @@ no disk).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import struct
@@ -76,6 +77,7 @@ class Record:
     epoch: int
     position: int
     events: bytes
+    offset: int = 0
 
 
 def encodeRecord(epoch: int, position: int, events: bytes) -> bytes:
@@ -116,7 +118,7 @@ def scanRecords(data: bytes, path: str, start: int = 0) -> tuple[list[Record], i
                 f" {end - bodyEnd} bytes of records after it)",
             )
         epoch, position = _meta.unpack_from(body)
-        records.append(Record(epoch, position, body[_meta.size :]))
+        records.append(Record(epoch, position, body[_meta.size :], offset))
         offset = bodyEnd
     return records, offset
 
@@ -133,9 +135,9 @@ class Journal(Protocol):
         @raise StoreCorrupt: if the journal is damaged.
         """
 
-    def append(self, record: bytes) -> None:
+    def append(self, record: bytes, sync: bool = True) -> None:
         """
-        Write C{record} and make it durable before returning.
+        Write C{record}, and with C{sync} make it durable before returning.
         """
 
     def rewrite(self, record: bytes) -> None:
@@ -168,9 +170,10 @@ class MemoryJournal:
         records, _ = scanRecords(b"".join(self.records), "<memory>")
         return records
 
-    def append(self, record: bytes) -> None:
+    def append(self, record: bytes, sync: bool = True) -> None:
         self.records.append(record)
-        self.syncs += 1
+        if sync:
+            self.syncs += 1
 
     def rewrite(self, record: bytes) -> None:
         self.records = [record]
@@ -261,11 +264,12 @@ class FileJournal:
         records, valid = scanRecords(data[:offset], self.path, len(MAGIC))
         return records, valid
 
-    def append(self, record: bytes) -> None:
+    def append(self, record: bytes, sync: bool = True) -> None:
         self.file.write(record)
         self.file.flush()
-        os.fdatasync(self.file.fileno())
-        self.syncs += 1
+        if sync:
+            os.fdatasync(self.file.fileno())
+            self.syncs += 1
 
     def rewrite(self, record: bytes) -> None:
         temporary = self.path + ".compacting"
@@ -338,6 +342,7 @@ class Store:
         # Where a serving broker's epoch and stream position come from (a
         # backup's come with the boxes it applies).
         self.positionSource: Callable[[], tuple[int, int]] | None = None
+        self._positionDirty = False
 
     # Recovery
 
@@ -354,17 +359,26 @@ class Store:
         replica = vhost.replica
         vhost.replica = True
         replicator = Replicator(vhost, lambda: None)
-        for index, record in enumerate(records):
-            try:
-                replicator.apply(record.events)
-            except ev.MalformedEvents as error:
-                raise StoreCorrupt(
-                    getattr(self.journal, "path", "<memory>"),
-                    0,
-                    f"record {index + 1} passes its checksum but cannot be decoded: {error}",
-                ) from None
-            self.epoch = max(self.epoch, record.epoch)
-            self.position = record.position
+        # Replay makes millions of objects that all live on: the cyclic
+        # garbage collector would scan them again and again for nothing (a
+        # third of the time of recovering a million messages).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for index, record in enumerate(records):
+                try:
+                    replicator.apply(record.events)
+                except ev.MalformedEvents as error:
+                    raise StoreCorrupt(
+                        getattr(self.journal, "path", "<memory>"),
+                        record.offset,
+                        f"record {index + 1} passes its checksum but cannot be decoded: {error}",
+                    ) from None
+                self.epoch = max(self.epoch, record.epoch)
+                self.position = record.position
+        finally:
+            if collecting:
+                gc.enable()
         vhost.replica = replica
         self.records = len(records)
         messages = 0
@@ -409,6 +423,11 @@ class Store:
         if self.writer.count:
             self.journal.append(encodeRecord(self.epoch, self.position, self.writer.take()))
             self.records += 1
+            self._positionDirty = False
+        elif self._positionDirty:
+            self.journal.append(encodeRecord(self.epoch, self.position, b""), sync=False)
+            self.records += 1
+            self._positionDirty = False
         current, self.current = self.current, None
         if current is not None:
             current.holds -= 1
@@ -458,12 +477,11 @@ class Store:
         """
         The broker applied the stream up to C{position} of C{epoch}.
         """
+        # Written at the next flush; a box that changed no durable state
+        # needs no fsync, so the position alone is written without one.
         if (epoch, position) != (self.epoch, self.position):
             self.epoch, self.position = epoch, position
-            self._dirty()
-            if not self.writer.count:
-                # Record the new position even with no durable change.
-                self.writer.event(ev.CAUGHT_UP)
+            self._positionDirty = True
 
     def compact(self) -> None:
         """
@@ -650,15 +668,23 @@ def storeInfo(path: str) -> dict[str, Any]:
     vhost.replica = True
     replicator = Replicator(vhost, lambda: None)
     epoch = position = 0
-    for index, record in enumerate(records):
-        try:
-            replicator.apply(record.events)
-        except ev.MalformedEvents as error:
-            raise StoreCorrupt(
-                path, 0, f"record {index + 1} passes its checksum but cannot be decoded: {error}"
-            ) from None
-        epoch = max(epoch, record.epoch)
-        position = record.position
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for index, record in enumerate(records):
+            try:
+                replicator.apply(record.events)
+            except ev.MalformedEvents as error:
+                raise StoreCorrupt(
+                    path,
+                    record.offset,
+                    f"record {index + 1} passes its checksum but cannot be decoded: {error}",
+                ) from None
+            epoch = max(epoch, record.epoch)
+            position = record.position
+    finally:
+        if collecting:
+            gc.enable()
     del journal
     return {
         "path": path,
