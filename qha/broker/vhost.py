@@ -304,6 +304,7 @@ class VirtualHost:
         arguments: dict[str, Any] | None = None,
         owner: object = None,
         replica: bool = False,
+        uuid: str | None = None,
     ) -> Queue:
         """
         Declare a queue (server-named if C{name} is empty), or check an
@@ -311,6 +312,9 @@ class VirtualHost:
 
         @param replica: a backup copying the primary's queue, whose name
             may be one the server made (C{amq.gen-...}).
+        @param uuid: the identity of a new queue (a backup's copy takes the
+            primary's), set before the observers hear of it (the store
+            writes it); a fresh one if L{None}.
         """
         arguments = arguments or {}
         if passive:
@@ -355,6 +359,8 @@ class VirtualHost:
             owner=owner if exclusive else None,
             policy=parsePolicy(arguments, name),
         )
+        if uuid is not None:
+            queue.uuid = uuid
         self.queues[name] = queue
         for observer in self.observers:
             observer.queueDeclared(queue)

@@ -107,9 +107,13 @@ class Replicator:
             existing = None
         if existing is None:
             existing = self.vhost.declareQueue(
-                name, durable=durable, autoDelete=autoDelete, arguments=arguments, replica=True
+                name,
+                durable=durable,
+                autoDelete=autoDelete,
+                arguments=arguments,
+                replica=True,
+                uuid=uuid,
             )
-            existing.uuid = uuid
         # An auto-delete queue that had a consumer on the primary goes when
         # a promoted backup finds it without one (see Queue.promoted).
         existing.everConsumed = existing.everConsumed or everConsumed

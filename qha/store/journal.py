@@ -105,7 +105,16 @@ def scanRecords(data: bytes, path: str, start: int = 0) -> tuple[list[Record], i
         bodyStart = offset + _record.size
         bodyEnd = bodyStart + length
         if bodyEnd > end:
-            # Cut short by a crash while writing: never confirmed.
+            # Cut short by a crash while writing: never confirmed. Unless a
+            # whole record follows: then its length field is what is damaged.
+            following = _findRecord(data, bodyStart, end)
+            if following is not None:
+                raise StoreCorrupt(
+                    path,
+                    offset,
+                    f"record {len(records) + 1} claims {length} bytes, past the end of"
+                    f" the file, but a whole record follows it at byte {following}",
+                )
             break
         body = data[bodyStart:bodyEnd]
         if zlib.crc32(body) != crc or length < _meta.size:
@@ -121,6 +130,30 @@ def scanRecords(data: bytes, path: str, start: int = 0) -> tuple[list[Record], i
         records.append(Record(epoch, position, body[_meta.size :], offset))
         offset = bodyEnd
     return records, offset
+
+
+SEARCH_LIMIT = 4 * 1024 * 1024
+"""
+How far past a record that seems cut short L{scanRecords} looks for a whole
+record (which would mean damage, not a torn write): a few seconds at most.
+"""
+
+
+def _findRecord(data: bytes, start: int, end: int) -> int | None:
+    """
+    Where the first whole, valid record starts in C{data[start:end]}
+    (looking at most L{SEARCH_LIMIT} bytes in), or L{None}.
+    """
+    unpack = _record.unpack_from
+    crc32 = zlib.crc32
+    last = min(end - _record.size - _meta.size, start + SEARCH_LIMIT)
+    for offset in range(start, last + 1):
+        length, crc = unpack(data, offset)
+        if _meta.size <= length <= end - offset - _record.size:
+            bodyStart = offset + _record.size
+            if crc32(data[bodyStart : bodyStart + length]) == crc:
+                return offset
+    return None
 
 
 class Journal(Protocol):

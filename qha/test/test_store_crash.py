@@ -491,6 +491,9 @@ class ClusterCrashTests(CrashTestCase):
         self.addCleanup(second.close)
 
         def totalShutdown() -> None:
+            """
+            Kill the primary and its one backup, publishes in flight.
+            """
             cluster.kill(newest)
             cluster.kill(0)
 
