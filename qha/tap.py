@@ -431,8 +431,21 @@ class StoreService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        self.store.close()
-        return None
+        return self.store.close()
+
+
+def storeThread(reactor: Any) -> Any:
+    """
+    A one-thread pool for the store's writes and fsyncs, stopped with the
+    reactor; returns the function that runs a write there.
+    """
+    from twisted.internet.threads import deferToThreadPool
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="qha-store")
+    pool.start()
+    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
+    return lambda write: deferToThreadPool(reactor, pool, write)
 
 
 def openStore(config: Options, vhost: VirtualHost, reactor: Any) -> Store:
@@ -459,6 +472,9 @@ def openStore(config: Options, vhost: VirtualHost, reactor: Any) -> Store:
     except OSError as error:
         sys.stderr.write(f"twistd qha: error: cannot open the store {path}: {error}\n")
         raise SystemExit(1) from None
+    if hasattr(reactor, "callFromThread"):
+        # Only now: a thread would keep a broker that refuses to start alive.
+        store.syncInThread = storeThread(reactor)
     log.info(
         "recovered {queues} queues and {messages} messages from {path} in {seconds:.2f}s"
         " (epoch {epoch}, position {position})",

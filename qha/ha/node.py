@@ -291,6 +291,9 @@ class NodeLocator(amp.CommandLocator):
             if position is not None:
                 store.setPosition(max(epoch, self.node.epoch), position)
             store.flush()
+            synced = store.whenSynced()
+            if synced is not None:
+                return synced.addCallback(lambda _: {})  # type: ignore[return-value]
         return {}
 
     @Heartbeat.responder

@@ -35,6 +35,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -376,6 +377,11 @@ class Store:
         # backup's come with the boxes it applies).
         self.positionSource: Callable[[], tuple[int, int]] | None = None
         self._positionDirty = False
+        # Runs a write (and its fsync) off the reactor thread and returns a
+        # Deferred for it; None: write in the reactor thread.
+        self.syncInThread: Callable[[Callable[[], None]], Deferred[Any]] | None = None
+        self._syncing = False
+        self._syncWaiters: list[Deferred[None]] = []
 
     # Recovery
 
@@ -453,6 +459,9 @@ class Store:
         self._flushCall = None
         if self.positionSource is not None:
             self.epoch, self.position = self.positionSource()
+        if self.syncInThread is not None:
+            self._flushInThread()
+            return
         if self.writer.count:
             self.journal.append(encodeRecord(self.epoch, self.position, self.writer.take()))
             self.records += 1
@@ -465,14 +474,7 @@ class Store:
         if current is not None:
             current.holds -= 1
             current.check()
-        if self.journal.size() > self.compactAt:
-            if self._recount:
-                # A purge or a queue deletion dropped messages whose sizes
-                # were not counted off one by one.
-                self._recount = False
-                self.liveBytes = self._countLiveBytes()
-            if self.journal.size() > 4 * self.liveBytes:
-                self.compact()
+        self._maybeCompact()
 
     def _countLiveBytes(self) -> int:
         """
@@ -487,6 +489,82 @@ class Store:
                     if entry.message.persistent:
                         total += len(entry.message.body)
         return total
+
+    def _flushInThread(self) -> None:
+        """
+        Hand this turn's record to the store's thread, so the reactor goes
+        on serving while the disk syncs; the turns that arrive meanwhile
+        are written together when it is done (group commit).
+        """
+        if self._syncing:
+            return
+        sync = True
+        if self.writer.count:
+            data = encodeRecord(self.epoch, self.position, self.writer.take())
+        elif self._positionDirty:
+            data = encodeRecord(self.epoch, self.position, b"")
+            sync = False
+        else:
+            current, self.current = self.current, None
+            if current is not None:
+                current.holds -= 1
+                current.check()
+            self._synced(None)
+            return
+        self._positionDirty = False
+        self.records += 1
+        current, self.current = self.current, None
+        self._syncing = True
+        assert self.syncInThread is not None
+        d = self.syncInThread(lambda: self.journal.append(data, sync=sync))
+
+        def written(result: Any) -> None:
+            self._syncing = False
+            if current is not None:
+                current.holds -= 1
+                current.check()
+            if self.writer.count or self._positionDirty or self.current is not None:
+                self.flush()
+            else:
+                self._synced(None)
+                self._maybeCompact()
+
+        def failed(failure: Any) -> None:
+            self._syncing = False
+            # Nothing it held is confirmed: the publishers will resend.
+            self.log.failure("writing the store failed; confirms are withheld", failure)
+
+        d.addCallbacks(written, failed)
+
+    def _synced(self, result: Any) -> None:
+        waiters, self._syncWaiters = self._syncWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenSynced(self) -> Deferred[None] | None:
+        """
+        A L{Deferred} that fires once everything written so far is on disk,
+        or L{None} if it is already.
+        """
+        if self.syncInThread is None or (
+            not self._syncing and not self.writer.count and not self._positionDirty
+        ):
+            return None
+        waiter: Deferred[None] = Deferred()
+        self._syncWaiters.append(waiter)
+        if not self._syncing:
+            self.flush()
+        return waiter
+
+    def _maybeCompact(self) -> None:
+        if self.journal.size() > self.compactAt:
+            if self._recount:
+                # A purge or a queue deletion dropped messages whose sizes
+                # were not counted off one by one.
+                self._recount = False
+                self.liveBytes = self._countLiveBytes()
+            if self.journal.size() > 4 * self.liveBytes:
+                self.compact()
 
     def hold(self, queues: list[Queue], message: Message) -> Completion | None:
         """
@@ -554,12 +632,20 @@ class Store:
             after=self.journal.size(),
         )
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None] | None:
         """
-        Flush what is pending and close the journal.
+        Flush what is pending and close the journal (once the store's
+        thread finished writing, if it is busy).
         """
+        if self._syncing:
+            waiter: Deferred[None] = Deferred()
+            self._syncWaiters.append(waiter)
+            waiter.addCallback(lambda _: self.close())
+            return waiter
+        self.syncInThread = None
         self.flush()
         self.journal.close()
+        return None
 
     # BrokerObserver
 

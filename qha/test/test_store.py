@@ -1374,3 +1374,102 @@ class RecordFormatTests(SynchronousTestCase):
         self.assertEqual(length, len(record) - 8)
         self.assertEqual(crc, zlib.crc32(record[8:]))
         self.assertEqual(struct.unpack_from(">qq", record, 8), (1, 2))
+
+
+class ThreadedSyncTests(SynchronousTestCase):
+    """
+    With C{syncInThread}, the store hands each record to another thread and
+    the reactor goes on; a fake thread here runs the writes when told.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.journal = MemoryJournal()
+        self.vhost = VirtualHost(clock=self.clock)
+        self.store = Store(self.journal, self.clock)
+        self.store.attach(self.vhost)
+        self.pending: list[tuple[Any, Any]] = []
+
+        def syncInThread(write: Any) -> Any:
+            from twisted.internet.defer import Deferred
+
+            d: Any = Deferred()
+            self.pending.append((write, d))
+            return d
+
+        self.store.syncInThread = syncInThread
+        self.queue = self.vhost.declareQueue("q", durable=True)
+
+    def runThread(self) -> None:
+        """
+        Run the writes handed to the fake thread, as it would, in order.
+        """
+        while self.pending:
+            write, d = self.pending.pop(0)
+            write()
+            d.callback(None)
+
+    def publish(self, body: bytes) -> Any:
+        """
+        Enqueue a persistent message and return what its confirm waits for.
+        """
+        message = Message.build("", "q", body, commands.Basic.Properties(delivery_mode=2))
+        self.queue.enqueue(message)
+        return self.store.hold([self.queue], message)
+
+    def test_confirmWaitsForTheThread(self) -> None:
+        """
+        A confirm completes only once the thread wrote and synced its record.
+        """
+        completion = self.publish(b"one")
+        self.clock.advance(0)
+        self.assertEqual(len(self.pending), 1)
+        self.assertFalse(completion.done)
+        self.runThread()
+        self.assertTrue(completion.done)
+        self.assertEqual(len(self.journal.records), 1)
+
+    def test_groupedWhileSyncing(self) -> None:
+        """
+        Turns that arrive while the thread syncs are written together as one
+        record when it is done.
+        """
+        first = self.publish(b"one")
+        self.clock.advance(0)
+        second = self.publish(b"two")
+        self.clock.advance(0)
+        third = self.publish(b"three")
+        self.clock.advance(0)
+        self.assertEqual(len(self.pending), 1)
+        write, d = self.pending.pop(0)
+        write()
+        d.callback(None)
+        self.assertTrue(first.done)
+        self.assertFalse(second.done)
+        self.assertIs(second, third)
+        self.assertEqual(len(self.pending), 1)
+        self.runThread()
+        self.assertTrue(third.done)
+        # The declare and "one" made one record; "two" and "three" another.
+        self.assertEqual(self.journal.syncs, 2)
+
+    def test_whenSyncedAndClose(self) -> None:
+        """
+        L{Store.whenSynced} fires once what was written is on disk, and
+        L{Store.close} waits for the thread before closing.
+        """
+        self.publish(b"one")
+        synced = self.store.whenSynced()
+        assert synced is not None
+        fired: list[object] = []
+        synced.addCallback(fired.append)
+        closed = self.store.close()
+        assert closed is not None
+        self.assertEqual(fired, [])
+        self.runThread()
+        self.assertEqual(fired, [None])
+        self.assertIsNone(self.successResultOf(closed))
+        recovered = VirtualHost(clock=self.clock)
+        Store(self.journal, self.clock).recover(recovered)
+        self.assertEqual(recovered.queues["q"].messageCount, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
