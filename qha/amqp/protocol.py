@@ -169,6 +169,10 @@ class AMQPServer(Protocol):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self.factory.connections.add(self)
+        # Confirms and deliveries are small frames that someone waits for.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._lastReceived = self.clock.seconds()
         self._timeout = self.clock.callLater(

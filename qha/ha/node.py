@@ -174,6 +174,10 @@ class NodeAMP(amp.AMP):
     def makeConnection(self, transport: Any) -> None:
         self._transportPeer = transport.getPeer()
         self._transportHost = transport.getHost()
+        # A box's answer is what a publisher's confirm waits for.
+        setNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         amp.BinaryBoxProtocol.makeConnection(self, transport)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
