@@ -184,6 +184,10 @@ class Queue:
         self.owner = owner
         self.policy = policy if policy is not None else parsePolicy(self.arguments, name)
         self.plain = self.policy.plain
+        self._limited = self.policy.limited
+        # No level above this one has entries (a priority queue starts
+        # its search for the next entry here).
+        self._topHint = max(self.policy.priorities, 1) - 1
         self.levels: list[deque[Entry]] = [
             deque() for _ in range(max(self.policy.priorities, 1))
         ]
@@ -293,7 +297,8 @@ class Queue:
     def _enqueuePolicy(self, message: Message) -> Entry:
         policy = self.policy
         size = len(message.body)
-        if policy.limited and policy.overflow != DROP_HEAD and self._wouldOverflow(size):
+        limited = self._limited
+        if limited and policy.overflow != DROP_HEAD and self._wouldOverflow(size):
             if policy.overflow == REJECT_PUBLISH_DLX:
                 self.vhost.deadLetter(self, [message], "maxlen")
             raise QueueFull(self)
@@ -302,12 +307,15 @@ class Queue:
             level = min(message.priority, policy.priorities - 1)
         expiresAt = None
         ttl = policy.messageTtl
-        expiration = message.expiration
-        if expiration is not None and (ttl is None or expiration < ttl):
-            ttl = expiration
+        # The expiration property's flag (0x0100) is bit 0 of the first
+        # flag byte: most messages have none, and need no scan.
+        if message.header[12] & 0x01:
+            expiration = message.expiration
+            if expiration is not None and (ttl is None or expiration < ttl):
+                ttl = expiration
         if ttl is not None:
-            expiresAt = self.clock.seconds() + ttl / 1000.0
-        entry = Entry(message, self.nextId, level=level, expiresAt=expiresAt)
+            expiresAt = self.vhost.clock.seconds() + ttl / 1000.0
+        entry = Entry(message, self.nextId, False, level, expiresAt)
         self.nextId += 1
         if policy.lvqKey is not None:
             value = message.headers.get(policy.lvqKey)
@@ -325,7 +333,7 @@ class Queue:
             for observer in vhost.observers:
                 observer.enqueued(self, entry)
         self._link(entry)
-        if policy.limited:
+        if limited:
             while self._overLimit():
                 dropped = self._dropOldest()
                 if dropped is None:
@@ -346,8 +354,11 @@ class Queue:
             self.expireDue()
         elif self.consumers:
             self.dispatch()
-        if expiresAt is not None:
-            self._scheduleExpiry()
+        if expiresAt is not None and self.readyCount:
+            # (Delivered at once: nothing to expire.)
+            call = self._expiryCall
+            if call is None or not call.active() or call.getTime() > expiresAt:
+                self._scheduleExpiry()
         return entry
 
     def _wouldOverflow(self, size: int) -> bool:
@@ -366,7 +377,10 @@ class Queue:
         """
         Add C{entry} to the end of its level.
         """
-        self.levels[entry.level].append(entry)
+        level = entry.level
+        self.levels[level].append(entry)
+        if level > self._topHint:
+            self._topHint = level
         self.readyCount += 1
         self.readyBytes += len(entry.message.body)
 
@@ -423,12 +437,21 @@ class Queue:
         """
         levels = self.levels
         top = len(levels) - 1
+        if not top:
+            first = levels[0]
+            return first if first else None
+        # Levels above the hint are empty: start there, not at the top.
+        top = min(top, self._topHint)
         while top >= 0 and not levels[top]:
             top -= 1
         if top < 0:
+            self._topHint = 0
             return None
+        self._topHint = top
         fairshare = self.policy.fairshare
-        if fairshare and top == self._streakLevel:
+        if not fairshare:
+            return levels[top]
+        if top == self._streakLevel:
             limit = fairshare.get(top, 0)
             if limit and self._streak >= limit:
                 lower = top - 1
@@ -452,10 +475,17 @@ class Queue:
             return self._first.popleft() if self._first else None
         now: float | None = None
         expired = False
+        single = len(self.levels) == 1
         while True:
-            level = self._nextLevel()
-            if level is None:
-                return None
+            if single:
+                level = self._first
+                if not level:
+                    return None
+            else:
+                next = self._nextLevel()
+                if next is None:
+                    return None
+                level = next
             entry = level.popleft()
             self._forget(entry)
             if entry.expiresAt is not None:
@@ -467,8 +497,16 @@ class Queue:
                     continue
             if expired or (level and level[0].expiresAt is not None):
                 # A new head with a time to live (a per-message expiration
-                # behind one without) needs a timer, as in RabbitMQ.
-                self._scheduleExpiry()
+                # behind one without) needs a timer, as in RabbitMQ; one
+                # set for an older head fires first and looks again.
+                call = self._expiryCall
+                if (
+                    expired
+                    or call is None
+                    or not call.active()
+                    or call.getTime() > level[0].expiresAt  # type: ignore[operator]
+                ):
+                    self._scheduleExpiry()
             return entry
 
     def _expire(self, entry: Entry) -> None:
@@ -598,6 +636,8 @@ class Queue:
         """
         if self._byId is not None:
             self._byId[entry.id] = entry
+        if entry.level > self._topHint:
+            self._topHint = entry.level
         ready = self.levels[entry.level]
         if not ready or entry.id < ready[0].id:
             ready.appendleft(entry)
