@@ -303,7 +303,8 @@ class Queue:
                 self.vhost.deadLetter(self, [message], "maxlen")
             raise QueueFull(self)
         level = 0
-        if policy.priorities:
+        if policy.priorities and message.header[12] & 0x08:
+            # The priority property's flag (0x0800): without it, level 0.
             level = min(message.priority, policy.priorities - 1)
         expiresAt = None
         ttl = policy.messageTtl
