@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from pamqp import decode
 
 from ..broker.message import encodeTable
+from ..broker.queue import Queue
 
 # Configuration
 QUEUE_DECLARED = b"Q"
@@ -152,6 +153,66 @@ class EventWriter:
         data = kind + _H.pack(len(raw)) + raw + _q.pack(id)
         self.parts.append(data)
         self.size += len(data)
+
+    def queueDeclared(self, queue: Any, everConsumed: bool = False) -> None:
+        """
+        A queue's declaration, with its uuid (and whether it ever had a
+        consumer, which an auto-delete queue's replica needs).
+        """
+        self.event(
+            QUEUE_DECLARED,
+            queue.name,
+            queue.uuid,
+            queue.durable,
+            False,
+            queue.autoDelete,
+            everConsumed,
+            queue.arguments,
+        )
+
+    def exchangeDeclared(self, exchange: Any) -> None:
+        """
+        An exchange's declaration.
+        """
+        self.event(
+            EXCHANGE_DECLARED,
+            exchange.name,
+            exchange.type,
+            "",
+            exchange.durable,
+            exchange.autoDelete,
+            exchange.internal,
+            exchange.arguments,
+        )
+
+    def binding(self, kind: bytes, binding: Any) -> None:
+        """
+        A binding made (L{BOUND}) or removed (L{UNBOUND}).
+        """
+        destination = binding.destination
+        self.event(
+            kind,
+            binding.source.name,
+            b"q" if isinstance(destination, Queue) else b"x",
+            destination.name,
+            binding.routingKey,
+            binding.arguments,
+        )
+
+    def entry(self, queue: Any, entry: Any) -> None:
+        """
+        An entry of a queue: its message, id, redelivered mark and deadline.
+        """
+        message = entry.message
+        self.enqueued(
+            queue.name,
+            entry.id,
+            entry.redelivered,
+            message.addressing,
+            message.header,
+            message.body,
+            entry.expiresAt,
+        )
 
     def take(self) -> bytes:
         """

@@ -457,16 +457,7 @@ class ReplicationSource:
     # BrokerObserver
 
     def _declare(self, queue: Queue) -> None:
-        self.writer.event(
-            ev.QUEUE_DECLARED,
-            queue.name,
-            queue.uuid,
-            queue.durable,
-            False,
-            queue.autoDelete,
-            queue.everConsumed,
-            queue.arguments,
-        )
+        self.writer.queueDeclared(queue, queue.everConsumed)
 
     def _replicated(self, obj: Queue | Exchange, level: str = CONFIGURATION) -> bool:
         if self.only is not None:
@@ -486,16 +477,7 @@ class ReplicationSource:
 
     def exchangeDeclared(self, exchange: Exchange) -> None:
         if self._replicated(exchange):
-            self.writer.event(
-                ev.EXCHANGE_DECLARED,
-                exchange.name,
-                exchange.type,
-                "",
-                exchange.durable,
-                exchange.autoDelete,
-                exchange.internal,
-                exchange.arguments,
-            )
+            self.writer.exchangeDeclared(exchange)
             self._scheduleFlush()
 
     def exchangeDeleted(self, exchange: Exchange) -> None:
@@ -513,14 +495,9 @@ class ReplicationSource:
         if isinstance(destination, Queue):
             if not self._replicated(destination):
                 return
-            destinationKind = b"q"
-        else:
-            if not (_builtin(destination) or self._replicated(destination)):
-                return
-            destinationKind = b"x"
-        self.writer.event(
-            kind, source.name, destinationKind, destination.name, binding.routingKey, binding.arguments
-        )
+        elif not (_builtin(destination) or self._replicated(destination)):
+            return
+        self.writer.binding(kind, binding)
         self._scheduleFlush()
 
     def bound(self, binding: Binding) -> None:
@@ -531,16 +508,7 @@ class ReplicationSource:
 
     def enqueued(self, queue: Queue, entry: Entry) -> None:
         if self._replicated(queue, ALL):
-            message = entry.message
-            self.writer.enqueued(
-                queue.name,
-                entry.id,
-                entry.redelivered,
-                message.addressing,
-                message.header,
-                message.body,
-                entry.expiresAt,
-            )
+            self.writer.entry(queue, entry)
             self._scheduleFlush()
 
     def acquired(self, queue: Queue, entry: Entry) -> None:

@@ -609,17 +609,17 @@ class Store:
         writer = ev.EventWriter()
         for exchange in vhost.exchanges.values():
             if exchange.durable and not _builtin(exchange):
-                _writeExchange(writer, exchange)
+                writer.exchangeDeclared(exchange)
         for queue in vhost.queues.values():
             if not durableQueue(queue):
                 continue
-            _writeQueue(writer, queue)
+            writer.queueDeclared(queue)
             entries = sorted(
                 list(queue.readyEntries()) + list(queue.held.values()), key=lambda e: e.id
             )
             for entry in entries:
                 if entry.message.persistent:
-                    _writeEntry(writer, queue, entry)
+                    writer.entry(queue, entry)
                     if entry.id in queue.held:
                         writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
         for exchange in vhost.exchanges.values():
@@ -627,7 +627,7 @@ class Store:
                 continue
             for binding in exchange.bindings.values():
                 if self._keptBinding(binding):
-                    _writeBinding(writer, ev.BOUND, binding)
+                    writer.binding(ev.BOUND, binding)
         before = self.journal.size()
         self.journal.rewrite(encodeRecord(self.epoch, self.position, writer.take()))
         self.records = 1
@@ -667,7 +667,7 @@ class Store:
 
     def queueDeclared(self, queue: Queue) -> None:
         if durableQueue(queue):
-            _writeQueue(self.writer, queue)
+            self.writer.queueDeclared(queue)
             self._dirty()
 
     def queueDeleted(self, queue: Queue) -> None:
@@ -678,7 +678,7 @@ class Store:
 
     def exchangeDeclared(self, exchange: Exchange) -> None:
         if exchange.durable and not _builtin(exchange):
-            _writeExchange(self.writer, exchange)
+            self.writer.exchangeDeclared(exchange)
             self._dirty()
 
     def exchangeDeleted(self, exchange: Exchange) -> None:
@@ -688,17 +688,17 @@ class Store:
 
     def bound(self, binding: Binding) -> None:
         if self._keptBinding(binding):
-            _writeBinding(self.writer, ev.BOUND, binding)
+            self.writer.binding(ev.BOUND, binding)
             self._dirty()
 
     def unbound(self, binding: Binding) -> None:
         if self._keptBinding(binding):
-            _writeBinding(self.writer, ev.UNBOUND, binding)
+            self.writer.binding(ev.UNBOUND, binding)
             self._dirty()
 
     def enqueued(self, queue: Queue, entry: Entry) -> None:
         if queue.durable and not queue.exclusive and entry.message.persistent:
-            _writeEntry(self.writer, queue, entry)
+            self.writer.entry(queue, entry)
             self.liveBytes += len(entry.message.body)
             self._dirty()
 
@@ -721,57 +721,6 @@ class Store:
             self.writer.event(ev.PURGED, queue.name)
             self._recount = True
             self._dirty()
-
-
-def _writeQueue(writer: ev.EventWriter, queue: Queue) -> None:
-    writer.event(
-        ev.QUEUE_DECLARED,
-        queue.name,
-        queue.uuid,
-        queue.durable,
-        False,
-        queue.autoDelete,
-        False,
-        queue.arguments,
-    )
-
-
-def _writeExchange(writer: ev.EventWriter, exchange: Exchange) -> None:
-    writer.event(
-        ev.EXCHANGE_DECLARED,
-        exchange.name,
-        exchange.type,
-        "",
-        exchange.durable,
-        exchange.autoDelete,
-        exchange.internal,
-        exchange.arguments,
-    )
-
-
-def _writeBinding(writer: ev.EventWriter, kind: bytes, binding: Binding) -> None:
-    destination = binding.destination
-    writer.event(
-        kind,
-        binding.source.name,
-        b"q" if isinstance(destination, Queue) else b"x",
-        destination.name,
-        binding.routingKey,
-        binding.arguments,
-    )
-
-
-def _writeEntry(writer: ev.EventWriter, queue: Queue, entry: Entry) -> None:
-    message = entry.message
-    writer.enqueued(
-        queue.name,
-        entry.id,
-        entry.redelivered,
-        message.addressing,
-        message.header,
-        message.body,
-        entry.expiresAt,
-    )
 
 
 def storeInfo(path: str) -> dict[str, Any]:
