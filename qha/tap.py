@@ -365,11 +365,19 @@ class ListeningService(Service):
                 )
                 self._retry = self.reactor.callLater(1.0, self._retried)
                 return
-            self.log.failure(
-                "qha cannot listen on {description}", failure, description=self.description
+            message = (
+                f"twistd qha: error: cannot listen for {self.what} on"
+                f" {self.description}: {failure.getErrorMessage()}"
             )
+            self.log.critical("{message}", message=message)
             if IReactorCore.providedBy(self.reactor):
-                self.reactor.stop()
+                # Stop (also when this happens before the reactor runs) and
+                # exit with status 1, so a supervisor sees the failure.
+                self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+                if self.reactor.running:
+                    self.reactor.stop()
+                else:
+                    self.reactor.callWhenRunning(self.reactor.stop)
 
         d.addCallbacks(listening, failed)
 
