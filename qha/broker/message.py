@@ -41,6 +41,10 @@ _PROPERTIES = [
 ]
 
 
+# Property flags of variable-size properties (short strings and the table).
+_VARIABLE = 0xFFFC & ~(0x1000 | 0x0800 | 0x0040)
+
+
 def checkProperties(header: bytes) -> None:
     """
     Check that the properties of a content header payload are well formed,
@@ -54,6 +58,12 @@ def checkProperties(header: bytes) -> None:
     flags = _unpackShort(header, 12)[0]
     if flags & 0x0003:
         raise ValueError(f"property flags 0x{flags:04x} set reserved or continuation bits")
+    if not flags & _VARIABLE:
+        # Only fixed-size properties (delivery mode, priority, timestamp),
+        # as most messages have: the length says it all.
+        expected = 14 + bool(flags & 0x1000) + bool(flags & 0x0800) + 8 * bool(flags & 0x0040)
+        if end == expected:
+            return
     offset = 14
     for name, flag, kind in _PROPERTIES:
         if not flags & flag:

@@ -199,6 +199,7 @@ class MemoryJournal:
     def __init__(self) -> None:
         self.records: list[bytes] = []
         self.syncs = 0
+        self._size = 0
 
     def load(self) -> list[Record]:
         records, _ = scanRecords(b"".join(self.records), "<memory>")
@@ -206,14 +207,16 @@ class MemoryJournal:
 
     def append(self, record: bytes, sync: bool = True) -> None:
         self.records.append(record)
+        self._size += len(record)
         if sync:
             self.syncs += 1
 
     def rewrite(self, record: bytes) -> None:
         self.records = [record]
+        self._size = len(record)
 
     def size(self) -> int:
-        return sum(len(record) for record in self.records)
+        return self._size
 
     def close(self) -> None:
         pass
