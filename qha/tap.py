@@ -482,7 +482,8 @@ def openStore(config: Options, vhost: VirtualHost, reactor: Any) -> Store:
         raise SystemExit(1) from None
     if hasattr(reactor, "callFromThread"):
         # Only now: a thread would keep a broker that refuses to start alive.
-        store.syncInThread = storeThread(reactor)
+        # Flushes start in the reactor thread and move there if slow.
+        store.threadSync = storeThread(reactor)
     log.info(
         "recovered {queues} queues and {messages} messages from {path} in {seconds:.2f}s"
         " (epoch {epoch}, position {position})",

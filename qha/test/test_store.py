@@ -1473,3 +1473,37 @@ class ThreadedSyncTests(SynchronousTestCase):
         Store(self.journal, self.clock).recover(recovered)
         self.assertEqual(recovered.queues["q"].messageCount, 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class AdaptiveSyncTests(SynchronousTestCase):
+    """
+    Flushes start in the reactor thread and move to the store's thread
+    once they prove slow.
+    """
+
+    def test_slowFlushesMoveToTheThread(self) -> None:
+        """
+        Fast flushes stay in the reactor thread; when the average flush
+        takes longer than C{slowSync}, the store uses C{threadSync}.
+        """
+        store = Store(MemoryJournal(), Clock())
+
+        def threadSync(write: Any) -> Any:
+            raise AssertionError("not called here")
+
+        store.threadSync = threadSync
+        for _ in range(50):
+            store._timeSync(0.0002)
+        self.assertIsNone(store.syncInThread)
+        for _ in range(50):
+            store._timeSync(0.010)
+        self.assertIs(store.syncInThread, threadSync)
+
+    def test_noThreadNoSwitch(self) -> None:
+        """
+        Without a thread (tests, C{--store memory}) nothing switches.
+        """
+        store = Store(MemoryJournal(), Clock())
+        for _ in range(50):
+            store._timeSync(0.010)
+        self.assertIsNone(store.syncInThread)
