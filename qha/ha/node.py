@@ -23,7 +23,6 @@ from twisted.python.failure import Failure
 
 from ..admin.commands import AddObject, DeleteObject, ListObjects, Ping, Promote, Query, Replicate
 from ..broker.errors import AMQPError
-from ..broker.exchange import Exchange
 from ..broker.queue import Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from .backup import Replicator, holdingsOf
@@ -44,7 +43,6 @@ from .events import MalformedEvents
 from .primary import ReplicationGate, ReplicationSource, replicateLevel
 from .role import (
     ACTIVE,
-    BACKUP_ROLES,
     CATCHUP,
     JOINING,
     PRIMARY_ROLES,
@@ -454,6 +452,12 @@ class BackupLink:
         if self._watch is not None and self._watch.active():
             self._watch.cancel()
         self._watch = None
+        self.linkLost()
+
+    def linkLost(self) -> None:
+        """
+        The link is gone: a backup looks for the primary again.
+        """
         self.node.linkLost(self)
 
 

@@ -179,11 +179,8 @@ class QueueReplicaLink(BackupLink):
             address=self.address,
         )
 
-    def lost(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._watch is not None and self._watch.active():
-            self._watch.cancel()
-        self._watch = None
+    def linkLost(self) -> None:
+        """
+        The remote went away: look for it (or its cluster's new primary).
+        """
         self.replica.linkLost()

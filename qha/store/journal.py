@@ -402,30 +402,9 @@ class Store:
         """
         started = time.monotonic()
         records = self.journal.load()
-        replica = vhost.replica
-        vhost.replica = True
-        replicator = Replicator(vhost, lambda: None)
-        # Replay makes millions of objects that all live on: the cyclic
-        # garbage collector would scan them again and again for nothing (a
-        # third of the time of recovering a million messages).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for index, record in enumerate(records):
-                try:
-                    replicator.apply(record.events)
-                except ev.MalformedEvents as error:
-                    raise StoreCorrupt(
-                        getattr(self.journal, "path", "<memory>"),
-                        record.offset,
-                        f"record {index + 1} passes its checksum but cannot be decoded: {error}",
-                    ) from None
-                self.epoch = max(self.epoch, record.epoch)
-                self.position = record.position
-        finally:
-            if collecting:
-                gc.enable()
-        vhost.replica = replica
+        epoch, position = replay(records, vhost, getattr(self.journal, "path", "<memory>"))
+        self.epoch = max(self.epoch, epoch)
+        self.position = position if records else self.position
         self.records = len(records)
         messages = 0
         for queue in vhost.queues.values():
@@ -747,24 +726,21 @@ class Store:
             self._dirty()
 
 
-def storeInfo(path: str) -> dict[str, Any]:
+def replay(records: list[Record], vhost: VirtualHost, path: str) -> tuple[int, int]:
     """
-    What a journal holds, read without a broker (for C{qha-admin
-    store-info}): its epoch and stream position, and its queues and
-    messages.
+    Apply C{records} to C{vhost} as a replica (no timers, no policies of
+    its own); return the highest epoch and the last position they carry.
 
-    @raise StoreCorrupt: if it is damaged.
+    @raise StoreCorrupt: for a record that passes its checksum but cannot be
+        decoded.
     """
-    journal = FileJournal(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(MAGIC):
-        raise StoreCorrupt(path, 0, "the file does not start with the qha journal header")
-    records, valid = scanRecords(data, path, len(MAGIC))
-    vhost = VirtualHost()
+    replica = vhost.replica
     vhost.replica = True
     replicator = Replicator(vhost, lambda: None)
     epoch = position = 0
+    # Replay makes millions of objects that all live on: the cyclic garbage
+    # collector would scan them again and again for nothing (a third of the
+    # time of recovering a million messages).
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -782,7 +758,25 @@ def storeInfo(path: str) -> dict[str, Any]:
     finally:
         if collecting:
             gc.enable()
-    del journal
+        vhost.replica = replica
+    return epoch, position
+
+
+def storeInfo(path: str) -> dict[str, Any]:
+    """
+    What a journal holds, read without a broker (for C{qha-admin
+    store-info}): its epoch and stream position, and its queues and
+    messages.
+
+    @raise StoreCorrupt: if it is damaged.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(MAGIC):
+        raise StoreCorrupt(path, 0, "the file does not start with the qha journal header")
+    records, valid = scanRecords(data, path, len(MAGIC))
+    vhost = VirtualHost()
+    epoch, position = replay(records, vhost, path)
     return {
         "path": path,
         "bytes": len(data),

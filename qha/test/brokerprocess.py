@@ -111,6 +111,29 @@ def twistdCommand() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]":
+    """
+    Start C{twistd -n qha --port PORT ARGUMENTS} from the checkout, with its
+    output on a pipe, dying with the test process.
+    """
+    environment = dict(os.environ)
+    pythonPath = environment.get("PYTHONPATH")
+    environment["PYTHONPATH"] = (
+        CHECKOUT if not pythonPath else CHECKOUT + os.pathsep + pythonPath
+    )
+    environment["PYTHONUNBUFFERED"] = "1"
+    command = twistdCommand() + ["-n", "--pidfile=", "qha", "--port", port, *arguments]
+    return subprocess.Popen(
+        command,
+        cwd=CHECKOUT,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_dieWithParent,
+    )
+
+
 class BrokerProcess:
     """
     One C{twistd qha} process on a free loopback port.
@@ -149,30 +172,9 @@ class BrokerProcess:
         @raise BrokerStartError: if it exits first or takes longer; the
             process is stopped and the message holds its output.
         """
-        environment = dict(os.environ)
-        pythonPath = environment.get("PYTHONPATH")
-        environment["PYTHONPATH"] = (
-            CHECKOUT if not pythonPath else CHECKOUT + os.pathsep + pythonPath
-        )
-        environment["PYTHONUNBUFFERED"] = "1"
-        command = twistdCommand() + [
-            "-n",
-            "--pidfile=",
-            "qha",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            *self._isolation(),
-            *self.arguments,
-        ]
         try:
-            self.process = subprocess.Popen(
-                command,
-                cwd=CHECKOUT,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_dieWithParent,
+            self.process = spawnBroker(
+                "tcp:0:interface=127.0.0.1", [*self._isolation(), *self.arguments]
             )
         except BaseException:
             self.stop()

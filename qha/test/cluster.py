@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,14 +35,12 @@ from twisted.protocols import amp
 
 from ..admin.commands import AddObject, DeleteObject, ListObjects, Login, Ping, Promote, Query
 from .brokerprocess import (
-    CHECKOUT,
     STARTUP_TIMEOUT,
     STOP_TIMEOUT,
     BrokerProcess,
     BrokerStartError,
-    _dieWithParent,
     _running,
-    twistdCommand,
+    spawnBroker,
 )
 
 HOST = "127.0.0.1"
@@ -269,33 +266,11 @@ class ClusterBroker(BrokerProcess):
         Start the broker process, without waiting for it (see
         L{waitUntilListening}).
         """
-        environment = dict(os.environ)
-        pythonPath = environment.get("PYTHONPATH")
-        environment["PYTHONPATH"] = (
-            CHECKOUT if not pythonPath else CHECKOUT + os.pathsep + pythonPath
-        )
-        environment["PYTHONUNBUFFERED"] = "1"
-        command = twistdCommand() + [
-            "-n",
-            "--pidfile=",
-            "qha",
-            "--port",
-            f"tcp:{self.port}:interface={HOST}",
-            *self.arguments,
-        ]
         with self._changed:
             self._ampListening = False
             self._exited = False
             self.amqpListening = False
-        self.process = subprocess.Popen(
-            command,
-            cwd=CHECKOUT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_dieWithParent,
-        )
+        self.process = spawnBroker(f"tcp:{self.port}:interface={HOST}", self.arguments)
         _running.add(self)
         assert self.process.stdout is not None
         self._reader = threading.Thread(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pika
 from pamqp import body as pamqpBody, commands, frame as pamqpFrame, header as pamqpHeader
-from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import (
     AMQPConnectionError,
     ChannelClosedByBroker,

@@ -16,7 +16,6 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any
 
 import pika
 from pika.exceptions import AMQPError
