@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from pamqp import commands
@@ -50,23 +50,28 @@ def _str(value: Any) -> str:
 
 class Waits:
     """
-    What a publish's confirm waits for: the backups (replication) and the
-    disk (the store); either may be L{None}.
+    What a publish's confirm waits for when it waits for both the backups
+    (replication) and the disk (the store).
     """
 
-    __slots__ = ("replicated", "stored")
+    __slots__ = ("parts",)
 
     def __init__(self, replicated: Any, stored: Any) -> None:
-        self.replicated = replicated
-        self.stored = stored
+        self.parts = (replicated, stored)
 
+    @property
     def done(self) -> bool:
         """
         Whether both are done.
         """
-        return (self.replicated is None or self.replicated.done) and (
-            self.stored is None or self.stored.done
-        )
+        return self.parts[0].done and self.parts[1].done
+
+    def addCallback(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} as each part is done.
+        """
+        for part in self.parts:
+            part.addCallback(callback)
 
 
 class Channel:
@@ -98,9 +103,10 @@ class Channel:
         self.publishSeq = 0
         self.confirmedUpTo = 0
         self.nacked: list[int] = []
-        self.pendingConfirms: OrderedDict[int, Any] = OrderedDict()
-        self._lastReplicated: Any = None
-        self._lastStored: Any = None
+        # Runs of publishes waiting for one completion (publishes of one
+        # reactor turn share it): [completion, first seq, last seq].
+        self.pendingConfirms: deque[list[Any]] = deque()
+        self._waits: Waits | None = None
         self.transaction: list[Callable[[], Any]] | None = None
         self.lastQueue: str | None = None
         # The publish being assembled from its method, header and body frames.
@@ -254,16 +260,12 @@ class Channel:
             self.connection.confirmReady(self)
             completion = self._route(exchange, routingKey, message, mandatory)
             if completion is not None:
-                self.pendingConfirms[self.publishSeq] = completion
-                # Many publishes share a completion: one callback each.
-                if completion.replicated is not self._lastReplicated:
-                    self._lastReplicated = completion.replicated
-                    if completion.replicated is not None:
-                        completion.replicated.addCallback(self.flushConfirms)
-                if completion.stored is not self._lastStored:
-                    self._lastStored = completion.stored
-                    if completion.stored is not None:
-                        completion.stored.addCallback(self.flushConfirms)
+                pending = self.pendingConfirms
+                if pending and pending[-1][0] is completion:
+                    pending[-1][2] = self.publishSeq
+                else:
+                    pending.append([completion, self.publishSeq, self.publishSeq])
+                    completion.addCallback(self.flushConfirms)
         else:
             self._route(exchange, routingKey, message, mandatory)
 
@@ -272,7 +274,8 @@ class Channel:
     ) -> Any:
         """
         Enqueue C{message} where it routes; return what its confirm must
-        wait for (backups), or L{None}.
+        wait for (the backups' or the store's completion, or L{Waits} for
+        both), or L{None}.
         """
         queues = self.vhost.route(exchange, routingKey, message)
         if queues:
@@ -295,8 +298,14 @@ class Channel:
                 store = factory.store
                 replicated = gate.hold(accepted) if gate is not None else None
                 stored = store.hold(accepted, message) if store is not None else None
-                if replicated is not None or stored is not None:
-                    return Waits(replicated, stored)
+                if stored is None:
+                    return replicated
+                if replicated is None:
+                    return stored
+                waits = self._waits
+                if waits is None or waits.parts[0] is not replicated or waits.parts[1] is not stored:
+                    waits = self._waits = Waits(replicated, stored)
+                return waits
         elif mandatory:
             self.connection.write(
                 wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
@@ -313,11 +322,11 @@ class Channel:
         upTo = self.publishSeq
         pending = self.pendingConfirms
         while pending:
-            seq = next(iter(pending))
-            if not pending[seq].done():
-                upTo = min(upTo, seq - 1)
+            run = pending[0]
+            if not run[0].done:
+                upTo = run[1] - 1
                 break
-            pending.popitem(last=False)
+            pending.popleft()
         if upTo <= self.confirmedUpTo or self.closing:
             return
         write = self.connection.write
@@ -749,8 +758,7 @@ class Channel:
             completion
             for wait in (operation() for operation in operations)
             if wait is not None
-            for completion in (wait.replicated, wait.stored)
-            if completion is not None
+            for completion in (wait.parts if isinstance(wait, Waits) else (wait,))
         ]
         commitOk = wire.simple(self.number, 90, 21)
         if not waits:

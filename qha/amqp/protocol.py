@@ -153,6 +153,7 @@ class AMQPServer(Protocol):
         self.user: str | None = None
         self.writable = True
         self._pending = b""
+        self._yielded = False
         self._confirming: set[Channel] = set()
         self._lastReceived = 0.0
         self._heartbeatLoop: LoopingCall | None = None
@@ -257,6 +258,10 @@ class AMQPServer(Protocol):
         """
         Decode every whole frame in C{data} and keep the rest.
         """
+        if self._yielded:
+            # Waiting for a replication box to go out: keep it for then.
+            self._pending += data
+            return
         if self._pending:
             data = self._pending + data
             self._pending = b""
@@ -282,6 +287,7 @@ class AMQPServer(Protocol):
         offset = 0
         size = len(data)
         frameLimit = self.frameMax
+        gate = self.factory.gate
         try:
             while size - offset >= 8:
                 frameType, number, length = _unpackFrameHeader(data, offset)
@@ -304,6 +310,12 @@ class AMQPServer(Protocol):
                     self._methodFrame(number, data, start, end)
                 elif frameType == 3:
                     self._bodyFrame(number, data[start:end])
+                    if gate is not None and gate.full:
+                        # The replication box is full: let it go out before
+                        # going on (see ReplicationGate).
+                        self._yielded = True
+                        gate.whenSent(self._boxSent)
+                        break
                 elif frameType == 2:
                     self._headerFrame(number, data[start:end])
                 elif frameType == 8:
@@ -334,6 +346,15 @@ class AMQPServer(Protocol):
             self._confirming.clear()
         if self._pausedForMemory:
             self._pauseReading("memory")
+
+    def _boxSent(self) -> None:
+        """
+        The replication box this connection waited for went out: go on
+        with what was read meanwhile.
+        """
+        self._yielded = False
+        if self.state is not CLOSED and self._pending:
+            self.dataReceived(b"")
 
     def _methodFrame(self, number: int, data: bytes, start: int, end: int) -> None:
         if end - start < 4:

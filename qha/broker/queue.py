@@ -254,7 +254,9 @@ class Queue:
         return len(self.consumers)
 
     def _notify(self, event: str, *args: Any) -> None:
-        for observer in self.vhost.observers:
+        vhost = self.vhost
+        vhost.changes += 1
+        for observer in vhost.observers:
             getattr(observer, event)(self, *args)
 
     # Enqueueing
@@ -278,6 +280,7 @@ class Queue:
         vhost = self.vhost
         vhost.resources.add(len(message.body))
         if vhost.observers:
+            vhost.changes += 1
             for observer in vhost.observers:
                 observer.enqueued(self, entry)
         if self.consumers:
@@ -331,6 +334,7 @@ class Queue:
         vhost = self.vhost
         vhost.resources.add(size)
         if vhost.observers:
+            vhost.changes += 1
             for observer in vhost.observers:
                 observer.enqueued(self, entry)
         self._link(entry)
@@ -549,6 +553,7 @@ class Queue:
         """
         vhost = self.vhost
         if vhost.observers:
+            vhost.changes += 1
             for observer in vhost.observers:
                 observer.acquired(self, entry)
         if consumer.noAck:
@@ -573,6 +578,7 @@ class Queue:
         self.held[entry.id] = entry
         vhost = self.vhost
         if vhost.observers:
+            vhost.changes += 1
             for observer in vhost.observers:
                 observer.acquired(self, entry)
         return entry
@@ -585,6 +591,7 @@ class Queue:
         self.held.pop(entry.id, None)
         vhost.resources.remove(len(entry.message.body))
         if vhost.observers and not self.deleted:
+            vhost.changes += 1
             for observer in vhost.observers:
                 observer.dequeued(self, entry)
 
@@ -622,6 +629,7 @@ class Queue:
                 if value is not None:
                     self._lastValues[_hashable(value)] = entry
             if vhost.observers:
+                vhost.changes += 1
                 for observer in vhost.observers:
                     observer.released(self, entry)
         if self.consumers:
@@ -866,6 +874,7 @@ class Queue:
             self.vhost.resources.remove(
                 sum(len(entry.message.body) for entry in removed), count
             )
+        self.vhost.changes += 1
         for observer in self.vhost.observers:
             observer.purged(self, count)
         return count

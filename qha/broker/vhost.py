@@ -157,6 +157,8 @@ class VirtualHost:
     One AMQP virtual host.
 
     @ivar observers: told of every change, in order.
+    @ivar changes: how many changes the observers were told of (a cluster
+        primary's position in its replication stream).
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.observers: list[BrokerObserver] = []
+        self.changes = 0
         self.resources = resources if resources is not None else Resources()
         for exchangeName, typeName in [
             ("", "direct"),
@@ -240,6 +243,7 @@ class VirtualHost:
             )
         exchange = cls(name, durable, autoDelete, internal, arguments)
         self.exchanges[name] = exchange
+        self.changes += 1
         for observer in self.observers:
             observer.exchangeDeclared(exchange)
         return exchange
@@ -289,6 +293,7 @@ class VirtualHost:
             self._removeBinding(binding)
         del self.exchanges[name]
         exchange.deleted = True
+        self.changes += 1
         for observer in self.observers:
             observer.exchangeDeleted(exchange)
 
@@ -362,6 +367,7 @@ class VirtualHost:
         if uuid is not None:
             queue.uuid = uuid
         self.queues[name] = queue
+        self.changes += 1
         for observer in self.observers:
             observer.queueDeclared(queue)
         # Every queue is bound to the default exchange by its name.
@@ -422,6 +428,7 @@ class VirtualHost:
         for consumer in list(queue.consumers):
             queue.consumers.remove(consumer)
             consumer.target.consumerCancelled(consumer)
+        self.changes += 1
         for observer in self.observers:
             observer.queueDeleted(queue)
         return count
@@ -530,6 +537,7 @@ class VirtualHost:
                 destination.bindings.add(binding)
             else:
                 destination.inbound.add(binding)
+            self.changes += 1
             for observer in self.observers:
                 observer.bound(binding)
             return binding
@@ -544,6 +552,7 @@ class VirtualHost:
             destination.bindings.discard(binding)
         else:
             destination.inbound.discard(binding)
+        self.changes += 1
         for observer in self.observers:
             observer.unbound(binding)
         if autoDelete and source.autoDelete and not source.bindings:

@@ -42,6 +42,7 @@ MEMBERS = b"M"
 _q = struct.Struct(">q")
 _I = struct.Struct(">I")
 _H = struct.Struct(">H")
+_qBq = struct.Struct(">qBq").pack
 
 
 class EventWriter:
@@ -54,6 +55,8 @@ class EventWriter:
         self.count = 0
         self.size = 0
         self._run: list[Any] | None = None
+        # Queue names, encoded with their length, for the hot event.
+        self._names: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return self.count
@@ -201,18 +204,37 @@ class EventWriter:
 
     def entry(self, queue: Any, entry: Any) -> None:
         """
-        An entry of a queue: its message, id, redelivered mark and deadline.
+        An entry of a queue: its message, id, redelivered mark and deadline
+        (L{enqueued}, with the queue's name encoded once).
         """
+        self.count += 1
+        name = self._names.get(queue.name)
+        if name is None:
+            if len(self._names) > 1000:
+                self._names.clear()
+            raw = queue.name.encode("utf-8")
+            name = self._names[queue.name] = _H.pack(len(raw)) + raw
         message = entry.message
-        self.enqueued(
-            queue.name,
-            entry.id,
-            entry.redelivered,
-            message.addressing,
-            message.header,
-            message.body,
-            entry.expiresAt,
+        addressing = message.addressing
+        header = message.header
+        body = message.body
+        expiresAt = entry.expiresAt
+        data = b"".join(
+            (
+                b"E",
+                name,
+                _qBq(entry.id, 1 if entry.redelivered else 0,
+                     int(expiresAt * 1000) if expiresAt is not None else 0),
+                _I.pack(len(addressing)),
+                addressing,
+                _I.pack(len(header)),
+                header,
+                _I.pack(len(body)),
+                body,
+            )
         )
+        self.parts.append(data)
+        self.size += len(data)
 
     def take(self) -> bytes:
         """

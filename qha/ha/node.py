@@ -461,22 +461,6 @@ class BackupLink:
         self.node.linkLost(self)
 
 
-class EventCounter:
-    """
-    Counts the primary's events: the position in its stream that boxes
-    carry and stores record, to tell which of several stores is newest.
-    """
-
-    def __init__(self, node: "HANode") -> None:
-        self.node = node
-
-    def _count(self, *args: Any) -> None:
-        self.node.position += 1
-
-    queueDeclared = queueDeleted = exchangeDeclared = exchangeDeleted = _count
-    bound = unbound = enqueued = acquired = released = dequeued = purged = _count
-
-
 class StandaloneRole:
     """
     The role of a broker outside any cluster: it never changes.
@@ -526,10 +510,6 @@ class HANode(Service):
         self.knownEpochs: dict[str, int] = {}
         self.queueReplicas: dict[str, Any] = {}
         self.store: Any = None
-        # The position in this primary's stream: every broker event counts.
-        self.position = 0
-        if not standalone:
-            vhost.observers.append(EventCounter(self))
         self._discoveryCall: IDelayedCall | None = None
         self._recoveryCall: IDelayedCall | None = None
         self._probeCall: IDelayedCall | None = None
@@ -543,6 +523,19 @@ class HANode(Service):
     @property
     def epoch(self) -> int:
         return self.state.epoch
+
+    @property
+    def position(self) -> int:
+        """
+        The position in this primary's stream: every change its virtual
+        host reports counts.
+        """
+        return self.vhost.changes
+
+    @position.setter
+    def position(self, position: int) -> None:
+        # A broker restarted from its store goes on from the stored position.
+        self.vhost.changes = position
 
     @property
     def replicateDefault(self) -> str:
@@ -645,8 +638,11 @@ class HANode(Service):
         # A new gate before the backups go: losing them must not release
         # (confirm) the publishes the old gate held, which no backup of the
         # new primary has.
-        self.gate = ReplicationGate(self)
+        old, self.gate = self.gate, ReplicationGate(self)
         self.amqp.factory.gate = self.gate
+        # Connections that waited for the old gate's box read on (and are
+        # closed by stopListening).
+        old.releasePaused()
         for source in list(self.sources.values()):
             source.drop("this broker stepped down")
         self.vhost.replica = True

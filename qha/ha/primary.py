@@ -125,10 +125,20 @@ class ReplicationGate:
     """
     Decides which publishes must wait for backups, and tracks them.
 
+    It also paces publishers: once the box being gathered carries
+    C{boxPublishes} replicated publishes, the connections publishing them
+    stop reading (L{full}) until the box has gone out. The backup then works
+    on one box while the primary reads the next, instead of the two taking
+    turns over one large box per read.
+
     @ivar sources: the ready backups' sources.
-    @ivar held: completions held by a recovering primary or short of
-        C{minBackups}.
+    @ivar waiting: completions not yet done.
+    @ivar gathered: replicated publishes attached to the box being gathered.
+    @ivar full: whether publishing connections should wait for that box to
+        go out.
     """
+
+    boxPublishes = 64
 
     def __init__(self, node: "HANode") -> None:
         self.node = node
@@ -136,16 +146,50 @@ class ReplicationGate:
         self.waiting: set[Completion] = set()
         self.recovering = False
         self.current: Completion | None = None
+        self.gathered = 0
+        self.full = False
+        self._paused: list[Callable[[], None]] = []
+        self._releaseCall: IDelayedCall | None = None
+
+    def whenSent(self, resume: Callable[[], None]) -> None:
+        """
+        Call C{resume} once the box being gathered has been written (after
+        the reactor's next write, so the backup has it before the primary
+        reads on).
+        """
+        self._paused.append(resume)
+
+    def releasePaused(self) -> None:
+        """
+        Let every paused connection go on (this gate is being replaced).
+        """
+        self._release()
+
+    def _release(self) -> None:
+        """
+        Let paused connections read again, after the reactor's next turn.
+        """
+        if self._paused and self._releaseCall is None:
+            self._releaseCall = self.node.clock.callLater(0, self._resumeAll)
+
+    def _resumeAll(self) -> None:
+        self._releaseCall = None
+        paused, self._paused = self._paused, []
+        for resume in paused:
+            resume()
 
     def hold(self, queues: list[Queue]) -> Completion | None:
         """
         A message was enqueued on C{queues}: the completion its confirm waits
         for, or L{None} if it needs none.
         """
-        default = self.node.replicateDefault
         replicated = False
         for queue in queues:
-            if cachedLevel(queue, default) == ALL:
+            try:
+                level = queue._haLevel  # type: ignore[attr-defined]
+            except AttributeError:
+                level = cachedLevel(queue, self.node.replicateDefault)
+            if level == ALL:
                 replicated = True
                 break
         if not replicated and not self.recovering:
@@ -154,6 +198,10 @@ class ReplicationGate:
         if current is not None and not current.done and current.replicated == replicated:
             # One completion serves every publish of a reactor turn: they
             # travel in the same boxes.
+            if replicated and current.parties:
+                self.gathered += 1
+                if self.gathered >= self.boxPublishes:
+                    self.full = True
             return current
         completion = Completion(self.node.minBackups if replicated else 0)
         completion.replicated = replicated
@@ -167,14 +215,22 @@ class ReplicationGate:
             self.waiting.add(completion)
             completion.addCallback(lambda: self.waiting.discard(completion))
             self.current = completion
+            if replicated and completion.parties:
+                self.gathered += 1
+                if self.gathered >= self.boxPublishes:
+                    self.full = True
             return completion
         return None
 
     def sealed(self) -> None:
         """
-        A source sent its box: later publishes need a new completion.
+        A source sent its box: later publishes need a new completion, and
+        the connections that waited for the box may read on.
         """
         self.current = None
+        self.gathered = 0
+        self.full = False
+        self._release()
 
     def backupReady(self, source: "ReplicationSource") -> None:
         """
@@ -192,6 +248,9 @@ class ReplicationGate:
         A backup went away: stop waiting for it.
         """
         self.sources.discard(source)
+        self.gathered = 0
+        self.full = False
+        self._release()
         for completion in list(self.waiting):
             completion.lost(source)
 
@@ -248,6 +307,7 @@ class ReplicationSource:
         self.lastHeard = clock.seconds()
         self._flushCall: IDelayedCall | None = None
         self._heartbeatCall: IDelayedCall | None = None
+        self._follows_: dict[Queue, bool] = {}
 
     def __repr__(self) -> str:
         return f"<ReplicationSource to {self.backupId} ready={self.ready}>"
@@ -277,6 +337,7 @@ class ReplicationSource:
         if self.closed:
             return
         self.closed = True
+        self._follows_.clear()
         if self in self.vhost.observers:
             self.vhost.observers.remove(self)
         for call in (self._flushCall, self._heartbeatCall):
@@ -471,6 +532,7 @@ class ReplicationSource:
             self._scheduleFlush()
 
     def queueDeleted(self, queue: Queue) -> None:
+        self._follows_.pop(queue, None)
         if self._replicated(queue):
             self.writer.event(ev.QUEUE_DELETED, queue.name, queue.uuid)
             self._scheduleFlush()
@@ -506,25 +568,41 @@ class ReplicationSource:
     def unbound(self, binding: Binding) -> None:
         self._bindingEvent(ev.UNBOUND, binding)
 
+    def _follows(self, queue: Queue) -> bool:
+        """
+        Whether this backup copies C{queue}'s messages, worked out once per
+        queue (the message events are the hot path).
+        """
+        follows = self._follows_.get(queue)
+        if follows is None:
+            follows = self._follows_[queue] = self._replicated(queue, ALL)
+        return follows
+
     def enqueued(self, queue: Queue, entry: Entry) -> None:
-        if self._replicated(queue, ALL):
+        follows = self._follows_.get(queue)
+        if follows or (follows is None and self._follows(queue)):
             self.writer.entry(queue, entry)
-            self._scheduleFlush()
+            if self._flushCall is None:
+                self._scheduleFlush()
 
     def acquired(self, queue: Queue, entry: Entry) -> None:
-        if self._replicated(queue, ALL):
+        follows = self._follows_.get(queue)
+        if follows or (follows is None and self._follows(queue)):
             self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
-            self._scheduleFlush()
+            if self._flushCall is None:
+                self._scheduleFlush()
 
     def released(self, queue: Queue, entry: Entry) -> None:
-        if self._replicated(queue, ALL):
+        if self._follows(queue):
             self.writer.entryEvent(ev.RELEASED, queue.name, entry.id)
             self._scheduleFlush()
 
     def dequeued(self, queue: Queue, entry: Entry) -> None:
-        if self._replicated(queue, ALL):
+        follows = self._follows_.get(queue)
+        if follows or (follows is None and self._follows(queue)):
             self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
-            self._scheduleFlush()
+            if self._flushCall is None:
+                self._scheduleFlush()
 
     def purged(self, queue: Queue, count: int) -> None:
         if self._replicated(queue, ALL):

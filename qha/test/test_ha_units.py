@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from qha.amqp.protocol import BrokerFactory
 from qha.broker.message import Message
 from qha.broker.queue import Consumer, Entry, Queue
 from qha.broker.vhost import VirtualHost
@@ -40,6 +41,7 @@ from qha.ha.role import (
     Role,
     RoleRefused,
 )
+from qha.test.test_protocol import Client, fastUsers, publishBytes
 from qha.testing import RecordingTarget
 
 ALL = {"qpid.replicate": "all"}
@@ -1109,6 +1111,91 @@ class ReplicationTests(SynchronousTestCase):
         link.flush()
         self.assertTrue(completion.done)
         self.assertEqual([id for id, _, _ in contents(self.backup.vhost.queues["q"])], [1])
+        self.cluster.finish()
+
+    def publishingClient(self, boxPublishes: int) -> tuple[Client, Link, Queue]:
+        """
+        An AMQP client of the primary in confirm mode on channel 1, the
+        queue C{q} it publishes to, and the replication link to the backup;
+        the primary's boxes carry C{boxPublishes} publishes at most before
+        publishers wait.
+        """
+        link = self.cluster.connect(self.primary, self.backup)
+        queue = self.primary.vhost.declareQueue("q", arguments=ALL)
+        link.flush()
+        self.primary.gate.boxPublishes = boxPublishes
+        factory = BrokerFactory(self.primary.vhost, fastUsers(), self.cluster.clock)
+        factory.gate = self.primary.gate
+        client = Client(factory)
+        client.handshake()
+        client.openChannel(1)
+        client.call(1, commands.Confirm.Select())
+        return client, link, queue
+
+    def test_publisherWaitsForFullBox(self) -> None:
+        """
+        A connection that published a box's worth of replicated messages in
+        one read stops there until that box has gone out, then goes on with
+        the rest of the read and with what it read meanwhile, in order: the
+        backup applies one box while the primary reads the next.
+        """
+        client, link, queue = self.publishingClient(4)
+        before = len(link.boxes)
+        client.send(b"".join(publishBytes(1, "", "q", b"%d" % i) for i in range(10)))
+        self.assertEqual(queue.messageCount, 4)
+        client.send(publishBytes(1, "", "q", b"late"))
+        self.assertEqual(queue.messageCount, 4)
+        self.assertEqual(client.received(), [])
+        link.flush()
+        self.assertEqual([len(box) for box in link.boxes[before:]], [4, 4, 3])
+        expected = [b"%d" % i for i in range(10)] + [b"late"]
+        self.assertEqual([body for _, body, _ in contents(queue)], expected)
+        self.assertEqual(
+            [body for _, body, _ in contents(self.backup.vhost.queues["q"])], expected
+        )
+        acks = [frame for _, frame in client.received()]
+        self.assertTrue(all(isinstance(ack, commands.Basic.Ack) for ack in acks))
+        self.assertEqual(acks[-1].delivery_tag, 11)
+        client.disconnect()
+        self.cluster.finish()
+
+    def test_publisherGoesOnWhenBackupLost(self) -> None:
+        """
+        A connection waiting for a box goes on when the backup goes away
+        (no box will go out to it); its publishes are then confirmed
+        without it.
+        """
+        client, link, queue = self.publishingClient(2)
+        client.send(b"".join(publishBytes(1, "", "q", b"%d" % i) for i in range(5)))
+        self.assertEqual(queue.messageCount, 2)
+        self.cluster.kill(self.backup)
+        self.cluster.clock.advance(0)
+        self.assertEqual(queue.messageCount, 5)
+        acks = [frame for _, frame in client.received()]
+        self.assertEqual(acks[-1].delivery_tag, 5)
+        client.disconnect()
+        self.cluster.finish()
+
+    def test_confirmRuns(self) -> None:
+        """
+        Publishes to a replicated and an unreplicated queue, mixed in one
+        read, are confirmed in order: those after the first replicated one
+        wait with it.
+        """
+        client, link, queue = self.publishingClient(100)
+        self.primary.vhost.declareQueue("plain")
+        client.send(
+            publishBytes(1, "", "plain", b"p1")
+            + publishBytes(1, "", "q", b"r1")
+            + publishBytes(1, "", "plain", b"p2")
+            + publishBytes(1, "", "q", b"r2")
+        )
+        [(_, ack)] = client.received()
+        self.assertEqual((ack.delivery_tag, ack.multiple), (1, False))
+        link.flush()
+        [(_, ack)] = client.received()
+        self.assertEqual((ack.delivery_tag, ack.multiple), (4, True))
+        client.disconnect()
         self.cluster.finish()
 
     def test_batched(self) -> None:
