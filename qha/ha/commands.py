@@ -139,7 +139,9 @@ class Subscribe(amp.Command):
 class Events(amp.Command):
     """
     The primary sends a batch of events; the answer acknowledges that the
-    backup applied them.
+    backup holds them. A C{transient} box (only events of messages no store
+    keeps) may be acknowledged before it is applied; any other box is
+    applied first, and written to the backup's store if it has one.
     """
 
     arguments = [
@@ -147,6 +149,7 @@ class Events(amp.Command):
         (b"seq", amp.Integer()),
         (b"events", ChunkedBytes()),
         (b"position", amp.Integer(optional=True)),
+        (b"transient", amp.Boolean(optional=True)),
     ]
     response = list[tuple[bytes, amp.Argument]]()
     errors = _errors

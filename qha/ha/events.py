@@ -55,6 +55,8 @@ class EventWriter:
         self.count = 0
         self.size = 0
         self._run: list[Any] | None = None
+        # Whether every event so far is of a message no store keeps.
+        self.transient = True
         # Queue names, encoded with their length, for the hot event.
         self._names: dict[str, bytes] = {}
 
@@ -84,6 +86,7 @@ class EventWriter:
         L{int}, L{bool} or L{dict} (a field table).
         """
         self.count += 1
+        self.transient = False
         out = [kind]
         for value in fields:
             if isinstance(value, bool):
@@ -116,6 +119,7 @@ class EventWriter:
         The hot event, encoded without the generic loop.
         """
         self.count += 1
+        self.transient = False
         raw = queue.encode("utf-8")
         # A run of acquires or dequeues stays open across enqueues: those
         # are of newer ids, so the run may be applied after them.
@@ -208,13 +212,15 @@ class EventWriter:
         (L{enqueued}, with the queue's name encoded once).
         """
         self.count += 1
+        message = entry.message
+        if message.persistent and queue.durable:
+            self.transient = False
         name = self._names.get(queue.name)
         if name is None:
             if len(self._names) > 1000:
                 self._names.clear()
             raw = queue.name.encode("utf-8")
             name = self._names[queue.name] = _H.pack(len(raw)) + raw
-        message = entry.message
         addressing = message.addressing
         header = message.header
         body = message.body
@@ -246,6 +252,7 @@ class EventWriter:
         self.parts = []
         self.count = 0
         self.size = 0
+        self.transient = True
         return data
 
 

@@ -281,21 +281,20 @@ class NodeLocator(amp.CommandLocator):
 
     @Events.responder
     def events(
-        self, epoch: int, seq: int, events: bytes, position: int | None = None
-    ) -> dict[str, Any]:
+        self,
+        epoch: int,
+        seq: int,
+        events: bytes,
+        position: int | None = None,
+        transient: bool = False,
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
         self._check()
         if self.link is None:
             raise NotPrimary("this connection is not a replication link")
-        self.link.received(epoch, seq, events)
-        store = self.node.store
-        if store is not None and self.link is self.node.link:
+        synced = self.link.received(epoch, seq, events, position, transient)
+        if synced is not None:
             # A backup with a store acknowledges only what is on its disk.
-            if position is not None:
-                store.setPosition(max(epoch, self.node.epoch), position)
-            store.flush()
-            synced = store.whenSynced()
-            if synced is not None:
-                return synced.addCallback(lambda _: {})  # type: ignore[return-value]
+            return synced.addCallback(lambda _: {})
         return {}
 
     @Heartbeat.responder
@@ -364,6 +363,9 @@ class BackupLink:
         self.lastSeq = 0
         self._watch: IDelayedCall | None = None
         self.replicator = Replicator(node.vhost, self.caughtUp)
+        # Boxes acknowledged on arrival, to apply: (seq, data, epoch, position).
+        self._unapplied: list[tuple[int, bytes, int, int | None]] = []
+        self._applyCall: IDelayedCall | None = None
 
     def start(self) -> None:
         self._scheduleWatch()
@@ -392,9 +394,25 @@ class BackupLink:
     def heard(self) -> None:
         self.lastHeard = self.node.clock.seconds()
 
-    def received(self, epoch: int, seq: int, data: bytes) -> None:
+    def received(
+        self,
+        epoch: int,
+        seq: int,
+        data: bytes,
+        position: int | None = None,
+        transient: bool = False,
+    ) -> Deferred[Any] | None:
         """
-        A box of events from the primary.
+        A box of events from the primary, up to C{position} of its stream.
+
+        A C{transient} box (only events of messages no store keeps) is
+        acknowledged at once and applied right after the answer is written,
+        so the primary's confirms do not wait for the applying; nothing is
+        weaker for it, as this backup holds the box in memory either way.
+        Any other box is applied first, with every box before it.
+
+        @return: what the answer must wait for (this backup's store writing
+            the box to disk), or L{None}.
         """
         node = self.node
         self.checkEpoch(epoch)
@@ -403,7 +421,7 @@ class BackupLink:
             # Sent again: applying it twice could bring back a message that
             # a later box dequeued.
             self.log.info("replication box {seq} was applied already: ignored", seq=seq)
-            return
+            return None
         if seq != self.lastSeq + 1:
             # A box is missing (or this one overtook it): applying this one
             # could dequeue before enqueueing. Catch up again instead.
@@ -414,13 +432,63 @@ class BackupLink:
             )
             node.clock.callLater(0, self.close)
             raise OutOfSequence(f"replication box {seq} refused: box {self.lastSeq + 1} is missing")
+        self.lastSeq = seq
+        if transient:
+            self._unapplied.append((seq, data, epoch, position))
+            if self._applyCall is None:
+                self._applyCall = node.clock.callLater(0, self._applyAfterWrite)
+            return None
+        self.applyPending()
+        if self.closed:
+            raise MalformedBox(f"replication box {seq} refused: an earlier box was malformed")
         try:
             self.replicator.apply(data)
         except MalformedEvents as error:
             self.log.error("malformed replication box {seq}: {error}", seq=seq, error=str(error))
             node.clock.callLater(0, self.close)
             raise MalformedBox(f"replication box {seq} refused: {error}") from None
-        self.lastSeq = seq
+        return self._record(epoch, position, True)
+
+    def _applyAfterWrite(self) -> None:
+        # This runs among the reactor's timed calls, before its next round
+        # of writes; a call scheduled now runs after that round, once the
+        # answers are written.
+        self._applyCall = self.node.clock.callLater(0, self.applyPending)
+
+    def applyPending(self) -> None:
+        """
+        Apply the boxes acknowledged on arrival and not yet applied.
+        """
+        if self._applyCall is not None and self._applyCall.active():
+            self._applyCall.cancel()
+        self._applyCall = None
+        boxes, self._unapplied = self._unapplied, []
+        for seq, data, epoch, position in boxes:
+            try:
+                self.replicator.apply(data)
+            except MalformedEvents as error:
+                # Acknowledged already: the primary must drop this backup,
+                # which catches up again.
+                self.log.error(
+                    "malformed replication box {seq}: {error}", seq=seq, error=str(error)
+                )
+                self.close()
+                return
+        if boxes:
+            self._record(epoch, position, False)
+
+    def _record(self, epoch: int, position: int | None, wait: bool) -> Deferred[Any] | None:
+        """
+        Have this backup's store (if it has one) write what was applied and
+        the primary's position; return when it is on disk if C{wait}.
+        """
+        store = self.node.store
+        if store is None or self is not self.node.link:
+            return None
+        if position is not None:
+            store.setPosition(max(epoch, self.node.epoch), position)
+        store.flush()
+        return store.whenSynced() if wait else None
 
     def checkEpoch(self, epoch: int) -> None:
         """
@@ -449,6 +517,8 @@ class BackupLink:
         if self.closed:
             return
         self.closed = True
+        # What was acknowledged is this backup's to keep.
+        self.applyPending()
         if self._watch is not None and self._watch.active():
             self._watch.cancel()
         self._watch = None
@@ -960,6 +1030,8 @@ class HANode(Service):
         }
 
     def listObjects(self, kind: str) -> list[dict[str, Any]]:
+        if self.link is not None:
+            self.link.applyPending()
         return listObjects(self.vhost, kind, self.options.replicateDefault)
 
     def addObject(self, kind: str, description: dict[str, Any]) -> None:

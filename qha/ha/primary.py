@@ -385,12 +385,18 @@ class ReplicationSource:
             return
         self.seq += 1
         seq = self.seq
+        transient = self.writer.transient
         data = self.writer.take()
         waiters, self.waiters = self.waiters, []
         self.inFlight[seq] = waiters
         self.node.gate.sealed()
         d = self.connection.callRemote(
-            Events, epoch=self.node.epoch, seq=seq, events=data, position=self.node.position
+            Events,
+            epoch=self.node.epoch,
+            seq=seq,
+            events=data,
+            position=self.node.position,
+            transient=transient,
         )
         d.addCallbacks(lambda _: self._applied(seq), self._failed)
 

@@ -227,6 +227,29 @@ class EventCodecTests(SynchronousTestCase):
 
     table = {"x-max-length": 5, "qpid.replicate": "all", "nested": {"a": True}}
 
+    def test_transient(self) -> None:
+        """
+        A writer's events are transient while they are only of messages no
+        store keeps: transient messages, persistent ones of non-durable
+        queues, acquires and dequeues. A persistent message of a durable
+        queue or any other event makes them not; taking them starts over.
+        """
+        vhost = VirtualHost()
+        plain = vhost.declareQueue("plain")
+        durable = vhost.declareQueue("durable", durable=True)
+        persistent = commands.Basic.Properties(delivery_mode=2)
+        writer = ev.EventWriter()
+        writer.entry(plain, plain.enqueue(Message.build("", "plain", b"1", persistent)))
+        writer.entry(durable, durable.enqueue(Message.build("", "durable", b"2")))
+        writer.entryEvent(ev.DEQUEUED, "durable", 1)
+        self.assertTrue(writer.transient)
+        writer.entry(durable, durable.enqueue(Message.build("", "durable", b"3", persistent)))
+        self.assertFalse(writer.transient)
+        writer.take()
+        self.assertTrue(writer.transient)
+        writer.event(ev.PURGED, "plain")
+        self.assertFalse(writer.transient)
+
     def everyEvent(self) -> tuple[bytes, list[tuple[Any, ...]]]:
         """
         One event of every type, encoded; and the tuples that decoding
@@ -1585,6 +1608,125 @@ class StreamFaultTests(SynchronousTestCase):
         self.cluster.connect(self.primary, self.backup)
         self.assertEqual([id for id, _, _ in self.replica()], [1, 2])
         self.assertReplicated()
+        self.cluster.finish()
+
+
+class EarlyAcknowledgementTests(SynchronousTestCase):
+    """
+    A backup acknowledges a box of transient message events on arrival and
+    applies it right after; any other box it applies (and stores) first.
+    """
+
+    def setUp(self) -> None:
+        """
+        An active primary and a ready backup, with a replicated queue C{q}
+        and a durable replicated queue C{d}.
+        """
+        self.cluster = InMemoryCluster(self)
+        self.primary = self.cluster.primary()
+        self.backup = self.cluster.node()
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.primary.vhost.declareQueue("d", durable=True, arguments=ALL)
+        self.link = self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+
+    def publish(self, queue: str, persistent: bool = False) -> Completion:
+        """
+        Publish one message to C{queue} as a channel does, and send the box
+        that carries it (without moving it).
+        """
+        properties = commands.Basic.Properties(delivery_mode=2 if persistent else 1)
+        queues = self.primary.vhost.publish(
+            "", queue, Message.build("", queue, b"m", properties)
+        )
+        completion = self.primary.gate.hold(queues)
+        assert completion is not None
+        self.cluster.clock.advance(0)
+        return completion
+
+    def deliver(self) -> None:
+        """
+        Move the bytes between primary and backup, without running timers.
+        """
+        while self.link.pump.pump(advanceClock=False):
+            pass
+
+    def held(self, queue: str) -> int:
+        """
+        How many messages the backup holds on C{queue}.
+        """
+        return self.backup.vhost.queues[queue].messageCount
+
+    def test_transientAnsweredFirst(self) -> None:
+        """
+        A box of transient messages is acknowledged before the backup
+        applies it, so the confirm does not wait for the applying; the
+        backup applies it once the answer is written.
+        """
+        completion = self.publish("q")
+        self.deliver()
+        self.assertTrue(completion.done)
+        self.assertEqual(self.held("q"), 0)
+        self.cluster.clock.advance(0)
+        self.assertEqual(self.held("q"), 1)
+        self.cluster.finish()
+
+    def test_persistentAppliedFirst(self) -> None:
+        """
+        A box with a persistent message for a durable queue is applied
+        before it is acknowledged (a backup with a store writes it first).
+        """
+        completion = self.publish("d", persistent=True)
+        self.deliver()
+        self.assertTrue(completion.done)
+        self.assertEqual(self.held("d"), 1)
+        self.cluster.finish()
+
+    def test_inOrder(self) -> None:
+        """
+        A box applied first applies every box acknowledged before it, in
+        order.
+        """
+        self.publish("q")
+        self.publish("d", persistent=True)
+        self.deliver()
+        self.assertEqual((self.held("q"), self.held("d")), (1, 1))
+        self.cluster.finish()
+
+    def test_appliedWhenLinkLost(self) -> None:
+        """
+        A backup whose link drops keeps what it acknowledged.
+        """
+        completion = self.publish("q")
+        self.deliver()
+        self.assertTrue(completion.done)
+        self.link.link.lost()
+        self.assertEqual(self.held("q"), 1)
+        self.cluster.finish()
+
+    def test_appliedBeforeListing(self) -> None:
+        """
+        qha-admin's listings of a backup count what it acknowledged.
+        """
+        self.publish("q")
+        self.deliver()
+        [queue] = [q for q in self.backup.listObjects("queues") if q["name"] == "q"]
+        self.assertEqual(queue["messages"], 1)
+        self.cluster.finish()
+
+    def test_malformedClosesLink(self) -> None:
+        """
+        A transient box that turns out malformed when applied drops the
+        link, so that the primary stops counting on this backup and it
+        catches up again.
+        """
+        link = self.link.link
+        self.assertIsNone(
+            link.received(self.primary.epoch, link.lastSeq + 1, b"E\xff", None, True)
+        )
+        self.assertFalse(link.closed)
+        self.cluster.clock.advance(0)
+        self.assertTrue(link.closed)
         self.cluster.finish()
 
 
