@@ -744,6 +744,30 @@ class Queue:
         if len(self.levels) == 1:
             ready = self._first
             # The common case: a consumer acknowledged the oldest entries.
+            if not self._lastValues and not self.deleted:
+                # ... of a queue with no last values: what _forget and
+                # _removed do, inline (this is the backup's hot path).
+                vhost = self.vhost
+                observers = vhost.observers
+                byId = self._byId
+                size = count = 0
+                while ready and first <= ready[0].id <= last:
+                    entry = ready.popleft()
+                    id = entry.id
+                    held.pop(id, None)
+                    if byId is not None:
+                        byId.pop(id, None)
+                    self.readyCount -= 1
+                    length = len(entry.message.body)
+                    self.readyBytes -= length
+                    size += length
+                    count += 1
+                    if observers:
+                        vhost.changes += 1
+                        for observer in observers:
+                            observer.dequeued(self, entry)
+                if count:
+                    vhost.resources.remove(size, count)
             while ready and first <= ready[0].id <= last:
                 entry = ready.popleft()
                 held.pop(entry.id, None)
@@ -766,6 +790,22 @@ class Queue:
         if entry is not None:
             entry.redelivered = True
             self.held[id] = entry
+
+    def replicaAcquireRange(self, first: int, last: int) -> None:
+        """
+        A consumer on the primary holds entries C{first} to C{last}.
+        """
+        if self._byId is None:
+            for id in range(first, last + 1):
+                self.replicaAcquire(id)
+            return
+        find = self._byId.get
+        held = self.held
+        for id in range(first, last + 1):
+            entry = find(id)
+            if entry is not None:
+                entry.redelivered = True
+                held[id] = entry
 
     def replicaRelease(self, id: int) -> None:
         """

@@ -208,8 +208,7 @@ class Replicator:
     def acquiredRange(self, name: str, first: int, last: int) -> None:
         queue = self._queue(name)
         if queue is not None:
-            for id in range(first, last + 1):
-                queue.replicaAcquire(id)
+            queue.replicaAcquireRange(first, last)
 
     def caughtUpMarker(self) -> None:
         self.caughtUp()

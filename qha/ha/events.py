@@ -213,7 +213,7 @@ class EventWriter:
         """
         self.count += 1
         message = entry.message
-        if message.persistent and queue.durable:
+        if queue.durable and message.persistent:
             self.transient = False
         name = self._names.get(queue.name)
         if name is None:
