@@ -155,6 +155,29 @@ class Events(amp.Command):
     errors = _errors
 
 
+def eventsArguments(
+    epoch: int, seq: int, events: bytes, position: int, transient: bool
+) -> dict[str, bytes]:
+    """
+    The wire strings of an L{Events} box, made directly: the primary sends
+    one box per batch of events, and AMP's generic argument handling costs
+    more than the rest of sending it. Send them with C{callRemoteString};
+    they decode as L{Events}' arguments.
+    """
+    strings = {
+        "epoch": b"%d" % epoch,
+        "seq": b"%d" % seq,
+        "position": b"%d" % position,
+        "transient": b"True" if transient else b"False",
+        "events": events[:CHUNK],
+    }
+    index = 1
+    for start in range(CHUNK, len(events), CHUNK):
+        strings[f"events.{index}"] = events[start : start + CHUNK]
+        index += 1
+    return strings
+
+
 class Heartbeat(amp.Command):
     """
     Sent both ways on a replication link; a link silent for two intervals is

@@ -21,7 +21,7 @@ from ..broker.exchange import Binding, Exchange
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from . import events as ev
-from .commands import Events, Heartbeat
+from .commands import Events, Heartbeat, eventsArguments
 
 if TYPE_CHECKING:
     from .node import HANode
@@ -390,13 +390,10 @@ class ReplicationSource:
         waiters, self.waiters = self.waiters, []
         self.inFlight[seq] = waiters
         self.node.gate.sealed()
-        d = self.connection.callRemote(
-            Events,
-            epoch=self.node.epoch,
-            seq=seq,
-            events=data,
-            position=self.node.position,
-            transient=transient,
+        d = self.connection.callRemoteString(
+            Events.commandName,
+            True,
+            **eventsArguments(self.node.epoch, seq, data, self.node.position, transient),
         )
         d.addCallbacks(lambda _: self._applied(seq), self._failed)
 

@@ -29,7 +29,7 @@ from qha.broker.queue import Consumer, Entry, Queue
 from qha.broker.vhost import VirtualHost
 from qha.ha import events as ev
 from qha.ha.backup import Replicator, holdingsOf
-from qha.ha.commands import CHUNK, ChunkedBytes, Events, Heartbeat, Hello, Refused, StaleEpoch, Subscribe
+from qha.ha.commands import CHUNK, ChunkedBytes, Events, eventsArguments, Heartbeat, Hello, Refused, StaleEpoch, Subscribe
 from qha.ha.node import BackupLink, HANode, HAOptions, NodeAMP, NodeAMPFactory, NodeLocator, PersistentState
 from qha.ha.primary import Completion, ReplicationGate
 from qha.ha.role import (
@@ -441,6 +441,28 @@ class ChunkedBytesTests(SynchronousTestCase):
     """
     L{ChunkedBytes}: a value of any size through a real AMP box.
     """
+
+    def test_eventsArguments(self) -> None:
+        """
+        The primary's hand-made L{Events} strings decode as L{Events}'
+        arguments, large event data included, and match what AMP's own
+        encoding gives.
+        """
+        data = bytes(range(256)) * 600
+        for transient in (True, False):
+            strings = eventsArguments(3, 7, data, 1234, transient)
+            box = amp.AmpBox({key.encode("ascii"): value for key, value in strings.items()})
+            self.assertEqual(
+                Events.parseArguments(box, None),
+                {"epoch": 3, "seq": 7, "events": data, "position": 1234, "transient": transient},
+            )
+            self.assertEqual(
+                box,
+                Events.makeArguments(
+                    {"epoch": 3, "seq": 7, "events": data, "position": 1234, "transient": transient},
+                    None,
+                ),
+            )
 
     def test_keys(self) -> None:
         """
@@ -1288,6 +1310,18 @@ class BoxInterceptor:
         self.sent: list[int] = []
         self.failures: list[Failure] = []
         protocol.callRemote = self.callRemote  # type: ignore[method-assign,assignment]
+        self.originalString = protocol.callRemoteString
+        protocol.callRemoteString = self.callRemoteString  # type: ignore[method-assign]
+
+    def callRemoteString(self, command: bytes, requiresAnswer: bool = True, **strings: bytes) -> Any:
+        """
+        The primary sends L{Events} boxes as strings: decode them and treat
+        them as L{callRemote} does.
+        """
+        if command != Events.commandName:
+            return self.originalString(command, requiresAnswer, **strings)
+        box = amp.AmpBox({key.encode("ascii"): value for key, value in strings.items()})
+        return self.callRemote(Events, **Events.parseArguments(box, self.protocol))
 
     def callRemote(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         """
