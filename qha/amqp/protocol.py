@@ -310,7 +310,7 @@ class AMQPServer(Protocol):
                     self._methodFrame(number, data, start, end)
                 elif frameType == 3:
                     self._bodyFrame(number, data[start:end])
-                    if gate is not None and gate.full:
+                    if gate is not None and gate.full and gate.shouldWait(size - offset):
                         # The replication box is full: let it go out before
                         # going on (see ReplicationGate).
                         self._yielded = True

@@ -1204,6 +1204,21 @@ class ReplicationTests(SynchronousTestCase):
         client.disconnect()
         self.cluster.finish()
 
+    def test_publisherFarAheadFillsLargerBox(self) -> None:
+        """
+        A connection that has read far more than a box's worth goes on
+        until the box holds C{largestBox} publishes, then waits.
+        """
+        client, link, queue = self.publishingClient(4)
+        self.primary.gate.largestBox = 8
+        self.primary.gate.farAhead = 0
+        client.send(b"".join(publishBytes(1, "", "q", b"%d" % i) for i in range(20)))
+        self.assertEqual(queue.messageCount, 8)
+        link.flush()
+        self.assertEqual(queue.messageCount, 20)
+        client.disconnect()
+        self.cluster.finish()
+
     def test_publisherGoesOnWhenBackupLost(self) -> None:
         """
         A connection waiting for a box goes on when the backup goes away
