@@ -46,6 +46,9 @@ _unpackAck = struct.Struct(">QB").unpack_from
 
 PUBLISH = (60 << 16) | 40
 ACK = (60 << 16) | 80
+# How much a connection keeps read while it waits for a replication box to go
+# out before it stops reading.
+YIELDED_BUFFER = 256 * 1024
 
 # Connection states
 AWAITING_HEADER = "awaiting protocol header"
@@ -259,8 +262,13 @@ class AMQPServer(Protocol):
         Decode every whole frame in C{data} and keep the rest.
         """
         if self._yielded:
-            # Waiting for a replication box to go out: keep it for then.
+            # Waiting for a replication box to go out: keep it for then, and
+            # stop reading if much piles up (a box can wait for a stalled
+            # backup until it is dropped).
             self._pending += data
+            self._lastReceived = self.clock.seconds()
+            if len(self._pending) > YIELDED_BUFFER:
+                self._pauseReading("replication")
             return
         if self._pending:
             data = self._pending + data
@@ -353,7 +361,10 @@ class AMQPServer(Protocol):
         with what was read meanwhile.
         """
         self._yielded = False
-        if self.state is not CLOSED and self._pending:
+        if self.state is CLOSED:
+            return
+        self._resumeReading("replication")
+        if self._pending:
             self.dataReceived(b"")
 
     def _methodFrame(self, number: int, data: bytes, start: int, end: int) -> None:

@@ -1219,6 +1219,27 @@ class ReplicationTests(SynchronousTestCase):
         client.disconnect()
         self.cluster.finish()
 
+    def test_waitingPublisherStopsReading(self) -> None:
+        """
+        A connection waiting for a box keeps what it reads meanwhile, but
+        stops reading once that passes a bound (the box may wait for a
+        stalled backup until it is dropped), and reads again once the box
+        went out.
+        """
+        client, link, queue = self.publishingClient(2)
+        client.send(b"".join(publishBytes(1, "", "q", b"%d" % i) for i in range(3)))
+        self.assertEqual(queue.messageCount, 2)
+        self.assertEqual(client.transport.producerState, "producing")
+        big = b"".join(publishBytes(1, "", "q", b"x" * 1000) for _ in range(300))
+        client.send(big)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertEqual(queue.messageCount, 2)
+        link.flush()
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(queue.messageCount, 303)
+        client.disconnect()
+        self.cluster.finish()
+
     def test_publisherGoesOnWhenBackupLost(self) -> None:
         """
         A connection waiting for a box goes on when the backup goes away
