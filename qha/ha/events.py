@@ -105,43 +105,6 @@ class EventWriter:
                 raise TypeError(f"cannot encode {type(value).__name__} in an event")
         self._add(b"".join(out))
 
-    def enqueued(
-        self,
-        queue: str,
-        id: int,
-        redelivered: bool,
-        addressing: bytes,
-        header: bytes,
-        body: bytes,
-        expiresAt: float | None = None,
-    ) -> None:
-        """
-        The hot event, encoded without the generic loop.
-        """
-        self.count += 1
-        self.transient = False
-        raw = queue.encode("utf-8")
-        # A run of acquires or dequeues stays open across enqueues: those
-        # are of newer ids, so the run may be applied after them.
-        data = b"".join(
-                (
-                    b"E",
-                    _H.pack(len(raw)),
-                    raw,
-                    _q.pack(id),
-                    b"\x01" if redelivered else b"\x00",
-                    _q.pack(int(expiresAt * 1000) if expiresAt is not None else 0),
-                    _I.pack(len(addressing)),
-                    addressing,
-                    _I.pack(len(header)),
-                    header,
-                    _I.pack(len(body)),
-                    body,
-                )
-            )
-        self.parts.append(data)
-        self.size += len(data)
-
     def entryEvent(self, kind: bytes, queue: str, id: int) -> None:
         """
         A dequeue, acquire or release: the type, the queue, the id.
@@ -208,8 +171,9 @@ class EventWriter:
 
     def entry(self, queue: Any, entry: Any) -> None:
         """
-        An entry of a queue: its message, id, redelivered mark and deadline
-        (L{enqueued}, with the queue's name encoded once).
+        An entry of a queue (an L{ENQUEUED} event): its message, id,
+        redelivered mark and deadline. This is the hot event: it is encoded
+        in one join, with each queue's name encoded once.
         """
         self.count += 1
         message = entry.message

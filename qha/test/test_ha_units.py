@@ -11,6 +11,7 @@ their bytes. Each test that uses time ends with no timer left.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 from pamqp import commands
@@ -56,6 +57,23 @@ def message(body: bytes, routingKey: str = "", headers: dict[str, Any] | None = 
     """
     properties = commands.Basic.Properties(headers=headers) if headers else None
     return Message.build("", routingKey, body, properties)
+
+
+def writeEnqueued(
+    writer: ev.EventWriter,
+    queue: str,
+    id: int,
+    redelivered: bool,
+    addressing: bytes,
+    header: bytes,
+    body: bytes,
+) -> None:
+    """
+    Write an enqueue event of C{queue} (a name) from its raw parts.
+    """
+    queueLike = SimpleNamespace(name=queue, durable=False)
+    message = Message(addressing, header, body)
+    writer.entry(queueLike, Entry(message, id, redelivered, 0, None))
 
 
 def contents(queue: Queue) -> list[tuple[int, bytes, bool]]:
@@ -273,7 +291,7 @@ class EventCodecTests(SynchronousTestCase):
         add(ev.BOUND, "x", b"q", "q", "a.#", {"x-match": "all"})
         add(ev.UNBOUND, "x", b"x", "y", "", {})
         add(ev.PURGED, "q")
-        writer.enqueued("q", 7, True, b"\x00\x01q", b"header", b"body")
+        writeEnqueued(writer, "q", 7, True, b"\x00\x01q", b"header", b"body")
         expected.append((ev.ENQUEUED, "q", 7, True, b"\x00\x01q", b"header", b"body", None))
         writer.entryEvent(ev.RELEASED, "q", 7)
         expected.append((ev.RELEASED, "q", 7))
@@ -347,8 +365,8 @@ class EventCodecTests(SynchronousTestCase):
         """
         writer = ev.EventWriter()
         big = bytes(range(256)) * 4096 * 3
-        writer.enqueued("q", 1, False, b"", b"h", big)
-        writer.enqueued("q", 2, False, b"", b"", b"")
+        writeEnqueued(writer, "q", 1, False, b"", b"h", big)
+        writeEnqueued(writer, "q", 2, False, b"", b"", b"")
         writer.event(ev.SNAPSHOT, big)
         events = list(ev.readEvents(writer.take()))
         self.assertEqual(events[0], (ev.ENQUEUED, "q", 1, False, b"", b"h", big, None))
@@ -1465,8 +1483,8 @@ class StreamFaultTests(SynchronousTestCase):
         replicator = Replicator(vhost, lambda: None)
         writer = ev.EventWriter()
         writer.event(ev.QUEUE_DECLARED, "r", "uuid", False, False, False, False, {})
-        writer.enqueued("r", 1, False, b"", b"", b"one")
-        writer.enqueued("r", 2, False, b"", b"", b"two")
+        writeEnqueued(writer, "r", 1, False, b"", b"", b"one")
+        writeEnqueued(writer, "r", 2, False, b"", b"", b"two")
         box = writer.take()
         replicator.apply(box)
         replicator.apply(box)
