@@ -713,9 +713,13 @@ class Queue:
             value = message.headers.get(policy.lvqKey)
             if value is not None:
                 self._lastValues[_hashable(value)] = entry
-        self.vhost.resources.add(len(message.body))
-        self._notify("enqueued", entry)
-        if self.consumers and not self.vhost.replica:
+        vhost = self.vhost
+        vhost.resources.add(len(message.body))
+        if vhost.observers:
+            vhost.changes += 1
+            for observer in vhost.observers:
+                observer.enqueued(self, entry)
+        if self.consumers and not vhost.replica:
             # A single-queue replica on a serving broker feeds its consumers.
             self.dispatch()
         return entry

@@ -56,11 +56,20 @@ class Replicator:
 
         @raise ev.MalformedEvents: if the box cannot be decoded.
         """
+        queues = self.vhost.queues
         for event in ev.readEvents(data):
             self.applied += 1
-            handler = _handlers[event[0]]
+            kind = event[0]
             try:
-                handler(self, *event[1:])
+                if kind == ev.ENQUEUED:
+                    # The hot event, applied without the handler table.
+                    queue = queues.get(event[1])
+                    if queue is not None:
+                        queue.replicaEnqueue(
+                            Message(event[4], event[5], event[6]), event[2], event[3], event[7]
+                        )
+                    continue
+                _handlers[kind](self, *event[1:])
             except AMQPError as error:
                 # The primary accepted it; a difference here is a bug, not a
                 # reason to stop following.
@@ -171,20 +180,6 @@ class Replicator:
         if queue is not None:
             queue.replicaPurge()
 
-    def enqueued(
-        self,
-        name: str,
-        id: int,
-        redelivered: bool,
-        addressing: bytes,
-        header: bytes,
-        body: bytes,
-        expiresAt: float | None = None,
-    ) -> None:
-        queue = self._queue(name)
-        if queue is not None:
-            queue.replicaEnqueue(Message(addressing, header, body), id, redelivered, expiresAt)
-
     def dequeued(self, name: str, id: int) -> None:
         queue = self._queue(name)
         if queue is not None:
@@ -226,7 +221,6 @@ _handlers: dict[bytes, Callable[..., None]] = {
     ev.BOUND: Replicator.bound,
     ev.UNBOUND: Replicator.unbound,
     ev.PURGED: Replicator.purged,
-    ev.ENQUEUED: Replicator.enqueued,
     ev.DEQUEUED: Replicator.dequeued,
     ev.ACQUIRED: Replicator.acquired,
     ev.RELEASED: Replicator.released,
