@@ -3,9 +3,11 @@ The primary's side of replication: one L{ReplicationSource} per backup,
 turning broker events into the stream, and the L{ReplicationGate} that holds
 publisher confirms until the backups have the message.
 
-A source observes the virtual host. Events of one reactor turn travel in one
-AMP box; the backup's answer to the box acknowledges every event in it, and
-completes the confirms waiting on it.
+A source observes the virtual host. Events of one reactor turn (or of 64
+publishes, see L{ReplicationGate}) travel in one AMP box; the backup's answer
+to the box says it holds every event in it, and completes the confirms
+waiting on it. A box of transient messages only is marked so: the backup may
+answer it before applying it.
 """
 
 from __future__ import annotations
@@ -282,7 +284,8 @@ class ReplicationSource:
     The stream to one backup, over its AMP connection.
 
     @ivar ready: whether the backup finished catching up.
-    @ivar acked: the sequence number of the last box the backup applied.
+    @ivar acked: the sequence number of the last box the backup answered
+        (it holds it).
     """
 
     log = Logger()
