@@ -20,7 +20,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from uuid import uuid4
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -416,9 +416,19 @@ class Queue:
         C{entry} left the queue without being delivered (replaced, dropped,
         expired): account for it and tell the observers.
         """
-        self.vhost.resources.remove(len(entry.message.body))
-        if not self.deleted:
-            self._notify("dequeued", entry)
+        self._removedAll((entry,))
+
+    def _removedAll(self, entries: Sequence[Entry]) -> None:
+        """
+        L{_removed} for many entries, with their memory accounted at once.
+        """
+        vhost = self.vhost
+        vhost.resources.remove(sum(len(entry.message.body) for entry in entries), len(entries))
+        if vhost.observers and not self.deleted:
+            for entry in entries:
+                vhost.changes += 1
+                for observer in vhost.observers:
+                    observer.dequeued(self, entry)
 
     def _dropOldest(self) -> Entry | None:
         """
@@ -748,35 +758,14 @@ class Queue:
         if len(self.levels) == 1:
             ready = self._first
             # The common case: a consumer acknowledged the oldest entries.
-            if not self._lastValues and not self.deleted:
-                # ... of a queue with no last values: what _forget and
-                # _removed do, inline (this is the backup's hot path).
-                vhost = self.vhost
-                observers = vhost.observers
-                byId = self._byId
-                size = count = 0
-                while ready and first <= ready[0].id <= last:
-                    entry = ready.popleft()
-                    id = entry.id
-                    held.pop(id, None)
-                    if byId is not None:
-                        byId.pop(id, None)
-                    self.readyCount -= 1
-                    length = len(entry.message.body)
-                    self.readyBytes -= length
-                    size += length
-                    count += 1
-                    if observers:
-                        vhost.changes += 1
-                        for observer in observers:
-                            observer.dequeued(self, entry)
-                if count:
-                    vhost.resources.remove(size, count)
+            gone = []
             while ready and first <= ready[0].id <= last:
                 entry = ready.popleft()
                 held.pop(entry.id, None)
                 self._forget(entry)
-                self._removed(entry)
+                gone.append(entry)
+            if gone:
+                self._removedAll(gone)
             if not ready or ready[0].id > last:
                 # Entries are in id order: the rest of the range is gone.
                 for id in range(first, last + 1):
