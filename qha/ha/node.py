@@ -712,7 +712,7 @@ class HANode(Service):
         self.amqp.factory.gate = self.gate
         # Connections that waited for the old gate's box read on (and are
         # closed by stopListening).
-        old.releasePaused()
+        old.release()
         for source in list(self.sources.values()):
             source.drop("this broker stepped down")
         self.vhost.replica = True

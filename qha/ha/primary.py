@@ -173,15 +173,10 @@ class ReplicationGate:
         """
         self._paused.append(resume)
 
-    def releasePaused(self) -> None:
+    def release(self) -> None:
         """
-        Let every paused connection go on (this gate is being replaced).
-        """
-        self._release()
-
-    def _release(self) -> None:
-        """
-        Let paused connections read again, after the reactor's next turn.
+        Let paused connections go on, after the reactor's next turn (also
+        when this gate is being replaced).
         """
         if self._paused and self._releaseCall is None:
             self._releaseCall = self.node.clock.callLater(0, self._resumeAll)
@@ -197,13 +192,10 @@ class ReplicationGate:
         A message was enqueued on C{queues}: the completion its confirm waits
         for, or L{None} if it needs none.
         """
+        default = self.node.replicateDefault
         replicated = False
         for queue in queues:
-            try:
-                level = queue._haLevel  # type: ignore[attr-defined]
-            except AttributeError:
-                level = cachedLevel(queue, self.node.replicateDefault)
-            if level == ALL:
+            if cachedLevel(queue, default) == ALL:
                 replicated = True
                 break
         if not replicated and not self.recovering:
@@ -213,9 +205,7 @@ class ReplicationGate:
             # One completion serves every publish of a reactor turn: they
             # travel in the same boxes.
             if replicated and current.parties:
-                self.gathered += 1
-                if self.gathered >= self.boxPublishes:
-                    self.full = True
+                self._gather()
             return current
         completion = Completion(self.node.minBackups if replicated else 0)
         completion.replicated = replicated
@@ -230,11 +220,17 @@ class ReplicationGate:
             completion.addCallback(lambda: self.waiting.discard(completion))
             self.current = completion
             if replicated and completion.parties:
-                self.gathered += 1
-                if self.gathered >= self.boxPublishes:
-                    self.full = True
+                self._gather()
             return completion
         return None
+
+    def _gather(self) -> None:
+        """
+        One more replicated publish travels in the box being gathered.
+        """
+        self.gathered += 1
+        if self.gathered >= self.boxPublishes:
+            self.full = True
 
     def sealed(self) -> None:
         """
@@ -244,7 +240,7 @@ class ReplicationGate:
         self.current = None
         self.gathered = 0
         self.full = False
-        self._release()
+        self.release()
 
     def backupReady(self, source: "ReplicationSource") -> None:
         """
@@ -264,7 +260,7 @@ class ReplicationGate:
         self.sources.discard(source)
         self.gathered = 0
         self.full = False
-        self._release()
+        self.release()
         for completion in list(self.waiting):
             completion.lost(source)
 
@@ -322,7 +318,7 @@ class ReplicationSource:
         self.lastHeard = clock.seconds()
         self._flushCall: IDelayedCall | None = None
         self._heartbeatCall: IDelayedCall | None = None
-        self._follows_: dict[Queue, bool] = {}
+        self._following: dict[Queue, bool] = {}
 
     def __repr__(self) -> str:
         return f"<ReplicationSource to {self.backupId} ready={self.ready}>"
@@ -352,7 +348,7 @@ class ReplicationSource:
         if self.closed:
             return
         self.closed = True
-        self._follows_.clear()
+        self._following.clear()
         if self in self.vhost.observers:
             self.vhost.observers.remove(self)
         for call in (self._flushCall, self._heartbeatCall):
@@ -550,7 +546,7 @@ class ReplicationSource:
             self._scheduleFlush()
 
     def queueDeleted(self, queue: Queue) -> None:
-        self._follows_.pop(queue, None)
+        self._following.pop(queue, None)
         if self._replicated(queue):
             self.writer.event(ev.QUEUE_DELETED, queue.name, queue.uuid)
             self._scheduleFlush()
@@ -591,24 +587,20 @@ class ReplicationSource:
         Whether this backup copies C{queue}'s messages, worked out once per
         queue (the message events are the hot path).
         """
-        follows = self._follows_.get(queue)
+        follows = self._following.get(queue)
         if follows is None:
-            follows = self._follows_[queue] = self._replicated(queue, ALL)
+            follows = self._following[queue] = self._replicated(queue, ALL)
         return follows
 
     def enqueued(self, queue: Queue, entry: Entry) -> None:
-        follows = self._follows_.get(queue)
-        if follows or (follows is None and self._follows(queue)):
+        if self._follows(queue):
             self.writer.entry(queue, entry)
-            if self._flushCall is None:
-                self._scheduleFlush()
+            self._scheduleFlush()
 
     def acquired(self, queue: Queue, entry: Entry) -> None:
-        follows = self._follows_.get(queue)
-        if follows or (follows is None and self._follows(queue)):
+        if self._follows(queue):
             self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
-            if self._flushCall is None:
-                self._scheduleFlush()
+            self._scheduleFlush()
 
     def released(self, queue: Queue, entry: Entry) -> None:
         if self._follows(queue):
@@ -616,11 +608,9 @@ class ReplicationSource:
             self._scheduleFlush()
 
     def dequeued(self, queue: Queue, entry: Entry) -> None:
-        follows = self._follows_.get(queue)
-        if follows or (follows is None and self._follows(queue)):
+        if self._follows(queue):
             self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
-            if self._flushCall is None:
-                self._scheduleFlush()
+            self._scheduleFlush()
 
     def purged(self, queue: Queue, count: int) -> None:
         if self._replicated(queue, ALL):
