@@ -8,11 +8,21 @@ L{ChunkedBytes}: one logical value spread over as many keys as it needs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from twisted.protocols import amp
 
 CHUNK = 65535
+
+
+def chunks(name: str, value: bytes) -> Iterator[tuple[str, bytes]]:
+    """
+    The keys and values that carry C{value} as C{name}, C{name.1},
+    C{name.2} ..., each at most 64 KiB (L{ChunkedBytes}' wire form).
+    """
+    yield name, value[:CHUNK]
+    for index, start in enumerate(range(CHUNK, len(value), CHUNK), 1):
+        yield f"{name}.{index}", value[start : start + CHUNK]
 
 
 class ChunkedBytes(amp.Argument):
@@ -22,12 +32,9 @@ class ChunkedBytes(amp.Argument):
     """
 
     def toBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any) -> None:  # type: ignore[override]
-        value = objects[name.decode("ascii")]
-        strings[name] = value[:CHUNK]
-        index = 1
-        for start in range(CHUNK, len(value), CHUNK):
-            strings[name + b"." + str(index).encode("ascii")] = value[start : start + CHUNK]
-            index += 1
+        key = name.decode("ascii")
+        for chunkKey, chunk in chunks(key, objects[key]):
+            strings[chunkKey.encode("ascii")] = chunk
 
     def fromBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any) -> None:  # type: ignore[override]
         parts = [strings[name]]
@@ -169,12 +176,8 @@ def eventsArguments(
         "seq": b"%d" % seq,
         "position": b"%d" % position,
         "transient": b"True" if transient else b"False",
-        "events": events[:CHUNK],
     }
-    index = 1
-    for start in range(CHUNK, len(events), CHUNK):
-        strings[f"events.{index}"] = events[start : start + CHUNK]
-        index += 1
+    strings.update(chunks("events", events))
     return strings
 
 

@@ -407,9 +407,11 @@ class BackupLink:
 
         A C{transient} box (only events of messages no store keeps) is
         acknowledged at once and applied right after the answer is written,
-        so the primary's confirms do not wait for the applying; nothing is
-        weaker for it, as this backup holds the box in memory either way.
-        Any other box is applied first, with every box before it.
+        so the primary's confirms do not wait for the applying. This backup
+        holds the box in memory either way; only a box found malformed when
+        applied was answered for nothing (the link then drops, so the primary
+        stops counting on this backup). Any other box is applied first, with
+        every box before it.
 
         @return: what the answer must wait for (this backup's store writing
             the box to disk), or L{None}.
