@@ -10,7 +10,7 @@ L{BrokerObserver} event, in order, in a form that is easy to compare.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .broker.exchange import Binding, Exchange
 from .broker.queue import Consumer, DeliveryTarget, Entry, Queue
@@ -186,12 +186,14 @@ class RecordingObserver:
         self.events.append(("released", queue.name, entry.id))
         self.calls.append(("released", queue, entry))
 
-    def dequeued(self, queue: Queue, entry: Entry) -> None:
+    def dequeued(self, queue: Queue, entries: Sequence[Entry]) -> None:
         """
-        Record a message gone for good (acknowledged).
+        Record messages gone for good (acknowledged, or dropped), one event
+        each.
         """
-        self.events.append(("dequeued", queue.name, entry.id))
-        self.calls.append(("dequeued", queue, entry))
+        for entry in entries:
+            self.events.append(("dequeued", queue.name, entry.id))
+            self.calls.append(("dequeued", queue, entry))
 
     def purged(self, queue: Queue, count: int) -> None:
         """

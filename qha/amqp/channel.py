@@ -485,13 +485,14 @@ class Channel:
         touched: dict[Queue, list[Entry]] = {}
         for consumer, queue, entry in taken:
             queue.consumerSettled(consumer)
-            if requeue is None:
-                queue.settle(entry)
-                touched.setdefault(queue, [])
+            entries = touched.get(queue)
+            if entries is None:
+                touched[queue] = [entry]
             else:
-                touched.setdefault(queue, []).append(entry)
+                entries.append(entry)
         for queue, entries in touched.items():
-            if not entries:
+            if requeue is None:
+                queue.settleAll(entries)
                 if queue.consumers:
                     queue.dispatch()
             elif requeue:

@@ -425,10 +425,9 @@ class Queue:
         vhost = self.vhost
         vhost.resources.remove(sum(len(entry.message.body) for entry in entries), len(entries))
         if vhost.observers and not self.deleted:
-            for entry in entries:
-                vhost.changes += 1
-                for observer in vhost.observers:
-                    observer.dequeued(self, entry)
+            vhost.changes += len(entries)
+            for observer in vhost.observers:
+                observer.dequeued(self, entries)
 
     def _dropOldest(self) -> Entry | None:
         """
@@ -597,21 +596,25 @@ class Queue:
         """
         C{entry} was acknowledged (or delivered with no-ack): it is gone.
         """
-        vhost = self.vhost
         self.held.pop(entry.id, None)
-        vhost.resources.remove(len(entry.message.body))
-        if vhost.observers and not self.deleted:
-            vhost.changes += 1
-            for observer in vhost.observers:
-                observer.dequeued(self, entry)
+        self._removedAll((entry,))
+
+    def settleAll(self, entries: Sequence[Entry]) -> None:
+        """
+        L{settle} for many entries (a multiple acknowledgement), with the
+        observers told once.
+        """
+        held = self.held
+        for entry in entries:
+            held.pop(entry.id, None)
+        self._removedAll(entries)
 
     def reject(self, entries: list[Entry]) -> None:
         """
         C{entries} were rejected without requeue: gone, and dead-lettered if
         the queue says where.
         """
-        for entry in entries:
-            self.settle(entry)
+        self.settleAll(entries)
         self.vhost.deadLetter(self, [entry.message for entry in entries], "rejected")
 
     def release(self, entries: Iterable[Entry], redelivered: bool = True) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from .errors import (
     AccessRefused,
@@ -61,7 +61,12 @@ class BrokerObserver(Protocol):
 
     def released(self, queue: Queue, entry: Entry) -> None: ...
 
-    def dequeued(self, queue: Queue, entry: Entry) -> None: ...
+    def dequeued(self, queue: Queue, entries: Sequence[Entry]) -> None:
+        """
+        C{entries} of C{queue} are gone for good (acknowledged, dropped,
+        expired), in this order: told at once for a run of them, such as
+        one multiple acknowledgement.
+        """
 
     def purged(self, queue: Queue, count: int) -> None: ...
 

@@ -5,6 +5,10 @@ A primary sends each backup a stream of events in the order they happened
 on the primary; many events travel in one AMP box. Each event is a type
 byte followed by its fields; strings carry a 2-byte length, byte strings and
 tables a 4-byte one, integers are 8 bytes.
+
+An L{ENQUEUED} event's flags byte says whether the entry was redelivered
+(1) and whether it was acquired as it was enqueued (2): a consumer that was
+waiting takes a message at once, and one event then stands for two.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ MEMBERS = b"M"
 _q = struct.Struct(">q")
 _I = struct.Struct(">I")
 _H = struct.Struct(">H")
-_qBq = struct.Struct(">qBq").pack
+_qBqI = struct.Struct(">qBqI").pack
 
 
 class EventWriter:
@@ -53,21 +57,27 @@ class EventWriter:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
         self.count = 0
-        self.size = 0
         self._run: list[Any] | None = None
         # Whether every event so far is of a message no store keeps.
         self.transient = True
         # Queue names, encoded with their length, for the hot event.
         self._names: dict[str, bytes] = {}
+        # The entry of the last ENQUEUED event, not yet encoded: when the
+        # next event acquires it (a consumer was waiting), the two travel
+        # as one (see heldAcquired).
+        self.held: Any = None
+        self._heldQueue: Any = None
+        self._heldAcquired = False
 
     def __len__(self) -> int:
         return self.count
 
     def _add(self, data: bytes) -> None:
+        if self.held is not None:
+            self._encodeHeld()
         if self._run is not None:
             self._endRun()
         self.parts.append(data)
-        self.size += len(data)
 
     def _endRun(self) -> None:
         kind, queue, first, last = self._run  # type: ignore[misc]
@@ -78,7 +88,6 @@ class EventWriter:
         else:
             data = _RANGES[kind] + _H.pack(len(raw)) + raw + _q.pack(first) + _q.pack(last)
         self.parts.append(data)
-        self.size += len(data)
 
     def event(self, kind: bytes, *fields: Any) -> None:
         """
@@ -110,6 +119,12 @@ class EventWriter:
         A dequeue, acquire or release: the type, the queue, the id.
         """
         self.count += 1
+        held = self.held
+        if held is not None:
+            if kind == ACQUIRED and held.id == id and self._heldQueue.name == queue:
+                self._heldAcquired = True
+                return
+            self._encodeHeld()
         run = self._run
         if run is not None:
             if run[3] + 1 == id and run[0] == kind and run[1] == queue:
@@ -122,7 +137,24 @@ class EventWriter:
         raw = queue.encode("utf-8")
         data = kind + _H.pack(len(raw)) + raw + _q.pack(id)
         self.parts.append(data)
-        self.size += len(data)
+
+    def dequeued(self, queue: str, entries: Any) -> None:
+        """
+        L{DEQUEUED} events for C{entries} of C{queue}, gathered in runs of
+        consecutive ids as L{entryEvent} does.
+        """
+        if self.held is not None:
+            self._encodeHeld()
+        self.count += len(entries)
+        run = self._run
+        for entry in entries:
+            id = entry.id
+            if run is not None:
+                if run[3] + 1 == id and run[0] == DEQUEUED and run[1] == queue:
+                    run[3] = id
+                    continue
+                self._endRun()
+            run = self._run = [DEQUEUED, queue, id, id]
 
     def queueDeclared(self, queue: Any, everConsumed: bool = False) -> None:
         """
@@ -172,13 +204,42 @@ class EventWriter:
     def entry(self, queue: Any, entry: Any) -> None:
         """
         An entry of a queue (an L{ENQUEUED} event): its message, id,
-        redelivered mark and deadline. This is the hot event: it is encoded
-        in one join, with each queue's name encoded once.
+        redelivered mark and deadline, and whether it was acquired at once.
+        It is encoded when the next event comes (or the events are taken),
+        so that an acquire of it can travel in the same event.
         """
+        if self.held is not None:
+            self._encodeHeld()
+        elif self._run is not None:
+            self._endRun()
         self.count += 1
-        message = entry.message
-        if queue.durable and message.persistent:
+        if queue.durable and entry.message.persistent:
             self.transient = False
+        self.held = entry
+        self._heldQueue = queue
+        self._heldAcquired = False
+
+    def heldAcquired(self, entry: Any) -> bool:
+        """
+        Mark C{entry} acquired if it is the entry just written and not yet
+        encoded (the usual case: a consumer was waiting); whether it was.
+        Otherwise an L{ACQUIRED} event must be written.
+        """
+        if self.held is entry:
+            self._heldAcquired = True
+            self.count += 1
+            return True
+        return False
+
+    def _encodeHeld(self) -> None:
+        """
+        Encode the held entry: this is the hot event, added to the parts
+        as they are, with each queue's name encoded once.
+        """
+        entry = self.held
+        queue = self._heldQueue
+        self.held = self._heldQueue = None
+        message = entry.message
         name = self._names.get(queue.name)
         if name is None:
             if len(self._names) > 1000:
@@ -189,33 +250,33 @@ class EventWriter:
         header = message.header
         body = message.body
         expiresAt = entry.expiresAt
-        data = b"".join(
-            (
-                b"E",
-                name,
-                _qBq(entry.id, 1 if entry.redelivered else 0,
-                     int(expiresAt * 1000) if expiresAt is not None else 0),
-                _I.pack(len(addressing)),
-                addressing,
-                _I.pack(len(header)),
-                header,
-                _I.pack(len(body)),
-                body,
-            )
+        self.parts += (
+            b"E",
+            name,
+            _qBqI(
+                entry.id,
+                (1 if entry.redelivered else 0) | (2 if self._heldAcquired else 0),
+                int(expiresAt * 1000) if expiresAt is not None else 0,
+                len(addressing),
+            ),
+            addressing,
+            _I.pack(len(header)),
+            header,
+            _I.pack(len(body)),
+            body,
         )
-        self.parts.append(data)
-        self.size += len(data)
 
     def take(self) -> bytes:
         """
         The encoded events so far; the writer starts empty again.
         """
+        if self.held is not None:
+            self._encodeHeld()
         if self._run is not None:
             self._endRun()
         data = b"".join(self.parts)
         self.parts = []
         self.count = 0
-        self.size = 0
         self.transient = True
         return data
 
@@ -276,7 +337,7 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                 id = unpackq(data, offset)[0]
                 offset += 8
                 if kind == ENQUEUED:
-                    redelivered = data[offset] == 1
+                    flags = data[offset]
                     expiresAt = unpackq(data, offset + 1)[0]
                     offset += 9
                     length = unpackI(data, offset)[0]
@@ -294,12 +355,15 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                         kind,
                         name,
                         id,
-                        redelivered,
+                        flags & 1 == 1,
                         addressing,
                         header,
                         body,
                         expiresAt / 1000.0 if expiresAt else None,
                     )
+                    if flags & 2:
+                        # Acquired as it was enqueued: one event stood for two.
+                        yield (ACQUIRED, name, id)
                 else:
                     if offset > end:
                         raise MalformedEvents("event runs past the end of the box")

@@ -13,7 +13,7 @@ answer it before applying it.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -582,35 +582,43 @@ class ReplicationSource:
     def unbound(self, binding: Binding) -> None:
         self._bindingEvent(ev.UNBOUND, binding)
 
+    # The message events are the hot path: each looks up once per queue
+    # whether this backup copies its messages (_follows), and schedules the
+    # flush only when none is scheduled.
+
     def _follows(self, queue: Queue) -> bool:
-        """
-        Whether this backup copies C{queue}'s messages, worked out once per
-        queue (the message events are the hot path).
-        """
-        follows = self._following.get(queue)
-        if follows is None:
-            follows = self._following[queue] = self._replicated(queue, ALL)
+        follows = self._following[queue] = self._replicated(queue, ALL)
         return follows
 
     def enqueued(self, queue: Queue, entry: Entry) -> None:
-        if self._follows(queue):
+        follows = self._following.get(queue)
+        if follows or (follows is None and self._follows(queue)):
             self.writer.entry(queue, entry)
-            self._scheduleFlush()
+            if self._flushCall is None:
+                self._scheduleFlush()
 
     def acquired(self, queue: Queue, entry: Entry) -> None:
-        if self._follows(queue):
+        if self.writer.heldAcquired(entry):
+            return
+        follows = self._following.get(queue)
+        if follows or (follows is None and self._follows(queue)):
             self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
-            self._scheduleFlush()
+            if self._flushCall is None:
+                self._scheduleFlush()
 
     def released(self, queue: Queue, entry: Entry) -> None:
-        if self._follows(queue):
+        follows = self._following.get(queue)
+        if follows or (follows is None and self._follows(queue)):
             self.writer.entryEvent(ev.RELEASED, queue.name, entry.id)
-            self._scheduleFlush()
+            if self._flushCall is None:
+                self._scheduleFlush()
 
-    def dequeued(self, queue: Queue, entry: Entry) -> None:
-        if self._follows(queue):
-            self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
-            self._scheduleFlush()
+    def dequeued(self, queue: Queue, entries: Sequence[Entry]) -> None:
+        follows = self._following.get(queue)
+        if follows or (follows is None and self._follows(queue)):
+            self.writer.dequeued(queue.name, entries)
+            if self._flushCall is None:
+                self._scheduleFlush()
 
     def purged(self, queue: Queue, count: int) -> None:
         if self._replicated(queue, ALL):

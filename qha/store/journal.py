@@ -33,7 +33,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -713,11 +713,13 @@ class Store:
     def released(self, queue: Queue, entry: Entry) -> None:
         pass
 
-    def dequeued(self, queue: Queue, entry: Entry) -> None:
-        if queue.durable and not queue.exclusive and entry.message.persistent:
-            self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
-            self.liveBytes -= len(entry.message.body)
-            self._dirty()
+    def dequeued(self, queue: Queue, entries: Sequence[Entry]) -> None:
+        if queue.durable and not queue.exclusive:
+            for entry in entries:
+                if entry.message.persistent:
+                    self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
+                    self.liveBytes -= len(entry.message.body)
+                    self._dirty()
 
     def purged(self, queue: Queue, count: int) -> None:
         if durableQueue(queue):

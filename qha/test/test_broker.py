@@ -1357,6 +1357,32 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(self.observer.events, expected)
         self.assertEqual(self.second.events, expected)
 
+    def test_settleAllTellsOnce(self) -> None:
+        """
+        L{Queue.settleAll} (a multiple acknowledgement) tells each observer
+        of every entry in one call, in order, and gives back their memory.
+        """
+        queue = self.vhost.declareQueue("q")
+        used = self.vhost.resources.used
+        target = RecordingTarget(credit=3)
+        consume(queue, target)
+        for body in (b"1", b"22", b"333"):
+            self.vhost.publish("", "q", message(body))
+        entries = [entry for _, entry in target.deliveries]
+        calls: list[tuple[Queue, list[int]]] = []
+
+        class Observer(RecordingObserver):
+            def dequeued(self, queue: Queue, entries: Any) -> None:
+                calls.append((queue, [entry.id for entry in entries]))
+
+        self.vhost.observers.append(Observer())
+        changes = self.vhost.changes
+        queue.settleAll(entries)
+        self.assertEqual(calls, [(queue, [1, 2, 3])])
+        self.assertEqual(self.observer.events[-3:], [("dequeued", "q", id) for id in (1, 2, 3)])
+        self.assertEqual(self.vhost.changes, changes + 3)
+        self.assertEqual((queue.held, self.vhost.resources.used), ({}, used))
+
     def test_exchangeBindingEvents(self) -> None:
         """
         Exchange-to-exchange bindings are reported like queue bindings.

@@ -329,7 +329,7 @@ class EventCodecTests(SynchronousTestCase):
         self.assertEqual(len(writer), 100)
         data = writer.take()
         self.assertEqual(list(ev.readEvents(data)), [(ev.DEQUEUED_RANGE, "q", 1, 100)])
-        self.assertEqual((len(writer), writer.size, writer.take()), (0, 0, b""))
+        self.assertEqual((len(writer), writer.take()), (0, b""))
 
     def test_runsBreak(self) -> None:
         """
@@ -355,6 +355,66 @@ class EventCodecTests(SynchronousTestCase):
                 (ev.PURGED, "r"),
                 (ev.RELEASED, "r", 7),
                 (ev.RELEASED, "r", 8),
+            ],
+        )
+
+    def test_acquiredWithEnqueue(self) -> None:
+        """
+        An entry acquired right after it was written (a consumer was
+        waiting) travels as one enqueue event, flagged, which decodes as
+        the enqueue and then the acquire; whether it is marked with
+        L{ev.EventWriter.heldAcquired} or written as an acquire event (as
+        the store does). An acquire of any other entry is an event of its
+        own, and so is an acquire after another event.
+        """
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q")
+        first, second, third = (queue.enqueue(Message.build("", "q", body)) for body in (b"1", b"2", b"3"))
+        alone = ev.EventWriter()
+        alone.entry(queue, first)
+        writer = ev.EventWriter()
+        writer.entry(queue, first)
+        self.assertTrue(writer.heldAcquired(first))
+        self.assertEqual(len(alone.take()), len(writer.take()))
+        writer.entry(queue, first)
+        self.assertFalse(writer.heldAcquired(second))
+        writer.entryEvent(ev.ACQUIRED, "q", 1)
+        writer.entry(queue, second)
+        writer.entryEvent(ev.RELEASED, "q", 1)
+        writer.entryEvent(ev.ACQUIRED, "q", 2)
+        writer.entry(queue, third)
+        self.assertFalse(writer.heldAcquired(first))
+        self.assertEqual(len(writer), 6)
+        decoded = [event[:3] for event in ev.readEvents(writer.take())]
+        self.assertEqual(
+            decoded,
+            [
+                (ev.ENQUEUED, "q", 1),
+                (ev.ACQUIRED, "q", 1),
+                (ev.ENQUEUED, "q", 2),
+                (ev.RELEASED, "q", 1),
+                (ev.ACQUIRED, "q", 2),
+                (ev.ENQUEUED, "q", 3),
+            ],
+        )
+
+    def test_dequeuedRuns(self) -> None:
+        """
+        L{ev.EventWriter.dequeued} writes a sequence of entries as runs of
+        consecutive ids, going on from a run already begun.
+        """
+        entries = [Entry(message(b""), id) for id in (2, 3, 4, 6, 7)]
+        writer = ev.EventWriter()
+        writer.entryEvent(ev.DEQUEUED, "q", 1)
+        writer.dequeued("q", entries)
+        writer.dequeued("r", entries[:1])
+        self.assertEqual(len(writer), 7)
+        self.assertEqual(
+            list(ev.readEvents(writer.take())),
+            [
+                (ev.DEQUEUED_RANGE, "q", 1, 4),
+                (ev.DEQUEUED_RANGE, "q", 6, 7),
+                (ev.DEQUEUED, "r", 2),
             ],
         )
 
