@@ -695,6 +695,7 @@ class Queue:
         id: int,
         redelivered: bool = False,
         expiresAt: float | None = None,
+        acquired: bool = False,
     ) -> Entry:
         """
         Add the primary's entry C{id} in its place.
@@ -702,6 +703,8 @@ class Queue:
         @param expiresAt: when it expires on the primary's clock (the
             primary's TTL deadline is kept, not restarted); L{None} if it
             does not.
+        @param acquired: whether a consumer on the primary took it as it
+            was enqueued (see L{replicaAcquire}).
         """
         if self._byId is None and self.vhost.replica:
             self._byId = {e.id: e for level in self.levels for e in level}
@@ -710,6 +713,8 @@ class Queue:
             # Only an id at or below the newest can be a duplicate.
             existing = self._find(id)
             if existing is not None:
+                if acquired:
+                    self.replicaAcquire(id)
                 return existing
         policy = self.policy
         level = min(message.priority, policy.priorities - 1) if policy.priorities else 0
@@ -732,9 +737,17 @@ class Queue:
             vhost.changes += 1
             for observer in vhost.observers:
                 observer.enqueued(self, entry)
-        if self.consumers and not vhost.replica:
+        if vhost.replica:
+            if acquired:
+                # replicaAcquire, for the entry at hand.
+                entry.redelivered = True
+                self.held[id] = entry
+        else:
             # A single-queue replica on a serving broker feeds its consumers.
-            self.dispatch()
+            if self.consumers:
+                self.dispatch()
+            if acquired:
+                self.replicaAcquire(id)
         return entry
 
     def replicaDequeue(self, id: int) -> None:

@@ -66,7 +66,11 @@ class Replicator:
                     queue = queues.get(event[1])
                     if queue is not None:
                         queue.replicaEnqueue(
-                            Message(event[4], event[5], event[6]), event[2], event[3], event[7]
+                            Message(event[4], event[5], event[6]),
+                            event[2],
+                            event[3],
+                            event[7],
+                            event[8],
                         )
                     continue
                 _handlers[kind](self, *event[1:])

@@ -8,7 +8,9 @@ tables a 4-byte one, integers are 8 bytes.
 
 An L{ENQUEUED} event's flags byte says whether the entry was redelivered
 (1) and whether it was acquired as it was enqueued (2): a consumer that was
-waiting takes a message at once, and one event then stands for two.
+waiting takes a message at once, and one event then stands for two. It
+decodes to the type, queue, id, redelivered, addressing, header, body,
+deadline and acquired.
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ LAYOUTS: dict[bytes, str] = {
     BOUND: "sbsst",
     UNBOUND: "sbsst",
     PURGED: "s",
-    ENQUEUED: "sifibbb",
+    ENQUEUED: "sifibbb",  # and the deadline and acquired flag; see readEvents
     DEQUEUED: "si",
     ACQUIRED: "si",
     RELEASED: "si",
@@ -360,10 +362,8 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                         header,
                         body,
                         expiresAt / 1000.0 if expiresAt else None,
+                        flags & 2 == 2,
                     )
-                    if flags & 2:
-                        # Acquired as it was enqueued: one event stood for two.
-                        yield (ACQUIRED, name, id)
                 else:
                     if offset > end:
                         raise MalformedEvents("event runs past the end of the box")

@@ -292,7 +292,7 @@ class EventCodecTests(SynchronousTestCase):
         add(ev.UNBOUND, "x", b"x", "y", "", {})
         add(ev.PURGED, "q")
         writeEnqueued(writer, "q", 7, True, b"\x00\x01q", b"header", b"body")
-        expected.append((ev.ENQUEUED, "q", 7, True, b"\x00\x01q", b"header", b"body", None))
+        expected.append((ev.ENQUEUED, "q", 7, True, b"\x00\x01q", b"header", b"body", None, False))
         writer.entryEvent(ev.RELEASED, "q", 7)
         expected.append((ev.RELEASED, "q", 7))
         writer.entryEvent(ev.ACQUIRED, "q", 7)
@@ -361,15 +361,16 @@ class EventCodecTests(SynchronousTestCase):
     def test_acquiredWithEnqueue(self) -> None:
         """
         An entry acquired right after it was written (a consumer was
-        waiting) travels as one enqueue event, flagged, which decodes as
-        the enqueue and then the acquire; whether it is marked with
-        L{ev.EventWriter.heldAcquired} or written as an acquire event (as
-        the store does). An acquire of any other entry is an event of its
-        own, and so is an acquire after another event.
+        waiting) travels as one enqueue event, flagged acquired; whether it
+        is marked with L{ev.EventWriter.heldAcquired} or written as an
+        acquire event (as the store does). An acquire of any other entry is
+        an event of its own, and so is an acquire after another event.
         """
         vhost = VirtualHost()
         queue = vhost.declareQueue("q")
-        first, second, third = (queue.enqueue(Message.build("", "q", body)) for body in (b"1", b"2", b"3"))
+        first, second, third = (
+            queue.enqueue(Message.build("", "q", body)) for body in (b"1", b"2", b"3")
+        )
         alone = ev.EventWriter()
         alone.entry(queue, first)
         writer = ev.EventWriter()
@@ -385,18 +386,38 @@ class EventCodecTests(SynchronousTestCase):
         writer.entry(queue, third)
         self.assertFalse(writer.heldAcquired(first))
         self.assertEqual(len(writer), 6)
-        decoded = [event[:3] for event in ev.readEvents(writer.take())]
+        decoded = [
+            event[:3] + event[8:] if event[0] == ev.ENQUEUED else event
+            for event in ev.readEvents(writer.take())
+        ]
         self.assertEqual(
             decoded,
             [
-                (ev.ENQUEUED, "q", 1),
-                (ev.ACQUIRED, "q", 1),
-                (ev.ENQUEUED, "q", 2),
+                (ev.ENQUEUED, "q", 1, True),
+                (ev.ENQUEUED, "q", 2, False),
                 (ev.RELEASED, "q", 1),
                 (ev.ACQUIRED, "q", 2),
-                (ev.ENQUEUED, "q", 3),
+                (ev.ENQUEUED, "q", 3, False),
             ],
         )
+
+    def test_replicaAcquiredWithEnqueue(self) -> None:
+        """
+        A backup applies an enqueue flagged acquired as the enqueue and the
+        acquire: the entry is held, and marked redelivered for a failover.
+        """
+        vhost = VirtualHost()
+        vhost.replica = True
+        replicator = Replicator(vhost, lambda: None)
+        writer = ev.EventWriter()
+        writer.event(ev.QUEUE_DECLARED, "q", "uuid", False, False, False, False, {})
+        writeEnqueued(writer, "q", 1, False, b"\x00\x01q", b"header", b"1")
+        writeEnqueued(writer, "q", 2, False, b"\x00\x01q", b"header", b"2")
+        self.assertTrue(writer.heldAcquired(writer.held))
+        replicator.apply(writer.take())
+        queue = vhost.queues["q"]
+        self.assertEqual(contents(queue), [(1, b"1", False), (2, b"2", True)])
+        self.assertEqual(list(queue.held), [2])
 
     def test_dequeuedRuns(self) -> None:
         """
@@ -429,8 +450,8 @@ class EventCodecTests(SynchronousTestCase):
         writeEnqueued(writer, "q", 2, False, b"", b"", b"")
         writer.event(ev.SNAPSHOT, big)
         events = list(ev.readEvents(writer.take()))
-        self.assertEqual(events[0], (ev.ENQUEUED, "q", 1, False, b"", b"h", big, None))
-        self.assertEqual(events[1], (ev.ENQUEUED, "q", 2, False, b"", b"", b"", None))
+        self.assertEqual(events[0], (ev.ENQUEUED, "q", 1, False, b"", b"h", big, None, False))
+        self.assertEqual(events[1], (ev.ENQUEUED, "q", 2, False, b"", b"", b"", None, False))
         self.assertEqual(events[2], (ev.SNAPSHOT, big))
 
     def test_unencodable(self) -> None:
