@@ -142,21 +142,11 @@ class EventWriter:
 
     def dequeued(self, queue: str, entries: Any) -> None:
         """
-        L{DEQUEUED} events for C{entries} of C{queue}, gathered in runs of
-        consecutive ids as L{entryEvent} does.
+        L{DEQUEUED} events for C{entries} of C{queue} (gathered in runs of
+        consecutive ids, see L{entryEvent}).
         """
-        if self.held is not None:
-            self._encodeHeld()
-        self.count += len(entries)
-        run = self._run
         for entry in entries:
-            id = entry.id
-            if run is not None:
-                if run[3] + 1 == id and run[0] == DEQUEUED and run[1] == queue:
-                    run[3] = id
-                    continue
-                self._endRun()
-            run = self._run = [DEQUEUED, queue, id, id]
+            self.entryEvent(DEQUEUED, queue, entry.id)
 
     def queueDeclared(self, queue: Any, everConsumed: bool = False) -> None:
         """
