@@ -296,6 +296,12 @@ class AMQPServer(Protocol):
         size = len(data)
         frameLimit = self.frameMax
         gate = self.factory.gate
+        vhost = self.factory.vhost
+        # Replicating, the messages of this read reach their consumers only
+        # once their box has gone to the backups (see the finally clause).
+        batching = gate is not None and gate.sources and vhost.undispatched is None
+        if batching:
+            vhost.undispatched = set()
         try:
             while size - offset >= 8:
                 frameType, number, length = _unpackFrameHeader(data, offset)
@@ -346,6 +352,17 @@ class AMQPServer(Protocol):
                 InternalError("the broker failed handling this connection's data; see its log")
             )
             return
+        finally:
+            if batching:
+                # Send the box first, written at once, then deliver: the
+                # backups' round trip runs while the primary delivers, and
+                # their acquires travel as one run in the next box.
+                undispatched = vhost.undispatched
+                vhost.undispatched = None
+                if undispatched:
+                    gate.sendNow()
+                    for queue in undispatched:
+                        queue.dispatch()
         if offset < size:
             self._pending = data[offset:]
         if self._confirming:

@@ -284,7 +284,11 @@ class Queue:
             for observer in vhost.observers:
                 observer.enqueued(self, entry)
         if self.consumers:
-            self.dispatch()
+            undispatched = vhost.undispatched
+            if undispatched is None:
+                self.dispatch()
+            else:
+                undispatched.add(self)
         return entry
 
     def _leavePlain(self) -> None:

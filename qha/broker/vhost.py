@@ -184,6 +184,11 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.observers: list[BrokerObserver] = []
+        # While not None, queues without a policy leave the messages they get
+        # for their consumers, and add themselves here: whoever set it
+        # dispatches them (a replicating primary, once it has sent the box
+        # of a read; see AMQPServer.dataReceived).
+        self.undispatched: set[Queue] | None = None
         self.changes = 0
         self.resources = resources if resources is not None else Resources()
         for exchangeName, typeName in [

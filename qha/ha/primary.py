@@ -61,6 +61,19 @@ def cachedLevel(obj: Queue | Exchange, default: str) -> str:
         return level
 
 
+def writeNow(transport: Any) -> None:
+    """
+    Write what C{transport} holds to its socket now rather than at the
+    reactor's next round of writes, if it is a connected socket (Twisted's
+    C{FileDescriptor.doWrite}, which the reactor calls when the socket is
+    writable; what the socket cannot take yet stays for the reactor, and so
+    does a failure to write, which the reactor's next call reports).
+    """
+    doWrite = getattr(transport, "doWrite", None)
+    if doWrite is not None and transport.connected and not transport.disconnecting:
+        doWrite()
+
+
 def _builtin(exchange: Exchange) -> bool:
     return exchange.name == "" or exchange.name.startswith("amq.")
 
@@ -164,6 +177,16 @@ class ReplicationGate:
         bytes read and not handled, should wait for the box to go out.
         """
         return buffered < self.farAhead or self.gathered >= self.largestBox
+
+    def sendNow(self) -> None:
+        """
+        Send the box being gathered to every ready backup, written to the
+        socket at once: a connection that handled a read sends its box
+        before it delivers the read's messages, so that the backups' round
+        trip runs while the primary delivers.
+        """
+        for source in list(self.sources):
+            source.flush(now=True)
 
     def whenSent(self, resume: Callable[[], None]) -> None:
         """
@@ -384,10 +407,13 @@ class ReplicationSource:
         if self._flushCall is None and not self.closed:
             self._flushCall = self.clock.callLater(0, self.flush)
 
-    def flush(self) -> None:
+    def flush(self, now: bool = False) -> None:
         """
-        Send the events of this turn in one box.
+        Send the events of this turn in one box; C{now}, write it to the
+        socket at once rather than at the reactor's next turn.
         """
+        if now and self._flushCall is not None:
+            self._flushCall.cancel()
         self._flushCall = None
         if self.closed or (not self.writer.count and not self.waiters):
             return
@@ -407,6 +433,8 @@ class ReplicationSource:
             **eventsArguments(self.node.epoch, seq, data, self.node.position, transient),
         )
         d.addCallbacks(lambda _: self._applied(seq), self._failed)
+        if now:
+            writeNow(self.connection.transport)
 
     def _applied(self, seq: int) -> None:
         self.lastHeard = self.clock.seconds()

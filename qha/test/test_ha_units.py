@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pamqp import commands
+from pamqp.body import ContentBody
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -74,6 +75,13 @@ def writeEnqueued(
     queueLike = SimpleNamespace(name=queue, durable=False)
     message = Message(addressing, header, body)
     writer.entry(queueLike, Entry(message, id, redelivered, 0, None))
+
+
+def bodies(frames: list[Any]) -> list[bytes]:
+    """
+    The message bodies among decoded frames.
+    """
+    return [frame.value for _, frame in frames if isinstance(frame, ContentBody)]
 
 
 def contents(queue: Queue) -> list[tuple[int, bytes, bool]]:
@@ -1301,6 +1309,77 @@ class ReplicationTests(SynchronousTestCase):
         self.assertTrue(all(isinstance(ack, commands.Basic.Ack) for ack in acks))
         self.assertEqual(acks[-1].delivery_tag, 11)
         client.disconnect()
+        self.cluster.finish()
+
+    def test_boxBeforeDeliveries(self) -> None:
+        """
+        The messages of one read reach their consumer only after their box
+        has been sent, written to the backup's socket at once; the acquires
+        of the delivery then travel as one run in the next box. Without a
+        ready backup, messages are delivered as they are enqueued.
+        """
+        client, link, queue = self.publishingClient(64)
+        factory = client.server.factory
+        consumer = Client(factory)
+        consumer.handshake()
+        consumer.openChannel(1)
+        consumer.call(1, commands.Basic.Consume(queue="q", consumer_tag="c"))
+        written: list[int] = []
+        deliveriesAtBox: list[int] = []
+        # A socket's transport (iosim's moves bytes only when pumped).
+        transport: Any = link.primarySide.transport
+        transport.connected = True
+        transport.doWrite = lambda: written.append(1)
+        send = link.primarySide.callRemoteString
+
+        def callRemoteString(command: bytes, requiresAnswer: bool = True, **strings: bytes) -> Any:
+            """
+            Note how many frames the consumer had when a box went out.
+            """
+            deliveriesAtBox.append(len(consumer.transport.value()))
+            return send(command, requiresAnswer, **strings)
+
+        link.primarySide.callRemoteString = callRemoteString  # type: ignore[method-assign]
+        before = len(link.boxes)
+        client.send(b"".join(publishBytes(1, "", "q", b"%d" % i) for i in range(3)))
+        self.assertEqual((deliveriesAtBox, written), ([0], [1]))
+        self.assertEqual(bodies(consumer.received()), [b"0", b"1", b"2"])
+        link.flush()
+        self.assertEqual(
+            [
+                [event[:2] + event[8:] if event[0] == ev.ENQUEUED else event for event in box]
+                for box in link.boxes[before:]
+            ],
+            [[(ev.ENQUEUED, "q", False)] * 3, [(ev.ACQUIRED_RANGE, "q", 1, 3)]],
+        )
+        self.assertIsNone(self.primary.vhost.undispatched)
+        link.cut()
+        client.send(publishBytes(1, "", "q", b"alone"))
+        self.assertEqual(bodies(consumer.received()), [b"alone"])
+        client.disconnect()
+        consumer.disconnect()
+        self.cluster.finish()
+
+    def test_deliveredWhenReadFails(self) -> None:
+        """
+        A read that ends in a connection error still sends the box of what
+        it enqueued, and still delivers those messages to other
+        connections' consumers.
+        """
+        client, link, queue = self.publishingClient(64)
+        consumer = Client(client.server.factory)
+        consumer.handshake()
+        consumer.openChannel(1)
+        consumer.call(1, commands.Basic.Consume(queue="q", consumer_tag="c"))
+        before = len(link.boxes)
+        garbage = b"\x01\x00\x01\x00\x00\x00\x04abcd\x00"
+        client.send(b"".join(publishBytes(1, "", "q", b"%d" % i) for i in range(2)) + garbage)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(bodies(consumer.received()), [b"0", b"1"])
+        self.assertIsNone(self.primary.vhost.undispatched)
+        link.flush()
+        self.assertEqual([event[0] for event in link.boxes[before]], [ev.ENQUEUED] * 2)
+        consumer.disconnect()
         self.cluster.finish()
 
     def test_publisherFarAheadFillsLargerBox(self) -> None:
