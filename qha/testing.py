@@ -172,12 +172,13 @@ class RecordingObserver:
         self.events.append(("enqueued", queue.name, entry.id))
         self.calls.append(("enqueued", queue, entry))
 
-    def acquired(self, queue: Queue, entry: Entry) -> None:
+    def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
         """
-        Record a message taken by a consumer or basic.get.
+        Record messages taken by consumers or basic.get, one event each.
         """
-        self.events.append(("acquired", queue.name, entry.id))
-        self.calls.append(("acquired", queue, entry))
+        for entry in entries:
+            self.events.append(("acquired", queue.name, entry.id))
+            self.calls.append(("acquired", queue, entry))
 
     def released(self, queue: Queue, entry: Entry) -> None:
         """

@@ -543,8 +543,11 @@ class Queue:
         if self._dispatching:
             return
         self._dispatching = True
+        # The entries held by consumers, told to the observers in one call.
+        acquired: list[Entry] = []
         try:
             consumers = self.consumers
+            held = self.held
             while consumers and self._hasReady():
                 for _ in range(len(consumers)):
                     consumer = consumers[0]
@@ -553,30 +556,37 @@ class Queue:
                         entry = self._take()
                         if entry is None:
                             return
-                        self._delivered(consumer, entry)
+                        if consumer.noAck:
+                            # Settled at once: its acquire comes before its
+                            # dequeue.
+                            acquired.append(entry)
+                            self._acquired(acquired)
+                            acquired = []
+                            consumer.target.deliver(consumer, entry)
+                            self.settle(entry)
+                        else:
+                            acquired.append(entry)
+                            consumer.unacked += 1
+                            self.unacked += 1
+                            held[entry.id] = entry
+                            consumer.target.deliver(consumer, entry)
                         break
                 else:
                     return
         finally:
             self._dispatching = False
+            if acquired:
+                self._acquired(acquired)
 
-    def _delivered(self, consumer: Consumer, entry: Entry) -> None:
+    def _acquired(self, entries: Sequence[Entry]) -> None:
         """
-        Hand C{entry} to C{consumer}; with no-ack it is settled at once.
+        Tell the observers consumers took C{entries}.
         """
         vhost = self.vhost
         if vhost.observers:
-            vhost.changes += 1
+            vhost.changes += len(entries)
             for observer in vhost.observers:
-                observer.acquired(self, entry)
-        if consumer.noAck:
-            consumer.target.deliver(consumer, entry)
-            self.settle(entry)
-        else:
-            consumer.unacked += 1
-            self.unacked += 1
-            self.held[entry.id] = entry
-            consumer.target.deliver(consumer, entry)
+                observer.acquired(self, entries)
 
     def get(self) -> Entry | None:
         """
@@ -589,11 +599,7 @@ class Queue:
         if entry is None:
             return None
         self.held[entry.id] = entry
-        vhost = self.vhost
-        if vhost.observers:
-            vhost.changes += 1
-            for observer in vhost.observers:
-                observer.acquired(self, entry)
+        self._acquired((entry,))
         return entry
 
     def settle(self, entry: Entry) -> None:

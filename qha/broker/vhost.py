@@ -57,7 +57,11 @@ class BrokerObserver(Protocol):
 
     def enqueued(self, queue: Queue, entry: Entry) -> None: ...
 
-    def acquired(self, queue: Queue, entry: Entry) -> None: ...
+    def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
+        """
+        Consumers took C{entries} of C{queue}, in this order (told at once
+        for the entries of one dispatch).
+        """
 
     def released(self, queue: Queue, entry: Entry) -> None: ...
 

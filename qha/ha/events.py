@@ -16,7 +16,7 @@ deadline and acquired.
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from pamqp import decode
 
@@ -66,7 +66,7 @@ class EventWriter:
         self._names: dict[str, bytes] = {}
         # The entry of the last ENQUEUED event, not yet encoded: when the
         # next event acquires it (a consumer was waiting), the two travel
-        # as one (see heldAcquired).
+        # as one (see entryEvent).
         self.held: Any = None
         self._heldQueue: Any = None
         self._heldAcquired = False
@@ -140,13 +140,34 @@ class EventWriter:
         data = kind + _H.pack(len(raw)) + raw + _q.pack(id)
         self.parts.append(data)
 
-    def dequeued(self, queue: str, entries: Any) -> None:
+    def entryEvents(self, kind: bytes, queue: str, entries: Sequence[Any]) -> None:
         """
-        L{DEQUEUED} events for C{entries} of C{queue} (gathered in runs of
-        consecutive ids, see L{entryEvent}).
+        L{DEQUEUED} or L{ACQUIRED} events for C{entries} of C{queue}, in
+        order. Consecutive ids (a dispatch or a multiple acknowledgement of
+        a queue without a policy) extend or start one run at once; other
+        entries go one by one through L{entryEvent}.
         """
+        count = len(entries)
+        if not count:
+            return
+        first = entries[0].id
+        if (
+            count > 1
+            and self.held is None
+            and [entry.id for entry in entries] == list(range(first, first + count))
+        ):
+            self.count += count
+            last = first + count - 1
+            run = self._run
+            if run is not None:
+                if run[3] + 1 == first and run[0] == kind and run[1] == queue:
+                    run[3] = last
+                    return
+                self._endRun()
+            self._run = [kind, queue, first, last]
+            return
         for entry in entries:
-            self.entryEvent(DEQUEUED, queue, entry.id)
+            self.entryEvent(kind, queue, entry.id)
 
     def queueDeclared(self, queue: Any, everConsumed: bool = False) -> None:
         """
@@ -210,18 +231,6 @@ class EventWriter:
         self.held = entry
         self._heldQueue = queue
         self._heldAcquired = False
-
-    def heldAcquired(self, entry: Any) -> bool:
-        """
-        Mark C{entry} acquired if it is the entry just written and not yet
-        encoded (the usual case: a consumer was waiting); whether it was.
-        Otherwise an L{ACQUIRED} event must be written.
-        """
-        if self.held is entry:
-            self._heldAcquired = True
-            self.count += 1
-            return True
-        return False
 
     def _encodeHeld(self) -> None:
         """

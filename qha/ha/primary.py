@@ -625,12 +625,10 @@ class ReplicationSource:
             if self._flushCall is None:
                 self._scheduleFlush()
 
-    def acquired(self, queue: Queue, entry: Entry) -> None:
-        if self.writer.heldAcquired(entry):
-            return
+    def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
         follows = self._following.get(queue)
         if follows or (follows is None and self._follows(queue)):
-            self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+            self.writer.entryEvents(ev.ACQUIRED, queue.name, entries)
             if self._flushCall is None:
                 self._scheduleFlush()
 
@@ -644,7 +642,7 @@ class ReplicationSource:
     def dequeued(self, queue: Queue, entries: Sequence[Entry]) -> None:
         follows = self._following.get(queue)
         if follows or (follows is None and self._follows(queue)):
-            self.writer.dequeued(queue.name, entries)
+            self.writer.entryEvents(ev.DEQUEUED, queue.name, entries)
             if self._flushCall is None:
                 self._scheduleFlush()
 

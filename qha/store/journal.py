@@ -705,10 +705,12 @@ class Store:
             self.liveBytes += len(entry.message.body)
             self._dirty()
 
-    def acquired(self, queue: Queue, entry: Entry) -> None:
-        if queue.durable and not queue.exclusive and entry.message.persistent:
-            self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
-            self._dirty()
+    def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
+        if queue.durable and not queue.exclusive:
+            for entry in entries:
+                if entry.message.persistent:
+                    self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+                    self._dirty()
 
     def released(self, queue: Queue, entry: Entry) -> None:
         pass

@@ -369,10 +369,9 @@ class EventCodecTests(SynchronousTestCase):
     def test_acquiredWithEnqueue(self) -> None:
         """
         An entry acquired right after it was written (a consumer was
-        waiting) travels as one enqueue event, flagged acquired; whether it
-        is marked with L{ev.EventWriter.heldAcquired} or written as an
-        acquire event (as the store does). An acquire of any other entry is
-        an event of its own, and so is an acquire after another event.
+        waiting) travels as one enqueue event, flagged acquired. An acquire
+        of any other entry is an event of its own, and so is an acquire
+        after another event.
         """
         vhost = VirtualHost()
         queue = vhost.declareQueue("q")
@@ -383,17 +382,16 @@ class EventCodecTests(SynchronousTestCase):
         alone.entry(queue, first)
         writer = ev.EventWriter()
         writer.entry(queue, first)
-        self.assertTrue(writer.heldAcquired(first))
+        writer.entryEvents(ev.ACQUIRED, "q", [first])
         self.assertEqual(len(alone.take()), len(writer.take()))
         writer.entry(queue, first)
-        self.assertFalse(writer.heldAcquired(second))
         writer.entryEvent(ev.ACQUIRED, "q", 1)
         writer.entry(queue, second)
         writer.entryEvent(ev.RELEASED, "q", 1)
         writer.entryEvent(ev.ACQUIRED, "q", 2)
         writer.entry(queue, third)
-        self.assertFalse(writer.heldAcquired(first))
-        self.assertEqual(len(writer), 6)
+        writer.entryEvents(ev.ACQUIRED, "q", [first, third])
+        self.assertEqual(len(writer), 8)
         decoded = [
             event[:3] + event[8:] if event[0] == ev.ENQUEUED else event
             for event in ev.readEvents(writer.take())
@@ -406,6 +404,8 @@ class EventCodecTests(SynchronousTestCase):
                 (ev.RELEASED, "q", 1),
                 (ev.ACQUIRED, "q", 2),
                 (ev.ENQUEUED, "q", 3, False),
+                (ev.ACQUIRED, "q", 1),
+                (ev.ACQUIRED, "q", 3),
             ],
         )
 
@@ -421,29 +421,36 @@ class EventCodecTests(SynchronousTestCase):
         writer.event(ev.QUEUE_DECLARED, "q", "uuid", False, False, False, False, {})
         writeEnqueued(writer, "q", 1, False, b"\x00\x01q", b"header", b"1")
         writeEnqueued(writer, "q", 2, False, b"\x00\x01q", b"header", b"2")
-        self.assertTrue(writer.heldAcquired(writer.held))
+        writer.entryEvent(ev.ACQUIRED, "q", 2)
         replicator.apply(writer.take())
         queue = vhost.queues["q"]
         self.assertEqual(contents(queue), [(1, b"1", False), (2, b"2", True)])
         self.assertEqual(list(queue.held), [2])
 
-    def test_dequeuedRuns(self) -> None:
+    def test_entryEventsRuns(self) -> None:
         """
-        L{ev.EventWriter.dequeued} writes a sequence of entries as runs of
-        consecutive ids, going on from a run already begun.
+        L{ev.EventWriter.entryEvents} writes entries as runs of consecutive
+        ids, going on from a run already begun, whether the entries are
+        consecutive themselves or not.
         """
-        entries = [Entry(message(b""), id) for id in (2, 3, 4, 6, 7)]
+        entries = [Entry(message(b""), id) for id in (2, 3, 4, 6, 7, 9, 8)]
         writer = ev.EventWriter()
         writer.entryEvent(ev.DEQUEUED, "q", 1)
-        writer.dequeued("q", entries)
-        writer.dequeued("r", entries[:1])
-        self.assertEqual(len(writer), 7)
+        writer.entryEvents(ev.DEQUEUED, "q", entries[:3])
+        writer.entryEvents(ev.DEQUEUED, "q", entries[3:])
+        writer.entryEvents(ev.DEQUEUED, "r", entries[:1])
+        writer.entryEvents(ev.DEQUEUED, "r", [])
+        writer.entryEvents(ev.ACQUIRED, "r", entries[1:3])
+        self.assertEqual(len(writer), 11)
         self.assertEqual(
             list(ev.readEvents(writer.take())),
             [
                 (ev.DEQUEUED_RANGE, "q", 1, 4),
                 (ev.DEQUEUED_RANGE, "q", 6, 7),
+                (ev.DEQUEUED, "q", 9),
+                (ev.DEQUEUED, "q", 8),
                 (ev.DEQUEUED, "r", 2),
+                (ev.ACQUIRED_RANGE, "r", 3, 4),
             ],
         )
 
