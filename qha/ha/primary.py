@@ -3,11 +3,12 @@ The primary's side of replication: one L{ReplicationSource} per backup,
 turning broker events into the stream, and the L{ReplicationGate} that holds
 publisher confirms until the backups have the message.
 
-A source observes the virtual host. Events of one reactor turn (or of 64
-publishes, see L{ReplicationGate}) travel in one AMP box; the backup's answer
-to the box says it holds every event in it, and completes the confirms
-waiting on it. A box of transient messages only is marked so: the backup may
-answer it before applying it.
+A source observes the virtual host. Events of one read of a publishing
+connection (or of 128 publishes, see L{ReplicationGate}) travel in one AMP
+box, sent before the read's messages are delivered; the backup's answer to
+the box says it holds every event in it, and completes the confirms waiting
+on it. A box of transient messages only is marked so: the backup may answer
+it before applying it.
 """
 
 from __future__ import annotations
@@ -147,7 +148,11 @@ class ReplicationGate:
     over one large box per read. A connection that has read much more than
     it handled (C{farAhead} bytes: a publisher with many confirms in flight,
     which the round trip does not hold up) goes on up to C{largestBox}
-    publishes, as fewer, larger boxes cost the primary less.
+    publishes, as fewer, larger boxes cost the primary less. (A box of a
+    read that holds fewer is sent when the read is handled, see
+    L{sendNow}: 128 lets a publisher with 100 confirms in flight send one
+    box a window; 64 measured 0.67-0.71x of a standalone broker there,
+    against 0.69-0.76x.)
 
     @ivar sources: the ready backups' sources.
     @ivar waiting: completions not yet done.
@@ -156,7 +161,7 @@ class ReplicationGate:
         go out.
     """
 
-    boxPublishes = 64
+    boxPublishes = 128
     farAhead = 16384
     largestBox = 256
 
