@@ -127,25 +127,20 @@ class EventWriter:
                 self._heldAcquired = True
                 return
             self._encodeHeld()
-        run = self._run
-        if run is not None:
-            if run[3] + 1 == id and run[0] == kind and run[1] == queue:
-                run[3] = id
-                return
-            self._endRun()
         if kind in _RANGES:
-            self._run = [kind, queue, id, id]
+            self._extendRun(kind, queue, id, id)
             return
+        if self._run is not None:
+            self._endRun()
         raw = queue.encode("utf-8")
         data = kind + _H.pack(len(raw)) + raw + _q.pack(id)
         self.parts.append(data)
 
     def entryEvents(self, kind: bytes, queue: str, entries: Sequence[Any]) -> None:
         """
-        L{DEQUEUED} or L{ACQUIRED} events for C{entries} of C{queue}, in
-        order. Consecutive ids (a dispatch or a multiple acknowledgement of
-        a queue without a policy) extend or start one run at once; other
-        entries go one by one through L{entryEvent}.
+        L{entryEvent} for each of C{entries} of C{queue}, in order.
+        Consecutive ids (a dispatch or a multiple acknowledgement of a queue
+        without a policy) extend or start one run at once.
         """
         count = len(entries)
         if not count:
@@ -153,21 +148,28 @@ class EventWriter:
         first = entries[0].id
         if (
             count > 1
+            and kind in _RANGES
             and self.held is None
             and [entry.id for entry in entries] == list(range(first, first + count))
         ):
             self.count += count
-            last = first + count - 1
-            run = self._run
-            if run is not None:
-                if run[3] + 1 == first and run[0] == kind and run[1] == queue:
-                    run[3] = last
-                    return
-                self._endRun()
-            self._run = [kind, queue, first, last]
+            self._extendRun(kind, queue, first, first + count - 1)
             return
         for entry in entries:
             self.entryEvent(kind, queue, entry.id)
+
+    def _extendRun(self, kind: bytes, queue: str, first: int, last: int) -> None:
+        """
+        Ids C{first} to C{last} of a run kind: added to the open run if they
+        follow it, else the start of a new one.
+        """
+        run = self._run
+        if run is not None:
+            if run[3] + 1 == first and run[0] == kind and run[1] == queue:
+                run[3] = last
+                return
+            self._endRun()
+        self._run = [kind, queue, first, last]
 
     def queueDeclared(self, queue: Any, everConsumed: bool = False) -> None:
         """

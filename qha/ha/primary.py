@@ -630,26 +630,21 @@ class ReplicationSource:
             if self._flushCall is None:
                 self._scheduleFlush()
 
-    def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
+    def _entryEvents(self, kind: bytes, queue: Queue, entries: Sequence[Entry]) -> None:
         follows = self._following.get(queue)
         if follows or (follows is None and self._follows(queue)):
-            self.writer.entryEvents(ev.ACQUIRED, queue.name, entries)
+            self.writer.entryEvents(kind, queue.name, entries)
             if self._flushCall is None:
                 self._scheduleFlush()
+
+    def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
+        self._entryEvents(ev.ACQUIRED, queue, entries)
 
     def released(self, queue: Queue, entry: Entry) -> None:
-        follows = self._following.get(queue)
-        if follows or (follows is None and self._follows(queue)):
-            self.writer.entryEvent(ev.RELEASED, queue.name, entry.id)
-            if self._flushCall is None:
-                self._scheduleFlush()
+        self._entryEvents(ev.RELEASED, queue, (entry,))
 
     def dequeued(self, queue: Queue, entries: Sequence[Entry]) -> None:
-        follows = self._following.get(queue)
-        if follows or (follows is None and self._follows(queue)):
-            self.writer.entryEvents(ev.DEQUEUED, queue.name, entries)
-            if self._flushCall is None:
-                self._scheduleFlush()
+        self._entryEvents(ev.DEQUEUED, queue, entries)
 
     def purged(self, queue: Queue, count: int) -> None:
         if self._replicated(queue, ALL):

@@ -431,7 +431,7 @@ class EventCodecTests(SynchronousTestCase):
         """
         L{ev.EventWriter.entryEvents} writes entries as runs of consecutive
         ids, going on from a run already begun, whether the entries are
-        consecutive themselves or not.
+        consecutive themselves or not; releases never form runs.
         """
         entries = [Entry(message(b""), id) for id in (2, 3, 4, 6, 7, 9, 8)]
         writer = ev.EventWriter()
@@ -441,7 +441,8 @@ class EventCodecTests(SynchronousTestCase):
         writer.entryEvents(ev.DEQUEUED, "r", entries[:1])
         writer.entryEvents(ev.DEQUEUED, "r", [])
         writer.entryEvents(ev.ACQUIRED, "r", entries[1:3])
-        self.assertEqual(len(writer), 11)
+        writer.entryEvents(ev.RELEASED, "r", entries[1:3])
+        self.assertEqual(len(writer), 13)
         self.assertEqual(
             list(ev.readEvents(writer.take())),
             [
@@ -451,6 +452,8 @@ class EventCodecTests(SynchronousTestCase):
                 (ev.DEQUEUED, "q", 8),
                 (ev.DEQUEUED, "r", 2),
                 (ev.ACQUIRED_RANGE, "r", 3, 4),
+                (ev.RELEASED, "r", 3),
+                (ev.RELEASED, "r", 4),
             ],
         )
 
