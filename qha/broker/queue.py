@@ -278,11 +278,7 @@ class Queue:
         self.nextId += 1
         self._first.append(entry)
         vhost = self.vhost
-        vhost.resources.add(len(message.body))
-        if vhost.observers:
-            vhost.changes += 1
-            for observer in vhost.observers:
-                observer.enqueued(self, entry)
+        self._added(entry)
         if self.consumers:
             undispatched = vhost.undispatched
             if undispatched is None:
@@ -290,6 +286,18 @@ class Queue:
             else:
                 undispatched.add(self)
         return entry
+
+    def _added(self, entry: Entry) -> None:
+        """
+        C{entry} joined the queue: account for its memory and tell the
+        observers.
+        """
+        vhost = self.vhost
+        vhost.resources.add(len(entry.message.body))
+        if vhost.observers:
+            vhost.changes += 1
+            for observer in vhost.observers:
+                observer.enqueued(self, entry)
 
     def _leavePlain(self) -> None:
         """
@@ -335,12 +343,7 @@ class Queue:
                     self._removed(previous)
                 self._lastValues[value] = entry
                 self._newestValueIds[value] = entry.id
-        vhost = self.vhost
-        vhost.resources.add(size)
-        if vhost.observers:
-            vhost.changes += 1
-            for observer in vhost.observers:
-                observer.enqueued(self, entry)
+        self._added(entry)
         self._link(entry)
         if limited:
             while self._overLimit():
@@ -742,11 +745,7 @@ class Queue:
             if value is not None:
                 self._lastValues[_hashable(value)] = entry
         vhost = self.vhost
-        vhost.resources.add(len(message.body))
-        if vhost.observers:
-            vhost.changes += 1
-            for observer in vhost.observers:
-                observer.enqueued(self, entry)
+        self._added(entry)
         if vhost.replica:
             if acquired:
                 # replicaAcquire, for the entry at hand.
