@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and make:
 #   make run    install into .venv and start the broker on 127.0.0.1:5672
-#   make test   install into .venv with the test extras and run `trial qha`
+#   make test   install into .venv with the test extras and run `trial qha qha_bench`
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= qha
 
 test: $(STAMP)
-	$(BIN)/trial qha
-	$(BIN)/mypy qha
+	$(BIN)/trial qha qha_bench
+	$(BIN)/mypy qha qha_bench
 
 check: test
 

@@ -1,5 +1,5 @@
 """
-Tests for L{qha.bench}: the parts that need no network (URL and option
+Tests for L{qha_bench.bench}: the parts that need no network (URL and option
 parsing, frame encoding and parsing, and the statistics).
 """
 
@@ -14,7 +14,7 @@ from typing import cast
 from pamqp import body, commands, frame, header, heartbeat
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.bench import (
+from qha_bench.bench import (
     STAMP,
     AMQPConnection,
     AMQPURL,

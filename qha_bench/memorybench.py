@@ -1,7 +1,7 @@
 """
 Measure the memory a queued message costs beyond its body.
 
-C{python -m qha.memorybench [--messages N] [--size BYTES]} enqueues N
+C{python -m qha_bench.memorybench [--messages N] [--size BYTES]} enqueues N
 messages on one queue of a broker model built exactly as the AMQP layer
 builds it (each message's addressing, content header and body are separate
 bytes objects, as slicing the socket data makes them) and reports the bytes
@@ -22,8 +22,8 @@ import tracemalloc
 from pamqp import commands
 from pamqp.header import ContentHeader
 
-from .broker.message import Message, encodeShortString
-from .broker.vhost import VirtualHost
+from qha.broker.message import Message, encodeShortString
+from qha.broker.vhost import VirtualHost
 
 
 def _copy(data: bytes) -> bytes:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     Print the overhead per queued message.
     """
-    parser = argparse.ArgumentParser(prog="python -m qha.memorybench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qha_bench.memorybench", description=__doc__)
     parser.add_argument("--messages", type=int, default=100000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--url", help="measure a running broker at this AMQP URL")

@@ -2234,7 +2234,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 if __name__ == "__main__":
     # Import ourselves by name so that the classes pickled between processes
-    # belong to qha.bench rather than __main__.
-    from qha.bench import main as _main
+    # belong to qha_bench.bench rather than __main__.
+    from qha_bench.bench import main as _main
 
     sys.exit(_main())

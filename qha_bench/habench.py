@@ -1,7 +1,7 @@
 """
 Cluster timings: how fast a backup catches up and a promoted broker serves.
 
-C{python -m qha.habench [--messages N]} starts real brokers on loopback
+C{python -m qha_bench.habench [--messages N]} starts real brokers on loopback
 ports and prints:
 
   - join: a new, empty backup joining a primary that holds N 100-byte
@@ -20,7 +20,7 @@ import time
 
 import pika
 
-from .test.cluster import Cluster
+from qha.test.cluster import Cluster
 
 
 def _publish(cluster: Cluster, index: int, count: int, size: int) -> None:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     Run the three timings and print them.
     """
-    parser = argparse.ArgumentParser(prog="python -m qha.habench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qha_bench.habench", description=__doc__)
     parser.add_argument("--messages", type=int, default=100000)
     parser.add_argument("--size", type=int, default=100)
     options = parser.parse_args(argv)

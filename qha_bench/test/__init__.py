@@ -1,0 +1,5 @@
+"""
+Tests for qha_bench: C{trial qha_bench}.
+"""
+
+__all__: list[str] = []
