@@ -25,7 +25,7 @@ from ..admin.commands import AddObject, DeleteObject, ListObjects, Ping, Promote
 from ..broker.errors import AMQPError
 from ..broker.queue import Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
-from .backup import Replicator, holdingsOf
+from ..changes.replay import Replicator, holdingsOf
 from .commands import (
     MalformedBox,
     Events,
@@ -39,7 +39,7 @@ from .commands import (
     StaleEpoch,
     Subscribe,
 )
-from .events import MalformedEvents
+from ..changes.events import MalformedEvents
 from .primary import ReplicationGate, ReplicationSource, replicateLevel
 from .role import (
     ACTIVE,

@@ -23,7 +23,7 @@ from twisted.protocols import amp
 from ..broker.exchange import Binding, Exchange
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
-from . import events as ev
+from ..changes import events as ev
 from .commands import Events, Heartbeat, eventsArguments
 
 if TYPE_CHECKING:

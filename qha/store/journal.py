@@ -43,8 +43,8 @@ from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
-from ..ha import events as ev
-from ..ha.backup import Replicator
+from ..changes import events as ev
+from ..changes.replay import Replicator
 from ..ha.primary import Completion
 
 MAGIC = b"QHA-JOURNAL-1\n"

@@ -29,8 +29,8 @@ from qha.amqp.protocol import BrokerFactory
 from qha.broker.message import Message
 from qha.broker.queue import Consumer, Entry, Queue
 from qha.broker.vhost import VirtualHost
-from qha.ha import events as ev
-from qha.ha.backup import Replicator, holdingsOf
+from qha.changes import events as ev
+from qha.changes.replay import Replicator, holdingsOf
 from qha.ha.commands import CHUNK, ChunkedBytes, Events, eventsArguments, Heartbeat, Hello, Refused, StaleEpoch, Subscribe
 from qha.ha.node import BackupLink, HANode, HAOptions, NodeAMP, NodeAMPFactory, NodeLocator, PersistentState
 from qha.ha.primary import Completion, ReplicationGate
