@@ -29,7 +29,8 @@ from ..broker.errors import (
 )
 from ..broker.exchange import Exchange
 from ..broker.message import Message, checkProperties
-from ..broker.queue import Consumer, Entry, Queue, QueueFull
+from ..broker.queue import Consumer, Entry, Queue
+from ..broker.vhost import PublishRefused
 from . import wire
 from .holders import Held, Waits
 
@@ -252,42 +253,39 @@ class Channel:
         wait for (the completion of the one holder that holds it, or
         L{Waits} for several), or L{None}.
         """
-        queues = self.vhost.route(exchange, routingKey, message)
-        if queues:
-            refused: QueueFull | None = None
-            accepted = []
-            for queue in queues:
-                try:
-                    queue.enqueue(message)
-                    accepted.append(queue)
-                except QueueFull as full:
-                    refused = full
-            if refused is not None:
-                if self.confirming:
-                    self.nacked.append(self.publishSeq)
+        try:
+            accepted = self.vhost.publishTo(exchange, routingKey, message)
+        except PublishRefused as refused:
+            # A full queue refused it: a confirm-mode publisher gets
+            # basic.nack (once the queues that took it hold it), others a
+            # channel error.
+            if not self.confirming:
+                raise
+            self.nacked.append(self.publishSeq)
+            accepted = refused.accepted
+            if not accepted:
+                return None
+        if accepted:
+            held: Held | None = None
+            for holder in self.connection.factory.holders:
+                completion = holder.hold(accepted, message)
+                if completion is None:
+                    continue
+                if held is None:
+                    held = completion
+                    continue
+                # Held by two (the backups and the disk): publishes of one
+                # turn share their completions, and so one Waits.
+                waits = self._waits
+                if waits is not None and waits.parts[0] is held and waits.parts[1] is completion:
+                    held = waits
+                elif held.__class__ is Waits:
+                    # By a third holder as well: not shared.
+                    held = Waits(held, completion)
                 else:
-                    raise refused
-            if accepted:
-                held: Held | None = None
-                for holder in self.connection.factory.holders:
-                    completion = holder.hold(accepted, message)
-                    if completion is None:
-                        continue
-                    if held is None:
-                        held = completion
-                        continue
-                    # Held by two (the backups and the disk): publishes of
-                    # one turn share their completions, and so one Waits.
-                    waits = self._waits
-                    if waits is not None and waits.parts[0] is held and waits.parts[1] is completion:
-                        held = waits
-                    elif held.__class__ is Waits:
-                        # By a third holder as well: not shared.
-                        held = Waits(held, completion)
-                    else:
-                        held = self._waits = Waits(held, completion)
-                return held
-        elif mandatory:
+                    held = self._waits = Waits(held, completion)
+            return held
+        if mandatory:
             self.connection.write(
                 wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
                 + wire.content(
