@@ -20,6 +20,7 @@ from .amqp.users import UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
 from .ha.node import HANode, HAOptions, NodeAMPFactory, NodeLocator, PersistentState, parseBrokers
+from .ha.primary import ReplicationGate
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -505,21 +506,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     resources = Resources(highWatermark=config["memory-high-watermark"])
     vhost = VirtualHost("/", resources, clock=reactor)
     vhost.defaultReplicate = config["ha-replicate"]
-    factory = BrokerFactory(
-        vhost,
-        config["userDatabase"],
-        reactor,
-        heartbeat=config["heartbeat"],
-        frameMax=config["frame-max"],
-        channelMax=config["channel-max"],
-        maxMessageSize=config["max-message-size"],
-    )
-    if config["ha-username"] is not None:
-        factory.refusedUsers.add(config["ha-username"])
-    service = MultiService()
     cluster = config["ha-cluster"] == "yes"
-    amqp = ListeningService(reactor, config["port"], factory, "AMQP", automatic=not cluster)
-    amqp.setServiceParent(service)
     state = PersistentState(config["data-dir"])
     options = HAOptions(
         brokers=config["brokers"],
@@ -534,9 +521,26 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         dataDir=config["data-dir"],
     )
     store = openStore(config, vhost, reactor)
-    factory.store = store
+    # A publish's confirm waits for the backups (in a cluster), then the disk.
+    gate = ReplicationGate(options, reactor) if cluster else None
+    factory = BrokerFactory(
+        vhost,
+        config["userDatabase"],
+        reactor,
+        heartbeat=config["heartbeat"],
+        frameMax=config["frame-max"],
+        channelMax=config["channel-max"],
+        maxMessageSize=config["max-message-size"],
+        holders=[gate, store] if gate is not None else [store],
+        pacer=gate,
+    )
+    if config["ha-username"] is not None:
+        factory.refusedUsers.add(config["ha-username"])
+    service = MultiService()
+    amqp = ListeningService(reactor, config["port"], factory, "AMQP", automatic=not cluster)
+    amqp.setServiceParent(service)
     options.extra["haAddress"] = advertisedAddress(config["ha-port"])
-    node = HANode(options, vhost, reactor, amqp, state, standalone=not cluster)
+    node = HANode(options, vhost, reactor, amqp, state, standalone=not cluster, gate=gate)
     node.store = store
     node.position = store.position
     if not cluster:

@@ -6,17 +6,30 @@ L{RecordingTarget} stands in for an AMQP channel as a consumer's
 L{DeliveryTarget}: it records what it is given and takes only as many
 messages as it has credit for. L{RecordingObserver} records every
 L{BrokerObserver} event, in order, in a form that is easy to compare.
+
+L{FakeConfirmHolder} and L{FakeReplicationPacer} stand in for the
+replication gate and the store where an AMQP channel or connection meets
+them, through L{IConfirmHolder} and L{IReplicationPacer}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from zope.interface import implementer
+
+from .amqp.holders import Completion, IConfirmHolder, IReplicationPacer
 from .broker.exchange import Binding, Exchange
+from .broker.message import Message
 from .broker.queue import Consumer, DeliveryTarget, Entry, Queue
 from .broker.vhost import BrokerObserver
 
-__all__ = ["RecordingObserver", "RecordingTarget"]
+__all__ = [
+    "FakeConfirmHolder",
+    "FakeReplicationPacer",
+    "RecordingObserver",
+    "RecordingTarget",
+]
 
 
 class RecordingTarget:
@@ -202,6 +215,107 @@ class RecordingObserver:
         """
         self.events.append(("purged", queue.name, count))
         self.calls.append(("purged", queue, count))
+
+
+
+@implementer(IConfirmHolder)
+class FakeConfirmHolder:
+    """
+    An L{IConfirmHolder} that holds publishes until told to let them go.
+
+    Like the real holders, the publishes it holds between two L{release}s
+    share one completion.
+
+    @ivar holding: whether it holds publishes (else it answers L{None}).
+    @ivar held: every C{(queue names, message)} it was asked to hold, in
+        order.
+    @ivar current: the completion publishes are held on now, if any.
+    """
+
+    def __init__(self, holding: bool = True) -> None:
+        """
+        @param holding: whether it holds publishes at first.
+        """
+        self.holding = holding
+        self.held: list[tuple[list[str], Message]] = []
+        self.current: Completion | None = None
+
+    def hold(self, queues: list[Queue], message: Message) -> Completion | None:
+        """
+        Record the publish; hold it on the current completion if holding.
+        """
+        self.held.append(([queue.name for queue in queues], message))
+        if not self.holding:
+            return None
+        if self.current is None:
+            self.current = Completion(0)
+            self.current.holds = 1
+        return self.current
+
+    def release(self) -> None:
+        """
+        Let every publish held so far be confirmed; later ones wait on a new
+        completion.
+        """
+        current, self.current = self.current, None
+        if current is not None:
+            current.holds -= 1
+            current.check()
+
+
+@implementer(IReplicationPacer)
+class FakeReplicationPacer:
+    """
+    An L{IReplicationPacer} driven by hand: it paces while it has
+    C{sources}, says the box is L{full} when told, and records the calls.
+
+    @ivar sources: stand-ins for ready backups (one by default).
+    @ivar full: whether connections should wait for the box.
+    @ivar wait: what L{shouldWait} answers.
+    @ivar asked: every C{buffered} L{shouldWait} was asked about.
+    @ivar waiting: the C{resume} callables of the connections that wait.
+    @ivar sent: how many times L{sendNow} was called.
+    """
+
+    def __init__(self) -> None:
+        """
+        Pacing (one source), box not full.
+        """
+        self.sources: set[Any] = {"backup"}
+        self.full = False
+        self.wait = True
+        self.asked: list[int] = []
+        self.waiting: list[Callable[[], None]] = []
+        self.sent = 0
+
+    def shouldWait(self, buffered: int) -> bool:
+        """
+        Record C{buffered}; answer L{wait}.
+        """
+        self.asked.append(buffered)
+        return self.wait
+
+    def whenSent(self, resume: Callable[[], None]) -> None:
+        """
+        Keep C{resume} until L{boxSent}.
+        """
+        self.waiting.append(resume)
+
+    def sendNow(self) -> None:
+        """
+        Count the call.
+        """
+        self.sent += 1
+
+    def boxSent(self) -> None:
+        """
+        The box went out: not full any more, and the waiting connections go
+        on.
+        """
+        self.full = False
+        waiting, self.waiting = self.waiting, []
+        for resume in waiting:
+            resume()
 
 
 if TYPE_CHECKING:

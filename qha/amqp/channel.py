@@ -29,8 +29,10 @@ from ..broker.errors import (
 )
 from ..broker.exchange import Exchange
 from ..broker.message import Message, checkProperties
-from ..broker.queue import Consumer, Entry, Queue, QueueFull
+from ..broker.queue import Consumer, Entry, Queue
+from ..broker.vhost import PublishRefused
 from . import wire
+from .holders import Held, Waits
 
 if TYPE_CHECKING:
     from .protocol import AMQPServer
@@ -46,32 +48,6 @@ def _str(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else str(value)
-
-
-class Waits:
-    """
-    What a publish's confirm waits for when it waits for both the backups
-    (replication) and the disk (the store).
-    """
-
-    __slots__ = ("parts",)
-
-    def __init__(self, replicated: Any, stored: Any) -> None:
-        self.parts = (replicated, stored)
-
-    @property
-    def done(self) -> bool:
-        """
-        Whether both are done.
-        """
-        return self.parts[0].done and self.parts[1].done
-
-    def addCallback(self, callback: Callable[[], None]) -> None:
-        """
-        Call C{callback} as each part is done.
-        """
-        for part in self.parts:
-            part.addCallback(callback)
 
 
 class Channel:
@@ -271,48 +247,52 @@ class Channel:
 
     def _route(
         self, exchange: Exchange, routingKey: str, message: Message, mandatory: bool
-    ) -> Any:
+    ) -> Held | None:
         """
         Enqueue C{message} where it routes; return what its confirm must
-        wait for (the backups' or the store's completion, or L{Waits} for
-        both), or L{None}.
+        wait for (the completion of the one holder that holds it, or
+        L{Waits} for several), or L{None}.
         """
-        queues = self.vhost.route(exchange, routingKey, message)
-        if queues:
-            refused: QueueFull | None = None
-            accepted = []
-            for queue in queues:
-                try:
-                    queue.enqueue(message)
-                    accepted.append(queue)
-                except QueueFull as full:
-                    refused = full
-            if refused is not None:
-                if self.confirming:
-                    self.nacked.append(self.publishSeq)
-                else:
-                    raise refused
-            if accepted:
-                factory = self.connection.factory
-                gate = factory.gate
-                store = factory.store
-                replicated = gate.hold(accepted) if gate is not None else None
-                stored = store.hold(accepted, message) if store is not None else None
-                if stored is None:
-                    return replicated
-                if replicated is None:
-                    return stored
+        try:
+            accepted = self.vhost.publishTo(exchange, routingKey, message)
+        except PublishRefused as refused:
+            # A full queue refused it: a confirm-mode publisher gets
+            # basic.nack (once the queues that took it hold it), others a
+            # channel error.
+            if not self.confirming:
+                raise
+            self.nacked.append(self.publishSeq)
+            accepted = refused.accepted
+            if not accepted:
+                return None
+        if accepted:
+            held: Held | None = None
+            for holder in self.connection.factory.holders:
+                completion = holder.hold(accepted, message)
+                if completion is None:
+                    continue
+                if held is None:
+                    held = completion
+                    continue
+                # Held by two (the backups and the disk): publishes of one
+                # turn share their completions, and so one Waits.
                 waits = self._waits
-                if waits is None or waits.parts[0] is not replicated or waits.parts[1] is not stored:
-                    waits = self._waits = Waits(replicated, stored)
-                return waits
-        elif mandatory:
+                if waits is not None and waits.parts[0] is held and waits.parts[1] is completion:
+                    held = waits
+                elif held.__class__ is Waits:
+                    # By a third holder as well: not shared.
+                    held = Waits(held, completion)
+                else:
+                    held = self._waits = Waits(held, completion)
+            return held
+        if mandatory:
             self.connection.write(
                 wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
                 + wire.content(
                     self.number, message.header, message.body, self.connection.frameMax
                 )
             )
+        return None
 
     def flushConfirms(self) -> None:
         """

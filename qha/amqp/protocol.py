@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import struct
-from typing import Any
+from typing import Any, Iterable
 
 from pamqp import commands
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
@@ -38,6 +38,7 @@ from ..broker.errors import (
 from ..broker.vhost import VirtualHost
 from . import wire
 from .channel import Channel
+from .holders import IConfirmHolder, IReplicationPacer
 from .users import AuthenticationFailed, UserDatabase
 
 _unpackFrameHeader = struct.Struct(">BHI").unpack_from
@@ -68,6 +69,11 @@ class BrokerFactory(ServerFactory):
     @ivar connections: the open connections.
     @ivar acceptingClients: when false (a backup in a cluster), clients are
         refused at connection.open with C{refusalText}.
+    @ivar holders: what a publish's confirm waits for, in order (the
+        replication gate, the store): each L{IConfirmHolder} holds it until
+        it has the message.
+    @ivar pacer: how publishing connections wait for the replication
+        boxes (L{None}: not replicating).
     """
 
     log = Logger()
@@ -82,7 +88,14 @@ class BrokerFactory(ServerFactory):
         channelMax: int = 2047,
         maxMessageSize: int = 128 * 1024 * 1024,
         handshakeTimeout: float = 10.0,
+        holders: Iterable[IConfirmHolder] = (),
+        pacer: IReplicationPacer | None = None,
     ) -> None:
+        """
+        @param holders: the L{IConfirmHolder}s a publish's confirm waits
+            for (a cluster's replication gate, the store), in order.
+        @param pacer: the replication gate, when replicating.
+        """
         self.vhost = vhost
         self.users = users
         self.clock = clock
@@ -94,12 +107,9 @@ class BrokerFactory(ServerFactory):
         self.connections: set[AMQPServer] = set()
         self.acceptingClients = True
         self.refusalText = ""
-        # The cluster's replication gate: publishes to replicated queues
-        # are confirmed only when it says so (None: standalone).
-        self.gate: Any = None
-        # The store: persistent messages on durable queues are confirmed
-        # once it flushed them to disk (None: no store).
-        self.store: Any = None
+        # A tuple: the channels loop over it for every publish.
+        self.holders: tuple[IConfirmHolder, ...] = tuple(holders)
+        self.pacer = pacer
         # Users who may not log in over AMQP (the brokers' own HA user).
         self.refusedUsers: set[str] = set()
         vhost.resources.listeners.append(self._memoryAlarm)
@@ -295,11 +305,11 @@ class AMQPServer(Protocol):
         offset = 0
         size = len(data)
         frameLimit = self.frameMax
-        gate = self.factory.gate
+        pacer = self.factory.pacer
         vhost = self.factory.vhost
         # Replicating, the messages of this read reach their consumers only
         # once their box has gone to the backups (see the finally clause).
-        batching = gate is not None and gate.sources and vhost.undispatched is None
+        batching = pacer is not None and pacer.sources and vhost.undispatched is None
         if batching:
             vhost.undispatched = set()
         try:
@@ -324,11 +334,11 @@ class AMQPServer(Protocol):
                     self._methodFrame(number, data, start, end)
                 elif frameType == 3:
                     self._bodyFrame(number, data[start:end])
-                    if gate is not None and gate.full and gate.shouldWait(size - offset):
+                    if pacer is not None and pacer.full and pacer.shouldWait(size - offset):
                         # The replication box is full: let it go out before
-                        # going on (see ReplicationGate).
+                        # going on (see IReplicationPacer).
                         self._yielded = True
-                        gate.whenSent(self._boxSent)
+                        pacer.whenSent(self._boxSent)
                         break
                 elif frameType == 2:
                     self._headerFrame(number, data[start:end])
@@ -359,8 +369,8 @@ class AMQPServer(Protocol):
                 # their acquires travel as one run in the next box.
                 undispatched = vhost.undispatched
                 vhost.undispatched = None
-                if undispatched:
-                    gate.sendNow()
+                if undispatched and pacer is not None:
+                    pacer.sendNow()
                     for queue in undispatched:
                         queue.dispatch()
         if offset < size:

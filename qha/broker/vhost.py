@@ -37,6 +37,24 @@ REPLICATE_LEVELS = ("none", "configuration", "all")
 _EQUIVALENCE_PREFIXES = ("x-", "qpid.", "alternate-exchange")
 
 
+class PublishRefused(QueueFull):
+    """
+    A queue a message was routed to refused it (it is full, with overflow
+    C{reject-publish}); the other queues it reached took it.
+
+    @ivar queue: the queue that refused it (the last one, if several did).
+    @ivar accepted: the queues that took it.
+    """
+
+    def __init__(self, full: QueueFull, accepted: list[Queue]) -> None:
+        """
+        @param full: the refusal (of the last queue that refused).
+        @param accepted: the queues that took the message.
+        """
+        super().__init__(full.queue)
+        self.accepted = accepted
+
+
 class BrokerObserver(Protocol):
     """
     Sees every change to the broker's state, in order: the replication
@@ -712,11 +730,44 @@ class VirtualHost:
 
     def publish(self, exchangeName: str, routingKey: str, message: Message) -> list[Queue]:
         """
-        Route C{message} and enqueue it on every queue it reaches; return
-        those queues (empty: unroutable).
+        L{publishTo} the exchange a client may publish to under
+        C{exchangeName} (see L{publishTarget}).
         """
-        exchange = self.publishTarget(exchangeName)
+        return self.publishTo(self.publishTarget(exchangeName), routingKey, message)
+
+    def publishTo(self, exchange: Exchange, routingKey: str, message: Message) -> list[Queue]:
+        """
+        Route C{message} and enqueue it on every queue it reaches that takes
+        it: the one path of every publish (an AMQP channel's and the
+        tests'). A queue that refuses it (overflow C{reject-publish}) does
+        not stop the others.
+
+        @return: the queues that took it (empty: unroutable).
+        @raise PublishRefused: if a queue refused it, once the others took
+            it; it names the queues that did.
+        """
+        if exchange is self.defaultExchange:
+            # The hot path, without a call to route.
+            queue = self.queues.get(routingKey)
+            if queue is None:
+                return []
+            try:
+                queue.enqueue(message)
+            except QueueFull as full:
+                raise PublishRefused(full, []) from None
+            return [queue]
         queues = self.route(exchange, routingKey, message)
+        refused: list[QueueFull] | None = None
         for queue in queues:
-            queue.enqueue(message)
+            try:
+                queue.enqueue(message)
+            except QueueFull as full:
+                if refused is None:
+                    refused = []
+                refused.append(full)
+        if refused is not None:
+            refusers = {each.queue for each in refused}
+            raise PublishRefused(
+                refused[-1], [queue for queue in queues if queue not in refusers]
+            )
         return queues

@@ -25,7 +25,7 @@ from ..admin.commands import AddObject, DeleteObject, ListObjects, Ping, Promote
 from ..broker.errors import AMQPError
 from ..broker.queue import Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
-from .backup import Replicator, holdingsOf
+from ..changes.replay import Replicator, holdingsOf
 from .commands import (
     MalformedBox,
     Events,
@@ -39,7 +39,7 @@ from .commands import (
     StaleEpoch,
     Subscribe,
 )
-from .events import MalformedEvents
+from ..changes.events import MalformedEvents
 from .primary import ReplicationGate, ReplicationSource, replicateLevel
 from .role import (
     ACTIVE,
@@ -562,7 +562,12 @@ class HANode(Service):
         amqp: Any,
         state: PersistentState,
         standalone: bool = False,
+        gate: ReplicationGate | None = None,
     ) -> None:
+        """
+        @param gate: the replication gate the AMQP factory holds confirms
+            with (one of its holders); a new one if not given.
+        """
         self.options = options
         self.standalone = standalone
         self.vhost = vhost
@@ -574,7 +579,7 @@ class HANode(Service):
         self.role: Role | StandaloneRole = (
             StandaloneRole() if standalone else Role(self._roleChanged)
         )
-        self.gate = ReplicationGate(self)
+        self.gate = gate if gate is not None else ReplicationGate(options, clock)
         self.sources: dict[str, ReplicationSource] = {}
         self.link: BackupLink | None = None
         self.members: list[dict[str, str]] = []
@@ -588,7 +593,6 @@ class HANode(Service):
         self._discovering = False
         if not standalone:
             vhost.replica = True
-            amqp.factory.gate = self.gate
 
     # Properties the replication code reads
 
@@ -707,14 +711,11 @@ class HANode(Service):
     def _stopServing(self) -> None:
         self.log.warn("stepping down: a newer primary exists")
         self.amqp.stopListening("this broker stepped down: a newer primary exists")
-        # A new gate before the backups go: losing them must not release
-        # (confirm) the publishes the old gate held, which no backup of the
-        # new primary has.
-        old, self.gate = self.gate, ReplicationGate(self)
-        self.amqp.factory.gate = self.gate
-        # Connections that waited for the old gate's box read on (and are
-        # closed by stopListening).
-        old.release()
+        # The gate forgets what it held before the backups go: losing them
+        # must not release (confirm) those publishes, which no backup of
+        # the new primary has. Connections that waited for its box read on
+        # (and are closed by stopListening).
+        self.gate.reset()
         for source in list(self.sources.values()):
             source.drop("this broker stepped down")
         self.vhost.replica = True

@@ -14,16 +14,19 @@ it before applying it.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
+from zope.interface import implementer
 
+from ..amqp.holders import Completion, IConfirmHolder, IReplicationPacer
 from ..broker.exchange import Binding, Exchange
+from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
-from . import events as ev
+from ..changes import events as ev
 from .commands import Events, Heartbeat, eventsArguments
 
 if TYPE_CHECKING:
@@ -79,64 +82,28 @@ def _builtin(exchange: Exchange) -> bool:
     return exchange.name == "" or exchange.name.startswith("amq.")
 
 
-class Completion:
+class GateOptions(Protocol):
     """
-    A publish (or a transaction) waiting for backups before it is confirmed.
-
-    It is done when every backup it waits for acknowledged it and at least
-    C{needed} backups hold it (C{--ha-min-backups}), and no other hold (a
-    recovering primary) remains.
+    What a L{ReplicationGate} reads of the broker's options, each time it
+    needs it.
     """
 
-    __slots__ = ("parties", "acked", "needed", "holds", "callbacks", "done", "replicated")
+    @property
+    def replicateDefault(self) -> str:
+        """
+        The replication level of queues without C{qpid.replicate}
+        (C{--ha-replicate}).
+        """
 
-    def __init__(self, needed: int) -> None:
-        self.parties: set[Any] = set()
-        self.acked = 0
-        self.needed = needed
-        self.holds = 0
-        self.callbacks: list[Callable[[], None]] = []
-        self.done = False
-        self.replicated = True
-
-    def addCallback(self, callback: Callable[[], None]) -> None:
+    @property
+    def minBackups(self) -> int:
         """
-        Call C{callback} once done (at once if it is).
+        How many backups must hold a replicated publish before its confirm
+        (C{--ha-min-backups}).
         """
-        if self.done:
-            callback()
-        else:
-            self.callbacks.append(callback)
-
-    def acknowledged(self, party: Any) -> None:
-        """
-        C{party} holds the message.
-        """
-        if party in self.parties:
-            self.parties.discard(party)
-            self.acked += 1
-            self.check()
-
-    def lost(self, party: Any) -> None:
-        """
-        C{party} went away before acknowledging.
-        """
-        if party in self.parties:
-            self.parties.discard(party)
-            self.check()
-
-    def check(self) -> None:
-        """
-        Fire the callbacks if nothing is outstanding.
-        """
-        if self.done or self.parties or self.holds or self.acked < self.needed:
-            return
-        self.done = True
-        callbacks, self.callbacks = self.callbacks, []
-        for callback in callbacks:
-            callback()
 
 
+@implementer(IConfirmHolder, IReplicationPacer)
 class ReplicationGate:
     """
     Decides which publishes must wait for backups, and tracks them.
@@ -165,8 +132,15 @@ class ReplicationGate:
     farAhead = 16384
     largestBox = 256
 
-    def __init__(self, node: "HANode") -> None:
-        self.node = node
+    def __init__(self, options: GateOptions, clock: IReactorTime) -> None:
+        """
+        @param options: where C{--ha-replicate} and C{--ha-min-backups}
+            come from (read at each publish).
+        @param clock: for letting paused connections go on at the next
+            turn.
+        """
+        self.options = options
+        self.clock = clock
         self.sources: set[ReplicationSource] = set()
         self.waiting: set[Completion] = set()
         self.recovering = False
@@ -207,7 +181,7 @@ class ReplicationGate:
         when this gate is being replaced).
         """
         if self._paused and self._releaseCall is None:
-            self._releaseCall = self.node.clock.callLater(0, self._resumeAll)
+            self._releaseCall = self.clock.callLater(0, self._resumeAll)
 
     def _resumeAll(self) -> None:
         self._releaseCall = None
@@ -215,12 +189,13 @@ class ReplicationGate:
         for resume in paused:
             resume()
 
-    def hold(self, queues: list[Queue]) -> Completion | None:
+    def hold(self, queues: list[Queue], message: Message | None = None) -> Completion | None:
         """
         A message was enqueued on C{queues}: the completion its confirm waits
-        for, or L{None} if it needs none.
+        for, or L{None} if it needs none (L{IConfirmHolder}; which queues
+        it went to decides, not the message).
         """
-        default = self.node.replicateDefault
+        default = self.options.replicateDefault
         replicated = False
         for queue in queues:
             if cachedLevel(queue, default) == ALL:
@@ -235,7 +210,7 @@ class ReplicationGate:
             if replicated and current.parties:
                 self._gather()
             return current
-        completion = Completion(self.node.minBackups if replicated else 0)
+        completion = Completion(self.options.minBackups if replicated else 0)
         completion.replicated = replicated
         if replicated:
             for source in self.sources:
@@ -301,6 +276,22 @@ class ReplicationGate:
             if completion.holds:
                 completion.holds -= 1
                 completion.check()
+
+    def reset(self) -> None:
+        """
+        The primary stepped down: forget every completion held, without
+        completing it (no backup of the new primary's cluster has those
+        messages, so losing this primary's backups must not confirm them),
+        and start again as a gate with no backups. Connections that waited
+        for a box read on, after the reactor's next turn.
+        """
+        self.sources = set()
+        self.waiting = set()
+        self.recovering = False
+        self.current = None
+        self.gathered = 0
+        self.full = False
+        self.release()
 
 
 class ReplicationSource:

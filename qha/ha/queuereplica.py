@@ -14,7 +14,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from .backup import holdingsOf
+from ..changes.replay import holdingsOf
 from .commands import Hello, Subscribe
 from .node import BackupLink
 from .role import PRIMARY_ROLES, STANDALONE

@@ -38,14 +38,15 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..amqp.holders import Completion, IConfirmHolder
 from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
-from ..ha import events as ev
-from ..ha.backup import Replicator
-from ..ha.primary import Completion
+from ..changes import events as ev
+from ..changes.replay import Replicator
 
 MAGIC = b"QHA-JOURNAL-1\n"
 _record = struct.Struct(">II")
@@ -348,6 +349,7 @@ def durableQueue(queue: Queue) -> bool:
     return queue.durable and not queue.exclusive
 
 
+@implementer(IConfirmHolder)
 class Store:
     """
     Keeps the durable part of a virtual host in a journal.
@@ -577,7 +579,7 @@ class Store:
     def hold(self, queues: list[Queue], message: Message) -> Completion | None:
         """
         The completion a publish to C{queues} waits for: the flush of this
-        turn's record, if the message was written.
+        turn's record, if the message was written (L{IConfirmHolder}).
         """
         for queue in queues:
             if queue.durable and not queue.exclusive:

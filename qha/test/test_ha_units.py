@@ -29,11 +29,12 @@ from qha.amqp.protocol import BrokerFactory
 from qha.broker.message import Message
 from qha.broker.queue import Consumer, Entry, Queue
 from qha.broker.vhost import VirtualHost
-from qha.ha import events as ev
-from qha.ha.backup import Replicator, holdingsOf
+from qha.changes import events as ev
+from qha.changes.replay import Replicator, holdingsOf
 from qha.ha.commands import CHUNK, ChunkedBytes, Events, eventsArguments, Heartbeat, Hello, Refused, StaleEpoch, Subscribe
 from qha.ha.node import BackupLink, HANode, HAOptions, NodeAMP, NodeAMPFactory, NodeLocator, PersistentState
-from qha.ha.primary import Completion, ReplicationGate
+from qha.amqp.holders import Completion
+from qha.ha.primary import ReplicationGate
 from qha.ha.role import (
     ACTIVE,
     CATCHUP,
@@ -697,7 +698,7 @@ class GateTests(SynchronousTestCase):
         """
         A gate with C{sources} ready backups.
         """
-        gate = ReplicationGate(FakeNode(minBackups))  # type: ignore[arg-type]
+        gate = ReplicationGate(FakeNode(minBackups), Clock())
         made = [FakeSource(f"b{i}") for i in range(sources)]
         gate.sources.update(made)  # type: ignore[arg-type]
         return gate, made
@@ -1286,8 +1287,10 @@ class ReplicationTests(SynchronousTestCase):
         queue = self.primary.vhost.declareQueue("q", arguments=ALL)
         link.flush()
         self.primary.gate.boxPublishes = boxPublishes
-        factory = BrokerFactory(self.primary.vhost, fastUsers(), self.cluster.clock)
-        factory.gate = self.primary.gate
+        gate = self.primary.gate
+        factory = BrokerFactory(
+            self.primary.vhost, fastUsers(), self.cluster.clock, holders=[gate], pacer=gate
+        )
         client = Client(factory)
         client.handshake()
         client.openChannel(1)

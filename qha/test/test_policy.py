@@ -31,7 +31,7 @@ from qha.broker.policy import (
     parsePolicy,
 )
 from qha.broker.queue import Consumer, Entry, Queue, QueueFull
-from qha.broker.vhost import VirtualHost
+from qha.broker.vhost import PublishRefused, VirtualHost
 from qha.testing import RecordingObserver, RecordingTarget
 
 
@@ -500,6 +500,45 @@ class RejectTests(PolicyTestCase):
         queue.settle(entry)
         self.publish("q", b"3")
         self.assertEqual(self.getAll(queue), [b"2", b"3"])
+        self.assertNoMemory()
+
+    def test_rejectPublishOthersTakeIt(self) -> None:
+        """
+        A message routed to a full queue and to others is refused by the
+        full one only: every other queue takes it (whichever the routing
+        reaches first), and the L{PublishRefused} names the full queue and
+        those that took it, as a confirm-mode publisher's basic.nack follows
+        the enqueues on the others.
+        """
+        self.vhost.declareExchange("fan", "fanout")
+        before = self.declareWith("a", {})
+        full = self.declareWith("full", {"x-max-length": 0, "x-overflow": "reject-publish"})
+        after = self.declareWith("z", {})
+        for name in ("a", "full", "z"):
+            self.vhost.bindQueue(name, "fan", "")
+        with self.assertRaises(PublishRefused) as caught:
+            self.vhost.publish("fan", "", message(b"m", exchange="fan"))
+        self.assertIs(caught.exception.queue, full)
+        self.assertEqual(
+            sorted(queue.name for queue in caught.exception.accepted), ["a", "z"]
+        )
+        self.assertEqual((before.messageCount, full.messageCount, after.messageCount), (1, 0, 1))
+        self.getAll(before)
+        self.getAll(after)
+        self.assertNoMemory()
+
+    def test_rejectPublishAllRefuse(self) -> None:
+        """
+        A message every queue refuses raises L{PublishRefused} (a
+        L{QueueFull}) with no queue that took it.
+        """
+        self.vhost.declareExchange("fan", "fanout")
+        for name in ("f1", "f2"):
+            self.declareWith(name, {"x-max-length": 0, "x-overflow": "reject-publish"})
+            self.vhost.bindQueue(name, "fan", "")
+        with self.assertRaises(PublishRefused) as caught:
+            self.vhost.publish("fan", "", message(b"m", exchange="fan"))
+        self.assertEqual(caught.exception.accepted, [])
         self.assertNoMemory()
 
     def test_qpidReject(self) -> None:

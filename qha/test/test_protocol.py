@@ -31,6 +31,7 @@ from qha.amqp.protocol import AMQPServer, BrokerFactory
 from qha.amqp.users import ScryptHash, UserDatabase
 from qha.broker.message import Message
 from qha.broker.vhost import Resources, VirtualHost
+from qha.testing import FakeConfirmHolder
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 1234)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 4321)
@@ -1405,3 +1406,55 @@ class FlowControlTests(ProtocolTestCase):
         self.clock.advance(5)
         self.assertTrue(client.transport.disconnecting)
 
+
+
+class RefusedPublishTests(ProtocolTestCase):
+    """
+    A publish that a full queue (overflow C{reject-publish}) refuses,
+    through the channel: the other queues it reached still take it, as
+    L{VirtualHost.publishTo} does for every publish.
+    """
+
+    def setUp(self) -> None:
+        """
+        Fanout exchange C{fan} bound to an open queue C{open} and a full
+        queue C{full}; a holder that records what it is asked to hold.
+        """
+        super().setUp()
+        self.holder = FakeConfirmHolder(holding=False)
+        self.factory = self.makeFactory(holders=[self.holder])
+        self.vhost.declareExchange("fan", "fanout")
+        self.vhost.declareQueue(
+            "full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        self.vhost.declareQueue("open")
+        for name in ("full", "open"):
+            self.vhost.bindQueue(name, "fan", "")
+        self.client = self.openClient(channels=(1,))
+
+    def test_confirmModeNack(self) -> None:
+        """
+        A confirm-mode publisher gets basic.nack for it; the open queue
+        took it, and the holders were asked to hold it for that queue only.
+        """
+        client = self.client
+        client.call(1, commands.Confirm.Select())
+        client.send(publishBytes(1, "fan", "", b"m"))
+        [(_, nack)] = client.received()
+        self.assertIsInstance(nack, commands.Basic.Nack)
+        self.assertEqual(nack.delivery_tag, 1)
+        self.assertEqual(self.vhost.queue("open").messageCount, 1)
+        self.assertEqual(self.vhost.queue("full").messageCount, 0)
+        self.assertEqual([queues for queues, _ in self.holder.held], [["open"]])
+
+    def test_channelError(self) -> None:
+        """
+        Without confirms, the channel is closed with 406 naming the full
+        queue; the open queue took the message, and no holder was asked.
+        """
+        client = self.client
+        client.send(publishBytes(1, "fan", "", b"m"))
+        close = self.assertChannelClosed(client.received(), 1, 406)
+        self.assertIn("'full'", close.reply_text)
+        self.assertEqual(self.vhost.queue("open").messageCount, 1)
+        self.assertEqual(self.holder.held, [])

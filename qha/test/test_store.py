@@ -39,7 +39,7 @@ from qha.admin.cli import parseArguments, run
 from qha.broker.message import Message
 from qha.broker.queue import Consumer, Queue, QueueFull
 from qha.broker.vhost import VirtualHost
-from qha.ha import events as ev
+from qha.changes import events as ev
 from qha.store.journal import (
     MAGIC,
     FileJournal,

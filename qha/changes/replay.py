@@ -1,6 +1,7 @@
 """
-The backup's side of replication: the L{Replicator} applies the primary's
-events to the local virtual host exactly, running no policy of its own.
+Replaying the event stream: the L{Replicator} applies events to a virtual
+host exactly, running no policy of its own. A backup applies its primary's
+stream with it, and a store replays its journal's records with it.
 """
 
 from __future__ import annotations
