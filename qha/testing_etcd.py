@@ -144,6 +144,8 @@ class FakeEtcd:
         self._leases: dict[int, _Lease] = {}
         self._nextLease = 0x1000
         self._watches: list[_FakeWatch] = []
+        self._pending: list[tuple[list[Event], int]] = []
+        self._delivering = False
         self.revision = 1
         self.available = True
         self.calls: list[str] = []
@@ -235,9 +237,25 @@ class FakeEtcd:
         if events:
             self.revision = revision
             self._history.append((revision, events))
-            for watch in list(self._watches):
-                watch.deliver(events, revision)
+            self._deliver(events, revision)
         return self.revision, ranges
+
+    def _deliver(self, events: list[Event], revision: int) -> None:
+        """
+        Tell the watches, in revision order even when a watch callback
+        writes (its events wait until the current ones are delivered).
+        """
+        self._pending.append((events, revision))
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._pending:
+                batch, batchRevision = self._pending.pop(0)
+                for watch in list(self._watches):
+                    watch.deliver(batch, batchRevision)
+        finally:
+            self._delivering = False
 
     def _holds(self, compare: Compare) -> bool:
         kv = self._data.get(compare.key, KeyValue(key=compare.key))
