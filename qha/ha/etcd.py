@@ -44,12 +44,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import (
     Certificate,
-    CertificateOptions,
     PrivateCertificate,
     optionsForClientTLS,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import Interface, implementer
@@ -752,10 +752,10 @@ class EtcdClient:
         for attempt in range(count):
             index = (self._current + attempt) % count
             url = self.endpoints[index] + path
-            request: Deferred[IResponse] = self._http.post(
+            request: Deferred[Any] = self._http.post(
                 url,
                 data=data,
-                headers={b"Content-Type": [b"application/json"]},
+                headers=Headers({b"Content-Type": [b"application/json"]}),
                 unbuffered=True,
             )
             request.addTimeout(self._timeout, self._clock)
