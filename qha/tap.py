@@ -18,6 +18,7 @@ from twisted.python import usage
 from .amqp.protocol import BrokerFactory
 from .amqp.users import UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
+from .datadir import claimOrExit
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
 from .ha.node import HANode, HAOptions, NodeAMPFactory, NodeLocator, PersistentState, parseBrokers
 
@@ -502,6 +503,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
+    dataDirectory = claimOrExit(config["data-dir"])
     resources = Resources(highWatermark=config["memory-high-watermark"])
     vhost = VirtualHost("/", resources, clock=reactor)
     vhost.defaultReplicate = config["ha-replicate"]
@@ -517,6 +519,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     if config["ha-username"] is not None:
         factory.refusedUsers.add(config["ha-username"])
     service = MultiService()
+    dataDirectory.setServiceParent(service)
     cluster = config["ha-cluster"] == "yes"
     amqp = ListeningService(reactor, config["port"], factory, "AMQP", automatic=not cluster)
     amqp.setServiceParent(service)
