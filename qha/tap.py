@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .amqp.protocol import BrokerFactory
-from .amqp.users import UserDatabase
+from .amqp.users import FailedLogins, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
 from .datadir import claimOrExit
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
@@ -507,6 +507,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     resources = Resources(highWatermark=config["memory-high-watermark"])
     vhost = VirtualHost("/", resources, clock=reactor)
     vhost.defaultReplicate = config["ha-replicate"]
+    passwords, failedLogins = ThreadPoolVerifier(reactor), FailedLogins(reactor)
     factory = BrokerFactory(
         vhost,
         config["userDatabase"],
@@ -515,11 +516,15 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         frameMax=config["frame-max"],
         channelMax=config["channel-max"],
         maxMessageSize=config["max-message-size"],
+        verifier=passwords,
+        failedLogins=failedLogins,
     )
     if config["ha-username"] is not None:
         factory.refusedUsers.add(config["ha-username"])
     service = MultiService()
     dataDirectory.setServiceParent(service)
+    passwords.setServiceParent(service)
+    failedLogins.setServiceParent(service)
     cluster = config["ha-cluster"] == "yes"
     amqp = ListeningService(reactor, config["port"], factory, "AMQP", automatic=not cluster)
     amqp.setServiceParent(service)

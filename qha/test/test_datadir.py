@@ -14,15 +14,19 @@ import sys
 import tempfile
 
 import pika
+from twisted.application.service import MultiService
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from qha import datadir
+from qha.amqp.protocol import BrokerFactory
+from qha.amqp.users import FailedLogins, ThreadPoolVerifier
 from qha.broker.vhost import VirtualHost
 from qha.datadir import (
     DataDirectoryInUse,
+    DataDirectoryLock,
     claim,
     claimOrExit,
     lock,
@@ -335,3 +339,56 @@ class SharedDirectoryTests(SynchronousTestCase):
             "", "still-serving", b"m", pika.BasicProperties(delivery_mode=2), mandatory=True
         )
         self.assertEqual(channel.queue_declare("still-serving", passive=True).method.message_count, 1)
+
+
+class MakeServiceTests(DirectoryTestCase):
+    """
+    L{qha.tap.makeService} claims the data directory before it reads it,
+    and gives the AMQP factory a thread pool for password checks; both
+    are services of the broker.
+    """
+
+    def makeService(self) -> MultiService:
+        """
+        The broker's service for C{self.directory} on a memory reactor,
+        not started.
+        """
+        from qha.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(["--data-dir", self.directory, "--store", "memory"])
+        return makeService(options, MemoryReactorClock())
+
+    def test_claimsDirectory(self) -> None:
+        """
+        The service holds the directory's lock; a second one on the same
+        directory exits with status 1.
+        """
+        service = self.makeService()
+        [held] = [child for child in service if isinstance(child, DataDirectoryLock)]
+        self.addCleanup(held.release)
+        self.assertTrue(held.held)
+        self.patch(sys, "stderr", io.StringIO())
+        exit = self.assertRaises(SystemExit, self.makeService)
+        self.assertEqual(exit.code, 1)
+
+    def test_passwordsInThreadPool(self) -> None:
+        """
+        The AMQP factory checks passwords with the L{ThreadPoolVerifier}
+        and slows down failures with the L{FailedLogins} that are services
+        of the broker.
+        """
+        service = self.makeService()
+        children = list(service)
+        for child in children:
+            if isinstance(child, DataDirectoryLock):
+                self.addCleanup(child.release)
+        [factory] = [
+            child.factory  # type: ignore[attr-defined]
+            for child in children
+            if isinstance(getattr(child, "factory", None), BrokerFactory)
+        ]
+        self.assertIsInstance(factory.verifier, ThreadPoolVerifier)
+        self.assertIn(factory.verifier, children)
+        self.assertIsInstance(factory.failedLogins, FailedLogins)
+        self.assertIn(factory.failedLogins, children)
