@@ -16,8 +16,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .amqp.protocol import BrokerFactory
-from .amqp.users import UserDatabase
+from .amqp.users import FailedLogins, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
+from .datadir import claimOrExit
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
 from .ha.node import HANode, HAOptions, NodeAMPFactory, NodeLocator, PersistentState, parseBrokers
 from .ha.primary import ReplicationGate
@@ -503,9 +504,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
+    dataDirectory = claimOrExit(config["data-dir"])
     resources = Resources(highWatermark=config["memory-high-watermark"])
     vhost = VirtualHost("/", resources, clock=reactor)
     vhost.defaultReplicate = config["ha-replicate"]
+    passwords, failedLogins = ThreadPoolVerifier(reactor), FailedLogins(reactor)
     cluster = config["ha-cluster"] == "yes"
     state = PersistentState(config["data-dir"])
     options = HAOptions(
@@ -533,10 +536,15 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         maxMessageSize=config["max-message-size"],
         holders=[gate, store] if gate is not None else [store],
         pacer=gate,
+        verifier=passwords,
+        failedLogins=failedLogins,
     )
     if config["ha-username"] is not None:
         factory.refusedUsers.add(config["ha-username"])
     service = MultiService()
+    dataDirectory.setServiceParent(service)
+    passwords.setServiceParent(service)
+    failedLogins.setServiceParent(service)
     amqp = ListeningService(reactor, config["port"], factory, "AMQP", automatic=not cluster)
     amqp.setServiceParent(service)
     options.extra["haAddress"] = advertisedAddress(config["ha-port"])

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import __version__
@@ -39,7 +40,13 @@ from ..broker.vhost import VirtualHost
 from . import wire
 from .channel import Channel
 from .holders import IConfirmHolder, IReplicationPacer
-from .users import AuthenticationFailed, UserDatabase
+from .users import (
+    AuthenticationFailed,
+    FailedLogins,
+    IPasswordVerifier,
+    SynchronousVerifier,
+    UserDatabase,
+)
 
 _unpackFrameHeader = struct.Struct(">BHI").unpack_from
 _unpackMethodId = struct.Struct(">I").unpack_from
@@ -54,6 +61,7 @@ YIELDED_BUFFER = 256 * 1024
 # Connection states
 AWAITING_HEADER = "awaiting protocol header"
 AWAITING_START_OK = "awaiting connection.start-ok"
+AUTHENTICATING = "checking the password"
 AWAITING_TUNE_OK = "awaiting connection.tune-ok"
 AWAITING_OPEN = "awaiting connection.open"
 OPEN = "open"
@@ -74,6 +82,10 @@ class BrokerFactory(ServerFactory):
         it has the message.
     @ivar pacer: how publishing connections wait for the replication
         boxes (L{None}: not replicating).
+    @ivar verifier: checks passwords (in the broker, off the reactor
+        thread).
+    @ivar failedLogins: slows down and logs refused logins per source
+        address; without it each is answered at once and logged.
     """
 
     log = Logger()
@@ -90,6 +102,8 @@ class BrokerFactory(ServerFactory):
         handshakeTimeout: float = 10.0,
         holders: Iterable[IConfirmHolder] = (),
         pacer: IReplicationPacer | None = None,
+        verifier: IPasswordVerifier | None = None,
+        failedLogins: FailedLogins | None = None,
     ) -> None:
         """
         @param holders: the L{IConfirmHolder}s a publish's confirm waits
@@ -97,6 +111,8 @@ class BrokerFactory(ServerFactory):
         @param pacer: the replication gate, when replicating.
         """
         self.vhost = vhost
+        self.verifier: IPasswordVerifier = verifier or SynchronousVerifier()
+        self.failedLogins = failedLogins
         self.users = users
         self.clock = clock
         self.heartbeat = heartbeat
@@ -175,6 +191,7 @@ class AMQPServer(Protocol):
         self._pausedForMemory = False
         self._readPauses: set[str] = set()
         self._released = False
+        self._loginRefusal: Any = None
         self.peer = "?"
 
     # Connection lifetime
@@ -211,6 +228,9 @@ class AMQPServer(Protocol):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
+        if self._loginRefusal is not None and self._loginRefusal.active():
+            self._loginRefusal.cancel()
+        self._loginRefusal = None
         if self._heartbeatLoop is not None and self._heartbeatLoop.running:
             self._heartbeatLoop.stop()
         for channel in list(self.channels.values()):
@@ -271,6 +291,11 @@ class AMQPServer(Protocol):
         """
         Decode every whole frame in C{data} and keep the rest.
         """
+        if self.state is AUTHENTICATING:
+            # Reading is paused until the password is checked; keep what
+            # was read already for then.
+            self._pending += data
+            return
         if self._yielded:
             # Waiting for a replication box to go out: keep it for then, and
             # stop reading if much piles up (a box can wait for a stalled
@@ -349,6 +374,8 @@ class AMQPServer(Protocol):
                     raise FrameError(f"unknown frame type {frameType}")
                 if self.state is CLOSED:
                     return
+                if self.state is AUTHENTICATING:
+                    break
         except ConnectionError as error:
             self.connectionError(error, malformed=isinstance(error, FrameError))
             return
@@ -564,27 +591,90 @@ class AMQPServer(Protocol):
         else:
             response = frame.response or b""
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        loopback = str(getattr(peer, "host", "")) in ("127.0.0.1", "::1") or str(
-            getattr(peer, "host", "")
-        ).startswith("127.")
-        try:
-            self.user = self.factory.users.authenticate(
-                str(frame.mechanism), response or b"", loopback
+        host = str(getattr(peer, "host", ""))
+        loopback = host in ("127.0.0.1", "::1") or host.startswith("127.")
+        # The password is checked off the reactor thread: read nothing more
+        # from this client until the answer (the Deferred may also have
+        # fired already).
+        self.state = AUTHENTICATING
+        checked = self.factory.users.login(
+            str(frame.mechanism), response or b"", loopback, self.factory.verifier
+        )
+        checked.addCallbacks(self._loggedIn, self._loginFailed, errbackArgs=(host,))
+        checked.addErrback(self._loginBroke)
+        if self.state is AUTHENTICATING:
+            self._pauseReading("login")
+
+    def _loggedIn(self, user: str) -> None:
+        """
+        The password was right: tune the connection, and go on with what
+        the client sent meanwhile.
+        """
+        if self.state is not AUTHENTICATING:
+            return
+        if user in self.factory.refusedUsers:
+            self.connectionError(
+                ConnectionAccessRefused(
+                    f"user '{user}' is the brokers' replication user and may not"
+                    " connect as a client"
+                )
             )
-        except AuthenticationFailed as failure:
-            self.log.info("{peer}: {failure}", peer=self.peer, failure=str(failure))
-            raise ConnectionAccessRefused(str(failure)) from None
-        if self.user in self.factory.refusedUsers:
-            raise ConnectionAccessRefused(
-                f"user '{self.user}' is the brokers' replication user and may not"
-                " connect as a client"
-            )
+            return
+        self.user = user
         self.write(
             wire.connectionTune(
                 self.factory.channelMax, self.factory.frameMax, self.factory.heartbeat
             )
         )
         self.state = AWAITING_TUNE_OK
+        if "login" in self._readPauses:
+            self._resumeReading("login")
+            if self._pending:
+                self.dataReceived(b"")
+
+    def _loginFailed(self, failure: Failure, host: str) -> None:
+        """
+        The login was refused: count it against the client's address (also
+        if the client is gone already), and tell the client, after the
+        delay that address has earned.
+        """
+        failure.trap(AuthenticationFailed)
+        error = failure.value
+        assert isinstance(error, AuthenticationFailed)
+        delay = 0.0
+        if self.factory.failedLogins is not None:
+            delay = self.factory.failedLogins.failed(host, error)
+        else:
+            self.log.info("{peer}: {failure}", peer=self.peer, failure=str(error))
+        if self.state is not AUTHENTICATING:
+            return
+        if delay > 0:
+            self._loginRefusal = self.clock.callLater(delay, self._refuseLogin, error)
+        else:
+            self._refuseLogin(error)
+
+    def _refuseLogin(self, error: AuthenticationFailed) -> None:
+        """
+        Close the connection with 403 ACCESS_REFUSED (logged by
+        L{FailedLogins}, not here: a flood must not write a line each).
+        """
+        self._loginRefusal = None
+        if self.state is not AUTHENTICATING:
+            return
+        self._pending = b""
+        self.write(wire.connectionClose(error.replyCode, error.replyText, 0, 0))
+        self.state = CLOSING
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _loginBroke(self, failure: Failure) -> None:
+        """
+        Checking the login failed for another reason than a refusal.
+        """
+        self.log.failure("checking the login of {peer} failed", failure, peer=self.peer)
+        if self.state is AUTHENTICATING:
+            self.connectionError(
+                InternalError("the broker failed checking this login; see its log")
+            )
 
     def _tuneOk(self, frame: commands.Connection.TuneOk) -> None:
         serverFrameMax = self.factory.frameMax

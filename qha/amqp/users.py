@@ -14,6 +14,11 @@ Without a users file the broker knows the single user C{guest} with the
 password C{guest}. As in RabbitMQ (its C{loopback_users} default), C{guest}
 may only log in over a loopback connection, whether it is the built-in user
 or one defined in a users file.
+
+A password check costs one scrypt computation (tens of milliseconds), so the
+broker runs it off the reactor thread (L{ThreadPoolVerifier}), and
+L{FailedLogins} answers wrong passwords after a delay that grows per source
+address and logs them one line per source and interval.
 """
 
 from __future__ import annotations
@@ -30,16 +35,27 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from getpass import getpass
-from typing import Mapping, NoReturn, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 from pamqp import decode
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Interface, implementer
 
 from qha.broker.errors import ConnectionAccessRefused
 
 __all__ = [
     "AuthenticationFailed",
+    "FailedLogins",
+    "IPasswordVerifier",
     "ScryptHash",
+    "SynchronousVerifier",
+    "ThreadPoolVerifier",
     "UserDatabase",
     "hashPassword",
     "main",
@@ -92,8 +108,32 @@ class AuthenticationFailed(ConnectionAccessRefused):
         ACCESS_REFUSED - login refused for user 'bob' with mechanism PLAIN:
         bad username or password
 
-    The text never says whether a user exists.
+    The text never says whether a user exists; L{logReason} says it for
+    the broker's log.
+
+    @ivar user: the user name the client sent, if it got that far.
+    @ivar mechanism: the mechanism the client chose.
+    @ivar logReason: what the log says; it may say more than the client is
+        told, e.g. whether the user exists.
     """
+
+    def __init__(
+        self,
+        text: str,
+        user: str | None = None,
+        mechanism: str = "",
+        logReason: str | None = None,
+    ) -> None:
+        """
+        @param text: what the client is told.
+        @param user: the user name the client sent.
+        @param mechanism: the mechanism the client chose.
+        @param logReason: what the log says (by default C{text}).
+        """
+        super().__init__(text)
+        self.user = user
+        self.mechanism = mechanism
+        self.logReason = text if logReason is None else logReason
 
 
 def _quote(text: str) -> str:
@@ -489,7 +529,8 @@ class UserDatabase:
         self, mechanism: str, response: bytes, peerIsLoopback: bool
     ) -> str:
         """
-        Check the response of a connection.start-ok.
+        Check the response of a connection.start-ok on this thread (for
+        tools and tests; the broker uses L{login}).
 
         @param mechanism: the mechanism the client chose.
         @param response: the client's SASL response. For PLAIN
@@ -503,84 +544,335 @@ class UserDatabase:
             response, an unknown user or a wrong password, or C{guest} from
             elsewhere than loopback.
         """
-        if mechanism == "PLAIN":
-            user, password = _parsePlain(response)
-        elif mechanism == "AMQPLAIN":
-            user, password = _parseAMQPlain(response)
-        else:
-            self.log.warn(
-                "Login refused: unknown mechanism {mechanism!r}",
-                mechanism=mechanism,
-            )
-            raise AuthenticationFailed(
-                f"login refused: unknown authentication mechanism "
-                f"{_quote(mechanism)}; supported: {' '.join(self.mechanisms())}"
-            )
-        return self._checkPassword(mechanism, user, password, peerIsLoopback)
+        results: list[Any] = []
+        self.login(mechanism, response, peerIsLoopback, SynchronousVerifier()).addBoth(
+            results.append
+        )
+        (result,) = results
+        if isinstance(result, Failure):
+            result.raiseException()
+        return str(result)
 
-    def _checkPassword(
-        self, mechanism: str, user: str, password: str, peerIsLoopback: bool
-    ) -> str:
+    def login(
+        self,
+        mechanism: str,
+        response: bytes,
+        peerIsLoopback: bool,
+        verifier: IPasswordVerifier,
+    ) -> Deferred[str]:
         """
-        Check a user name and password.
+        Check the response of a connection.start-ok, with the password
+        itself checked by C{verifier} (off the reactor thread, in the
+        broker). Parsing the response and every refusal that needs no
+        password check happen at once.
 
-        @param mechanism: the mechanism they came with, for messages.
-        @param user: the user name.
-        @param password: the password.
-        @param peerIsLoopback: whether the client is on a loopback address.
-        @return: C{user}.
-        @raise AuthenticationFailed: if the login is refused.
+        @param mechanism: see L{authenticate}.
+        @param response: see L{authenticate}.
+        @param peerIsLoopback: see L{authenticate}.
+        @param verifier: what checks a password against its hash.
+        @return: a L{Deferred} that fires with the name of the user that
+            logged in, or fails with L{AuthenticationFailed} (see
+            L{authenticate}).
         """
-        if user == GUEST and not peerIsLoopback:
-            # Checked first, and whether guest exists or not, so that guest's
-            # password cannot be probed from the network at all.
-            self._refuse(
-                mechanism,
-                user,
-                "user 'guest' may only connect from a loopback address; "
-                "add another user with qha-users",
-                "guest from a non-loopback address",
-            )
+        try:
+            if mechanism == "PLAIN":
+                user, password = _parsePlain(response)
+            elif mechanism == "AMQPLAIN":
+                user, password = _parseAMQPlain(response)
+            else:
+                raise AuthenticationFailed(
+                    f"login refused: unknown authentication mechanism "
+                    f"{_quote(mechanism)}; supported: {' '.join(self.mechanisms())}",
+                    mechanism=mechanism,
+                    logReason=f"unknown mechanism {_quote(mechanism)}",
+                )
+            if user == GUEST and not peerIsLoopback:
+                # Checked first, and whether guest exists or not, so that
+                # guest's password cannot be probed from the network at all.
+                _refuse(
+                    mechanism,
+                    user,
+                    "user 'guest' may only connect from a loopback address; "
+                    "add another user with qha-users",
+                    "guest from a non-loopback address",
+                )
+        except AuthenticationFailed:
+            return fail()
         stored = self._users.get(user)
         key = (user, hashlib.sha256(password.encode("utf-8")).digest())
         if stored is not None and self._verified.get(key) is stored:
+            return succeed(user)
+
+        def checked(matches: bool) -> str:
+            if stored is None:
+                _refuse(mechanism, user, "bad username or password", "unknown user")
+            if not matches:
+                _refuse(mechanism, user, "bad username or password", "wrong password")
+            if self._users.get(user) is stored:
+                # Not if the file was reloaded while the check ran.
+                self._verified[key] = stored
             return user
-        if stored is None:
-            _UNKNOWN_USER_HASH.verify(password)
-            self._refuse(
-                mechanism, user, "bad username or password", "unknown user"
-            )
-        if not stored.verify(password):
-            self._refuse(
-                mechanism, user, "bad username or password", "wrong password"
-            )
-        self._verified[key] = stored
-        return user
 
-    def _refuse(
-        self, mechanism: str, user: str, reason: str, logReason: str
-    ) -> NoReturn:
-        """
-        Log a refused login and raise L{AuthenticationFailed}.
+        # An unknown user costs a check as well, so that the time taken does
+        # not tell whether a user exists.
+        return verifier.verify(
+            _UNKNOWN_USER_HASH if stored is None else stored, password
+        ).addCallback(checked)
 
-        @param mechanism: the mechanism used.
-        @param user: the user name the client sent.
-        @param reason: what the client is told.
-        @param logReason: what the log says; it may say more than the
-            client is told, e.g. whether the user exists.
-        @raise AuthenticationFailed: always.
+
+def _refuse(mechanism: str, user: str, reason: str, logReason: str) -> NoReturn:
+    """
+    Refuse a login.
+
+    @param mechanism: the mechanism used.
+    @param user: the user name the client sent.
+    @param reason: what the client is told.
+    @param logReason: what the log says; it may say more than the client is
+        told, e.g. whether the user exists.
+    @raise AuthenticationFailed: always.
+    """
+    raise AuthenticationFailed(
+        f"login refused for user {_quote(user)} with mechanism {mechanism}: {reason}",
+        user=user,
+        mechanism=mechanism,
+        logReason=logReason,
+    )
+
+
+class IPasswordVerifier(Interface):
+    """
+    Checks a password against its stored hash, where that costs nothing to
+    the caller's thread.
+    """
+
+    def verify(passwordHash: ScryptHash, password: str) -> Deferred[bool]:
         """
+        Check C{password} against C{passwordHash}.
+
+        @return: a L{Deferred} that fires with whether it matches.
+        """
+
+
+@implementer(IPasswordVerifier)
+class SynchronousVerifier:
+    """
+    Checks passwords on the calling thread at once: for tools, tests, and
+    a broker factory that was given no thread pool.
+    """
+
+    def verify(self, passwordHash: ScryptHash, password: str) -> Deferred[bool]:
+        """
+        Check at once; see L{IPasswordVerifier.verify}.
+        """
+        return succeed(passwordHash.verify(password))
+
+
+@implementer(IPasswordVerifier)
+class ThreadPoolVerifier(Service):
+    """
+    Checks passwords in a small thread pool, so that the tens of
+    milliseconds of each scrypt computation never hold up the reactor (and
+    with it every other client); scrypt releases the GIL.
+
+    A service: the pool's threads start with the broker and stop with it,
+    so a broker that refuses to start leaves no thread behind. Checks asked
+    for before it starts wait for it.
+
+    @ivar pool: the threads.
+    """
+
+    def __init__(self, reactor: Any, threads: int = 2) -> None:
+        """
+        @param reactor: the reactor that gets the answers
+            (L{IReactorFromThreads}).
+        @param threads: how many checks may run at once.
+        """
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="qha-passwords")
+
+    def startService(self) -> None:
+        """
+        Start the threads.
+        """
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        """
+        Stop the threads (a check running now finishes first).
+        """
+        super().stopService()
+        self.pool.stop()
+
+    def verify(self, passwordHash: ScryptHash, password: str) -> Deferred[bool]:
+        """
+        Check in the pool; see L{IPasswordVerifier.verify}.
+        """
+        return deferToThreadPool(self.reactor, self.pool, passwordHash.verify, password)
+
+
+@dataclass
+class _Source:
+    """
+    What L{FailedLogins} keeps about one source address.
+
+    @ivar failures: failed logins since it was last forgotten, for the
+        delay.
+    @ivar last: when the last one happened.
+    @ivar windowStart: when its last log line was written.
+    @ivar unlogged: failures since that line.
+    @ivar lastFailure: the last of them, for the next line.
+    """
+
+    failures: int
+    last: float
+    windowStart: float
+    unlogged: int = 0
+    lastFailure: AuthenticationFailed | None = None
+
+
+class FailedLogins(Service):
+    """
+    Slows down and logs failed logins, per source address.
+
+    Each refusal is answered after a delay that starts at L{firstDelay} and
+    doubles with each failure from the same address, up to L{maxDelay}; an
+    address without failures for L{forgetAfter} seconds starts again. The
+    first failure from an address is logged at once; later ones within
+    L{interval} seconds are counted and logged as one line at its end, so
+    a flood writes one line per address and interval.
+
+    At most L{maxSources} addresses are remembered (the least recent go
+    first), so a flood from many addresses costs bounded memory.
+
+    A service only so that the last counts are logged when the broker
+    stops.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        firstDelay: float = 0.1,
+        maxDelay: float = 2.0,
+        interval: float = 10.0,
+        forgetAfter: float = 60.0,
+        maxSources: int = 10000,
+    ) -> None:
+        """
+        @param clock: for the delays and the log intervals.
+        @param firstDelay: seconds before answering the first failure.
+        @param maxDelay: the most seconds before answering any.
+        @param interval: seconds between the log lines of one address.
+        @param forgetAfter: seconds without failures after which an
+            address starts again from L{firstDelay}.
+        @param maxSources: the most addresses remembered.
+        """
+        self.clock = clock
+        self.firstDelay = firstDelay
+        self.maxDelay = maxDelay
+        self.interval = interval
+        self.forgetAfter = forgetAfter
+        self.maxSources = maxSources
+        self._sources: dict[str, _Source] = {}
+        self._flush: IDelayedCall | None = None
+
+    def failed(self, source: str, failure: AuthenticationFailed) -> float:
+        """
+        A login from C{source} was refused: log it (or count it for the
+        next line).
+
+        @param source: the client's address, without its port.
+        @param failure: why.
+        @return: the seconds to wait before telling the client.
+        """
+        now = self.clock.seconds()
+        known = self._sources.pop(source, None)
+        if known is not None and now - known.last >= self.forgetAfter:
+            self._logUnlogged(source, known, now)
+            known = None
+        if known is None:
+            known = _Source(failures=0, last=now, windowStart=now - self.interval)
+        self._sources[source] = known
+        delay = min(self.maxDelay, self.firstDelay * 2 ** min(known.failures, 32))
+        known.failures += 1
+        known.last = now
+        if now - known.windowStart >= self.interval and not known.unlogged:
+            known.windowStart = now
+            self.log.warn(
+                "login refused from {source} for user {user!r} with mechanism"
+                " {mechanism}: {reason}",
+                source=source,
+                user=failure.user,
+                mechanism=failure.mechanism,
+                reason=failure.logReason,
+            )
+        else:
+            known.unlogged += 1
+            known.lastFailure = failure
+            if self._flush is None:
+                self._flush = self.clock.callLater(
+                    max(0.0, known.windowStart + self.interval - now), self.flush
+                )
+        while len(self._sources) > self.maxSources:
+            oldest = next(iter(self._sources))
+            self._logUnlogged(oldest, self._sources.pop(oldest), now)
+        return delay
+
+    def _logUnlogged(self, source: str, known: _Source, now: float) -> None:
+        """
+        Log the failures from C{source} not logged yet, if any.
+        """
+        if not known.unlogged:
+            return
+        failure = known.lastFailure
         self.log.warn(
-            "Login refused for user {user!r} with mechanism {mechanism}: "
-            "{reason}",
-            user=user,
-            mechanism=mechanism,
-            reason=logReason,
+            "{count} more logins refused from {source} in the last {seconds:.0f}s"
+            " (the last for user {user!r} with mechanism {mechanism}: {reason})",
+            count=known.unlogged,
+            source=source,
+            seconds=now - known.windowStart,
+            user=failure.user if failure is not None else None,
+            mechanism=failure.mechanism if failure is not None else "",
+            reason=failure.logReason if failure is not None else "",
         )
-        raise AuthenticationFailed(
-            f"login refused for user {_quote(user)} with mechanism "
-            f"{mechanism}: {reason}"
-        )
+        known.unlogged = 0
+        known.lastFailure = None
+        known.windowStart = now
+
+    def flush(self) -> None:
+        """
+        Log the counted failures of every address whose interval is over,
+        and forget the addresses with no failures for L{forgetAfter}
+        seconds.
+        """
+        self._flush = None
+        now = self.clock.seconds()
+        pending: float | None = None
+        for source, known in list(self._sources.items()):
+            if known.unlogged:
+                due = known.windowStart + self.interval
+                if due <= now:
+                    self._logUnlogged(source, known, now)
+                else:
+                    pending = due if pending is None else min(pending, due)
+            elif now - known.last >= self.forgetAfter:
+                del self._sources[source]
+        if pending is not None:
+            self._flush = self.clock.callLater(pending - now, self.flush)
+
+    def stopService(self) -> None:
+        """
+        Log what is still counted, and leave no timer behind.
+        """
+        super().stopService()
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        now = self.clock.seconds()
+        for source, known in list(self._sources.items()):
+            self._logUnlogged(source, known, now)
 
 
 def _malformed(mechanism: str, problem: str) -> AuthenticationFailed:

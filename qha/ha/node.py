@@ -103,8 +103,10 @@ class PersistentState:
     """
 
     def __init__(self, directory: str) -> None:
+        from ..datadir import makeDirectory
+
         self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        makeDirectory(directory)
         idPath = os.path.join(directory, "broker-id")
         if os.path.exists(idPath):
             with open(idPath) as f:
@@ -123,9 +125,11 @@ class PersistentState:
                 raise ValueError(f"{epochPath}: {text!r} is not an epoch number") from None
 
     def _write(self, name: str, text: str) -> None:
+        from ..datadir import openPrivate
+
         path = os.path.join(self.directory, name)
         temporary = path + ".tmp"
-        with open(temporary, "w") as f:
+        with openPrivate(temporary, "w") as f:
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())

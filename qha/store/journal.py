@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..amqp.holders import Completion, IConfirmHolder
+from ..datadir import makeDirectory, openPrivate
 from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message
 from ..broker.queue import Entry, Queue
@@ -241,9 +242,9 @@ class FileJournal:
 
     def load(self) -> list[Record]:
         directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, exist_ok=True)
+        makeDirectory(directory)
         if not os.path.exists(self.path):
-            with open(self.path, "wb") as f:
+            with openPrivate(self.path, "wb") as f:
                 f.write(MAGIC)
                 f.flush()
                 os.fsync(f.fileno())
@@ -268,7 +269,7 @@ class FileJournal:
             self._damaged(corrupt.offset, corrupt.reason)
             records, valid = self._salvage(data, corrupt.offset)
             data = data[:valid]
-        self.file = open(self.path, "r+b")
+        self.file = openPrivate(self.path, "r+b")
         if valid < len(data):
             self.log.warn(
                 "{path}: dropping a torn last record ({bytes} bytes) that was never confirmed",
@@ -288,7 +289,8 @@ class FileJournal:
         if not self.recover:
             raise StoreCorrupt(self.path, offset, reason)
         copy = f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-        shutil.copy2(self.path, copy)
+        with open(self.path, "rb") as damaged, openPrivate(copy, "wb") as kept:
+            shutil.copyfileobj(damaged, kept)
         self.log.warn(
             "{path}: {reason} at byte {offset}; kept a copy as {copy} and going on"
             " from the last good record (--store-recover)",
@@ -311,14 +313,14 @@ class FileJournal:
 
     def rewrite(self, record: bytes) -> None:
         temporary = self.path + ".compacting"
-        with open(temporary, "wb") as f:
+        with openPrivate(temporary, "wb") as f:
             f.write(MAGIC + record)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self.path)
         _syncDirectory(os.path.dirname(self.path) or ".")
         self.file.close()
-        self.file = open(self.path, "r+b")
+        self.file = openPrivate(self.path, "r+b")
         self.file.seek(0, os.SEEK_END)
 
     def size(self) -> int:

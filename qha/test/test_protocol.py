@@ -28,10 +28,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qha.amqp import wire
 from qha.amqp.protocol import AMQPServer, BrokerFactory
-from qha.amqp.users import ScryptHash, UserDatabase
+from qha.amqp.users import FailedLogins, ScryptHash, SynchronousVerifier, UserDatabase
 from qha.broker.message import Message
 from qha.broker.vhost import Resources, VirtualHost
 from qha.testing import FakeConfirmHolder
+from qha.test.test_users import RecordingVerifier
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 1234)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 4321)
@@ -1458,3 +1459,133 @@ class RefusedPublishTests(ProtocolTestCase):
         self.assertIn("'full'", close.reply_text)
         self.assertEqual(self.vhost.queue("open").messageCount, 1)
         self.assertEqual(self.holder.held, [])
+
+
+class LoginCheckTests(ProtocolTestCase):
+    """
+    Passwords are checked through the factory's L{IPasswordVerifier} (a
+    thread pool in the broker), never on the reactor thread, and refused
+    logins are slowed down per source by L{FailedLogins}.
+    """
+
+    def setUp(self) -> None:
+        """
+        A factory whose password checks wait for the test; hashing on this
+        (the reactor's) thread fails the test.
+        """
+        super().setUp()
+        self.verifier = RecordingVerifier()
+        self.factory = self.makeFactory(verifier=self.verifier)
+        self.patch(ScryptHash, "verify", lambda *args: self.fail("hashed on the reactor thread"))
+
+    def startLogin(self, response: str, peer: IPv4Address = LOOPBACK) -> Client:
+        """
+        Connect and send the protocol header and connection.start-ok.
+        """
+        client = self.connect(peer)
+        client.send(wire.PROTOCOL_HEADER)
+        self.assertEqual(names(client.received()), [(0, "Connection.Start")])
+        client.sendFrames(
+            0,
+            commands.Connection.StartOk(
+                client_properties={}, mechanism="PLAIN", response=response
+            ),
+        )
+        return client
+
+    def test_floodCheckedOffReactorThread(self) -> None:
+        """
+        The flood's logins are checked off the reactor thread: four
+        connections sending wrong passwords each hand their check to the
+        verifier and stop reading, while another client's publishes are
+        confirmed at once; the answers then close them with 403.
+        """
+        self.factory.verifier = SynchronousVerifier()
+        self.patch(ScryptHash, "verify", lambda passwordHash, password: password == "guest")
+        other = self.openClient()
+        self.factory.verifier = self.verifier
+        self.patch(ScryptHash, "verify", lambda *args: self.fail("hashed on the reactor thread"))
+        other.call(1, commands.Queue.Declare(queue="q"))
+        other.call(1, commands.Confirm.Select())
+        flood = [self.startLogin("\0guest\0wrong") for _ in range(4)]
+        self.assertEqual(len(self.verifier.calls), 4)
+        for client in flood:
+            self.assertEqual(client.received(), [])
+            self.assertEqual(client.transport.producerState, "paused")
+        other.send(publishBytes(1, "", "q", b"m"))
+        [(_, ack)] = other.received()
+        self.assertIsInstance(ack, commands.Basic.Ack)
+        for _, _, d in self.verifier.calls:
+            d.callback(False)
+        for client in flood:
+            self.assertConnectionClosed(client, client.received(), 403, dropped=True)
+
+    def test_readingResumesAfterCheck(self) -> None:
+        """
+        What the client sends while its password is checked waits, and is
+        handled once the check succeeded: tune, then open.
+        """
+        client = self.startLogin("\0guest\0guest")
+        client.sendFrames(0, commands.Connection.TuneOk(channel_max=0, frame_max=0, heartbeat=0))
+        client.sendFrames(0, commands.Connection.Open(virtual_host="/"))
+        self.assertEqual(client.received(), [])
+        self.verifier.calls[0][2].callback(True)
+        self.assertEqual(
+            names(client.received()), [(0, "Connection.Tune"), (0, "Connection.OpenOk")]
+        )
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(client.server.user, "guest")
+
+    def test_lostWhileChecking(self) -> None:
+        """
+        A client gone before its check finished is forgotten: the answer
+        writes nothing and raises nothing.
+        """
+        for password, answer in (("guest", True), ("wrong", False)):
+            client = self.startLogin(f"\0guest\0{password}")
+            client.disconnect()
+            self.verifier.calls[-1][2].callback(answer)
+            self.assertEqual(client.received(), [])
+            self.assertIsNone(client.server.user)
+
+    def test_checkBroke(self) -> None:
+        """
+        A check that fails unexpectedly is logged and closes the
+        connection with 541.
+        """
+        client = self.startLogin("\0guest\0guest")
+        self.verifier.calls[0][2].errback(MemoryError())
+        self.assertConnectionClosed(client, client.received(), 541, dropped=True)
+        self.assertEqual(len(self.flushLoggedErrors(MemoryError)), 1)
+
+    def test_refusalDelayedPerSource(self) -> None:
+        """
+        With L{FailedLogins}, a refusal is answered after a delay that grows
+        with each failure from the same address; another address starts
+        with the short one.
+        """
+        self.factory.failedLogins = FailedLogins(self.clock, firstDelay=0.1, maxDelay=2.0)
+        for expected in (0.1, 0.2, 0.4):
+            client = self.startLogin("\0guest\0wrong")
+            self.verifier.calls[-1][2].callback(False)
+            self.clock.advance(expected - 0.01)
+            self.assertEqual(client.received(), [])
+            self.clock.advance(0.01)
+            self.assertConnectionClosed(client, client.received(), 403, dropped=True)
+        remote = self.startLogin("\0bob\0wrong", peer=REMOTE)
+        self.verifier.calls[-1][2].callback(False)
+        self.clock.advance(0.1)
+        self.assertConnectionClosed(remote, remote.received(), 403, dropped=True)
+        self.clock.advance(10)
+
+    def test_lostDuringDelay(self) -> None:
+        """
+        A client gone while its refusal waits gets nothing, and the timer
+        goes with it.
+        """
+        self.factory.failedLogins = FailedLogins(self.clock)
+        client = self.startLogin("\0guest\0wrong")
+        self.verifier.calls[0][2].callback(False)
+        client.disconnect()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(client.received(), [])

@@ -12,19 +12,29 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import stat
 import sys
+import threading
 from typing import Any, Callable
 
 from pamqp import encode
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from qha.amqp import users
 from qha.amqp.users import (
     AuthenticationFailed,
+    FailedLogins,
+    IPasswordVerifier,
     ScryptHash,
+    SynchronousVerifier,
+    ThreadPoolVerifier,
     UserDatabase,
     hashPassword,
     main,
@@ -334,13 +344,21 @@ class PlainTests(SynchronousTestCase):
 
     def test_refusalLogged(self) -> None:
         """
-        A refused login is logged with the detail the client is not told:
-        whether the user exists.
+        A refused login is logged (by L{FailedLogins}, with the client's
+        address) with the detail the client is not told: whether the user
+        exists.
         """
         events = EventLoggingObserver()
-        self.patch(UserDatabase, "log", Logger(observer=ILogObserver(events)))
-        self.assertRefused("PLAIN", plain("carol", "x"))
-        self.assertRefused("PLAIN", plain("bob", "x"))
+        self.patch(FailedLogins, "log", Logger(observer=ILogObserver(events)))
+        failedLogins = FailedLogins(Clock())
+        for source, response in [
+            ("192.0.2.1", plain("carol", "x")),
+            ("192.0.2.2", plain("bob", "x")),
+        ]:
+            error = self.assertRaises(
+                AuthenticationFailed, self.database.authenticate, "PLAIN", response, True
+            )
+            failedLogins.failed(source, error)
         self.assertEqual(
             [(e["user"], e["reason"]) for e in events],
             [("carol", "unknown user"), ("bob", "wrong password")],
@@ -1018,3 +1036,250 @@ class CommandLineTests(SynchronousTestCase, _UsersFileMixin):
         """
         self.assertEqual(self.runCommand("--help"), 0)
         self.assertIn("usage: qha-users", self.stdout.getvalue())
+
+
+@implementer(IPasswordVerifier)
+class RecordingVerifier:
+    """
+    An L{IPasswordVerifier} that answers only when the test says so.
+
+    @ivar calls: the hash, password and unfired L{Deferred} of each check.
+    """
+
+    def __init__(self) -> None:
+        """
+        No checks yet.
+        """
+        self.calls: list[tuple[ScryptHash, str, Deferred[bool]]] = []
+
+    def verify(self, passwordHash: ScryptHash, password: str) -> Deferred[bool]:
+        """
+        Record the check; see L{IPasswordVerifier.verify}.
+        """
+        d: Deferred[bool] = Deferred()
+        self.calls.append((passwordHash, password, d))
+        return d
+
+
+class LoginTests(SynchronousTestCase):
+    """
+    Tests for L{UserDatabase.login}: the password check goes through an
+    L{IPasswordVerifier}, everything else happens at once.
+    """
+
+    def setUp(self) -> None:
+        """
+        A database with bob, and a verifier that waits for the test.
+        """
+        self.bob = ScryptHash.fromPassword("builder", n=FAST_N)
+        self.database = UserDatabase({"bob": self.bob})
+        self.verifier = RecordingVerifier()
+
+    def test_verifiers(self) -> None:
+        """
+        Both verifiers provide L{IPasswordVerifier}.
+        """
+        self.assertTrue(verifyObject(IPasswordVerifier, SynchronousVerifier()))
+        self.assertTrue(verifyObject(IPasswordVerifier, ThreadPoolVerifier(Clock())))
+        self.assertTrue(verifyObject(IPasswordVerifier, RecordingVerifier()))
+
+    def test_passwordCheckedByVerifier(self) -> None:
+        """
+        The user's hash and the password go to the verifier, and the login
+        succeeds once it says they match.
+        """
+        self.patch(ScryptHash, "verify", lambda *args: self.fail("hashed on this thread"))
+        results: list[Any] = []
+        self.database.login(
+            "PLAIN", plain("bob", "builder"), True, self.verifier
+        ).addBoth(results.append)
+        self.assertEqual(results, [])
+        [(passwordHash, password, d)] = self.verifier.calls
+        self.assertEqual((passwordHash, password), (self.bob, "builder"))
+        d.callback(True)
+        self.assertEqual(results, ["bob"])
+
+    def test_wrongPassword(self) -> None:
+        """
+        A password the verifier says does not match is refused.
+        """
+        d = self.database.login("PLAIN", plain("bob", "x"), True, self.verifier)
+        self.verifier.calls[0][2].callback(False)
+        error = self.failureResultOf(d, AuthenticationFailed).value
+        self.assertEqual(error.logReason, "wrong password")
+
+    def test_unknownUserCostsACheck(self) -> None:
+        """
+        An unknown user is checked against a stand-in hash too (the time
+        must not tell whether a user exists), then refused.
+        """
+        d = self.database.login("PLAIN", plain("carol", "x"), True, self.verifier)
+        [(passwordHash, _, check)] = self.verifier.calls
+        self.assertIsNot(passwordHash, self.bob)
+        check.callback(True)
+        error = self.failureResultOf(d, AuthenticationFailed).value
+        self.assertEqual((error.user, error.logReason), ("carol", "unknown user"))
+
+    def test_refusedWithoutCheck(self) -> None:
+        """
+        A malformed response, an unknown mechanism and guest from the
+        network are refused at once, with no password check.
+        """
+        for mechanism, response, loopback in [
+            ("PLAIN", b"garbage", True),
+            ("EXTERNAL", b"", True),
+            ("PLAIN", plain("guest", "guest"), False),
+        ]:
+            d = self.database.login(mechanism, response, loopback, self.verifier)
+            self.failureResultOf(d, AuthenticationFailed)
+        self.assertEqual(self.verifier.calls, [])
+
+    def test_rememberedSuccess(self) -> None:
+        """
+        A login that succeeded before needs no second check.
+        """
+        self.database.login("PLAIN", plain("bob", "builder"), True, self.verifier)
+        self.verifier.calls[0][2].callback(True)
+        d = self.database.login("PLAIN", plain("bob", "builder"), True, self.verifier)
+        self.assertEqual(self.successResultOf(d), "bob")
+        self.assertEqual(len(self.verifier.calls), 1)
+
+
+class ThreadPoolVerifierTests(SynchronousTestCase):
+    """
+    Tests for L{ThreadPoolVerifier}.
+    """
+
+    def test_offTheReactorThread(self) -> None:
+        """
+        The password is hashed in a thread of the pool, not in the thread
+        that asked (the reactor's), and the answer comes back through the
+        reactor's C{callFromThread}.
+        """
+        answers: queue.Queue[Any] = queue.Queue()
+
+        class Reactor:
+            """
+            The part of a reactor that L{deferToThreadPool} uses.
+            """
+
+            def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+                """
+                Hand the call to the test's thread.
+                """
+                answers.put((f, args))
+
+        threads: list[int] = []
+        original = ScryptHash.verify
+
+        def recordingVerify(passwordHash: ScryptHash, password: str) -> bool:
+            threads.append(threading.get_ident())
+            return original(passwordHash, password)
+
+        self.patch(ScryptHash, "verify", recordingVerify)
+        verifier = ThreadPoolVerifier(Reactor(), threads=2)
+        verifier.startService()
+        self.addCleanup(verifier.stopService)
+        d = verifier.verify(ScryptHash.fromPassword("p", n=FAST_N), "p")
+        f, args = answers.get(timeout=30)
+        f(*args)
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(len(threads), 1)
+        self.assertNotEqual(threads[0], threading.get_ident())
+
+
+class FailedLoginsTests(SynchronousTestCase):
+    """
+    Tests for L{FailedLogins}: delays that grow per source, bounded, and
+    one log line per source and interval.
+    """
+
+    def setUp(self) -> None:
+        """
+        A L{FailedLogins} on a clock, logging to C{self.events}; no timer
+        may be left at the end.
+        """
+        self.clock = Clock()
+        self.events = EventLoggingObserver()
+        self.patch(FailedLogins, "log", Logger(observer=ILogObserver(self.events)))
+        self.failedLogins = FailedLogins(
+            self.clock, firstDelay=0.1, maxDelay=2.0, interval=10.0, forgetAfter=60.0
+        )
+        self.failure = AuthenticationFailed(
+            "login refused", user="bob", mechanism="PLAIN", logReason="wrong password"
+        )
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def test_delayGrowsPerSourceBounded(self) -> None:
+        """
+        The delay doubles with each failure from one address up to the
+        bound; another address starts from the first delay; an address
+        quiet for C{forgetAfter} starts again.
+        """
+        delays = [self.failedLogins.failed("192.0.2.1", self.failure) for _ in range(7)]
+        self.assertEqual(delays, [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0])
+        self.assertEqual(self.failedLogins.failed("192.0.2.2", self.failure), 0.1)
+        self.clock.advance(60)
+        self.assertEqual(self.failedLogins.failed("192.0.2.1", self.failure), 0.1)
+        self.clock.advance(60)
+
+    def test_oneLinePerInterval(self) -> None:
+        """
+        The first failure from an address is logged at once; a flood after
+        it is one line with its count at the end of the interval; the
+        next interval gets one line again.
+        """
+        for _ in range(100):
+            self.failedLogins.failed("192.0.2.1", self.failure)
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(
+            (self.events[0]["source"], self.events[0]["user"], self.events[0]["reason"]),
+            ("192.0.2.1", "bob", "wrong password"),
+        )
+        self.clock.advance(10)
+        self.assertEqual(len(self.events), 2)
+        self.assertEqual((self.events[1]["count"], self.events[1]["source"]), (99, "192.0.2.1"))
+        for _ in range(50):
+            self.clock.advance(0.1)
+            self.failedLogins.failed("192.0.2.1", self.failure)
+        self.clock.advance(10)
+        self.assertEqual([event.get("count") for event in self.events], [None, 99, 50])
+
+    def test_sourcesLoggedApart(self) -> None:
+        """
+        Each address gets its own lines.
+        """
+        for _ in range(3):
+            self.failedLogins.failed("192.0.2.1", self.failure)
+            self.failedLogins.failed("192.0.2.2", self.failure)
+        self.clock.advance(10)
+        self.assertEqual(
+            sorted((event["source"], event.get("count", 1)) for event in self.events),
+            [("192.0.2.1", 1), ("192.0.2.1", 2), ("192.0.2.2", 1), ("192.0.2.2", 2)],
+        )
+
+    def test_stopLogsTheRest(self) -> None:
+        """
+        Stopping logs the counts not logged yet and leaves no timer.
+        """
+        self.failedLogins.startService()
+        for _ in range(5):
+            self.failedLogins.failed("192.0.2.1", self.failure)
+        self.failedLogins.stopService()
+        self.assertEqual([event.get("count") for event in self.events], [None, 4])
+
+    def test_boundedSources(self) -> None:
+        """
+        At most C{maxSources} addresses are remembered; the least recent is
+        forgotten (its count logged) first.
+        """
+        self.failedLogins.maxSources = 3
+        for index in range(5):
+            self.failedLogins.failed(f"192.0.2.{index}", self.failure)
+            self.failedLogins.failed(f"192.0.2.{index}", self.failure)
+        self.assertEqual(len(self.failedLogins._sources), 3)
+        self.assertEqual(
+            [(event["source"], event.get("count")) for event in self.events if "count" in event],
+            [("192.0.2.0", 1), ("192.0.2.1", 1)],
+        )
+        self.clock.advance(10)
