@@ -76,7 +76,7 @@ class NodeStore(Protocol):
     def flush(self) -> None:
         "Write what was applied."
 
-    def whenSynced(self) -> Deferred[Any]:
+    def whenSynced(self) -> Deferred[None] | None:
         "Fires once what was written is on disk."
 
 

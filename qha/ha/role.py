@@ -231,13 +231,13 @@ class Serving:
 log = Logger()
 
 
-def _following(inputs: RoleInputs, core: RoleCore) -> Following:
+def _newFollowing(inputs: RoleInputs, core: RoleCore) -> Following:
     following = Following(core.follow())
     core.current = following
     return following
 
 
-def _recovering(inputs: RoleInputs, core: RoleCore) -> Recovering:
+def _newRecovering(inputs: RoleInputs, core: RoleCore) -> Recovering:
     expected, timeout, clock = core.effects.expectedBackups()
     recovery = Recovering(set(expected), None, core.probe())
 
@@ -264,7 +264,7 @@ def _recovering(inputs: RoleInputs, core: RoleCore) -> Recovering:
     return recovery
 
 
-def _serving(inputs: RoleInputs, core: RoleCore) -> Serving:
+def _newServing(inputs: RoleInputs, core: RoleCore) -> Serving:
     serving = Serving(core.probe())
     core.current = serving
     return serving
@@ -272,11 +272,11 @@ def _serving(inputs: RoleInputs, core: RoleCore) -> Serving:
 
 _builder = TypeMachineBuilder(RoleInputs, RoleCore)
 _idle = _builder.state("idle")
-_joining = _builder.state(JOINING, _following)
-_catchup = _builder.state(CATCHUP, _following)
-_ready = _builder.state(READY, _following)
-_recovering = _builder.state(RECOVERING, _recovering)
-_active = _builder.state(ACTIVE, _serving)
+_joining = _builder.state(JOINING, _newFollowing)
+_catchup = _builder.state(CATCHUP, _newFollowing)
+_ready = _builder.state(READY, _newFollowing)
+_recovering = _builder.state(RECOVERING, _newRecovering)
+_active = _builder.state(ACTIVE, _newServing)
 _stopped = _builder.state("stopped")
 
 
@@ -372,7 +372,8 @@ _recovering.upon(RoleInputs.demote).to(_joining)(_stepDownRecovering)
 _recovering.upon(RoleInputs.promote).loop()(_ignored)
 _active.upon(RoleInputs.demote).to(_joining)(_stepDown)
 _active.upon(RoleInputs.promote).loop()(_ignored)
-_active.upon(RoleInputs.backupReturned).loop()(_ignored)
+_active.upon(RoleInputs.backupReturned).loop()(_ignored)  # type: ignore[arg-type]
+_state: Any
 for _state in (_idle, _joining, _catchup, _ready):
     _state.upon(RoleInputs.backupReturned).loop()(_ignored)
 for _state in (_catchup, _ready, _recovering, _active):

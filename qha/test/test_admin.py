@@ -955,7 +955,7 @@ class ClusterTests(AdminTestCase):
             self.admin("-b", "10.0.0.1:5673", "promote"),
             (0, "10.0.0.1:5673 promoted: recovering, epoch 1\n", ""),
         )
-        self.assertTrue(node.amqp.listening)
+        self.assertTrue(node.amqp.listening)  # type: ignore[attr-defined]
         self.clock.advance(0)
         code, out, _ = self.admin("-b", "10.0.0.1:5673", "--json", "promote")
         self.assertEqual(

@@ -1865,9 +1865,9 @@ class FencingTests(SynchronousTestCase):
         nobody.
         """
         self.assertEqual(self.primary.role.name, JOINING)
-        self.assertFalse(self.primary.amqp.listening)
+        self.assertFalse(self.primary.amqp.listening)  # type: ignore[attr-defined]
         self.assertEqual(
-            self.primary.amqp.stopped, ["this broker stepped down: a newer primary exists"]
+            self.primary.amqp.stopped, ["this broker stepped down: a newer primary exists"]  # type: ignore[attr-defined]
         )
         self.assertEqual(self.primary.sources, {})
         self.assertTrue(self.primary.vhost.replica)
@@ -1920,7 +1920,7 @@ class FencingTests(SynchronousTestCase):
         another broker would; return what came back.
         """
         client, server, pump = iosim.connectedServerAndClient(
-            lambda: NodeAMPFactory(None, [self.primary.replicationLocator]).buildProtocol(None),
+            lambda: NodeAMPFactory(None, [self.primary.replicationLocator]).buildProtocol(None),  # type: ignore[arg-type]
             amp.AMP,
             clock=self.cluster.clock,
         )
@@ -2046,7 +2046,7 @@ class FailoverTests(SynchronousTestCase):
         then it is active and the confirms go.
         """
         self.assertEqual(self.cluster.promote(self.first), {"role": RECOVERING, "epoch": 2})
-        self.assertTrue(self.first.amqp.listening)
+        self.assertTrue(self.first.amqp.listening)  # type: ignore[attr-defined]
         self.assertEqual(self.first.expected, {self.second.brokerId})
         self.first.vhost.declareQueue("plain")
         replicated = self.publish(self.first)
@@ -2505,7 +2505,7 @@ class DiscoveryTests(SynchronousTestCase):
         network.paused.clear()
         network.advance(2)
         self.assertEqual(old.role.name, READY)
-        self.assertFalse(old.amqp.listening)
+        self.assertFalse(old.amqp.listening)  # type: ignore[attr-defined]
         self.assertEqual(old.epoch, 2)
         self.assertEqual([body for _, body, _ in contents(old.vhost.queues["q"])], [b"after"])
         network.finish()

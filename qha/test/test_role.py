@@ -168,3 +168,241 @@ class RoleMachineTests(SynchronousTestCase):
         """
         self.walk(Role.primaryFound, Role.caughtUp, Role.promote)
         self.assertEqual(self.role.core.history, [CATCHUP, READY, RECOVERING])
+
+
+class Started:
+    """
+    A L{Stoppable} that records whether it was stopped.
+    """
+
+    def __init__(self, what: str) -> None:
+        """
+        @param what: what it stands for.
+        """
+        self.what = what
+        self.stopped = False
+
+    def stop(self) -> None:
+        """
+        Record the stop.
+        """
+        self.stopped = True
+
+
+class RecordingEffects:
+    """
+    L{qha.ha.role.RoleEffects} that record what the states start.
+    """
+
+    def __init__(self, expected: set[str], timeout: float = 10.0) -> None:
+        """
+        @param expected: the backups a promoted broker waits for.
+        @param timeout: how long.
+        """
+        self.clock = Clock()
+        self.expected = expected
+        self.timeout = timeout
+        self.changes: list[tuple[str, str]] = []
+        self.searches: list[Started] = []
+        self.probes: list[Started] = []
+
+    def changed(self, old: str, new: str) -> None:
+        """
+        Record the change.
+        """
+        self.changes.append((old, new))
+
+    def follow(self) -> Stoppable:
+        """
+        A new search for the primary.
+        """
+        self.searches.append(Started("search"))
+        return self.searches[-1]
+
+    def probe(self) -> Stoppable:
+        """
+        A new probe.
+        """
+        self.probes.append(Started("probe"))
+        return self.probes[-1]
+
+    def expectedBackups(self) -> tuple[set[str], float, Clock]:
+        """
+        The backups to wait for.
+        """
+        return set(self.expected), self.timeout, self.clock
+
+
+class StateDataTests(SynchronousTestCase):
+    """
+    What the states own, and that leaving them stops it.
+    """
+
+    def test_searchSpansBackupStates(self) -> None:
+        """
+        Starting starts one search for the primary, kept through catchup,
+        ready and back to joining; promotion stops it.
+        """
+        effects = RecordingEffects(set())
+        role = Role(effects)
+        self.assertEqual(effects.searches, [])
+        role.start()
+        role.primaryFound()
+        role.caughtUp()
+        role.primaryLost()
+        self.assertEqual(len(effects.searches), 1)
+        self.assertFalse(effects.searches[0].stopped)
+        role.promote()
+        self.assertTrue(effects.searches[0].stopped)
+
+    def test_recoveringOwnsItsTimer(self) -> None:
+        """
+        A promoted broker waits for its backups; the last one back ends
+        the wait, and the timer is cancelled.
+        """
+        effects = RecordingEffects({"b1", "b2"})
+        role = Role(effects)
+        role.promote()
+        recovery = role.recovery
+        assert recovery is not None
+        self.assertEqual(recovery.expected, {"b1", "b2"})
+        self.assertEqual(len(effects.clock.getDelayedCalls()), 1)
+        role.backupReturned("b1")
+        role.backupReturned("unknown")
+        self.assertEqual((role.name, recovery.expected), (RECOVERING, {"b2"}))
+        role.backupReturned("b2")
+        self.assertEqual(role.name, ACTIVE)
+        self.assertIsNone(role.recovery)
+        self.assertEqual(effects.clock.getDelayedCalls(), [])
+
+    def test_recoveryTimesOut(self) -> None:
+        """
+        When the backups do not return, the timer makes the broker active.
+        """
+        effects = RecordingEffects({"b1"}, timeout=5.0)
+        role = Role(effects)
+        role.promote()
+        effects.clock.advance(4.9)
+        self.assertEqual(role.name, RECOVERING)
+        effects.clock.advance(0.1)
+        self.assertEqual(role.name, ACTIVE)
+
+    def test_nothingExpected(self) -> None:
+        """
+        A promoted broker that knew no backup goes active on the next turn.
+        """
+        effects = RecordingEffects(set())
+        role = Role(effects)
+        role.promote()
+        self.assertEqual(role.name, RECOVERING)
+        effects.clock.advance(0)
+        self.assertEqual(role.name, ACTIVE)
+
+    def test_demoteCancelsTimerAndProbe(self) -> None:
+        """
+        A recovering broker that learns of a newer primary stops waiting
+        and probing, and looks for the primary.
+        """
+        effects = RecordingEffects({"b1"})
+        role = Role(effects)
+        role.promote()
+        self.assertEqual(len(effects.probes), 1)
+        role.demote()
+        self.assertEqual(role.name, JOINING)
+        self.assertEqual(effects.clock.getDelayedCalls(), [])
+        self.assertTrue(effects.probes[0].stopped)
+        self.assertEqual(len(effects.searches), 1)
+        self.assertFalse(effects.searches[0].stopped)
+
+    def test_probeSpansPrimaryStates(self) -> None:
+        """
+        One probe runs through recovering and active; stepping down from
+        active stops it.
+        """
+        effects = RecordingEffects(set())
+        role = Role(effects)
+        role.promote()
+        effects.clock.advance(0)
+        self.assertEqual((role.name, len(effects.probes)), (ACTIVE, 1))
+        role.demote()
+        self.assertTrue(effects.probes[0].stopped)
+
+    def test_stopStopsEverything(self) -> None:
+        """
+        Stopping the broker cancels the recovery's timer and stops the
+        probe; a stopped role refuses everything but stop.
+        """
+        effects = RecordingEffects({"b1"})
+        role = Role(effects)
+        role.promote()
+        role.stop()
+        self.assertEqual(effects.clock.getDelayedCalls(), [])
+        self.assertTrue(effects.probes[0].stopped)
+        self.assertRaises(RoleRefused, role.promote)
+        role.stop()
+
+    def test_stopWhileFollowing(self) -> None:
+        """
+        Stopping a joining broker stops its search.
+        """
+        effects = RecordingEffects(set())
+        role = Role(effects)
+        role.start()
+        role.stop()
+        self.assertTrue(effects.searches[0].stopped)
+
+
+class StandaloneRoleTests(SynchronousTestCase):
+    """
+    L{StandaloneRole}: it never changes, and says so.
+    """
+
+    def test_refusesEverything(self) -> None:
+        """
+        Every input that would change a role is refused, naming the
+        standalone role.
+        """
+        role = StandaloneRole()
+        for input in (
+            role.primaryFound,
+            role.caughtUp,
+            role.primaryLost,
+            role.promote,
+            role.recovered,
+            role.demote,
+        ):
+            error = self.assertRaises(RoleRefused, input)
+            self.assertEqual(str(error), f"cannot {input.__name__} this broker: it is standalone")
+        role.start()
+        role.backupReturned("b")
+        role.stop()
+        self.assertEqual(role.name, STANDALONE)
+        self.assertTrue(role.servesClients)
+
+
+class DrawingTests(SynchronousTestCase):
+    """
+    The drawing in C{doc/roles.mmd} is the machine's.
+    """
+
+    def test_transitionsFromTheMachine(self) -> None:
+        """
+        The transitions are read from the built machine.
+        """
+        rows = transitions()
+        self.assertIn(("ready", "promote", "recovering"), rows)
+        self.assertIn(("recovering", "recovered", "active"), rows)
+
+    def test_drawingIsCurrent(self) -> None:
+        """
+        C{doc/roles.mmd} is what C{python -m qha.ha.role} writes now.
+        """
+        import os
+
+        import qha
+
+        path = os.path.join(os.path.dirname(os.path.dirname(qha.__file__)), "doc", "roles.mmd")
+        if not os.path.exists(path):
+            raise self.skipTest("no doc/ next to the package (installed elsewhere)")
+        with open(path) as f:
+            self.assertEqual(f.read(), mermaid())
