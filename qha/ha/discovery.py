@@ -28,7 +28,7 @@ from .backup import holdingsOf
 from .commands import Subscribe
 from .connection import NodeAMP
 from .link import BackupLink
-from .role import JOINING, PRIMARY_ROLES
+from .role import PRIMARY_ROLES
 
 if TYPE_CHECKING:
     from .node import HANode
@@ -157,7 +157,7 @@ async def findPrimary(node: "HANode") -> NodeAMP | None:
                 answer["brokerId"] == node.brokerId
                 or answer["role"] not in PRIMARY_ROLES
                 or answer["epoch"] < node.epoch
-                or node.role.name != JOINING
+                or not node.role.isJoining
             ):
                 node.peers.close(protocol)
                 continue

@@ -33,10 +33,8 @@ from .primary import ReplicationGate, ReplicationSource
 from .queuereplica import QueueReplica
 from .role import (
     ACTIVE,
-    CATCHUP,
     JOINING,
     PRIMARY_ROLES,
-    READY,
     RECOVERING,
     Nothing,
     Role,
@@ -220,9 +218,9 @@ class HANode(Service):
         Stop what the role started, drop the links and the backups.
         """
         super().stopService()
-        self.role.stop()
         if self.link is not None:
             self.link.close()
+        self.role.stop()
         for source in list(self.sources.values()):
             source.drop("the broker is stopping")
         for replica in self.queueReplicas.values():
@@ -288,6 +286,10 @@ class HANode(Service):
         self._input(self.role.caughtUp)
 
     def _startServing(self) -> None:
+        """
+        Promoted: the virtual host is the primary's, clients may connect,
+        and confirms wait for the recovery.
+        """
         vhost = self.vhost
         vhost.replica = False
         if self.store is not None:
@@ -298,6 +300,9 @@ class HANode(Service):
         self.amqp.startListening()
 
     def _stopServing(self) -> None:
+        """
+        Fenced: refuse clients, confirm nothing more, drop the backups.
+        """
         self.log.warn("stepping down: a newer primary exists")
         self.amqp.stopListening("this broker stepped down: a newer primary exists")
         # A new gate before the backups go: losing them must not release
@@ -334,6 +339,9 @@ class HANode(Service):
         self._announceMembers()
 
     def _announceMembers(self) -> None:
+        """
+        Tell every backup which backups this primary has (for recovery).
+        """
         members = [
             {"id": s.backupId, "address": s.address} for s in self.sources.values() if s.ready
         ]
@@ -395,7 +403,7 @@ class HANode(Service):
         if self.link is link:
             self.link = None
             self.members = link.replicator.members or self.members
-            if self.role.name in (CATCHUP, READY):
+            if self.role.hasPrimary:
                 self._input(self.role.primaryLost)
 
     # Promotion
@@ -425,7 +433,7 @@ class HANode(Service):
         if self.link is not None:
             self.members = self.link.replicator.members or self.members
             self.link.close()
-        if self.role.name == CATCHUP:
+        if self.role.catchingUp:
             self._input(self.role.primaryLost)
         self.state.setEpoch(max(epochs) + 1)
         try:

@@ -433,6 +433,27 @@ class Role:
         return self.core.role in BACKUP_ROLES
 
     @property
+    def isJoining(self) -> bool:
+        """
+        Whether this broker looks for the primary (and follows none yet).
+        """
+        return self.core.role == JOINING
+
+    @property
+    def hasPrimary(self) -> bool:
+        """
+        Whether this broker follows a primary (catching up, or ready).
+        """
+        return self.core.role in (CATCHUP, READY)
+
+    @property
+    def catchingUp(self) -> bool:
+        """
+        Whether this broker is still catching up with its primary.
+        """
+        return self.core.role == CATCHUP
+
+    @property
     def recovery(self) -> Recovering | None:
         """
         The promoted broker's wait for its backups, while it recovers.
@@ -548,6 +569,9 @@ class StandaloneRole:
     isPrimary = False
     servesClients = True
     isBackup = False
+    isJoining = False
+    hasPrimary = False
+    catchingUp = False
     recovery = None
 
     def _refuse(self, input: str) -> None:
