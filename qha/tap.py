@@ -9,9 +9,11 @@ import re
 import sys
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -20,7 +22,11 @@ from .amqp.users import FailedLogins, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
 from .datadir import claimOrExit
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
-from .ha.node import HANode, HAOptions, NodeAMPFactory, NodeLocator, PersistentState, parseBrokers
+from .admin.locator import adminLocator
+from .ha.config import HAOptions, parseBrokers
+from .ha.connection import NodeAMPFactory
+from .ha.identity import PersistentState
+from .ha.node import HANode
 from .ha.primary import ReplicationGate
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -299,37 +305,85 @@ class Options(usage.Options):
             ) from None
 
 
-class ListeningService(Service):
+class ListenService(StreamServerEndpointService):
     """
-    Listens on an endpoint and logs the address it got, so that a process
-    started on port 0 says which port it has.
+    Listens on an endpoint for the broker's whole life, and logs the address
+    it got (a process started on port 0 says which port it has). A port it
+    cannot have at start-up stops the start with one line that says which
+    and why (twistd then exits with status 1).
+    """
 
-    A broker in a cluster listens for AMQP clients only while it is the
-    primary: backups refuse clients at once (connection refused), so a
-    client's list of addresses lands on the primary.
+    log = Logger()
+    _raiseSynchronously = True
 
-    @ivar automatic: whether it listens when the service starts.
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, factory: ServerFactory, description: str, what: str
+    ) -> None:
+        """
+        @param endpoint: where to listen.
+        @param factory: makes the connections' protocols.
+        @param description: the endpoint string, for messages.
+        @param what: what listens (C{AMQP}, C{AMP}), for messages.
+        """
+        super().__init__(endpoint, factory)
+        self.description = description
+        self.what = what
+
+    def startService(self) -> None:
+        """
+        Listen.
+
+        @raise SystemExit: if the port cannot be had.
+        """
+        try:
+            super().startService()
+        except Exception as error:
+            sys.stderr.write(
+                f"twistd qha: error: cannot listen for {self.what} on {self.description}:"
+                f" {error}\n"
+            )
+            raise SystemExit(1) from None
+        waiting = self._waitingForPort
+        if waiting is not None:
+            waiting.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        """
+        Say where it listens.
+        """
+        address = port.getHost()
+        self.log.info(
+            "qha {what} listening on {host}:{port}",
+            what=self.what,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+        return port
+
+
+class ClientPort(Service):
+    """
+    The AMQP port of a broker in a cluster: it listens for clients only
+    while the broker is the primary (see L{qha.ha.node.ClientListener}), so
+    a client's list of addresses lands on the primary; backups refuse
+    clients at once (connection refused).
     """
 
     log = Logger()
 
-    def __init__(
-        self, reactor: Any, description: str, factory: Any, what: str, automatic: bool = True
-    ) -> None:
+    def __init__(self, reactor: Any, description: str, factory: BrokerFactory) -> None:
+        """
+        @param reactor: listens, and keeps time for retries.
+        @param description: the endpoint string.
+        @param factory: the AMQP factory.
+        """
         self.reactor = reactor
         self.description = description
         self.factory = factory
-        self.what = what
-        self.automatic = automatic
         self.port: IListeningPort | None = None
         self._listening: Any = None
         self._retry: Any = None
         self.wanted = False
-
-    def startService(self) -> None:
-        super().startService()
-        if self.automatic:
-            self.startListening()
 
     def startListening(self) -> None:
         """
@@ -349,41 +403,28 @@ class ListeningService(Service):
             self.port = port
             address = port.getHost()
             self.log.info(
-                "qha {what} listening on {host}:{port}",
-                what=self.what,
+                "qha AMQP listening on {host}:{port}",
                 host=getattr(address, "host", "?"),
                 port=getattr(address, "port", "?"),
             )
 
         def failed(failure: Any) -> None:
+            # A promoted broker whose address is still held (an old
+            # primary that has not let go yet): keep trying.
             self._listening = None
-            if not self.automatic:
-                # A promoted broker whose address is still held (an old
-                # primary that has not let go yet): keep trying.
-                self.log.warn(
-                    "qha cannot listen on {description} yet ({error}); trying again in 1s",
-                    description=self.description,
-                    error=failure.getErrorMessage(),
-                )
-                self._retry = self.reactor.callLater(1.0, self._retried)
-                return
-            message = (
-                f"twistd qha: error: cannot listen for {self.what} on"
-                f" {self.description}: {failure.getErrorMessage()}"
+            self.log.warn(
+                "qha cannot listen on {description} yet ({error}); trying again in 1s",
+                description=self.description,
+                error=failure.getErrorMessage(),
             )
-            self.log.critical("{message}", message=message)
-            if IReactorCore.providedBy(self.reactor):
-                # Stop (also when this happens before the reactor runs) and
-                # exit with status 1, so a supervisor sees the failure.
-                self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-                if self.reactor.running:
-                    self.reactor.stop()
-                else:
-                    self.reactor.callWhenRunning(self.reactor.stop)
+            self._retry = self.reactor.callLater(1.0, self._retried)
 
         d.addCallbacks(listening, failed)
 
     def _retried(self) -> None:
+        """
+        Try listening again, if still wanted.
+        """
         self._retry = None
         if self.wanted:
             self.startListening()
@@ -396,16 +437,17 @@ class ListeningService(Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        disconnect = getattr(self.factory, "disconnectAll", None)
-        if disconnect is not None:
-            disconnect(reason)
+        self.factory.disconnectAll(reason)
         if self.port is not None:
             port, self.port = self.port, None
-            self.log.info("qha {what} stopped listening: {reason}", what=self.what, reason=reason)
+            self.log.info("qha AMQP stopped listening: {reason}", reason=reason)
             return port.stopListening()
         return None
 
     def stopService(self) -> Any:
+        """
+        Stop listening.
+        """
         super().stopService()
         return self.stopListening()
 
@@ -504,11 +546,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
+    # Nothing in the data directory is read before this broker holds it.
     dataDirectory = claimOrExit(config["data-dir"])
     resources = Resources(highWatermark=config["memory-high-watermark"])
     vhost = VirtualHost("/", resources, clock=reactor)
     vhost.defaultReplicate = config["ha-replicate"]
-    passwords, failedLogins = ThreadPoolVerifier(reactor), FailedLogins(reactor)
     cluster = config["ha-cluster"] == "yes"
     state = PersistentState(config["data-dir"])
     options = HAOptions(
@@ -526,6 +568,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     store = openStore(config, vhost, reactor)
     # A publish's confirm waits for the backups (in a cluster), then the disk.
     gate = ReplicationGate(options, reactor) if cluster else None
+    passwords, failedLogins = ThreadPoolVerifier(reactor), FailedLogins(reactor)
     factory = BrokerFactory(
         vhost,
         config["userDatabase"],
@@ -545,19 +588,26 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     dataDirectory.setServiceParent(service)
     passwords.setServiceParent(service)
     failedLogins.setServiceParent(service)
-    amqp = ListeningService(reactor, config["port"], factory, "AMQP", automatic=not cluster)
-    amqp.setServiceParent(service)
+    clientPort = ClientPort(reactor, config["port"], factory)
+    if cluster:
+        clientPort.setServiceParent(service)
+    else:
+        ListenService(
+            serverFromString(reactor, config["port"]), factory, config["port"], "AMQP"
+        ).setServiceParent(service)
     options.extra["haAddress"] = advertisedAddress(config["ha-port"])
-    node = HANode(options, vhost, reactor, amqp, state, standalone=not cluster, gate=gate)
-    node.store = store
-    node.position = store.position
+    node = HANode(
+        options, vhost, reactor, clientPort, state, standalone=not cluster, store=store, gate=gate
+    )
     if not cluster:
         for queue in list(vhost.queues.values()):
             queue.promoted(store.epoch)
         store.positionSource = lambda: (node.epoch, node.position)
     StoreService(store).setServiceParent(service)
     node.setServiceParent(service)
-    ListeningService(
-        reactor, config["ha-port"], NodeAMPFactory(lambda: NodeLocator(node)), "AMP"
+    # One AMP port, one login: replication and admin answer behind it.
+    amp = NodeAMPFactory(options.credentials, [node.replicationLocator, adminLocator(node)])
+    ListenService(
+        serverFromString(reactor, config["ha-port"]), amp, config["ha-port"], "AMP"
     ).setServiceParent(service)
     return service

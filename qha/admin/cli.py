@@ -46,7 +46,7 @@ from twisted.protocols import amp
 
 from ..broker.vhost import REPLICATE_LEVELS
 from ..ha.commands import NotAuthenticated, NotPrimary, StaleEpoch
-from ..ha.node import parseBrokers
+from ..ha.config import parseBrokers
 from ..ha.role import ACTIVE, CATCHUP, JOINING, PRIMARY_ROLES, READY, RECOVERING, STANDALONE
 from ..store.journal import StoreCorrupt, storeInfo as readStoreInfo
 from .commands import (

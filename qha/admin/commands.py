@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.protocols import amp
 
-from ..ha.commands import ChunkedBytes, Login, Refused, _errors
+from ..ha.commands import ERRORS, ChunkedBytes, Login, Refused
 
 __all__ = [
     "AddObject",
@@ -31,7 +31,7 @@ class Ping(amp.Command):
 
     arguments = list[tuple[bytes, amp.Argument]]()
     response = [(b"role", amp.Unicode())]
-    errors = _errors
+    errors = ERRORS
 
 
 class Query(amp.Command):
@@ -41,7 +41,7 @@ class Query(amp.Command):
 
     arguments = list[tuple[bytes, amp.Argument]]()
     response = [(b"state", amp.Unicode())]
-    errors = _errors
+    errors = ERRORS
 
 
 class Promote(amp.Command):
@@ -51,7 +51,7 @@ class Promote(amp.Command):
 
     arguments = [(b"force", amp.Boolean())]
     response = [(b"role", amp.Unicode()), (b"epoch", amp.Integer())]
-    errors = _errors
+    errors = ERRORS
 
 
 class Replicate(amp.Command):
@@ -61,7 +61,7 @@ class Replicate(amp.Command):
 
     arguments = [(b"remote", amp.Unicode()), (b"queue", amp.Unicode())]
     response = list[tuple[bytes, amp.Argument]]()
-    errors = _errors
+    errors = ERRORS
 
 
 class ListObjects(amp.Command):
@@ -71,7 +71,7 @@ class ListObjects(amp.Command):
 
     arguments = [(b"kind", amp.Unicode())]
     response = [(b"objects", ChunkedBytes())]
-    errors = _errors
+    errors = ERRORS
 
 
 class AddObject(amp.Command):
@@ -81,7 +81,7 @@ class AddObject(amp.Command):
 
     arguments = [(b"kind", amp.Unicode()), (b"description", amp.Unicode())]
     response = list[tuple[bytes, amp.Argument]]()
-    errors = _errors
+    errors = ERRORS
 
 
 class DeleteObject(amp.Command):
@@ -91,4 +91,4 @@ class DeleteObject(amp.Command):
 
     arguments = [(b"kind", amp.Unicode()), (b"name", amp.Unicode())]
     response = list[tuple[bytes, amp.Argument]]()
-    errors = _errors
+    errors = ERRORS

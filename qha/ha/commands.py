@@ -85,7 +85,7 @@ class OutOfSequence(Exception):
     """
 
 
-_errors: dict[type[Exception], bytes] = {
+ERRORS: dict[type[Exception], bytes] = {
     NotAuthenticated: b"NOT_AUTHENTICATED",
     StaleEpoch: b"STALE_EPOCH",
     NotPrimary: b"NOT_PRIMARY",
@@ -93,6 +93,11 @@ _errors: dict[type[Exception], bytes] = {
     OutOfSequence: b"OUT_OF_SEQUENCE",
     MalformedBox: b"MALFORMED_BOX",
 }
+"""
+The error codes of every command of the AMP port, replication and admin: an
+exception of these types raised by a responder reaches the caller as
+itself.
+"""
 
 
 class Login(amp.Command):
@@ -102,7 +107,7 @@ class Login(amp.Command):
 
     arguments = [(b"username", amp.Unicode()), (b"password", amp.Unicode())]
     response = list[tuple[bytes, amp.Argument]]()
-    errors = _errors
+    errors = ERRORS
 
 
 class Hello(amp.Command):
@@ -123,7 +128,7 @@ class Hello(amp.Command):
         (b"storeEpoch", amp.Integer(optional=True)),
         (b"storePosition", amp.Integer(optional=True)),
     ]
-    errors = _errors
+    errors = ERRORS
 
 
 class Subscribe(amp.Command):
@@ -140,7 +145,7 @@ class Subscribe(amp.Command):
         (b"queue", amp.Unicode(optional=True)),
     ]
     response = [(b"epoch", amp.Integer())]
-    errors = _errors
+    errors = ERRORS
 
 
 class Events(amp.Command):
@@ -159,7 +164,7 @@ class Events(amp.Command):
         (b"transient", amp.Boolean(optional=True)),
     ]
     response = list[tuple[bytes, amp.Argument]]()
-    errors = _errors
+    errors = ERRORS
 
 
 def eventsArguments(
@@ -189,5 +194,5 @@ class Heartbeat(amp.Command):
 
     arguments = [(b"epoch", amp.Integer())]
     response = [(b"epoch", amp.Integer())]
-    errors = _errors
+    errors = ERRORS
     requiresAnswer = True

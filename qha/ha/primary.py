@@ -32,6 +32,47 @@ from .commands import Events, Heartbeat, eventsArguments
 if TYPE_CHECKING:
     from .node import HANode
 
+
+
+class SourceNode(Protocol):
+    """
+    What a L{ReplicationSource} needs of its broker.
+    """
+
+    @property
+    def vhost(self) -> VirtualHost:
+        "The virtual host streamed."
+
+    @property
+    def gate(self) -> "ReplicationGate":
+        "The gate of the confirms (replaced when a primary steps down)."
+
+    @property
+    def epoch(self) -> int:
+        "The primary's epoch, sent with every box."
+
+    @property
+    def position(self) -> int:
+        "The position in the primary's stream, sent with every box."
+
+    @property
+    def heartbeat(self) -> float:
+        "Seconds between heartbeats (0: none)."
+
+    @property
+    def replicateDefault(self) -> str:
+        "C{--ha-replicate}."
+
+    def backupReady(self, source: "ReplicationSource") -> None:
+        "The backup caught up."
+
+    def backupLost(self, source: "ReplicationSource") -> None:
+        "The backup went."
+
+    def heardEpoch(self, epoch: int, role: str, brokerId: str) -> None:
+        "The backup spoke of C{epoch}."
+
+
 NONE = "none"
 CONFIGURATION = "configuration"
 ALL = "all"
@@ -308,7 +349,7 @@ class ReplicationSource:
 
     def __init__(
         self,
-        node: "HANode",
+        node: SourceNode,
         connection: amp.AMP,
         backupId: str,
         address: str,

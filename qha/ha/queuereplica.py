@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import ensureDeferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from ..changes.replay import holdingsOf
-from .commands import Hello, Subscribe
-from .node import BackupLink
+from .commands import Subscribe
+from .connection import NodeAMP
+from .discovery import Search
+from .link import BackupLink
+from .locator import ReplicationLocator
 from .role import PRIMARY_ROLES, STANDALONE
 
 if TYPE_CHECKING:
@@ -26,76 +28,71 @@ if TYPE_CHECKING:
 class QueueReplica:
     """
     Follows one queue of a remote broker (or of whichever broker of a
-    remote cluster is primary).
+    remote cluster is primary), through a L{Search} that looks again when
+    the link goes.
 
     @ivar remote: the remote brokers' AMP addresses.
     @ivar link: the live subscription, if any.
     """
 
     log = Logger()
-    retryInterval = 1.0
 
     def __init__(self, node: "HANode", remote: list[str], queue: str) -> None:
+        """
+        @param node: this broker.
+        @param remote: the remote brokers' AMP addresses.
+        @param queue: the queue replicated.
+        """
         self.node = node
         self.remote = remote
         self.queue = queue
         self.link: BackupLink | None = None
         self.stopped = False
         self.following: str | None = None
-        self._retry: IDelayedCall | None = None
-        self._connecting = False
+        self.search: Search | None = None
 
     def start(self) -> None:
         """
-        Find the remote queue's broker and subscribe.
+        Find the remote queue's broker and subscribe, and again whenever the
+        link goes.
         """
-        if self.stopped or self._connecting or self.link is not None:
+        if self.stopped or self.search is not None:
             return
-        self._connecting = True
-        d = ensureDeferred(self._connect())
+        self.search = Search(self.node.reactor, self._connect, f"broker with queue {self.queue!r}")
+        self.search.start()
 
-        def done(found: bool) -> None:
-            self._connecting = False
-            if not found:
-                self._scheduleRetry()
+    async def _connect(self) -> NodeAMP | None:
+        """
+        Subscribe to the queue on the first remote broker that serves it.
 
-        def failed(failure: Any) -> None:
-            self.log.failure("replicating queue {queue}", failure, queue=self.queue)
-            done(False)
-
-        d.addCallbacks(done, failed)
-
-    def _scheduleRetry(self) -> None:
-        if not self.stopped and (self._retry is None or not self._retry.active()):
-            self._retry = self.node.clock.callLater(self.retryInterval, self._retried)
-
-    def _retried(self) -> None:
-        self._retry = None
-        self.start()
-
-    async def _connect(self) -> bool:
+        @return: the connection subscribed on, or L{None}.
+        """
         node = self.node
+        peers = node.peers
         for address in self.remote:
             try:
-                protocol = await node._connect(address)
+                protocol = await peers.connect(address)
+            except CancelledError:
+                raise
             except Exception:
                 continue
             try:
-                answer = await protocol.callRemote(
-                    Hello, brokerId=node.brokerId, epoch=node.epoch, role=node.role.name
-                )
+                answer = await peers.hello(protocol)
                 if answer["role"] not in PRIMARY_ROLES + (STANDALONE,):
-                    protocol.transport.loseConnection()  # type: ignore[union-attr]
+                    peers.close(protocol)
                     continue
                 link = QueueReplicaLink(node, protocol, answer["brokerId"], address, self)
-                protocol.locator.link = link  # type: ignore[attr-defined]
+                for locator in protocol.locator.locators:  # type: ignore[attr-defined]
+                    if isinstance(locator, ReplicationLocator):
+                        locator.link = link
                 self.link = link
                 holdings = {
                     name: value
                     for name, value in holdingsOf(node.vhost).items()
                     if name == self.queue
                 }
-                await protocol.callRemote(
+                await peers.call(
+                    protocol,
                     Subscribe,
                     brokerId=node.brokerId,
                     epoch=0,
@@ -110,36 +107,39 @@ class QueueReplica:
                     queue=self.queue,
                     address=address,
                 )
-                return True
-            except Exception as error:
-                self.log.info(
-                    "replicating queue {queue} from {address}: {error}",
-                    queue=self.queue,
-                    address=address,
-                    error=str(error),
-                )
+                return protocol
+            except BaseException as error:
+                if not isinstance(error, CancelledError):
+                    self.log.info(
+                        "replicating queue {queue} from {address}: {error}",
+                        queue=self.queue,
+                        address=address,
+                        error=str(error),
+                    )
                 if self.link is not None:
                     self.link.close()
-                elif protocol.transport is not None:
-                    protocol.transport.loseConnection()
-        return False
+                else:
+                    peers.close(protocol)
+                if isinstance(error, CancelledError):
+                    raise
+        return None
 
     def linkLost(self) -> None:
         """
-        The remote went away: look again (a cluster may have a new primary).
+        The remote went away: the search looks again (a cluster may have a
+        new primary).
         """
         self.link = None
         self.following = None
-        self._scheduleRetry()
 
     def stop(self) -> None:
         """
         Stop following.
         """
         self.stopped = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        if self.search is not None:
+            self.search.stop()
+            self.search = None
         if self.link is not None:
             self.link.close()
 
@@ -163,6 +163,9 @@ class QueueReplicaLink(BackupLink):
     def __init__(
         self, node: "HANode", connection: Any, primaryId: str, address: str, replica: QueueReplica
     ) -> None:
+        """
+        @param replica: the replica this link serves.
+        """
         super().__init__(node, connection, primaryId, address)
         self.replica = replica
 
@@ -173,6 +176,9 @@ class QueueReplicaLink(BackupLink):
         """
 
     def caughtUp(self) -> None:
+        """
+        The queue caught up with the remote's.
+        """
         self.log.info(
             "queue {queue} caught up with {address}",
             queue=self.replica.queue,

@@ -43,7 +43,11 @@ from qha.broker.message import Message
 from qha.broker.queue import Consumer
 from qha.broker.vhost import VirtualHost
 from qha.ha.commands import NotAuthenticated
-from qha.ha.node import HELLO_TIMEOUT, HANode, HAOptions, NodeAMP, NodeLocator, PersistentState
+from qha.admin.locator import adminLocator
+from qha.ha.config import HELLO_TIMEOUT, HAOptions
+from qha.ha.connection import NodeAMP, NodeAMPFactory
+from qha.ha.identity import PersistentState
+from qha.ha.node import HANode
 from qha.testing import RecordingTarget
 
 
@@ -179,12 +183,14 @@ class AdminTestCase(SynchronousTestCase):
 
         def server() -> NodeAMP:
             """
-            The broker's end: the node's AMP protocol, as its port builds it.
+            The broker's end: the node's AMP protocol, as its port builds it
+            (replication and admin behind one login, as C{qha.tap} composes
+            them).
             """
-            locator = NodeLocator(node)
-            protocol = NodeAMP(locator=locator)
-            locator.connection = protocol
-            return protocol
+            factory = NodeAMPFactory(
+                node.options.credentials, [node.replicationLocator, adminLocator(node)]
+            )
+            return factory.buildProtocol(None)  # type: ignore[arg-type]
 
         client, _, pump = connectedServerAndClient(server, amp.AMP)
         self.pumps.append(pump)
@@ -949,7 +955,7 @@ class ClusterTests(AdminTestCase):
             self.admin("-b", "10.0.0.1:5673", "promote"),
             (0, "10.0.0.1:5673 promoted: recovering, epoch 1\n", ""),
         )
-        self.assertTrue(node.amqp.listening)
+        self.assertTrue(node.amqp.listening)  # type: ignore[attr-defined]
         self.clock.advance(0)
         code, out, _ = self.admin("-b", "10.0.0.1:5673", "--json", "promote")
         self.assertEqual(

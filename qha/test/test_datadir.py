@@ -33,7 +33,7 @@ from qha.datadir import (
     makeDirectory,
     openPrivate,
 )
-from qha.ha.node import PersistentState
+from qha.ha.identity import PersistentState
 from qha.store.journal import FileJournal, Store
 from qha.test.brokerprocess import CHECKOUT, BrokerProcess, twistdCommand
 from qha.test.test_store import message

@@ -1,5 +1,5 @@
 """
-Synchronous unit tests of the cluster core (issue 4): the role machine, the
+Synchronous unit tests of the cluster core (issue 4): the
 replication event codec, L{ChunkedBytes}, the L{ReplicationGate} and its
 L{Completion}s, and the replication protocol between two in-memory nodes.
 
@@ -32,18 +32,16 @@ from qha.broker.vhost import VirtualHost
 from qha.changes import events as ev
 from qha.changes.replay import Replicator, holdingsOf
 from qha.ha.commands import CHUNK, ChunkedBytes, Events, eventsArguments, Heartbeat, Hello, Refused, StaleEpoch, Subscribe
-from qha.ha.node import BackupLink, HANode, HAOptions, NodeAMP, NodeAMPFactory, NodeLocator, PersistentState
+from qha.ha.config import HAOptions
+from qha.admin.locator import AdminLocator
+from qha.ha.connection import NodeAMP, NodeAMPFactory, Session, nodeConnection
+from qha.ha.identity import PersistentState
+from qha.ha.link import BackupLink
+from qha.ha.locator import ReplicationLocator
+from qha.ha.node import HANode
 from qha.amqp.holders import Completion
 from qha.ha.primary import ReplicationGate
-from qha.ha.role import (
-    ACTIVE,
-    CATCHUP,
-    JOINING,
-    READY,
-    RECOVERING,
-    Role,
-    RoleRefused,
-)
+from qha.ha.role import ACTIVE, CATCHUP, JOINING, READY, RECOVERING
 from qha.test.test_protocol import Client, fastUsers, publishBytes
 from qha.testing import RecordingTarget
 
@@ -96,151 +94,6 @@ def contents(queue: Queue) -> list[tuple[int, bytes, bool]]:
             entries[entry.id] = entry
     entries.update(queue.held)
     return [(entry.id, entry.message.body, entry.redelivered) for _, entry in sorted(entries.items())]
-
-
-# The role machine
-
-
-class RoleMachineTests(SynchronousTestCase):
-    """
-    L{Role}: Qpid's transitions, and a reason for every refusal.
-    """
-
-    def setUp(self) -> None:
-        """
-        A role that records every change it reports.
-        """
-        self.changes: list[tuple[str, str]] = []
-        self.role = Role(lambda old, new: self.changes.append((old, new)))
-
-    def walk(self, *inputs: str) -> None:
-        """
-        Feed C{inputs} in order.
-        """
-        for input in inputs:
-            self.role.apply(input)
-
-    def test_startsJoining(self) -> None:
-        """
-        A broker in a cluster starts out joining, with no change reported.
-        """
-        self.assertEqual(self.role.name, JOINING)
-        self.assertEqual(self.changes, [])
-
-    def test_backupLife(self) -> None:
-        """
-        Joining finds the primary (catchup), catches up (ready), loses the
-        primary (joining), and can do it all again.
-        """
-        self.walk("primaryFound", "caughtUp", "primaryLost", "primaryFound", "caughtUp")
-        self.assertEqual(
-            self.changes,
-            [
-                (JOINING, CATCHUP),
-                (CATCHUP, READY),
-                (READY, JOINING),
-                (JOINING, CATCHUP),
-                (CATCHUP, READY),
-            ],
-        )
-
-    def test_catchupLosesPrimary(self) -> None:
-        """
-        A backup losing the primary while catching up goes back to joining.
-        """
-        self.walk("primaryFound", "primaryLost")
-        self.assertEqual(self.role.name, JOINING)
-
-    def test_joiningLosesPrimary(self) -> None:
-        """
-        A joining broker that loses a link stays joining; the change is still
-        reported, so the broker looks for the primary again.
-        """
-        self.walk("primaryLost")
-        self.assertEqual(self.changes, [(JOINING, JOINING)])
-
-    def test_promoteReady(self) -> None:
-        """
-        A ready backup promoted recovers, then becomes active.
-        """
-        self.walk("primaryFound", "caughtUp", "promote", "recovered")
-        self.assertEqual(self.changes[-2:], [(READY, RECOVERING), (RECOVERING, ACTIVE)])
-        self.assertEqual(self.role.name, ACTIVE)
-
-    def test_promoteJoining(self) -> None:
-        """
-        A joining broker may be promoted (the node checks that no other one
-        is ready).
-        """
-        self.walk("promote")
-        self.assertEqual(self.changes, [(JOINING, RECOVERING)])
-
-    def test_promotePrimaryIsNoOp(self) -> None:
-        """
-        Promoting a recovering or an active primary changes nothing.
-        """
-        self.walk("promote", "promote")
-        self.assertEqual(self.role.name, RECOVERING)
-        self.walk("recovered", "promote")
-        self.assertEqual(self.role.name, ACTIVE)
-        self.assertEqual(self.changes, [(JOINING, RECOVERING), (RECOVERING, ACTIVE)])
-
-    def test_demote(self) -> None:
-        """
-        A recovering or active primary that learns of a newer epoch goes back
-        to joining.
-        """
-        self.walk("promote", "demote")
-        self.assertEqual(self.changes[-1], (RECOVERING, JOINING))
-        self.walk("promote", "recovered", "demote")
-        self.assertEqual(self.changes[-1], (ACTIVE, JOINING))
-
-    def test_promoteCatchupRefused(self) -> None:
-        """
-        A backup still catching up refuses promotion, saying so, and stays
-        where it is.
-        """
-        self.walk("primaryFound")
-        error = self.assertRaises(RoleRefused, self.role.apply, "promote")
-        self.assertEqual(
-            str(error), "cannot promote this broker: it is still catching up with the primary"
-        )
-        self.assertEqual(self.role.name, CATCHUP)
-
-    def test_refusals(self) -> None:
-        """
-        Every input a role does not allow is refused with the role named,
-        and leaves the role unchanged.
-        """
-        paths: dict[str, tuple[str, ...]] = {
-            JOINING: (),
-            CATCHUP: ("primaryFound",),
-            READY: ("primaryFound", "caughtUp"),
-            RECOVERING: ("promote",),
-            ACTIVE: ("promote", "recovered"),
-        }
-        refused = {
-            JOINING: ["caughtUp", "recovered", "demote"],
-            CATCHUP: ["primaryFound", "recovered", "demote"],
-            READY: ["primaryFound", "caughtUp", "recovered", "demote"],
-            RECOVERING: ["primaryFound", "caughtUp", "primaryLost"],
-            ACTIVE: ["primaryFound", "caughtUp", "primaryLost", "recovered"],
-        }
-        for state, inputs in refused.items():
-            for input in inputs:
-                role = Role(lambda old, new: None)
-                for step in paths[state]:
-                    role.apply(step)
-                error = self.assertRaises(RoleRefused, role.apply, input)
-                self.assertEqual(str(error), f"cannot {input} this broker: it is {state}")
-                self.assertEqual(role.name, state)
-
-    def test_history(self) -> None:
-        """
-        The core keeps every role entered, for diagnosis.
-        """
-        self.walk("primaryFound", "caughtUp", "promote")
-        self.assertEqual(self.role.core.history, [CATCHUP, READY, RECOVERING])
 
 
 # The event codec
@@ -928,7 +781,7 @@ class Link:
     """
     One replication connection between two in-memory nodes.
 
-    @ivar primarySide: the primary's AMP protocol (a L{NodeLocator}'s).
+    @ivar primarySide: the primary's AMP protocol (with a L{ReplicationLocator}).
     @ivar backupSide: the backup's AMP protocol, whose locator has C{link}.
     @ivar pump: moves the bytes.
     @ivar boxes: every box the backup applied, decoded, in order.
@@ -1039,11 +892,8 @@ class InMemoryCluster:
         found the primary: a L{BackupLink} on the backup's connection, then
         L{Subscribe} with what the backup holds.
         """
-        primarySide = NodeAMPFactory(lambda: NodeLocator(primary)).buildProtocol(None)
-        locator = NodeLocator(backup)
-        locator.authenticated = True
-        backupSide = NodeAMP(locator=locator)
-        locator.connection = backupSide
+        primarySide = NodeAMPFactory(None, [primary.replicationLocator]).buildProtocol(None)  # type: ignore[arg-type]
+        backupSide = nodeConnection(None, [backup.replicationLocator], authenticated=True)
         pump = iosim.connect(
             primarySide,
             iosim.makeFakeServer(primarySide),
@@ -1063,10 +913,7 @@ class InMemoryCluster:
             apply(data)
 
         link.replicator.apply = recordingApply  # type: ignore[method-assign]
-        locator.link = link
-        backup.link = link
-        backup.vhost.replica = True
-        backup.roleInput("primaryFound")
+        backup.followLink(link)
         backupSide.callRemote(
             Subscribe,
             brokerId=backup.brokerId,
@@ -1971,7 +1818,8 @@ class EarlyAcknowledgementTests(SynchronousTestCase):
         """
         self.publish("q")
         self.deliver()
-        [queue] = [q for q in self.backup.listObjects("queues") if q["name"] == "q"]
+        listing = AdminLocator(self.backup, Session(None)).listObjects("queues")
+        [queue] = [q for q in json.loads(listing["objects"]) if q["name"] == "q"]
         self.assertEqual(queue["messages"], 1)
         self.cluster.finish()
 
@@ -2020,9 +1868,9 @@ class FencingTests(SynchronousTestCase):
         nobody.
         """
         self.assertEqual(self.primary.role.name, JOINING)
-        self.assertFalse(self.primary.amqp.listening)
+        self.assertFalse(self.primary.amqp.listening)  # type: ignore[attr-defined]
         self.assertEqual(
-            self.primary.amqp.stopped, ["this broker stepped down: a newer primary exists"]
+            self.primary.amqp.stopped, ["this broker stepped down: a newer primary exists"]  # type: ignore[attr-defined]
         )
         self.assertEqual(self.primary.sources, {})
         self.assertTrue(self.primary.vhost.replica)
@@ -2075,7 +1923,7 @@ class FencingTests(SynchronousTestCase):
         another broker would; return what came back.
         """
         client, server, pump = iosim.connectedServerAndClient(
-            lambda: NodeAMPFactory(lambda: NodeLocator(self.primary)).buildProtocol(None),
+            lambda: NodeAMPFactory(None, [self.primary.replicationLocator]).buildProtocol(None),  # type: ignore[arg-type]
             amp.AMP,
             clock=self.cluster.clock,
         )
@@ -2135,7 +1983,7 @@ class FencingTests(SynchronousTestCase):
         node.heardEpoch(node.epoch + 1, ACTIVE, "other")
         self.assertEqual(node.role.name, JOINING)
         self.assertFalse(completion.done)
-        self.assertIsNone(node._recoveryCall)
+        self.assertIsNone(node.role.recovery)
         self.cluster.finish()
 
     def test_steppedDownConfirmsNothing(self) -> None:
@@ -2201,7 +2049,7 @@ class FailoverTests(SynchronousTestCase):
         then it is active and the confirms go.
         """
         self.assertEqual(self.cluster.promote(self.first), {"role": RECOVERING, "epoch": 2})
-        self.assertTrue(self.first.amqp.listening)
+        self.assertTrue(self.first.amqp.listening)  # type: ignore[attr-defined]
         self.assertEqual(self.first.expected, {self.second.brokerId})
         self.first.vhost.declareQueue("plain")
         replicated = self.publish(self.first)
@@ -2440,7 +2288,7 @@ class Network:
             FakeAMQP(),
             PersistentState(options.dataDir),
         )
-        self.reactor.listenTCP(port, NodeAMPFactory(lambda: NodeLocator(node)))
+        self.reactor.listenTCP(port, NodeAMPFactory(None, [node.replicationLocator]))
         self.nodes[port] = node
         return node
 
@@ -2479,8 +2327,10 @@ class Network:
         Whether either end of C{pump} is a paused broker.
         """
         for protocol in (pump.client, pump.server):
-            locator = getattr(protocol, "locator", None)
-            node = getattr(locator, "node", None)
+            locators = getattr(getattr(protocol, "locator", None), "locators", [])
+            node = next(
+                (each.node for each in locators if isinstance(each, ReplicationLocator)), None
+            )
             for port in self.paused:
                 if self.nodes.get(port) is node:
                     return True
@@ -2578,6 +2428,9 @@ class DiscoveryTests(SynchronousTestCase):
         queue.settle(entry)
         primary.vhost.publish("", "q", message(b"4", "q"))
         network.settle()
+        # The search for the primary looks again after its first, short
+        # wait (discovery.retryPolicy).
+        network.advance(0.25)
         self.assertIsNot(backup.link, link)
         self.assertEqual(backup.role.name, READY)
         self.assertEqual([id for id, _, _ in contents(backup.vhost.queues["q"])], [2, 3, 4])
@@ -2655,7 +2508,7 @@ class DiscoveryTests(SynchronousTestCase):
         network.paused.clear()
         network.advance(2)
         self.assertEqual(old.role.name, READY)
-        self.assertFalse(old.amqp.listening)
+        self.assertFalse(old.amqp.listening)  # type: ignore[attr-defined]
         self.assertEqual(old.epoch, 2)
         self.assertEqual([body for _, body, _ in contents(old.vhost.queues["q"])], [b"after"])
         network.finish()

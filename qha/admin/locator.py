@@ -1,0 +1,164 @@
+"""
+The admin commands a broker answers on its AMP port, for C{qha-admin}:
+L{AdminLocator}, composed by C{qha.tap} with the replication locator on the
+one port, behind the same login.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.protocols import amp
+
+from ..broker.vhost import VirtualHost
+from ..ha.commands import Refused
+from ..ha.connection import Session
+from .commands import AddObject, DeleteObject, ListObjects, Ping, Promote, Query, Replicate
+from .objects import addObject, deleteObject, listObjects
+
+
+class RoleView(Protocol):
+    """
+    What an admin reads of a broker's role.
+    """
+
+    @property
+    def name(self) -> str:
+        "The role's name."
+
+    @property
+    def servesClients(self) -> bool:
+        "Whether objects may be added and deleted here (primary, standalone)."
+
+
+class AdministeredNode(Protocol):
+    """
+    What the admin commands need of a broker (L{qha.ha.node.HANode}).
+    """
+
+    @property
+    def vhost(self) -> VirtualHost:
+        "The virtual host administered."
+
+    @property
+    def role(self) -> RoleView:
+        "The broker's role."
+
+    @property
+    def replicateDefault(self) -> str:
+        "C{--ha-replicate}."
+
+    def describe(self) -> dict[str, Any]:
+        "The broker's HA state."
+
+    async def promote(self, force: bool) -> dict[str, Any]:
+        "Become the primary."
+
+    def replicateQueue(self, remote: str, queue: str) -> None:
+        "Replicate C{queue} of C{remote} here."
+
+    def applyPending(self) -> None:
+        "Apply what a backup acknowledged and did not apply yet."
+
+
+class AdminLocator(amp.CommandLocator):
+    """
+    The admin commands on one AMP connection, answered once the
+    connection's session logged in.
+    """
+
+    def __init__(self, node: AdministeredNode, session: Session) -> None:
+        """
+        @param node: the broker.
+        @param session: the connection's authentication, shared with
+            replication.
+        """
+        super().__init__()
+        self.node = node
+        self.session = session
+
+    @Ping.responder
+    def ping(self) -> dict[str, Any]:
+        """
+        The broker's role.
+        """
+        self.session.check()
+        return {"role": self.node.role.name}
+
+    @Query.responder
+    def query(self) -> dict[str, Any]:
+        """
+        The broker's HA state, as JSON.
+        """
+        self.session.check()
+        return {"state": json.dumps(self.node.describe())}
+
+    @Promote.responder
+    def promote(self, force: bool) -> Deferred[dict[str, Any]]:
+        """
+        Make the broker the primary.
+        """
+        self.session.check()
+        return ensureDeferred(self.node.promote(force))
+
+    @Replicate.responder
+    def replicate(self, remote: str, queue: str) -> dict[str, Any]:
+        """
+        Replicate a remote queue here.
+        """
+        self.session.check()
+        self.node.replicateQueue(remote, queue)
+        return {}
+
+    @ListObjects.responder
+    def listObjects(self, kind: str) -> dict[str, Any]:
+        """
+        Queues, exchanges or bindings, as JSON.
+        """
+        self.session.check()
+        self.node.applyPending()
+        objects = listObjects(self.node.vhost, kind, self.node.replicateDefault)
+        return {"objects": json.dumps(objects).encode("utf-8")}
+
+    @AddObject.responder
+    def addObject(self, kind: str, description: str) -> dict[str, Any]:
+        """
+        Declare a queue or an exchange, on the primary (or a standalone
+        broker).
+        """
+        self.session.check()
+        self._mayChange("add queues and exchanges")
+        addObject(self.node.vhost, kind, json.loads(description))
+        return {}
+
+    @DeleteObject.responder
+    def deleteObject(self, kind: str, name: str) -> dict[str, Any]:
+        """
+        Delete a queue or an exchange, on the primary (or a standalone
+        broker).
+        """
+        self.session.check()
+        self._mayChange("delete queues and exchanges")
+        deleteObject(self.node.vhost, kind, name)
+        return {}
+
+    def _mayChange(self, what: str) -> None:
+        """
+        @raise Refused: on a backup, saying where to C{what}.
+        """
+        role = self.node.role
+        if not role.servesClients:
+            raise Refused(f"this broker is {role.name}: {what} on the primary")
+
+
+def adminLocator(node: AdministeredNode) -> Any:
+    """
+    The admin locator factory for C{node}'s connections (see
+    L{qha.ha.connection.NodeAMPFactory}).
+    """
+    return lambda session: AdminLocator(node, session)
+
+
+__all__ = ["AdminLocator", "AdministeredNode", "adminLocator"]

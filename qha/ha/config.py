@@ -1,0 +1,92 @@
+"""
+The cluster options of a broker: what C{twistd qha} was told about the
+cluster, how it names the other brokers, and how long it waits for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def parseBrokers(value: str) -> list[str]:
+    """
+    Parse C{--ha-brokers}: C{host:port,host:port} or Qpid's
+    C{amqp:tcp:host:port,tcp:host:port}; return C{host:port} strings.
+
+    @raise ValueError: naming the part that is wrong.
+    """
+    text = value.strip()
+    if text.startswith("amqp:"):
+        text = text[len("amqp:") :]
+    brokers = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.startswith("tcp:"):
+            part = part[len("tcp:") :]
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{part!r} in {value!r} is not host:port (e.g. node1:5673 or"
+                " amqp:tcp:node1:5673,tcp:node2:5673)"
+            )
+        brokers.append(f"{host.strip('[]')}:{int(port)}")
+    if not brokers:
+        raise ValueError(f"{value!r} names no broker")
+    return brokers
+
+
+HELLO_TIMEOUT = 2.0
+"""
+Seconds a broker waits for another's answer to L{Hello}.
+"""
+
+PEER_TIMEOUT = 2.0
+"""
+Seconds a broker waits for another to accept a connection, to answer
+L{Login}, or to answer any other call that has no deadline of its own: a
+paused broker (SIGSTOP) accepts connections and never answers, and must not
+hold up discovery, probing or promotion for ever.
+"""
+
+
+def clientEndpoint(address: str) -> str:
+    """
+    The client endpoint string for C{host:port}.
+    """
+    host, _, port = address.rpartition(":")
+    return f"tcp:host={host}:port={port}:timeout={int(PEER_TIMEOUT)}"
+
+
+@dataclass
+class HAOptions:
+    """
+    The cluster options of C{twistd qha}.
+    """
+
+    brokers: list[str]
+    publicBrokers: str = ""
+    username: str | None = None
+    password: str | None = None
+    replicateDefault: str = "none"
+    backupTimeout: float = 10.0
+    heartbeat: float = 2.0
+    minBackups: int = 0
+    queueReplication: bool = False
+    dataDir: str = "qha-data"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """
+        The C{--ha-username} and C{--ha-password} peers log in with, or
+        L{None} when the AMP port asks for none.
+        """
+        if self.username is None:
+            return None
+        return (self.username, self.password or "")
+
+
+__all__ = ["HAOptions", "HELLO_TIMEOUT", "PEER_TIMEOUT", "clientEndpoint", "parseBrokers"]

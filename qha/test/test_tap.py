@@ -1,0 +1,266 @@
+"""
+Tests of L{qha.tap}: every option error says what is wrong in one line
+(L{usage.UsageError}), and L{qha.tap.makeService} wires the services a
+standalone broker and a cluster broker run, on a memory reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from qha.amqp.protocol import BrokerFactory
+from qha.ha.connection import NodeAMPFactory
+from qha.ha.node import HANode
+from qha.ha.role import JOINING, STANDALONE
+from qha.amqp.users import FailedLogins, ThreadPoolVerifier
+from qha.datadir import DataDirectoryLock
+from qha.tap import ClientPort, ListenService, Options, StoreService, makeService
+
+
+def parse(*argv: str) -> Options:
+    """
+    Options parsed from C{argv}, raising L{usage.UsageError} rather than
+    exiting.
+    """
+    options = Options()
+    options.exitOnError = False
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionErrorTests(SynchronousTestCase):
+    """
+    Each option error names the option and what it accepts.
+    """
+
+    def assertUsageError(self, message: str, *argv: str) -> None:
+        """
+        Parsing C{argv} fails with C{message}.
+        """
+        error = self.assertRaises(usage.UsageError, parse, *argv)
+        self.assertEqual(str(error), message)
+
+    def test_watermark(self) -> None:
+        """
+        A watermark that is neither a fraction nor a size.
+        """
+        self.assertUsageError(
+            "--memory-high-watermark: 'lots' is neither a fraction of memory between 0"
+            " and 1 (0.4) nor a size (512MiB, 2GB, 100000000)",
+            "--memory-high-watermark",
+            "lots",
+        )
+
+    def test_replicate(self) -> None:
+        """
+        An unknown replication level.
+        """
+        self.assertUsageError(
+            "--ha-replicate must be one of none, configuration, all, not 'some'",
+            "--ha-replicate",
+            "some",
+        )
+
+    def test_store(self) -> None:
+        """
+        An unknown store.
+        """
+        self.assertUsageError(
+            "--store must be journal or memory, not 'disk'", "--store", "disk"
+        )
+
+    def test_yesNo(self) -> None:
+        """
+        C{--ha-cluster} and C{--ha-queue-replication} take yes or no.
+        """
+        self.assertUsageError("--ha-cluster must be yes or no, not 'maybe'", "--ha-cluster", "maybe")
+        self.assertUsageError(
+            "--ha-queue-replication must be yes or no, not 'on'", "--ha-queue-replication", "on"
+        )
+
+    def test_mechanism(self) -> None:
+        """
+        Only PLAIN.
+        """
+        self.assertUsageError(
+            "--ha-mechanism 'SCRAM' is not supported; use PLAIN", "--ha-mechanism", "SCRAM"
+        )
+
+    def test_credentialsTogether(self) -> None:
+        """
+        A username without a password (or the reverse).
+        """
+        self.assertUsageError(
+            "--ha-username and --ha-password go together", "--ha-username", "qha"
+        )
+        self.assertUsageError(
+            "--ha-username and --ha-password go together", "--ha-password", "secret"
+        )
+
+    def test_negativeTimes(self) -> None:
+        """
+        Negative timeouts and heartbeats.
+        """
+        self.assertUsageError(
+            "--ha-backup-timeout must be 0 or more, not -1.0", "--ha-backup-timeout", "-1"
+        )
+        self.assertUsageError("--ha-heartbeat must be 0 or more, not -2.0", "--ha-heartbeat", "-2")
+
+    def test_clusterNeedsBrokers(self) -> None:
+        """
+        A cluster broker must know every broker's address.
+        """
+        self.assertUsageError(
+            "--ha-cluster yes needs --ha-brokers, every broker's AMP address"
+            " (host:port,host:port)",
+            "--ha-cluster",
+            "yes",
+        )
+
+    def test_badBrokers(self) -> None:
+        """
+        A broker address without a port.
+        """
+        self.assertUsageError(
+            "--ha-brokers: 'node1' in 'node1' is not host:port (e.g. node1:5673 or"
+            " amqp:tcp:node1:5673,tcp:node2:5673)",
+            "--ha-cluster",
+            "yes",
+            "--ha-brokers",
+            "node1",
+        )
+
+    def test_usersFile(self) -> None:
+        """
+        A users file that cannot be read.
+        """
+        error = self.assertRaises(usage.UsageError, parse, "--users", self.mktemp())
+        self.assertIn("users", str(error))
+
+    def test_port(self) -> None:
+        """
+        An AMQP endpoint that is not one.
+        """
+        error = self.assertRaises(usage.UsageError, parse, "--port", "nonsense:1")
+        self.assertTrue(str(error).startswith("--port: 'nonsense:1' is not a valid endpoint ("))
+        self.assertTrue(str(error).endswith("; use e.g. tcp:5672:interface=127.0.0.1"))
+
+    def test_wholeNumbers(self) -> None:
+        """
+        Whole-number options refuse words and out-of-range numbers.
+        """
+        error = self.assertRaises(usage.UsageError, parse, "--heartbeat", "often")
+        self.assertIn("--heartbeat must be a whole number, not 'often'", str(error))
+        error = self.assertRaises(usage.UsageError, parse, "--frame-max", "10")
+        self.assertIn("--frame-max must be between 4096 and 1048576, not 10", str(error))
+
+    def test_exitsWithOneLine(self) -> None:
+        """
+        As twistd parses them, an error exits with status 1.
+        """
+        options = Options()
+        error = self.assertRaises(SystemExit, options.parseOptions, ["--store", "disk"])
+        self.assertEqual(error.code, 1)
+
+
+class ServiceWiringTests(SynchronousTestCase):
+    """
+    L{makeService} on a memory reactor: which services, listening where.
+    """
+
+    def services(self, *argv: str) -> tuple[MemoryReactorClock, MultiService]:
+        """
+        The broker's services for C{argv} (with a memory store in a
+        temporary directory), started on a memory reactor, and stopped at
+        the end of the test.
+        """
+        reactor = MemoryReactorClock()
+        config = parse("--store", "memory", "--data-dir", self.mktemp(), *argv)
+        service = makeService(config, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return reactor, service
+
+    def children(self, service: MultiService) -> list[Any]:
+        """
+        The child services, in order.
+        """
+        return [IService(child) for child in service]
+
+    def test_standalone(self) -> None:
+        """
+        A standalone broker listens for AMQP clients at once, and for AMP
+        (admin) on its C{--ha-port}; its node is standalone and has the
+        store.
+        """
+        reactor, service = self.services("--port", "tcp:5999", "--ha-port", "tcp:5998")
+        kinds = [type(child) for child in self.children(service)]
+        self.assertEqual(
+            kinds,
+            [DataDirectoryLock, ThreadPoolVerifier, FailedLogins]
+            + [ListenService, StoreService, HANode, ListenService],
+        )
+        ports = {port: factory for port, factory, _, _ in reactor.tcpServers}
+        self.assertIsInstance(ports[5999], BrokerFactory)
+        self.assertIsInstance(ports[5998], NodeAMPFactory)
+        node = self.children(service)[5]
+        self.assertEqual(node.role.name, STANDALONE)
+        self.assertIsNotNone(node.store)
+
+    def test_cluster(self) -> None:
+        """
+        A cluster broker does not listen for AMQP clients until it is the
+        primary; it listens for AMP, joins, and looks for the primary at
+        the brokers it was given.
+        """
+        reactor, service = self.services(
+            "--port",
+            "tcp:5999",
+            "--ha-port",
+            "tcp:5998",
+            "--ha-cluster",
+            "yes",
+            "--ha-brokers",
+            "127.0.0.1:5998,127.0.0.1:5997",
+        )
+        kinds = [type(child) for child in self.children(service)]
+        self.assertEqual(
+            kinds,
+            [DataDirectoryLock, ThreadPoolVerifier, FailedLogins]
+            + [ClientPort, StoreService, HANode, ListenService],
+        )
+        self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998])
+        node = self.children(service)[5]
+        self.assertEqual(node.role.name, JOINING)
+        self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients], [("127.0.0.1", 5998)])
+        node.role.promote()
+        self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998, 5999])
+
+    def test_portInUse(self) -> None:
+        """
+        A port that cannot be had at start-up stops the start with status
+        1 (and one line on standard error), not a traceback.
+        """
+        from twisted.internet.error import CannotListenError
+
+        class Refusing(MemoryReactorClock):
+            """
+            A reactor whose ports are all taken.
+            """
+
+            def listenTCP(self, port: int, *args: Any, **kwargs: Any) -> Any:
+                """
+                Refuse.
+                """
+                raise CannotListenError("127.0.0.1", port, OSError("address already in use"))
+
+        config = parse("--store", "memory", "--data-dir", self.mktemp(), "--port", "tcp:5999")
+        service = makeService(config, Refusing())
+        error = self.assertRaises(SystemExit, service.startService)
+        self.assertEqual(error.code, 1)
+        # twistd exits here: it never stops a service that did not start.
