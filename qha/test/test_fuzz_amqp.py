@@ -24,8 +24,10 @@ failure.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
+import sys
 import tracemalloc
 from typing import Any, Callable, Sequence
 
@@ -67,16 +69,36 @@ Whether the long run was asked for (C{QHA_FUZZ=1}, as C{make fuzz} does).
 PROFILE = settings.get_profile("qha-fuzz" if FUZZING else "qha")
 """
 The hypothesis settings every fuzz test runs with; a test that costs more
-per example runs a fraction of them (see L{fewer}).
+per example runs a fraction of them (see L{fuzzed}).
 """
 
 
-def fewer(divisor: int) -> settings:
+def fuzzed(divisor: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
-    L{PROFILE} with C{1/divisor} of its examples (at least 5), for tests
-    whose examples are expensive.
+    Run a C{@given} test with L{PROFILE}, and C{1/divisor} of its examples
+    (at least 5) for a test whose examples are expensive.
+
+    Hypothesis attaches the falsifying example to the exception as a note,
+    which trial's report leaves out: the decorated test writes the notes
+    to standard error before the failure goes on.
     """
-    return settings(PROFILE, max_examples=max(5, PROFILE.max_examples // divisor))
+    chosen = settings(PROFILE, max_examples=max(5, PROFILE.max_examples // divisor))
+
+    def decorate(test: Callable[..., Any]) -> Callable[..., Any]:
+        withSettings = chosen(test)
+
+        @functools.wraps(withSettings)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return withSettings(*args, **kwargs)
+            except BaseException as error:
+                for note in getattr(error, "__notes__", []):
+                    print(note, file=sys.stderr)
+                raise
+
+        return run
+
+    return decorate
 
 
 # What the specification allows
@@ -431,7 +453,7 @@ class AMQPFuzzTests(tp.ProtocolTestCase):
             client.disconnect()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    @PROFILE
+    @fuzzed()
     @given(stream=hostileStreams, sizes=readSizes)
     def test_hostileStream(self, stream: bytes, sizes: list[int]) -> None:
         """
@@ -451,7 +473,7 @@ class AMQPFuzzTests(tp.ProtocolTestCase):
         finally:
             self.finishExample(hostile)
 
-    @PROFILE
+    @fuzzed()
     @given(garbage=st.binary(min_size=1, max_size=512), sizes=readSizes)
     def test_randomBytes(self, garbage: bytes, sizes: list[int]) -> None:
         """
@@ -474,7 +496,7 @@ class AMQPFuzzTests(tp.ProtocolTestCase):
         finally:
             self.finishExample(hostile)
 
-    @PROFILE
+    @fuzzed()
     @given(stream=hostileStreams, sizes=readSizes)
     def test_neverWaitsForever(self, stream: bytes, sizes: list[int]) -> None:
         """
@@ -496,7 +518,7 @@ class AMQPFuzzTests(tp.ProtocolTestCase):
         finally:
             self.finishExample(hostile)
 
-    @fewer(20)
+    @fuzzed(20)
     @given(
         shape=st.sampled_from(["hugeBodySize", "exactBodySize", "oversizedFrames", "manyBodies"]),
         frameSize=st.integers(1024, FRAME_MAX - 8),
