@@ -53,7 +53,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "qha-fuzz",
-    max_examples=int(os.environ.get("QHA_FUZZ_EXAMPLES", "2000")),
+    max_examples=int(os.environ.get("QHA_FUZZ_EXAMPLES", "5000")),
     deadline=None,
     derandomize=False,
     database=None,
