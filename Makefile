@@ -9,7 +9,7 @@ STAMP := $(VENV)/.qha-installed
 # twistd and trial find twisted/plugins/qha_plugin.py through the checkout.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test check soak clean
+.PHONY: run test check soak fuzz clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ check: test
 # The failover soak test (about a minute): three brokers, ten SIGKILL failovers.
 soak: $(STAMP)
 	QHA_SOAK=1 $(BIN)/trial qha.test.test_soak
+
+# The long fuzz run (several minutes): the hypothesis fuzz tests of the AMQP
+# frames, the replication events and the AMP boxes with the qha-fuzz profile,
+# random inputs each run (QHA_FUZZ_EXAMPLES=N for more or fewer).
+fuzz: $(STAMP)
+	QHA_FUZZ=1 $(BIN)/trial qha.test.test_fuzz_amqp qha.test.test_fuzz_events
 
 clean:
 	rm -rf $(VENV) _trial_temp* *.egg-info twisted/plugins/dropin.cache
