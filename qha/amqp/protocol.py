@@ -35,6 +35,7 @@ from ..broker.errors import (
     SyntaxError,
     UnexpectedFrame,
 )
+from ..broker.message import checkNesting
 from ..broker.vhost import VirtualHost
 from . import wire
 from .channel import Channel
@@ -424,6 +425,10 @@ class AMQPServer(Protocol):
         frame = cls()
         try:
             frame.unmarshal(payload)
+            # Tables nested deeper than the replication stream takes are refused.
+            table = getattr(frame, "arguments", None) or getattr(frame, "client_properties", None)
+            if table:
+                checkNesting(table)
         except Exception as error:
             raise SyntaxError(
                 f"could not decode the arguments of {getattr(cls, 'name', cls)} on channel"
