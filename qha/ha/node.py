@@ -40,7 +40,7 @@ from .commands import (
     Subscribe,
 )
 from ..changes.events import MalformedEvents
-from .primary import ReplicationGate, ReplicationSource, replicateLevel
+from .primary import ReplicationGate, ReplicationSource, parseHoldings, replicateLevel
 from .role import (
     ACTIVE,
     CATCHUP,
@@ -250,10 +250,7 @@ class NodeLocator(amp.CommandLocator):
         if node.role.name not in PRIMARY_ROLES:
             raise NotPrimary(f"this broker is {node.role.name}, not the primary")
         assert self.connection is not None
-        try:
-            held = json.loads(holdings) if holdings else {}
-        except ValueError:
-            held = {}
+        held = parseHoldings(holdings)
         source = ReplicationSource(node, self.connection, brokerId, address, node.clock)
         self.source = source
         node.sources[brokerId] = source
@@ -270,10 +267,7 @@ class NodeLocator(amp.CommandLocator):
         if queue not in node.vhost.queues:
             raise Refused(f"no queue '{queue}' on this broker to replicate")
         assert self.connection is not None
-        try:
-            held = json.loads(holdings) if holdings else {}
-        except ValueError:
-            held = {}
+        held = parseHoldings(holdings)
         source = ReplicationSource(node, self.connection, brokerId, "", node.clock, only=queue)
         self.source = source
         node.clock.callLater(0, source.start, held)
