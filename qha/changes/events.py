@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterator, Sequence
 
-from ..broker.message import MAX_TABLE_DEPTH, decodeTable, encodeTable
+from ..broker.message import decodeTable, encodeTable
 from ..broker.queue import Queue
 
 # Configuration
@@ -389,8 +389,8 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
     names are at most L{MAX_NAME} bytes of UTF-8, ids are 0 to 2**63 - 1
     and a range's first id is not after its last, flags are flags, lengths
     stay within the box, and tables nest at most
-    L{MAX_TABLE_DEPTH} deep. (The checks of the hot events are a few
-    comparisons each.)
+    L{qha.broker.message.MAX_TABLE_DEPTH} deep. (The checks of the hot
+    events are a few comparisons each.)
 
     @raise MalformedEvents: if C{data} is not a valid encoding, naming the
         event and the field.

@@ -62,7 +62,11 @@ def _name(value: Any) -> bool:
     Whether C{value} is a name an event may carry: a string of at most
     L{ev.MAX_NAME} bytes of UTF-8.
     """
-    return isinstance(value, str) and len(value) <= ev.MAX_NAME and len(value.encode("utf-8", "replace")) <= ev.MAX_NAME
+    return (
+        isinstance(value, str)
+        and len(value) <= ev.MAX_NAME
+        and len(value.encode("utf-8", "replace")) <= ev.MAX_NAME
+    )
 
 
 def parseSnapshot(data: bytes) -> tuple[dict[str, str], set[str]]:
@@ -75,6 +79,9 @@ def parseSnapshot(data: bytes) -> tuple[dict[str, str], set[str]]:
     present = _loads(ev.SNAPSHOT, data)
 
     def wrong(what: str) -> ev.MalformedEvents:
+        """
+        The error saying C{what} is wrong with the snapshot.
+        """
         return ev.MalformedEvents(f"malformed snapshot event: {what}")
 
     if not isinstance(present, dict):
@@ -104,6 +111,9 @@ def parseMembers(data: bytes) -> list[dict[str, str]]:
     members = _loads(ev.MEMBERS, data)
 
     def wrong(what: str) -> ev.MalformedEvents:
+        """
+        The error saying C{what} is wrong with the members.
+        """
         return ev.MalformedEvents(f"malformed members event: {what}")
 
     if not isinstance(members, list):
@@ -115,7 +125,10 @@ def parseMembers(data: bytes) -> list[dict[str, str]]:
             raise wrong(f"member {index} is not an object with an id")
         for key, value in member.items():
             if not isinstance(value, str) or len(key) > MAX_MEMBER_FIELD or len(value) > MAX_MEMBER_FIELD:
-                raise wrong(f"member {index}: field {key[:64]!r} is not a string of at most {MAX_MEMBER_FIELD}")
+                raise wrong(
+                    f"member {index}: field {key[:64]!r} is not a string of at most"
+                    f" {MAX_MEMBER_FIELD}"
+                )
     return members
 
 
@@ -169,6 +182,10 @@ class Replicator:
         return self.vhost.queues.get(name)
 
     def snapshot(self, data: bytes) -> None:
+        """
+        The primary's snapshot: drop what it no longer has (checked
+        whole by L{parseSnapshot} before anything is dropped).
+        """
         queues, exchanges = parseSnapshot(data)
         for name, queue in list(self.vhost.queues.items()):
             if queues.get(name) != queue.uuid:
@@ -295,6 +312,9 @@ class Replicator:
         self.caughtUp()
 
     def membersChanged(self, data: bytes) -> None:
+        """
+        The backups the primary has, checked by L{parseMembers}.
+        """
         self.members = parseMembers(data)
 
 

@@ -150,7 +150,9 @@ def checkHoldings(value: Any) -> dict[str, HeldIds]:
     @raise BadHoldings: naming the queue and what is wrong.
     """
     if not isinstance(value, dict):
-        raise BadHoldings(f"holdings must be a JSON object of queue names, not a {type(value).__name__}")
+        raise BadHoldings(
+            f"holdings must be a JSON object of queue names, not a {type(value).__name__}"
+        )
     if len(value) > MAX_HELD_QUEUES:
         raise BadHoldings(f"holdings name {len(value)} queues (at most {MAX_HELD_QUEUES})")
     checked: dict[str, HeldIds] = {}
