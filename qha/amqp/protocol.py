@@ -36,6 +36,7 @@ from ..broker.errors import (
     SyntaxError,
     UnexpectedFrame,
 )
+from ..broker.message import checkNesting
 from ..broker.vhost import VirtualHost
 from . import wire
 from .channel import Channel
@@ -451,6 +452,10 @@ class AMQPServer(Protocol):
         frame = cls()
         try:
             frame.unmarshal(payload)
+            # Tables nested deeper than the replication stream takes are refused.
+            table = getattr(frame, "arguments", None) or getattr(frame, "client_properties", None)
+            if table:
+                checkNesting(table)
         except Exception as error:
             raise SyntaxError(
                 f"could not decode the arguments of {getattr(cls, 'name', cls)} on channel"

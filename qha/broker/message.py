@@ -44,6 +44,113 @@ _PROPERTIES = [
 # Property flags of variable-size properties (short strings and the table).
 _VARIABLE = 0xFFFC & ~(0x1000 | 0x0800 | 0x0040)
 
+# How deep tables and arrays may nest in one field table. pamqp decodes them
+# recursively, two Python frames a level: an input nested a few hundred
+# deep ends in RecursionError, and one a little less deep fails later in a
+# deeper stack. 64 is far beyond what any client sends (rabbitmq-c stops at
+# 100 for the same reason).
+MAX_TABLE_DEPTH = 64
+
+# The size of each fixed-size field value, by its type byte.
+_FIXED_VALUES = {
+    ord(code): size
+    for code, size in (
+        ("t", 1), ("b", 1), ("B", 1), ("s", 2), ("u", 2), ("I", 4), ("i", 4), ("l", 8),
+        ("L", 8), ("f", 4), ("d", 8), ("D", 5), ("T", 8), ("V", 0), ("\x00", 0),
+    )
+}
+_LONG_VALUES = frozenset(b"Sx")
+_TABLE, _ARRAY = ord("F"), ord("A")
+
+
+def checkTableDepth(data: bytes, offset: int = 0, limit: int = MAX_TABLE_DEPTH) -> None:
+    """
+    Check that the field table at C{offset} of C{data} (its 4-byte length
+    first) nests tables and arrays at most C{limit} deep, without
+    recursion: one pass over its bytes. Anything else wrong with it is left
+    for the decoder to find.
+
+    @raise ValueError: if it nests deeper.
+    """
+    try:
+        length = _unpackLong(data, offset)[0]
+        offset += 4
+        # Each level: whether it is a table (keys before values), and its end.
+        stack = [(True, offset + length)]
+        while stack:
+            isTable, stop = stack[-1]
+            if offset >= stop:
+                stack.pop()
+                continue
+            if isTable:
+                offset += 1 + data[offset]
+            code = data[offset]
+            offset += 1
+            size = _FIXED_VALUES.get(code)
+            if size is not None:
+                offset += size
+            elif code in _LONG_VALUES:
+                offset += 4 + _unpackLong(data, offset)[0]
+            elif code == _TABLE or code == _ARRAY:
+                if len(stack) >= limit:
+                    raise ValueError(f"tables nest deeper than {limit} levels")
+                length = _unpackLong(data, offset)[0]
+                offset += 4
+                stack.append((code == _TABLE, offset + length))
+            else:
+                return
+    except (IndexError, struct.error):
+        return
+
+
+def checkNesting(table: Any, limit: int = MAX_TABLE_DEPTH) -> None:
+    """
+    Check that a decoded field table (or array) nests tables and arrays at
+    most C{limit} deep, without recursion: what L{checkTableDepth} checks
+    of the bytes, for a table a decoder gave already (the arguments of a
+    method frame), so that the broker never holds one that its replication
+    stream or its store would refuse.
+
+    @raise ValueError: if it nests deeper.
+    """
+    level: list[Any] = [table]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise ValueError(f"tables nest deeper than {limit} levels")
+        nested: list[Any] = []
+        for value in level:
+            for item in value.values() if isinstance(value, dict) else value:
+                if isinstance(item, (dict, list, tuple)):
+                    nested.append(item)
+        level = nested
+
+
+def decodeTable(data: bytes, offset: int = 0) -> tuple[int, dict[str, Any]]:
+    """
+    Decode the field table at C{offset} of C{data} (its 4-byte length
+    first), nested at most L{MAX_TABLE_DEPTH} deep.
+
+    @return: the offset after it, and the table.
+    @raise ValueError: saying what is wrong, whatever is wrong with it.
+    """
+    try:
+        length = _unpackLong(data, offset)[0]
+        end = offset + 4 + length
+        if end > len(data):
+            raise ValueError(f"the table claims {length} bytes but {len(data) - offset - 4} are left")
+        if data.find(b"F", offset + 4, end) >= 0 or data.find(b"A", offset + 4, end) >= 0:
+            # Without those type bytes nothing can nest: most tables skip
+            # the scan.
+            checkTableDepth(data, offset)
+        consumed, table = decode.field_table(data[offset:end])
+    except ValueError:
+        raise
+    except (RecursionError, struct.error, IndexError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise ValueError(f"undecodable table: {error}") from None
+    return offset + consumed, table
+
 
 def checkProperties(header: bytes) -> None:
     """
@@ -86,7 +193,7 @@ def checkProperties(header: bytes) -> None:
                     f" {end - offset - 4} left"
                 )
             try:
-                decode.field_table(header[offset : offset + 4 + length])
+                decodeTable(header, offset)
             except Exception as error:
                 raise ValueError(f"the headers table cannot be decoded: {error}") from None
             offset += 4 + length

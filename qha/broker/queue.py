@@ -17,8 +17,9 @@ expiry and dead-lettering. A queue with none of them takes a fast path.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
+from itertools import islice
 from uuid import uuid4
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
@@ -778,6 +779,9 @@ class Queue:
     def replicaDequeueRange(self, first: int, last: int) -> None:
         """
         The primary's entries C{first} to C{last} are gone.
+
+        The work is bounded by what the queue holds, however wide the
+        range: the ids are those of the entries, never counted through.
         """
         held = self.held
         if len(self.levels) == 1:
@@ -793,11 +797,58 @@ class Queue:
                 self._removedAll(gone)
             if not ready or ready[0].id > last:
                 # Entries are in id order: the rest of the range is gone.
-                for id in range(first, last + 1):
-                    held.pop(id, None)
+                self._releaseHeld(first, last)
                 return
-        for id in range(first, last + 1):
-            self.replicaDequeue(id)
+        self._releaseHeld(first, last)
+        gone = self._takeReady(first, last)
+        if gone:
+            self._removedAll(gone)
+
+    def _releaseHeld(self, first: int, last: int) -> None:
+        """
+        Forget that consumers hold the ids C{first} to C{last}: by id when
+        the range is narrower than what they hold, else by what they hold.
+        """
+        held = self.held
+        if not held:
+            return
+        if last - first < len(held):
+            for id in range(first, last + 1):
+                held.pop(id, None)
+        else:
+            for id in [id for id in held if first <= id <= last]:
+                del held[id]
+
+    def _readyIn(self, first: int, last: int) -> Iterator[tuple[deque[Entry], int, int]]:
+        """
+        The ready entries with ids C{first} to C{last}: for each level that
+        has some, the level and the index of the first and one past the
+        last (found by bisection: a replica's levels are in id order).
+        """
+        for ready in self.levels:
+            if not ready or ready[0].id > last or ready[-1].id < first:
+                continue
+            start = 0 if ready[0].id >= first else bisect_left(ready, first, key=_entryId)
+            stop = len(ready) if ready[-1].id <= last else bisect_right(ready, last, key=_entryId)
+            if start < stop:
+                yield ready, start, stop
+
+    def _takeReady(self, first: int, last: int) -> list[Entry]:
+        """
+        Take the ready entries with ids C{first} to C{last} out of their
+        levels; return them in id order.
+        """
+        gone: list[Entry] = []
+        for ready, start, stop in list(self._readyIn(first, last)):
+            ready.rotate(-start)
+            for _ in range(stop - start):
+                entry = ready.popleft()
+                self._forget(entry)
+                gone.append(entry)
+            ready.rotate(start)
+        if len(self.levels) > 1:
+            gone.sort(key=_entryId)
+        return gone
 
     def replicaAcquire(self, id: int) -> None:
         """
@@ -812,18 +863,25 @@ class Queue:
     def replicaAcquireRange(self, first: int, last: int) -> None:
         """
         A consumer on the primary holds entries C{first} to C{last}.
+
+        By id when the range is narrower than the queue (the common case,
+        a consumer taking the next few), else by the entries in it: never
+        more work than the queue holds.
         """
-        if self._byId is None:
-            for id in range(first, last + 1):
-                self.replicaAcquire(id)
-            return
-        find = self._byId.get
+        byId = self._byId
         held = self.held
-        for id in range(first, last + 1):
-            entry = find(id)
-            if entry is not None:
+        if byId is not None and last - first < len(byId):
+            find = byId.get
+            for id in range(first, last + 1):
+                entry = find(id)
+                if entry is not None:
+                    entry.redelivered = True
+                    held[id] = entry
+            return
+        for ready, start, stop in self._readyIn(first, last):
+            for entry in islice(ready, start, stop):
                 entry.redelivered = True
-                held[id] = entry
+                held[entry.id] = entry
 
     def replicaRelease(self, id: int) -> None:
         """

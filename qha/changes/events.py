@@ -18,9 +18,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterator, Sequence
 
-from pamqp import decode
-
-from ..broker.message import encodeTable
+from ..broker.message import decodeTable, encodeTable
 from ..broker.queue import Queue
 
 # Configuration
@@ -157,6 +155,20 @@ class EventWriter:
             return
         for entry in entries:
             self.entryEvent(kind, queue, entry.id)
+
+    def entryRange(self, kind: bytes, queue: str, first: int, last: int) -> None:
+        """
+        The entries C{first} to C{last} of C{queue}, dequeued or acquired
+        (C{kind} L{DEQUEUED} or L{ACQUIRED}), as one event whatever the
+        width of the range (it extends the open run if it follows it). It
+        counts as one event: the ids need not be entries this broker has
+        (a catch-up tells a backup to drop what it holds and the primary
+        no longer has).
+        """
+        self.count += 1
+        if self.held is not None:
+            self._encodeHeld()
+        self._extendRun(kind, queue, first, last)
 
     def _extendRun(self, kind: bytes, queue: str, first: int, last: int) -> None:
         """
@@ -304,6 +316,49 @@ LAYOUTS: dict[bytes, str] = {
     MEMBERS: "b",
 }
 
+# What each event and its fields are called, for saying which is wrong.
+EVENT_NAMES: dict[bytes, str] = {
+    QUEUE_DECLARED: "queue-declared",
+    QUEUE_DELETED: "queue-deleted",
+    EXCHANGE_DECLARED: "exchange-declared",
+    EXCHANGE_DELETED: "exchange-deleted",
+    BOUND: "bound",
+    UNBOUND: "unbound",
+    PURGED: "purged",
+    ENQUEUED: "enqueued",
+    DEQUEUED: "dequeued",
+    ACQUIRED: "acquired",
+    RELEASED: "released",
+    DEQUEUED_RANGE: "dequeued-range",
+    ACQUIRED_RANGE: "acquired-range",
+    SNAPSHOT: "snapshot",
+    CAUGHT_UP: "caught-up",
+    MEMBERS: "members",
+}
+FIELD_NAMES: dict[bytes, tuple[str, ...]] = {
+    QUEUE_DECLARED: ("queue", "uuid", "durable", "exclusive", "auto-delete", "ever-consumed", "arguments"),
+    QUEUE_DELETED: ("queue", "uuid"),
+    EXCHANGE_DECLARED: ("exchange", "type", "unused", "durable", "auto-delete", "internal", "arguments"),
+    EXCHANGE_DELETED: ("exchange",),
+    BOUND: ("source", "destination kind", "destination", "routing key", "arguments"),
+    UNBOUND: ("source", "destination kind", "destination", "routing key", "arguments"),
+    PURGED: ("queue",),
+    DEQUEUED_RANGE: ("queue", "first id", "last id"),
+    ACQUIRED_RANGE: ("queue", "first id", "last id"),
+    SNAPSHOT: ("state",),
+    CAUGHT_UP: (),
+    MEMBERS: ("members",),
+}
+
+# The longest name (of a queue, an exchange, a type, a routing key, a uuid)
+# an event may carry: AMQP's short string.
+MAX_NAME = 255
+# Ids are 63-bit: 0 <= id < 2**63 (an 8-byte signed field is never more).
+# Destination kinds of a binding event.
+_DESTINATIONS = (b"q", b"x")
+# Flags of an ENQUEUED event: redelivered (1) and acquired (2).
+_ENQUEUED_FLAGS = 3
+
 
 _ENTRY_EVENTS = frozenset((ENQUEUED, DEQUEUED, ACQUIRED, RELEASED))
 _RANGES = {DEQUEUED: DEQUEUED_RANGE, ACQUIRED: ACQUIRED_RANGE}
@@ -311,38 +366,71 @@ _RANGES = {DEQUEUED: DEQUEUED_RANGE, ACQUIRED: ACQUIRED_RANGE}
 
 class MalformedEvents(ValueError):
     """
-    A replication box could not be decoded.
+    A replication box (or a journal record) could not be decoded, or one of
+    its events carries a value no primary sends; the message names the
+    event, where it starts and the field.
     """
+
+
+def _malformed(kind: bytes, start: int, what: str) -> MalformedEvents:
+    """
+    The error for event C{kind} starting at offset C{start}: C{what} is
+    wrong with it.
+    """
+    return MalformedEvents(f"malformed {EVENT_NAMES[kind]} event at offset {start}: {what}")
 
 
 def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
     """
     Decode the events in C{data}: tuples of the type byte and its fields.
 
-    @raise MalformedEvents: if C{data} is not a valid encoding.
+    Every field is checked as it is decoded, so that what the events cost
+    to apply depends on what a queue holds, never on the numbers in them:
+    names are at most L{MAX_NAME} bytes of UTF-8, ids are 0 to 2**63 - 1
+    and a range's first id is not after its last, flags are flags, lengths
+    stay within the box, and tables nest at most
+    L{qha.broker.message.MAX_TABLE_DEPTH} deep. (The checks of the hot
+    events are a few comparisons each.)
+
+    @raise MalformedEvents: if C{data} is not a valid encoding, naming the
+        event and the field.
     """
     offset = 0
+    start = 0
     end = len(data)
     view = memoryview(data)
     unpackH = _H.unpack_from
     unpackI = _I.unpack_from
     unpackq = _q.unpack_from
+    kind = b""
     try:
         while offset < end:
+            start = offset
             kind = data[offset : offset + 1]
             offset += 1
             if kind in _ENTRY_EVENTS:
                 # The hot events, decoded without the generic loop.
                 length = unpackH(data, offset)[0]
                 offset += 2
+                if length > MAX_NAME:
+                    raise _malformed(kind, start, f"queue name of {length} bytes (at most {MAX_NAME})")
                 name = str(view[offset : offset + length], "utf-8")
                 offset += length
                 id = unpackq(data, offset)[0]
                 offset += 8
+                if id < 0:
+                    raise _malformed(kind, start, f"id {id} is negative")
                 if kind == ENQUEUED:
                     flags = data[offset]
                     expiresAt = unpackq(data, offset + 1)[0]
                     offset += 9
+                    if flags > _ENQUEUED_FLAGS or expiresAt < 0:
+                        raise _malformed(
+                            kind,
+                            start,
+                            f"flags 0x{flags:02x}" if flags > _ENQUEUED_FLAGS
+                            else f"deadline {expiresAt} is negative",
+                        )
                     length = unpackI(data, offset)[0]
                     addressing = data[offset + 4 : offset + 4 + length]
                     offset += 4 + length
@@ -353,7 +441,7 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                     body = data[offset + 4 : offset + 4 + length]
                     offset += 4 + length
                     if offset > end:
-                        raise MalformedEvents("event runs past the end of the box")
+                        raise _malformed(kind, start, "it runs past the end of the box")
                     yield (
                         kind,
                         name,
@@ -367,17 +455,23 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                     )
                 else:
                     if offset > end:
-                        raise MalformedEvents("event runs past the end of the box")
+                        raise _malformed(kind, start, "it runs past the end of the box")
                     yield (kind, name, id)
                 continue
             layout = LAYOUTS.get(kind)
             if layout is None:
-                raise MalformedEvents(f"unknown event type {kind!r} at offset {offset - 1}")
+                raise MalformedEvents(f"unknown event type {kind!r} at offset {start}")
             fields: list[Any] = [kind]
-            for code in layout:
+            for index, code in enumerate(layout):
                 if code == "s":
                     length = _H.unpack_from(data, offset)[0]
                     offset += 2
+                    if length > MAX_NAME:
+                        raise _malformed(
+                            kind,
+                            start,
+                            f"{FIELD_NAMES[kind][index]} of {length} bytes (at most {MAX_NAME})",
+                        )
                     fields.append(str(view[offset : offset + length], "utf-8"))
                     offset += length
                 elif code == "b":
@@ -386,20 +480,37 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                     fields.append(data[offset : offset + length])
                     offset += length
                 elif code == "i":
-                    fields.append(_q.unpack_from(data, offset)[0])
+                    value = _q.unpack_from(data, offset)[0]
+                    if value < 0:
+                        raise _malformed(kind, start, f"{FIELD_NAMES[kind][index]} {value} is negative")
+                    fields.append(value)
                     offset += 8
                 elif code == "f":
-                    fields.append(data[offset] == 1)
+                    flag = data[offset]
+                    if flag > 1:
+                        raise _malformed(
+                            kind, start, f"{FIELD_NAMES[kind][index]} is 0x{flag:02x}, not a boolean"
+                        )
+                    fields.append(flag == 1)
                     offset += 1
                 else:
-                    length = _I.unpack_from(data, offset)[0]
-                    _, table = decode.field_table(data[offset : offset + 4 + length])
+                    try:
+                        offset, table = decodeTable(data, offset)
+                    except ValueError as error:
+                        raise _malformed(kind, start, f"{FIELD_NAMES[kind][index]}: {error}") from None
                     fields.append(table)
-                    offset += 4 + length
             if offset > end:
-                raise MalformedEvents("event runs past the end of the box")
+                raise _malformed(kind, start, "it runs past the end of the box")
+            if kind in (DEQUEUED_RANGE, ACQUIRED_RANGE) and fields[2] > fields[3]:
+                raise _malformed(kind, start, f"first id {fields[2]} is after last id {fields[3]}")
+            elif kind in (BOUND, UNBOUND) and fields[2] not in _DESTINATIONS:
+                raise _malformed(kind, start, f"destination kind {fields[2]!r} is neither b'q' nor b'x'")
+            elif kind == QUEUE_DECLARED and not fields[1]:
+                raise _malformed(kind, start, "the queue has no name")
             yield tuple(fields)
-    except (struct.error, IndexError, UnicodeDecodeError, ValueError) as error:
-        if isinstance(error, MalformedEvents):
-            raise
-        raise MalformedEvents(f"undecodable event at offset {offset}: {error}") from None
+    except MalformedEvents:
+        raise
+    except UnicodeDecodeError as error:
+        raise _malformed(kind, start, f"a name is not UTF-8 ({error.reason})") from None
+    except (struct.error, IndexError, ValueError, KeyError, TypeError, RecursionError) as error:
+        raise MalformedEvents(f"undecodable event at offset {start}: {error}") from None

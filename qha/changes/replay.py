@@ -36,6 +36,102 @@ def holdingsOf(vhost: VirtualHost) -> dict[str, Any]:
     return holdings
 
 
+# The most backups a members event may list, and the longest id, address
+# or role it may give one.
+MAX_MEMBERS = 1024
+MAX_MEMBER_FIELD = 1024
+
+
+def _loads(kind: bytes, data: bytes) -> Any:
+    """
+    The JSON value of the C{kind} event's payload.
+
+    @raise ev.MalformedEvents: if it is not JSON (or nests too deep for
+        the decoder).
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise ev.MalformedEvents(
+            f"malformed {ev.EVENT_NAMES[kind]} event: not JSON ({error})"
+        ) from None
+
+
+def _name(value: Any) -> bool:
+    """
+    Whether C{value} is a name an event may carry: a string of at most
+    L{ev.MAX_NAME} bytes of UTF-8.
+    """
+    return (
+        isinstance(value, str)
+        and len(value) <= ev.MAX_NAME
+        and len(value.encode("utf-8", "replace")) <= ev.MAX_NAME
+    )
+
+
+def parseSnapshot(data: bytes) -> tuple[dict[str, str], set[str]]:
+    """
+    The queues (name to uuid) and exchanges a snapshot event says the
+    primary has.
+
+    @raise ev.MalformedEvents: naming what is wrong with it.
+    """
+    present = _loads(ev.SNAPSHOT, data)
+
+    def wrong(what: str) -> ev.MalformedEvents:
+        """
+        The error saying C{what} is wrong with the snapshot.
+        """
+        return ev.MalformedEvents(f"malformed snapshot event: {what}")
+
+    if not isinstance(present, dict):
+        raise wrong(f"a JSON {type(present).__name__}, not an object")
+    queues = present.get("queues")
+    if not isinstance(queues, dict):
+        raise wrong("'queues' is not an object of queue names to uuids")
+    for name, uuid in queues.items():
+        if not _name(name) or not _name(uuid):
+            raise wrong(f"queue {name[:64]!r}: its name or uuid {str(uuid)[:64]!r} is not a name")
+    exchanges = present.get("exchanges")
+    if not isinstance(exchanges, list):
+        raise wrong("'exchanges' is not a list of exchange names")
+    for name in exchanges:
+        if not _name(name):
+            raise wrong(f"exchange {str(name)[:64]!r} is not a name")
+    return queues, set(exchanges)
+
+
+def parseMembers(data: bytes) -> list[dict[str, str]]:
+    """
+    The backups a members event lists: each an object of strings with an
+    C{id}.
+
+    @raise ev.MalformedEvents: naming what is wrong with it.
+    """
+    members = _loads(ev.MEMBERS, data)
+
+    def wrong(what: str) -> ev.MalformedEvents:
+        """
+        The error saying C{what} is wrong with the members.
+        """
+        return ev.MalformedEvents(f"malformed members event: {what}")
+
+    if not isinstance(members, list):
+        raise wrong(f"a JSON {type(members).__name__}, not a list")
+    if len(members) > MAX_MEMBERS:
+        raise wrong(f"{len(members)} members (at most {MAX_MEMBERS})")
+    for index, member in enumerate(members):
+        if not isinstance(member, dict) or not isinstance(member.get("id"), str):
+            raise wrong(f"member {index} is not an object with an id")
+        for key, value in member.items():
+            if not isinstance(value, str) or len(key) > MAX_MEMBER_FIELD or len(value) > MAX_MEMBER_FIELD:
+                raise wrong(
+                    f"member {index}: field {key[:64]!r} is not a string of at most"
+                    f" {MAX_MEMBER_FIELD}"
+                )
+    return members
+
+
 class Replicator:
     """
     Applies replication events to a backup's virtual host.
@@ -86,14 +182,16 @@ class Replicator:
         return self.vhost.queues.get(name)
 
     def snapshot(self, data: bytes) -> None:
-        present = json.loads(data)
-        queues = present["queues"]
+        """
+        The primary's snapshot: drop what it no longer has (checked
+        whole by L{parseSnapshot} before anything is dropped).
+        """
+        queues, exchanges = parseSnapshot(data)
         for name, queue in list(self.vhost.queues.items()):
             if queues.get(name) != queue.uuid:
                 # Gone from the primary, or deleted and recreated while we
                 # were away.
                 self.vhost.deleteQueue(name, owner=queue.owner)
-        exchanges = set(present["exchanges"])
         for name in list(self.vhost.exchanges):
             if name and not name.startswith("amq.") and name not in exchanges:
                 self.vhost.deleteExchange(name)
@@ -214,7 +312,10 @@ class Replicator:
         self.caughtUp()
 
     def membersChanged(self, data: bytes) -> None:
-        self.members = json.loads(data)
+        """
+        The backups the primary has, checked by L{parseMembers}.
+        """
+        self.members = parseMembers(data)
 
 
 _handlers: dict[bytes, Callable[..., None]] = {

@@ -78,6 +78,14 @@ class MalformedBox(Exception):
     """
 
 
+class BadHoldings(Exception):
+    """
+    The holdings of a L{Subscribe} are not what a backup sends (a JSON
+    object of queue names to a uuid and sorted id ranges within bounds);
+    the message says what is wrong. The subscription is refused.
+    """
+
+
 class OutOfSequence(Exception):
     """
     A replication box arrived after a gap (a box before it is missing): the
@@ -92,6 +100,7 @@ ERRORS: dict[type[Exception], bytes] = {
     Refused: b"REFUSED",
     OutOfSequence: b"OUT_OF_SEQUENCE",
     MalformedBox: b"MALFORMED_BOX",
+    BadHoldings: b"BAD_HOLDINGS",
 }
 """
 The error codes of every command of the AMP port, replication and admin: an

@@ -6,7 +6,6 @@ backup's link to the primary L{Events} and L{Heartbeat}.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -14,24 +13,12 @@ from twisted.protocols import amp
 
 from .commands import Events, Heartbeat, Hello, NotPrimary, Refused, StaleEpoch, Subscribe
 from .connection import Session
-from .primary import ReplicationSource
+from .primary import ReplicationSource, parseHoldings
 from .role import JOINING
 
 if TYPE_CHECKING:
     from .link import BackupLink
     from .node import HANode
-
-
-def _holdings(holdings: bytes) -> dict[str, Any]:
-    """
-    A subscriber's holdings, or nothing when they cannot be read (it then
-    gets everything).
-    """
-    try:
-        held = json.loads(holdings) if holdings else {}
-    except ValueError:
-        held = {}
-    return held if isinstance(held, dict) else {}
 
 
 class ReplicationLocator(amp.CommandLocator):
@@ -98,10 +85,11 @@ class ReplicationLocator(amp.CommandLocator):
         if not node.role.isPrimary:
             raise NotPrimary(f"this broker is {node.role.name}, not the primary")
         assert self.session.connection is not None
+        held = parseHoldings(holdings)
         source = ReplicationSource(node, self.session.connection, brokerId, address, node.clock)
         self.source = source
         node.sources[brokerId] = source
-        node.clock.callLater(0, source.start, _holdings(holdings))
+        node.clock.callLater(0, source.start, held)
         return {"epoch": node.epoch}
 
     def _subscribeQueue(self, brokerId: str, holdings: bytes, queue: str) -> dict[str, Any]:
@@ -114,11 +102,12 @@ class ReplicationLocator(amp.CommandLocator):
         if queue not in node.vhost.queues:
             raise Refused(f"no queue '{queue}' on this broker to replicate")
         assert self.session.connection is not None
+        held = parseHoldings(holdings)
         source = ReplicationSource(
             node, self.session.connection, brokerId, "", node.clock, only=queue
         )
         self.source = source
-        node.clock.callLater(0, source.start, _holdings(holdings))
+        node.clock.callLater(0, source.start, held)
         return {"epoch": node.epoch}
 
     @Events.responder

@@ -14,7 +14,8 @@ it before applying it.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -27,7 +28,7 @@ from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from ..changes import events as ev
-from .commands import Events, Heartbeat, eventsArguments
+from .commands import BadHoldings, Events, Heartbeat, eventsArguments
 
 if TYPE_CHECKING:
     from .node import HANode
@@ -121,6 +122,138 @@ def writeNow(transport: Any) -> None:
 
 def _builtin(exchange: Exchange) -> bool:
     return exchange.name == "" or exchange.name.startswith("amq.")
+
+
+# Bounds of a Subscribe's holdings: the ids are 63-bit, and no backup holds
+# more queues or id ranges than these (a range is two numbers of JSON; the
+# AMP box that carries them bounds them first).
+MAX_ID = 2**63 - 1
+MAX_HELD_QUEUES = 1 << 20
+MAX_HELD_RANGES = 1 << 24
+MAX_HELD_NAME = 255
+
+
+class HeldIds:
+    """
+    What a backup holds of one queue: the queue's uuid and its entry ids as
+    sorted, disjoint ranges. Membership is a bisection, so that a range as
+    wide as a peer cares to claim costs what its two numbers cost.
+
+    @ivar uuid: the uuid of the queue the backup holds.
+    @ivar starts: the first id of each range, increasing.
+    @ivar ends: the last id of each range (C{ends[i] < starts[i + 1]}).
+    """
+
+    __slots__ = ("uuid", "starts", "ends")
+
+    def __init__(self, uuid: str, starts: list[int], ends: list[int]) -> None:
+        self.uuid = uuid
+        self.starts = starts
+        self.ends = ends
+
+    def __contains__(self, id: int) -> bool:
+        index = bisect_right(self.starts, id) - 1
+        return index >= 0 and id <= self.ends[index]
+
+    def __repr__(self) -> str:
+        return f"<HeldIds {self.uuid} {list(zip(self.starts, self.ends))}>"
+
+    def without(self, ids: Sequence[int]) -> Iterator[tuple[int, int]]:
+        """
+        The runs of held ids that are not among C{ids} (sorted): as many as
+        there are ranges and ids, however many ids the ranges span.
+        """
+        count = len(ids)
+        index = 0
+        for start, end in zip(self.starts, self.ends):
+            index = bisect_left(ids, start, index)
+            next = start
+            while index < count and ids[index] <= end:
+                if ids[index] > next:
+                    yield next, ids[index] - 1
+                next = ids[index] + 1
+                index += 1
+            if next <= end:
+                yield next, end
+
+
+Holdings = Mapping[str, HeldIds]
+
+
+def checkHoldings(value: Any) -> dict[str, HeldIds]:
+    """
+    The holdings of a L{Subscribe}, checked: an object of queue names (at
+    most L{MAX_HELD_NAME} bytes) to C{{"uuid": str, "ids": [[start, end],
+    ...]}}, the ranges increasing and disjoint with C{0 <= start <= end <
+    2**63}, at most L{MAX_HELD_QUEUES} queues and L{MAX_HELD_RANGES}
+    ranges in all. Other keys of a queue's object are ignored.
+
+    @raise BadHoldings: naming the queue and what is wrong.
+    """
+    if not isinstance(value, dict):
+        raise BadHoldings(
+            f"holdings must be a JSON object of queue names, not a {type(value).__name__}"
+        )
+    if len(value) > MAX_HELD_QUEUES:
+        raise BadHoldings(f"holdings name {len(value)} queues (at most {MAX_HELD_QUEUES})")
+    checked: dict[str, HeldIds] = {}
+    ranges = 0
+    for name, held in value.items():
+        if len(name) > MAX_HELD_NAME or len(name.encode("utf-8", "replace")) > MAX_HELD_NAME:
+            raise BadHoldings(f"holdings name a queue of more than {MAX_HELD_NAME} bytes")
+        where = f"holdings of queue {name!r}"
+        if not isinstance(held, dict):
+            raise BadHoldings(f"{where}: not an object with a uuid and ids")
+        uuid = held.get("uuid")
+        if not isinstance(uuid, str) or len(uuid) > MAX_HELD_NAME:
+            raise BadHoldings(f"{where}: the uuid is not a string of at most {MAX_HELD_NAME}")
+        ids = held.get("ids", [])
+        if not isinstance(ids, list):
+            raise BadHoldings(f"{where}: ids is not a list of [start, end] ranges")
+        ranges += len(ids)
+        if ranges > MAX_HELD_RANGES:
+            raise BadHoldings(f"holdings hold more than {MAX_HELD_RANGES} id ranges")
+        starts: list[int] = []
+        ends: list[int] = []
+        last = -1
+        for index, pair in enumerate(ids):
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or type(pair[0]) is not int
+                or type(pair[1]) is not int
+            ):
+                raise BadHoldings(f"{where}: range {index} is not a pair of integers")
+            start, end = pair
+            if not 0 <= start <= end <= MAX_ID:
+                raise BadHoldings(
+                    f"{where}: range {index} [{start}, {end}] is not 0 <= start <= end < 2**63"
+                )
+            if start <= last:
+                raise BadHoldings(
+                    f"{where}: range {index} [{start}, {end}] does not follow the one before it"
+                )
+            starts.append(start)
+            ends.append(end)
+            last = end
+        checked[name] = HeldIds(uuid, starts, ends)
+    return checked
+
+
+def parseHoldings(data: bytes) -> dict[str, HeldIds]:
+    """
+    The holdings a L{Subscribe} carries (JSON; empty: none), checked by
+    L{checkHoldings} before anything is done with them.
+
+    @raise BadHoldings: if they are not JSON or not valid holdings.
+    """
+    if not data:
+        return {}
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise BadHoldings(f"holdings are not JSON: {error}") from None
+    return checkHoldings(value)
 
 
 class GateOptions(Protocol):
@@ -385,11 +518,21 @@ class ReplicationSource:
 
     # Lifetime
 
-    def start(self, holdings: dict[str, Any]) -> None:
+    def start(self, holdings: Mapping[str, Any]) -> None:
         """
         Send the snapshot (only what the backup lacks), then follow the
         live stream.
+
+        @param holdings: what the backup holds, from L{parseHoldings};
+            holdings not checked yet are checked here, and the backup is
+            dropped if they are not valid.
         """
+        if not all(isinstance(held, HeldIds) for held in holdings.values()):
+            try:
+                holdings = checkHoldings(holdings)
+            except BadHoldings as error:
+                self.drop(str(error))
+                return
         if self.only is not None:
             self.snapshotQueue(holdings)
         else:
@@ -530,7 +673,7 @@ class ReplicationSource:
 
     # Snapshot
 
-    def snapshotQueue(self, holdings: dict[str, Any]) -> None:
+    def snapshotQueue(self, holdings: Holdings) -> None:
         """
         The snapshot of single-queue replication: the one queue and what
         the replica lacks of it.
@@ -540,30 +683,33 @@ class ReplicationSource:
             self._declare(queue)
             self._entries(queue, holdings)
 
-    def _entries(self, queue: Queue, holdings: dict[str, Any]) -> None:
+    def _entries(self, queue: Queue, holdings: Holdings) -> None:
         """
         The entries of C{queue} the backup lacks, drops for those it holds
         that are gone, and acquire marks for those consumers hold.
+
+        The work and the events are bounded by the entries the queue holds
+        and the number of ranges the backup sent, never by the ids the
+        ranges span: membership is a bisection, and the held ids that are
+        gone are dropped a run at a time.
         """
         held = holdings.get(queue.name)
-        have: set[int] = set()
-        if held is not None and held.get("uuid") == queue.uuid:
-            for start, end in held.get("ids", []):
-                have.update(range(start, end + 1))
+        if held is not None and held.uuid != queue.uuid:
+            held = None
         entries = sorted(
             list(queue.readyEntries()) + list(queue.held.values()),
             key=lambda entry: entry.id,
         )
-        mine = {entry.id for entry in entries}
-        for id in sorted(have - mine):
-            self.writer.entryEvent(ev.DEQUEUED, queue.name, id)
+        if held is not None:
+            for first, last in held.without([entry.id for entry in entries]):
+                self.writer.entryRange(ev.DEQUEUED, queue.name, first, last)
         for entry in entries:
-            if entry.id not in have:
+            if held is None or entry.id not in held:
                 self.enqueued(queue, entry)
             if entry.id in queue.held:
                 self.writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
 
-    def snapshot(self, holdings: dict[str, Any]) -> None:
+    def snapshot(self, holdings: Holdings) -> None:
         """
         Write the state the backup needs: every replicated object, and of
         each message-replicated queue the entries the backup lacks, and
