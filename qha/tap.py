@@ -24,6 +24,9 @@ from .datadir import claimOrExit
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
 from .admin.locator import adminLocator
 from .ha.config import HAOptions, parseBrokers
+from .ha.coordinated import etcdFor
+from .ha.coordinator import clusterPrefix
+from .ha.etcd import parseCoordinator
 from .ha.connection import NodeAMPFactory
 from .ha.identity import PersistentState
 from .ha.node import HANode
@@ -209,6 +212,29 @@ class Options(usage.Options):
             "yes: allow single-queue replication (qha-admin replicate) outside a cluster.",
         ],
         [
+            "ha-coordinator",
+            None,
+            None,
+            "etcd:http://HOST:PORT[,http://HOST:PORT...]: etcd decides the primary and its"
+            " epoch, and fails over by itself (without it: promote with qha-admin).",
+        ],
+        ["ha-coordinator-ca", None, None, "CA certificate (PEM) of https:// etcd endpoints."],
+        ["ha-coordinator-cert", None, None, "Client certificate (PEM) for https:// etcd."],
+        ["ha-coordinator-key", None, None, "Private key (PEM) of --ha-coordinator-cert."],
+        [
+            "ha-cluster-name",
+            None,
+            "qha",
+            "The cluster's name in etcd (keys under /qha/NAME/), so clusters share one etcd.",
+        ],
+        [
+            "ha-lease-ttl",
+            None,
+            10,
+            "Seconds a silent primary keeps its etcd lease (at least 2); failover takes about this long.",
+            int,
+        ],
+        [
             "data-dir",
             None,
             "qha-data",
@@ -277,16 +303,36 @@ class Options(usage.Options):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must be 0 or more, not {self[name]}")
         self["brokers"] = []
+        self["coordinator"] = []
+        if self["ha-coordinator"] is not None:
+            if self["ha-cluster"] != "yes":
+                raise usage.UsageError("--ha-coordinator needs --ha-cluster yes")
+            try:
+                self["coordinator"] = parseCoordinator(self["ha-coordinator"])
+                clusterPrefix(self["ha-cluster-name"])
+            except ValueError as error:
+                raise usage.UsageError(str(error)) from None
+            if self["ha-lease-ttl"] < 2:
+                raise usage.UsageError(
+                    f"--ha-lease-ttl must be at least 2 (etcd's smallest lease), not"
+                    f" {self['ha-lease-ttl']}"
+                )
+            if (self["ha-coordinator-cert"] is None) != (self["ha-coordinator-key"] is None):
+                raise usage.UsageError("--ha-coordinator-cert and --ha-coordinator-key go together")
+            secure = any(url.startswith("https://") for url in self["coordinator"])
+            if secure and self["ha-coordinator-ca"] is None:
+                raise usage.UsageError("https:// etcd endpoints need --ha-coordinator-ca")
         if self["ha-cluster"] == "yes":
-            if not self["ha-brokers"]:
+            if not self["ha-brokers"] and not self["coordinator"]:
                 raise usage.UsageError(
                     "--ha-cluster yes needs --ha-brokers, every broker's AMP address"
-                    " (host:port,host:port)"
+                    " (host:port,host:port), or --ha-coordinator"
                 )
-            try:
-                self["brokers"] = parseBrokers(self["ha-brokers"])
-            except ValueError as error:
-                raise usage.UsageError(f"--ha-brokers: {error}") from None
+            if self["ha-brokers"]:
+                try:
+                    self["brokers"] = parseBrokers(self["ha-brokers"])
+                except ValueError as error:
+                    raise usage.UsageError(f"--ha-brokers: {error}") from None
         if self["users"] is not None:
             try:
                 self["userDatabase"] = UserDatabase.fromFile(self["users"])
@@ -564,6 +610,13 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         minBackups=config["ha-min-backups"],
         queueReplication=config["ha-queue-replication"] == "yes",
         dataDir=config["data-dir"],
+        coordinator=config["coordinator"],
+        coordinatorCA=config["ha-coordinator-ca"],
+        coordinatorCert=config["ha-coordinator-cert"],
+        coordinatorKey=config["ha-coordinator-key"],
+        clusterName=config["ha-cluster-name"],
+        leaseTTL=config["ha-lease-ttl"],
+        amqpAddress=advertisedAddress(config["port"]),
     )
     store = openStore(config, vhost, reactor)
     # A publish's confirm waits for the backups (in a cluster), then the disk.
@@ -581,6 +634,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         pacer=gate,
         verifier=passwords,
         failedLogins=failedLogins,
+        # With a coordinator, a primary confirms only within its lease (the
+        # node is made below; the factory asks it when it confirms).
+        mayConfirm=(lambda: node.mayConfirm()) if options.coordinator else None,
     )
     if config["ha-username"] is not None:
         factory.refusedUsers.add(config["ha-username"])
@@ -596,8 +652,17 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             serverFromString(reactor, config["port"]), factory, config["port"], "AMQP"
         ).setServiceParent(service)
     options.extra["haAddress"] = advertisedAddress(config["ha-port"])
+    etcd = etcdFor(reactor, options) if cluster and options.coordinator else None
     node = HANode(
-        options, vhost, reactor, clientPort, state, standalone=not cluster, store=store, gate=gate
+        options,
+        vhost,
+        reactor,
+        clientPort,
+        state,
+        standalone=not cluster,
+        store=store,
+        gate=gate,
+        etcd=etcd,
     )
     if not cluster:
         for queue in list(vhost.queues.values()):

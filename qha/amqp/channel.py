@@ -309,6 +309,10 @@ class Channel:
             pending.popleft()
         if upTo <= self.confirmedUpTo or self.closing:
             return
+        mayConfirm = self.connection.factory.mayConfirm
+        if mayConfirm is not None and not mayConfirm():
+            # Fenced: the broker steps down and closes this connection.
+            return
         write = self.connection.write
         if self.nacked:
             # A refused publish gets basic.nack; the acks around it must not
@@ -742,8 +746,10 @@ class Channel:
             for completion in (wait.parts if isinstance(wait, Waits) else (wait,))
         ]
         commitOk = wire.simple(self.number, 90, 21)
+        mayConfirm = self.connection.factory.mayConfirm
         if not waits:
-            self.connection.write(commitOk)
+            if mayConfirm is None or mayConfirm():
+                self.connection.write(commitOk)
             return
         # The commit completes once the backups hold its messages.
         remaining = [len(waits)]
@@ -751,7 +757,8 @@ class Channel:
         def one() -> None:
             remaining[0] -= 1
             if remaining[0] == 0 and not self.closing:
-                self.connection.write(commitOk)
+                if mayConfirm is None or mayConfirm():
+                    self.connection.write(commitOk)
 
         for wait in waits:
             wait.addCallback(one)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import struct
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from pamqp import commands
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
@@ -87,6 +87,9 @@ class BrokerFactory(ServerFactory):
         thread).
     @ivar failedLogins: slows down and logs refused logins per source
         address; without it each is answered at once and logged.
+    @ivar mayConfirm: asked before any confirm or commit completes; when it
+        answers false (a primary whose etcd lease may have expired), nothing
+        is confirmed. L{None}: always.
     """
 
     log = Logger()
@@ -105,6 +108,7 @@ class BrokerFactory(ServerFactory):
         pacer: IReplicationPacer | None = None,
         verifier: IPasswordVerifier | None = None,
         failedLogins: FailedLogins | None = None,
+        mayConfirm: Callable[[], bool] | None = None,
     ) -> None:
         """
         @param holders: the L{IConfirmHolder}s a publish's confirm waits
@@ -127,6 +131,7 @@ class BrokerFactory(ServerFactory):
         # A tuple: the channels loop over it for every publish.
         self.holders: tuple[IConfirmHolder, ...] = tuple(holders)
         self.pacer = pacer
+        self.mayConfirm = mayConfirm
         # Users who may not log in over AMQP (the brokers' own HA user).
         self.refusedUsers: set[str] = set()
         vhost.resources.listeners.append(self._memoryAlarm)

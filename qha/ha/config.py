@@ -76,6 +76,13 @@ class HAOptions:
     minBackups: int = 0
     queueReplication: bool = False
     dataDir: str = "qha-data"
+    coordinator: list[str] = field(default_factory=list)
+    coordinatorCA: str | None = None
+    coordinatorCert: str | None = None
+    coordinatorKey: str | None = None
+    clusterName: str = "qha"
+    leaseTTL: int = 10
+    amqpAddress: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

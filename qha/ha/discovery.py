@@ -143,7 +143,7 @@ async def findPrimary(node: "HANode") -> NodeAMP | None:
 
     @return: the connection subscribed on, or L{None}.
     """
-    for address in node.options.brokers:
+    for address in node.candidates():
         try:
             protocol = await node.peers.connect(address)
         except CancelledError:

@@ -12,9 +12,10 @@ L{qha.ha.discovery}, the promotion rules and the probe in L{qha.ha.fencing}.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -23,6 +24,9 @@ from ..broker.vhost import VirtualHost
 from .commands import Refused
 from .config import HAOptions, parseBrokers
 from .connection import Session
+from .coordinated import CoordinatedNode
+from .coordinator import SwitchoverRefused
+from .etcd import IEtcd
 from .discovery import Search, findPrimary
 from .fencing import Probe, promotionRefusal
 from .identity import PersistentState
@@ -97,6 +101,8 @@ class HANode(Service):
         standalone: bool = False,
         store: NodeStore | None = None,
         gate: ReplicationGate | None = None,
+        etcd: IEtcd | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         """
         @param options: the cluster options.
@@ -108,6 +114,9 @@ class HANode(Service):
         @param store: the broker's store, if it keeps one.
         @param gate: the replication gate the AMQP factory holds confirms
             with (one of its holders); a new one if not given.
+        @param etcd: etcd, when it decides the primary (C{--ha-coordinator}).
+        @param monotonic: the clock of the lease deadline (tests give their
+            L{task.Clock}'s C{seconds}); L{time.monotonic} by default.
         """
         self.options = options
         self.standalone = standalone
@@ -130,8 +139,12 @@ class HANode(Service):
         )
         if store is not None:
             self.position = store.position
+        self._promotions: list[Deferred[None]] = []
+        self.coordinated: CoordinatedNode | None = None
         if not standalone:
             vhost.replica = True
+            if etcd is not None:
+                self.coordinated = CoordinatedNode(self, etcd, monotonic)
 
     def replicationLocator(self, session: Session) -> ReplicationLocator:
         """
@@ -212,10 +225,14 @@ class HANode(Service):
             epoch=self.epoch,
         )
         self.role.start()
+        if self.coordinated is not None:
+            self.coordinated.start()
 
     def stopService(self) -> Any:
         """
-        Stop what the role started, drop the links and the backups.
+        Stop what the role started, drop the links and the backups; leave
+        the election (the lease is revoked, so another broker takes over
+        at once).
         """
         super().stopService()
         if self.link is not None:
@@ -225,7 +242,26 @@ class HANode(Service):
             source.drop("the broker is stopping")
         for replica in self.queueReplicas.values():
             replica.stop()
+        if self.coordinated is not None:
+            return self.coordinated.stop()
         return None
+
+    def mayConfirm(self) -> bool:
+        """
+        Whether a confirm or a commit may complete now: always without a
+        coordinator; with one, only while this broker holds the leadership
+        and its lease deadline has not passed.
+        """
+        return self.coordinated is None or self.coordinated.mayConfirm()
+
+    def candidates(self) -> list[str]:
+        """
+        Where discovery looks for the primary: the leader etcd names (with
+        a coordinator, no other broker is followed), else C{--ha-brokers}.
+        """
+        if self.coordinated is not None:
+            return self.coordinated.addresses()
+        return self.options.brokers
 
     # What the role's states start (RoleEffects)
 
@@ -241,6 +277,12 @@ class HANode(Service):
         elif new == ACTIVE:
             self.gate.recovered()
             self.log.info("qha broker {id} is the active primary", id=self.brokerId)
+        if new == RECOVERING:
+            promotions, self._promotions = self._promotions, []
+            for promotion in promotions:
+                promotion.callback(None)
+        if self.coordinated is not None:
+            self.coordinated.changed(old, new)
 
     def follow(self) -> Stoppable:
         """
@@ -278,6 +320,12 @@ class HANode(Service):
             input(*arguments)
         except RoleRefused as refusal:
             self.log.info("{refusal}", refusal=str(refusal))
+
+    def demote(self) -> None:
+        """
+        Step down as the primary and rejoin as a backup.
+        """
+        self._input(self.role.demote)
 
     def caughtUp(self) -> None:
         """
@@ -414,6 +462,8 @@ class HANode(Service):
             raise Refused("cannot promote this broker: it is standalone (--ha-cluster no)")
         if self.role.isPrimary:
             return {"role": role, "epoch": self.epoch}
+        if self.coordinated is not None:
+            return await self._switchover(force)
         others = []
         for address in self.options.brokers:
             answer = await self.ask(address)
@@ -427,16 +477,62 @@ class HANode(Service):
         epochs = [self.epoch] + [answer["epoch"] for _, answer in others] + list(
             self.knownEpochs.values()
         )
+        try:
+            self.takeOver(max(epochs) + 1)
+        except RoleRefused as refusal:
+            raise Refused(str(refusal)) from None
+        return {"role": self.role.name, "epoch": self.epoch}
+
+    def takeOver(self, epoch: int) -> None:
+        """
+        Leave the primary followed so far, record C{epoch} durably, then
+        recover and serve in it.
+
+        @raise RoleRefused: when the role does not allow a promotion.
+        """
         if self.link is not None:
             self.members = self.link.replicator.members or self.members
             self.link.close()
         if self.role.catchingUp:
             self._input(self.role.primaryLost)
-        self.state.setEpoch(max(epochs) + 1)
+        self.state.setEpoch(epoch)
+        self.role.promote()
+
+    async def _switchover(self, force: bool) -> dict[str, Any]:
+        """
+        With a coordinator, C{promote} asks etcd for a switchover to this
+        broker: the primary steps down first, then this broker takes the
+        next epoch; returns once it is the primary (or refuses).
+        """
+        assert self.coordinated is not None
+        if force:
+            raise Refused(
+                "cannot force a promotion with --ha-coordinator: etcd decides the primary;"
+                " promote without --force (a switchover), or stop the primary"
+            )
+        if not self.role.hasPrimary or self.role.catchingUp:
+            raise Refused(
+                f"cannot promote this broker: it is {self.role.name}; a switchover goes to a"
+                " ready backup"
+            )
+        promoted: Deferred[None] = Deferred()
+        self._promotions.append(promoted)
         try:
-            self.role.promote()
-        except RoleRefused as refusal:
-            raise Refused(str(refusal)) from None
+            await self.coordinated.coordinator.handOver(self.brokerId)
+        except SwitchoverRefused as refusal:
+            self._promotions.remove(promoted)
+            raise Refused(f"cannot promote this broker: {refusal}") from None
+        promoted.addTimeout(3 * self.options.leaseTTL + 5, self.clock)
+        try:
+            await promoted
+        except defer.TimeoutError:
+            raise Refused(
+                "the switchover to this broker did not complete in time: see"
+                " qha-admin status --all"
+            ) from None
+        finally:
+            if promoted in self._promotions:
+                self._promotions.remove(promoted)
         return {"role": self.role.name, "epoch": self.epoch}
 
     # Single-queue replication
@@ -482,6 +578,7 @@ class HANode(Service):
             "minBackups": self.options.minBackups,
             "primary": self.link.address if self.link is not None else None,
             "queueReplicas": [replica.describe() for replica in self.queueReplicas.values()],
+            "coordinator": None if self.coordinated is None else self.coordinated.describe(),
             "backups": [
                 {
                     "id": source.backupId,

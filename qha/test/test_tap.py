@@ -113,13 +113,71 @@ class OptionErrorTests(SynchronousTestCase):
 
     def test_clusterNeedsBrokers(self) -> None:
         """
-        A cluster broker must know every broker's address.
+        A cluster broker must know every broker's address, or etcd.
         """
         self.assertUsageError(
             "--ha-cluster yes needs --ha-brokers, every broker's AMP address"
-            " (host:port,host:port)",
+            " (host:port,host:port), or --ha-coordinator",
             "--ha-cluster",
             "yes",
+        )
+
+    def test_coordinatorErrors(self) -> None:
+        """
+        C{--ha-coordinator} and its companions: each mistake named.
+        """
+        etcd = ("--ha-cluster", "yes", "--ha-coordinator", "etcd:http://127.0.0.1:2379")
+        self.assertUsageError(
+            "--ha-coordinator needs --ha-cluster yes",
+            "--ha-coordinator",
+            "etcd:http://127.0.0.1:2379",
+        )
+        self.assertUsageError(
+            "coordinator 'zk:http://h:1': expected etcd:http://HOST:PORT[,http://HOST:PORT...]",
+            "--ha-cluster",
+            "yes",
+            "--ha-coordinator",
+            "zk:http://h:1",
+        )
+        self.assertUsageError(
+            "--ha-lease-ttl must be at least 2 (etcd's smallest lease), not 1",
+            *etcd,
+            "--ha-lease-ttl",
+            "1",
+        )
+        self.assertUsageError(
+            "cluster name 'a/b': must be non-empty and without '/'",
+            *etcd,
+            "--ha-cluster-name",
+            "a/b",
+        )
+        self.assertUsageError(
+            "--ha-coordinator-cert and --ha-coordinator-key go together",
+            *etcd,
+            "--ha-coordinator-cert",
+            "c.pem",
+        )
+        self.assertUsageError(
+            "https:// etcd endpoints need --ha-coordinator-ca",
+            "--ha-cluster",
+            "yes",
+            "--ha-coordinator",
+            "etcd:https://127.0.0.1:2379",
+        )
+
+    def test_coordinatorWithoutBrokers(self) -> None:
+        """
+        With a coordinator, C{--ha-brokers} is optional: the members find
+        each other through etcd.
+        """
+        options = Options()
+        options.exitOnError = False
+        options.parseOptions(
+            ["--ha-cluster", "yes", "--ha-coordinator", "etcd:http://127.0.0.1:2379,http://h2"]
+        )
+        self.assertEqual(options["brokers"], [])
+        self.assertEqual(
+            options["coordinator"], ["http://127.0.0.1:2379", "http://h2:2379"]
         )
 
     def test_badBrokers(self) -> None:
