@@ -47,6 +47,8 @@ from twisted.protocols import amp
 from ..broker.vhost import REPLICATE_LEVELS
 from ..ha.commands import NotAuthenticated, NotPrimary, StaleEpoch
 from ..ha.config import parseBrokers
+from ..ha.coordinator import LeaderInfo, clusterPrefix
+from ..ha.etcd import EtcdClient, EtcdError, EtcdUnavailable, IEtcd, parseCoordinator
 from ..ha.role import ACTIVE, CATCHUP, JOINING, PRIMARY_ROLES, READY, RECOVERING, STANDALONE
 from ..store.journal import StoreCorrupt, storeInfo as readStoreInfo
 from .commands import (
@@ -258,6 +260,23 @@ def buildParser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="ask every broker of the cluster, one line each"
     )
 
+    primary = command(
+        "primary",
+        "print the current primary's AMQP address (host:port), from etcd with"
+        " --coordinator, else from the cluster of the broker given with -b",
+    )
+    primary.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="read the leader from etcd: etcd:http://HOST:PORT[,http://HOST:PORT...]",
+    )
+    primary.add_argument(
+        "--cluster-name",
+        default="qha",
+        metavar="NAME",
+        help="the cluster's --ha-cluster-name (default qha)",
+    )
+
     query = command("query", "the broker's cluster state: role, epoch, brokers, backups")
     query.add_argument("--all", action="store_true", help="ask every broker of the cluster")
 
@@ -465,6 +484,23 @@ def formatBindings(bindings: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def clusterAddresses(address: str, state: dict[str, Any]) -> list[str]:
+    """
+    The AMP addresses of a broker's cluster, from its C{query} state: its
+    C{--ha-brokers}, then the members registered in etcd (with
+    C{--ha-coordinator}); the broker alone when it knows no other.
+    """
+    addresses = parseBrokers(state["brokers"]) if state.get("brokers") else []
+    coordinator = state.get("coordinator") or {}
+    for member in coordinator.get("members") or []:
+        amp = member.get("amp")
+        if amp and amp not in addresses:
+            addresses.append(amp)
+    if not addresses:
+        addresses = [address]
+    return addresses
+
+
 def formatQuery(address: str, state: dict[str, Any]) -> str:
     """
     The C{query} answer of one broker: its settings one per line, then a
@@ -482,6 +518,18 @@ def formatQuery(address: str, state: dict[str, Any]) -> str:
         ("min backups", state.get("minBackups")),
         ("primary", state.get("primary")),
     ]
+    coordinator = state.get("coordinator")
+    if coordinator is not None:
+        leader = coordinator.get("leader")
+        fields += [
+            (
+                "etcd leader",
+                None if leader is None else f"{leader['id']} (epoch {leader['epoch']}, AMQP {leader['amqp']})",
+            ),
+            ("etcd members", len(coordinator.get("members") or [])),
+            ("lease TTL", coordinator.get("leaseTTL")),
+            ("not campaigning", coordinator.get("whyNotCampaigning")),
+        ]
     width = max(len(name) for name, _ in fields)
     text = "".join(f"{name.ljust(width)}  {_cell(value)}\n" for name, value in fields)
     backups = state.get("backups") or []
@@ -591,6 +639,7 @@ class Session:
         clock: IReactorTime,
         out: TextIO,
         err: TextIO,
+        etcd: Callable[[list[str]], IEtcd] | None = None,
     ) -> None:
         """
         @param arguments: the parsed command line.
@@ -598,7 +647,9 @@ class Session:
         @param clock: bounds the time of C{--all} queries.
         @param out: where answers go.
         @param err: where the reasons for failures go.
+        @param etcd: makes an etcd client for C{--coordinator} endpoints.
         """
+        self.etcd = etcd or (lambda endpoints: EtcdClient(clock, endpoints))
         self.arguments = arguments
         self.connector = connector
         self.clock = clock
@@ -653,7 +704,7 @@ class Session:
             per broker, in the order of the list.
         """
         state = json.loads((await self.call(self.address, Query))["state"])
-        addresses = parseBrokers(state["brokers"]) if state.get("brokers") else [self.address]
+        addresses = clusterAddresses(self.address, state)
         limit = max(0.0, self.deadline - self.clock.seconds()) * ALL_SHARE
 
         def one(address: str) -> Deferred[Any]:
@@ -813,6 +864,68 @@ async def query(session: Session) -> int:
             session.complain(reason)
             code = 1
     return code
+
+
+async def primary(session: Session) -> int:
+    """
+    C{primary}: the current primary's AMQP address, for scripts, load
+    balancers and DNS updaters; exit 1 when there is none.
+    """
+    arguments = session.arguments
+    if arguments.coordinator is not None:
+        found = await _leaderFromEtcd(session)
+    else:
+        found = None
+        state = json.loads((await session.call(session.address, Query))["state"])
+        leader = (state.get("coordinator") or {}).get("leader")
+        if leader is not None:
+            found = {"id": leader["id"], "epoch": leader["epoch"], "amqp": leader["amqp"]}
+        else:
+
+            async def describe(address: str) -> dict[str, Any]:
+                return dict(json.loads((await session.call(address, Query))["state"]))
+
+            for address, answer, _ in await session.everyBroker(describe):
+                if answer is not None and answer.get("role") in PRIMARY_ROLES + (STANDALONE,):
+                    found = {
+                        "id": answer.get("brokerId"),
+                        "epoch": answer.get("epoch"),
+                        "amqp": answer.get("amqp") or "",
+                    }
+                    break
+    if found is None:
+        session.complain("no primary: the cluster has no leader now")
+        return 1
+    if arguments.json:
+        session.writeJSON(found)
+    else:
+        session.write(f"{found['amqp']}\n")
+    return 0
+
+
+async def _leaderFromEtcd(session: Session) -> dict[str, Any] | None:
+    """
+    The C{leader} key of C{--cluster-name} in the etcd of C{--coordinator}.
+    """
+    arguments = session.arguments
+    try:
+        endpoints = parseCoordinator(arguments.coordinator)
+        key = clusterPrefix(arguments.cluster_name) + b"leader"
+    except ValueError as error:
+        raise AdminError(str(error)) from None
+    etcd = session.etcd(endpoints)
+    session.waiting = arguments.coordinator
+    try:
+        kvs = (await etcd.range(key)).kvs
+    except (EtcdUnavailable, EtcdError) as error:
+        raise AdminError(f"etcd {arguments.coordinator}: {error}") from None
+    if not kvs:
+        return None
+    try:
+        leader = LeaderInfo.fromJSON(kvs[0].value)
+    except ValueError as error:
+        raise AdminError(f"etcd {arguments.coordinator}: {error}") from None
+    return {"id": leader.id, "epoch": leader.epoch, "amqp": leader.amqp}
 
 
 async def promote(session: Session) -> int:
@@ -1011,6 +1124,7 @@ COMMANDS: dict[str, Command] = {
     "ping": ping,
     "status": status,
     "query": query,
+    "primary": primary,
     "promote": promote,
     "replicate": replicate,
     "queues": _lister("queues", formatQueues),
@@ -1031,17 +1145,20 @@ def run(
     connector: Connector,
     out: TextIO,
     err: TextIO,
+    etcd: Callable[[list[str]], IEtcd] | None = None,
 ) -> Deferred[int]:
     """
     Run the command of C{arguments} within C{arguments.timeout} seconds.
 
-    @param clock: measures the timeout.
+    @param clock: measures the timeout (the reactor, which also connects
+        to etcd unless C{etcd} is given).
     @param connector: opens AMP connections to brokers.
     @param out: where the answer goes.
     @param err: where the one line that says why it failed goes.
+    @param etcd: makes an etcd client for C{primary --coordinator}.
     @return: fires with the exit status (0 or 1); never fails.
     """
-    session = Session(arguments, connector, clock, out, err)
+    session = Session(arguments, connector, clock, out, err, etcd)
     d: Deferred[int] = ensureDeferred(COMMANDS[arguments.command](session))
     d.addTimeout(arguments.timeout, clock)
 

@@ -351,7 +351,7 @@ class HANode(Service):
         """
         Fenced: refuse clients, confirm nothing more, drop the backups.
         """
-        self.log.warn("stepping down: a newer primary exists")
+        self.log.warn("stepping down: refusing clients and confirming nothing more")
         self.amqp.stopListening("this broker stepped down: a newer primary exists")
         # The gate forgets what it held before the backups go: losing them
         # must not release (confirm) those publishes, which no backup of
@@ -572,6 +572,7 @@ class HANode(Service):
             "role": self.role.name,
             "brokerId": self.brokerId,
             "epoch": self.epoch,
+            "amqp": self.options.amqpAddress,
             "brokers": ",".join(self.options.brokers),
             "publicBrokers": self.options.publicBrokers,
             "replicateDefault": self.options.replicateDefault,
