@@ -30,7 +30,7 @@ from ..ha.etcd import (
     parseCoordinator,
     prefixEnd,
 )
-from ..testing_etcd import FakeEtcd
+from ..testing import FakeEtcd
 from .etcdprocess import EtcdProcess, freePort
 
 reactor: Any = globalReactor
