@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
@@ -48,6 +47,7 @@ from qha.ha.config import HELLO_TIMEOUT, HAOptions
 from qha.ha.connection import NodeAMP, NodeAMPFactory
 from qha.ha.identity import PersistentState
 from qha.ha.node import HANode
+from qha.test.support import FakeAMQP
 from qha.testing import RecordingTarget
 
 
@@ -58,45 +58,6 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class FakeFactory:
-    """
-    Stands in for the AMQP C{BrokerFactory}: the node sets its C{gate}.
-    """
-
-    gate: Any = None
-
-
-class FakeAMQP:
-    """
-    Stands in for the broker's AMQP listener: records whether the node
-    told it to listen.
-
-    @ivar listening: whether it was last told to listen.
-    @ivar stopReasons: the reasons it was told to stop with.
-    """
-
-    def __init__(self) -> None:
-        """
-        Not listening, as a cluster broker starts.
-        """
-        self.factory = FakeFactory()
-        self.listening = False
-        self.stopReasons: list[str] = []
-
-    def startListening(self) -> None:
-        """
-        Record that the node started serving clients.
-        """
-        self.listening = True
-
-    def stopListening(self, reason: str = "") -> None:
-        """
-        Record that the node stopped serving clients, and why.
-        """
-        self.listening = False
-        self.stopReasons.append(reason)
 
 
 class AdminTestCase(SynchronousTestCase):

@@ -1246,7 +1246,7 @@ class BackupStoreTests(SynchronousTestCase):
         An active primary and a backup with a store; the primary has a
         replicated durable queue.
         """
-        from qha.test.test_ha_units import InMemoryCluster
+        from qha.test.support import InMemoryCluster
 
         self.cluster = InMemoryCluster(self)
         self.clock = self.cluster.clock
@@ -1264,7 +1264,7 @@ class BackupStoreTests(SynchronousTestCase):
         makes the virtual host a replica).
         """
         from qha.ha.node import HANode, PersistentState
-        from qha.test.test_ha_units import FakeAMQP
+        from qha.test.support import FakeAMQP
 
         vhost = VirtualHost(clock=self.clock)
         store = Store(self.journal, self.clock)
