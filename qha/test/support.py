@@ -16,18 +16,22 @@ over fake TCP; L{BoxInterceptor}, which loses, holds back, repeats or
 corrupts a primary's L{Events} boxes; L{FakeAMQP}, the AMQP listener as a
 node drives it; L{FakeNode} and L{FakeSource}, what a
 L{qha.ha.primary.ReplicationGate} sees of its node and of a backup; and
-helpers on messages and queues (L{message}, L{queueContents},
-L{snapshotOf}, L{writeEnqueued}).
+helpers on messages and queues (L{message}, L{persistentMessage},
+L{queueContents}, L{snapshotOf}, L{writeEnqueued}).
+
+The contract of L{qha.ha.etcd.IEtcd}, L{EtcdContractMixin}, runs against
+the fake etcd of L{qha.testing} and against a real one.
 
 Fakes that users of qha could share too are in L{qha.testing}.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from pamqp import commands
 from pamqp import frame as pamqpFrame
@@ -42,6 +46,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from qha.amqp import wire
 from qha.amqp.holders import Completion
@@ -55,6 +60,7 @@ from qha.changes.replay import holdingsOf
 from qha.ha.commands import Events, Subscribe
 from qha.ha.config import HAOptions
 from qha.ha.connection import NodeAMP, NodeAMPFactory, nodeConnection
+from qha.ha.etcd import Compare, Delete, Event, Get, IEtcd, IWatch, LeaseLost, Put
 from qha.ha.identity import PersistentState
 from qha.ha.link import BackupLink
 from qha.ha.locator import ReplicationLocator
@@ -370,6 +376,25 @@ def message(body: bytes, routingKey: str = "", headers: dict[str, Any] | None = 
     """
     properties = commands.Basic.Properties(headers=headers) if headers else None
     return Message.build("", routingKey, body, properties)
+
+
+def persistentMessage(
+    body: bytes,
+    routingKey: str = "",
+    exchange: str = "",
+    persistent: bool = True,
+    **properties: Any,
+) -> Message:
+    """
+    A message with delivery mode 2 (persistent) or 1, and C{properties}:
+    what the store keeps.
+    """
+    return Message.build(
+        exchange,
+        routingKey,
+        body,
+        commands.Basic.Properties(delivery_mode=2 if persistent else 1, **properties),
+    )
 
 
 def writeEnqueued(
@@ -890,3 +915,209 @@ class Network:
         self.reactor.advance(1)
         self.settle()
         self.case.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+def asDeferred(method: Callable[..., Awaitable[None]]) -> Callable[..., Deferred[None]]:
+    """
+    Let trial run an C{async def} test method: it waits for the L{Deferred}.
+    """
+
+    @functools.wraps(method)
+    def run(*args: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(method(*args))  # type: ignore[arg-type]
+
+    return run
+
+
+class EtcdContractMixin:
+    """
+    What every L{IEtcd} must do. A subclass gives L{makeEtcd} and L{within}.
+    """
+
+    etcd: IEtcd
+
+    async def makeEtcd(self) -> IEtcd:
+        """
+        A new, empty etcd to test.
+        """
+        raise NotImplementedError()
+
+    async def within(self, seconds: float, event: Deferred[Any]) -> Any:
+        """
+        Wait for C{event} for at most C{seconds} (of the etcd's time).
+        """
+        raise NotImplementedError()
+
+    def assertEqual(self, first: Any, second: Any, msg: str | None = None) -> None:
+        "Provided by the test case."
+
+    def assertTrue(self, value: Any, msg: str | None = None) -> None:
+        "Provided by the test case."
+
+    def assertFalse(self, value: Any, msg: str | None = None) -> None:
+        "Provided by the test case."
+
+    def assertIsInstance(self, value: Any, kind: Any, msg: str | None = None) -> None:
+        "Provided by the test case."
+
+    @asDeferred
+    async def test_interface(self) -> None:
+        """
+        It provides L{IEtcd}, and its watches L{IWatch}.
+        """
+        etcd = await self.makeEtcd()
+        self.assertTrue(verifyObject(IEtcd, etcd))
+        watch = etcd.watch(b"/k", False, 0, lambda events, revision: None)
+        self.assertTrue(verifyObject(IWatch, watch))
+        await self.within(5, watch.started)
+        watch.cancel()
+        self.assertEqual(await self.within(5, watch.ended), None)
+
+    @asDeferred
+    async def test_putRangeDelete(self) -> None:
+        """
+        Writes raise the revision; a key keeps its create revision and counts
+        its versions; a prefix range finds the keys under it in order and
+        nothing else; a delete removes them.
+        """
+        etcd = await self.makeEtcd()
+        first = await etcd.put(b"/a/1", b"one")
+        second = await etcd.put(b"/a/1", b"uno")
+        self.assertEqual(second, first + 1)
+        await etcd.put(b"/a/2", b"two")
+        await etcd.put(b"/b", b"other")
+        found = await etcd.range(b"/a/1")
+        [kv] = found.kvs
+        self.assertEqual(
+            (kv.key, kv.value, kv.createRevision, kv.modRevision, kv.version),
+            (b"/a/1", b"uno", first, second, 2),
+        )
+        prefixed = await etcd.range(b"/a/", prefix=True)
+        self.assertEqual([kv.key for kv in prefixed.kvs], [b"/a/1", b"/a/2"])
+        self.assertEqual((await etcd.range(b"/none")).kvs, [])
+        self.assertEqual(await etcd.delete(b"/a/", prefix=True), 2)
+        self.assertEqual((await etcd.range(b"/a/", prefix=True)).kvs, [])
+        self.assertEqual(len((await etcd.range(b"/b")).kvs), 1)
+
+    @asDeferred
+    async def test_txn(self) -> None:
+        """
+        A transaction applies its success branch when every comparison
+        holds (create revision 0: the key is absent) and its failure branch
+        otherwise, whose L{Get}s answer; value, version and mod revision
+        comparisons hold as etcd's do.
+        """
+        etcd = await self.makeEtcd()
+        absent = Compare(b"/leader", "CREATE", "EQUAL", 0)
+        won = await etcd.txn([absent], [Put(b"/leader", b"me"), Put(b"/epoch", b"1")], [Get(b"/leader")])
+        self.assertTrue(won.succeeded)
+        self.assertEqual(won.ranges, [])
+        lost = await etcd.txn([absent], [Put(b"/leader", b"you")], [Get(b"/leader")])
+        self.assertFalse(lost.succeeded)
+        [[leader]] = lost.ranges
+        self.assertEqual(leader.value, b"me")
+        self.assertEqual(leader.modRevision, won.revision)
+        both = await etcd.txn(
+            [
+                Compare(b"/leader", "VALUE", "EQUAL", b"me"),
+                Compare(b"/epoch", "MOD", "EQUAL", won.revision),
+                Compare(b"/epoch", "VERSION", "EQUAL", 1),
+            ],
+            [Put(b"/epoch", b"2"), Delete(b"/leader")],
+            [],
+        )
+        self.assertTrue(both.succeeded)
+        self.assertEqual(both.revision, won.revision + 1)
+        self.assertEqual((await etcd.range(b"/leader")).kvs, [])
+        self.assertEqual((await etcd.range(b"/epoch")).kvs[0].value, b"2")
+        stale = await etcd.txn([Compare(b"/epoch", "MOD", "EQUAL", won.revision)], [Put(b"/epoch", b"9")], [])
+        self.assertFalse(stale.succeeded)
+        self.assertEqual((await etcd.range(b"/epoch")).kvs[0].value, b"2")
+
+    @asDeferred
+    async def test_leaseKeepaliveRevoke(self) -> None:
+        """
+        A granted lease answers keepalives with its TTL; revoked, its keys
+        are gone, and a keepalive or a put on it says L{LeaseLost}.
+        """
+        etcd = await self.makeEtcd()
+        lease = await etcd.grant(2)
+        self.assertEqual(lease.ttl, 2)
+        self.assertEqual(await etcd.keepalive(lease.id), 2)
+        await etcd.put(b"/member", b"x", lease.id)
+        self.assertEqual((await etcd.range(b"/member")).kvs[0].lease, lease.id)
+        await etcd.revoke(lease.id)
+        self.assertEqual((await etcd.range(b"/member")).kvs, [])
+        for call in (lambda: etcd.keepalive(lease.id), lambda: etcd.put(b"/m", b"", lease.id)):
+            try:
+                await call()
+            except LeaseLost:
+                pass
+            else:
+                raise AssertionError("no LeaseLost")
+
+    @asDeferred
+    async def test_leaseExpires(self) -> None:
+        """
+        A lease nobody keeps alive expires after its TTL (2 s, etcd's
+        smallest): a watch sees its key deleted, and a keepalive then says
+        L{LeaseLost}.
+        """
+        etcd = await self.makeEtcd()
+        lease = await etcd.grant(2)
+        await etcd.put(b"/leader", b"me", lease.id)
+        deleted: Deferred[Event] = Deferred()
+
+        def seen(events: list[Event], revision: int) -> None:
+            for event in events:
+                if event.type == "DELETE" and not deleted.called:
+                    deleted.callback(event)
+
+        watch = etcd.watch(b"/leader", False, 0, seen)
+        await self.within(5, watch.started)
+        event = await self.within(10, deleted)
+        self.assertEqual(event.kv.key, b"/leader")
+        try:
+            await etcd.keepalive(lease.id)
+        except LeaseLost:
+            pass
+        else:
+            raise AssertionError("no LeaseLost")
+        watch.cancel()
+
+    @asDeferred
+    async def test_watchEvents(self) -> None:
+        """
+        A prefix watch sees puts and deletes under the prefix, not beside
+        it, with their revisions; one started from an earlier revision sees
+        the changes since then first.
+        """
+        etcd = await self.makeEtcd()
+        before = await etcd.put(b"/w/early", b"0")
+        seen: list[tuple[str, bytes, bytes, int]] = []
+        enough: Deferred[None] = Deferred()
+
+        def record(events: list[Event], revision: int) -> None:
+            for e in events:
+                seen.append((e.type, e.kv.key, e.kv.value, e.kv.modRevision))
+            if len(seen) >= 4 and not enough.called:
+                enough.callback(None)
+
+        watch = etcd.watch(b"/w/", True, before, record)
+        await self.within(5, watch.started)
+        put = await etcd.put(b"/w/a", b"1")
+        await etcd.put(b"/x", b"beside")
+        await etcd.put(b"/w/b", b"2")
+        await etcd.delete(b"/w/a")
+        await self.within(5, enough)
+        self.assertEqual(
+            seen,
+            [
+                ("PUT", b"/w/early", b"0", before),
+                ("PUT", b"/w/a", b"1", put),
+                ("PUT", b"/w/b", b"2", put + 2),
+                ("DELETE", b"/w/a", b"", put + 3),
+            ],
+        )
+        watch.cancel()
+        await self.within(5, watch.ended)

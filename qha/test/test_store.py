@@ -50,25 +50,8 @@ from qha.store.journal import (
     encodeRecord,
     storeInfo,
 )
+from qha.test.support import persistentMessage as message
 from qha.testing import RecordingTarget
-
-
-def message(
-    body: bytes,
-    routingKey: str = "",
-    exchange: str = "",
-    persistent: bool = True,
-    **properties: Any,
-) -> Message:
-    """
-    A message with delivery mode 2 (persistent) or 1, and C{properties}.
-    """
-    return Message.build(
-        exchange,
-        routingKey,
-        body,
-        commands.Basic.Properties(delivery_mode=2 if persistent else 1, **properties),
-    )
 
 
 def bodies(queue: Queue) -> list[bytes]:
