@@ -28,7 +28,7 @@ check: test
 
 # The failover soak test (about a minute): three brokers, ten SIGKILL failovers.
 soak: $(STAMP)
-	QHA_SOAK=1 $(BIN)/trial qha.test.test_soak
+	QHA_SOAK=1 $(BIN)/trial qha.test.integration.test_soak
 
 # The long fuzz run (several minutes): the hypothesis fuzz tests of the AMQP
 # frames, the replication events and the AMP boxes with the qha-fuzz profile,

@@ -20,7 +20,7 @@ import time
 
 import pika
 
-from qha.test.cluster import Cluster
+from qha.test.integration.cluster import Cluster
 
 
 def _publish(cluster: Cluster, index: int, count: int, size: int) -> None:

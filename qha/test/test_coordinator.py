@@ -19,7 +19,7 @@ from ..ha.coordinator import (
     requestSwitchover,
 )
 from ..ha.etcd import EtcdError, TxnResult
-from ..testing_etcd import FakeEtcd
+from ..testing import FakeEtcd
 
 TTL = 6
 

@@ -9,11 +9,9 @@ import io
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 
-import pika
 from twisted.application.service import MultiService
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
@@ -35,8 +33,7 @@ from qha.datadir import (
 )
 from qha.ha.identity import PersistentState
 from qha.store.journal import FileJournal, Store
-from qha.test.brokerprocess import CHECKOUT, BrokerProcess, twistdCommand
-from qha.test.test_store import message
+from qha.test.support import persistentMessage
 
 
 def modeOf(path: str) -> int:
@@ -229,7 +226,7 @@ class ModeTests(DirectoryTestCase):
         store.compactAt = 2048
         queue = vhost.declareQueue("q", durable=True)
         for index in range(30):
-            vhost.publish("", "q", message(b"y" * 100, "q"))
+            vhost.publish("", "q", persistentMessage(b"y" * 100, "q"))
             clock.advance(0)
         for index in range(30):
             entry = queue.get()
@@ -279,66 +276,6 @@ class ModeTests(DirectoryTestCase):
         copies = [name for name in os.listdir(self.directory) if ".damaged-" in name]
         self.assertEqual(len(copies), 1)
         self.assertEqual(modeOf(os.path.join(self.directory, copies[0])), 0o600)
-
-
-class SharedDirectoryTests(SynchronousTestCase):
-    """
-    Two real brokers on one C{--data-dir}: the second refuses to start, and
-    the first goes on serving.
-    """
-
-    def test_secondBrokerRefused(self) -> None:
-        """
-        The second C{twistd qha} on a held data directory exits with status
-        1 and one line naming the directory and the first broker's process
-        id, without a traceback; the first still confirms publishes.
-        """
-        directory = tempfile.mkdtemp(prefix="qha-shared-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        first = BrokerProcess(["--data-dir", directory])
-        self.addCleanup(first.stop)
-        first.start()
-        assert first.process is not None
-        command = twistdCommand() + [
-            "-n",
-            "--pidfile=",
-            "qha",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--ha-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            directory,
-        ]
-        second = subprocess.run(
-            command,
-            cwd=CHECKOUT,
-            env=dict(os.environ, PYTHONPATH=CHECKOUT),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
-        )
-        self.assertEqual(second.returncode, 1, second)
-        self.assertEqual(
-            second.stderr.decode().splitlines(),
-            [
-                f"qha: {directory} is in use by another broker (pid {first.process.pid});"
-                " each broker needs its own --data-dir"
-            ],
-        )
-        self.assertNotIn(b"Traceback", second.stdout + second.stderr)
-        self.assertTrue(first.running())
-        connection = pika.BlockingConnection(
-            pika.ConnectionParameters("127.0.0.1", first.port, blocked_connection_timeout=10)
-        )
-        self.addCleanup(connection.close)
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.queue_declare("still-serving", durable=True)
-        channel.basic_publish(
-            "", "still-serving", b"m", pika.BasicProperties(delivery_mode=2), mandatory=True
-        )
-        self.assertEqual(channel.queue_declare("still-serving", passive=True).method.message_count, 1)
 
 
 class MakeServiceTests(DirectoryTestCase):

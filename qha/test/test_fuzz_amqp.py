@@ -38,7 +38,7 @@ from pamqp.heartbeat import Heartbeat
 
 from qha.amqp.protocol import BrokerFactory
 from qha.broker.vhost import VirtualHost
-from qha.test import test_protocol as tp
+from qha.test import support as tp
 
 # Profiles
 

@@ -54,7 +54,7 @@ from qha.broker.message import Message
 from qha.broker.queue import Entry
 from qha.broker.vhost import VirtualHost
 from qha.test.test_fuzz_amqp import fuzzed
-from qha.test.test_ha_units import FakeAMQP
+from qha.test.support import FakeAMQP
 
 ISSUE = "issue 12 (the cluster port trusts no one)"
 

@@ -22,7 +22,7 @@ from qha.broker.queue import Consumer, Entry
 from qha.broker.vhost import VirtualHost
 from qha.ha.primary import ReplicationGate
 from qha.store.journal import MemoryJournal, Store
-from qha.test.test_protocol import Client, fastUsers, names, publishBytes
+from qha.test.support import Client, fastUsers, names, publishBytes
 from qha.testing import FakeConfirmHolder, FakeReplicationPacer
 
 

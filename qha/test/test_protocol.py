@@ -2,7 +2,7 @@
 Tests for L{qha.amqp.protocol} and L{qha.amqp.channel}: the AMQP 0-9-1
 server over a L{StringTransport}, with time on a L{Clock}.
 
-A test client encodes its frames with pamqp and decodes the server's output
+The test client (L{qha.test.support.Client}) encodes its frames with pamqp and decodes the server's output
 with pamqp, so the server is checked against an independent implementation
 of the wire format. No sockets, no reactor, no sleeps.
 """
@@ -14,320 +14,33 @@ import struct
 from typing import Any, Sequence
 
 from pamqp import commands
-from pamqp import frame as pamqpFrame
 from pamqp.body import ContentBody
 from pamqp.encode import field_table
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
 
 from qha.amqp import wire
-from qha.amqp.protocol import AMQPServer, BrokerFactory
+from qha.amqp.protocol import BrokerFactory
 from qha.amqp.users import FailedLogins, ScryptHash, SynchronousVerifier, UserDatabase
 from qha.broker.message import Message
 from qha.broker.vhost import Resources, VirtualHost
-from qha.testing import FakeConfirmHolder
-from qha.test.test_users import RecordingVerifier
-
-LOOPBACK = IPv4Address("TCP", "127.0.0.1", 1234)
-REMOTE = IPv4Address("TCP", "192.0.2.7", 4321)
-
-FAST_N = 2**4
-"""
-A scrypt cost that makes a password check take microseconds.
-"""
-
-CHANNEL_CLOSE = commands.Channel.Close(
-    reply_code=200, reply_text="bye", class_id=0, method_id=0
+from qha.testing import FakeConfirmHolder, RecordingVerifier
+from qha.test.support import (
+    CHANNEL_CLOSE,
+    CONNECTION_CLOSE,
+    LOOPBACK,
+    REMOTE,
+    Client,
+    ProtocolTestCase,
+    contents,
+    decodeFrames,
+    encode,
+    fastUsers,
+    names,
+    publishBytes,
+    rawFrame,
 )
-CONNECTION_CLOSE = commands.Connection.Close(
-    reply_code=200, reply_text="bye", class_id=0, method_id=0
-)
-
-Received = tuple[int, Any]
-"""
-A frame the server sent: its channel and the pamqp frame object.
-"""
-
-
-def fastUsers() -> UserDatabase:
-    """
-    A user database with C{guest}/C{guest} and C{bob}/C{secret}, hashed
-    cheaply so that tests log in fast.
-    """
-    return UserDatabase(
-        {
-            "guest": ScryptHash.fromPassword("guest", n=FAST_N),
-            "bob": ScryptHash.fromPassword("secret", n=FAST_N),
-        }
-    )
-
-
-def decodeFrames(data: bytes) -> list[Received]:
-    """
-    Decode every frame in C{data} with pamqp.
-    """
-    frames: list[Received] = []
-    while data:
-        consumed, channel, value = pamqpFrame.unmarshal(data)
-        frames.append((channel, value))
-        data = data[consumed:]
-    return frames
-
-
-def names(frames: Sequence[Received]) -> list[tuple[int, str]]:
-    """
-    The channel and pamqp name of each frame, e.g. C{(1, "Basic.Deliver")}.
-    """
-    return [(channel, value.name) for channel, value in frames]
-
-
-def encode(channel: int, *values: Any) -> bytes:
-    """
-    Encode C{values} (methods, content headers and bodies, heartbeats) as
-    frames on C{channel}.
-    """
-    return b"".join(pamqpFrame.marshal(value, channel) for value in values)
-
-
-def rawFrame(frameType: int, channel: int, payload: bytes, end: bytes = b"\xce") -> bytes:
-    """
-    A frame built by hand, so that it can be wrong.
-    """
-    return struct.pack(">BHI", frameType, channel, len(payload)) + payload + end
-
-
-def publishBytes(
-    channel: int,
-    exchange: str,
-    routingKey: str,
-    body: bytes,
-    mandatory: bool = False,
-    chunk: int = 0,
-    properties: commands.Basic.Properties | None = None,
-) -> bytes:
-    """
-    The frames of one basic.publish with its content, the body split into
-    frames of C{chunk} bytes (0: one frame).
-    """
-    parts = [
-        commands.Basic.Publish(
-            exchange=exchange, routing_key=routingKey, mandatory=mandatory
-        ),
-        ContentHeader(0, len(body), properties or commands.Basic.Properties()),
-    ]
-    step = chunk or len(body) or 1
-    parts += [ContentBody(body[i : i + step]) for i in range(0, len(body), step)]
-    return encode(channel, *parts)
-
-
-def contents(frames: Sequence[Received]) -> list[tuple[Any, bytes]]:
-    """
-    Group frames into messages: each basic.deliver, basic.get-ok or
-    basic.return with the body of the content frames that follow it.
-    Other frames are left out.
-    """
-    result: list[tuple[Any, bytes]] = []
-    for _, value in frames:
-        if isinstance(
-            value, (commands.Basic.Deliver, commands.Basic.GetOk, commands.Basic.Return)
-        ):
-            result.append((value, b""))
-        elif isinstance(value, ContentBody) and result:
-            method, body = result[-1]
-            result[-1] = (method, body + value.value)
-    return result
-
-
-class Client:
-    """
-    A test AMQP client connected to an L{AMQPServer} through a
-    L{StringTransport}.
-
-    @ivar server: the server protocol.
-    @ivar transport: what the server writes to.
-    """
-
-    def __init__(self, factory: BrokerFactory, peer: IPv4Address = LOOPBACK) -> None:
-        """
-        Connect a new server protocol of C{factory} to a transport whose
-        peer is C{peer}.
-        """
-        self.transport = StringTransport(peerAddress=peer)
-        self.server: AMQPServer = factory.buildProtocol(peer)
-        self.server.makeConnection(self.transport)
-        self.lost = False
-
-    def send(self, data: bytes) -> None:
-        """
-        Deliver C{data} to the server as one read.
-        """
-        self.server.dataReceived(data)
-
-    def sendFrames(self, channel: int, *values: Any) -> None:
-        """
-        Encode C{values} on C{channel} and deliver them as one read.
-        """
-        self.send(encode(channel, *values))
-
-    def received(self) -> list[Received]:
-        """
-        Decode and forget what the server wrote since the last call.
-        """
-        data = self.transport.value()
-        self.transport.clear()
-        return decodeFrames(data)
-
-    def call(self, channel: int, *values: Any) -> list[Received]:
-        """
-        Send C{values} on C{channel} and return what the server answered.
-        """
-        self.sendFrames(channel, *values)
-        return self.received()
-
-    def handshake(
-        self,
-        mechanism: str = "PLAIN",
-        response: str = "\0guest\0guest",
-        frameMax: int = 0,
-        channelMax: int = 0,
-        heartbeat: int = 0,
-        capabilities: dict[str, Any] | None = None,
-        vhost: str = "/",
-    ) -> list[Received]:
-        """
-        Run the connection handshake up to connection.open and return every
-        frame the server sent.
-        """
-        self.send(wire.PROTOCOL_HEADER)
-        properties: dict[str, Any] = {"product": "qha tests"}
-        if capabilities is not None:
-            properties["capabilities"] = capabilities
-        self.sendFrames(
-            0,
-            commands.Connection.StartOk(
-                client_properties=properties, mechanism=mechanism, response=response
-            ),
-        )
-        if self.transport.disconnecting:
-            return self.received()
-        self.sendFrames(
-            0,
-            commands.Connection.TuneOk(
-                channel_max=channelMax, frame_max=frameMax, heartbeat=heartbeat
-            ),
-        )
-        self.sendFrames(0, commands.Connection.Open(virtual_host=vhost))
-        return self.received()
-
-    def openChannel(self, number: int) -> list[Received]:
-        """
-        Open channel C{number}.
-        """
-        return self.call(number, commands.Channel.Open())
-
-    def disconnect(self) -> None:
-        """
-        Tell the server its connection is gone (once).
-        """
-        if not self.lost:
-            self.lost = True
-            self.server.connectionLost(Failure(ConnectionDone()))
-
-
-class ProtocolTestCase(SynchronousTestCase):
-    """
-    A base for protocol tests: a virtual host, a clock, a factory and a way
-    to connect clients that are disconnected at cleanup, after which no
-    timer may be left.
-    """
-
-    users: UserDatabase | None = None
-
-    def setUp(self) -> None:
-        """
-        Make the broker.
-        """
-        self.clock = Clock()
-        self.vhost = VirtualHost()
-        self.factory = self.makeFactory()
-        self.addCleanup(self.assertNoDelayedCalls)
-
-    def makeFactory(self, **kwargs: Any) -> BrokerFactory:
-        """
-        A factory for C{self.vhost} with fast users and C{self.clock}.
-        """
-        return BrokerFactory(self.vhost, self.users or fastUsers(), self.clock, **kwargs)
-
-    def assertNoDelayedCalls(self) -> None:
-        """
-        Every connection is gone, so no timer may be left.
-        """
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def connect(
-        self, peer: IPv4Address = LOOPBACK, factory: BrokerFactory | None = None
-    ) -> Client:
-        """
-        Connect a client; it is disconnected at cleanup.
-        """
-        client = Client(factory or self.factory, peer)
-        self.addCleanup(client.disconnect)
-        return client
-
-    def openClient(self, channels: Sequence[int] = (1,), **kwargs: Any) -> Client:
-        """
-        Connect a client, run the handshake and open C{channels}.
-        """
-        client = self.connect()
-        frames = client.handshake(**kwargs)
-        self.assertEqual(names(frames)[-1], (0, "Connection.OpenOk"))
-        for number in channels:
-            self.assertEqual(
-                names(client.openChannel(number)), [(number, "Channel.OpenOk")]
-            )
-        return client
-
-    def assertConnectionClosed(
-        self, client: Client, frames: Sequence[Received], code: int, dropped: bool = False
-    ) -> commands.Connection.Close:
-        """
-        The last frame is a connection.close with C{code}; with C{dropped}
-        the server also dropped the socket at once.
-        """
-        self.assertTrue(frames, "the server sent nothing")
-        channel, close = frames[-1]
-        self.assertEqual(channel, 0)
-        self.assertIsInstance(close, commands.Connection.Close)
-        self.assertEqual(close.reply_code, code, close.reply_text)
-        self.assertEqual(client.transport.disconnecting, dropped)
-        return close
-
-    def assertChannelClosed(
-        self, frames: Sequence[Received], number: int, code: int
-    ) -> commands.Channel.Close:
-        """
-        The last frame is a channel.close on C{number} with C{code}.
-        """
-        self.assertTrue(frames, "the server sent nothing")
-        channel, close = frames[-1]
-        self.assertEqual(channel, number)
-        self.assertIsInstance(close, commands.Channel.Close)
-        self.assertEqual(close.reply_code, code, close.reply_text)
-        return close
-
-    def finishClose(self, client: Client) -> None:
-        """
-        Answer the server's connection.close with close-ok: the server drops
-        the socket.
-        """
-        self.assertEqual(client.call(0, commands.Connection.CloseOk()), [])
-        self.assertTrue(client.transport.disconnecting)
 
 
 class HandshakeTests(ProtocolTestCase):

@@ -50,25 +50,8 @@ from qha.store.journal import (
     encodeRecord,
     storeInfo,
 )
+from qha.test.support import persistentMessage as message
 from qha.testing import RecordingTarget
-
-
-def message(
-    body: bytes,
-    routingKey: str = "",
-    exchange: str = "",
-    persistent: bool = True,
-    **properties: Any,
-) -> Message:
-    """
-    A message with delivery mode 2 (persistent) or 1, and C{properties}.
-    """
-    return Message.build(
-        exchange,
-        routingKey,
-        body,
-        commands.Basic.Properties(delivery_mode=2 if persistent else 1, **properties),
-    )
 
 
 def bodies(queue: Queue) -> list[bytes]:
@@ -1246,7 +1229,7 @@ class BackupStoreTests(SynchronousTestCase):
         An active primary and a backup with a store; the primary has a
         replicated durable queue.
         """
-        from qha.test.test_ha_units import InMemoryCluster
+        from qha.test.support import InMemoryCluster
 
         self.cluster = InMemoryCluster(self)
         self.clock = self.cluster.clock
@@ -1264,7 +1247,7 @@ class BackupStoreTests(SynchronousTestCase):
         makes the virtual host a replica).
         """
         from qha.ha.node import HANode, PersistentState
-        from qha.test.test_ha_units import FakeAMQP
+        from qha.test.support import FakeAMQP
 
         vhost = VirtualHost(clock=self.clock)
         store = Store(self.journal, self.clock)

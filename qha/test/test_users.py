@@ -19,12 +19,10 @@ import threading
 from typing import Any, Callable
 
 from pamqp import encode
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from qha.amqp import users
@@ -39,6 +37,7 @@ from qha.amqp.users import (
     hashPassword,
     main,
 )
+from qha.testing import RecordingVerifier
 
 FAST_N = 2**4
 """
@@ -1036,29 +1035,6 @@ class CommandLineTests(SynchronousTestCase, _UsersFileMixin):
         """
         self.assertEqual(self.runCommand("--help"), 0)
         self.assertIn("usage: qha-users", self.stdout.getvalue())
-
-
-@implementer(IPasswordVerifier)
-class RecordingVerifier:
-    """
-    An L{IPasswordVerifier} that answers only when the test says so.
-
-    @ivar calls: the hash, password and unfired L{Deferred} of each check.
-    """
-
-    def __init__(self) -> None:
-        """
-        No checks yet.
-        """
-        self.calls: list[tuple[ScryptHash, str, Deferred[bool]]] = []
-
-    def verify(self, passwordHash: ScryptHash, password: str) -> Deferred[bool]:
-        """
-        Record the check; see L{IPasswordVerifier.verify}.
-        """
-        d: Deferred[bool] = Deferred()
-        self.calls.append((passwordHash, password, d))
-        return d
 
 
 class LoginTests(SynchronousTestCase):

@@ -22,8 +22,8 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.exceptions import ChannelClosedByBroker, NackError
 from pika.spec import BasicProperties
 
-from qha.test.brokerprocess import BrokerTestCase
-from qha.test.test_e2e_pika import Deliveries, drain
+from qha.test.integration.brokerprocess import BrokerTestCase
+from qha.test.integration.clients import Deliveries, drain
 
 EVENT_TIMEOUT = 5.0
 """

@@ -21,7 +21,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 from pika.spec import BasicProperties
 
-from qha.test.brokerprocess import BrokerTestCase, methodFrame, rawFrame
+from qha.test.integration.brokerprocess import BrokerTestCase, methodFrame, rawFrame
 
 MAX_MESSAGE_SIZE = 65536
 """

@@ -5,7 +5,7 @@ connections flood it with wrong passwords (issue 12).
 
 Run against a broker it starts itself (C{twistd qha} from this checkout)::
 
-    PYTHONPATH=. .venv/bin/python -m qha.test.loginflood --seconds 10
+    PYTHONPATH=. .venv/bin/python -m qha.test.integration.loginflood --seconds 10
 
 or against a running one with C{--port 5672}. Not a test: it prints
 figures for C{doc/performance.md}.
@@ -23,7 +23,7 @@ from typing import Sequence
 import pika
 from pamqp import commands
 
-from qha.test.brokerprocess import BrokerProcess, RawConnection
+from qha.test.integration.brokerprocess import BrokerProcess, RawConnection
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -5,7 +5,7 @@ tests.
 L{Cluster} picks every broker's AMQP and AMP port up front (bind port 0,
 close), so that each broker can be given C{--ha-brokers} with all the AMP
 addresses, and a restarted broker comes back on the same ports with the
-same C{--data-dir}. It builds on L{qha.test.brokerprocess}: the same
+same C{--data-dir}. It builds on L{qha.test.integration.brokerprocess}: the same
 C{twistd} command, the same output reader thread, the same die-with-parent
 and the same cleanup at exit.
 
@@ -33,8 +33,8 @@ from typing import IO, Any, Sequence
 import pika
 from twisted.protocols import amp
 
-from ..admin.commands import AddObject, DeleteObject, ListObjects, Login, Ping, Promote, Query
-from .brokerprocess import (
+from qha.admin.commands import AddObject, DeleteObject, ListObjects, Login, Ping, Promote, Query
+from qha.test.integration.brokerprocess import (
     STARTUP_TIMEOUT,
     STOP_TIMEOUT,
     BrokerProcess,

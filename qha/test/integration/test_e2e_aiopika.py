@@ -21,7 +21,7 @@ from aio_pika import ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pamqp import commands
 
-from qha.test.brokerprocess import BrokerTestCase
+from qha.test.integration.brokerprocess import BrokerTestCase
 
 TEST_TIMEOUT = 20.0
 """

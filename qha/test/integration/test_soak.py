@@ -21,7 +21,7 @@ import pika
 from pika.exceptions import AMQPError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .cluster import Cluster, RemoteAMPError
+from qha.test.integration.cluster import Cluster, RemoteAMPError
 
 QUEUE = "soak"
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))

@@ -5,7 +5,7 @@ on the same data directory, standalone and in a cluster (a failover, then a
 total shutdown); and a damaged journal that the broker refuses, then
 starts on with C{--store-recover}.
 
-The publisher is a raw AMQP client (L{ConfirmedPublisher}) that keeps a
+The publisher is a raw AMQP client (L{WindowedPublisher}) that keeps a
 window of unconfirmed publishes in flight, so the kill always lands on
 publishes that were sent and not confirmed, and many confirms share each
 flush. What must hold after the restart: every confirmed message is there,
@@ -31,16 +31,16 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pika
-from pamqp import body as pamqpBody, commands, header as pamqpHeader
 from twisted.trial.unittest import SynchronousTestCase
 
-from ..ha.commands import Hello
-from ..store.journal import MAGIC
-from .brokerprocess import CHECKOUT, RawConnection, methodFrame, twistdCommand
-from .cluster import HOST, Cluster, ClusterBroker, RemoteAMPError, freePort, startCluster
+from qha.ha.commands import Hello
+from qha.store.journal import MAGIC
+from qha.test.integration.brokerprocess import CHECKOUT, twistdCommand
+from qha.test.integration.clients import WindowedPublisher
+from qha.test.integration.cluster import HOST, Cluster, ClusterBroker, RemoteAMPError, freePort, startCluster
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 """
@@ -48,88 +48,6 @@ The properties of a persistent message.
 """
 
 _RECOVERED = re.compile(r"recovered (\d+) queues and (\d+) messages from (\S+) in ([0-9.]+)s")
-
-
-class ConfirmedPublisher:
-    """
-    A raw AMQP publisher with publisher confirms that keeps up to
-    C{window} publishes unconfirmed, so that a kill always finds some in
-    flight.
-
-    @ivar sent: the bodies sent, in order (delivery tag = index + 1).
-    @ivar confirmed: how many of the first sent are confirmed (the broker
-        confirms in order on one queue; a C{multiple} ack covers all
-        before it).
-    """
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        """
-        Connect to the broker on C{port}, open channel 1 and select
-        confirms.
-        """
-        self.connection = RawConnection(port, HOST, timeout=timeout)
-        self.connection.handshake()
-        self.connection.openChannel(1)
-        self.connection.sendMethod(1, commands.Confirm.Select())
-        _, selectOk = self.connection.readMethod()
-        assert isinstance(selectOk, commands.Confirm.SelectOk), selectOk
-        self.sent: list[bytes] = []
-        self.confirmed = 0
-
-    def close(self) -> None:
-        """
-        Close the socket (the broker may be gone).
-        """
-        self.connection.close()
-
-    def _frames(self, queue: str, body: bytes) -> bytes:
-        """
-        The frames of one persistent publish to C{queue} through the
-        default exchange.
-        """
-        properties = commands.Basic.Properties(delivery_mode=2)
-        return (
-            methodFrame(1, commands.Basic.Publish(exchange="", routing_key=queue))
-            + methodFrame(1, pamqpHeader.ContentHeader(0, len(body), properties))
-            + methodFrame(1, pamqpBody.ContentBody(body))
-        )
-
-    def publish(
-        self,
-        queue: str,
-        prefix: str,
-        until: int,
-        window: int = 200,
-        then: Callable[[], None] | None = None,
-    ) -> None:
-        """
-        Publish C{prefix-N} bodies, keeping C{window} unconfirmed, until
-        C{until} are confirmed; then send one more window's worth and, at
-        once, call C{then} (the kill) with those in flight.
-        """
-        while self.confirmed < until:
-            burst = []
-            while len(self.sent) - self.confirmed < window:
-                body = f"{prefix}-{len(self.sent)}".encode("ascii")
-                self.sent.append(body)
-                burst.append(self._frames(queue, body))
-            if burst:
-                self.connection.send(b"".join(burst))
-            _, method = self.connection.readMethod()
-            if isinstance(method, commands.Basic.Ack):
-                tag = method.delivery_tag
-                if method.multiple or tag == self.confirmed + 1:
-                    self.confirmed = max(self.confirmed, tag)
-            else:
-                raise AssertionError(f"the publisher got {method!r}")
-        if then is not None:
-            burst = []
-            for _ in range(window):
-                body = f"{prefix}-{len(self.sent)}".encode("ascii")
-                self.sent.append(body)
-                burst.append(self._frames(queue, body))
-            self.connection.send(b"".join(burst))
-            then()
 
 
 class CrashTestCase(SynchronousTestCase):
@@ -273,7 +191,7 @@ class CrashTestCase(SynchronousTestCase):
         connection.close()
         return taken
 
-    def assertStream(self, got: list[bytes], publisher: ConfirmedPublisher, what: str) -> int:
+    def assertStream(self, got: list[bytes], publisher: WindowedPublisher, what: str) -> int:
         """
         C{got} is the start of what C{publisher} sent, at least every
         confirmed message: in order, no gap, no duplicate. Return how many.
@@ -322,7 +240,7 @@ class StandaloneCrashTests(CrashTestCase):
         for method, _, _ in taken[:30]:
             consumer.basic_ack(method.delivery_tag)
         consumer.queue_declare("crash", passive=True)
-        publisher = ConfirmedPublisher(broker.port)
+        publisher = WindowedPublisher(broker.port)
         self.addCleanup(publisher.close)
         publisher.publish("crash", "b", until=3000, then=broker.kill)
         self.assertGreater(len(publisher.sent), publisher.confirmed)
@@ -466,7 +384,7 @@ class ClusterCrashTests(CrashTestCase):
         connection.channel().queue_declare("crash", durable=True)
         connection.close()
 
-        first = ConfirmedPublisher(cluster.brokers[0].port)
+        first = WindowedPublisher(cluster.brokers[0].port)
         self.addCleanup(first.close)
         first.publish("crash", "b", until=1500, then=lambda: cluster.kill(0))
         for backup in (1, 2):
@@ -487,7 +405,7 @@ class ClusterCrashTests(CrashTestCase):
         cluster.waitForBackups(newest, 2)
         # One backup goes: its store falls behind.
         cluster.kill(other)
-        second = ConfirmedPublisher(cluster.brokers[newest].port)
+        second = WindowedPublisher(cluster.brokers[newest].port)
         self.addCleanup(second.close)
 
         def totalShutdown() -> None:

@@ -6,7 +6,7 @@ epoch (with and without C{--ha-min-backups}), and aio-pika's robust
 connection.
 
 Brokers are killed (SIGKILL), paused (SIGSTOP) and resumed (SIGCONT)
-through L{qha.test.cluster}. Every wait is bounded: a publish whose confirm
+through L{qha.test.integration.cluster}. Every wait is bounded: a publish whose confirm
 may be held runs in a thread joined with a timeout, and a watchdog kills
 the brokers (which fails every blocked client call) if a test runs too
 long.
@@ -25,7 +25,8 @@ import pika
 from pika.exceptions import AMQPConnectionError, AMQPError
 from twisted.trial.unittest import SynchronousTestCase
 
-from .cluster import Cluster, RemoteAMPError, startCluster
+from qha.test.integration.clients import ThreadedPublisher
+from qha.test.integration.cluster import Cluster, RemoteAMPError, startCluster
 
 ALL = {"qpid.replicate": "all"}
 """
@@ -36,77 +37,6 @@ HEARTBEAT = 0.5
 """
 The brokers' C{--ha-heartbeat}: a stalled peer is dropped after two.
 """
-
-
-class ConfirmedPublisher(threading.Thread):
-    """
-    Publishes with publisher confirms on a pika connection of its own, in
-    its own thread, so that a test can wait for a confirm that may be held
-    with a bound.
-
-    It connects (to every broker's address in turn) as soon as it starts,
-    then waits for L{go} before publishing, so that a test can open the
-    connection before it pauses a broker and publish after.
-
-    @ivar connected: set once the connection and channel are open.
-    @ivar port: the AMQP port of the broker it connected to.
-    @ivar confirmedAt: for each body confirmed, when (monotonic seconds).
-    @ivar error: what went wrong, if something did.
-    @ivar finished: set when the thread is done.
-    """
-
-    def __init__(
-        self,
-        parameters: Sequence[pika.ConnectionParameters],
-        queue: str,
-        bodies: Sequence[bytes],
-        waitForGo: bool = False,
-    ) -> None:
-        """
-        @param parameters: every broker's connection parameters.
-        @param queue: where to publish (through the default exchange).
-        @param bodies: what to publish, in order.
-        @param waitForGo: whether to wait for L{go} once connected.
-        """
-        super().__init__(name="qha confirmed publisher", daemon=True)
-        self.parameters = list(parameters)
-        self.queue = queue
-        self.bodies = list(bodies)
-        self.connected = threading.Event()
-        self.go = threading.Event()
-        if not waitForGo:
-            self.go.set()
-        self.finished = threading.Event()
-        self.port: int | None = None
-        self.confirmedAt: list[float] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        """
-        Connect, wait for the go, publish every body and wait for each
-        confirm.
-        """
-        connection = None
-        try:
-            connection = pika.BlockingConnection(self.parameters)
-            self.port = connection._impl.params.port
-            channel = connection.channel()
-            channel.confirm_delivery()
-            self.connected.set()
-            self.go.wait(30)
-            for body in self.bodies:
-                channel.basic_publish("", self.queue, body)
-                self.confirmedAt.append(time.monotonic())
-        except BaseException as error:
-            self.error = error
-        finally:
-            self.connected.set()
-            if connection is not None and connection.is_open:
-                try:
-                    connection.close()
-                except Exception:
-                    pass
-            self.finished.set()
 
 
 class FailoverTestCase(SynchronousTestCase):
@@ -337,7 +267,7 @@ class RecoveryTests(FailoverTestCase):
         its broker id) and caught up.
         """
         cluster = self.failOver(backupTimeout=30)
-        publisher = ConfirmedPublisher(cluster.amqpParams(), "hold", [b"held"])
+        publisher = ThreadedPublisher(cluster.amqpParams(), "hold", [b"held"])
         publisher.start()
         self.assertTrue(publisher.connected.wait(10))
         self.assertEqual(publisher.port, cluster.brokers[1].port)
@@ -361,7 +291,7 @@ class RecoveryTests(FailoverTestCase):
         """
         cluster = self.failOver(backupTimeout=2)
         promoted = time.monotonic()
-        publisher = ConfirmedPublisher(cluster.amqpParams(), "hold", [b"held"])
+        publisher = ThreadedPublisher(cluster.amqpParams(), "hold", [b"held"])
         publisher.start()
         self.assertTrue(publisher.finished.wait(10), "the confirm never came")
         self.assertIsNone(publisher.error)
@@ -414,7 +344,7 @@ class StalledBackupTests(FailoverTestCase):
         self.declare(cluster, "stalled", [b"before"])
         cluster.pause(1)
         started = time.monotonic()
-        publisher = ConfirmedPublisher(cluster.amqpParams(), "stalled", [b"during"])
+        publisher = ThreadedPublisher(cluster.amqpParams(), "stalled", [b"during"])
         publisher.start()
         self.assertTrue(publisher.finished.wait(10), "the confirm never came")
         self.assertIsNone(publisher.error)
@@ -478,7 +408,7 @@ class FencingTests(FailoverTestCase):
         cluster = self.startCluster(3, ["--ha-min-backups", "1"])
         self.declare(cluster, "fenced", [b"confirmed"])
         parameters = [cluster.amqpParameters(0, heartbeat=0)]
-        publisher = ConfirmedPublisher(parameters, "fenced", [b"unconfirmable"], waitForGo=True)
+        publisher = ThreadedPublisher(parameters, "fenced", [b"unconfirmable"], waitForGo=True)
         publisher.start()
         self.assertTrue(publisher.connected.wait(10))
         self.assertIsNone(publisher.error)

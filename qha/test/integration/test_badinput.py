@@ -26,7 +26,7 @@ import pika
 from pamqp import commands
 from pika.adapters.blocking_connection import BlockingConnection
 
-from qha.test.brokerprocess import (
+from qha.test.integration.brokerprocess import (
     PROTOCOL_HEADER,
     BrokerTestCase,
     RawConnection,

@@ -1,7 +1,7 @@
 """
 End-to-end tests of the active-passive cluster's replication, ported from
 Apache Qpid's C{src/tests/ha_tests.py}: real C{twistd qha} processes on
-loopback (L{qha.test.cluster}), driven with pika.
+loopback (L{qha.test.integration.cluster}), driven with pika.
 
 A backup refuses AMQP clients, so what a backup holds is checked in two
 ways: its queues, exchanges and bindings with their message counts through
@@ -32,7 +32,7 @@ from pika.spec import BasicProperties
 from twisted.trial.unittest import SynchronousTestCase
 
 from qha.admin.commands import Login, Query
-from qha.test.cluster import (
+from qha.test.integration.cluster import (
     BlockingAMP,
     Cluster,
     RemoteAMPError,

@@ -3,7 +3,7 @@ End-to-end tests: a real C{twistd qha} process on a free loopback port,
 driven with pika's blocking client through every feature of AMQP 0-9-1 that
 the broker offers.
 
-Each class shares one broker (see L{qha.test.brokerprocess.sharedBroker});
+Each class shares one broker (see L{qha.test.integration.brokerprocess.sharedBroker});
 each test uses names of its own. Nothing sleeps: every wait is for an event,
 with a deadline.
 """
@@ -32,41 +32,13 @@ from pika.spec import Basic, BasicProperties
 
 from qha.amqp.users import hashPassword
 from qha.broker.vhost import Resources
-from qha.test.brokerprocess import (
+from qha.test.integration.brokerprocess import (
     AMQPlainCredentials,
     BrokerTestCase,
     methodFrame,
     waitUntil,
 )
-
-Delivery = tuple[Any, BasicProperties, bytes]
-
-
-class Deliveries:
-    """
-    Collects what a pika consumer receives.
-    """
-
-    def __init__(self) -> None:
-        """
-        Nothing received yet.
-        """
-        self.received: list[Delivery] = []
-
-    def __call__(
-        self, channel: BlockingChannel, method: Any, properties: BasicProperties, body: bytes
-    ) -> None:
-        """
-        pika's on_message_callback.
-        """
-        self.received.append((method, properties, body))
-
-    @property
-    def bodies(self) -> list[bytes]:
-        """
-        The bodies received, in order.
-        """
-        return [body for _, _, body in self.received]
+from qha.test.integration.clients import Deliveries, drain
 
 
 def messageCount(channel: BlockingChannel, queue: str) -> int:
@@ -74,18 +46,6 @@ def messageCount(channel: BlockingChannel, queue: str) -> int:
     How many ready messages C{queue} holds, from a passive declare.
     """
     return channel.queue_declare(queue, passive=True).method.message_count
-
-
-def drain(channel: BlockingChannel, queue: str) -> list[bytes]:
-    """
-    Get every ready message of C{queue} with basic.get and no-ack.
-    """
-    bodies: list[bytes] = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
 
 
 class ConnectionTests(BrokerTestCase):
