@@ -536,7 +536,7 @@ def inReads(data: bytes, sizes: list[int]) -> list[bytes]:
 
 class NodeAMPCase(SynchronousTestCase):
     """
-    A node with HA credentials, built as in L{qha.test.test_ha_units},
+    A node with HA credentials, built as in L{qha.test.support},
     whose AMP connections are made by its L{NodeAMPFactory} over
     L{StringTransport}s.
     """
@@ -570,7 +570,7 @@ class NodeAMPCase(SynchronousTestCase):
         """
         Send C{box} as the next L{Events} box on a new replication link (a
         backup's logged-in connection to its primary, as
-        L{qha.test.test_ha_units.InMemoryCluster.connect} makes it): within
+        L{qha.test.support.InMemoryCluster.connect} makes it): within
         the line budget, no traceback logged, answered with success or
         MALFORMED_BOX; then close the link.
         """

@@ -34,9 +34,9 @@ from qha.changes.replay import Replicator, holdingsOf
 from qha.ha.commands import BadHoldings, MalformedBox
 from qha.ha.primary import MAX_HELD_RANGES, HeldIds, checkHoldings, parseHoldings
 from qha.ha.role import JOINING, READY
-from qha.test import test_ha_units
-from qha.test.test_ha_units import ALL, InMemoryCluster, contents, message
-from qha.test.test_protocol import ProtocolTestCase, rawFrame
+from qha.test import support
+from qha.test.support import ALL, InMemoryCluster, ProtocolTestCase, message, rawFrame
+from qha.test.support import queueContents as contents
 from qha.testing import RecordingObserver
 
 BIG = 2**62
@@ -142,12 +142,12 @@ class HoldingsTests(SynchronousTestCase):
         for body in (b"1", b"2", b"3"):
             self.primary.vhost.publish("", "q", message(body, "q"))
 
-    def subscribeClaiming(self, holdings: Any) -> test_ha_units.Link:
+    def subscribeClaiming(self, holdings: Any) -> support.Link:
         """
         Connect the backup to the primary with C{holdings} (any JSON value)
         as what it says it holds.
         """
-        self.patch(test_ha_units, "holdingsOf", lambda vhost: holdings)
+        self.patch(support, "holdingsOf", lambda vhost: holdings)
         return self.cluster.connect(self.primary, self.backup)
 
     def test_rangeBomb(self) -> None:
