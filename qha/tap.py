@@ -4,7 +4,9 @@ The twistd plugin's options and service: C{twistd -n qha --help}.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import re
 import sys
 from typing import Any
@@ -375,6 +377,13 @@ class ListenService(StreamServerEndpointService):
         self.description = description
         self.what = what
 
+    def privilegedStartService(self) -> None:
+        """
+        Nothing yet: twistd calls this before C{startService}, outside the
+        reporting below, and a failure here would end in a traceback and a
+        process that never exits. The port is taken in L{startService}.
+        """
+
     def startService(self) -> None:
         """
         Listen.
@@ -382,6 +391,7 @@ class ListenService(StreamServerEndpointService):
         @raise SystemExit: if the port cannot be had.
         """
         try:
+            super().privilegedStartService()
             super().startService()
         except Exception as error:
             sys.stderr.write(
@@ -541,6 +551,9 @@ def storeThread(reactor: Any) -> Any:
     from twisted.python.threadpool import ThreadPool
 
     pool = ThreadPool(minthreads=1, maxthreads=1, name="qha-store")
+    # Stopped (and joined) at the reactor's shutdown; a daemon so that a
+    # start that fails before the reactor runs (a port in use) still exits.
+    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
     pool.start()
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
     return lambda write: deferToThreadPool(reactor, pool, write)
@@ -642,7 +655,6 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         factory.refusedUsers.add(config["ha-username"])
     service = MultiService()
     dataDirectory.setServiceParent(service)
-    passwords.setServiceParent(service)
     failedLogins.setServiceParent(service)
     clientPort = ClientPort(reactor, config["port"], factory)
     if cluster:
@@ -675,4 +687,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     ListenService(
         serverFromString(reactor, config["ha-port"]), amp, config["ha-port"], "AMP"
     ).setServiceParent(service)
+    # Its threads start last: a port that cannot be had stops the start
+    # (twistd exits 1) before any thread exists that would keep the process.
+    passwords.setServiceParent(service)
     return service

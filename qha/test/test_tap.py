@@ -260,13 +260,13 @@ class ServiceWiringTests(SynchronousTestCase):
         kinds = [type(child) for child in self.children(service)]
         self.assertEqual(
             kinds,
-            [DataDirectoryLock, ThreadPoolVerifier, FailedLogins]
-            + [ListenService, StoreService, HANode, ListenService],
+            [DataDirectoryLock, FailedLogins]
+            + [ListenService, StoreService, HANode, ListenService, ThreadPoolVerifier],
         )
         ports = {port: factory for port, factory, _, _ in reactor.tcpServers}
         self.assertIsInstance(ports[5999], BrokerFactory)
         self.assertIsInstance(ports[5998], NodeAMPFactory)
-        node = self.children(service)[5]
+        node = self.children(service)[4]
         self.assertEqual(node.role.name, STANDALONE)
         self.assertIsNotNone(node.store)
 
@@ -289,11 +289,11 @@ class ServiceWiringTests(SynchronousTestCase):
         kinds = [type(child) for child in self.children(service)]
         self.assertEqual(
             kinds,
-            [DataDirectoryLock, ThreadPoolVerifier, FailedLogins]
-            + [ClientPort, StoreService, HANode, ListenService],
+            [DataDirectoryLock, FailedLogins]
+            + [ClientPort, StoreService, HANode, ListenService, ThreadPoolVerifier],
         )
         self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998])
-        node = self.children(service)[5]
+        node = self.children(service)[4]
         self.assertEqual(node.role.name, JOINING)
         self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients], [("127.0.0.1", 5998)])
         node.role.promote()
