@@ -78,6 +78,13 @@ class MalformedBox(Exception):
     """
 
 
+class BadEpoch(Exception):
+    """
+    A peer named an epoch that no broker of a cluster can have: negative,
+    past 64 bits, or further ahead of ours than promotions could take it.
+    """
+
+
 class OutOfSequence(Exception):
     """
     A replication box arrived after a gap (a box before it is missing): the
@@ -92,6 +99,7 @@ ERRORS: dict[type[Exception], bytes] = {
     Refused: b"REFUSED",
     OutOfSequence: b"OUT_OF_SEQUENCE",
     MalformedBox: b"MALFORMED_BOX",
+    BadEpoch: b"BAD_EPOCH",
 }
 """
 The error codes of every command of the AMP port, replication and admin: an
