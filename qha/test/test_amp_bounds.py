@@ -63,7 +63,7 @@ class LoggingCase(SynchronousTestCase):
         """
         Record every log event.
         """
-        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
     def warnings(self) -> list[str]:
         """
@@ -310,7 +310,7 @@ def _parse(data: bytes) -> list[tuple[bytes, bytes]]:
     """
     The keys and values of the one box in C{data}.
     """
-    pairs = []
+    pairs: list[tuple[bytes, bytes]] = []
     offset = 0
     while True:
         (length,) = struct.unpack_from(">H", data, offset)
@@ -336,7 +336,7 @@ class RefusalLogTests(SynchronousTestCase):
         """
         clock = Clock()
         refusals = RefusalLog(clock, burst=3, period=10)
-        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.assertEqual(
             [refusals.refused("p:1", "x") for _ in range(5)], [True, True, True, False, False]
         )
@@ -559,11 +559,8 @@ class QueueReplicatorTests(SynchronousTestCase):
         A box naming another queue is refused whole: not even its events
         of C{q} are applied.
         """
-        for event in [
-            (ev.PURGED, "q"),
-        ]:
-            box = self.box(event, (ev.PURGED, "other"))
-            self.assertRaises(MalformedEvents, self.replicator.apply, box)
+        box = self.box((ev.PURGED, "q"), (ev.PURGED, "other"))
+        self.assertRaises(MalformedEvents, self.replicator.apply, box)
         self.assertEqual([body for _, body, _ in contents(self.q)], [b"m1"])
         self.assertUntouched()
 
@@ -573,7 +570,7 @@ class QueueReplicatorTests(SynchronousTestCase):
         declarations, deletions, entries; exchanges; bindings to other
         queues or from exchanges of this broker.
         """
-        for event in [
+        foreign: list[tuple[Any, ...]] = [
             (ev.QUEUE_DELETED, "other", self.other.uuid),
             (ev.QUEUE_DECLARED, "new", "u", True, False, False, False, {}),
             (ev.DEQUEUED_RANGE, "other", 1, 1),
@@ -582,7 +579,8 @@ class QueueReplicatorTests(SynchronousTestCase):
             (ev.BOUND, "x", b"q", "q", "k", {}),
             (ev.BOUND, "amq.direct", b"q", "other", "k", {}),
             (ev.UNBOUND, "amq.direct", b"x", "q", "k", {}),
-        ]:
+        ]
+        for event in foreign:
             self.assertRaises(MalformedEvents, self.replicator.apply, self.box(event))
         self.assertUntouched()
 
@@ -694,11 +692,19 @@ class QueueReplicationTests(LoggingCase):
         localSide.callRemote(
             Subscribe, brokerId=self.local.brokerId, epoch=0, address="", holdings=b"{}", queue="q"
         ).addBoth(answers.append)
-        self.addCleanup(lambda: (link.close(), pump.flush(), self.clock.advance(1)))
+        self.addCleanup(self.closeLink, link, pump)
         pump.flush()
         self.clock.advance(0)
         pump.flush()
         return link, pump, answers
+
+    def closeLink(self, link: QueueReplicaLink, pump: iosim.IOPump) -> None:
+        """
+        Close C{link} and let what follows run.
+        """
+        link.close()
+        pump.flush()
+        self.clock.advance(1)
 
     def test_replicates(self) -> None:
         """
