@@ -683,7 +683,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     StoreService(store).setServiceParent(service)
     node.setServiceParent(service)
     # One AMP port, one login: replication and admin answer behind it.
-    amp = NodeAMPFactory(options.credentials, [node.replicationLocator, adminLocator(node)])
+    amp = NodeAMPFactory(
+        options.credentials, [node.replicationLocator, adminLocator(node)], clock=reactor
+    )
     ListenService(
         serverFromString(reactor, config["ha-port"]), amp, config["ha-port"], "AMP"
     ).setServiceParent(service)

@@ -86,6 +86,13 @@ class BadHoldings(Exception):
     """
 
 
+class BadEpoch(Exception):
+    """
+    A peer named an epoch that no broker of a cluster can have: negative,
+    past 64 bits, or further ahead of ours than promotions could take it.
+    """
+
+
 class OutOfSequence(Exception):
     """
     A replication box arrived after a gap (a box before it is missing): the
@@ -101,6 +108,7 @@ ERRORS: dict[type[Exception], bytes] = {
     OutOfSequence: b"OUT_OF_SEQUENCE",
     MalformedBox: b"MALFORMED_BOX",
     BadHoldings: b"BAD_HOLDINGS",
+    BadEpoch: b"BAD_EPOCH",
 }
 """
 The error codes of every command of the AMP port, replication and admin: an

@@ -13,8 +13,8 @@ from twisted.protocols import amp
 
 from .commands import Events, Heartbeat, Hello, NotPrimary, Refused, StaleEpoch, Subscribe
 from .connection import Session
+from .fencing import checkClaim, checkEpoch
 from .primary import ReplicationSource, parseHoldings
-from .role import JOINING
 
 if TYPE_CHECKING:
     from .link import BackupLink
@@ -50,13 +50,39 @@ class ReplicationLocator(amp.CommandLocator):
         if self.link is not None:
             self.link.lost()
 
-    @Hello.responder
-    def hello(self, brokerId: str, epoch: int, role: str) -> dict[str, Any]:
+    def _claimed(self, epoch: int, brokerId: str) -> Deferred[None]:
         """
-        Who this broker is, and how far its store goes.
+        The peer speaks of C{epoch}: if it is newer than this primary's,
+        check whether a primary of it exists (asking the peer on this
+        connection and the other brokers) before stepping down.
+        """
+        return checkClaim(self.node, epoch, brokerId, self.session.connection)
+
+    def _clusterLink(self) -> bool:
+        """
+        Whether this connection is of this broker's cluster: not a
+        single-queue replication (whose remote counts epochs of its own).
+        """
+        if self.source is not None and self.source.only is not None:
+            return False
+        return self.link is None or self.link is self.node.link
+
+    @Hello.responder
+    def hello(self, brokerId: str, epoch: int, role: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        """
+        Who this broker is, and how far its store goes; answered after the
+        check of a newer epoch the peer speaks of.
         """
         self.session.check()
-        self.node.heardEpoch(epoch, role, brokerId)
+        checkEpoch(epoch, self.node.epoch)
+        if epoch > self.node.epoch and self.node.role.isPrimary:
+            return self._claimed(epoch, brokerId).addCallback(lambda _: self._whoAmI())
+        return self._whoAmI()
+
+    def _whoAmI(self) -> dict[str, Any]:
+        """
+        The answer to L{Hello}.
+        """
         answer: dict[str, Any] = {
             "brokerId": self.node.brokerId,
             "epoch": self.node.epoch,
@@ -71,7 +97,7 @@ class ReplicationLocator(amp.CommandLocator):
     @Subscribe.responder
     def subscribe(
         self, brokerId: str, epoch: int, address: str, holdings: bytes, queue: str | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
         """
         Stream this primary (or one queue) to the subscriber.
         """
@@ -79,9 +105,14 @@ class ReplicationLocator(amp.CommandLocator):
         node = self.node
         if queue is not None:
             return self._subscribeQueue(brokerId, holdings, queue)
+        checkEpoch(epoch, node.epoch)
         if epoch > node.epoch:
-            node.heardEpoch(epoch, JOINING, brokerId)
-            raise StaleEpoch(f"this broker's epoch {node.epoch} is older than {epoch}")
+            ours = node.epoch
+
+            def refuse(_: object) -> dict[str, Any]:
+                raise StaleEpoch(f"this broker's epoch {ours} is older than {epoch}")
+
+            return self._claimed(epoch, brokerId).addCallback(refuse)
         if not node.role.isPrimary:
             raise NotPrimary(f"this broker is {node.role.name}, not the primary")
         assert self.session.connection is not None
@@ -97,6 +128,11 @@ class ReplicationLocator(amp.CommandLocator):
         Single-queue replication: stream one queue to another broker.
         """
         node = self.node
+        if not (node.options.queueReplication or not node.standalone):
+            raise Refused(
+                "single-queue replication is off: start the broker with"
+                " --ha-queue-replication yes"
+            )
         if not node.role.servesClients:
             raise NotPrimary(f"this broker is {node.role.name}, not the primary")
         if queue not in node.vhost.queues:
@@ -132,14 +168,19 @@ class ReplicationLocator(amp.CommandLocator):
         return {}
 
     @Heartbeat.responder
-    def heartbeat(self, epoch: int) -> dict[str, Any]:
+    def heartbeat(self, epoch: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
         """
-        The other end is alive, and speaks of C{epoch}.
+        The other end is alive, and speaks of C{epoch} (checked, if newer,
+        on a link of this broker's cluster).
         """
         self.session.check()
         if self.link is not None:
             self.link.heard()
-        self.node.heardEpoch(epoch, "", "")
+        if not self._clusterLink():
+            return {"epoch": self.node.epoch}
+        checkEpoch(epoch, self.node.epoch)
+        if epoch > self.node.epoch and self.node.role.isPrimary:
+            return self._claimed(epoch, "").addCallback(lambda _: {"epoch": self.node.epoch})
         return {"epoch": self.node.epoch}
 
 

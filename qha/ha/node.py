@@ -28,7 +28,7 @@ from .coordinated import CoordinatedNode
 from .coordinator import SwitchoverRefused
 from .etcd import IEtcd
 from .discovery import Search, findPrimary
-from .fencing import Probe, promotionRefusal
+from .fencing import Probe, checkClaim, epochRefusal, promotionRefusal
 from .identity import PersistentState
 from .link import BackupLink
 from .locator import ReplicationLocator
@@ -405,10 +405,22 @@ class HANode(Service):
 
     def heardEpoch(self, epoch: int, role: str, brokerId: str) -> None:
         """
-        Another broker spoke of C{epoch}: a primary that hears of a newer
-        one steps down at once.
+        Another broker spoke of C{epoch}. A primary that hears it from the
+        primary of a newer epoch itself (C{role} a primary's: an answer to
+        its own question) steps down at once; any other mention of a newer
+        epoch is a claim, checked first (L{checkClaim}). An epoch no broker
+        can have is ignored.
         """
         if epoch > self.epoch and self.role.isPrimary:
+            refusal = epochRefusal(epoch, self.epoch)
+            if refusal is not None:
+                self.log.warn(
+                    "broker {other}: {refusal}: ignored", other=brokerId or "?", refusal=str(refusal)
+                )
+                return
+            if role not in PRIMARY_ROLES:
+                checkClaim(self, epoch, brokerId)
+                return
             self.log.warn(
                 "broker {other} speaks of epoch {epoch}, newer than ours ({ours})",
                 other=brokerId or "?",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -20,6 +21,26 @@ from qha.ha.connection import NodeAMPFactory
 from qha.ha.identity import PersistentState
 from qha.ha.role import ACTIVE, JOINING, RECOVERING
 from qha.test.support import ALL, InMemoryCluster, message, queueContents
+
+
+class NewerPrimary(amp.CommandLocator):
+    """
+    Answers L{Hello} as the active primary C{other} of an epoch.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        """
+        @param epoch: the primary's epoch.
+        """
+        super().__init__()
+        self.epoch = epoch
+
+    @Hello.responder
+    def hello(self, brokerId: str, epoch: int, role: str) -> dict[str, Any]:
+        """
+        Who this primary is.
+        """
+        return {"brokerId": "other", "epoch": self.epoch, "role": ACTIVE}
 
 
 class FencingTests(SynchronousTestCase):
@@ -93,6 +114,12 @@ class FencingTests(SynchronousTestCase):
         (L{StaleEpoch}), and the old primary steps down.
         """
         self.backup.state.setEpoch(3)
+        # The primary checks the claim (issue 12): a primary of epoch 3 is
+        # among its brokers.
+        self.primary.options.brokers.append("newer:5673")
+        self.patch(
+            self.primary, "ask", lambda address: succeed({"brokerId": "newer", "epoch": 3, "role": ACTIVE})
+        )
         link = self.cluster.connect(self.primary, self.backup)
         [failure] = link.subscribed
         self.assertIsInstance(failure, Failure)
@@ -103,11 +130,13 @@ class FencingTests(SynchronousTestCase):
     def talk(self, command: type[amp.Command], **arguments: Any) -> list[Any]:
         """
         Send C{command} to the primary over a fresh AMP connection, as
-        another broker would; return what came back.
+        another broker would (the primary of C{epoch}, answering the
+        primary's check of that claim: issue 12); return what came back.
         """
+        newer = NewerPrimary(arguments["epoch"])
         client, server, pump = iosim.connectedServerAndClient(
             lambda: NodeAMPFactory(None, [self.primary.replicationLocator]).buildProtocol(None),  # type: ignore[arg-type]
-            amp.AMP,
+            lambda: amp.AMP(locator=newer),
             clock=self.cluster.clock,
         )
         answers: list[Any] = []

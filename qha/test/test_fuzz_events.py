@@ -554,7 +554,9 @@ class NodeAMPCase(SynchronousTestCase):
         )
         self.node.vhost.declareQueue("kept", durable=True)
         self.factory = NodeAMPFactory(
-            options.credentials, [self.node.replicationLocator, adminLocator(self.node)]
+            options.credentials,
+            [self.node.replicationLocator, adminLocator(self.node)],
+            clock=self.clock,
         )
 
     def connect(self) -> tuple[NodeAMP, StringTransport]:
@@ -654,12 +656,6 @@ class NodeAMPFindings(NodeAMPCase):
     AMP input the node does not bound or validate today: the findings of
     issue 12. Unskip once fixed.
     """
-
-    skip = (
-        f"{ISSUE}: malformed AMP boxes raise out of dataReceived or are logged"
-        " as tracebacks, and a box without an end is buffered without bound;"
-        " see each test for its reproducer"
-    )
 
     def feedAndCheck(self, data: bytes, sizes: list[int]) -> StringTransport:
         """
@@ -784,3 +780,8 @@ class NodeAMPFindings(NodeAMPCase):
         bomb in the box escapes or hangs (see L{ReplicaFindings}).
         """
         self.sendEvents(box)
+
+    test_eventsOnALink.skip = (  # type: ignore[attr-defined]
+        f"{ISSUE}: the replica's range bombs and bad JSON (L{{ReplicaFindings}})"
+        " are fixed on another branch"
+    )
