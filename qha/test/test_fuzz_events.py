@@ -776,12 +776,7 @@ class NodeAMPFindings(NodeAMPCase):
         """
         Malformed events on a replication link: the link answers with
         MALFORMED_BOX (or applies what it could) and closes, with no
-        traceback and bounded work. Today a bad snapshot's JSON or a range
-        bomb in the box escapes or hangs (see L{ReplicaFindings}).
+        traceback and bounded work (bad snapshot JSON and range bombs
+        included, see L{ReplicaFindings}).
         """
         self.sendEvents(box)
-
-    test_eventsOnALink.skip = (  # type: ignore[attr-defined]
-        f"{ISSUE}: the replica's range bombs and bad JSON (L{{ReplicaFindings}})"
-        " are fixed on another branch"
-    )
