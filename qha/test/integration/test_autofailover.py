@@ -1,0 +1,392 @@
+"""
+Automatic failover on etcd (issue 11), end to end: a real etcd, three real
+C{twistd qha} brokers started with C{--ha-coordinator} and
+C{--ha-lease-ttl 2}, a confirmed publisher and a consumer (pika) that
+reconnect through every broker's address.
+
+Each test makes one fault (kill -9 of the primary, SIGSTOP of the primary
+or of etcd for longer than the TTL, kill -9 of a backup, a switchover with
+C{qha-admin promote}), waits for the cluster to serve again, then drains
+and counts: lost (confirmed, never delivered) and unexpected (delivered,
+never published) must be zero. Every wait is bounded and polls a state;
+nothing sleeps. The tests of the class share one etcd, each test its own
+C{--ha-cluster-name}.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import pika
+from pika.exceptions import AMQPError
+from twisted.trial.unittest import SynchronousTestCase
+
+from .cluster import Cluster, RemoteAMPError
+from .etcdprocess import BlockingEtcd, sharedEtcd
+from .test_soak import QUEUE, Consumer, Publisher
+
+TTL = 2
+"""
+C{--ha-lease-ttl} of every broker: etcd's smallest lease.
+"""
+
+WAIT = 20.0
+"""
+Seconds any one wait of these tests may take before it fails.
+"""
+
+
+class TimedPublisher(Publisher):
+    """
+    L{Publisher} that also records when each confirm arrived and from which
+    broker, so that a test can say which broker confirmed what, and when.
+
+    @ivar confirms: (monotonic time, AMQP port) of every confirm, in order.
+    """
+
+    def __init__(self, name: str, cluster: Cluster, stop: threading.Event) -> None:
+        """
+        @param name: the prefix of its message ids.
+        @param cluster: where it publishes.
+        @param stop: set to stop it.
+        """
+        super().__init__(name, cluster, stop)
+        self.confirms: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        """
+        Publish numbered messages with confirms until stopped, reconnecting
+        through every broker's address whenever the connection fails.
+        """
+        sequence = 0
+        lastConfirm = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                connection = pika.BlockingConnection(
+                    self.cluster.amqpParams(connection_attempts=40, retry_delay=0.1)
+                )
+            except AMQPError:
+                self.errors += 1
+                continue
+            port = connection._impl.params.port
+            try:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                while not self.stopping.is_set():
+                    sequence += 1
+                    id = f"{self.name}-{sequence}"
+                    self.attempted.add(id)
+                    channel.basic_publish("", QUEUE, id.encode("ascii"))
+                    now = time.monotonic()
+                    self.confirmed.add(id)
+                    self.confirms.append((now, port))
+                    self.longestGap = max(self.longestGap, now - lastConfirm)
+                    lastConfirm = now
+            except AMQPError:
+                self.errors += 1
+            finally:
+                try:
+                    connection.close()
+                except Exception:
+                    pass
+
+    def confirmedSince(self, moment: float, port: int | None = None) -> list[float]:
+        """
+        The times of the confirms after C{moment} (from broker C{port}
+        only, if given).
+        """
+        return [t for t, p in list(self.confirms) if t > moment and (port is None or p == port)]
+
+
+def adminCommand() -> list[str]:
+    """
+    The C{qha-admin} command of the Python running the tests.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "qha-admin")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from qha.admin.cli import main; main()"]
+
+
+class CoordinatedCluster:
+    """
+    Three brokers that etcd coordinates, with one publisher and one
+    consumer running against them.
+
+    @ivar cluster: the brokers.
+    @ivar publisher: the confirmed publisher.
+    @ivar consumer: the consumer.
+    """
+
+    def __init__(self, case: SynchronousTestCase, etcd: BlockingEtcd, name: str) -> None:
+        """
+        Start the brokers (they elect a primary by themselves), declare the
+        queue and start the clients; everything is stopped at cleanup.
+
+        @param case: the test.
+        @param etcd: the etcd the cluster uses.
+        @param name: the cluster's name in etcd.
+        """
+        self.case = case
+        self.etcd = etcd
+        self.cluster = Cluster(
+            3,
+            arguments=[
+                "--ha-coordinator",
+                f"etcd:{etcd.url}",
+                "--ha-cluster-name",
+                name,
+                "--ha-lease-ttl",
+                str(TTL),
+                "--ha-replicate",
+                "all",
+                "--ha-backup-timeout",
+                "1",
+            ],
+        )
+        case.addCleanup(self.cluster.stop)
+        self.cluster.start()
+        self.primary = self.waitForPrimary()
+        self.waitForBackups(2)
+        setup = self.cluster.connect(self.primary)
+        setup.channel().queue_declare(QUEUE, durable=True)
+        setup.close()
+        self.stopPublishing = threading.Event()
+        self.stopConsuming = threading.Event()
+        self.publisher = TimedPublisher("p", self.cluster, self.stopPublishing)
+        self.consumer = Consumer("c", self.cluster, self.stopConsuming)
+        case.addCleanup(self._stopClients)
+        self.publisher.start()
+        self.consumer.start()
+        self.waitForConfirms(100)
+
+    def _stopClients(self) -> None:
+        """
+        Stop the client threads, if a test failed before it did.
+        """
+        self.stopPublishing.set()
+        self.stopConsuming.set()
+        self.publisher.join(timeout=10)
+        self.consumer.join(timeout=10)
+
+    def roles(self, indexes: list[int] | None = None) -> dict[int, str]:
+        """
+        The role of each running broker (C{"?"} when it does not answer).
+        """
+        found = {}
+        for index in range(3) if indexes is None else indexes:
+            try:
+                found[index] = self.cluster.role(index, timeout=0.5)
+            except (OSError, RemoteAMPError):
+                found[index] = "?"
+        return found
+
+    def waitUntil(self, check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+        """
+        Call C{check} until it answers something true, waiting for a broker
+        to log something between two calls.
+
+        @raise AssertionError: after C{timeout} seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if result:
+                return result
+            left = deadline - time.monotonic()
+            if left <= 0:
+                outputs = "\n".join(
+                    f"--- broker {i}:\n{b.output(30)}" for i, b in enumerate(self.cluster.brokers)
+                )
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{outputs}")
+            self.cluster.brokers[0].waitForOutput(min(left, 0.05))
+
+    def waitForPrimary(self, among: list[int] | None = None, timeout: float = WAIT) -> int:
+        """
+        Wait until one of C{among} (every broker by default) is the active
+        primary, and return its index.
+        """
+
+        def active() -> int | None:
+            roles = self.roles(among)
+            for index, role in roles.items():
+                if role == "active":
+                    return index + 1
+            return None
+
+        return int(self.waitUntil(active, "an active primary", timeout)) - 1
+
+    def waitForBackups(self, count: int, timeout: float = WAIT) -> None:
+        """
+        Wait until the primary counts C{count} ready backups.
+        """
+        self.cluster.waitForBackups(self.primary, count, timeout)
+
+    def waitForConfirms(self, count: int, timeout: float = WAIT) -> float:
+        """
+        Wait until the publisher got C{count} more confirms; return when the
+        first of them arrived.
+        """
+        start = len(self.publisher.confirms)
+        self.waitUntil(
+            lambda: len(self.publisher.confirms) >= start + count, f"{count} more confirms", timeout
+        )
+        return self.publisher.confirms[start][0]
+
+    def drainAndCount(self) -> tuple[int, int, int]:
+        """
+        Stop publishing, let the consumer take every confirmed message, and
+        count.
+
+        @return: lost, unexpected, duplicated.
+        """
+        self.stopPublishing.set()
+        self.publisher.join(timeout=WAIT)
+        confirmed = set(self.publisher.confirmed)
+        attempted = set(self.publisher.attempted)
+        deadline = time.monotonic() + WAIT
+        while not confirmed <= set(self.consumer.received) and time.monotonic() < deadline:
+            self.cluster.brokers[self.primary].waitForOutput(0.1)
+        self.stopConsuming.set()
+        self.consumer.join(timeout=WAIT)
+        counts = Counter(self.consumer.received)
+        lost = confirmed - set(counts)
+        unexpected = set(counts) - attempted
+        duplicated = sum(1 for count in counts.values() if count > 1)
+        return len(lost), len(unexpected), duplicated
+
+    def assertNothingLost(self) -> None:
+        """
+        Drain and count: lost 0, unexpected 0.
+        """
+        lost, unexpected, duplicated = self.drainAndCount()
+        self.case.assertEqual(
+            (lost, unexpected),
+            (0, 0),
+            f"lost {lost}, unexpected {unexpected}, duplicated {duplicated} of"
+            f" {len(self.publisher.confirmed)} confirmed",
+        )
+
+
+class AutomaticFailoverTests(SynchronousTestCase):
+    """
+    Faults under confirmed load, with etcd deciding the primary and nobody
+    promoting.
+    """
+
+    def setUp(self) -> None:
+        """
+        The class's etcd, and a cluster of three named after the test.
+        """
+        self.etcd = sharedEtcd(AutomaticFailoverTests)
+        self.coordinated = CoordinatedCluster(self, self.etcd, self.id().rsplit(".", 1)[-1])
+
+    def test_killPrimary(self) -> None:
+        """
+        kill -9 of the primary: a ready backup takes over by itself within
+        the TTL plus a second, and nothing confirmed is lost.
+        """
+        c = self.coordinated
+        old = c.primary
+        c.cluster.kill(old)
+        killedAt = time.monotonic()
+        c.primary = c.waitForPrimary([i for i in range(3) if i != old])
+        firstConfirm = c.waitForConfirms(50) - killedAt
+        self.assertLess(firstConfirm, TTL + 3, "failover took too long")
+        c.cluster.restart(old)
+        c.waitForBackups(2)
+        c.assertNothingLost()
+
+    def test_pausePrimary(self) -> None:
+        """
+        SIGSTOP of the primary for longer than the TTL: another broker takes
+        over; after SIGCONT the old primary confirms nothing more (its
+        deadline passed) and rejoins as a backup.
+        """
+        c = self.coordinated
+        old = c.primary
+        oldPort = c.cluster.brokers[old].port
+        c.cluster.pause(old)
+        c.primary = c.waitForPrimary([i for i in range(3) if i != old])
+        # The clients hang on the paused broker's connections (they would
+        # need AMQP heartbeats to notice): it closes them once resumed,
+        # having stepped down, and they reconnect to the new primary.
+        c.cluster.resume(old)
+        resumedAt = time.monotonic()
+        c.waitUntil(lambda: c.roles([old])[old] == "ready", "the old primary to rejoin as ready")
+        c.waitForBackups(2)
+        c.waitForConfirms(50)
+        self.assertEqual(c.publisher.confirmedSince(resumedAt, oldPort), [])
+        c.assertNothingLost()
+
+    def test_pauseEtcd(self) -> None:
+        """
+        SIGSTOP of etcd for longer than the TTL: the primary serves until
+        its deadline, then stops (nobody confirms while etcd is away, and
+        no backup campaigns); after SIGCONT a primary is elected again.
+        """
+        c = self.coordinated
+        old = c.primary
+        self.etcd.signal("STOP")
+        stoppedAt = time.monotonic()
+        self.addCleanup(self.etcd.signal, "CONT")
+        c.waitUntil(lambda: c.roles([old])[old] == "joining", "the primary to stop serving")
+        stepDown = time.monotonic() - stoppedAt
+        self.assertLess(stepDown, TTL + 1)
+        # Past the TTL, with etcd still away: no primary anywhere.
+        c.waitUntil(lambda: time.monotonic() > stoppedAt + TTL + 0.5, "the TTL to pass", TTL + 1)
+        self.assertNotIn("active", c.roles().values())
+        self.assertNotIn("recovering", c.roles().values())
+        self.assertEqual(c.publisher.confirmedSince(stoppedAt + TTL), [])
+        self.etcd.signal("CONT")
+        c.primary = c.waitForPrimary()
+        c.waitForConfirms(50)
+        c.waitForBackups(2)
+        c.assertNothingLost()
+
+    def test_killBackup(self) -> None:
+        """
+        kill -9 of a backup: the primary goes on confirming; the backup
+        comes back and catches up.
+        """
+        c = self.coordinated
+        backup = (c.primary + 1) % 3
+        c.cluster.kill(backup)
+        c.waitForConfirms(100)
+        self.assertEqual(c.roles([c.primary])[c.primary], "active")
+        c.cluster.restart(backup)
+        c.waitForBackups(2)
+        c.waitForConfirms(50)
+        c.assertNothingLost()
+
+    def test_switchover(self) -> None:
+        """
+        C{qha-admin promote} on a ready backup: the primary steps down
+        first, the backup takes over in the next epoch, nothing is lost.
+        """
+        c = self.coordinated
+        old = c.primary
+        target = (old + 1) % 3
+        epoch = c.cluster.query(old)["epoch"]
+        result = subprocess.run(
+            adminCommand() + ["-b", f"127.0.0.1:{c.cluster.brokers[target].ampPort}", "promote"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        c.primary = c.waitForPrimary([target])
+        self.assertEqual(c.cluster.query(target)["epoch"], epoch + 1)
+        c.waitUntil(lambda: c.roles([old])[old] == "ready", "the old primary to follow")
+        c.waitForConfirms(50)
+        c.waitForBackups(2)
+        c.assertNothingLost()
+
+
+__all__ = ["AutomaticFailoverTests", "CoordinatedCluster", "TimedPublisher", "adminCommand"]

@@ -1,0 +1,162 @@
+"""
+The coordinated failover soak (issue 11): three brokers and one etcd with
+C{--ha-lease-ttl 2}, three confirmed publishers and two consumers; the
+primary is killed with SIGKILL ten times and nobody promotes: etcd's
+election picks the next primary. The killed broker is restarted each round
+and rejoins as a backup.
+
+C{make test} skips it; C{make soak} runs it (C{QHA_SOAK=1}). It prints lost
+(confirmed, never delivered), unexpected (delivered, never published),
+duplicated, the longest gap in confirmed publishing, and each round's
+failover time: from the kill to the first confirm from the new primary.
+Lost and unexpected must be zero.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections import Counter
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from .cluster import Cluster, RemoteAMPError
+from .etcdprocess import BlockingEtcd
+from .test_autofailover import TimedPublisher
+from .test_soak import QUEUE, Consumer
+
+ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
+TTL = 2
+
+
+class CoordinatedSoakTests(SynchronousTestCase):
+    """
+    Kill the primary ten times under confirmed load, with etcd choosing the
+    next; lose nothing.
+    """
+
+    def active(self, cluster: Cluster, among: list[int]) -> int | None:
+        """
+        The broker of C{among} that is the active primary, if any.
+        """
+        for index in among:
+            try:
+                if cluster.role(index, timeout=0.5) == "active":
+                    return index
+            except (OSError, RemoteAMPError):
+                pass
+        return None
+
+    def test_soak(self) -> None:
+        """
+        Confirmed messages all arrive across ten SIGKILL failovers that
+        nobody promotes, and nothing arrives that was not published.
+        """
+        if not os.environ.get("QHA_SOAK"):
+            raise SkipTest("the soak test runs with `make soak` (QHA_SOAK=1)")
+        etcd = BlockingEtcd()
+        etcd.start()
+        self.addCleanup(etcd.stop)
+        cluster = Cluster(
+            3,
+            arguments=[
+                "--ha-coordinator",
+                f"etcd:{etcd.url}",
+                "--ha-lease-ttl",
+                str(TTL),
+                "--ha-replicate",
+                "all",
+                "--ha-backup-timeout",
+                "1",
+            ],
+        )
+        self.addCleanup(cluster.stop)
+        cluster.start()
+        deadline = time.monotonic() + 30
+        primary = None
+        while primary is None:
+            self.assertLess(time.monotonic(), deadline, "no primary elected")
+            primary = self.active(cluster, [0, 1, 2])
+            if primary is None:
+                cluster.brokers[0].waitForOutput(0.1)
+        cluster.waitForBackups(primary, 2, timeout=30)
+        setup = cluster.connect(primary)
+        setup.channel().queue_declare(QUEUE, durable=True)
+        setup.close()
+
+        stopPublishing = threading.Event()
+        stopConsuming = threading.Event()
+        publishers = [TimedPublisher(f"p{i}", cluster, stopPublishing) for i in range(3)]
+        consumers = [Consumer(f"c{i}", cluster, stopConsuming) for i in range(2)]
+        for thread in publishers + consumers:
+            thread.start()
+
+        failovers: list[float] = []
+        started = time.monotonic()
+        for round in range(ROUNDS):
+            cluster.waitForBackups(primary, 2, timeout=30)
+            before = sum(len(p.confirmed) for p in publishers)
+            deadline = time.monotonic() + 10
+            while sum(len(p.confirmed) for p in publishers) < before + 300:
+                self.assertLess(time.monotonic(), deadline, "publishers made no progress")
+                cluster.brokers[primary].waitForOutput(0.1)
+            cluster.kill(primary)
+            killedAt = time.monotonic()
+            others = [i for i in range(3) if i != primary]
+            ports = {cluster.brokers[i].port for i in others}
+            # Nobody promotes: wait for a confirm from another broker.
+            deadline = killedAt + 30
+            while True:
+                firsts = [
+                    t for p in publishers for t, port in list(p.confirms) if t > killedAt and port in ports
+                ]
+                if firsts:
+                    failovers.append(min(firsts) - killedAt)
+                    break
+                self.assertLess(time.monotonic(), deadline, f"round {round}: no new primary confirmed")
+                cluster.brokers[others[0]].waitForOutput(0.05)
+            newPrimary = self.active(cluster, others)
+            self.assertIsNotNone(newPrimary, f"round {round}: confirms but no active primary")
+            assert newPrimary is not None
+            print(f"round {round}: broker {primary} killed, broker {newPrimary} confirms"
+                  f" after {failovers[-1]:.2f} s")
+            cluster.restart(primary)
+            primary = newPrimary
+        cluster.waitForBackups(primary, 2, timeout=30)
+
+        stopPublishing.set()
+        for publisher in publishers:
+            publisher.join(timeout=30)
+        confirmed = set().union(*(p.confirmed for p in publishers))
+        attempted = set().union(*(p.attempted for p in publishers))
+        deadline = time.monotonic() + 60
+        while True:
+            received = set().union(*(set(c.received) for c in consumers))
+            if confirmed <= received or time.monotonic() > deadline:
+                break
+            cluster.brokers[primary].waitForOutput(0.2)
+        stopConsuming.set()
+        for consumer in consumers:
+            consumer.join(timeout=30)
+
+        counts: Counter[str] = Counter()
+        for consumer in consumers:
+            counts.update(consumer.received)
+        received = set(counts)
+        lost = confirmed - received
+        unexpected = received - attempted
+        duplicated = sum(1 for count in counts.values() if count > 1)
+        gap = max(p.longestGap for p in publishers)
+        report = (
+            f"coordinated soak: {ROUNDS} failovers in {time.monotonic() - started:.1f} s,"
+            f" {len(confirmed)} confirmed, {len(received)} delivered:"
+            f" lost {len(lost)}, unexpected {len(unexpected)},"
+            f" duplicated {duplicated}, longest publish gap {gap:.2f} s;"
+            f" failover (kill -9 to first confirm on the new primary, TTL {TTL}):"
+            f" median {statistics.median(failovers):.2f} s, worst {max(failovers):.2f} s,"
+            f" each {' '.join(f'{f:.2f}' for f in failovers)}"
+        )
+        print("\n" + report)
+        self.assertEqual((len(lost), len(unexpected)), (0, 0), report + f" lost: {sorted(lost)[:10]}")
