@@ -88,6 +88,7 @@ __all__ = [
     "parseArguments",
     "run",
     "tcpConnector",
+    "useDefaultSecret",
 ]
 
 PROGRAM = "qha-admin"
@@ -1312,13 +1313,26 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from twisted.internet import task
 
     arguments = parseArguments(sys.argv[1:] if argv is None else list(argv), os.environ)
+    useDefaultSecret(arguments)
+    task.react(_main, (arguments,))
+
+
+def useDefaultSecret(
+    arguments: argparse.Namespace, exists: Callable[[str], bool] = os.path.exists
+) -> None:
+    """
+    Log in with L{DEFAULT_SECRET_FILE} when the command line and the
+    environment name nothing to log in with and that file exists (a broker
+    started here with the default C{--data-dir}).
+
+    @param exists: tells whether a file exists.
+    """
     if (
         arguments.username is None
         and arguments.secret_file is None
-        and os.path.exists(DEFAULT_SECRET_FILE)
+        and exists(DEFAULT_SECRET_FILE)
     ):
         arguments.secret_file = DEFAULT_SECRET_FILE
-    task.react(_main, (arguments,))
 
 
 if __name__ == "__main__":
