@@ -161,7 +161,8 @@ class AdminLocator(amp.CommandLocator):
         Log an admin action that changes the broker, with who asked.
         """
         self.log.info(
-            "admin {action} {what} asked by {who}",
+            "admin {request} asked by {who}",
+            request=f"{action} {what}" if what else action,
             action=action,
             what=what,
             who=self.session.who,
