@@ -56,7 +56,9 @@ __all__ = [
     "Credentials",
     "Identity",
     "SECRET_USERNAME",
+    "TRUSTED",
     "UnprovenPeer",
+    "callerOf",
     "logIn",
     "passwordKey",
     "proof",
@@ -318,6 +320,9 @@ def callerOf(protocol: amp.AMP, deadline: Callable[[Deferred[Any]], Deferred[Any
     """
 
     def call(command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
+        """
+        Send C{command}, within the deadline.
+        """
         return deadline(protocol.callRemote(command, **arguments))
 
     return call

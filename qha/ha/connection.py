@@ -1,8 +1,10 @@
 """
 The AMP connection of a node, either way (accepted on C{--ha-port} or made to
-a peer): one L{Session} per connection holds its authentication, and the
+a peer): one L{Session} per connection holds its authentication (the
+challenge-response of L{qha.ha.auth}, answered by L{LoginLocator}), and the
 locators composed on it (replication, and admin when C{tap.py} adds it)
-answer the commands once the peer logged in.
+answer the commands once the peer logged in as an identity allowed to use
+them.
 """
 
 from __future__ import annotations

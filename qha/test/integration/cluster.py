@@ -173,6 +173,9 @@ class BlockingAMP:
         from twisted.internet.defer import ensureDeferred, succeed
 
         def call(command: type[amp.Command], **arguments: Any) -> Any:
+            """
+            One blocking call, as the L{Deferred} L{logIn} awaits.
+            """
             return succeed(self.call(command, **arguments))
 
         d = ensureDeferred(logIn(call, credentials))
