@@ -8,6 +8,11 @@ on one directory would both append to one journal and corrupt it, so a
 broker takes an exclusive lock (L{claim}) before it reads anything there;
 a second broker on the same directory stops with one line that names the
 directory and the broker holding it.
+
+The cluster secret the brokers of a cluster prove themselves to each other
+with (and C{qha-admin} to them) lives in a file, by default
+C{DATA-DIR/cluster-secret}: L{readOrCreateSecret} makes it on first start,
+as RabbitMQ makes its Erlang cookie.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 __all__ = [
+    "SECRET_NAME",
+    "SecretFileError",
+    "readOrCreateSecret",
+    "readSecret",
     "DIRECTORY_MODE",
     "FILE_MODE",
     "DataDirectoryInUse",
@@ -242,3 +251,111 @@ def claimOrExit(directory: str) -> DataDirectoryLock:
     except OSError as error:
         sys.stderr.write(f"qha: cannot use the data directory {directory}: {error}\n")
     raise SystemExit(1)
+
+
+SECRET_NAME = "cluster-secret"
+"""
+The cluster secret's file in the data directory, unless
+C{--ha-secret-file} names another.
+"""
+
+SECRET_BYTES = 32
+"""
+Random bytes in a new cluster secret (written as hex).
+"""
+
+MIN_SECRET = 16
+"""
+The fewest characters a cluster secret may have.
+"""
+
+MAX_SECRET = 4096
+"""
+The most bytes read from a secret file.
+"""
+
+
+class SecretFileError(Exception):
+    """
+    The cluster secret's file cannot be read or holds no usable secret;
+    the message names the file and says why.
+    """
+
+
+def readSecret(path: str) -> bytes:
+    """
+    The secret in C{path}: its contents without surrounding white space,
+    at least L{MIN_SECRET} characters. A file that others may read is used
+    with a warning.
+
+    @raise FileNotFoundError: if there is no such file.
+    @raise SecretFileError: if it cannot be read or is too short.
+    """
+    try:
+        with open(path, "rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+            secret = file.read(MAX_SECRET + 1).strip()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise SecretFileError(f"cannot read the cluster secret {path}: {error.strerror}") from None
+    if len(secret) > MAX_SECRET:
+        raise SecretFileError(f"the cluster secret {path} is longer than {MAX_SECRET} bytes")
+    if len(secret) < MIN_SECRET:
+        raise SecretFileError(
+            f"the cluster secret {path} has {len(secret)} characters; it needs at least"
+            f" {MIN_SECRET} (delete it to have a new one made)"
+        )
+    if mode & 0o077:
+        log.warn(
+            "the cluster secret {path} may be read by other users (mode {mode:04o}):"
+            " chmod 600 {path}",
+            path=path,
+            mode=mode,
+        )
+    return secret
+
+
+def readOrCreateSecret(path: str) -> tuple[bytes, bool]:
+    """
+    The cluster secret in C{path}, made first if the file does not exist:
+    L{SECRET_BYTES} random bytes in hex, mode C{0600}.
+
+    The new secret is written to a file of its own and then linked to
+    C{path} (C{os.link} fails if C{path} exists), so brokers started at
+    once on one shared file agree: the first link wins and every broker
+    reads the winner's secret.
+
+    @return: the secret, and whether this call created the file.
+    @raise SecretFileError: if it cannot be read or written.
+    """
+    try:
+        return readSecret(path), False
+    except FileNotFoundError:
+        pass
+    directory = os.path.dirname(path) or "."
+    temporary = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}"
+    )
+    created = False
+    try:
+        with openPrivate(temporary, "wb") as file:
+            file.write(os.urandom(SECRET_BYTES).hex().encode("ascii") + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temporary, path)
+            created = True
+        except FileExistsError:
+            pass
+    except OSError as error:
+        raise SecretFileError(f"cannot create the cluster secret {path}: {error.strerror}") from None
+    finally:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+    try:
+        return readSecret(path), created
+    except FileNotFoundError:
+        raise SecretFileError(f"the cluster secret {path} went away as it was made") from None

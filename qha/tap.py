@@ -22,13 +22,14 @@ from twisted.python import usage
 from .amqp.protocol import BrokerFactory
 from .amqp.users import FailedLogins, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
-from .datadir import claimOrExit
+from .datadir import SECRET_NAME, SecretFileError, claimOrExit, readOrCreateSecret
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
 from .admin.locator import adminLocator
 from .ha.config import HAOptions, parseBrokers
 from .ha.coordinated import etcdFor
 from .ha.coordinator import clusterPrefix
 from .ha.etcd import parseCoordinator
+from .ha.auth import Authority
 from .ha.connection import NodeAMPFactory
 from .ha.identity import PersistentState
 from .ha.node import HANode
@@ -76,6 +77,49 @@ def parseWatermark(value: str) -> int:
             " between 0 and 1 (0.4) nor a size (512MiB, 2GB, 100000000)"
         )
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+PASSWORD_VARIABLE = "QHA_HA_PASSWORD"
+"""
+The environment variable that may hold the password for C{--ha-username}.
+"""
+
+
+def readPasswordFile(path: str) -> str:
+    """
+    The password in the first line of C{path} (without its line end).
+
+    @raise usage.UsageError: if the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise usage.UsageError(f"cannot read --ha-password-file {path}: {error}") from None
+
+
+def clusterSecret(config: "Options") -> bytes:
+    """
+    The cluster secret of C{--ha-secret-file} (by default
+    C{DATA-DIR/cluster-secret}), made on first start; a file that cannot be
+    read or made ends the program with status 1 and one line.
+    """
+    log = Logger()
+    path = config["ha-secret-file"] or os.path.join(config["data-dir"], SECRET_NAME)
+    try:
+        secret, created = readOrCreateSecret(path)
+    except SecretFileError as error:
+        sys.stderr.write(f"twistd qha: error: {error}\n")
+        raise SystemExit(1) from None
+    if created:
+        log.info(
+            "created the cluster secret {path}: copy it to every broker of the cluster"
+            " (--ha-secret-file) and give it to qha-admin (--secret-file)",
+            path=path,
+        )
+    else:
+        log.info("the AMP port accepts the cluster secret of {path}", path=path)
+    return secret
 
 
 def _positiveInt(name: str, low: int, high: int) -> Any:
@@ -183,8 +227,29 @@ class Options(usage.Options):
             None,
             "Client (AMQP) addresses to advertise, host:port,host:port.",
         ],
-        ["ha-username", None, None, "User brokers authenticate to each other with; clients cannot use it."],
-        ["ha-password", None, None, "Password for --ha-username."],
+        [
+            "ha-secret-file",
+            None,
+            None,
+            "File of the cluster secret the brokers (and qha-admin) prove themselves with;"
+            " made (0600) on first start if missing. Default: DATA-DIR/cluster-secret."
+            " Copy it to every broker of the cluster.",
+        ],
+        [
+            "ha-username",
+            None,
+            None,
+            "User brokers authenticate to each other with, instead of the cluster secret;"
+            " clients cannot use it.",
+        ],
+        [
+            "ha-password",
+            None,
+            None,
+            "Password for --ha-username (visible in ps: prefer --ha-password-file or"
+            " the QHA_HA_PASSWORD environment variable).",
+        ],
+        ["ha-password-file", None, None, "File whose first line is the password for --ha-username."],
         ["ha-mechanism", None, "PLAIN", "Mechanism for --ha-username (PLAIN)."],
         [
             "ha-backup-timeout",
@@ -262,6 +327,11 @@ class Options(usage.Options):
 
     exitOnError = True
 
+    environ: Any = os.environ
+    """
+    Where C{QHA_HA_PASSWORD} is looked up (tests give a dict).
+    """
+
     def parseOptions(self, options: Any = None) -> None:
         """
         Parse, and on a usage error print one line and exit with status 1
@@ -299,8 +369,21 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--ha-mechanism {self['ha-mechanism']!r} is not supported; use PLAIN"
             )
+        self["ha-password-source"] = None
+        if self["ha-password"] is not None and self["ha-password-file"] is not None:
+            raise usage.UsageError("give --ha-password or --ha-password-file, not both")
+        if self["ha-password-file"] is not None:
+            self["ha-password"] = readPasswordFile(self["ha-password-file"])
+            self["ha-password-source"] = "file"
+        elif self["ha-password"] is not None:
+            self["ha-password-source"] = "command line"
+        elif self["ha-username"] is not None and PASSWORD_VARIABLE in self.environ:
+            self["ha-password"] = self.environ[PASSWORD_VARIABLE]
+            self["ha-password-source"] = "environment"
         if (self["ha-username"] is None) != (self["ha-password"] is None):
             raise usage.UsageError("--ha-username and --ha-password go together")
+        if self["ha-username"] is not None and self["ha-secret-file"] is not None:
+            raise usage.UsageError("give --ha-secret-file or --ha-username, not both")
         for name in ("ha-backup-timeout", "ha-heartbeat"):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must be 0 or more, not {self[name]}")
@@ -617,6 +700,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         publicBrokers=config["ha-public-brokers"] or "",
         username=config["ha-username"],
         password=config["ha-password"],
+        secret=clusterSecret(config) if config["ha-username"] is None else None,
         replicateDefault=config["ha-replicate"],
         backupTimeout=config["ha-backup-timeout"],
         heartbeat=config["ha-heartbeat"],
@@ -682,9 +766,19 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         store.positionSource = lambda: (node.epoch, node.position)
     StoreService(store).setServiceParent(service)
     node.setServiceParent(service)
-    # One AMP port, one login: replication and admin answer behind it.
+    # One AMP port, one login: replication and admin answer behind it, and
+    # nothing but the login before it.
+    credentials = options.credentials
+    assert credentials is not None
+    if config.get("ha-password-source") == "command line":
+        Logger().warn(
+            "--ha-password is visible to every user of this machine (ps):"
+            " prefer --ha-password-file or {variable}",
+            variable=PASSWORD_VARIABLE,
+        )
+    authority = Authority(credentials, clock=reactor, failedLogins=failedLogins)
     amp = NodeAMPFactory(
-        options.credentials, [node.replicationLocator, adminLocator(node)], clock=reactor
+        authority, [node.replicationLocator, adminLocator(node)], clock=reactor
     )
     ListenService(
         serverFromString(reactor, config["ha-port"]), amp, config["ha-port"], "AMP"

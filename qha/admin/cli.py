@@ -2,7 +2,15 @@
 The C{qha-admin} command line: look at and steer a qha broker over its AMP
 port (C{--ha-port}).
 
-    qha-admin -b HOST:PORT [--json] [--timeout S] [--username U --password P] COMMAND
+    qha-admin -b HOST:PORT [--json] [--timeout S] [--secret-file FILE] COMMAND
+    qha-admin -b HOST:PORT [--username U --password-file FILE] COMMAND
+
+It logs in (see L{qha.ha.auth}) with the cluster secret of C{--secret-file},
+of C{$QHA_SECRET_FILE}, or of C{./qha-data/cluster-secret} if that exists
+(the default data directory of a broker started in the same directory), or
+with C{--username} and a password (C{--password}, C{--password-file} or
+C{$QHA_PASSWORD}): the broker's C{--ha-username}. It checks that the broker
+proves it holds the same secret before it sends any command.
 
 It asks one broker (or, with C{--all}, every broker of its cluster), prints
 a human-readable answer (a table, or JSON with C{--json}) and exits with 0
@@ -23,7 +31,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Awaitable, Callable, Coroutine, NoReturn, Sequence, TextIO
+from typing import Any, Awaitable, Callable, Coroutine, Mapping, NoReturn, Sequence, TextIO
 
 from twisted.internet.defer import (
     CancelledError,
@@ -45,6 +53,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 
 from ..broker.vhost import REPLICATE_LEVELS
+from ..datadir import SECRET_NAME, SecretFileError, readSecret
+from ..ha.auth import Credentials, UnprovenPeer, callerOf, logIn
 from ..ha.commands import NotAuthenticated, NotPrimary, StaleEpoch
 from ..ha.config import parseBrokers
 from ..ha.coordinator import LeaderInfo, clusterPrefix
@@ -55,7 +65,6 @@ from .commands import (
     AddObject,
     DeleteObject,
     ListObjects,
-    Login,
     Ping,
     Promote,
     Query,
@@ -79,6 +88,7 @@ __all__ = [
     "parseArguments",
     "run",
     "tcpConnector",
+    "useDefaultSecret",
 ]
 
 PROGRAM = "qha-admin"
@@ -91,6 +101,22 @@ Every role a broker can report, for C{status --expect}.
 DEFAULT_BROKER = "127.0.0.1:5673"
 """
 The broker asked when C{-b} is not given: the default C{--ha-port}.
+"""
+
+SECRET_VARIABLE = "QHA_SECRET_FILE"
+"""
+The environment variable that may name the cluster secret's file.
+"""
+
+PASSWORD_VARIABLE = "QHA_PASSWORD"
+"""
+The environment variable that may hold the password for C{--username}.
+"""
+
+DEFAULT_SECRET_FILE = os.path.join("qha-data", SECRET_NAME)
+"""
+The secret file used when no other is named and it exists: that of a broker
+started with the default C{--data-dir} in the current directory.
 """
 
 DEFAULT_TIMEOUT = 10.0
@@ -207,16 +233,33 @@ def _globalOptions(parser: argparse.ArgumentParser, suppress: bool) -> None:
         help=f"seconds the whole command may take (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
+        "--secret-file",
+        dest="secret_file",
+        default=default(None),
+        metavar="FILE",
+        help=f"log in with the cluster secret in FILE (a copy of the broker's"
+        f" --ha-secret-file; default ${SECRET_VARIABLE}, else ./{DEFAULT_SECRET_FILE}"
+        " if it exists)",
+    )
+    parser.add_argument(
         "--username",
         default=default(None),
         metavar="U",
-        help="log in with the broker's --ha-username first",
+        help="log in with the broker's --ha-username instead",
     )
     parser.add_argument(
         "--password",
         default=default(None),
         metavar="P",
-        help="the password for --username",
+        help=f"the password for --username (visible in ps: prefer --password-file or"
+        f" ${PASSWORD_VARIABLE})",
+    )
+    parser.add_argument(
+        "--password-file",
+        dest="password_file",
+        default=default(None),
+        metavar="FILE",
+        help="a file whose first line is the password for --username",
     )
 
 
@@ -353,17 +396,43 @@ def buildParser() -> argparse.ArgumentParser:
     return parser
 
 
-def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
+def parseArguments(
+    argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
     """
     Parse C{qha-admin}'s arguments (without the program name).
 
+    @param environ: where C{QHA_PASSWORD} and C{QHA_SECRET_FILE} are looked
+        up; nowhere by default (C{main} gives C{os.environ}).
     @raise SystemExit: with status 2 and a message on standard error for a
         bad command line (argparse's way), or 0 after C{--help}.
     """
+    environ = {} if environ is None else environ
     parser = buildParser()
     arguments = parser.parse_args(argv)
+    if arguments.password is not None and arguments.password_file is not None:
+        parser.error("give --password or --password-file, not both")
+    if arguments.password_file is not None:
+        try:
+            with open(arguments.password_file, encoding="utf-8") as file:
+                arguments.password = file.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as error:
+            parser.error(f"cannot read --password-file {arguments.password_file}: {error}")
+    elif (
+        arguments.username is not None
+        and arguments.password is None
+        and PASSWORD_VARIABLE in environ
+    ):
+        arguments.password = environ[PASSWORD_VARIABLE]
     if (arguments.username is None) != (arguments.password is None):
-        parser.error("--username and --password go together")
+        parser.error(
+            f"--username and --password go together (or --password-file, or"
+            f" ${PASSWORD_VARIABLE})"
+        )
+    if arguments.username is not None and arguments.secret_file is not None:
+        parser.error("give --secret-file or --username, not both")
+    if arguments.username is None and arguments.secret_file is None:
+        arguments.secret_file = environ.get(SECRET_VARIABLE) or None
     if arguments.command == "status" and arguments.all and arguments.is_primary:
         parser.error("status --is-primary asks about one broker: leave out --all")
     if arguments.command == "replicate":
@@ -584,7 +653,16 @@ def describeError(error: BaseException, address: str, loggedIn: bool = False) ->
     if isinstance(error, NotAuthenticated):
         if loggedIn:
             return f"{address} refused the login: {error}"
+        if "cluster secret" in str(error):
+            return (
+                f"{address} refused: {error} (give --secret-file with a copy of the"
+                f" broker's DATA-DIR/{SECRET_NAME}, or set ${SECRET_VARIABLE})"
+            )
         return f"{address} refused: {error} (give --username and --password)"
+    if isinstance(error, UnprovenPeer):
+        return f"{address} is not the broker meant: {error}"
+    if isinstance(error, SecretFileError):
+        return str(error)
     if isinstance(error, (NotPrimary, StaleEpoch)):
         return f"{address} refused: {error}"
     if isinstance(error, amp.UnhandledCommand):
@@ -666,13 +744,39 @@ class Session:
         """
         connection = self.connections.get(address)
         if connection is None:
+            credentials = self.credentials()
             connection = await self.connector(address)
             self.connections[address] = connection
-            if self.arguments.username is not None:
-                await connection.callRemote(
-                    Login, username=self.arguments.username, password=self.arguments.password
-                )
+            if credentials is not None:
+                # Bounded by the command's --timeout, like every call.
+                await logIn(callerOf(connection, lambda d: d), credentials)
         return connection
+
+    def credentials(self) -> Credentials | None:
+        """
+        What this run logs in with: C{--username} and its password, or the
+        cluster secret of C{--secret-file}; L{None} for neither.
+
+        @raise SecretFileError: if the secret file cannot be read.
+        """
+        arguments = self.arguments
+        if arguments.username is not None:
+            return Credentials.fromPassword(arguments.username, arguments.password or "")
+        if arguments.secret_file is not None:
+            try:
+                return Credentials.fromSecret(readSecret(arguments.secret_file))
+            except FileNotFoundError:
+                raise SecretFileError(
+                    f"the cluster secret {arguments.secret_file} does not exist"
+                ) from None
+        return None
+
+    @property
+    def loggingIn(self) -> bool:
+        """
+        Whether this run logs in.
+        """
+        return self.arguments.username is not None or self.arguments.secret_file is not None
 
     async def call(self, address: str, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
         """
@@ -688,7 +792,7 @@ class Session:
             raise
         except Exception as error:
             raise AdminError(
-                describeError(error, address, self.arguments.username is not None)
+                describeError(error, address, self.loggingIn)
             ) from None
 
     async def everyBroker(
@@ -1208,8 +1312,27 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """
     from twisted.internet import task
 
-    arguments = parseArguments(sys.argv[1:] if argv is None else list(argv))
+    arguments = parseArguments(sys.argv[1:] if argv is None else list(argv), os.environ)
+    useDefaultSecret(arguments)
     task.react(_main, (arguments,))
+
+
+def useDefaultSecret(
+    arguments: argparse.Namespace, exists: Callable[[str], bool] = os.path.exists
+) -> None:
+    """
+    Log in with L{DEFAULT_SECRET_FILE} when the command line and the
+    environment name nothing to log in with and that file exists (a broker
+    started here with the default C{--data-dir}).
+
+    @param exists: tells whether a file exists.
+    """
+    if (
+        arguments.username is None
+        and arguments.secret_file is None
+        and exists(DEFAULT_SECRET_FILE)
+    ):
+        arguments.secret_file = DEFAULT_SECRET_FILE
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from twisted.protocols import amp
 
-from ..ha.commands import ERRORS, ChunkedBytes, Login, Refused
+from ..ha.commands import ERRORS, Authenticate, Challenge, ChunkedBytes, Refused
 
 __all__ = [
     "AddObject",
+    "Authenticate",
+    "Challenge",
     "DeleteObject",
     "ListObjects",
-    "Login",
     "Ping",
     "Promote",
     "Query",

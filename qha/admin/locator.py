@@ -1,7 +1,9 @@
 """
 The admin commands a broker answers on its AMP port, for C{qha-admin}:
 L{AdminLocator}, composed by C{qha.tap} with the replication locator on the
-one port, behind the same login.
+one port, behind the same login. They need an identity with the admin role
+(L{qha.ha.auth.ADMIN}: the cluster secret, the HA credentials); every
+action that changes something is logged with who asked.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import json
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
 from twisted.protocols import amp
 
 from ..broker.vhost import VirtualHost
+from ..ha.auth import ADMIN
 from ..ha.commands import Refused
 from ..ha.connection import Session
 from .commands import AddObject, DeleteObject, ListObjects, Ping, Promote, Query, Replicate
@@ -66,8 +70,10 @@ class AdministeredNode(Protocol):
 class AdminLocator(amp.CommandLocator):
     """
     The admin commands on one AMP connection, answered once the
-    connection's session logged in.
+    connection's session logged in as an identity that may administer.
     """
+
+    log = Logger()
 
     def __init__(self, node: AdministeredNode, session: Session) -> None:
         """
@@ -84,7 +90,7 @@ class AdminLocator(amp.CommandLocator):
         """
         The broker's role.
         """
-        self.session.check()
+        self.session.check(ADMIN)
         return {"role": self.node.role.name}
 
     @Query.responder
@@ -92,7 +98,7 @@ class AdminLocator(amp.CommandLocator):
         """
         The broker's HA state, as JSON.
         """
-        self.session.check()
+        self.session.check(ADMIN)
         return {"state": json.dumps(self.node.describe())}
 
     @Promote.responder
@@ -100,7 +106,8 @@ class AdminLocator(amp.CommandLocator):
         """
         Make the broker the primary.
         """
-        self.session.check()
+        self.session.check(ADMIN)
+        self._logAction("promote", "force" if force else "")
         return ensureDeferred(self.node.promote(force))
 
     @Replicate.responder
@@ -108,7 +115,8 @@ class AdminLocator(amp.CommandLocator):
         """
         Replicate a remote queue here.
         """
-        self.session.check()
+        self.session.check(ADMIN)
+        self._logAction("replicate", f"queue {queue!r} of {remote}")
         self.node.replicateQueue(remote, queue)
         return {}
 
@@ -117,7 +125,7 @@ class AdminLocator(amp.CommandLocator):
         """
         Queues, exchanges or bindings, as JSON.
         """
-        self.session.check()
+        self.session.check(ADMIN)
         self.node.applyPending()
         objects = listObjects(self.node.vhost, kind, self.node.replicateDefault)
         return {"objects": json.dumps(objects).encode("utf-8")}
@@ -128,9 +136,12 @@ class AdminLocator(amp.CommandLocator):
         Declare a queue or an exchange, on the primary (or a standalone
         broker).
         """
-        self.session.check()
+        self.session.check(ADMIN)
         self._mayChange("add queues and exchanges")
-        addObject(self.node.vhost, kind, json.loads(description))
+        parsed = json.loads(description)
+        name = parsed.get("name") if isinstance(parsed, dict) else None
+        self._logAction("add", f"{kind} {name!r}")
+        addObject(self.node.vhost, kind, parsed)
         return {}
 
     @DeleteObject.responder
@@ -139,10 +150,25 @@ class AdminLocator(amp.CommandLocator):
         Delete a queue or an exchange, on the primary (or a standalone
         broker).
         """
-        self.session.check()
+        self.session.check(ADMIN)
         self._mayChange("delete queues and exchanges")
+        self._logAction("del", f"{kind} {name!r}")
         deleteObject(self.node.vhost, kind, name)
         return {}
+
+    def _logAction(self, action: str, what: str) -> None:
+        """
+        Log an admin action that changes the broker, with who asked.
+        """
+        self.log.info(
+            "admin {request} asked by {who}",
+            request=f"{action} {what}" if what else action,
+            action=action,
+            what=what,
+            who=self.session.who,
+            identity=self.session.identity.name if self.session.identity else None,
+            peer=self.session.peer,
+        )
 
     def _mayChange(self, what: str) -> None:
         """

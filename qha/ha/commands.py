@@ -50,7 +50,8 @@ class ChunkedBytes(amp.Argument):
 
 class NotAuthenticated(Exception):
     """
-    The peer did not log in with the HA credentials.
+    The peer did not log in (with the cluster secret or the HA credentials),
+    its login failed, or the identity it logged in as may not do this.
     """
 
 
@@ -117,13 +118,28 @@ itself.
 """
 
 
-class Login(amp.Command):
+class Challenge(amp.Command):
     """
-    Authenticate this AMP connection with the HA (or admin) credentials.
+    The first step of a login (see L{qha.ha.auth}): the client names the
+    identity it logs in as (empty for the cluster secret) and sends its
+    nonce; the broker answers with its own. Nothing but this and
+    L{Authenticate} is answered before a login.
     """
 
-    arguments = [(b"username", amp.Unicode()), (b"password", amp.Unicode())]
-    response = list[tuple[bytes, amp.Argument]]()
+    arguments = [(b"username", amp.Unicode()), (b"nonce", amp.String())]
+    response = [(b"nonce", amp.String())]
+    errors = ERRORS
+
+
+class Authenticate(amp.Command):
+    """
+    The second step of a login: the client's proof that it holds the key;
+    the broker answers with its own proof, which the client checks before
+    it sends anything else.
+    """
+
+    arguments = [(b"proof", amp.String())]
+    response = [(b"proof", amp.String())]
     errors = ERRORS
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .auth import Credentials
+
 
 def parseBrokers(value: str) -> list[str]:
     """
@@ -46,7 +48,7 @@ Seconds a broker waits for another's answer to L{Hello}.
 PEER_TIMEOUT = 2.0
 """
 Seconds a broker waits for another to accept a connection, to answer
-L{Login}, or to answer any other call that has no deadline of its own: a
+each step of the login, or to answer any other call that has no deadline of its own: a
 paused broker (SIGSTOP) accepts connections and never answers, and must not
 hold up discovery, probing or promotion for ever.
 """
@@ -64,12 +66,16 @@ def clientEndpoint(address: str) -> str:
 class HAOptions:
     """
     The cluster options of C{twistd qha}.
+
+    @ivar secret: the cluster secret (the contents of C{--ha-secret-file}),
+        used when no C{username} is given.
     """
 
     brokers: list[str]
     publicBrokers: str = ""
     username: str | None = None
     password: str | None = None
+    secret: bytes | None = field(default=None, repr=False)
     replicateDefault: str = "none"
     backupTimeout: float = 10.0
     heartbeat: float = 2.0
@@ -86,14 +92,18 @@ class HAOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def credentials(self) -> tuple[str, str] | None:
+    def credentials(self) -> Credentials | None:
         """
-        The C{--ha-username} and C{--ha-password} peers log in with, or
-        L{None} when the AMP port asks for none.
+        What brokers log in to each other with: C{--ha-username} and
+        C{--ha-password} if given, else the cluster secret; L{None} when
+        there is neither (in-memory unit tests: C{qha.tap} always reads or
+        creates a secret).
         """
-        if self.username is None:
-            return None
-        return (self.username, self.password or "")
+        if self.username is not None:
+            return Credentials.fromPassword(self.username, self.password or "")
+        if self.secret is not None:
+            return Credentials.fromSecret(self.secret)
+        return None
 
 
 __all__ = ["HAOptions", "HELLO_TIMEOUT", "PEER_TIMEOUT", "clientEndpoint", "parseBrokers"]

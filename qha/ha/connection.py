@@ -1,8 +1,10 @@
 """
 The AMP connection of a node, either way (accepted on C{--ha-port} or made to
-a peer): one L{Session} per connection holds its authentication, and the
+a peer): one L{Session} per connection holds its authentication (the
+challenge-response of L{qha.ha.auth}, answered by L{LoginLocator}), and the
 locators composed on it (replication, and admin when C{tap.py} adds it)
-answer the commands once the peer logged in.
+answer the commands once the peer logged in as an identity allowed to use
+them.
 
 Every box a peer sends is bounded while it is parsed, before it costs
 anything (L{NodeAMP}): a peer that has not logged in may send only small
@@ -14,6 +16,8 @@ and what was wrong, never a traceback.
 
 from __future__ import annotations
 
+import hmac
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -25,7 +29,25 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .commands import CHUNK, Login, NotAuthenticated
+from .auth import (
+    BROKER,
+    MAX_USERNAME,
+    NONCE_SIZE,
+    TRUSTED,
+    Authority,
+    Credentials,
+    Identity,
+    proof,
+)
+from .commands import CHUNK, Authenticate, Challenge, NotAuthenticated
+
+SessionCredentials = Authority | Credentials | None
+"""
+What a connection's session checks logins against: an L{Authority} (the
+broker's AMP port), L{Credentials} alone (an L{Authority} of them, with no
+delay on failures), or L{None}: the port asks for no login (in-memory unit
+tests only; C{qha.tap} always gives an L{Authority}).
+"""
 
 LOGIN_TIMEOUT = 10.0
 """
@@ -69,44 +91,136 @@ keys is bounded by L{BOX_BYTES} too.
 
 class Session:
     """
-    The authentication of one AMP connection, shared by every locator on it.
+    The authentication of one AMP connection, shared by every locator on it
+    (see L{qha.ha.auth} for the exchange).
 
-    @ivar credentials: the username and password a peer must log in with,
-        or L{None} when any peer may talk at once.
-    @ivar authenticated: whether the peer logged in (or needs not).
+    @ivar authority: the identities a peer may log in as, or L{None} when
+        any peer may talk at once.
+    @ivar identity: who the peer proved to be, or L{None} before it did.
     @ivar connection: the connection's protocol, once built.
     """
 
-    def __init__(self, credentials: tuple[str, str] | None, authenticated: bool = False) -> None:
+    def __init__(self, credentials: SessionCredentials, authenticated: bool = False) -> None:
         """
+        @param credentials: what a peer logs in with.
         @param authenticated: trust the peer at once (a connection this
-            broker made itself to a peer it logged in to).
+            broker made itself, to a peer that proved itself).
         """
-        self.credentials = credentials
-        self.authenticated = authenticated or credentials is None
+        self.authority = Authority.of(credentials)
+        self.identity: Identity | None = None
+        if authenticated or self.authority is None:
+            self.identity = TRUSTED
         self.connection: NodeAMP | None = None
+        self._challenge: tuple[str, bytes, bytes] | None = None
 
-    def check(self) -> None:
+    @property
+    def authenticated(self) -> bool:
         """
-        @raise NotAuthenticated: if the peer has not logged in.
+        Whether the peer logged in (or needs not).
         """
-        if not self.authenticated:
-            raise NotAuthenticated("log in first with the HA (or admin) credentials")
+        return self.identity is not None
 
-    def login(self, username: str, password: str) -> None:
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
         """
-        Authenticate the connection.
+        Trust the peer as a broker (C{True}), or forget its login.
+        """
+        self.identity = TRUSTED if value else None
 
-        @raise NotAuthenticated: for a wrong username or password.
+    def check(self, role: str = BROKER) -> None:
         """
-        if self.credentials is not None and (username, password) != self.credentials:
-            raise NotAuthenticated(f"bad HA username or password for {username!r}")
-        self.authenticated = True
+        @param role: what the command needs: L{qha.ha.auth.BROKER}
+            (replication, by default) or L{qha.ha.auth.ADMIN}.
+        @raise NotAuthenticated: if the peer has not logged in, or its
+            identity lacks C{role}.
+        """
+        if self.identity is None:
+            wanted = self.authority.wanted if self.authority is not None else "a login"
+            raise NotAuthenticated(f"log in first with {wanted}")
+        if role not in self.identity.roles:
+            raise NotAuthenticated(
+                f"{self.identity.name!r} may use the admin commands only, not replication"
+                if role == BROKER
+                else f"{self.identity.name!r} may not use the admin commands"
+            )
+
+    @property
+    def peer(self) -> str:
+        """
+        The peer's address (C{host:port}), for the logs.
+        """
+        connection = self.connection
+        transport = connection.transport if connection is not None else None
+        if transport is None:
+            return "?"
+        address = transport.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
+
+    @property
+    def who(self) -> str:
+        """
+        Who is on this connection, for the log of an admin action.
+        """
+        name = self.identity.name if self.identity is not None else "nobody"
+        return f"{name} from {self.peer}"
+
+    def challenge(self, username: str, nonce: bytes) -> bytes:
+        """
+        The first step of a login: remember the client's nonce and answer
+        with this side's.
+
+        @raise NotAuthenticated: for a nonce or username out of bounds.
+        """
+        if self.authority is None:
+            raise NotAuthenticated("this broker asks for no login")
+        if len(nonce) != NONCE_SIZE:
+            raise NotAuthenticated(f"the nonce must have {NONCE_SIZE} bytes, not {len(nonce)}")
+        if len(username) > MAX_USERNAME:
+            raise NotAuthenticated(f"a username has at most {MAX_USERNAME} characters")
+        serverNonce = os.urandom(NONCE_SIZE)
+        self.identity = None
+        self._challenge = (username, nonce, serverNonce)
+        return serverNonce
+
+    def authenticate(self, clientProof: bytes) -> bytes | Deferred[Any]:
+        """
+        The second step: check the client's proof (in constant time) and
+        answer with this side's; one proof per challenge.
+
+        @return: this side's proof, or a L{Deferred} that fails with
+            L{NotAuthenticated} after the delay of a failed login.
+        """
+        authority, challenge, self._challenge = self.authority, self._challenge, None
+        if authority is None or challenge is None:
+            raise NotAuthenticated("send Challenge before Authenticate")
+        username, clientNonce, serverNonce = challenge
+        known = authority.lookUp(username)
+        # An unknown user is checked against a random key: same work, same answer.
+        identity, key = known if known is not None else (None, os.urandom(32))
+        expected = proof(key, b"client", username, clientNonce, serverNonce)
+        if not hmac.compare_digest(clientProof, expected) or identity is None:
+            source = self.peer.rpartition(":")[0] or self.peer
+            return authority.refuse(source, username, self._refusal(authority, username))
+        self.identity = identity
+        return proof(key, b"server", username, clientNonce, serverNonce)
+
+    @staticmethod
+    def _refusal(authority: Authority, username: str) -> str:
+        """
+        What a refused login is told (never whether the user exists).
+        """
+        if username == "" and authority.wanted == "the cluster secret":
+            return (
+                "wrong cluster secret (every broker of a cluster, and qha-admin,"
+                " needs a copy of the same --ha-secret-file)"
+            )
+        return f"bad HA username or password for {username!r}"
 
 
 class LoginLocator(amp.CommandLocator):
     """
-    Answers L{Login} for a L{Session}.
+    Answers L{Challenge} and L{Authenticate} for a L{Session}.
     """
 
     def __init__(self, session: Session) -> None:
@@ -116,13 +230,22 @@ class LoginLocator(amp.CommandLocator):
         super().__init__()
         self.session = session
 
-    @Login.responder
-    def login(self, username: str, password: str) -> dict[str, Any]:
+    @Challenge.responder
+    def challenge(self, username: str, nonce: bytes) -> dict[str, Any]:
         """
-        Log the connection in.
+        Start a login.
         """
-        self.session.login(username, password)
-        return {}
+        return {"nonce": self.session.challenge(username, nonce)}
+
+    @Authenticate.responder
+    def authenticate(self, proof: bytes) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        """
+        Finish a login.
+        """
+        answer = self.session.authenticate(proof)
+        if isinstance(answer, Deferred):
+            return answer
+        return {"proof": answer}
 
 
 @implementer(amp.IResponderLocator)
@@ -500,13 +623,14 @@ class NodeAMP(amp.AMP):
 
 
 def nodeConnection(
-    credentials: tuple[str, str] | None,
+    credentials: SessionCredentials,
     locators: Sequence[LocatorFactory],
     authenticated: bool = False,
 ) -> NodeAMP:
     """
-    A connection whose session checks C{credentials}, answering L{Login}
-    and then the commands of C{locators}.
+    A connection whose session checks logins against C{credentials},
+    answering L{Challenge} and L{Authenticate}, and then the commands of
+    C{locators}.
     """
     session = Session(credentials, authenticated)
     locator = Locators([LoginLocator(session)] + [make(session) for make in locators])
@@ -526,7 +650,7 @@ class NodeAMPFactory(ServerFactory):
 
     def __init__(
         self,
-        credentials: tuple[str, str] | None,
+        credentials: SessionCredentials,
         locators: Sequence[LocatorFactory],
         clock: IReactorTime | None = None,
         loginTimeout: float = LOGIN_TIMEOUT,
@@ -570,5 +694,6 @@ __all__ = [
     "NodeAMPFactory",
     "RefusalLog",
     "Session",
+    "SessionCredentials",
     "nodeConnection",
 ]

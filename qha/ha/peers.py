@@ -1,8 +1,9 @@
 """
-The other brokers, as one broker reaches them: connect, log in, say hello,
-ask. Every call has a deadline: a paused broker (SIGSTOP) accepts
-connections and never answers, and must hold up neither discovery, nor
-probing, nor promotion.
+The other brokers, as one broker reaches them: connect, log in (and check
+that the peer proves itself, see L{qha.ha.auth}), say hello, ask. Every
+call has a deadline, each step of the login included: a paused broker
+(SIGSTOP) accepts connections and never answers, and must hold up neither
+discovery, nor probing, nor promotion.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols import amp
 
-from .commands import Hello, Login
+from .auth import Credentials, UnprovenPeer, callerOf, logIn
+from .commands import Hello, NotAuthenticated
 from .config import HELLO_TIMEOUT, PEER_TIMEOUT, clientEndpoint
 from .connection import LocatorFactory, NodeAMP, nodeConnection
 
@@ -24,12 +27,18 @@ class Peers:
     """
     Connections to the other brokers of the cluster (or to a remote broker,
     for single-queue replication).
+
+    A peer that refuses this broker's login, or does not prove that it
+    holds the same key, is logged once (until a login to it succeeds
+    again): it is not a broker of this cluster, or has another secret.
     """
+
+    log = Logger()
 
     def __init__(
         self,
         reactor: Any,
-        credentials: tuple[str, str] | None,
+        credentials: Credentials | None,
         identity: Callable[[], tuple[str, int, str]],
         locators: Sequence[LocatorFactory],
         timeout: float = PEER_TIMEOUT,
@@ -37,7 +46,8 @@ class Peers:
         """
         @param reactor: connects (L{IReactorTCP}) and keeps time
             (L{IReactorTime}).
-        @param credentials: what this broker logs in to a peer with.
+        @param credentials: what this broker logs in to a peer with
+            (L{None}: no login, for in-memory unit tests).
         @param identity: this broker's id, epoch and role, said in L{Hello}.
         @param locators: what this broker answers on a connection it made
             (the primary streams to a backup on the backup's connection).
@@ -49,6 +59,7 @@ class Peers:
         self.identity = identity
         self.locators = list(locators)
         self.timeout = timeout
+        self._refusedBy: set[str] = set()
 
     def connect(self, address: str) -> Deferred[NodeAMP]:
         """
@@ -61,20 +72,62 @@ class Peers:
 
     async def _connect(self, address: str) -> NodeAMP:
         endpoint = clientFromString(self.reactor, clientEndpoint(address))
-        protocol = nodeConnection(self.credentials, self.locators, authenticated=True)
+        # The peer's commands on this connection are answered only once it
+        # proved itself (at once in unit tests, which log in to nothing).
+        protocol = nodeConnection(
+            self.credentials, self.locators, authenticated=self.credentials is None
+        )
         factory = Factory.forProtocol(lambda: protocol)
         factory.noisy = False
         connecting: Deferred[Any] = endpoint.connect(factory)
         connecting.addTimeout(self.timeout, self.clock)
         await connecting
         if self.credentials is not None:
-            username, password = self.credentials
             try:
-                await self.call(protocol, Login, username=username, password=password)
+                await logIn(callerOf(protocol, self._bounded), self.credentials)
+            except (NotAuthenticated, UnprovenPeer) as refused:
+                self.close(protocol)
+                self._refused(address, refused)
+                raise
             except BaseException:
                 self.close(protocol)
                 raise
+            self._refusedBy.discard(address)
+            assert protocol.session is not None
+            protocol.session.authenticated = True
         return protocol
+
+    def _bounded(self, d: Deferred[Any]) -> Deferred[Any]:
+        """
+        C{d}, given up after the deadline.
+        """
+        d.addTimeout(self.timeout, self.clock)
+        return d
+
+    def _refused(self, address: str, refused: Exception) -> None:
+        """
+        Log, once per peer, that it refused this broker's login or did not
+        prove itself.
+        """
+        if address in self._refusedBy:
+            return
+        self._refusedBy.add(address)
+        assert self.credentials is not None
+        if isinstance(refused, UnprovenPeer):
+            self.log.error(
+                "{address} is not a broker of this cluster: {reason}; nothing was sent to it",
+                address=address,
+                reason=str(refused),
+            )
+        else:
+            self.log.error(
+                "{address} refused this broker's login with {credentials}: {reason};"
+                " the brokers of a cluster must share one cluster secret"
+                " (copy --ha-secret-file) or the same --ha-username/--ha-password",
+                address=address,
+                credentials=self.credentials.description,
+                reason=str(refused),
+            )
 
     def call(self, protocol: amp.AMP, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         """

@@ -277,7 +277,7 @@ class MalformedBoxTests(NodeCase):
         A login without its arguments.
         """
         protocol, transport = self.connect()
-        protocol.dataReceived(serialize({b"_command": b"Login", b"_ask": b"1"}))
+        protocol.dataReceived(serialize({b"_command": b"Challenge", b"_ask": b"1"}))
         self.assertRefused(transport, "with arguments that do not parse")
 
     def test_badArgumentAfterLogin(self) -> None:

@@ -448,7 +448,8 @@ integer = st.integers(-(2**70), 2**70).map(lambda value: b"%d" % value)
 boolean = st.sampled_from([b"True", b"False"])
 COMMANDS.update(
     {
-        b"Login": {b"username": unicode, b"password": unicode},
+        b"Challenge": {b"username": unicode, b"nonce": st.binary(max_size=40)},
+        b"Authenticate": {b"proof": st.binary(max_size=40)},
         b"Hello": {b"brokerId": unicode, b"epoch": integer, b"role": st.sampled_from([b"active", b"ready", b"joining"])},
         b"Subscribe": {b"brokerId": unicode, b"epoch": integer, b"address": unicode, b"holdings": st.binary(max_size=200), b"queue": unicode},
         b"Events": {b"epoch": integer, b"seq": integer, b"events": st.binary(max_size=200), b"position": integer, b"transient": boolean},
@@ -734,7 +735,7 @@ class NodeAMPFindings(NodeAMPCase):
             serialize({b"_command": b"Hello", b"_ask": b"1", b"brokerId": b"b", b"epoch": b"x", b"role": b"r"}),
             [],
         )
-        self.feedAndCheck(serialize({b"_command": b"Login", b"_ask": b"2"}), [])
+        self.feedAndCheck(serialize({b"_command": b"Challenge", b"_ask": b"2"}), [])
 
     def test_endlessBox(self) -> None:
         """

@@ -221,6 +221,33 @@ class BrokerProcess:
             arguments += ["--data-dir", self._dataDirectory]
         return arguments
 
+    def _option(self, option: str) -> str | None:
+        """
+        The value the caller's arguments give C{option} (the last one), if
+        any.
+        """
+        value = None
+        for index, argument in enumerate(self.arguments):
+            if argument == option and index + 1 < len(self.arguments):
+                value = self.arguments[index + 1]
+            elif argument.startswith(option + "="):
+                value = argument[len(option) + 1 :]
+        return value
+
+    @property
+    def secretFile(self) -> str:
+        """
+        The broker's cluster secret: its C{--ha-secret-file}, else the
+        file in its data directory (made when it starts), for
+        C{qha-admin --secret-file}.
+        """
+        named = self._option("--ha-secret-file")
+        if named is not None:
+            return named
+        directory = self._option("--data-dir") or self._dataDirectory
+        assert directory is not None, "the broker has no data directory (not started?)"
+        return os.path.join(directory, "cluster-secret")
+
     def _gives(self, option: str) -> bool:
         """
         Whether the caller's arguments set C{option}.

@@ -9,6 +9,10 @@ same C{--data-dir}. It builds on L{qha.test.integration.brokerprocess}: the same
 C{twistd} command, the same output reader thread, the same die-with-parent
 and the same cleanup at exit.
 
+The brokers share one cluster secret, a file the harness makes before it
+starts them (L{Cluster.secretFile}), unless they are given HA credentials;
+the admin calls log in with it.
+
 The admin calls (L{Cluster.promote}, L{Cluster.query}, ...) speak AMP over a
 plain blocking socket (L{BlockingAMP}), so that a L{SynchronousTestCase},
 during which the reactor does not run, can use them. Every wait is bounded
@@ -33,7 +37,9 @@ from typing import IO, Any, Sequence
 import pika
 from twisted.protocols import amp
 
-from qha.admin.commands import AddObject, DeleteObject, ListObjects, Login, Ping, Promote, Query
+from qha.admin.commands import AddObject, DeleteObject, ListObjects, Ping, Promote, Query
+from qha.datadir import SECRET_NAME, readOrCreateSecret
+from qha.ha.auth import Credentials, logIn
 from qha.test.integration.brokerprocess import (
     STARTUP_TIMEOUT,
     STOP_TIMEOUT,
@@ -156,6 +162,28 @@ class BlockingAMP:
         """
         self.close()
 
+    def login(self, credentials: Credentials) -> None:
+        """
+        Log in with C{credentials} (the challenge-response of
+        L{qha.ha.auth}), and check that the broker proved itself.
+
+        @raise RemoteAMPError: if the broker refused the login.
+        @raise qha.ha.auth.UnprovenPeer: if the broker did not prove it holds the key.
+        """
+        from twisted.internet.defer import ensureDeferred, succeed
+
+        def call(command: type[amp.Command], **arguments: Any) -> Any:
+            """
+            One blocking call, as the L{Deferred} L{logIn} awaits.
+            """
+            return succeed(self.call(command, **arguments))
+
+        d = ensureDeferred(logIn(call, credentials))
+        failures: list[Any] = []
+        d.addErrback(failures.append)
+        if failures:
+            failures[0].raiseException()
+
     def call(self, command: type[amp.Command], **arguments: Any) -> dict[str, Any]:
         """
         Call C{command} and wait for its answer.
@@ -198,11 +226,13 @@ def callAMP(
     timeout: float = AMP_TIMEOUT,
     username: str | None = None,
     password: str | None = None,
+    credentials: Credentials | None = None,
     **arguments: Any,
 ) -> dict[str, Any]:
     """
-    One AMP command on a connection of its own, after a C{Login} if
-    C{username} is given.
+    One AMP command on a connection of its own, after a login with
+    C{username} and C{password} if C{username} is given, else with
+    C{credentials} if given.
 
     @param port: the broker's AMP port.
     @param command: the command class.
@@ -211,7 +241,9 @@ def callAMP(
     """
     with BlockingAMP(port, timeout=timeout) as client:
         if username is not None:
-            client.call(Login, username=username, password=password or "")
+            credentials = Credentials.fromPassword(username, password or "")
+        if credentials is not None:
+            client.login(credentials)
         return client.call(command, **arguments)
 
 
@@ -375,6 +407,10 @@ class Cluster:
     @ivar brokers: the brokers, by index.
     @ivar username: the C{--ha-username} the brokers were given, used for
         the admin calls too; L{None} if none.
+    @ivar secretFile: the cluster secret's file every broker is given
+        (C{--ha-secret-file}) when they have no C{--ha-username}, made
+        before any starts; L{None} with a username.
+    @ivar credentials: what the admin calls log in with.
     """
 
     def __init__(
@@ -399,6 +435,13 @@ class Cluster:
         self.username = username
         self.password = password
         self._root = tempfile.mkdtemp(prefix="qha-cluster-")
+        self.secretFile: str | None = None
+        if username is None:
+            self.secretFile = os.path.join(self._root, SECRET_NAME)
+            secret, _ = readOrCreateSecret(self.secretFile)
+            self.credentials = Credentials.fromSecret(secret)
+        else:
+            self.credentials = Credentials.fromPassword(username, password or "")
         ports = [(freePort(), freePort()) for _ in range(size)]
         addresses = ",".join(f"{HOST}:{ampPort}" for _, ampPort in ports)
         self.brokers: list[ClusterBroker] = []
@@ -419,6 +462,8 @@ class Cluster:
             ]
             if username is not None:
                 options += ["--ha-username", username, "--ha-password", password or ""]
+            else:
+                options += ["--ha-secret-file", self.secretFile]  # type: ignore[list-item]
             options += list(arguments)
             if brokerArguments is not None and index < len(brokerArguments):
                 options += list(brokerArguments[index])
@@ -503,14 +548,13 @@ class Cluster:
     ) -> dict[str, Any]:
         """
         Call an AMP command on broker C{index}, logged in with the cluster's
-        HA credentials if it has any.
+        secret (or HA credentials).
         """
         return callAMP(
             self.brokers[index].ampPort,
             command,
             timeout,
-            self.username,
-            self.password,
+            credentials=self.credentials,
             **arguments,
         )
 

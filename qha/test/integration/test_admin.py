@@ -44,6 +44,8 @@ class EndToEndTests(SynchronousTestCase):
         """
         environment = dict(os.environ)
         environment["PYTHONPATH"] = CHECKOUT + os.pathsep + environment.get("PYTHONPATH", "")
+        # The broker's secret, as an admin on its host gives it.
+        environment["QHA_SECRET_FILE"] = self.broker.secretFile
         return subprocess.run(
             [sys.executable, "-m", "qha.admin.cli", *argv],
             capture_output=True,

@@ -375,7 +375,9 @@ class AutomaticFailoverTests(SynchronousTestCase):
         target = (old + 1) % 3
         epoch = c.cluster.query(old)["epoch"]
         result = subprocess.run(
-            adminCommand() + ["-b", f"127.0.0.1:{c.cluster.brokers[target].ampPort}", "promote"],
+            adminCommand()
+            + ["-b", f"127.0.0.1:{c.cluster.brokers[target].ampPort}"]
+            + ["--secret-file", str(c.cluster.secretFile), "promote"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=WAIT,

@@ -31,7 +31,8 @@ from pika.exceptions import AMQPError, ChannelClosedByBroker, NackError
 from pika.spec import BasicProperties
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.admin.commands import Login, Query
+from qha.admin.commands import Query
+from qha.ha.auth import Credentials
 from qha.test.integration.cluster import (
     BlockingAMP,
     Cluster,
@@ -1426,7 +1427,7 @@ class OwnClusterTests(ClusterTestCase):
             self.assertEqual(caught.exception.code, "NOT_AUTHENTICATED")
             with BlockingAMP(cluster.brokers[index].ampPort) as client:
                 with self.assertRaises(RemoteAMPError) as caught:
-                    client.call(Login, username="zag", password="wrong")
+                    client.login(Credentials.fromPassword("zag", "wrong"))
                 self.assertEqual(caught.exception.code, "NOT_AUTHENTICATED")
                 with self.assertRaises(RemoteAMPError):
                     client.call(Query)
