@@ -882,7 +882,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     haTLS = config.get("haTLS")
     ListenService(
         serverFromString(reactor, config["ha-port"]),
-        amp if haTLS is None else haTLS.wrapServerFactory(amp),
+        amp if haTLS is None else haTLS.wrapServerFactory(amp, clock=reactor),
         config["ha-port"],
         "AMP",
     ).setServiceParent(service)

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     ISSLTransport,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
@@ -100,6 +102,9 @@ def describeFailure(reason: Failure | BaseException) -> str:
     failed')]} becomes C{certificate verify failed}.
     """
     error = reason.value if isinstance(reason, Failure) else reason
+    if isinstance(error, VerificationError):
+        names = [str(getattr(e, "mismatched_id", e)) for e in error.errors]
+        return f"the peer's certificate is not for {', '.join(names)}"
     if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
         texts = [entry[-1] for entry in error.args[0] if isinstance(entry, tuple) and entry]
         if texts:
@@ -109,10 +114,11 @@ def describeFailure(reason: Failure | BaseException) -> str:
 
 def isTLSFailure(reason: Failure | BaseException) -> bool:
     """
-    Whether C{reason} is a failed TLS handshake (not a connection closed or refused).
+    Whether C{reason} is a failed TLS handshake, the peer's name included (not a
+    connection closed or refused).
     """
     error = reason.value if isinstance(reason, Failure) else reason
-    return isinstance(error, SSL.Error)
+    return isinstance(error, (SSL.Error, VerificationError))
 
 
 @implementer(IHandshakeListener)
@@ -240,13 +246,18 @@ class MutualTLS:
         """
         return wrapClientTLS(self.clientOptions(host), endpoint)
 
-    def wrapServerFactory(self, factory: IProtocolFactory, what: str = "AMP port") -> IProtocolFactory:
+    def wrapServerFactory(
+        self, factory: IProtocolFactory, what: str = "AMP port", clock: IReactorTime | None = None
+    ) -> IProtocolFactory:
         """
         C{factory} behind TLS (see L{serverOptions}); failed handshakes are logged.
 
         @param what: the port's name for the log.
+        @param clock: when small writes are sent together (the global reactor by default).
         """
-        tls = TLSMemoryBIOFactory(self.serverOptions(), False, _WatchingFactory(factory, what))
+        tls = TLSMemoryBIOFactory(
+            self.serverOptions(), False, _WatchingFactory(factory, what), clock=clock
+        )
         tls.noisy = False
         return tls
 
