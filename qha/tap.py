@@ -9,7 +9,7 @@ import os
 import threading
 import re
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -24,6 +24,7 @@ from .amqp.users import FailedLogins, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
 from .datadir import SECRET_NAME, SecretFileError, claimOrExit, readOrCreateSecret
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
+from .tls import MutualTLS, amqpServerEndpoint
 from .admin.locator import adminLocator
 from .ha.config import HAOptions, parseBrokers
 from .ha.coordinated import etcdFor
@@ -154,7 +155,22 @@ class Options(usage.Options):
             "port",
             "p",
             "tcp:5672:interface=127.0.0.1",
-            "Endpoint to listen on for AMQP clients (tcp:PORT:interface=ADDR, ssl:...).",
+            "Endpoint to listen on for AMQP clients (tcp:PORT:interface=ADDR, or TLS:"
+            " ssl:5671:privateKey=KEY.pem:certKey=CERT.pem).",
+        ],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "CA certificate (PEM) of client certificates: an ssl: --port asks each client for"
+            " one and checks it; such clients may log in with SASL EXTERNAL as the"
+            " certificate's CN.",
+        ],
+        [
+            "tls-require-client-cert",
+            None,
+            "no",
+            "yes: refuse TLS clients without a certificate of --tls-client-ca.",
         ],
         [
             "users",
@@ -213,6 +229,27 @@ class Options(usage.Options):
             None,
             "tcp:5673:interface=127.0.0.1",
             "Endpoint of the AMP port for replication and qha-admin.",
+        ],
+        [
+            "ha-tls-ca",
+            None,
+            None,
+            "CA certificate (PEM) of the cluster: with it the AMP port, the links between"
+            " brokers and qha-admin use mutual TLS, each side's certificate checked against it.",
+        ],
+        ["ha-tls-cert", None, None, "This broker's certificate (PEM) for --ha-tls-ca."],
+        [
+            "ha-tls-key",
+            None,
+            None,
+            "Private key (PEM) of --ha-tls-cert (default: in the --ha-tls-cert file).",
+        ],
+        [
+            "ha-tls-peer-name",
+            None,
+            None,
+            "Name (DNS or IP) every broker's certificate must carry, checked when connecting"
+            " to it; default: the host of its --ha-brokers address.",
         ],
         [
             "ha-brokers",
@@ -425,15 +462,54 @@ class Options(usage.Options):
                 raise usage.UsageError(str(error)) from None
         else:
             self["userDatabase"] = UserDatabase.default()
+        self._checkTLS()
         try:
             from twisted.internet import reactor
 
-            serverFromString(reactor, self["port"])
-        except (ValueError, TypeError, KeyError) as error:
+            amqpServerEndpoint(
+                reactor,
+                self["port"],
+                self["tls-client-ca"],
+                self["tls-require-client-cert"] == "yes",
+            )
+        except Exception as error:
             raise usage.UsageError(
                 f"--port: {self['port']!r} is not a valid endpoint ({error});"
                 " use e.g. tcp:5672:interface=127.0.0.1"
             ) from None
+
+
+    def _checkTLS(self) -> None:
+        """
+        Check and load the TLS options: C{--ha-tls-*} into C{self["haTLS"]}.
+        """
+        for name in ("tls-require-client-cert",):
+            if self[name] not in ("yes", "no"):
+                raise usage.UsageError(f"--{name} must be yes or no, not {self[name]!r}")
+        if self["tls-require-client-cert"] == "yes" and self["tls-client-ca"] is None:
+            raise usage.UsageError("--tls-require-client-cert yes needs --tls-client-ca")
+        self["haTLS"] = None
+        given = [n for n in ("ha-tls-ca", "ha-tls-cert", "ha-tls-key", "ha-tls-peer-name") if self[n]]
+        if not given:
+            return
+        if self["ha-tls-ca"] is None or self["ha-tls-cert"] is None:
+            raise usage.UsageError(
+                f"--{given[0]} needs --ha-tls-ca and --ha-tls-cert (and --ha-tls-key unless"
+                " the key is in the --ha-tls-cert file)"
+            )
+        if not self["ha-port"].startswith("tcp"):
+            raise usage.UsageError(
+                "with --ha-tls-ca, give --ha-port as tcp:PORT:interface=ADDR: qha puts TLS on it"
+            )
+        try:
+            self["haTLS"] = MutualTLS.fromFiles(
+                self["ha-tls-ca"],
+                self["ha-tls-cert"],
+                self["ha-tls-key"],
+                self["ha-tls-peer-name"],
+            )
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
 
 
 class ListenService(StreamServerEndpointService):
@@ -500,6 +576,19 @@ class ListenService(StreamServerEndpointService):
         return port
 
 
+def amqpEndpoint(reactor: Any, config: Options) -> IStreamServerEndpoint:
+    """
+    The AMQP listener of C{--port} (with C{--tls-client-ca}, see
+    L{qha.tls.amqpServerEndpoint}).
+    """
+    return amqpServerEndpoint(
+        reactor,
+        config["port"],
+        config["tls-client-ca"],
+        config["tls-require-client-cert"] == "yes",
+    )
+
+
 class ClientPort(Service):
     """
     The AMQP port of a broker in a cluster: it listens for clients only
@@ -510,12 +599,20 @@ class ClientPort(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: BrokerFactory) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: BrokerFactory,
+        endpoint: Callable[[], IStreamServerEndpoint] | None = None,
+    ) -> None:
         """
         @param reactor: listens, and keeps time for retries.
         @param description: the endpoint string.
         @param factory: the AMQP factory.
+        @param endpoint: makes the endpoint (by default from C{description}).
         """
+        self.endpoint = endpoint or (lambda: serverFromString(reactor, description))
         self.reactor = reactor
         self.description = description
         self.factory = factory
@@ -531,8 +628,7 @@ class ClientPort(Service):
         self.wanted = True
         if self.port is not None or self._listening is not None or self._retry is not None:
             return
-        endpoint = serverFromString(self.reactor, self.description)
-        self._listening = d = endpoint.listen(self.factory)
+        self._listening = d = self.endpoint().listen(self.factory)
 
         def listening(port: IListeningPort) -> None:
             self._listening = None
@@ -714,6 +810,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         clusterName=config["ha-cluster-name"],
         leaseTTL=config["ha-lease-ttl"],
         amqpAddress=advertisedAddress(config["port"]),
+        tls=config.get("haTLS"),
     )
     store = openStore(config, vhost, reactor)
     # A publish's confirm waits for the backups (in a cluster), then the disk.
@@ -740,12 +837,14 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     service = MultiService()
     dataDirectory.setServiceParent(service)
     failedLogins.setServiceParent(service)
-    clientPort = ClientPort(reactor, config["port"], factory)
+    clientPort = ClientPort(
+        reactor, config["port"], factory, lambda: amqpEndpoint(reactor, config)
+    )
     if cluster:
         clientPort.setServiceParent(service)
     else:
         ListenService(
-            serverFromString(reactor, config["port"]), factory, config["port"], "AMQP"
+            amqpEndpoint(reactor, config), factory, config["port"], "AMQP"
         ).setServiceParent(service)
     options.extra["haAddress"] = advertisedAddress(config["ha-port"])
     etcd = etcdFor(reactor, options) if cluster and options.coordinator else None
@@ -780,8 +879,12 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     amp = NodeAMPFactory(
         authority, [node.replicationLocator, adminLocator(node)], clock=reactor
     )
+    haTLS = config.get("haTLS")
     ListenService(
-        serverFromString(reactor, config["ha-port"]), amp, config["ha-port"], "AMP"
+        serverFromString(reactor, config["ha-port"]),
+        amp if haTLS is None else haTLS.wrapServerFactory(amp, clock=reactor),
+        config["ha-port"],
+        "AMP",
     ).setServiceParent(service)
     # Its threads start last: a port that cannot be had stops the start
     # (twistd exits 1) before any thread exists that would keep the process.

@@ -61,6 +61,7 @@ from ..ha.coordinator import LeaderInfo, clusterPrefix
 from ..ha.etcd import EtcdClient, EtcdError, EtcdUnavailable, IEtcd, parseCoordinator
 from ..ha.role import ACTIVE, CATCHUP, JOINING, PRIMARY_ROLES, READY, RECOVERING, STANDALONE
 from ..store.journal import StoreCorrupt, storeInfo as readStoreInfo
+from ..tls import MutualTLS, describeFailure, isTLSFailure, withTLS
 from .commands import (
     AddObject,
     DeleteObject,
@@ -261,6 +262,35 @@ def _globalOptions(parser: argparse.ArgumentParser, suppress: bool) -> None:
         metavar="FILE",
         help="a file whose first line is the password for --username",
     )
+    parser.add_argument(
+        "--tls-ca",
+        dest="tls_ca",
+        default=default(None),
+        metavar="FILE",
+        help="connect over mutual TLS: the cluster's CA certificate (the brokers' --ha-tls-ca)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        dest="tls_cert",
+        default=default(None),
+        metavar="FILE",
+        help="qha-admin's certificate (PEM) of that CA, for --tls-ca",
+    )
+    parser.add_argument(
+        "--tls-key",
+        dest="tls_key",
+        default=default(None),
+        metavar="FILE",
+        help="the private key (PEM) of --tls-cert (default: in the --tls-cert file)",
+    )
+    parser.add_argument(
+        "--tls-name",
+        dest="tls_name",
+        default=default(None),
+        metavar="NAME",
+        help="the name the broker's certificate must carry (default: the host of -b),"
+        " as the brokers' --ha-tls-peer-name",
+    )
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -433,6 +463,24 @@ def parseArguments(
         parser.error("give --secret-file or --username, not both")
     if arguments.username is None and arguments.secret_file is None:
         arguments.secret_file = environ.get(SECRET_VARIABLE) or None
+    arguments.tls = None
+    given = [n for n in ("tls_ca", "tls_cert", "tls_key", "tls_name") if getattr(arguments, n)]
+    if given:
+        if arguments.tls_ca is None or arguments.tls_cert is None:
+            parser.error(
+                f"--{given[0].replace('_', '-')} needs --tls-ca and --tls-cert (and --tls-key"
+                " unless the key is in the --tls-cert file)"
+            )
+        try:
+            arguments.tls = MutualTLS.fromFiles(
+                arguments.tls_ca,
+                arguments.tls_cert,
+                arguments.tls_key,
+                arguments.tls_name,
+                options="--tls-ca/--tls-cert/--tls-key",
+            )
+        except ValueError as error:
+            parser.error(str(error))
     if arguments.command == "status" and arguments.all and arguments.is_primary:
         parser.error("status --is-primary asks about one broker: leave out --all")
     if arguments.command == "replicate":
@@ -637,6 +685,11 @@ def describeError(error: BaseException, address: str, loggedIn: bool = False) ->
     @param loggedIn: whether credentials were given, to advise giving them
         when the broker wants them.
     """
+    if isTLSFailure(error):
+        return (
+            f"{address} failed the TLS handshake: {describeFailure(error)} (give --tls-ca,"
+            " --tls-cert and --tls-key of the cluster's CA if its --ha-port uses TLS)"
+        )
     if isinstance(error, ConnectionRefusedError):
         return (
             f"cannot connect to {address}: connection refused (is a qha broker's"
@@ -674,19 +727,25 @@ def describeError(error: BaseException, address: str, loggedIn: bool = False) ->
     if isinstance(error, (amp.TooLong, amp.MalformedAmpBox, amp.NoEmptyBoxes)):
         return f"{address} does not speak AMP (is it the broker's AMQP port, not its --ha-port?)"
     if isinstance(error, ConnectionClosed):
-        return f"{address} closed the connection before answering (is it a qha broker's --ha-port?)"
+        return (
+            f"{address} closed the connection before answering (is it a qha broker's"
+            " --ha-port? does that use TLS: give --tls-ca)"
+        )
     return f"{address}: {type(error).__name__}: {error}"
 
 
 # Talking to brokers
 
 
-def tcpConnector(reactor: Any, timeout: float = DEFAULT_TIMEOUT) -> Connector:
+def tcpConnector(
+    reactor: Any, timeout: float = DEFAULT_TIMEOUT, tls: MutualTLS | None = None
+) -> Connector:
     """
     A L{Connector} over TCP.
 
     @param reactor: provides C{IReactorTCP} and C{IReactorTime}.
     @param timeout: seconds a connection attempt may take.
+    @param tls: mutual TLS on top (C{--tls-ca/--tls-cert/--tls-key}), or L{None}.
     """
 
     async def connect(address: str) -> amp.AMP:
@@ -694,7 +753,7 @@ def tcpConnector(reactor: Any, timeout: float = DEFAULT_TIMEOUT) -> Connector:
         Connect to C{host:port} (a name, an IPv4 or an IPv6 address).
         """
         host, _, port = address.rpartition(":")
-        endpoint = HostnameEndpoint(reactor, host, int(port), timeout=timeout)
+        endpoint = withTLS(tls, host, HostnameEndpoint(reactor, host, int(port), timeout=timeout))
         return await connectProtocol(endpoint, amp.AMP())
 
     return connect
@@ -1297,7 +1356,7 @@ async def _main(reactor: Any, arguments: argparse.Namespace) -> NoReturn:
     The C{task.react} main function: run the command, exit with its status.
     """
     code = await run(
-        reactor, arguments, tcpConnector(reactor, arguments.timeout), sys.stdout, sys.stderr
+        reactor, arguments, tcpConnector(reactor, arguments.timeout, arguments.tls), sys.stdout, sys.stderr
     )
     raise SystemExit(code)
 

@@ -14,6 +14,7 @@ import struct
 from typing import Any, Callable, Iterable
 
 from pamqp import commands
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import __version__
+from ..tls import peerCommonName
 from ..broker.errors import (
     AMQPError,
     ChannelError,
@@ -42,6 +44,7 @@ from . import wire
 from .channel import Channel
 from .holders import IConfirmHolder, IReplicationPacer
 from .users import (
+    GUEST,
     AuthenticationFailed,
     FailedLogins,
     IPasswordVerifier,
@@ -586,9 +589,12 @@ class AMQPServer(Protocol):
                 "direct_reply_to": False,
             },
         }
-        self.write(
-            wire.connectionStart(properties, " ".join(self.factory.users.mechanisms()))
-        )
+        mechanisms = list(self.factory.users.mechanisms())
+        if peerCommonName(self.transport) is not None:
+            # RabbitMQ's rabbitmq_auth_mechanism_ssl: offered only to a client
+            # that presented a certificate the listener checked.
+            mechanisms.append("EXTERNAL")
+        self.write(wire.connectionStart(properties, " ".join(mechanisms)))
         self.state = AWAITING_START_OK
 
     def _startOk(self, frame: commands.Connection.StartOk) -> None:
@@ -607,13 +613,48 @@ class AMQPServer(Protocol):
         # from this client until the answer (the Deferred may also have
         # fired already).
         self.state = AUTHENTICATING
-        checked = self.factory.users.login(
-            str(frame.mechanism), response or b"", loopback, self.factory.verifier
-        )
+        if frame.mechanism == "EXTERNAL":
+            checked = self._external(loopback)
+        else:
+            checked = self.factory.users.login(
+                str(frame.mechanism), response or b"", loopback, self.factory.verifier
+            )
         checked.addCallbacks(self._loggedIn, self._loginFailed, errbackArgs=(host,))
         checked.addErrback(self._loginBroke)
         if self.state is AUTHENTICATING:
             self._pauseReading("login")
+
+    def _external(self, loopback: bool) -> Deferred[str]:
+        """
+        SASL EXTERNAL, as RabbitMQ's C{rabbitmq_auth_mechanism_ssl}: the user
+        is the common name of the client's certificate (checked against the
+        listener's C{--tls-client-ca} by the TLS handshake), and must be a
+        user of the broker; no password.
+        """
+        user = peerCommonName(self.transport)
+        if user is None:
+            return fail(
+                AuthenticationFailed(
+                    "login refused: mechanism EXTERNAL needs a client certificate"
+                    " (a TLS port with --tls-client-ca)",
+                    mechanism="EXTERNAL",
+                )
+            )
+        reason = None
+        if user not in self.factory.users.users():
+            reason = "the certificate's common name is not a user of this broker"
+        elif user == GUEST and not loopback:
+            reason = "user 'guest' may only connect from a loopback address"
+        if reason is not None:
+            return fail(
+                AuthenticationFailed(
+                    f"login refused for user '{user}' with mechanism EXTERNAL: {reason}",
+                    user=user,
+                    mechanism="EXTERNAL",
+                    logReason=reason,
+                )
+            )
+        return succeed(user)
 
     def _loggedIn(self, user: str) -> None:
         """

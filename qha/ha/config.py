@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from ..tls import MutualTLS, withTLS
 from .auth import Credentials
 
 
@@ -62,11 +66,23 @@ def clientEndpoint(address: str) -> str:
     return f"tcp:host={host}:port={port}:timeout={int(PEER_TIMEOUT)}"
 
 
+def peerEndpoint(reactor: Any, address: str, tls: MutualTLS | None = None) -> IStreamClientEndpoint:
+    """
+    The endpoint of another broker's AMP port C{host:port}, with mutual TLS when
+    C{tls} is given (C{--ha-tls-ca/--ha-tls-cert/--ha-tls-key}): every connection a
+    broker makes to another goes through here.
+    """
+    host, _, _ = address.rpartition(":")
+    return withTLS(tls, host, clientFromString(reactor, clientEndpoint(address)))
+
+
 @dataclass
 class HAOptions:
     """
     The cluster options of C{twistd qha}.
 
+    @ivar tls: mutual TLS on the AMP port and the links to other brokers, or
+        L{None} for plain TCP.
     @ivar secret: the cluster secret (the contents of C{--ha-secret-file}),
         used when no C{username} is given.
     """
@@ -89,6 +105,7 @@ class HAOptions:
     clusterName: str = "qha"
     leaseTTL: int = 10
     amqpAddress: str = ""
+    tls: MutualTLS | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,4 +123,4 @@ class HAOptions:
         return None
 
 
-__all__ = ["HAOptions", "HELLO_TIMEOUT", "PEER_TIMEOUT", "clientEndpoint", "parseBrokers"]
+__all__ = ["HAOptions", "HELLO_TIMEOUT", "PEER_TIMEOUT", "clientEndpoint", "parseBrokers", "peerEndpoint"]

@@ -135,7 +135,7 @@ class HANode(Service):
         self.queueReplicas: dict[str, QueueReplica] = {}
         self.store = store
         self.peers = Peers(
-            clock, options.credentials, self._identity, [self.replicationLocator]
+            clock, options.credentials, self._identity, [self.replicationLocator], tls=options.tls
         )
         if store is not None:
             self.position = store.position

@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from ..tls import MutualTLS, describeFailure, isTLSFailure
 from .auth import Credentials, UnprovenPeer, callerOf, logIn
 from .commands import Hello, NotAuthenticated
-from .config import HELLO_TIMEOUT, PEER_TIMEOUT, clientEndpoint
+from .config import HELLO_TIMEOUT, PEER_TIMEOUT, peerEndpoint
 from .connection import LocatorFactory, NodeAMP, nodeConnection
 
 
@@ -42,6 +42,7 @@ class Peers:
         identity: Callable[[], tuple[str, int, str]],
         locators: Sequence[LocatorFactory],
         timeout: float = PEER_TIMEOUT,
+        tls: MutualTLS | None = None,
     ) -> None:
         """
         @param reactor: connects (L{IReactorTCP}) and keeps time
@@ -52,6 +53,7 @@ class Peers:
         @param locators: what this broker answers on a connection it made
             (the primary streams to a backup on the backup's connection).
         @param timeout: the deadline of a connection, a login and a call.
+        @param tls: mutual TLS with every peer, or L{None} for plain TCP.
         """
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -59,6 +61,7 @@ class Peers:
         self.identity = identity
         self.locators = list(locators)
         self.timeout = timeout
+        self.tls = tls
         self._refusedBy: set[str] = set()
 
     def connect(self, address: str) -> Deferred[NodeAMP]:
@@ -71,7 +74,7 @@ class Peers:
         return ensureDeferred(self._connect(address))
 
     async def _connect(self, address: str) -> NodeAMP:
-        endpoint = clientFromString(self.reactor, clientEndpoint(address))
+        endpoint = peerEndpoint(self.reactor, address, self.tls)
         # The peer's commands on this connection are answered only once it
         # proved itself (at once in unit tests, which log in to nothing).
         protocol = nodeConnection(
@@ -89,8 +92,10 @@ class Peers:
                 self.close(protocol)
                 self._refused(address, refused)
                 raise
-            except BaseException:
+            except BaseException as error:
                 self.close(protocol)
+                if isTLSFailure(error):
+                    self._refused(address, error)
                 raise
             self._refusedBy.discard(address)
             assert protocol.session is not None
@@ -104,7 +109,7 @@ class Peers:
         d.addTimeout(self.timeout, self.clock)
         return d
 
-    def _refused(self, address: str, refused: Exception) -> None:
+    def _refused(self, address: str, refused: BaseException) -> None:
         """
         Log, once per peer, that it refused this broker's login or did not
         prove itself.
@@ -113,7 +118,14 @@ class Peers:
             return
         self._refusedBy.add(address)
         assert self.credentials is not None
-        if isinstance(refused, UnprovenPeer):
+        if isTLSFailure(refused):
+            self.log.error(
+                "{address} failed the TLS handshake: {reason}; the brokers of a cluster"
+                " need certificates of one CA (--ha-tls-ca, --ha-tls-cert, --ha-tls-key)",
+                address=address,
+                reason=describeFailure(refused),
+            )
+        elif isinstance(refused, UnprovenPeer):
             self.log.error(
                 "{address} is not a broker of this cluster: {reason}; nothing was sent to it",
                 address=address,

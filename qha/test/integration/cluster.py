@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -130,17 +131,26 @@ class BlockingAMP:
     sends it and reads the answer, each read bounded by C{timeout}.
     """
 
-    def __init__(self, port: int, host: str = HOST, timeout: float = AMP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        port: int,
+        host: str = HOST,
+        timeout: float = AMP_TIMEOUT,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         """
         Connect to a broker's AMP port.
 
         @param port: the AMP port.
         @param host: its address.
         @param timeout: the most seconds one call may take.
+        @param context: TLS for a broker with C{--ha-tls-ca}, or L{None}.
         @raise OSError: if the connection fails.
         """
         self.timeout = timeout
         self.socket = socket.create_connection((host, port), timeout=timeout)
+        if context is not None:
+            self.socket = context.wrap_socket(self.socket, server_hostname=host)
         self.buffer = b""
         self.tag = 0
 
@@ -227,6 +237,7 @@ def callAMP(
     username: str | None = None,
     password: str | None = None,
     credentials: Credentials | None = None,
+    context: ssl.SSLContext | None = None,
     **arguments: Any,
 ) -> dict[str, Any]:
     """
@@ -239,7 +250,7 @@ def callAMP(
     @param timeout: the most seconds for each call.
     @return: the parsed answer.
     """
-    with BlockingAMP(port, timeout=timeout) as client:
+    with BlockingAMP(port, timeout=timeout, context=context) as client:
         if username is not None:
             credentials = Credentials.fromPassword(username, password or "")
         if credentials is not None:
@@ -421,6 +432,7 @@ class Cluster:
         heartbeat: float = 0.5,
         username: str | None = None,
         password: str | None = None,
+        ampContext: ssl.SSLContext | None = None,
     ) -> None:
         """
         Pick the ports and directories; start nothing yet.
@@ -431,9 +443,11 @@ class Cluster:
         @param heartbeat: C{--ha-heartbeat}.
         @param username: C{--ha-username} (and C{--ha-password}
             C{password}) for every broker, if given.
+        @param ampContext: TLS for the admin calls, for brokers with C{--ha-tls-ca}.
         """
         self.username = username
         self.password = password
+        self.ampContext = ampContext
         self._root = tempfile.mkdtemp(prefix="qha-cluster-")
         self.secretFile: str | None = None
         if username is None:
@@ -555,6 +569,7 @@ class Cluster:
             command,
             timeout,
             credentials=self.credentials,
+            context=self.ampContext,
             **arguments,
         )
 
