@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .amqp.protocol import BrokerFactory
-from .amqp.users import FailedLogins, ThreadPoolVerifier, UserDatabase
+from .amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
 from .datadir import SECRET_NAME, SecretFileError, claimOrExit, readOrCreateSecret
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
@@ -776,7 +776,14 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             " prefer --ha-password-file or {variable}",
             variable=PASSWORD_VARIABLE,
         )
-    authority = Authority(credentials, clock=reactor, failedLogins=failedLogins)
+    authority = Authority(
+        credentials,
+        clock=reactor,
+        failedLogins=failedLogins,
+        users=config["userDatabase"] if config["users"] is not None else None,
+    )
+    # SIGHUP reloads the users file (users, tags, permissions).
+    ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
     amp = NodeAMPFactory(
         authority, [node.replicationLocator, adminLocator(node)], clock=reactor
     )

@@ -324,18 +324,29 @@ class ScryptHash:
         @return: whether it is the password that was hashed.
         """
         try:
-            candidate = hashlib.scrypt(
-                password.encode("utf-8"),
-                salt=self.salt,
-                n=self.n,
-                r=self.r,
-                p=self.p,
-                dklen=len(self.digest),
-                maxmem=_scryptMemory(self.n, self.r, self.p),
-            )
+            candidate = self.derive(password)
         except (ValueError, MemoryError, UnicodeEncodeError):
             return False
         return hmac.compare_digest(candidate, self.digest)
+
+    def derive(self, password: str) -> bytes:
+        """
+        scrypt of C{password} with this hash's salt and parameters, as long
+        as its digest: what a client of the AMP port derives its key from
+        (see L{qha.ha.auth}).
+
+        @param password: the password.
+        @return: the digest C{password} would have.
+        """
+        return hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=self.salt,
+            n=self.n,
+            r=self.r,
+            p=self.p,
+            dklen=len(self.digest),
+            maxmem=_scryptMemory(self.n, self.r, self.p),
+        )
 
 
 def _checkParameters(n: int, r: int, p: int) -> None:
@@ -989,6 +1000,9 @@ class ReloadOnSignal(Service):
 
         @return: whether the new file was taken.
         """
+        if self.database.path is None:
+            self.log.info("SIGHUP: there is no users file (--users) to reload")
+            return False
         try:
             self.database.reload()
         except ValueError as error:
@@ -1394,7 +1408,10 @@ def _removeUser(path: str, name: str) -> str:
         no such user.
     """
     lines = _readForEditing(path)
-    kept = [line for line in lines if line.user != name]
+    if not any(line.user == name for line in lines):
+        raise _CommandLineError(f"there is no user {name!r} in {path!r}")
+    # Its tags and permissions go with it.
+    kept = [line for line in lines if name not in (line.user, line.about)]
     if len(kept) == len(lines):
         raise _CommandLineError(f"there is no user {name!r} in {path!r}")
     _writeAtomically(path, kept)
