@@ -364,10 +364,17 @@ class Authority:
             return None
         stored = self.users.passwordHash(username)
         if stored is None:
+            # Shaped like the file's own users (their parameters), with a
+            # salt that is the same for the same name every time.
             salt = hmac.new(
                 self._unknownSalts, username.encode("utf-8"), hashlib.sha256
             ).digest()[:SALT_LENGTH]
-            stored = ScryptHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, b"\0" * HASH_LENGTH)
+            names = self.users.users()
+            like = self.users.passwordHash(names[0]) if names else None
+            if like is None:
+                stored = ScryptHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, b"\0" * HASH_LENGTH)
+            else:
+                stored = ScryptHash(like.n, like.r, like.p, salt, like.digest)
         return keyDerivation(stored)
 
     @property
