@@ -17,13 +17,12 @@ import os
 import re
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from pamqp import commands
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
-from twisted.logger import LogLevel, globalLogPublisher
-from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from qha.amqp.access import CONFIGURE, READ, WRITE, Permissions
@@ -638,7 +637,10 @@ class ReloadOnSignalTests(ProtocolTestCase):
         )
         self.service.startService()
         self.addCleanup(self.service.stopService)
-        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.events: list[dict[str, Any]] = []
+        logger = Logger(observer=cast(ILogObserver, self.events.append))
+        self.patch(ReloadOnSignal, "log", logger)
+        self.patch(UserDatabase, "log", logger)
 
     def writeFile(self, extra: str) -> None:
         """
