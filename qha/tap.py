@@ -782,8 +782,6 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         failedLogins=failedLogins,
         users=config["userDatabase"] if config["users"] is not None else None,
     )
-    # SIGHUP reloads the users file (users, tags, permissions).
-    ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
     amp = NodeAMPFactory(
         authority, [node.replicationLocator, adminLocator(node)], clock=reactor
     )
@@ -793,4 +791,6 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     # Its threads start last: a port that cannot be had stops the start
     # (twistd exits 1) before any thread exists that would keep the process.
     passwords.setServiceParent(service)
+    # SIGHUP reloads the users file (users, tags, permissions).
+    ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
     return service
