@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .amqp.protocol import BrokerFactory
-from .amqp.users import FailedLogins, ThreadPoolVerifier, UserDatabase
+from .amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
 from .datadir import SECRET_NAME, SecretFileError, claimOrExit, readOrCreateSecret
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
@@ -875,7 +875,12 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             " prefer --ha-password-file or {variable}",
             variable=PASSWORD_VARIABLE,
         )
-    authority = Authority(credentials, clock=reactor, failedLogins=failedLogins)
+    authority = Authority(
+        credentials,
+        clock=reactor,
+        failedLogins=failedLogins,
+        users=config["userDatabase"] if config["users"] is not None else None,
+    )
     amp = NodeAMPFactory(
         authority, [node.replicationLocator, adminLocator(node)], clock=reactor
     )
@@ -889,4 +894,6 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     # Its threads start last: a port that cannot be had stops the start
     # (twistd exits 1) before any thread exists that would keep the process.
     passwords.setServiceParent(service)
+    # SIGHUP reloads the users file (users, tags, permissions).
+    ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
     return service

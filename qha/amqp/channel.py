@@ -30,8 +30,9 @@ from ..broker.errors import (
 from ..broker.exchange import Exchange
 from ..broker.message import Message, checkProperties
 from ..broker.queue import Consumer, Entry, Queue
-from ..broker.vhost import PublishRefused
+from ..broker.vhost import PublishRefused, serverQueueName
 from . import wire
+from .access import CONFIGURE, DEFAULT_EXCHANGE, IMPERSONATOR, READ, WRITE, accessRefused, userIdRefused
 from .holders import Held, Waits
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Channel:
         """
         if immediate:
             raise NotImplemented_("immediate=true is not supported (as in RabbitMQ)")
+        self._allow(WRITE, "exchange", exchangeName)
         # A missing exchange closes the channel now, as in RabbitMQ; the
         # content frames that follow are ignored by the closing channel.
         self._publishExchange = self.vhost.exchanges.get(exchangeName)
@@ -215,6 +217,8 @@ class Channel:
         mandatory = self._publishMandatory
         if exchange is None or exchange.deleted:
             exchange = self.vhost.publishTarget(message.exchange)
+        if header[13] & 0x10:
+            self._checkUserId(message.properties.user_id)
         if header[12] & 0x01 or header[13] & 0x01:
             # An expiration property (flag 0x0100) must be a whole number
             # of milliseconds, as RabbitMQ checks.
@@ -517,6 +521,38 @@ class Channel:
         self.unacked.clear()
         self._finish(taken, True)
 
+    # Permissions
+
+    def _allow(self, permission: int, kind: str, name: str) -> None:
+        """
+        Check that the connection's user has C{permission} on the exchange
+        or queue C{name} in this channel's virtual host (see
+        L{qha.amqp.access} for which operation needs which).
+
+        @raise AccessRefused: if not (403, which closes the channel).
+        """
+        connection = self.connection
+        if kind == "exchange" and not name:
+            name = DEFAULT_EXCHANGE
+        permissions = connection.factory.users.permissions(connection.user, self.vhost.name)
+        if permissions is None or not permissions.allows(permission, name):
+            raise accessRefused(kind, name, self.vhost.name, connection.user)
+
+    def _checkUserId(self, userId: Any) -> None:
+        """
+        A published message's C{user_id} property must name the user who
+        logged in, unless that user has the C{impersonator} tag (as in
+        RabbitMQ).
+
+        @raise PreconditionFailed: if it names another (406).
+        """
+        connection = self.connection
+        userId = _str(userId)
+        if userId != connection.user and IMPERSONATOR not in connection.factory.users.tags(
+            connection.user or ""
+        ):
+            raise PreconditionFailed(userIdRefused(userId, connection.user))
+
     # Method handlers
 
     def _queueName(self, name: str) -> str:
@@ -544,8 +580,15 @@ class Channel:
             queue.dispatch()
 
     def exchangeDeclare(self, frame: commands.Exchange.Declare) -> None:
+        name = _str(frame.exchange)
+        if not frame.passive and name:
+            self._allow(CONFIGURE, "exchange", name)
+            alternate = (frame.arguments or {}).get("alternate-exchange")
+            if alternate is not None and name not in self.vhost.exchanges:
+                self._allow(READ, "exchange", name)
+                self._allow(WRITE, "exchange", _str(alternate))
         self.vhost.declareExchange(
-            _str(frame.exchange),
+            name,
             _str(frame.exchange_type),
             passive=frame.passive,
             durable=frame.durable,
@@ -556,10 +599,15 @@ class Channel:
         self._reply(frame.nowait, wire.simple(self.number, 40, 11))
 
     def exchangeDelete(self, frame: commands.Exchange.Delete) -> None:
-        self.vhost.deleteExchange(_str(frame.exchange), ifUnused=frame.if_unused)
+        name = _str(frame.exchange)
+        if name:
+            self._allow(CONFIGURE, "exchange", name)
+        self.vhost.deleteExchange(name, ifUnused=frame.if_unused)
         self._reply(frame.nowait, wire.simple(self.number, 40, 21))
 
     def exchangeBind(self, frame: commands.Exchange.Bind) -> None:
+        self._allow(WRITE, "exchange", _str(frame.destination))
+        self._allow(READ, "exchange", _str(frame.source))
         self.vhost.bindExchange(
             _str(frame.destination),
             _str(frame.source),
@@ -569,6 +617,8 @@ class Channel:
         self._reply(frame.nowait, wire.simple(self.number, 40, 31))
 
     def exchangeUnbind(self, frame: commands.Exchange.Unbind) -> None:
+        self._allow(WRITE, "exchange", _str(frame.destination))
+        self._allow(READ, "exchange", _str(frame.source))
         self.vhost.unbindExchange(
             _str(frame.destination),
             _str(frame.source),
@@ -578,8 +628,21 @@ class Channel:
         self._reply(frame.nowait, wire.simple(self.number, 40, 51))
 
     def queueDeclare(self, frame: commands.Queue.Declare) -> None:
+        name = _str(frame.queue)
+        generated = False
+        if not frame.passive:
+            if not name:
+                # Checked under the name it will have, as in RabbitMQ.
+                name, generated = serverQueueName(), True
+            self._allow(CONFIGURE, "queue", name)
+            arguments = frame.arguments or {}
+            deadLetters = arguments.get("x-dead-letter-exchange", arguments.get("alternate-exchange"))
+            if deadLetters is not None and name not in self.vhost.queues:
+                self._allow(READ, "queue", name)
+                self._allow(WRITE, "exchange", _str(deadLetters))
         queue = self.vhost.declareQueue(
-            _str(frame.queue),
+            name,
+            generated=generated,
             passive=frame.passive,
             durable=frame.durable,
             exclusive=frame.exclusive,
@@ -596,8 +659,11 @@ class Channel:
         )
 
     def queueBind(self, frame: commands.Queue.Bind) -> None:
+        name = self._queueName(_str(frame.queue))
+        self._allow(WRITE, "queue", name)
+        self._allow(READ, "exchange", _str(frame.exchange))
         self.vhost.bindQueue(
-            self._queueName(_str(frame.queue)),
+            name,
             _str(frame.exchange),
             _str(frame.routing_key),
             frame.arguments or {},
@@ -606,8 +672,11 @@ class Channel:
         self._reply(frame.nowait, wire.simple(self.number, 50, 21))
 
     def queueUnbind(self, frame: commands.Queue.Unbind) -> None:
+        name = self._queueName(_str(frame.queue))
+        self._allow(WRITE, "queue", name)
+        self._allow(READ, "exchange", _str(frame.exchange))
         self.vhost.unbindQueue(
-            self._queueName(_str(frame.queue)),
+            name,
             _str(frame.exchange),
             _str(frame.routing_key),
             frame.arguments or {},
@@ -616,14 +685,16 @@ class Channel:
         self.connection.write(wire.simple(self.number, 50, 51))
 
     def queuePurge(self, frame: commands.Queue.Purge) -> None:
-        count = self.vhost.purgeQueue(
-            self._queueName(_str(frame.queue)), owner=self.connection
-        )
+        name = self._queueName(_str(frame.queue))
+        self._allow(READ, "queue", name)
+        count = self.vhost.purgeQueue(name, owner=self.connection)
         self._reply(frame.nowait, wire.queueMessageCountOk(self.number, 31, count))
 
     def queueDelete(self, frame: commands.Queue.Delete) -> None:
+        name = self._queueName(_str(frame.queue))
+        self._allow(CONFIGURE, "queue", name)
         count = self.vhost.deleteQueue(
-            self._queueName(_str(frame.queue)),
+            name,
             ifUnused=frame.if_unused,
             ifEmpty=frame.if_empty,
             owner=self.connection,
@@ -644,9 +715,9 @@ class Channel:
         self._dispatchAll()
 
     def basicConsume(self, frame: commands.Basic.Consume) -> None:
-        queue = self.vhost.queue(
-            self._queueName(_str(frame.queue)), owner=self.connection
-        )
+        name = self._queueName(_str(frame.queue))
+        self._allow(READ, "queue", name)
+        queue = self.vhost.queue(name, owner=self.connection)
         tag = _str(frame.consumer_tag)
         if not tag:
             tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode(
@@ -680,9 +751,9 @@ class Channel:
             consumer.queue.removeConsumer(consumer)
 
     def basicGet(self, frame: commands.Basic.Get) -> None:
-        queue = self.vhost.queue(
-            self._queueName(_str(frame.queue)), owner=self.connection
-        )
+        name = self._queueName(_str(frame.queue))
+        self._allow(READ, "queue", name)
+        queue = self.vhost.queue(name, owner=self.connection)
         entry = queue.get()
         if entry is None:
             self.connection.write(wire.basicGetEmpty(self.number))

@@ -41,6 +41,7 @@ from ..broker.errors import (
 from ..broker.message import checkNesting
 from ..broker.vhost import VirtualHost
 from . import wire
+from .access import vhostRefused
 from .channel import Channel
 from .holders import IConfirmHolder, IReplicationPacer
 from .users import (
@@ -775,6 +776,8 @@ class AMQPServer(Protocol):
             vhost = vhost.decode("utf-8", "replace")
         if vhost != self.vhost.name:
             raise NotAllowed(f"vhost '{vhost}' not found; this broker has vhost '{self.vhost.name}'")
+        if self.factory.users.permissions(self.user, vhost) is None:
+            raise vhostRefused(vhost, self.user)
         if not self.factory.acceptingClients:
             raise ConnectionForcedRefusal(self.factory.refusalText)
         if self._timeout is not None and self._timeout.active():

@@ -1,11 +1,21 @@
 """
 The broker's user database: who may log in, checked with SASL PLAIN or
-AMQPLAIN, and the C{qha-users} command that edits a users file.
+AMQPLAIN, their tags and permissions, and the C{qha-users} command that
+edits a users file.
 
-A users file is UTF-8 text with one user per line::
+A users file is UTF-8 text with one user per line, and optional lines of
+tags and permissions (the arguments of C{rabbitmqctl set_user_tags} and
+C{set_permissions}, quoted as in a shell)::
 
     # comments and blank lines are ignored
     bob:scrypt$16384$8$1$<salt base64>$<hash base64>
+    tags bob administrator
+    permissions bob / '^bob-.*' '.*' '.*'
+
+A file without any C{permissions} line is a file of before permissions
+existed: every user may do everything in the virtual host C{/}, as before.
+Once the file has one, a user may use only the virtual hosts it names for
+them (see L{qha.amqp.access}).
 
 Passwords are stored as scrypt hashes; the scrypt cost parameters are part of
 each line, so they can be raised later without breaking existing entries.
@@ -29,6 +39,9 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
+import shlex
+import signal
 import stat
 import struct
 import sys
@@ -49,10 +62,14 @@ from zope.interface import Interface, implementer
 
 from qha.broker.errors import ConnectionAccessRefused
 
+from .access import Permissions
+
 __all__ = [
     "AuthenticationFailed",
+    "DEFAULT_VHOST",
     "FailedLogins",
     "IPasswordVerifier",
+    "ReloadOnSignal",
     "ScryptHash",
     "SynchronousVerifier",
     "ThreadPoolVerifier",
@@ -90,6 +107,20 @@ of at most 255 bytes.
 """
 
 _FILE_FORMAT = "NAME:scrypt$N$r$p$SALT$HASH"
+
+_TAGS_FORMAT = "tags USER [TAG ...]"
+
+_PERMISSIONS_FORMAT = "permissions USER VHOST CONFIGURE WRITE READ"
+
+_TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+"""
+What a tag may look like.
+"""
+
+DEFAULT_VHOST = "/"
+"""
+The virtual host every user of a file without permissions may use.
+"""
 
 _NEW_FILE_HEADER = (
     "# qha users file, one user per line: " + _FILE_FORMAT + "\n"
@@ -293,18 +324,29 @@ class ScryptHash:
         @return: whether it is the password that was hashed.
         """
         try:
-            candidate = hashlib.scrypt(
-                password.encode("utf-8"),
-                salt=self.salt,
-                n=self.n,
-                r=self.r,
-                p=self.p,
-                dklen=len(self.digest),
-                maxmem=_scryptMemory(self.n, self.r, self.p),
-            )
+            candidate = self.derive(password)
         except (ValueError, MemoryError, UnicodeEncodeError):
             return False
         return hmac.compare_digest(candidate, self.digest)
+
+    def derive(self, password: str) -> bytes:
+        """
+        scrypt of C{password} with this hash's salt and parameters, as long
+        as its digest: what a client of the AMP port derives its key from
+        (see L{qha.ha.auth}).
+
+        @param password: the password.
+        @return: the digest C{password} would have.
+        """
+        return hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=self.salt,
+            n=self.n,
+            r=self.r,
+            p=self.p,
+            dklen=len(self.digest),
+            maxmem=_scryptMemory(self.n, self.r, self.p),
+        )
 
 
 def _checkParameters(n: int, r: int, p: int) -> None:
@@ -367,13 +409,67 @@ class _UsersFileLine:
     the file without losing comments.
 
     @ivar text: the line without its line ending.
-    @ivar user: the user it defines, or L{None} for a comment or blank line.
+    @ivar user: the user it defines, or L{None} for any other line.
     @ivar passwordHash: that user's password hash, or L{None}.
+    @ivar about: the user a C{tags} or C{permissions} line is about.
+    @ivar tags: the tags of a C{tags} line.
+    @ivar vhost: the virtual host of a C{permissions} line.
+    @ivar permissions: the permissions of a C{permissions} line.
+    @ivar number: the line number, for errors found after reading.
     """
 
     text: str
     user: str | None = None
     passwordHash: ScryptHash | None = None
+    about: str | None = None
+    tags: frozenset[str] | None = None
+    vhost: str | None = None
+    permissions: Permissions | None = None
+    number: int = 0
+
+
+def _directive(text: str, stripped: str, where: str, number: int) -> _UsersFileLine:
+    """
+    Parse a C{tags} or C{permissions} line.
+
+    @param text: the line as written.
+    @param stripped: the line, stripped.
+    @param where: the file and line, for errors.
+    @param number: the line number.
+    @return: the parsed line.
+    @raise ValueError: if it is malformed.
+    """
+    try:
+        words = shlex.split(stripped, posix=True)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    keyword, arguments = words[0], words[1:]
+    if keyword == "tags":
+        if not arguments:
+            raise ValueError(f"{where}: expected {_TAGS_FORMAT}")
+        user, tags = arguments[0], arguments[1:]
+        for tag in tags:
+            if not _TAG.match(tag):
+                raise ValueError(
+                    f"{where}: tag {_quote(tag)} may hold only letters, digits,"
+                    " '_', '.' and '-'"
+                )
+        return _UsersFileLine(text, about=user, tags=frozenset(tags), number=number)
+    if len(arguments) != 5:
+        raise ValueError(
+            f"{where}: expected {_PERMISSIONS_FORMAT} (5 arguments, not"
+            f" {len(arguments)}; quote patterns with spaces)"
+        )
+    user, vhost, configure, write, read = arguments
+    if not vhost:
+        raise ValueError(f"{where}: the virtual host is empty")
+    try:
+        permissions = Permissions(configure, write, read)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return _UsersFileLine(
+        text, about=user, vhost=vhost, permissions=permissions, number=number
+    )
 
 
 def _readUsersFile(path: str) -> list[_UsersFileLine]:
@@ -395,6 +491,8 @@ def _readUsersFile(path: str) -> list[_UsersFileLine]:
         ) from None
     lines: list[_UsersFileLine] = []
     definedOn: dict[str, int] = {}
+    taggedOn: dict[str, int] = {}
+    grantedOn: dict[tuple[str, str], int] = {}
     for number, raw in enumerate(data.splitlines(), start=1):
         where = f"users file {path!r}, line {number}"
         try:
@@ -406,6 +504,29 @@ def _readUsersFile(path: str) -> list[_UsersFileLine]:
         stripped = text.strip()
         if not stripped or stripped.startswith("#"):
             lines.append(_UsersFileLine(text))
+            continue
+        first = stripped.split(None, 1)[0]
+        if first in ("tags", "permissions") and ":" not in first:
+            line = _directive(text, stripped, where, number)
+            assert line.about is not None
+            if line.tags is not None:
+                if line.about in taggedOn:
+                    raise ValueError(
+                        f"{where}: the tags of user {_quote(line.about)} are already"
+                        f" given on line {taggedOn[line.about]}"
+                    )
+                taggedOn[line.about] = number
+            else:
+                assert line.vhost is not None
+                key = (line.about, line.vhost)
+                if key in grantedOn:
+                    raise ValueError(
+                        f"{where}: the permissions of user {_quote(line.about)} in"
+                        f" vhost {_quote(line.vhost)} are already given on line"
+                        f" {grantedOn[key]}"
+                    )
+                grantedOn[key] = number
+            lines.append(line)
             continue
         name, colon, hashText = stripped.partition(":")
         if not colon:
@@ -423,13 +544,36 @@ def _readUsersFile(path: str) -> list[_UsersFileLine]:
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         definedOn[name] = number
-        lines.append(_UsersFileLine(text, name, passwordHash))
+        lines.append(_UsersFileLine(text, name, passwordHash, number=number))
+    for line in lines:
+        if line.about is not None and line.about not in definedOn:
+            raise ValueError(
+                f"users file {path!r}, line {line.number}: there is no user"
+                f" {_quote(line.about)} in this file"
+            )
     return lines
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """
+    What a users file says.
+
+    @ivar users: the password hash of each user.
+    @ivar tags: the tags of each user that has some.
+    @ivar permissions: user to virtual host to permissions, or L{None} if
+        the file has no C{permissions} line.
+    """
+
+    users: dict[str, ScryptHash]
+    tags: dict[str, frozenset[str]]
+    permissions: dict[str, dict[str, Permissions]] | None
 
 
 class UserDatabase:
     """
-    The users that may log in, and the SASL mechanisms they log in with.
+    The users that may log in, the SASL mechanisms they log in with, their
+    tags and their permissions.
 
     Successful password checks are remembered (by user and SHA-256 of the
     password, never the password itself) so that a storm of reconnecting
@@ -442,15 +586,40 @@ class UserDatabase:
     log = Logger()
 
     def __init__(
-        self, users: Mapping[str, ScryptHash], path: str | None = None
+        self,
+        users: Mapping[str, ScryptHash],
+        path: str | None = None,
+        tags: Mapping[str, frozenset[str]] | None = None,
+        permissions: Mapping[str, Mapping[str, Permissions]] | None = None,
     ) -> None:
         """
         @param users: the password hash of each user, by name.
         @param path: the users file they come from, for L{reload}.
+        @param tags: the tags of each user (none by default).
+        @param permissions: by user, then by virtual host; L{None} (the
+            default, and a file without C{permissions} lines) lets every
+            user who logged in do everything in L{DEFAULT_VHOST}.
         """
         self.path = path
         self._users: dict[str, ScryptHash] = dict(users)
         self._verified: dict[tuple[str, bytes], ScryptHash] = {}
+        self._set(tags, permissions)
+
+    def _set(
+        self,
+        tags: Mapping[str, frozenset[str]] | None,
+        permissions: Mapping[str, Mapping[str, Permissions]] | None,
+    ) -> None:
+        """
+        Replace the tags and permissions.
+        """
+        self._tags: dict[str, frozenset[str]] = dict(tags or {})
+        self._everything = Permissions.everything()
+        self._permissions: dict[str, dict[str, Permissions]] | None = (
+            None
+            if permissions is None
+            else {user: dict(byVhost) for user, byVhost in permissions.items()}
+        )
 
     @classmethod
     def default(cls) -> UserDatabase:
@@ -472,26 +641,38 @@ class UserDatabase:
         @raise ValueError: with a one-line message naming the file and line
             if it cannot be read or is malformed.
         """
-        return cls(cls._loadUsers(path), path)
+        loaded = cls._load(path)
+        return cls(loaded.users, path, loaded.tags, loaded.permissions)
 
     @staticmethod
-    def _loadUsers(path: str) -> dict[str, ScryptHash]:
+    def _load(path: str) -> _Loaded:
         """
-        Read the users of a users file.
+        Read the users, tags and permissions of a users file.
 
         @param path: the file.
-        @return: the password hash of each user, by name.
+        @return: what it says.
         @raise ValueError: see L{fromFile}.
         """
-        return {
-            line.user: line.passwordHash
-            for line in _readUsersFile(path)
-            if line.user is not None and line.passwordHash is not None
-        }
+        users: dict[str, ScryptHash] = {}
+        tags: dict[str, frozenset[str]] = {}
+        permissions: dict[str, dict[str, Permissions]] | None = None
+        for line in _readUsersFile(path):
+            if line.user is not None and line.passwordHash is not None:
+                users[line.user] = line.passwordHash
+            elif line.about is not None and line.tags is not None:
+                tags[line.about] = line.tags
+            elif line.about is not None and line.permissions is not None:
+                assert line.vhost is not None
+                if permissions is None:
+                    permissions = {}
+                permissions.setdefault(line.about, {})[line.vhost] = line.permissions
+        return _Loaded(users, tags, permissions)
 
     def reload(self) -> None:
         """
-        Read the users file again and forget remembered password checks.
+        Read the users file again (users, tags and permissions) and forget
+        remembered password checks. Open connections keep going; what they
+        do next is checked against the new permissions.
 
         On error the database is left as it was.
 
@@ -500,13 +681,14 @@ class UserDatabase:
         """
         if self.path is None:
             raise ValueError("this user database was not loaded from a file")
-        users = self._loadUsers(self.path)
-        self._users = users
+        loaded = self._load(self.path)
+        self._users = loaded.users
+        self._set(loaded.tags, loaded.permissions)
         self._verified.clear()
         self.log.info(
             "Reloaded users file {path}: {count} users",
             path=self.path,
-            count=len(users),
+            count=len(loaded.users),
         )
 
     def users(self) -> list[str]:
@@ -516,6 +698,51 @@ class UserDatabase:
         @return: the names, sorted.
         """
         return sorted(self._users)
+
+    def tags(self, user: str) -> frozenset[str]:
+        """
+        The tags of C{user}.
+
+        @param user: the user name.
+        @return: its tags; none for an unknown user.
+        """
+        return self._tags.get(user, frozenset())
+
+    def passwordHash(self, user: str) -> ScryptHash | None:
+        """
+        The stored password hash of C{user}.
+
+        @param user: the user name.
+        @return: the hash, or L{None} for an unknown user.
+        """
+        return self._users.get(user)
+
+    def permissions(self, user: str | None, vhost: str) -> Permissions | None:
+        """
+        What C{user} may do in C{vhost}.
+
+        @param user: a user who logged in (L{None}: nobody, who may do
+            nothing).
+        @param vhost: the virtual host.
+        @return: the permissions, or L{None} if the user may not use the
+            virtual host at all.
+        """
+        if user is None:
+            return None
+        permissions = self._permissions
+        if permissions is None:
+            return self._everything if vhost == DEFAULT_VHOST else None
+        byVhost = permissions.get(user)
+        return None if byVhost is None else byVhost.get(vhost)
+
+    @property
+    def grantsPermissions(self) -> bool:
+        """
+        Whether permissions are given explicitly (the users file has
+        C{permissions} lines); if not, every user may do everything in
+        L{DEFAULT_VHOST}.
+        """
+        return self._permissions is not None
 
     def mechanisms(self) -> list[str]:
         """
@@ -709,6 +936,84 @@ class ThreadPoolVerifier(Service):
         Check in the pool; see L{IPasswordVerifier.verify}.
         """
         return deferToThreadPool(self.reactor, self.pool, passwordHash.verify, password)
+
+
+class ReloadOnSignal(Service):
+    """
+    Reloads the users file on C{SIGHUP}, the way twistd's own log rotation
+    answers C{SIGUSR1}: the signal handler only asks the reactor (with
+    C{callFromThread}, which is safe from a signal handler and wakes it) to
+    call L{reload} on its thread.
+
+    Connections stay open; a file that cannot be read or is malformed is
+    logged and the users loaded before are kept. Without this service
+    C{SIGHUP} ends the process (its default action) with no log line.
+
+    @ivar database: the users to reload.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        database: UserDatabase,
+        signalNumber: int = signal.SIGHUP,
+        installHandler: Any = signal.signal,
+    ) -> None:
+        """
+        @param reactor: where L{reload} runs (C{IReactorFromThreads}).
+        @param database: the users to reload.
+        @param signalNumber: the signal.
+        @param installHandler: C{signal.signal}, or a fake in tests.
+        """
+        self.reactor = reactor
+        self.database = database
+        self.signalNumber = signalNumber
+        self._installHandler = installHandler
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        """
+        Install the handler.
+        """
+        super().startService()
+        self._previous = self._installHandler(self.signalNumber, self._received)
+
+    def stopService(self) -> None:
+        """
+        Put back the handler there was before.
+        """
+        super().stopService()
+        self._installHandler(self.signalNumber, self._previous)
+        self._previous = None
+
+    def _received(self, number: int, frame: Any) -> None:
+        """
+        The signal arrived: have the reactor reload.
+        """
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """
+        Reload the users file now, and log what happened.
+
+        @return: whether the new file was taken.
+        """
+        if self.database.path is None:
+            self.log.info("SIGHUP: there is no users file (--users) to reload")
+            return False
+        try:
+            self.database.reload()
+        except ValueError as error:
+            self.log.error(
+                "Not reloading the users file (keeping the {count} users loaded"
+                " before): {error}",
+                count=len(self.database.users()),
+                error=str(error),
+            )
+            return False
+        return True
 
 
 @dataclass
@@ -1103,7 +1408,10 @@ def _removeUser(path: str, name: str) -> str:
         no such user.
     """
     lines = _readForEditing(path)
-    kept = [line for line in lines if line.user != name]
+    if not any(line.user == name for line in lines):
+        raise _CommandLineError(f"there is no user {name!r} in {path!r}")
+    # Its tags and permissions go with it.
+    kept = [line for line in lines if name not in (line.user, line.about)]
     if len(kept) == len(lines):
         raise _CommandLineError(f"there is no user {name!r} in {path!r}")
     _writeAtomically(path, kept)

@@ -161,6 +161,15 @@ def _deathCycle(queueName: str, deaths: list[Any]) -> bool:
     return False
 
 
+def serverQueueName() -> str:
+    """
+    A fresh name for a queue declared without one, as RabbitMQ makes them.
+
+    @return: C{amq.gen-} and 22 random URL-safe characters.
+    """
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode("ascii").rstrip("=")
+
+
 def checkReplicate(arguments: dict[str, Any], kind: str, name: str) -> None:
     """
     Refuse a C{qpid.replicate} argument that is not a valid level.
@@ -342,11 +351,15 @@ class VirtualHost:
         owner: object = None,
         replica: bool = False,
         uuid: str | None = None,
+        generated: bool = False,
     ) -> Queue:
         """
         Declare a queue (server-named if C{name} is empty), or check an
         existing one is equivalent and accessible to C{owner}.
 
+        @param generated: C{name} is one the caller made with
+            L{serverQueueName} for a client that sent none (so that its
+            permission could be checked first).
         @param replica: a backup copying the primary's queue, whose name
             may be one the server made (C{amq.gen-...}).
         @param uuid: the identity of a new queue (a backup's copy takes the
@@ -361,11 +374,9 @@ class VirtualHost:
             found = self.queue(name, owner)
             found.touch()
             return found
-        serverNamed = not name
-        if serverNamed:
-            name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode(
-                "ascii"
-            ).rstrip("=")
+        serverNamed = generated or not name
+        if not name:
+            name = serverQueueName()
         existing = self.queues.get(name)
         checkReplicate(arguments, "queue", name)
         if existing is not None:

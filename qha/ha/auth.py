@@ -22,19 +22,39 @@ sends L{qha.ha.commands.Hello} or anything else, because the impostor cannot
 make C{Ps}.
 
 The key is L{secretKey} of the cluster secret (C{--ha-secret-file}), or
-L{passwordKey} of C{--ha-username} and C{--ha-password}. Each key belongs to
-an L{Identity} with roles: L{BROKER} (replication) and L{ADMIN} (the admin
-commands). The cluster secret and the HA credentials hold both; an
-admin-only identity (L{ADMIN_ROLES}) may run C{qha-admin} and never
+L{passwordKey} of C{--ha-username} and C{--ha-password}, or, for a user of
+the broker's users file (C{--users}) with the C{administrator} tag,
+L{userKey}. Each key belongs to an L{Identity} with roles: L{BROKER}
+(replication) and L{ADMIN} (the admin commands). The cluster secret and the
+HA credentials hold both; an admin-only identity (L{ADMIN_ROLES}, such as
+an administrator of the users file) may run C{qha-admin} and never
 replicate.
+
+A users file holds no passwords, only C{D = scrypt(password, salt, N, r,
+p)}. So for its users the key is derived from C{D}, as SCRAM derives its
+keys from the salted password::
+
+    K = HMAC-SHA256(D, "qha-amp-user:" | username)
+
+and the broker's answer to L{Challenge} names the derivation (C{kdf} =
+C{scrypt$N$r$p$SALT$LENGTH}, the public part of the stored hash, as SCRAM
+sends its salt and iteration count). C{qha-admin} computes C{D} from the
+password it was given (one scrypt, on its side), the broker only HMACs:
+no scrypt runs on the broker's reactor for an AMP login, and nothing
+password-like travels. An unknown username gets a made-up derivation
+(a salt derived from the name and a random key of this process), so the
+answer does not tell whether the user exists. C{D} is password-equivalent
+for this login (not for AMQP's PLAIN, which needs the password): keep the
+users file private (0600), as for the cluster secret.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred
@@ -42,7 +62,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from ..amqp.users import AuthenticationFailed, FailedLogins
+from ..amqp.access import ADMINISTRATOR
+from ..amqp.users import (
+    HASH_LENGTH,
+    SALT_LENGTH,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    AuthenticationFailed,
+    FailedLogins,
+    ScryptHash,
+    UserDatabase,
+)
 from .commands import Authenticate, Challenge, NotAuthenticated
 
 __all__ = [
@@ -63,6 +94,7 @@ __all__ = [
     "passwordKey",
     "proof",
     "secretKey",
+    "userKey",
 ]
 
 BROKER = "broker"
@@ -126,6 +158,45 @@ def passwordKey(username: str, password: str) -> bytes:
     ).digest()
 
 
+def userKey(digest: bytes, username: str) -> bytes:
+    """
+    The key of a user of the users file: HMAC-SHA256(D, "qha-amp-user:" +
+    username), where D is the scrypt digest the file stores.
+    """
+    return hmac.new(digest, b"qha-amp-user:" + username.encode("utf-8"), hashlib.sha256).digest()
+
+
+def keyDerivation(stored: ScryptHash) -> str:
+    """
+    The public part of a stored hash, sent in L{Challenge}'s answer:
+    C{scrypt$N$r$p$SALT$LENGTH}.
+    """
+    salt = base64.b64encode(stored.salt).decode("ascii")
+    return f"scrypt${stored.n}${stored.r}${stored.p}${salt}${len(stored.digest)}"
+
+
+def derivedKey(kdf: str, username: str, password: str) -> bytes:
+    """
+    The key a client derives from its password and the broker's C{kdf}.
+
+    @raise UnprovenPeer: if C{kdf} is malformed or asks for more than a
+        login may cost (a broker never sends that; an impostor might).
+    """
+    parts = kdf.split("$")
+    try:
+        if len(parts) != 6 or not parts[5].isdigit():
+            raise ValueError("it is not scrypt$N$r$p$SALT$LENGTH")
+        length = int(parts[5], 10)
+        if not 16 <= length <= 64:
+            raise ValueError("the key length is out of bounds")
+        # Parsed (and its cost bounded) as a stored hash of that length.
+        zeros = base64.b64encode(b"\0" * length).decode("ascii")
+        stored = ScryptHash.fromString("$".join(parts[:5] + [zeros]))
+    except ValueError as error:
+        raise UnprovenPeer(f"the peer's key derivation is unusable: {error}") from None
+    return userKey(stored.derive(password), username)
+
+
 def proof(key: bytes, side: bytes, username: str, clientNonce: bytes, serverNonce: bytes) -> bytes:
     """
     The proof one side (C{b"client"} or C{b"server"}) gives that it holds
@@ -145,11 +216,14 @@ class Credentials:
         cluster secret.
     @ivar key: the HMAC key; never sent.
     @ivar description: what a log line or an error calls it.
+    @ivar password: the password of a username (so that a user of the
+        broker's users file can derive its key, L{keyFor}); never sent.
     """
 
     username: str
     key: bytes
     description: str
+    password: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def fromSecret(cls, secret: bytes) -> Credentials:
@@ -163,7 +237,21 @@ class Credentials:
         """
         The credentials of a username and password (C{--ha-username}).
         """
-        return cls(username, passwordKey(username, password), f"user {username!r}")
+        return cls(
+            username, passwordKey(username, password), f"user {username!r}", password
+        )
+
+    def keyFor(self, kdf: str | None) -> bytes:
+        """
+        The key to prove with, once the broker said how it derives it:
+        L{key} unless the broker named a derivation (C{kdf}) for a user of
+        its users file.
+
+        @raise UnprovenPeer: for an unusable derivation.
+        """
+        if kdf is None or self.password is None:
+            return self.key
+        return derivedKey(kdf, self.username, self.password)
 
     def __repr__(self) -> str:
         """
@@ -218,6 +306,7 @@ class Authority:
         identities: Mapping[str, tuple[Identity, bytes]] | None = None,
         clock: IReactorTime | None = None,
         failedLogins: FailedLogins | None = None,
+        users: UserDatabase | None = None,
     ) -> None:
         """
         @param credentials: this broker's own; accepted as a broker identity.
@@ -226,7 +315,12 @@ class Authority:
         @param clock: for the delay of a failed login (none without it).
         @param failedLogins: logs and slows failed logins; without it each
             is logged as it comes.
+        @param users: the broker's users file: its users with the
+            C{administrator} tag may run the admin commands (looked up at
+            each login, so a reload applies at once).
         """
+        self.users = users
+        self._unknownSalts = os.urandom(32)
         self.credentials = credentials
         self.identities: dict[str, tuple[Identity, bytes]] = dict(identities or {})
         name = "cluster secret" if credentials.username == SECRET_USERNAME else credentials.username
@@ -246,9 +340,42 @@ class Authority:
 
     def lookUp(self, username: str) -> tuple[Identity, bytes] | None:
         """
-        The identity and key of C{username}, if it is known.
+        The identity and key of C{username}, if it is known. A user of the
+        users file without the C{administrator} tag has no roles.
         """
-        return self.identities.get(username)
+        known = self.identities.get(username)
+        if known is not None or self.users is None:
+            return known
+        stored = self.users.passwordHash(username)
+        if stored is None:
+            return None
+        roles = ADMIN_ROLES if ADMINISTRATOR in self.users.tags(username) else frozenset()
+        return Identity(username, roles), userKey(stored.digest, username)
+
+    def keyDerivation(self, username: str) -> str | None:
+        """
+        What the answer to L{Challenge} tells C{username} about deriving its
+        key: L{None} for the identities of this broker's options, the
+        stored hash's public part for a user of the users file, and a
+        made-up one for an unknown user (when there is a users file), so
+        that the answer does not tell whether the user exists.
+        """
+        if username in self.identities or self.users is None:
+            return None
+        stored = self.users.passwordHash(username)
+        if stored is None:
+            # Shaped like the file's own users (their parameters), with a
+            # salt that is the same for the same name every time.
+            salt = hmac.new(
+                self._unknownSalts, username.encode("utf-8"), hashlib.sha256
+            ).digest()[:SALT_LENGTH]
+            names = self.users.users()
+            like = self.users.passwordHash(names[0]) if names else None
+            if like is None:
+                stored = ScryptHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, b"\0" * HASH_LENGTH)
+            else:
+                stored = ScryptHash(like.n, like.r, like.p, salt, like.digest)
+        return keyDerivation(stored)
 
     @property
     def wanted(self) -> str:
@@ -303,9 +430,10 @@ async def logIn(
     serverNonce = answer["nonce"]
     if len(serverNonce) != NONCE_SIZE:
         raise UnprovenPeer(f"the peer's nonce has {len(serverNonce)} bytes, not {NONCE_SIZE}")
-    mine = proof(credentials.key, b"client", credentials.username, clientNonce, serverNonce)
+    key = credentials.keyFor(answer.get("kdf"))
+    mine = proof(key, b"client", credentials.username, clientNonce, serverNonce)
     answer = await call(Authenticate, proof=mine)
-    expected = proof(credentials.key, b"server", credentials.username, clientNonce, serverNonce)
+    expected = proof(key, b"server", credentials.username, clientNonce, serverNonce)
     if not hmac.compare_digest(answer["proof"], expected):
         raise UnprovenPeer(
             f"the peer accepted the login without proving that it knows"

@@ -122,12 +122,14 @@ class Challenge(amp.Command):
     """
     The first step of a login (see L{qha.ha.auth}): the client names the
     identity it logs in as (empty for the cluster secret) and sends its
-    nonce; the broker answers with its own. Nothing but this and
-    L{Authenticate} is answered before a login.
+    nonce; the broker answers with its own, and, for a user of its users
+    file, how to derive the key from the password (C{kdf}, see
+    L{qha.ha.auth}). Nothing but this and L{Authenticate} is answered
+    before a login.
     """
 
     arguments = [(b"username", amp.Unicode()), (b"nonce", amp.String())]
-    response = [(b"nonce", amp.String())]
+    response = [(b"nonce", amp.String()), (b"kdf", amp.Unicode(optional=True))]
     errors = ERRORS
 
 

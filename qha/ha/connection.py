@@ -202,6 +202,16 @@ class Session:
         if not hmac.compare_digest(clientProof, expected) or identity is None:
             source = self.peer.rpartition(":")[0] or self.peer
             return authority.refuse(source, username, self._refusal(authority, username))
+        if not identity.roles:
+            # A user of the users file who is not an administrator: the
+            # password was right, so saying why costs nothing.
+            source = self.peer.rpartition(":")[0] or self.peer
+            return authority.refuse(
+                source,
+                username,
+                f"user {username!r} may not administer this broker: it has no"
+                " administrator tag in the users file",
+            )
         self.identity = identity
         return proof(key, b"server", username, clientNonce, serverNonce)
 
@@ -235,7 +245,12 @@ class LoginLocator(amp.CommandLocator):
         """
         Start a login.
         """
-        return {"nonce": self.session.challenge(username, nonce)}
+        answer: dict[str, Any] = {"nonce": self.session.challenge(username, nonce)}
+        authority = self.session.authority
+        kdf = authority.keyDerivation(username) if authority is not None else None
+        if kdf is not None:
+            answer["kdf"] = kdf
+        return answer
 
     @Authenticate.responder
     def authenticate(self, proof: bytes) -> dict[str, Any] | Deferred[dict[str, Any]]:

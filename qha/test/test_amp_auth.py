@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qha.admin.cli import DEFAULT_SECRET_FILE, parseArguments, run, useDefaultSecret
 from qha.admin.commands import AddObject, DeleteObject, Ping, Promote, Query, Replicate
 from qha.admin.locator import AdminLocator, adminLocator
-from qha.amqp.users import FailedLogins
+from qha.amqp.users import FailedLogins, UserDatabase, hashPassword
 from qha.broker.vhost import VirtualHost
 from qha.datadir import SECRET_NAME, SecretFileError, readOrCreateSecret, readSecret
 from qha.ha.auth import (
@@ -39,9 +39,11 @@ from qha.ha.auth import (
     Identity,
     UnprovenPeer,
     callerOf,
+    keyDerivation,
     logIn,
     passwordKey,
     proof,
+    userKey,
 )
 from qha.ha.commands import (
     Authenticate,
@@ -58,7 +60,7 @@ from qha.ha.node import HANode
 from qha.ha.peers import Peers
 from qha.ha.role import ACTIVE, JOINING, READY, RECOVERING
 from qha.tap import Options, clusterSecret
-from qha.test.support import ALL, FakeAMQP, Network
+from qha.test.support import ALL, FAST_N, FakeAMQP, Network
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 OTHER_SECRET = b"fedcba9876543210fedcba9876543210"
@@ -881,3 +883,136 @@ class AdminLoginTests(StandaloneNodeCase):
         self.assertEqual(
             parseArguments(["--username", "u", "ping"], {"QHA_PASSWORD": "env"}).password, "env"
         )
+
+
+class UsersFileAdminTests(AdminLoginTests):
+    """
+    A user of the broker's users file with the C{administrator} tag runs
+    C{qha-admin} with its own password; other users of the file are
+    refused, and no user of the file may replicate (issue 12, "Admin is
+    not replication").
+    """
+
+    def setUp(self) -> None:
+        """
+        The node's authority also knows the users file: C{alice}
+        (administrator, password C{wonder}) and C{bob} (no tag, password
+        C{builder}).
+        """
+        super().setUp()
+        self.usersPath = self.mktemp()
+        self.writeUsers("tags alice administrator monitoring\n")
+        self.users = UserDatabase.fromFile(self.usersPath)
+        self.authority.users = self.users
+
+    def writeUsers(self, extra: str) -> None:
+        """
+        Write the users file: C{alice}, C{bob} and C{extra}.
+        """
+        with open(self.usersPath, "w", encoding="utf-8") as f:
+            f.write(
+                f"alice:{hashPassword('wonder', n=FAST_N)}\n"
+                f"bob:{hashPassword('builder', n=FAST_N)}\n{extra}"
+            )
+
+    def test_administratorRunsAdmin(self) -> None:
+        """
+        C{--username alice} with alice's password runs the admin commands,
+        and an admin action's log line names alice.
+        """
+        password = self.mktemp()
+        with open(password, "w") as f:
+            f.write("wonder\n")
+        argv = ["--username", "alice", "--password-file", password]
+        self.assertEqual(self.runAdmin(argv + ["status"])[:2], (0, "standalone\n"))
+        self.assertEqual(self.runAdmin(argv + ["del", "queue", "kept"])[0], 0)
+        self.assertNotIn("kept", self.node.vhost.queues)
+        [action] = [e for e in self.adminLogs if e.get("action") == "del"]
+        self.assertEqual(action["identity"], "alice")
+
+    def test_notAdministrator(self) -> None:
+        """
+        A user of the file without the tag is refused, saying why.
+        """
+        code, _, err = self.runAdmin(["--username", "bob", "--password", "builder", "ping"])
+        self.assertEqual(code, 1)
+        self.assertIn(
+            "user 'bob' may not administer this broker: it has no administrator tag", err
+        )
+        self.clock.advance(60)
+
+    def test_wrongPassword(self) -> None:
+        """
+        A wrong password is refused like any wrong login.
+        """
+        code, _, err = self.runAdmin(["--username", "alice", "--password", "nope", "ping"])
+        self.assertEqual(code, 1)
+        self.assertIn("refused the login: bad HA username or password for 'alice'", err)
+        self.clock.advance(60)
+
+    def test_cannotReplicate(self) -> None:
+        """
+        An administrator of the users file may administer, never replicate.
+        """
+        client, _, pump = self.connect()
+        self.successResultOf(self.logIn(client, pump, Credentials.fromPassword("alice", "wonder")))
+        self.assertEqual(self.call(client, pump, Ping), {"role": "standalone"})
+        self.assertRefused(
+            self.call(client, pump, Hello, brokerId="x", epoch=9, role="active"),
+            "'alice' may use the admin commands only, not replication",
+        )
+        self.assertEqual(self.node.epoch, 0)
+
+    def test_reloadApplies(self) -> None:
+        """
+        The users file is looked up at each login: after a reload that
+        takes alice's tag away, alice is refused.
+        """
+        self.writeUsers("")
+        self.users.reload()
+        code, _, err = self.runAdmin(["--username", "alice", "--password", "wonder", "ping"])
+        self.assertEqual(code, 1)
+        self.assertIn("no administrator tag", err)
+        self.clock.advance(60)
+
+    def test_unknownUserGetsADerivation(self) -> None:
+        """
+        The answer to L{Challenge} names a key derivation for a user of the
+        file and, alike in shape, for an unknown one (the same each time),
+        so it does not tell whether a user exists; none for the cluster
+        secret.
+        """
+        client, _, pump = self.connect()
+        nonce = b"n" * NONCE_SIZE
+
+        def kdf(username: str) -> Any:
+            return self.call(client, pump, Challenge, username=username, nonce=nonce).get("kdf")
+
+        known, unknown = kdf("alice"), kdf("mallory")
+        self.assertEqual(known.split("$")[:4], unknown.split("$")[:4])
+        self.assertEqual(len(known), len(unknown))
+        self.assertEqual(kdf("mallory"), unknown)
+        self.assertNotEqual(kdf("trudy"), unknown)
+        self.assertIsNone(kdf(""))
+
+    def test_keyFromPassword(self) -> None:
+        """
+        The client's key from its password and the broker's derivation is
+        the key the broker derives from the stored hash alone.
+        """
+        stored = self.users.passwordHash("alice")
+        assert stored is not None
+        credentials = Credentials.fromPassword("alice", "wonder")
+        self.assertEqual(
+            credentials.keyFor(keyDerivation(stored)), userKey(stored.digest, "alice")
+        )
+        self.assertEqual(credentials.keyFor(None), credentials.key)
+
+    def test_impostorDerivation(self) -> None:
+        """
+        A derivation no broker sends (malformed, or costing gigabytes) is
+        refused before any scrypt runs.
+        """
+        credentials = Credentials.fromPassword("alice", "wonder")
+        for kdf in ["nonsense", "scrypt$1048576$64$1$AAAAAAAAAAAAAAAAAAAAAA==$32", "scrypt$16$8$1$AAAA$9999"]:
+            self.assertRaises(UnprovenPeer, credentials.keyFor, kdf)

@@ -17,7 +17,7 @@ from qha.amqp.protocol import BrokerFactory
 from qha.ha.connection import NodeAMPFactory
 from qha.ha.node import HANode
 from qha.ha.role import JOINING, STANDALONE
-from qha.amqp.users import FailedLogins, ThreadPoolVerifier
+from qha.amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier
 from qha.datadir import DataDirectoryLock
 from qha.tap import ClientPort, ListenService, Options, StoreService, makeService
 
@@ -261,7 +261,8 @@ class ServiceWiringTests(SynchronousTestCase):
         self.assertEqual(
             kinds,
             [DataDirectoryLock, FailedLogins]
-            + [ListenService, StoreService, HANode, ListenService, ThreadPoolVerifier],
+            + [ListenService, StoreService, HANode, ListenService, ThreadPoolVerifier]
+            + [ReloadOnSignal],
         )
         ports = {port: factory for port, factory, _, _ in reactor.tcpServers}
         self.assertIsInstance(ports[5999], BrokerFactory)
@@ -290,7 +291,8 @@ class ServiceWiringTests(SynchronousTestCase):
         self.assertEqual(
             kinds,
             [DataDirectoryLock, FailedLogins]
-            + [ClientPort, StoreService, HANode, ListenService, ThreadPoolVerifier],
+            + [ClientPort, StoreService, HANode, ListenService, ThreadPoolVerifier]
+            + [ReloadOnSignal],
         )
         self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998])
         node = self.children(service)[4]
