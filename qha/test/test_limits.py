@@ -3,7 +3,9 @@ Tests for the limits of issue 13, each reached and held: the memory high
 watermark counting what clients make the broker hold outside its queues
 (unfinished bodies, uncommitted transactions), C{--max-connections} and
 C{--max-connections-per-user}, C{--handshake-timeout}, and the cap on
-header tables. Synchronous, over L{StringTransport} with a L{Clock}.
+header tables. Synchronous, over L{StringTransport} with a L{Clock}, and
+over an in-memory cluster for the replication boxes a backup has not yet
+answered.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from qha.amqp.limits import ConnectionLimits, countFields
 from qha.broker.message import TableTooLarge, checkProperties, countTableFields, encodeTable
 from qha.broker.vhost import Resources
 from qha.tap import Options
-from qha.test.support import Client, ProtocolTestCase, names, publishBytes
+from qha.test.support import (
+    ALL,
+    Client,
+    InMemoryCluster,
+    ProtocolTestCase,
+    message,
+    names,
+    publishBytes,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -390,3 +400,62 @@ class LimitOptionTests(SynchronousTestCase):
             (options["max-connections"], options["max-connections-per-user"], options["max-header-fields"]),
             (5, 2, 50),
         )
+
+
+class UnconfirmedReplicationTests(SynchronousTestCase):
+    """
+    Replication boxes sent to a backup and not yet answered count against
+    the memory high watermark, until the backup answers or goes.
+    """
+
+    def setUp(self) -> None:
+        """
+        A primary with a ready backup and a replicated queue.
+        """
+        self.cluster = InMemoryCluster(self)
+        self.primary = self.cluster.primary()
+        self.backup = self.cluster.node()
+        self.link = self.cluster.connect(self.primary, self.backup)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.link.flush()
+        self.resources = self.primary.vhost.resources
+        self.assertEqual(self.resources.held, 0)
+        [self.source] = self.primary.sources.values()
+
+    def publishAndSend(self, size: int) -> None:
+        """
+        Publish a replicated message of C{size} bytes and send its box,
+        without letting the backup answer.
+        """
+        queues = self.primary.vhost.publish("", "q", message(b"x" * size, "q"))
+        self.primary.gate.hold(queues)
+        self.source.flush()
+
+    def test_heldUntilAnswered(self) -> None:
+        """
+        A box sent counts until the backup answers it, then no more.
+        """
+        self.publishAndSend(50 * KiB)
+        self.assertGreaterEqual(self.resources.held, 50 * KiB)
+        self.link.flush()
+        self.assertEqual(self.resources.held, 0)
+        self.cluster.finish()
+
+    def test_blocksAndReleasedWhenLost(self) -> None:
+        """
+        Unanswered boxes past the watermark block publishers; a backup that
+        goes releases them.
+        """
+        self.resources.highWatermark = 64 * KiB
+        # The queue holds each message too: 25 KiB queued and 25 sent.
+        self.publishAndSend(25 * KiB)
+        self.assertFalse(self.resources.blocked)
+        self.publishAndSend(25 * KiB)
+        self.assertTrue(self.resources.blocked)
+        self.publishAndSend(25 * KiB)
+        # Consumed: 75 KiB are still on their way to the backup.
+        self.primary.vhost.purgeQueue("q")
+        self.assertTrue(self.resources.blocked)
+        self.link.cut()
+        self.assertEqual((self.resources.held, self.resources.blocked), (0, False))
+        self.cluster.finish()
