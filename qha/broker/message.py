@@ -117,6 +117,9 @@ def countTableFields(data: bytes, offset: int, limit: int) -> int:
     its bytes and only up to just past C{limit}, so a huge table costs no
     more than one of C{limit} fields. A malformed table is counted as far
     as it goes; the decoder finds what is wrong with it.
+
+    @raise ValueError: if tables nest deeper than L{MAX_TABLE_DEPTH} before
+        the count passes C{limit}.
     """
     count = 0
     try:
@@ -141,6 +144,9 @@ def countTableFields(data: bytes, offset: int, limit: int) -> int:
             elif code in _LONG_VALUES:
                 offset += 4 + _unpackLong(data, offset)[0]
             elif code == _TABLE or code == _ARRAY:
+                if len(stack) >= MAX_TABLE_DEPTH:
+                    # Malformed rather than large: said as the decoder would.
+                    raise ValueError(f"tables nest deeper than {MAX_TABLE_DEPTH} levels")
                 length = _unpackLong(data, offset)[0]
                 offset += 4
                 stack.append((code == _TABLE, offset + length))

@@ -340,7 +340,7 @@ class HeaderTableCapTests(ProtocolTestCase):
         """
         client = self.openClient(channels=(1, 2))
         client.call(1, commands.Queue.Declare(queue="q"))
-        headers = {f"h{index}": index for index in range(9000)}
+        headers: dict[str, Any] = {f"h{index}": index for index in range(9000)}
         properties = commands.Basic.Properties(headers=headers)
         client.send(publishBytes(1, "", "q", b"x", properties=properties))
         close = self.assertChannelClosed(client.received(), 1, 406)
@@ -358,7 +358,7 @@ class HeaderTableCapTests(ProtocolTestCase):
         """
         self.factory.limits.maxHeaderFields = 10
         client = self.openClient(channels=(1,))
-        arguments = {f"a{index}": index for index in range(11)}
+        arguments: dict[str, Any] = {f"a{index}": index for index in range(11)}
         frames = client.call(1, commands.Queue.Declare(queue="q", arguments=arguments))
         close = self.assertConnectionClosed(client, frames, 502)
         self.assertIn("more than 10 fields", close.reply_text)

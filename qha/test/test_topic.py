@@ -73,7 +73,7 @@ class TrieAgainstReferenceTests(SynchronousTestCase):
         agrees too.
         """
         trie = TopicTrie()
-        destinations = [Destination(pattern) for pattern in patterns]
+        destinations: list[Any] = [Destination(pattern) for pattern in patterns]
         for pattern, destination in zip(patterns, destinations):
             trie.add(pattern, destination)
         for key in keys:
@@ -112,7 +112,7 @@ class TrieAgainstReferenceTests(SynchronousTestCase):
         and removing all of them leaves an empty trie.
         """
         trie = TopicTrie()
-        destinations = [Destination(str(index)) for index in range(len(patterns))]
+        destinations: list[Any] = [Destination(str(index)) for index in range(len(patterns))]
         for pattern, destination in zip(patterns, destinations):
             trie.add(pattern, destination)
         removed = data.draw(st.sets(st.integers(0, len(patterns) - 1)))
