@@ -19,6 +19,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .amqp.limits import DEFAULT_MAX_HEADER_FIELDS, ConnectionLimits
 from .amqp.protocol import BrokerFactory
 from .amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
@@ -213,8 +214,42 @@ class Options(usage.Options):
             "memory-high-watermark",
             None,
             "0.4",
-            "Queued-message memory past which publishers are blocked: a fraction"
+            "Memory past which publishers are blocked (queued messages, unfinished"
+            " bodies, uncommitted transactions, unanswered replication): a fraction"
             " of physical memory (0.4) or a size (512MiB, 2GB).",
+        ],
+        # Limits (issue 13): connections, handshakes, header tables.
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a client has from connecting to connection.open-ok; slower ones"
+            " are dropped.",
+            float,
+        ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Most open client connections; more are refused with 530 NOT_ALLOWED."
+            " 0: no limit.",
+            _positiveInt("max-connections", 0, 10_000_000),
+        ],
+        [
+            "max-connections-per-user",
+            None,
+            0,
+            "Most open client connections of any one user; more are refused with"
+            " 530 NOT_ALLOWED. 0: no limit.",
+            _positiveInt("max-connections-per-user", 0, 10_000_000),
+        ],
+        [
+            "max-header-fields",
+            None,
+            DEFAULT_MAX_HEADER_FIELDS,
+            "Most fields (nested ones included) in a message's headers table (406"
+            " PRECONDITION_FAILED) or a method's arguments (502 SYNTAX_ERROR). 0: no limit.",
+            _positiveInt("max-header-fields", 0, 10_000_000),
         ],
         [
             "ha-replicate",
@@ -421,6 +456,11 @@ class Options(usage.Options):
             raise usage.UsageError("--ha-username and --ha-password go together")
         if self["ha-username"] is not None and self["ha-secret-file"] is not None:
             raise usage.UsageError("give --ha-secret-file or --ha-username, not both")
+        if not 0 < self["handshake-timeout"] <= 3600:
+            raise usage.UsageError(
+                f"--handshake-timeout must be more than 0 and at most 3600 seconds,"
+                f" not {self['handshake-timeout']}"
+            )
         for name in ("ha-backup-timeout", "ha-heartbeat"):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must be 0 or more, not {self[name]}")
@@ -824,6 +864,12 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         frameMax=config["frame-max"],
         channelMax=config["channel-max"],
         maxMessageSize=config["max-message-size"],
+        handshakeTimeout=config["handshake-timeout"],
+        limits=ConnectionLimits(
+            maxConnections=config["max-connections"],
+            maxConnectionsPerUser=config["max-connections-per-user"],
+            maxHeaderFields=config["max-header-fields"],
+        ),
         holders=[gate, store] if gate is not None else [store],
         pacer=gate,
         verifier=passwords,

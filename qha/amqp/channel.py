@@ -28,7 +28,7 @@ from ..broker.errors import (
     SyntaxError,
 )
 from ..broker.exchange import Exchange
-from ..broker.message import Message, checkProperties
+from ..broker.message import Message, TableTooLarge, checkProperties
 from ..broker.queue import Consumer, Entry, Queue
 from ..broker.vhost import PublishRefused, serverQueueName
 from . import wire
@@ -96,9 +96,23 @@ class Channel:
         self._bodyParts: list[bytes] = []
         self._bodyReceived = 0
         self.expectingContent = False
+        # Bytes this channel makes the broker hold outside its queues (an
+        # unfinished body, an uncommitted transaction), counted against the
+        # memory high watermark.
+        self._heldBody = 0
+        self._heldTransaction = 0
 
     def __repr__(self) -> str:
         return f"<Channel {self.number}>"
+
+    @property
+    def holdsContent(self) -> bool:
+        """
+        Whether the broker holds messages for this channel outside the
+        queues: a body being received (its header came, not all of the
+        body), or the messages of an uncommitted transaction.
+        """
+        return self._header is not None or self._heldTransaction > 0
 
     # Frames from the connection
 
@@ -155,7 +169,14 @@ class Channel:
             )
         if payload[12] or payload[13]:
             try:
-                checkProperties(payload)
+                checkProperties(
+                    payload, maxFields=self.connection.factory.limits.maxHeaderFields
+                )
+            except TableTooLarge as error:
+                self.expectingContent = False
+                raise PreconditionFailed(
+                    f"message on channel {self.number} refused: {error}"
+                ) from None
             except ValueError as error:
                 raise SyntaxError(
                     f"malformed message properties in the content header on"
@@ -198,10 +219,40 @@ class Channel:
                 self._bodyParts = []
             else:
                 body = payload
-            self._complete(body)
+            if self._heldBody:
+                # The queues (or the transaction) count the message instead:
+                # moved without a moment below or above the watermark in
+                # between, so that publishers are not unblocked for a moment.
+                resources = self.vhost.resources
+                resources.release(self._heldBody, check=False)
+                self._heldBody = 0
+                try:
+                    self._complete(body)
+                finally:
+                    resources.check()
+            else:
+                self._complete(body)
         else:
             self._bodyParts.append(payload)
             self._bodyReceived = received
+            # An unfinished body is memory a client makes the broker hold.
+            self._heldBody += len(payload)
+            self.vhost.resources.hold(len(payload))
+
+    def _releaseBody(self) -> None:
+        """
+        The unfinished body is complete or dropped: no longer held.
+        """
+        self.vhost.resources.release(self._heldBody)
+        self._heldBody = 0
+
+    def _releaseTransaction(self) -> None:
+        """
+        The transaction's messages were committed (the queues count them
+        now) or dropped: no longer held.
+        """
+        self.vhost.resources.release(self._heldTransaction)
+        self._heldTransaction = 0
 
     def _complete(self, body: bytes) -> None:
         """
@@ -234,6 +285,10 @@ class Channel:
             self.transaction.append(
                 lambda: self._route(exchange, routingKey, message, mandatory)
             )
+            # Held until commit: counted against the memory high watermark.
+            size = len(body) + len(header) + self.vhost.resources.overhead
+            self._heldTransaction += size
+            self.vhost.resources.hold(size)
             return
         if self.confirming:
             self.publishSeq += 1
@@ -514,6 +569,12 @@ class Channel:
         """
         self.closing = True
         self.expectingContent = False
+        self._bodyParts = []
+        self._header = None
+        if self._heldBody:
+            self._releaseBody()
+        if self._heldTransaction:
+            self._releaseTransaction()
         for consumer in list(self.consumers.values()):
             consumer.queue.removeConsumer(consumer)
         self.consumers.clear()
@@ -816,6 +877,10 @@ class Channel:
             if wait is not None
             for completion in (wait.parts if isinstance(wait, Waits) else (wait,))
         ]
+        # Released once the queues count the messages, so that a commit
+        # does not unblock publishers for a moment.
+        if self._heldTransaction:
+            self._releaseTransaction()
         commitOk = wire.simple(self.number, 90, 21)
         mayConfirm = self.connection.factory.mayConfirm
         if not waits:
@@ -838,6 +903,8 @@ class Channel:
         if self.transaction is None:
             raise PreconditionFailed("channel is not transactional")
         self.transaction = []
+        if self._heldTransaction:
+            self._releaseTransaction()
         self.connection.write(wire.simple(self.number, 90, 31))
 
 

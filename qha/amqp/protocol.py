@@ -44,6 +44,7 @@ from . import wire
 from .access import vhostRefused
 from .channel import Channel
 from .holders import IConfirmHolder, IReplicationPacer
+from .limits import ConnectionLimits
 from .users import (
     GUEST,
     AuthenticationFailed,
@@ -94,6 +95,8 @@ class BrokerFactory(ServerFactory):
     @ivar mayConfirm: asked before any confirm or commit completes; when it
         answers false (a primary whose etcd lease may have expired), nothing
         is confirmed. L{None}: always.
+    @ivar limits: the connection and header-table limits, with the
+        connections they count.
     """
 
     log = Logger()
@@ -113,11 +116,14 @@ class BrokerFactory(ServerFactory):
         verifier: IPasswordVerifier | None = None,
         failedLogins: FailedLogins | None = None,
         mayConfirm: Callable[[], bool] | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         """
         @param holders: the L{IConfirmHolder}s a publish's confirm waits
             for (a cluster's replication gate, the store), in order.
         @param pacer: the replication gate, when replicating.
+        @param limits: the connection limits (by default only the cap on
+            header tables).
         """
         self.vhost = vhost
         self.verifier: IPasswordVerifier = verifier or SynchronousVerifier()
@@ -129,6 +135,7 @@ class BrokerFactory(ServerFactory):
         self.channelMax = channelMax
         self.maxMessageSize = maxMessageSize
         self.handshakeTimeout = handshakeTimeout
+        self.limits = limits if limits is not None else ConnectionLimits()
         self.connections: set[AMQPServer] = set()
         self.acceptingClients = True
         self.refusalText = ""
@@ -156,8 +163,10 @@ class BrokerFactory(ServerFactory):
     def _memoryAlarm(self, blocked: bool) -> None:
         if blocked:
             self.log.warn(
-                "memory high watermark passed ({used} bytes queued): blocking publishers",
+                "memory high watermark passed ({used} bytes held, {held} of them outside"
+                " the queues): blocking publishers",
                 used=self.vhost.resources.used,
+                held=self.vhost.resources.held,
             )
         else:
             self.log.info("memory use fell below the high watermark: unblocking")
@@ -202,6 +211,7 @@ class AMQPServer(Protocol):
         self._readPauses: set[str] = set()
         self._released = False
         self._loginRefusal: Any = None
+        self._counted = False
         self.peer = "?"
 
     # Connection lifetime
@@ -235,6 +245,9 @@ class AMQPServer(Protocol):
         self._released = True
         self.state = CLOSED
         self.factory.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            self.factory.limits.closed(self.user or "")
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
@@ -465,6 +478,7 @@ class AMQPServer(Protocol):
             table = getattr(frame, "arguments", None) or getattr(frame, "client_properties", None)
             if table:
                 checkNesting(table)
+                self.factory.limits.checkTable(table, "the arguments table")
         except Exception as error:
             raise SyntaxError(
                 f"could not decode the arguments of {getattr(cls, 'name', cls)} on channel"
@@ -526,6 +540,8 @@ class AMQPServer(Protocol):
         if channel.closing:
             return
         self._channelCall(number, 0, channel.contentHeader, payload)
+        if self.factory.vhost.resources.blocked and channel.holdsContent:
+            self._pausedForMemory = True
 
     def _bodyFrame(self, number: int, payload: bytes) -> None:
         channel = self.channels.get(number)
@@ -536,6 +552,10 @@ class AMQPServer(Protocol):
         if channel.closing:
             return
         self._channelCall(number, 0, channel.contentBody, payload)
+        if self.factory.vhost.resources.blocked and channel.holdsContent:
+            # Content held while memory is high (an unfinished body counts
+            # against the watermark): read no more from this publisher.
+            self._pausedForMemory = True
 
     # Connection methods
 
@@ -780,6 +800,8 @@ class AMQPServer(Protocol):
             raise vhostRefused(vhost, self.user)
         if not self.factory.acceptingClients:
             raise ConnectionForcedRefusal(self.factory.refusalText)
+        self.factory.limits.open(self.user or "")
+        self._counted = True
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None

@@ -82,6 +82,9 @@ class Exchange:
         self.bindings: dict[Any, Binding] = {}
         self.inbound: set[Binding] = set()
         self.hasExchangeDestinations = False
+        # Bindings to exchanges, counted so that binding stays O(1) with
+        # many bindings.
+        self._exchangeBindings = 0
         self.deleted = False
         alternate = self.arguments.get("alternate-exchange")
         if isinstance(alternate, (bytes, bytearray)):
@@ -99,7 +102,7 @@ class Exchange:
             return False
         self.bindings[binding.key] = binding
         self._indexAdd(binding)
-        self._refresh()
+        self._refresh(binding, 1)
         return True
 
     def unbind(self, binding: Binding) -> Binding | None:
@@ -109,14 +112,17 @@ class Exchange:
         existing = self.bindings.pop(binding.key, None)
         if existing is not None:
             self._indexRemove(existing)
-            self._refresh()
+            self._refresh(existing, -1)
         return existing
 
-    def _refresh(self) -> None:
-        self.hasExchangeDestinations = any(
-            isinstance(binding.destination, Exchange)
-            for binding in self.bindings.values()
-        )
+    def _refresh(self, binding: Binding, change: int) -> None:
+        """
+        Keep L{hasExchangeDestinations} up to date as C{binding} comes
+        (C{change} 1) or goes (-1).
+        """
+        if isinstance(binding.destination, Exchange):
+            self._exchangeBindings += change
+            self.hasExchangeDestinations = self._exchangeBindings > 0
 
     def _indexAdd(self, binding: Binding) -> None:
         """
@@ -214,7 +220,8 @@ def topicWords(key: str) -> list[str]:
 def topicMatches(pattern: list[str], words: list[str]) -> bool:
     """
     Whether the routing key C{words} match the binding C{pattern}, where
-    C{*} stands for one word and C{#} for zero or more.
+    C{*} stands for one word and C{#} for zero or more. One pattern at a
+    time: the topic exchange routes through its L{TopicTrie} instead.
     """
     # Iterative matching with backtracking to the most recent '#'.
     p = w = 0
@@ -237,11 +244,172 @@ def topicMatches(pattern: list[str], words: list[str]) -> bool:
     return p == len(pattern)
 
 
+def canonicalPattern(words: list[str]) -> list[str]:
+    """
+    The words of a binding pattern in a canonical form that matches exactly
+    the same keys: in each run of wildcards, the C{*}s come first and the
+    C{#}s become one (C{#.#} is C{#}; C{#.*} and C{*.#} both mean "one word
+    or more"). Patterns that mean the same share one path of the trie, and
+    no path has two C{#} in a row for the matcher to try both ways.
+    """
+    result: list[str] = []
+    stars = 0
+    hashes = False
+    for word in words:
+        if word == "*":
+            stars += 1
+        elif word == "#":
+            hashes = True
+        else:
+            result.extend("*" * stars)
+            if hashes:
+                result.append("#")
+            stars, hashes = 0, False
+            result.append(word)
+    result.extend("*" * stars)
+    if hashes:
+        result.append("#")
+    return result
+
+
+class _TopicNode:
+    """
+    One node of a topic exchange's trie: the pattern prefix spelled by the
+    words on the path to it.
+
+    @ivar children: the next node by word (C{*} and C{#} are edges too).
+    @ivar destinations: where the patterns that end here route, with how
+        many bindings each (L{None} until one does).
+    @ivar hash: whether the edge into this node is C{#}: the node then
+        stays where it is for any word.
+    """
+
+    __slots__ = ("children", "destinations", "hash")
+
+    def __init__(self, hash: bool = False) -> None:
+        self.children: dict[str, _TopicNode] = {}
+        self.destinations: dict[Destination, int] | None = None
+        self.hash = hash
+
+
+class TopicTrie:
+    """
+    The binding patterns of a topic exchange as a trie of words, matched
+    like a nondeterministic automaton: each word of a routing key moves the
+    set of nodes reached so far along their word, C{*} and C{#} edges, and
+    each node is in that set at most once per word. A match costs (words of
+    the key) x (nodes whose pattern prefix the key can match), whatever the
+    number of bindings: C{#} patterns do not backtrack.
+
+    @ivar visits: how many (node, word) steps matching took so far, for
+        tests and benchmarks to tell the work done.
+    """
+
+    def __init__(self) -> None:
+        self.root = _TopicNode()
+        self.visits = 0
+
+    def add(self, pattern: str, destination: Destination) -> None:
+        """
+        One more binding of C{destination} with C{pattern}.
+        """
+        node = self.root
+        for word in canonicalPattern(topicWords(pattern)):
+            child = node.children.get(word)
+            if child is None:
+                child = node.children[word] = _TopicNode(hash=word == "#")
+            node = child
+        if node.destinations is None:
+            node.destinations = {}
+        node.destinations[destination] = node.destinations.get(destination, 0) + 1
+
+    def remove(self, pattern: str, destination: Destination) -> None:
+        """
+        One binding of C{destination} with C{pattern} fewer; nodes left with
+        neither destinations nor children go.
+        """
+        path = [self.root]
+        words = canonicalPattern(topicWords(pattern))
+        for word in words:
+            child = path[-1].children.get(word)
+            if child is None:
+                return
+            path.append(child)
+        node = path[-1]
+        if node.destinations is None or destination not in node.destinations:
+            return
+        count = node.destinations[destination] - 1
+        if count > 0:
+            node.destinations[destination] = count
+            return
+        del node.destinations[destination]
+        if not node.destinations:
+            node.destinations = None
+        for index in range(len(words), 0, -1):
+            node = path[index]
+            if node.children or node.destinations is not None:
+                break
+            del path[index - 1].children[words[index - 1]]
+
+    def _closure(self, nodes: dict[_TopicNode, None]) -> dict[_TopicNode, None]:
+        """
+        C{nodes} and the C{#} nodes reachable from them without a word (a
+        C{#} that matches no word).
+        """
+        pending = [node for node in nodes]
+        while pending:
+            node = pending.pop()
+            child = node.children.get("#")
+            if child is not None and child not in nodes:
+                nodes[child] = None
+                pending.append(child)
+        return nodes
+
+    def match(self, words: list[str]) -> list[Destination]:
+        """
+        The destinations of the patterns that the routing key C{words}
+        match, each once, in a stable order.
+        """
+        current = self._closure({self.root: None})
+        visits = 0
+        for word in words:
+            following: dict[_TopicNode, None] = {}
+            for node in current:
+                visits += 1
+                children = node.children
+                if children:
+                    # A key's own "*" or "#" is a plain word: looking it up
+                    # finds the wildcard child, which the lines below add
+                    # anyway.
+                    child = children.get(word)
+                    if child is not None:
+                        following[child] = None
+                    child = children.get("*")
+                    if child is not None:
+                        following[child] = None
+                if node.hash:
+                    following[node] = None
+            if not following:
+                self.visits += visits
+                return []
+            current = self._closure(following)
+        visits += len(current)
+        self.visits += visits
+        found: dict[Destination, None] = {}
+        for node in current:
+            if node.destinations is not None:
+                for destination in node.destinations:
+                    found[destination] = None
+        return list(found)
+
+
 class TopicExchange(Exchange):
     """
     Routes by dotted-word patterns: C{*} matches one word, C{#} any number.
 
-    Results are cached per routing key until the bindings change.
+    The patterns are kept in a L{TopicTrie}, so that routing costs grow with
+    the routing key, not with the number of bindings; results are also
+    cached per routing key until the bindings change.
     """
 
     type = "topic"
@@ -249,32 +417,22 @@ class TopicExchange(Exchange):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._index = _KeyIndex()
-        self._patterns: dict[str, list[str]] = {}
+        self.trie = TopicTrie()
         self._cache: dict[str, list[Destination]] = {}
 
     def _indexAdd(self, binding: Binding) -> None:
-        self._index.add(binding.routingKey, binding.destination)
-        self._patterns[binding.routingKey] = topicWords(binding.routingKey)
+        self.trie.add(binding.routingKey, binding.destination)
         self._cache.clear()
 
     def _indexRemove(self, binding: Binding) -> None:
-        self._index.remove(binding.routingKey, binding.destination)
-        if binding.routingKey not in self._index.byKey:
-            self._patterns.pop(binding.routingKey, None)
+        self.trie.remove(binding.routingKey, binding.destination)
         self._cache.clear()
 
     def match(self, routingKey: str, message: Message) -> Iterable[Destination]:
         cached = self._cache.get(routingKey)
         if cached is not None:
             return cached
-        words = topicWords(routingKey)
-        found: dict[Destination, None] = {}
-        for key, pattern in self._patterns.items():
-            if topicMatches(pattern, words):
-                for destination in self._index.byKey[key]:
-                    found[destination] = None
-        result = list(found)
+        result = self.trie.match(topicWords(routingKey))
         if len(self._cache) >= self.cacheSize:
             self._cache.clear()
         self._cache[routingKey] = result

@@ -103,6 +103,60 @@ def checkTableDepth(data: bytes, offset: int = 0, limit: int = MAX_TABLE_DEPTH) 
         return
 
 
+class TableTooLarge(ValueError):
+    """
+    A headers table has more fields than the broker takes (a limit, not a
+    malformed table: the channel is closed with 406, not the connection).
+    """
+
+
+def countTableFields(data: bytes, offset: int, limit: int) -> int:
+    """
+    The number of field values in the table at C{offset} of C{data} (its
+    4-byte length first), nested ones included, counted in one pass over
+    its bytes and only up to just past C{limit}, so a huge table costs no
+    more than one of C{limit} fields. A malformed table is counted as far
+    as it goes; the decoder finds what is wrong with it.
+
+    @raise ValueError: if tables nest deeper than L{MAX_TABLE_DEPTH} before
+        the count passes C{limit}.
+    """
+    count = 0
+    try:
+        length = _unpackLong(data, offset)[0]
+        offset += 4
+        stack = [(True, offset + length)]
+        while stack:
+            isTable, stop = stack[-1]
+            if offset >= stop:
+                stack.pop()
+                continue
+            if isTable:
+                offset += 1 + data[offset]
+            code = data[offset]
+            offset += 1
+            count += 1
+            if count > limit:
+                return count
+            size = _FIXED_VALUES.get(code)
+            if size is not None:
+                offset += size
+            elif code in _LONG_VALUES:
+                offset += 4 + _unpackLong(data, offset)[0]
+            elif code == _TABLE or code == _ARRAY:
+                if len(stack) >= MAX_TABLE_DEPTH:
+                    # Malformed rather than large: said as the decoder would.
+                    raise ValueError(f"tables nest deeper than {MAX_TABLE_DEPTH} levels")
+                length = _unpackLong(data, offset)[0]
+                offset += 4
+                stack.append((code == _TABLE, offset + length))
+            else:
+                return count
+    except (IndexError, struct.error):
+        return count
+    return count
+
+
 def checkNesting(table: Any, limit: int = MAX_TABLE_DEPTH) -> None:
     """
     Check that a decoded field table (or array) nests tables and arrays at
@@ -152,13 +206,16 @@ def decodeTable(data: bytes, offset: int = 0) -> tuple[int, dict[str, Any]]:
     return offset + consumed, table
 
 
-def checkProperties(header: bytes) -> None:
+def checkProperties(header: bytes, maxFields: int = 0) -> None:
     """
     Check that the properties of a content header payload are well formed,
     so that a bad publisher cannot hand other clients a message their
     libraries cannot decode. Cheap when there is no headers table; a table
     is decoded to check it.
 
+    @param maxFields: the most fields the headers table may have, nested
+        ones included (0: any number); counted before the table is decoded.
+    @raise TableTooLarge: if the headers table has more.
     @raise ValueError: saying what is wrong.
     """
     end = len(header)
@@ -191,6 +248,11 @@ def checkProperties(header: bytes) -> None:
                 raise ValueError(
                     f"the headers table claims {length} bytes but the header has"
                     f" {end - offset - 4} left"
+                )
+            if maxFields and countTableFields(header, offset, maxFields) > maxFields:
+                raise TableTooLarge(
+                    f"the headers table has more than {maxFields} fields (the"
+                    " broker's --max-header-fields)"
                 )
             try:
                 decodeTable(header, offset)

@@ -95,10 +95,14 @@ class BrokerObserver(Protocol):
 
 class Resources:
     """
-    Memory accounting for queued messages, and the high watermark past which
-    publishers are blocked.
+    Memory accounting, and the high watermark past which publishers are
+    blocked. It counts everything a client makes the broker hold: queued
+    messages, and (through L{hold} and L{release}) unfinished message
+    bodies, uncommitted transactions and replication boxes not yet answered
+    by a backup.
 
-    @ivar used: estimated bytes held by queued messages.
+    @ivar used: estimated bytes held, in all.
+    @ivar held: the part of L{used} held outside the queues.
     @ivar overhead: the estimated bytes each message costs beyond its body.
     """
 
@@ -107,8 +111,41 @@ class Resources:
     def __init__(self, highWatermark: int = 0) -> None:
         self.highWatermark = highWatermark
         self.used = 0
+        self.held = 0
         self.blocked = False
         self.listeners: list[Callable[[bool], None]] = []
+
+    def hold(self, size: int) -> None:
+        """
+        C{size} bytes are held for a client outside the queues.
+        """
+        self.held += size
+        self.used += size
+        if not self.blocked and self.highWatermark and self.used > self.highWatermark:
+            self._set(True)
+
+    def release(self, size: int, check: bool = True) -> None:
+        """
+        C{size} bytes given to L{hold} are no longer held.
+
+        @param check: whether to unblock now if use fell to the watermark;
+            false when the bytes move to a queue at once (the caller calls
+            L{check} after).
+        """
+        self.held -= size
+        self.used -= size
+        if check and self.blocked and self.used <= self.highWatermark:
+            self._set(False)
+
+    def check(self) -> None:
+        """
+        Block or unblock as use now stands against the watermark.
+        """
+        if self.blocked:
+            if self.used <= self.highWatermark:
+                self._set(False)
+        elif self.highWatermark and self.used > self.highWatermark:
+            self._set(True)
 
     def add(self, size: int) -> None:
         """

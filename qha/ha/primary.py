@@ -503,6 +503,9 @@ class ReplicationSource:
         self.writer = ev.EventWriter()
         self.waiters: list[Completion] = []
         self.inFlight: dict[int, list[Completion]] = {}
+        # Bytes of each box sent and not yet answered, counted against the
+        # memory high watermark (issue 13: unconfirmed replication).
+        self.inFlightBytes: dict[int, int] = {}
         self.seq = 0
         self.acked = 0
         self.caughtUpAt: int | None = None
@@ -560,6 +563,8 @@ class ReplicationSource:
         self._flushCall = self._heartbeatCall = None
         self.node.gate.backupLost(self)
         self.inFlight.clear()
+        self.vhost.resources.release(sum(self.inFlightBytes.values()))
+        self.inFlightBytes.clear()
         self.waiters = []
         if self.only is None:
             self.node.backupLost(self)
@@ -606,6 +611,8 @@ class ReplicationSource:
         data = self.writer.take()
         waiters, self.waiters = self.waiters, []
         self.inFlight[seq] = waiters
+        self.inFlightBytes[seq] = len(data)
+        self.vhost.resources.hold(len(data))
         self.node.gate.sealed()
         d = self.connection.callRemoteString(
             Events.commandName,
@@ -619,6 +626,9 @@ class ReplicationSource:
     def _applied(self, seq: int) -> None:
         self.lastHeard = self.clock.seconds()
         self.acked = max(self.acked, seq)
+        size = self.inFlightBytes.pop(seq, 0)
+        if size:
+            self.vhost.resources.release(size)
         for completion in self.inFlight.pop(seq, []):
             completion.acknowledged(self)
         if not self.ready and self.caughtUpAt is not None and seq >= self.caughtUpAt:
