@@ -162,9 +162,20 @@ class CoordinatedNode:
         waited = self.node.clock.seconds() - self._joinedAt
         return waited >= self.node.options.backupTimeout
 
+    def recordEpoch(self, epoch: int) -> None:
+        """
+        Won C{epoch}: leave the primary followed so far and record the
+        epoch durably, serving nothing yet.
+        """
+        node = self.node
+        if node.link is not None:
+            node.members = node.link.replicator.members or node.members
+            node.link.close()
+        node.adoptEpoch(epoch)
+
     def becomePrimary(self, epoch: int) -> None:
         """
-        Won C{epoch}: record it durably, then recover and serve.
+        The epoch C{epoch} it won is recorded: recover and serve.
         """
         node = self.node
         self.log.info("etcd made this broker the primary in epoch {epoch}", epoch=epoch)

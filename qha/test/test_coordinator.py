@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +18,7 @@ from ..ha.coordinator import (
     SwitchoverRefused,
     requestSwitchover,
 )
-from ..ha.etcd import EtcdError, TxnResult
+from ..ha.etcd import EtcdError, EtcdUnavailable, TxnResult
 from ..testing import FakeEtcd
 
 TTL = 6
@@ -34,6 +34,9 @@ class RecordingBroker:
     @ivar leaders: every leader it was told of.
     @ivar settling: when set, what L{stepDown} answers (in-flight confirms
         still settling).
+    @ivar recorded: every epoch it recorded durably.
+    @ivar crashBeforeRecording: when set, L{recordEpoch} fails (the broker
+        died between its winning take and its record).
     """
 
     def __init__(self, epoch: int = 0, position: int = 0, ready: bool = True) -> None:
@@ -50,6 +53,8 @@ class RecordingBroker:
         self.steppedDown: list[str] = []
         self.leaders: list[LeaderInfo | None] = []
         self.settling: Deferred[None] | None = None
+        self.recorded: list[int] = []
+        self.crashBeforeRecording = False
 
     def role(self) -> str:
         """
@@ -77,12 +82,21 @@ class RecordingBroker:
         """
         return self._ready
 
+    def recordEpoch(self, epoch: int) -> None:
+        """
+        Record the epoch, as the broker does durably; C{crashBeforeRecording}
+        makes it fail instead, as a broker that dies there.
+        """
+        if self.crashBeforeRecording:
+            raise RuntimeError("the broker died before recording its epoch")
+        self._epoch = epoch
+        self.recorded.append(epoch)
+
     def becomePrimary(self, epoch: int) -> None:
         """
-        Record the epoch, as the broker does durably.
+        Serve in the epoch recorded.
         """
         self.primary = True
-        self._epoch = epoch
         self.promoted.append(epoch)
 
     def stepDown(self, reason: str) -> Deferred[None] | None:
@@ -211,6 +225,7 @@ class CoordinatorTests(SynchronousTestCase):
         """
         lease = self.successResultOf(self.etcd.grant(TTL)).id
         self.successResultOf(self.etcd.put(b"/qha/qha/epoch", b"1"))
+        self.successResultOf(self.etcd.put(b"/qha/qha/recorded", b"1"))
         info = LeaderInfo("x", 1, "tcp:x:5673", "tcp:x:5672")
         self.successResultOf(self.etcd.put(b"/qha/qha/leader", info.toJSON(), lease))
         return lease
@@ -306,6 +321,76 @@ class CoordinatorTests(SynchronousTestCase):
         self.assertNotIn(lease, self.etcd.leases())
         self.assertEqual(loser.promoted, [3])
         wc._stopped = False
+
+    def crash(self, coordinator: Coordinator) -> None:
+        """
+        C{coordinator}'s process dies: no more keepalives, nothing revoked;
+        etcd expires its lease after the TTL.
+        """
+        coordinator._stopped = True
+        for call in (coordinator._tickCall, coordinator._deadlineCall, coordinator._settleCall):
+            if call is not None and call.active():
+                call.cancel()
+        if coordinator._watch is not None:
+            coordinator._watch.cancel()
+        self.coordinators.remove(coordinator)
+
+    def test_winnerDiesBeforeRecording(self) -> None:
+        """
+        A winner that dies after its take but before it recorded the epoch
+        leaves C{epoch} one ahead of every member and C{recorded} behind
+        it: nobody served in that epoch, so once its lease expired the
+        members one epoch behind campaign by the usual rules and the
+        cluster elects again, in the epoch after.
+        """
+        self.leaderThatDies()
+        a = RecordingBroker(epoch=1, position=7)
+        a.crashBeforeRecording = True
+        b = RecordingBroker(epoch=1, position=5)
+        ca = self.coordinator("a", a)
+        cb = self.coordinator("b", b)
+        self.advance(TTL + 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((a.recorded, a.promoted), ([], []))
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"2", b"1"))
+        self.crash(ca)
+        self.assertEqual(cb.whyNot(), "there is a leader")
+        self.advance(TTL + 1)
+        self.assertEqual((b.recorded, b.promoted), ([3], [3]))
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"3", b"3"))
+        # The dead winner restarts at its durable epoch, 1: it follows.
+        again = RecordingBroker(epoch=1, position=7)
+        cAgain = self.coordinator("a", again)
+        self.assertEqual((again.promoted, cAgain.whyNot()), ([], "there is a leader"))
+
+    def test_unrecordedEpochNotRelaxedForItsMembers(self) -> None:
+        """
+        A winner that recorded the epoch durably but could not write
+        C{recorded} serves nothing and gives the leader key up; it is
+        registered in the cluster's epoch, so the members one epoch behind
+        do not campaign, and it takes the next epoch itself.
+        """
+        self.leaderThatDies()
+        a = RecordingBroker(epoch=1, position=7)
+        b = RecordingBroker(epoch=1, position=5)
+        realTxn = self.etcd.txn
+        calls = []
+
+        def failSecond(*args: Any) -> Deferred[TxnResult]:
+            calls.append(args)
+            if len(calls) == 2:
+                return fail(EtcdUnavailable("not answered"))
+            return realTxn(*args)
+
+        self.etcd.txn = failSecond  # type: ignore[method-assign, assignment]
+        self.coordinator("a", a)
+        cb = self.coordinator("b", b)
+        self.advance(TTL + 2)
+        self.assertEqual((a.recorded, a.promoted), ([2, 3], [3]))
+        self.assertEqual(b.promoted, [])
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"3", b"3"))
+        self.assertEqual(cb.whyNot(), "there is a leader")
+        self.etcd.txn = realTxn  # type: ignore[method-assign]
 
     def test_pastDeadlineConfirmsNothing(self) -> None:
         """
