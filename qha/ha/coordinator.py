@@ -28,7 +28,9 @@ Rules (Patroni's and Artemis's lessons):
     deadline (the lease may still be alive), then steps down; backups do not
     campaign while they cannot reach etcd.
   - A broker campaigns when C{leader} is absent (it watches, it does not
-    poll), only if its broker is ready, its epoch equals the C{epoch} key,
+    poll; but a watch stream can stall, connected and silent, so every
+    tick also reads C{leader} and, when etcd disagrees with the watch at
+    two ticks in a row, the watch is started again from a fresh read), only if its broker is ready, its epoch equals the C{epoch} key,
     and no member registered in etcd is ahead of it in (epoch, position).
     Members answer a leader's disappearance by rewriting their record; a
     candidate waits for every member's answer or C{settle} seconds, and with
@@ -348,6 +350,8 @@ class Coordinator:
         self._leaderGoneAt = 0.0
         self._deadline: float | None = None
         self._watch: IWatch | None = None
+        # The leader key as a range read it while the watch said otherwise.
+        self._watchDoubt: tuple[int, int] | None = None
         self._campaigning = False
         self._ticking = False
         self._stopped = True
@@ -478,6 +482,8 @@ class Coordinator:
         await self._publishNow()
         if self._watch is None:
             await self._load()
+        else:
+            await self._checkWatch()
         await self._tidyLeader()
         self._evaluate()
 
@@ -560,6 +566,42 @@ class Coordinator:
         self._watch = watch
         watch.ended.addErrback(lambda f: self._watchEnded(watch, f.getErrorMessage()))
         watch.ended.addCallback(lambda _: self._watchEnded(watch, "cancelled"))
+
+    async def _checkWatch(self) -> None:
+        """
+        Read C{leader} and compare it with what the watch said. A change
+        the watch has not shown yet may be on its way; the same difference
+        at the next tick (TTL/3 later) is not: the stream stalled
+        (connected, silent), so it is cancelled, and C{leader} and the rest
+        are read again and watched from there.
+        """
+        watch = self._watch
+        try:
+            found = await self._etcd.range(self._leaderKey)
+        except (EtcdUnavailable, EtcdError) as e:
+            self.log.info("leader key not read: {why}", why=str(e))
+            return
+        if self._stopped or watch is None or self._watch is not watch:
+            return
+        kv = found.kvs[0] if found.kvs else None
+        seen = self._leaderKV
+        inEtcd = (kv.createRevision, kv.modRevision) if kv is not None else (0, 0)
+        watched = (seen.createRevision, seen.modRevision) if seen is not None else (0, 0)
+        if inEtcd == watched:
+            self._watchDoubt = None
+            return
+        if self._watchDoubt != inEtcd:
+            self._watchDoubt = inEtcd
+            return
+        self._watchDoubt = None
+        self.log.warn(
+            "the etcd watch did not show a change of the leader key (revision {revision}):"
+            " watching again",
+            revision=inEtcd[1] or found.revision,
+        )
+        self._watch = None
+        watch.cancel()
+        await self._load()
 
     def _watchEnded(self, watch: IWatch, why: str) -> None:
         if self._watch is watch:

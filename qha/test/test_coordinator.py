@@ -114,6 +114,42 @@ class RecordingBroker:
         self.leaders.append(leader)
 
 
+class StallingEtcd(FakeEtcd):
+    """
+    L{FakeEtcd} whose running watches can be made to stall: connected,
+    never ended, and silent, as a watch stream whose HTTP connection is up
+    while nothing comes through it.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        """
+        @param clock: the clock that ends leases.
+        """
+        super().__init__(clock)
+        self._silenced: list[list[bool]] = []
+
+    def stallWatches(self) -> None:
+        """
+        Every watch running now shows nothing more; watches started later
+        work.
+        """
+        for silent in self._silenced:
+            silent[0] = True
+
+    def watch(self, key: bytes, prefix: bool, fromRevision: int, callback: Any) -> Any:
+        """
+        See L{FakeEtcd.watch}; the events go through unless stalled.
+        """
+        silent = [False]
+        self._silenced.append(silent)
+
+        def deliver(events: Any, revision: int) -> None:
+            if not silent[0]:
+                callback(events, revision)
+
+        return super().watch(key, prefix, fromRevision, deliver)
+
+
 class CoordinatorTests(SynchronousTestCase):
     """
     The election rules.
@@ -125,7 +161,7 @@ class CoordinatorTests(SynchronousTestCase):
         no timer may be left.
         """
         self.clock = Clock()
-        self.etcd = FakeEtcd(self.clock)
+        self.etcd = StallingEtcd(self.clock)
         self.coordinators: list[Coordinator] = []
 
         def cleanUp() -> None:
@@ -391,6 +427,27 @@ class CoordinatorTests(SynchronousTestCase):
         self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"3", b"3"))
         self.assertEqual(cb.whyNot(), "there is a leader")
         self.etcd.txn = realTxn  # type: ignore[method-assign]
+
+    def test_stalledWatch(self) -> None:
+        """
+        A backup whose watch stream stalls (connected and silent) still
+        learns that the leader went: each tick reads C{leader}, and the
+        same difference from the watch at two ticks in a row starts the
+        watch again from a fresh read; it then campaigns, within the lease
+        expiry plus two ticks and the settle time.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        b = RecordingBroker(epoch=1)
+        cb = self.coordinator("b", b)
+        self.etcd.stallWatches()
+        self.crash(ca)
+        self.advance(TTL)
+        self.assertEqual(self.value(b"leader"), None)
+        self.assertEqual(cb.whyNot(), "there is a leader")
+        self.advance(2 * TTL / 3 + cb.settle)
+        self.assertEqual(b.promoted, [2])
+        self.assertEqual(cb.whyNot(), "already primary")
 
     def test_pastDeadlineConfirmsNothing(self) -> None:
         """
