@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +18,7 @@ from ..ha.coordinator import (
     SwitchoverRefused,
     requestSwitchover,
 )
-from ..ha.etcd import EtcdError, EtcdUnavailable, TxnResult
+from ..ha.etcd import EtcdError, EtcdUnavailable, Lease, TxnResult
 from ..testing import FakeEtcd
 
 TTL = 6
@@ -309,6 +309,47 @@ class CoordinatorTests(SynchronousTestCase):
         self.assertEqual(one.promoted, [2])
         self.assertEqual(cTwo.whyNot(), "there is a leader")
 
+    def silentMember(self, memberId: str, position: int) -> int:
+        """
+        Register member C{memberId} in epoch 1 at C{position}, ready, on a
+        long lease nobody keeps alive: it has stopped answering, but its
+        record stays for now. Its lease id.
+        """
+        silent = self.successResultOf(self.etcd.grant(5 * TTL)).id
+        record = json.dumps(
+            {"id": memberId, "role": "ready", "epoch": 1, "position": position, "ready": True, "amp": "", "amqp": ""}
+        )
+        self.successResultOf(self.etcd.put(b"/qha/qha/members/" + memberId.encode(), record.encode(), silent))
+        return silent
+
+    def test_minBackupsAnswersNeeded(self) -> None:
+        """
+        With C{--ha-min-backups} k and B backups registered (the candidate
+        among them) a candidate needs answers from B-k+1 of them: one of
+        those holds every confirmed message. Here B is 4 and k 2: with two
+        members silent, 2 answers are short of 3 however long it waits;
+        once one of them answers, 3 are enough (after the settle time, as
+        the last one may still answer).
+        """
+        self.leaderThatDies()
+        one = RecordingBroker(epoch=1, position=5)
+        two = RecordingBroker(epoch=1, position=5, ready=False)
+        cOne = self.coordinator("one", one, minBackups=2, settle=1.0)
+        self.coordinator("two", two)
+        self.silentMember("three", 1)
+        four = self.silentMember("four", 1)
+        self.advance(TTL + 2)
+        self.assertEqual(one.promoted, [])
+        self.assertEqual(cOne.whyNot(), "2 members answered, 3 needed")
+        self.advance(2 * TTL)
+        self.assertEqual(cOne.whyNot(), "2 members answered, 3 needed")
+        # "four" comes back and answers: 3 of 4 answered.
+        record = json.dumps(
+            {"id": "four", "role": "ready", "epoch": 1, "position": 1, "ready": True, "amp": "", "amqp": ""}
+        )
+        self.successResultOf(self.etcd.put(b"/qha/qha/members/four", record.encode(), four))
+        self.assertEqual(one.promoted, [2])
+
     def test_raceOneWins(self) -> None:
         """
         Two candidates whose transactions cross: exactly one wins; the
@@ -557,6 +598,59 @@ class CoordinatorTests(SynchronousTestCase):
         self.coordinator("a", a)
         self.assertNotIn(old, self.etcd.leases())
         self.assertEqual(a.promoted, [5])
+
+    def test_expiredLeaseAtStartup(self) -> None:
+        """
+        A broker whose earlier run led finds, at start-up, C{leader} on
+        that run's lease, which etcd expires before the broker revokes it
+        (the revoke answers that the lease is gone): it campaigns in the
+        next epoch at once, not at the end of some TTL.
+        """
+        old = self.successResultOf(self.etcd.grant(TTL)).id
+        self.successResultOf(self.etcd.put(b"/qha/qha/epoch", b"4"))
+        self.successResultOf(self.etcd.put(b"/qha/qha/recorded", b"4"))
+        info = LeaderInfo("a", 4, "tcp:a:5673", "tcp:a:5672")
+        self.successResultOf(self.etcd.put(b"/qha/qha/leader", info.toJSON(), old))
+        realRevoke = self.etcd.revoke
+
+        def expiredFirst(leaseId: int) -> Deferred[None]:
+            self.etcd.expire(leaseId)
+            return realRevoke(leaseId)
+
+        self.etcd.revoke = expiredFirst  # type: ignore[method-assign]
+        a = RecordingBroker(epoch=4)
+        self.coordinator("a", a)
+        del self.etcd.revoke
+        self.assertNotIn(old, self.etcd.leases())
+        self.assertEqual(a.promoted, [5])
+
+    def test_ownLeaseExpiredAtStartup(self) -> None:
+        """
+        A broker whose first lease expired before it used it (the reactor
+        stalled right after the grant) finds it gone at its first write: it
+        takes a new lease at the next tick, then registers and campaigns.
+        """
+        realGrant = self.etcd.grant
+        granted: list[int] = []
+
+        def expiresAtOnce(ttl: int) -> Deferred[Any]:
+            d = realGrant(ttl)
+            lease = self.successResultOf(d).id
+            granted.append(lease)
+            if len(granted) == 1:
+                self.etcd.expire(lease)
+            return succeed(Lease(lease, ttl))
+
+        self.etcd.grant = expiresAtOnce  # type: ignore[method-assign]
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        self.assertEqual((a.promoted, ca.lease, ca.whyNot()), ([], None, "not connected to etcd"))
+        self.clock.advance(TTL / 3)
+        del self.etcd.grant
+        self.assertEqual(len(granted), 2)
+        self.assertEqual(ca.lease, granted[1])
+        self.assertEqual(a.promoted, [1])
+        self.assertIsNotNone(self.value(b"members/a"))
 
     def test_deadLeaderAtStartup(self) -> None:
         """
