@@ -832,17 +832,19 @@ class Coordinator:
             if self._epochRevision
             else Compare(self._epochKey, "CREATE", "EQUAL", 0)
         )
+        take: list[Put | Delete] = [
+            Put(self._leaderKey, info.toJSON(), self.lease),
+            Put(self._epochKey, str(epoch).encode("ascii")),
+            Delete(self._switchoverKey),
+        ]
+        if not self._epochRevision:
+            # The first take of a cluster creates the recorded key too, so
+            # that every cluster made since has it.
+            take.append(Put(self._recordedKey, b"0"))
         try:
             result = await self._etcd.txn(
                 [Compare(self._leaderKey, "CREATE", "EQUAL", 0), epochUnchanged],
-                [
-                    Put(self._leaderKey, info.toJSON(), self.lease),
-                    Put(self._epochKey, str(epoch).encode("ascii")),
-                    Delete(self._switchoverKey),
-                ]
-                # The first take of a cluster creates the recorded key too,
-                # so that every cluster made since has it.
-                + ([] if self._epochRevision else [Put(self._recordedKey, b"0")]),
+                take,
                 [],
             )
         except (EtcdUnavailable, EtcdError) as e:
