@@ -125,11 +125,23 @@ class CoordinatedCluster:
                 return result
             left = deadline - time.monotonic()
             if left <= 0:
-                outputs = "\n".join(
-                    f"--- broker {i}:\n{b.output(30)}" for i, b in enumerate(self.cluster.brokers)
-                )
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{outputs}")
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.explain()}")
             self.cluster.brokers[0].waitForOutput(min(left, 0.05))
+
+    def explain(self) -> str:
+        """
+        What each broker says of the election, and what it logged last
+        (the discovery's retries left out), to explain a failure.
+        """
+        parts = []
+        for index, broker in enumerate(self.cluster.brokers):
+            try:
+                election = self.cluster.query(index, timeout=1.0).get("coordinator")
+            except (OSError, RemoteAMPError) as e:
+                election = f"no answer: {e}"
+            lines = [line for line in broker.output(200).splitlines() if "Scheduling retry" not in line]
+            parts.append(f"--- broker {index}: {election}\n" + "\n".join(lines[-30:]))
+        return "\n".join(parts)
 
     def waitForPrimary(self, among: list[int] | None = None, timeout: float = WAIT) -> int:
         """
