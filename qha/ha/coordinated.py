@@ -162,9 +162,20 @@ class CoordinatedNode:
         waited = self.node.clock.seconds() - self._joinedAt
         return waited >= self.node.options.backupTimeout
 
+    def recordEpoch(self, epoch: int) -> None:
+        """
+        Won C{epoch}: leave the primary followed so far and record the
+        epoch durably, serving nothing yet.
+        """
+        node = self.node
+        if node.link is not None:
+            node.members = node.link.replicator.members or node.members
+            node.link.close()
+        node.adoptEpoch(epoch)
+
     def becomePrimary(self, epoch: int) -> None:
         """
-        Won C{epoch}: record it durably, then recover and serve.
+        The epoch C{epoch} it won is recorded: recover and serve.
         """
         node = self.node
         self.log.info("etcd made this broker the primary in epoch {epoch}", epoch=epoch)
@@ -186,12 +197,17 @@ class CoordinatedNode:
     def leaderChanged(self, leader: LeaderInfo | None) -> None:
         """
         etcd names C{leader}: a backup following another broker drops that
-        link and looks for the new one.
+        link and looks for the new one; a broker looking for the primary
+        gives up the attempt under way (it may hang until its deadline on
+        the old primary's address, when that broker is paused: its kernel
+        accepts, nobody answers) and looks at the new leader's address now.
         """
-        self.leader = leader
+        previous, self.leader = self.leader, leader
         node = self.node
         if leader is None or leader.id == node.brokerId:
             return
+        if previous is None or previous.id != leader.id or previous.epoch != leader.epoch:
+            node.lookAgain()
         link = node.link
         if link is not None and link.primaryId != leader.id:
             self.log.info(

@@ -7,6 +7,8 @@ the network. Keys, under C{/qha/NAME/}:
 
     leader      on the leader's lease: {"id", "epoch", "amp", "amqp"}
     epoch       the cluster's epoch, a decimal, no lease
+    recorded    the newest epoch whose winner recorded it durably before it
+                served, a decimal, no lease (created with C{epoch})
     members/ID  on each member's lease: {"id", "role", "epoch", "position",
                 "ready", "amp", "amqp"}, rewritten at every keepalive
     switchover  on the requester's lease: {"target": ID}
@@ -26,7 +28,9 @@ Rules (Patroni's and Artemis's lessons):
     deadline (the lease may still be alive), then steps down; backups do not
     campaign while they cannot reach etcd.
   - A broker campaigns when C{leader} is absent (it watches, it does not
-    poll), only if its broker is ready, its epoch equals the C{epoch} key,
+    poll; but a watch stream can stall, connected and silent, so every
+    tick also reads C{leader} and, when etcd disagrees with the watch at
+    two ticks in a row, the watch is started again from a fresh read), only if its broker is ready, its epoch equals the C{epoch} key,
     and no member registered in etcd is ahead of it in (epoch, position).
     Members answer a leader's disappearance by rewriting their record; a
     candidate waits for every member's answer or C{settle} seconds, and with
@@ -37,6 +41,17 @@ Rules (Patroni's and Artemis's lessons):
     C{epoch} unchanged (its mod revision), then C{leader} on the
     candidate's lease and C{epoch}+1. Two candidates cannot both win, and
     two primaries cannot share an epoch.
+  - The winner records the epoch durably, then writes C{recorded} (while
+    C{leader} is still on its lease), and only then recovers and serves.
+    So a C{recorded} below C{epoch} says that the winner of C{epoch} never
+    served: it crashed between its take and its record, and nothing was
+    confirmed in that epoch. Then, with no leader and no registered member
+    in that epoch, the members one epoch behind may campaign as if the
+    take had not happened (by the same rules: the newest position, the
+    answers); without this the cluster could never elect again, since
+    nobody would be in the cluster's epoch. When the winner did record
+    the epoch and comes back, it is registered in that epoch and ahead of
+    every member: it campaigns, they do not.
   - Switchover: a C{switchover} key names the member to take over. The
     leader steps down (its broker answers once in-flight confirms are
     settled) and deletes C{leader}; only the named member campaigns while
@@ -202,8 +217,11 @@ class CoordinatedBroker(Protocol):
     def ready(self) -> bool:
         "Whether it may take over: a ready backup, or the newest store after a total restart."
 
+    def recordEpoch(self, epoch: int) -> None:
+        "It won epoch C{epoch}: record the epoch durably; serve nothing yet."
+
     def becomePrimary(self, epoch: int) -> None:
-        "It won epoch C{epoch}: record the epoch durably, then recover and serve."
+        "The epoch C{epoch} it won is recorded, here and in etcd: recover and serve."
 
     def stepDown(self, reason: str) -> Deferred[None] | None:
         "Stop confirming and serving now and rejoin as a backup; fire once in-flight confirms are settled."
@@ -312,6 +330,7 @@ class Coordinator:
         self._prefix = prefix
         self._leaderKey = prefix + b"leader"
         self._epochKey = prefix + b"epoch"
+        self._recordedKey = prefix + b"recorded"
         self._membersPrefix = prefix + b"members/"
         self._switchoverKey = prefix + b"switchover"
 
@@ -322,12 +341,17 @@ class Coordinator:
         self.members: dict[str, MemberInfo] = {}
         self._etcdEpoch = 0
         self._epochRevision = 0
+        # None: no recorded key (a cluster made before it existed: never
+        # relax the epoch rule for it).
+        self._recorded: int | None = None
         self._switchover: str | None = None
         # The revision at which C{leader} was found absent, and when.
         self._leaderGone: int | None = None
         self._leaderGoneAt = 0.0
         self._deadline: float | None = None
         self._watch: IWatch | None = None
+        # The leader key as a range read it while the watch said otherwise.
+        self._watchDoubt: tuple[int, int] | None = None
         self._campaigning = False
         self._ticking = False
         self._stopped = True
@@ -458,6 +482,8 @@ class Coordinator:
         await self._publishNow()
         if self._watch is None:
             await self._load()
+        else:
+            await self._checkWatch()
         await self._tidyLeader()
         self._evaluate()
 
@@ -525,6 +551,7 @@ class Coordinator:
         self.members = {}
         self._etcdEpoch = 0
         self._epochRevision = 0
+        self._recorded = None
         self._switchover = None
         for kv in found.kvs:
             self._apply(Event("PUT", kv), initial=True)
@@ -539,6 +566,42 @@ class Coordinator:
         self._watch = watch
         watch.ended.addErrback(lambda f: self._watchEnded(watch, f.getErrorMessage()))
         watch.ended.addCallback(lambda _: self._watchEnded(watch, "cancelled"))
+
+    async def _checkWatch(self) -> None:
+        """
+        Read C{leader} and compare it with what the watch said. A change
+        the watch has not shown yet may be on its way; the same difference
+        at the next tick (TTL/3 later) is not: the stream stalled
+        (connected, silent), so it is cancelled, and C{leader} and the rest
+        are read again and watched from there.
+        """
+        watch = self._watch
+        try:
+            found = await self._etcd.range(self._leaderKey)
+        except (EtcdUnavailable, EtcdError) as e:
+            self.log.info("leader key not read: {why}", why=str(e))
+            return
+        if self._stopped or watch is None or self._watch is not watch:
+            return
+        kv = found.kvs[0] if found.kvs else None
+        seen = self._leaderKV
+        inEtcd = (kv.createRevision, kv.modRevision) if kv is not None else (0, 0)
+        watched = (seen.createRevision, seen.modRevision) if seen is not None else (0, 0)
+        if inEtcd == watched:
+            self._watchDoubt = None
+            return
+        if self._watchDoubt != inEtcd:
+            self._watchDoubt = inEtcd
+            return
+        self._watchDoubt = None
+        self.log.warn(
+            "the etcd watch did not show a change of the leader key (revision {revision}):"
+            " watching again",
+            revision=inEtcd[1] or found.revision,
+        )
+        self._watch = None
+        watch.cancel()
+        await self._load()
 
     def _watchEnded(self, watch: IWatch, why: str) -> None:
         if self._watch is watch:
@@ -601,6 +664,14 @@ class Coordinator:
                 self._epochRevision = kv.modRevision
             else:
                 self._etcdEpoch, self._epochRevision = 0, 0
+        elif kv.key == self._recordedKey:
+            if event.type == "PUT":
+                try:
+                    self._recorded = int(kv.value)
+                except ValueError:
+                    self.log.error("ignoring the recorded key {value!r}", value=kv.value)
+            else:
+                self._recorded = None
         elif kv.key == self._switchoverKey:
             if event.type == "PUT":
                 try:
@@ -707,7 +778,7 @@ class Coordinator:
         if not self._broker.ready():
             return "the broker is not ready"
         epoch = self._broker.epoch()
-        if epoch != self._etcdEpoch:
+        if epoch != self._etcdEpoch and not self._unrecordedEpoch(epoch):
             return f"its epoch {epoch} is not the cluster's {self._etcdEpoch}"
         if self._switchover is not None:
             if self._switchover != self.brokerId:
@@ -726,6 +797,21 @@ class Coordinator:
         if answered < len(others) + 1 and self._monotonic() < self._leaderGoneAt + self.settle:
             return "waiting for the members to answer"
         return None
+
+    def _unrecordedEpoch(self, epoch: int) -> bool:
+        """
+        Whether a broker in C{epoch} may campaign although the cluster's
+        epoch is the next one: the winner of the cluster's epoch never
+        wrote C{recorded} (it never served, so nothing was confirmed in
+        that epoch) and no registered member is in it.
+        """
+        cluster = self._etcdEpoch
+        return (
+            epoch == cluster - 1
+            and self._recorded is not None
+            and self._recorded < cluster
+            and all(m.epoch < cluster for m in self.members.values())
+        )
 
     def _evaluate(self) -> None:
         why = self.whyNot()
@@ -746,14 +832,19 @@ class Coordinator:
             if self._epochRevision
             else Compare(self._epochKey, "CREATE", "EQUAL", 0)
         )
+        take: list[Put | Delete] = [
+            Put(self._leaderKey, info.toJSON(), self.lease),
+            Put(self._epochKey, str(epoch).encode("ascii")),
+            Delete(self._switchoverKey),
+        ]
+        if not self._epochRevision:
+            # The first take of a cluster creates the recorded key too, so
+            # that every cluster made since has it.
+            take.append(Put(self._recordedKey, b"0"))
         try:
             result = await self._etcd.txn(
                 [Compare(self._leaderKey, "CREATE", "EQUAL", 0), epochUnchanged],
-                [
-                    Put(self._leaderKey, info.toJSON(), self.lease),
-                    Put(self._epochKey, str(epoch).encode("ascii")),
-                    Delete(self._switchoverKey),
-                ],
+                take,
                 [],
             )
         except (EtcdUnavailable, EtcdError) as e:
@@ -762,11 +853,33 @@ class Coordinator:
             self.log.warn("campaign for epoch {epoch} not answered: {why}", epoch=epoch, why=str(e))
             self._campaigning = False
             return
-        self._campaigning = False
         if not result.succeeded:
+            self._campaigning = False
             self.log.info("another broker took epoch {epoch}", epoch=epoch)
             return
         if self._stopped:
+            self._campaigning = False
+            return
+        # Record the epoch here, then in etcd, before serving: see
+        # _unrecordedEpoch for what a winner that stops in between leaves.
+        self._broker.recordEpoch(epoch)
+        try:
+            recorded = await self._etcd.txn(
+                [Compare(self._leaderKey, "LEASE", "EQUAL", self.lease)],
+                [Put(self._recordedKey, str(epoch).encode("ascii"))],
+                [],
+            )
+        except (EtcdUnavailable, EtcdError) as e:
+            self.log.warn("epoch {epoch} not recorded in etcd: {why}", epoch=epoch, why=str(e))
+            recorded = None
+        self._campaigning = False
+        if recorded is None or not recorded.succeeded or self._stopped:
+            # Not serving; the next tick deletes the leader key if it is
+            # still ours, and this broker (now in the cluster's epoch, and
+            # registered in it) may campaign again.
+            if recorded is not None:
+                self.log.warn("lost the leader key before recording epoch {epoch}", epoch=epoch)
+            self._publish()
             return
         self.primary = True
         self.log.info("leader in epoch {epoch}", epoch=epoch)

@@ -121,6 +121,8 @@ class Search:
         self.service = ClientService(
             PrimaryEndpoint(find, what), factory, retryPolicy=retryPolicy, clock=reactor
         )
+        self._stopped = False
+        self._restarting = False
 
     def start(self) -> "Search":
         """
@@ -133,7 +135,30 @@ class Search:
         """
         Stop looking, and drop the subscription.
         """
+        self._stopped = True
         return self.service.stopService()  # type: ignore[return-value]
+
+    def restart(self) -> None:
+        """
+        Give up the attempt under way (or the wait before the next one) and
+        look again now: the primary moved (etcd names another), and an
+        attempt at the old address may hang until its deadline (a paused
+        broker's kernel accepts the connection; nobody answers).
+
+        Only for a search that is not subscribed: stopping the service
+        drops its subscription.
+        """
+        if self._stopped or self._restarting:
+            return
+        self._restarting = True
+        stopped: Deferred[None] = self.service.stopService()  # type: ignore[assignment]
+
+        def again(_: object) -> None:
+            self._restarting = False
+            if not self._stopped:
+                self.service.startService()
+
+        stopped.addBoth(again)
 
 
 async def findPrimary(node: "HANode") -> NodeAMP | None:

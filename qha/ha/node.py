@@ -140,6 +140,7 @@ class HANode(Service):
         if store is not None:
             self.position = store.position
         self._promotions: list[Deferred[None]] = []
+        self._search: Search | None = None
         self.coordinated: CoordinatedNode | None = None
         if not standalone:
             vhost.replica = True
@@ -291,7 +292,18 @@ class HANode(Service):
         """
         if not self.running:
             return Nothing()
-        return Search(self.reactor, lambda: findPrimary(self), "primary").start()
+        self._search = Search(self.reactor, lambda: findPrimary(self), "primary").start()
+        return self._search
+
+    def lookAgain(self) -> None:
+        """
+        The primary moved (etcd names another): a broker that looks for the
+        primary and follows none gives up the attempt under way, which may
+        hang on the old primary's address, and looks again now.
+        """
+        search = self._search
+        if search is not None and self.role.isJoining and self.link is None:
+            search.restart()
 
     def probe(self) -> Stoppable:
         """

@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ..amqp.protocol import BrokerFactory
 from ..broker.vhost import VirtualHost
 from ..ha.commands import Refused
-from ..ha.config import HAOptions
+from ..ha.config import PEER_TIMEOUT, HAOptions
 from ..ha.connection import NodeAMP, NodeAMPFactory, nodeConnection
 from ..ha.etcd import EtcdError, EtcdUnavailable, IWatch
 from ..ha.identity import PersistentState
@@ -164,6 +164,9 @@ class CoordinatedCluster:
         L{Clock}: a reactor that stalled (its timers have not run yet)
         while time went on.
     @ivar unreachable: pairs of nodes that cannot connect to each other.
+    @ivar hanging: nodes whose address accepts connections that nobody
+        answers (a paused process: its kernel accepts): a connection
+        attempt fails only at its deadline.
     """
 
     def __init__(self, case: SynchronousTestCase, minBackups: int = 0) -> None:
@@ -181,6 +184,7 @@ class CoordinatedCluster:
         self.views: dict[HANode, EtcdView] = {}
         self.pumps: list[tuple[HANode, HANode, iosim.IOPump]] = []
         self.unreachable: set[frozenset[HANode]] = set()
+        self.hanging: set[HANode] = set()
         self.interceptors: dict[HANode, BoxInterceptor] = {}
         self.journals: dict[str, MemoryJournal] = {}
         self.holdBoxesTo: set[HANode] = set()
@@ -250,6 +254,11 @@ class CoordinatedCluster:
         """
         Connect C{caller} to the running node at AMP address C{address}.
         """
+        for target in self.nodes:
+            if target.options.extra["haAddress"] == address and target in self.hanging:
+                attempt: Deferred[NodeAMP] = Deferred()
+                attempt.addTimeout(PEER_TIMEOUT, self.clock)
+                return attempt
         for target in self.nodes:
             if target.options.extra["haAddress"] == address and target.running:
                 break
@@ -352,12 +361,22 @@ class CoordinatedCluster:
         node.stopService()
         self.flush()
 
+    def pause(self, node: HANode) -> None:
+        """
+        C{node} stops answering, as with SIGSTOP: it keeps no lease (etcd
+        expires it after the TTL), its links go silent and drop, and a
+        connection to its address hangs until the caller's deadline.
+        """
+        self.hanging.add(node)
+        self.kill(node)
+
     def finish(self) -> None:
         """
         Stop every node, let every lease go, and check that no timer is
         left behind.
         """
         self.etcd.setAvailable(True)
+        self.hanging.clear()
         for node in self.nodes:
             if node.running:
                 node.stopService()
@@ -472,6 +491,26 @@ class ElectionTests(SynchronousTestCase):
         self.assertLessEqual(took, TTL + 1)
         [new] = self.cluster.primaries()
         self.assertEqual(new.epoch, 2)
+
+    def test_searchMovesToNewLeader(self) -> None:
+        """
+        Backups whose search hangs on the old primary's address (it is
+        paused: its kernel accepts, nobody answers) look at the new
+        leader's address as soon as etcd names it, rather than at the end
+        of the attempt under way: the one that did not win follows the
+        winner at once.
+        """
+        self.cluster.start(3)
+        self.cluster.runUntil(lambda: self.cluster.formed(3), 10, "a cluster of three")
+        [old] = self.cluster.primaries()
+        self.cluster.pause(old)
+        self.cluster.runUntil(lambda: self.cluster.primaries(), 10, "a new primary")
+        [new] = self.cluster.primaries()
+        [other] = [n for n in self.cluster.nodes if n not in (old, new)]
+        took = self.cluster.runUntil(lambda: other.role.name == READY, PEER_TIMEOUT, "the other to follow")
+        self.assertLess(took, 0.5)
+        assert other.link is not None
+        self.assertEqual(other.link.primaryId, new.brokerId)
 
     def test_readyBackupsRace(self) -> None:
         """

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +18,7 @@ from ..ha.coordinator import (
     SwitchoverRefused,
     requestSwitchover,
 )
-from ..ha.etcd import EtcdError, TxnResult
+from ..ha.etcd import EtcdError, EtcdUnavailable, Lease, TxnResult
 from ..testing import FakeEtcd
 
 TTL = 6
@@ -34,6 +34,9 @@ class RecordingBroker:
     @ivar leaders: every leader it was told of.
     @ivar settling: when set, what L{stepDown} answers (in-flight confirms
         still settling).
+    @ivar recorded: every epoch it recorded durably.
+    @ivar crashBeforeRecording: when set, L{recordEpoch} fails (the broker
+        died between its winning take and its record).
     """
 
     def __init__(self, epoch: int = 0, position: int = 0, ready: bool = True) -> None:
@@ -50,6 +53,8 @@ class RecordingBroker:
         self.steppedDown: list[str] = []
         self.leaders: list[LeaderInfo | None] = []
         self.settling: Deferred[None] | None = None
+        self.recorded: list[int] = []
+        self.crashBeforeRecording = False
 
     def role(self) -> str:
         """
@@ -77,12 +82,21 @@ class RecordingBroker:
         """
         return self._ready
 
+    def recordEpoch(self, epoch: int) -> None:
+        """
+        Record the epoch, as the broker does durably; C{crashBeforeRecording}
+        makes it fail instead, as a broker that dies there.
+        """
+        if self.crashBeforeRecording:
+            raise RuntimeError("the broker died before recording its epoch")
+        self._epoch = epoch
+        self.recorded.append(epoch)
+
     def becomePrimary(self, epoch: int) -> None:
         """
-        Record the epoch, as the broker does durably.
+        Serve in the epoch recorded.
         """
         self.primary = True
-        self._epoch = epoch
         self.promoted.append(epoch)
 
     def stepDown(self, reason: str) -> Deferred[None] | None:
@@ -100,6 +114,42 @@ class RecordingBroker:
         self.leaders.append(leader)
 
 
+class StallingEtcd(FakeEtcd):
+    """
+    L{FakeEtcd} whose running watches can be made to stall: connected,
+    never ended, and silent, as a watch stream whose HTTP connection is up
+    while nothing comes through it.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        """
+        @param clock: the clock that ends leases.
+        """
+        super().__init__(clock)
+        self._silenced: list[list[bool]] = []
+
+    def stallWatches(self) -> None:
+        """
+        Every watch running now shows nothing more; watches started later
+        work.
+        """
+        for silent in self._silenced:
+            silent[0] = True
+
+    def watch(self, key: bytes, prefix: bool, fromRevision: int, callback: Any) -> Any:
+        """
+        See L{FakeEtcd.watch}; the events go through unless stalled.
+        """
+        silent = [False]
+        self._silenced.append(silent)
+
+        def deliver(events: Any, revision: int) -> None:
+            if not silent[0]:
+                callback(events, revision)
+
+        return super().watch(key, prefix, fromRevision, deliver)
+
+
 class CoordinatorTests(SynchronousTestCase):
     """
     The election rules.
@@ -111,7 +161,7 @@ class CoordinatorTests(SynchronousTestCase):
         no timer may be left.
         """
         self.clock = Clock()
-        self.etcd = FakeEtcd(self.clock)
+        self.etcd = StallingEtcd(self.clock)
         self.coordinators: list[Coordinator] = []
 
         def cleanUp() -> None:
@@ -211,6 +261,7 @@ class CoordinatorTests(SynchronousTestCase):
         """
         lease = self.successResultOf(self.etcd.grant(TTL)).id
         self.successResultOf(self.etcd.put(b"/qha/qha/epoch", b"1"))
+        self.successResultOf(self.etcd.put(b"/qha/qha/recorded", b"1"))
         info = LeaderInfo("x", 1, "tcp:x:5673", "tcp:x:5672")
         self.successResultOf(self.etcd.put(b"/qha/qha/leader", info.toJSON(), lease))
         return lease
@@ -257,6 +308,47 @@ class CoordinatorTests(SynchronousTestCase):
         self.etcd.expire(silent)
         self.assertEqual(one.promoted, [2])
         self.assertEqual(cTwo.whyNot(), "there is a leader")
+
+    def silentMember(self, memberId: str, position: int) -> int:
+        """
+        Register member C{memberId} in epoch 1 at C{position}, ready, on a
+        long lease nobody keeps alive: it has stopped answering, but its
+        record stays for now. Its lease id.
+        """
+        silent = self.successResultOf(self.etcd.grant(5 * TTL)).id
+        record = json.dumps(
+            {"id": memberId, "role": "ready", "epoch": 1, "position": position, "ready": True, "amp": "", "amqp": ""}
+        )
+        self.successResultOf(self.etcd.put(b"/qha/qha/members/" + memberId.encode(), record.encode(), silent))
+        return silent
+
+    def test_minBackupsAnswersNeeded(self) -> None:
+        """
+        With C{--ha-min-backups} k and B backups registered (the candidate
+        among them) a candidate needs answers from B-k+1 of them: one of
+        those holds every confirmed message. Here B is 4 and k 2: with two
+        members silent, 2 answers are short of 3 however long it waits;
+        once one of them answers, 3 are enough (after the settle time, as
+        the last one may still answer).
+        """
+        self.leaderThatDies()
+        one = RecordingBroker(epoch=1, position=5)
+        two = RecordingBroker(epoch=1, position=5, ready=False)
+        cOne = self.coordinator("one", one, minBackups=2, settle=1.0)
+        self.coordinator("two", two)
+        self.silentMember("three", 1)
+        four = self.silentMember("four", 1)
+        self.advance(TTL + 2)
+        self.assertEqual(one.promoted, [])
+        self.assertEqual(cOne.whyNot(), "2 members answered, 3 needed")
+        self.advance(2 * TTL)
+        self.assertEqual(cOne.whyNot(), "2 members answered, 3 needed")
+        # "four" comes back and answers: 3 of 4 answered.
+        record = json.dumps(
+            {"id": "four", "role": "ready", "epoch": 1, "position": 1, "ready": True, "amp": "", "amqp": ""}
+        )
+        self.successResultOf(self.etcd.put(b"/qha/qha/members/four", record.encode(), four))
+        self.assertEqual(one.promoted, [2])
 
     def test_raceOneWins(self) -> None:
         """
@@ -306,6 +398,97 @@ class CoordinatorTests(SynchronousTestCase):
         self.assertNotIn(lease, self.etcd.leases())
         self.assertEqual(loser.promoted, [3])
         wc._stopped = False
+
+    def crash(self, coordinator: Coordinator) -> None:
+        """
+        C{coordinator}'s process dies: no more keepalives, nothing revoked;
+        etcd expires its lease after the TTL.
+        """
+        coordinator._stopped = True
+        for call in (coordinator._tickCall, coordinator._deadlineCall, coordinator._settleCall):
+            if call is not None and call.active():
+                call.cancel()
+        if coordinator._watch is not None:
+            coordinator._watch.cancel()
+        self.coordinators.remove(coordinator)
+
+    def test_winnerDiesBeforeRecording(self) -> None:
+        """
+        A winner that dies after its take but before it recorded the epoch
+        leaves C{epoch} one ahead of every member and C{recorded} behind
+        it: nobody served in that epoch, so once its lease expired the
+        members one epoch behind campaign by the usual rules and the
+        cluster elects again, in the epoch after.
+        """
+        self.leaderThatDies()
+        a = RecordingBroker(epoch=1, position=7)
+        a.crashBeforeRecording = True
+        b = RecordingBroker(epoch=1, position=5)
+        ca = self.coordinator("a", a)
+        cb = self.coordinator("b", b)
+        self.advance(TTL + 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((a.recorded, a.promoted), ([], []))
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"2", b"1"))
+        self.crash(ca)
+        self.assertEqual(cb.whyNot(), "there is a leader")
+        self.advance(TTL + 1)
+        self.assertEqual((b.recorded, b.promoted), ([3], [3]))
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"3", b"3"))
+        # The dead winner restarts at its durable epoch, 1: it follows.
+        again = RecordingBroker(epoch=1, position=7)
+        cAgain = self.coordinator("a", again)
+        self.assertEqual((again.promoted, cAgain.whyNot()), ([], "there is a leader"))
+
+    def test_unrecordedEpochNotRelaxedForItsMembers(self) -> None:
+        """
+        A winner that recorded the epoch durably but could not write
+        C{recorded} serves nothing and gives the leader key up; it is
+        registered in the cluster's epoch, so the members one epoch behind
+        do not campaign, and it takes the next epoch itself.
+        """
+        self.leaderThatDies()
+        a = RecordingBroker(epoch=1, position=7)
+        b = RecordingBroker(epoch=1, position=5)
+        realTxn = self.etcd.txn
+        calls = []
+
+        def failSecond(*args: Any) -> Deferred[TxnResult]:
+            calls.append(args)
+            if len(calls) == 2:
+                return fail(EtcdUnavailable("not answered"))
+            return realTxn(*args)
+
+        self.etcd.txn = failSecond  # type: ignore[method-assign, assignment]
+        self.coordinator("a", a)
+        cb = self.coordinator("b", b)
+        self.advance(TTL + 2)
+        self.assertEqual((a.recorded, a.promoted), ([2, 3], [3]))
+        self.assertEqual(b.promoted, [])
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"3", b"3"))
+        self.assertEqual(cb.whyNot(), "there is a leader")
+        self.etcd.txn = realTxn  # type: ignore[method-assign]
+
+    def test_stalledWatch(self) -> None:
+        """
+        A backup whose watch stream stalls (connected and silent) still
+        learns that the leader went: each tick reads C{leader}, and the
+        same difference from the watch at two ticks in a row starts the
+        watch again from a fresh read; it then campaigns, within the lease
+        expiry plus two ticks and the settle time.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        b = RecordingBroker(epoch=1)
+        cb = self.coordinator("b", b)
+        self.etcd.stallWatches()
+        self.crash(ca)
+        self.advance(TTL)
+        self.assertEqual(self.value(b"leader"), None)
+        self.assertEqual(cb.whyNot(), "there is a leader")
+        self.advance(2 * TTL / 3 + cb.settle)
+        self.assertEqual(b.promoted, [2])
+        self.assertEqual(cb.whyNot(), "already primary")
 
     def test_pastDeadlineConfirmsNothing(self) -> None:
         """
@@ -415,6 +598,59 @@ class CoordinatorTests(SynchronousTestCase):
         self.coordinator("a", a)
         self.assertNotIn(old, self.etcd.leases())
         self.assertEqual(a.promoted, [5])
+
+    def test_expiredLeaseAtStartup(self) -> None:
+        """
+        A broker whose earlier run led finds, at start-up, C{leader} on
+        that run's lease, which etcd expires before the broker revokes it
+        (the revoke answers that the lease is gone): it campaigns in the
+        next epoch at once, not at the end of some TTL.
+        """
+        old = self.successResultOf(self.etcd.grant(TTL)).id
+        self.successResultOf(self.etcd.put(b"/qha/qha/epoch", b"4"))
+        self.successResultOf(self.etcd.put(b"/qha/qha/recorded", b"4"))
+        info = LeaderInfo("a", 4, "tcp:a:5673", "tcp:a:5672")
+        self.successResultOf(self.etcd.put(b"/qha/qha/leader", info.toJSON(), old))
+        realRevoke = self.etcd.revoke
+
+        def expiredFirst(leaseId: int) -> Deferred[None]:
+            self.etcd.expire(leaseId)
+            return realRevoke(leaseId)
+
+        self.etcd.revoke = expiredFirst  # type: ignore[method-assign]
+        a = RecordingBroker(epoch=4)
+        self.coordinator("a", a)
+        del self.etcd.revoke
+        self.assertNotIn(old, self.etcd.leases())
+        self.assertEqual(a.promoted, [5])
+
+    def test_ownLeaseExpiredAtStartup(self) -> None:
+        """
+        A broker whose first lease expired before it used it (the reactor
+        stalled right after the grant) finds it gone at its first write: it
+        takes a new lease at the next tick, then registers and campaigns.
+        """
+        realGrant = self.etcd.grant
+        granted: list[int] = []
+
+        def expiresAtOnce(ttl: int) -> Deferred[Any]:
+            d = realGrant(ttl)
+            lease = self.successResultOf(d).id
+            granted.append(lease)
+            if len(granted) == 1:
+                self.etcd.expire(lease)
+            return succeed(Lease(lease, ttl))
+
+        self.etcd.grant = expiresAtOnce  # type: ignore[method-assign]
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        self.assertEqual((a.promoted, ca.lease, ca.whyNot()), ([], None, "not connected to etcd"))
+        self.clock.advance(TTL / 3)
+        del self.etcd.grant
+        self.assertEqual(len(granted), 2)
+        self.assertEqual(ca.lease, granted[1])
+        self.assertEqual(a.promoted, [1])
+        self.assertIsNotNone(self.value(b"members/a"))
 
     def test_deadLeaderAtStartup(self) -> None:
         """

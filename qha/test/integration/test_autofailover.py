@@ -15,21 +15,17 @@ C{--ha-cluster-name}.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from typing import Any, Callable
 
-import pika
-from pika.exceptions import AMQPError
 from twisted.trial.unittest import SynchronousTestCase
 
 from .cluster import Cluster, RemoteAMPError
 from .etcdprocess import BlockingEtcd, sharedEtcd
-from .test_soak import QUEUE, Consumer, Publisher
+from .loadclients import QUEUE, Consumer, TimedPublisher, adminCommand
 
 TTL = 2
 """
@@ -40,78 +36,6 @@ WAIT = 20.0
 """
 Seconds any one wait of these tests may take before it fails.
 """
-
-
-class TimedPublisher(Publisher):
-    """
-    L{Publisher} that also records when each confirm arrived and from which
-    broker, so that a test can say which broker confirmed what, and when.
-
-    @ivar confirms: (monotonic time, AMQP port) of every confirm, in order.
-    """
-
-    def __init__(self, name: str, cluster: Cluster, stop: threading.Event) -> None:
-        """
-        @param name: the prefix of its message ids.
-        @param cluster: where it publishes.
-        @param stop: set to stop it.
-        """
-        super().__init__(name, cluster, stop)
-        self.confirms: list[tuple[float, int]] = []
-
-    def run(self) -> None:
-        """
-        Publish numbered messages with confirms until stopped, reconnecting
-        through every broker's address whenever the connection fails.
-        """
-        sequence = 0
-        lastConfirm = time.monotonic()
-        while not self.stopping.is_set():
-            try:
-                connection = pika.BlockingConnection(
-                    self.cluster.amqpParams(connection_attempts=40, retry_delay=0.1)
-                )
-            except AMQPError:
-                self.errors += 1
-                continue
-            port = connection._impl.params.port
-            try:
-                channel = connection.channel()
-                channel.confirm_delivery()
-                while not self.stopping.is_set():
-                    sequence += 1
-                    id = f"{self.name}-{sequence}"
-                    self.attempted.add(id)
-                    channel.basic_publish("", QUEUE, id.encode("ascii"))
-                    now = time.monotonic()
-                    self.confirmed.add(id)
-                    self.confirms.append((now, port))
-                    self.longestGap = max(self.longestGap, now - lastConfirm)
-                    lastConfirm = now
-            except AMQPError:
-                self.errors += 1
-            finally:
-                try:
-                    connection.close()
-                except Exception:
-                    pass
-
-    def confirmedSince(self, moment: float, port: int | None = None) -> list[float]:
-        """
-        The times of the confirms after C{moment} (from broker C{port}
-        only, if given).
-        """
-        return [t for t, p in list(self.confirms) if t > moment and (port is None or p == port)]
-
-
-def adminCommand() -> list[str]:
-    """
-    The C{qha-admin} command of the Python running the tests.
-    """
-    script = os.path.join(os.path.dirname(sys.executable), "qha-admin")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from qha.admin.cli import main; main()"]
 
 
 class CoordinatedCluster:
@@ -201,11 +125,23 @@ class CoordinatedCluster:
                 return result
             left = deadline - time.monotonic()
             if left <= 0:
-                outputs = "\n".join(
-                    f"--- broker {i}:\n{b.output(30)}" for i, b in enumerate(self.cluster.brokers)
-                )
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{outputs}")
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.explain()}")
             self.cluster.brokers[0].waitForOutput(min(left, 0.05))
+
+    def explain(self) -> str:
+        """
+        What each broker says of the election, and what it logged last
+        (the discovery's retries left out), to explain a failure.
+        """
+        parts = []
+        for index, broker in enumerate(self.cluster.brokers):
+            try:
+                election = self.cluster.query(index, timeout=1.0).get("coordinator")
+            except (OSError, RemoteAMPError) as e:
+                election = f"no answer: {e}"
+            lines = [line for line in broker.output(200).splitlines() if "Scheduling retry" not in line]
+            parts.append(f"--- broker {index}: {election}\n" + "\n".join(lines[-30:]))
+        return "\n".join(parts)
 
     def waitForPrimary(self, among: list[int] | None = None, timeout: float = WAIT) -> int:
         """
@@ -391,4 +327,4 @@ class AutomaticFailoverTests(SynchronousTestCase):
         c.assertNothingLost()
 
 
-__all__ = ["AutomaticFailoverTests", "CoordinatedCluster", "TimedPublisher", "adminCommand"]
+__all__ = ["AutomaticFailoverTests", "CoordinatedCluster"]

@@ -17,109 +17,12 @@ import threading
 import time
 from collections import Counter
 
-import pika
-from pika.exceptions import AMQPError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from qha.test.integration.cluster import Cluster, RemoteAMPError
+from qha.test.integration.loadclients import QUEUE, Consumer, Publisher
 
-QUEUE = "soak"
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
-
-
-class Publisher(threading.Thread):
-    """
-    Publishes numbered messages with confirms, reconnecting through every
-    broker's address after each failover.
-
-    @ivar attempted: ids it tried to publish.
-    @ivar confirmed: ids the broker confirmed.
-    @ivar longestGap: the longest time between two confirms, in seconds.
-    """
-
-    def __init__(self, name: str, cluster: Cluster, stop: threading.Event) -> None:
-        super().__init__(name=name, daemon=True)
-        self.cluster = cluster
-        self.stopping = stop
-        self.attempted: set[str] = set()
-        self.confirmed: set[str] = set()
-        self.longestGap = 0.0
-        self.errors = 0
-
-    def run(self) -> None:
-        sequence = 0
-        lastConfirm = time.monotonic()
-        while not self.stopping.is_set():
-            try:
-                connection = pika.BlockingConnection(
-                    self.cluster.amqpParams(connection_attempts=20, retry_delay=0.25)
-                )
-            except AMQPError:
-                self.errors += 1
-                continue
-            try:
-                channel = connection.channel()
-                channel.confirm_delivery()
-                while not self.stopping.is_set():
-                    sequence += 1
-                    id = f"{self.name}-{sequence}"
-                    self.attempted.add(id)
-                    channel.basic_publish("", QUEUE, id.encode("ascii"))
-                    self.confirmed.add(id)
-                    now = time.monotonic()
-                    self.longestGap = max(self.longestGap, now - lastConfirm)
-                    lastConfirm = now
-            except AMQPError:
-                self.errors += 1
-            finally:
-                try:
-                    connection.close()
-                except Exception:
-                    pass
-
-
-class Consumer(threading.Thread):
-    """
-    Consumes and acknowledges, reconnecting after each failover.
-
-    @ivar received: every body delivered, duplicates included.
-    """
-
-    def __init__(self, name: str, cluster: Cluster, stop: threading.Event) -> None:
-        super().__init__(name=name, daemon=True)
-        self.cluster = cluster
-        self.stopping = stop
-        self.received: list[str] = []
-        self.lastDelivery = time.monotonic()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                connection = pika.BlockingConnection(
-                    self.cluster.amqpParams(connection_attempts=20, retry_delay=0.25)
-                )
-            except AMQPError:
-                continue
-            try:
-                channel = connection.channel()
-                channel.basic_qos(prefetch_count=200)
-                for method, properties, body in channel.consume(
-                    QUEUE, inactivity_timeout=0.2
-                ):
-                    if self.stopping.is_set():
-                        break
-                    if method is None:
-                        continue
-                    self.received.append(body.decode("ascii"))
-                    self.lastDelivery = time.monotonic()
-                    channel.basic_ack(method.delivery_tag)
-            except AMQPError:
-                pass
-            finally:
-                try:
-                    connection.close()
-                except Exception:
-                    pass
 
 
 class FailoverSoakTests(SynchronousTestCase):

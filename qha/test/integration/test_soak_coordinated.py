@@ -24,8 +24,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from .cluster import Cluster, RemoteAMPError
 from .etcdprocess import BlockingEtcd
-from .test_autofailover import TimedPublisher
-from .test_soak import QUEUE, Consumer
+from .loadclients import QUEUE, Consumer, TimedPublisher
 
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
 TTL = 2
