@@ -143,6 +143,8 @@ class TimedPublisher(Publisher):
     broker, so that a test can say which broker confirmed what, and when.
 
     @ivar confirms: (monotonic time, AMQP port) of every confirm, in order.
+    @ivar sentAt: the monotonic time each confirmed publish was sent, in
+        the order of C{confirms}.
     """
 
     def __init__(self, name: str, cluster: Cluster, stop: threading.Event) -> None:
@@ -153,6 +155,7 @@ class TimedPublisher(Publisher):
         """
         super().__init__(name, cluster, stop)
         self.confirms: list[tuple[float, int]] = []
+        self.sentAt: list[float] = []
 
     def run(self) -> None:
         """
@@ -177,9 +180,11 @@ class TimedPublisher(Publisher):
                     sequence += 1
                     id = f"{self.name}-{sequence}"
                     self.attempted.add(id)
+                    sent = time.monotonic()
                     channel.basic_publish("", QUEUE, id.encode("ascii"))
                     now = time.monotonic()
                     self.confirmed.add(id)
+                    self.sentAt.append(sent)
                     self.confirms.append((now, port))
                     self.longestGap = max(self.longestGap, now - lastConfirm)
                     lastConfirm = now
@@ -191,12 +196,22 @@ class TimedPublisher(Publisher):
                 except Exception:
                     pass
 
-    def confirmedSince(self, moment: float, port: int | None = None) -> list[float]:
+    def confirmedSince(
+        self, moment: float, port: int | None = None, sentAfter: float | None = None
+    ) -> list[float]:
         """
         The times of the confirms after C{moment} (from broker C{port}
-        only, if given).
+        only, if given; of publishes sent after C{sentAfter} only, if
+        given).
         """
-        return [t for t, p in list(self.confirms) if t > moment and (port is None or p == port)]
+        confirms, sentAt = list(self.confirms), list(self.sentAt)
+        return [
+            t
+            for (t, p), sent in zip(confirms, sentAt)
+            if t > moment
+            and (port is None or p == port)
+            and (sentAfter is None or sent > sentAfter)
+        ]
 
 
 def adminCommand() -> list[str]:
