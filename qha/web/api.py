@@ -294,7 +294,7 @@ class ManagementAPI(Resource):
             self.log.info(
                 "HTTP {method} /api/{path} asked by {who} from {peer}",
                 method=request.method.decode("ascii", "replace"),
-                path="/".join(segments),
+                path="/".join(quote(segment, safe="") for segment in segments),
                 who=caller.name,
                 peer=getattr(request.getClientAddress(), "host", "?"),
             )

@@ -61,7 +61,11 @@ def queueView(queue: Queue, vhost: VirtualHost, node: str, replicateDefault: str
     """
     ready = queue.messageCount
     unacked = queue.unacked
-    readyBytes = queue.readyBytes
+    # A plain queue does not keep its byte count (its hot path stays
+    # lean): counted here, once per listing.
+    readyBytes = (
+        sum(len(entry.message.body) for entry in queue.entries) if queue.plain else queue.readyBytes
+    )
     unackedBytes = sum(len(entry.message.body) for entry in queue.held.values())
     return {
         "name": queue.name,
@@ -267,7 +271,7 @@ def messageView(message: Message, redelivered: bool, left: int, encoding: str, t
     properties = {}
     for name in decoded.attributes():
         value = getattr(decoded, name, None)
-        if value is not None:
+        if value is not None and value != "":
             properties["type" if name == "message_type" else name] = jsonValue(value)
     return {
         "payload_bytes": len(message.body),

@@ -457,6 +457,8 @@ class Cluster:
         else:
             self.credentials = Credentials.fromPassword(username, password or "")
         ports = [(freePort(), freePort()) for _ in range(size)]
+        # Every broker's HTTP port (the management API, the health checks).
+        self.httpPorts = [freePort() for _ in range(size)]
         addresses = ",".join(f"{HOST}:{ampPort}" for _, ampPort in ports)
         self.brokers: list[ClusterBroker] = []
         for index, (port, ampPort) in enumerate(ports):
@@ -469,6 +471,8 @@ class Cluster:
                 addresses,
                 "--ha-port",
                 f"tcp:{ampPort}:interface={HOST}",
+                "--http-port",
+                f"tcp:{self.httpPorts[index]}:interface={HOST}",
                 "--data-dir",
                 dataDirectory,
                 "--ha-heartbeat",
