@@ -34,7 +34,7 @@ from ..broker.exchange import Binding
 from ..broker.message import Message
 from ..broker.queue import Queue
 from ..broker.vhost import PublishRefused, VirtualHost
-from .auth import REALM, BasicAuthenticator, Caller
+from .auth import REALM, BasicAuthenticator, Caller, effectiveTags
 from .broker import ManagedBroker
 from .views import (
     DEFAULT_EXCHANGE_ALIAS,
@@ -923,7 +923,7 @@ class ManagementAPI(Resource):
     def _userView(self, name: str) -> dict[str, Any]:
         return {
             "name": name,
-            "tags": sorted(self.broker.users.tags(name)),
+            "tags": sorted(effectiveTags(self.broker.users, name)),
             "password_hash": "",
             "hashing_algorithm": "scrypt",
         }

@@ -83,6 +83,18 @@ def isLoopback(host: str) -> bool:
         return False
 
 
+def effectiveTags(users: UserDatabase, name: str) -> frozenset[str]:
+    """
+    The tags of user C{name}: those of the users file, or C{administrator}
+    for the built-in C{guest} without tags (RabbitMQ's guest is an
+    administrator; it logs in from loopback only).
+    """
+    tags = users.tags(name)
+    if not tags and name == GUEST:
+        return frozenset({ADMINISTRATOR})
+    return tags
+
+
 def credentialsOf(request: IRequest) -> tuple[str, str] | None:
     """
     The user and password of the request's C{Authorization: Basic} header,
@@ -146,10 +158,7 @@ class BasicAuthenticator:
         checking = self.users.login("PLAIN", response, isLoopback(host), self.verifier)
 
         def loggedIn(name: str) -> Caller:
-            tags = self.users.tags(name)
-            if not tags and name == GUEST:
-                tags = frozenset({ADMINISTRATOR})
-            return Caller(name, tags)
+            return Caller(name, effectiveTags(self.users, name))
 
         def refused(failure: Failure) -> Any:
             failure.trap(AuthenticationFailed)
@@ -173,5 +182,6 @@ __all__ = [
     "MONITORING",
     "READ_TAGS",
     "credentialsOf",
+    "effectiveTags",
     "isLoopback",
 ]
