@@ -143,8 +143,8 @@ class WebTestCase(SynchronousTestCase):
         request.method = method.encode("ascii")
         request.client = IPv4Address("TCP", host, 40000)
         for pair in filter(None, query.split("&")):
-            name, _, value = pair.partition("=")
-            request.args[name.encode()] = [value.encode()]
+            key, _, text = pair.partition("=")
+            request.args[key.encode()] = [text.encode()]
         if user is not None:
             token = base64.b64encode(f"{user[0]}:{user[1]}".encode())
             request.requestHeaders.setRawHeaders(b"authorization", [b"Basic " + token])
