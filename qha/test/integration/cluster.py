@@ -278,6 +278,9 @@ class ClusterBroker(BrokerProcess):
         @param dataDirectory: the data directory.
         @param arguments: every C{twistd qha} option besides C{--port}.
         """
+        if not any(a == "--http-port" or a.startswith("--http-port=") for a in arguments):
+            # Not the default 15672 that every broker would want.
+            arguments = [*arguments, "--http-port", f"tcp:0:interface={HOST}"]
         super().__init__(arguments)
         self.port = port
         self.ampPort = ampPort
