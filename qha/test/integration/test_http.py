@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import urllib.error
 import urllib.request
+from typing import IO, Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -34,6 +36,66 @@ def status(port: int, path: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+class _Watched:
+    """
+    A broker's output stream that sets an event when the broker says it
+    listens for HTTP.
+    """
+
+    def __init__(self, stream: IO[bytes], listening: threading.Event) -> None:
+        """
+        @param stream: the broker's output.
+        @param listening: set at the HTTP listening line.
+        """
+        self.stream = stream
+        self.listening = listening
+
+    def readline(self) -> bytes:
+        """
+        The next line, noting the HTTP listening line.
+        """
+        line = self.stream.readline()
+        if b"qha HTTP listening" in line:
+            self.listening.set()
+        return line
+
+    def close(self) -> None:
+        """
+        Close the stream.
+        """
+        self.stream.close()
+
+
+class HTTPBroker(BrokerProcess):
+    """
+    A broker process whose start waits for its HTTP port too (it listens
+    just after the AMQP port, whose line ends L{BrokerProcess.start}).
+    """
+
+    def __init__(self, arguments: Any) -> None:
+        """
+        @param arguments: see L{BrokerProcess}.
+        """
+        super().__init__(arguments)
+        self.httpListening = threading.Event()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        """
+        Read as L{BrokerProcess} does, watching for the HTTP line.
+        """
+        super()._read(_Watched(stream, self.httpListening))  # type: ignore[arg-type]
+
+    def start(self, timeout: float = TIMEOUT) -> None:
+        """
+        Start, and wait until the HTTP port listens.
+        """
+        super().start()
+        if not self.httpListening.wait(timeout):
+            output = self.output()
+            self.stop()
+            raise AssertionError(f"the broker did not listen for HTTP:\n{output}")
+
+
 class StandaloneHTTPTests(SynchronousTestCase):
     """
     One standalone broker with its HTTP port on a free port.
@@ -44,7 +106,7 @@ class StandaloneHTTPTests(SynchronousTestCase):
         Start the broker.
         """
         self.httpPort = freePort()
-        self.broker = BrokerProcess(
+        self.broker = HTTPBroker(
             ["--store", "memory", "--http-port", f"tcp:{self.httpPort}:interface=127.0.0.1"]
         )
         self.broker.start()
