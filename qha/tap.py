@@ -14,8 +14,7 @@ from typing import Any, Callable
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -158,6 +157,14 @@ class Options(usage.Options):
             "tcp:5672:interface=127.0.0.1",
             "Endpoint to listen on for AMQP clients (tcp:PORT:interface=ADDR, or TLS:"
             " ssl:5671:privateKey=KEY.pem:certKey=CERT.pem).",
+        ],
+        [
+            "http-port",
+            None,
+            "tcp:15672:interface=127.0.0.1",
+            "Endpoint of the HTTP port: the management API (RabbitMQ's /api) and the"
+            " health checks (/health/primary); TLS: ssl:15671:privateKey=KEY.pem:certKey=CERT.pem;"
+            " none: no HTTP port.",
         ],
         [
             "tls-client-ca",
@@ -503,6 +510,16 @@ class Options(usage.Options):
         else:
             self["userDatabase"] = UserDatabase.default()
         self._checkTLS()
+        if self["http-port"] != "none":
+            try:
+                from twisted.internet import reactor as checking
+
+                serverFromString(checking, self["http-port"])
+            except Exception as error:
+                raise usage.UsageError(
+                    f"--http-port: {self['http-port']!r} is not a valid endpoint ({error});"
+                    " use e.g. tcp:15672:interface=127.0.0.1, or none"
+                ) from None
         try:
             from twisted.internet import reactor
 
@@ -564,7 +581,7 @@ class ListenService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(
-        self, endpoint: IStreamServerEndpoint, factory: ServerFactory, description: str, what: str
+        self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, description: str, what: str
     ) -> None:
         """
         @param endpoint: where to listen.
@@ -815,6 +832,44 @@ def openStore(config: Options, vhost: VirtualHost, reactor: Any) -> Store:
     return store
 
 
+def httpService(
+    config: Options,
+    reactor: Any,
+    node: HANode,
+    factory: BrokerFactory,
+    verifier: ThreadPoolVerifier,
+    failedLogins: FailedLogins,
+) -> ListenService:
+    """
+    The HTTP port of C{--http-port}: the management API and the health
+    checks (see L{qha.web}).
+    """
+    from .web.broker import ManagedBroker
+    from .web.site import managementSite
+
+    broker = ManagedBroker(
+        node=node,
+        factory=factory,
+        users=config["userDatabase"],
+        verifier=verifier,
+        clock=reactor,
+        failedLogins=failedLogins,
+        listeners=[
+            {"protocol": "amqp", "endpoint": config["port"]},
+            {"protocol": "clustering", "endpoint": config["ha-port"]},
+            {"protocol": "http", "endpoint": config["http-port"]},
+        ],
+        clusterName=config["ha-cluster-name"],
+        started=reactor.seconds(),
+    )
+    return ListenService(
+        serverFromString(reactor, config["http-port"]),
+        managementSite(broker),
+        config["http-port"],
+        "HTTP",
+    )
+
+
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """
     The broker's services for twistd: the AMQP listener, and the AMP port
@@ -937,6 +992,10 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         config["ha-port"],
         "AMP",
     ).setServiceParent(service)
+    if config["http-port"] != "none":
+        httpService(config, reactor, node, factory, passwords, failedLogins).setServiceParent(
+            service
+        )
     # Its threads start last: a port that cannot be had stops the start
     # (twistd exits 1) before any thread exists that would keep the process.
     passwords.setServiceParent(service)

@@ -261,8 +261,8 @@ class ServiceWiringTests(SynchronousTestCase):
         self.assertEqual(
             kinds,
             [DataDirectoryLock, FailedLogins]
-            + [ListenService, StoreService, HANode, ListenService, ThreadPoolVerifier]
-            + [ReloadOnSignal],
+            + [ListenService, StoreService, HANode, ListenService, ListenService]
+            + [ThreadPoolVerifier, ReloadOnSignal],
         )
         ports = {port: factory for port, factory, _, _ in reactor.tcpServers}
         self.assertIsInstance(ports[5999], BrokerFactory)
@@ -291,15 +291,48 @@ class ServiceWiringTests(SynchronousTestCase):
         self.assertEqual(
             kinds,
             [DataDirectoryLock, FailedLogins]
-            + [ClientPort, StoreService, HANode, ListenService, ThreadPoolVerifier]
-            + [ReloadOnSignal],
+            + [ClientPort, StoreService, HANode, ListenService, ListenService]
+            + [ThreadPoolVerifier, ReloadOnSignal],
         )
-        self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998])
+        self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998, 15672])
         node = self.children(service)[4]
         self.assertEqual(node.role.name, JOINING)
         self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients], [("127.0.0.1", 5998)])
         node.role.promote()
-        self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998, 5999])
+        self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998, 15672, 5999])
+
+    def test_httpPort(self) -> None:
+        """
+        The HTTP port (management API, health checks) listens on
+        C{--http-port}, by default 15672 on loopback; C{none} turns it off.
+        """
+        from twisted.web.server import Site
+
+        reactor, service = self.services("--port", "tcp:5999", "--ha-port", "tcp:5998")
+        ports = {port: (factory, interface) for port, factory, _, interface in reactor.tcpServers}
+        self.assertIsInstance(ports[15672][0], Site)
+        self.assertEqual(ports[15672][1], "127.0.0.1")
+        reactor, service = self.services(
+            "--port", "tcp:5999", "--ha-port", "tcp:5998", "--http-port", "tcp:8080"
+        )
+        self.assertIn(8080, [port for port, _, _, _ in reactor.tcpServers])
+        reactor, service = self.services(
+            "--port", "tcp:5999", "--ha-port", "tcp:5998", "--http-port", "none"
+        )
+        self.assertEqual(sorted(port for port, _, _, _ in reactor.tcpServers), [5998, 5999])
+
+    def test_badHTTPPort(self) -> None:
+        """
+        An C{--http-port} that is not an endpoint is a usage error naming it.
+        """
+        options = Options()
+        options.exitOnError = False
+        error = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--data-dir", self.mktemp(), "--http-port", "nonsense:1"],
+        )
+        self.assertIn("--http-port", str(error))
 
     def test_portInUse(self) -> None:
         """

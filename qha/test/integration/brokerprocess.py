@@ -216,6 +216,8 @@ class BrokerProcess:
         arguments = []
         if "ha-port" in names and not self._gives("--ha-port"):
             arguments += ["--ha-port", "tcp:0:interface=127.0.0.1"]
+        if "http-port" in names and not self._gives("--http-port"):
+            arguments += ["--http-port", "tcp:0:interface=127.0.0.1"]
         if "data-dir" in names and not self._gives("--data-dir"):
             self._dataDirectory = tempfile.mkdtemp(prefix="qha-e2e-")
             arguments += ["--data-dir", self._dataDirectory]

@@ -278,6 +278,9 @@ class ClusterBroker(BrokerProcess):
         @param dataDirectory: the data directory.
         @param arguments: every C{twistd qha} option besides C{--port}.
         """
+        if not any(a == "--http-port" or a.startswith("--http-port=") for a in arguments):
+            # Not the default 15672 that every broker would want.
+            arguments = [*arguments, "--http-port", f"tcp:0:interface={HOST}"]
         super().__init__(arguments)
         self.port = port
         self.ampPort = ampPort
@@ -457,6 +460,8 @@ class Cluster:
         else:
             self.credentials = Credentials.fromPassword(username, password or "")
         ports = [(freePort(), freePort()) for _ in range(size)]
+        # Every broker's HTTP port (the management API, the health checks).
+        self.httpPorts = [freePort() for _ in range(size)]
         addresses = ",".join(f"{HOST}:{ampPort}" for _, ampPort in ports)
         self.brokers: list[ClusterBroker] = []
         for index, (port, ampPort) in enumerate(ports):
@@ -469,6 +474,8 @@ class Cluster:
                 addresses,
                 "--ha-port",
                 f"tcp:{ampPort}:interface={HOST}",
+                "--http-port",
+                f"tcp:{self.httpPorts[index]}:interface={HOST}",
                 "--data-dir",
                 dataDirectory,
                 "--ha-heartbeat",
