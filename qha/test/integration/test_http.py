@@ -142,6 +142,9 @@ class StandaloneHTTPTests(SynchronousTestCase):
             raise SkipTest(
                 "rabbitmqadmin is not installed (Debian: apt-get install rabbitmq-server)"
             )
+        probe = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=TIMEOUT)
+        if probe.returncode != 0:
+            raise SkipTest(f"rabbitmqadmin does not run here: {probe.stderr.strip().splitlines()[-1:]}")
 
         def run(*arguments: str) -> str:
             done = subprocess.run(
