@@ -24,12 +24,13 @@ from ..broker.errors import (
     NotImplemented_,
     PreconditionFailed,
     AccessRefused,
+    ResourceLocked,
     UnexpectedFrame,
     SyntaxError,
 )
-from ..broker.exchange import Exchange
+from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message, TableTooLarge, checkProperties
-from ..broker.queue import Consumer, Entry, Queue
+from ..broker.queue import CLASSIC, QUEUE_TYPE, Consumer, Entry, Queue, checkDeclaration, queueType
 from ..broker.vhost import PublishRefused, serverQueueName
 from . import wire
 from .access import CONFIGURE, DEFAULT_EXCHANGE, IMPERSONATOR, READ, WRITE, accessRefused, userIdRefused
@@ -678,14 +679,21 @@ class Channel:
         self._reply(frame.nowait, wire.simple(self.number, 40, 31))
 
     def exchangeUnbind(self, frame: commands.Exchange.Unbind) -> None:
+        """
+        exchange.unbind; like RabbitMQ 3.10, unbinding is idempotent: a
+        binding, source or destination that is not there is unbind-ok.
+        """
         self._allow(WRITE, "exchange", _str(frame.destination))
         self._allow(READ, "exchange", _str(frame.source))
-        self.vhost.unbindExchange(
-            _str(frame.destination),
-            _str(frame.source),
-            _str(frame.routing_key),
-            frame.arguments or {},
-        )
+        try:
+            self.vhost.unbindExchange(
+                _str(frame.destination),
+                _str(frame.source),
+                _str(frame.routing_key),
+                frame.arguments or {},
+            )
+        except NotFound:
+            pass
         self._reply(frame.nowait, wire.simple(self.number, 40, 51))
 
     def queueDeclare(self, frame: commands.Queue.Declare) -> None:
@@ -701,6 +709,7 @@ class Channel:
             if deadLetters is not None and name not in self.vhost.queues:
                 self._allow(READ, "queue", name)
                 self._allow(WRITE, "exchange", _str(deadLetters))
+            self._checkQueueType(name, frame, generated)
         queue = self.vhost.declareQueue(
             name,
             generated=generated,
@@ -719,6 +728,36 @@ class Channel:
             ),
         )
 
+    def _checkQueueType(self, name: str, frame: commands.Queue.Declare, generated: bool) -> None:
+        """
+        RabbitMQ's rules for C{x-queue-type}, C{x-queue-mode} and
+        C{x-single-active-consumer} (see L{checkDeclaration}) for a new
+        queue. For an existing one, a classic queue is equivalent whether
+        or not either declaration names the type C{classic}, as in
+        RabbitMQ, where that is the default type.
+        """
+        arguments = frame.arguments or {}
+        existing = self.vhost.queues.get(name)
+        if existing is None:
+            checkDeclaration(
+                name,
+                self.vhost.name,
+                bool(frame.durable),
+                bool(frame.exclusive),
+                bool(frame.auto_delete),
+                arguments,
+                serverNamed=generated,
+            )
+            return
+        received, current = QUEUE_TYPE in arguments, QUEUE_TYPE in existing.arguments
+        if received != current and queueType(arguments) == queueType(existing.arguments) == CLASSIC:
+            arguments = dict(arguments)
+            if current:
+                arguments[QUEUE_TYPE] = existing.arguments[QUEUE_TYPE]
+            else:
+                del arguments[QUEUE_TYPE]
+            frame.arguments = arguments
+
     def queueBind(self, frame: commands.Queue.Bind) -> None:
         name = self._queueName(_str(frame.queue))
         self._allow(WRITE, "queue", name)
@@ -733,16 +772,32 @@ class Channel:
         self._reply(frame.nowait, wire.simple(self.number, 50, 21))
 
     def queueUnbind(self, frame: commands.Queue.Unbind) -> None:
+        """
+        queue.unbind. Like RabbitMQ 3.10, unbinding is idempotent: a
+        binding, queue or exchange that is not there is unbind-ok (clients
+        unbind in their clean-up, after the queue may be gone); another
+        connection's exclusive queue is refused only when the binding is
+        there to remove.
+        """
         name = self._queueName(_str(frame.queue))
+        exchangeName = _str(frame.exchange)
+        routingKey = _str(frame.routing_key)
+        arguments = frame.arguments or {}
         self._allow(WRITE, "queue", name)
-        self._allow(READ, "exchange", _str(frame.exchange))
-        self.vhost.unbindQueue(
-            name,
-            _str(frame.exchange),
-            _str(frame.routing_key),
-            frame.arguments or {},
-            owner=self.connection,
-        )
+        self._allow(READ, "exchange", exchangeName)
+        try:
+            self.vhost.unbindQueue(
+                name, exchangeName, routingKey, arguments, owner=self.connection
+            )
+        except NotFound:
+            pass
+        except ResourceLocked:
+            exchange = self.vhost.exchanges.get(exchangeName)
+            queue = self.vhost.queues[name]
+            if exchange is not None and (
+                Binding(exchange, queue, routingKey, arguments).key in exchange.bindings
+            ):
+                raise
         self.connection.write(wire.simple(self.number, 50, 51))
 
     def queuePurge(self, frame: commands.Queue.Purge) -> None:

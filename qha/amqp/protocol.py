@@ -212,6 +212,9 @@ class AMQPServer(Protocol):
         self._released = False
         self._loginRefusal: Any = None
         self._counted = False
+        # The method (class << 16 | method) whose connection error closes
+        # the connection; 0 for errors that no method caused.
+        self._failedMethod = 0
         self.peer = "?"
 
     # Connection lifetime
@@ -400,7 +403,9 @@ class AMQPServer(Protocol):
                 if self.state is AUTHENTICATING:
                     break
         except ConnectionError as error:
-            self.connectionError(error, malformed=isinstance(error, FrameError))
+            self.connectionError(
+                error, malformed=isinstance(error, FrameError), index=self._failedMethod
+            )
             return
         except ChannelError as error:
             # Raised outside a channel call: treat as fatal for the connection.
@@ -452,17 +457,27 @@ class AMQPServer(Protocol):
             channel = self.channels.get(number)
             if channel is not None and not channel.closing:
                 if index == PUBLISH:
-                    self._publish(channel, data, start + 4, end, number)
+                    try:
+                        self._publish(channel, data, start + 4, end, number)
+                    except ConnectionError:
+                        self._failedMethod = index
+                        raise
                     return
                 if index == ACK and end - start == 13 and not channel.expectingContent:
                     deliveryTag, flags = _unpackAck(data, start + 4)
                     self._channelCall(number, index, channel.ack, deliveryTag, bool(flags & 1))
                     return
-        frame = self._decode(index, data[start + 4 : end], number)
-        if number == 0:
-            self._connectionMethod(frame, index)
-        else:
-            self._channelMethod(number, frame, index)
+        try:
+            frame = self._decode(index, data[start + 4 : end], number)
+            if number == 0:
+                self._connectionMethod(frame, index)
+            else:
+                self._channelMethod(number, frame, index)
+        except ConnectionError:
+            # The connection.close names the method that failed, as the
+            # specification and RabbitMQ have it.
+            self._failedMethod = index
+            raise
 
     def _decode(self, index: int, payload: bytes, number: int) -> Any:
         cls = commands.INDEX_MAPPING.get(index)
@@ -539,7 +554,9 @@ class AMQPServer(Protocol):
             raise ChannelStateError(f"content header frame on channel {number} that is not open")
         if channel.closing:
             return
-        self._channelCall(number, 0, channel.contentHeader, payload)
+        # A refused message closes its channel naming basic.publish, as in
+        # RabbitMQ.
+        self._channelCall(number, PUBLISH, channel.contentHeader, payload)
         if self.factory.vhost.resources.blocked and channel.holdsContent:
             self._pausedForMemory = True
 
@@ -551,7 +568,7 @@ class AMQPServer(Protocol):
             raise ChannelStateError(f"content body frame on channel {number} that is not open")
         if channel.closing:
             return
-        self._channelCall(number, 0, channel.contentBody, payload)
+        self._channelCall(number, PUBLISH, channel.contentBody, payload)
         if self.factory.vhost.resources.blocked and channel.holdsContent:
             # Content held while memory is high (an unfinished body counts
             # against the watermark): read no more from this publisher.
@@ -585,6 +602,8 @@ class AMQPServer(Protocol):
             frame, (commands.Connection.Blocked, commands.Connection.Unblocked)
         ):
             return
+        elif self.state is OPEN and isinstance(frame, commands.Connection.UpdateSecret):
+            self._updateSecret(frame)
         else:
             raise CommandInvalid(
                 f"{frame.name} is not expected on channel 0 while {self.state}"
@@ -734,7 +753,8 @@ class AMQPServer(Protocol):
         if self.state is not AUTHENTICATING:
             return
         self._pending = b""
-        self.write(wire.connectionClose(error.replyCode, error.replyText, 0, 0))
+        # Connection.StartOk (10, 11) is the method refused, as in RabbitMQ.
+        self.write(wire.connectionClose(error.replyCode, error.replyText, 10, 11))
         self.state = CLOSING
         self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -810,6 +830,28 @@ class AMQPServer(Protocol):
         if self.vhost.resources.blocked:
             self.memoryAlarm(True)
 
+    def _updateSecret(self, frame: commands.Connection.UpdateSecret) -> None:
+        """
+        connection.update-secret, which clients send to renew an expiring
+        credential (an OAuth 2 token) on an open connection.
+
+        Like RabbitMQ 3.10, whose internal (password) backend keeps no
+        state that can expire and so accepts any new secret
+        (C{rabbit_access_control:update_state}), qha's password users have
+        nothing to renew: the secret is accepted and answered with
+        update-secret-ok, and the connection stays logged in as its user.
+        """
+        reason = frame.reason
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        self.log.info(
+            "{peer}: user '{user}' updated secret, reason: {reason}",
+            peer=self.peer,
+            user=self.user,
+            reason=reason,
+        )
+        self.write(wire.simple(0, 10, 71))
+
     # Channels
 
     def _channelMethod(self, number: int, frame: Any, index: int) -> None:
@@ -824,6 +866,19 @@ class AMQPServer(Protocol):
             if channel is not None or number in self.closingChannels:
                 raise ChannelStateError(f"second 'channel.open' seen on channel {number}")
             if number > self.channelMax:
+                opened = len(self.channels) + len(self.closingChannels)
+                if opened >= self.channelMax:
+                    # RabbitMQ's words, and like RabbitMQ no method ids:
+                    # the limit, not channel.open, is what failed.
+                    self.connectionError(
+                        NotAllowed(
+                            f"number of channels opened ({opened}) has"
+                            f" reached the negotiated channel_max ({self.channelMax})"
+                        )
+                    )
+                    return
+                # RabbitMQ counts channels only; the specification makes
+                # channel_max the highest channel number, as here.
                 raise NotAllowed(
                     f"channel {number} is above the negotiated channel_max"
                     f" {self.channelMax}"

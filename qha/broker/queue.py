@@ -13,6 +13,12 @@ The policies (see L{qha.broker.policy}) are priority levels with fairshare,
 a length limit in messages or bytes that drops the oldest (lowest priority
 first) or refuses the publish, last-value replacement, message TTL, queue
 expiry and dead-lettering. A queue with none of them takes a fast path.
+
+RabbitMQ's queue arguments that are not policies are checked here too
+(L{checkDeclaration}): C{x-queue-type} (classic, or quorum: a durable queue
+that a cluster replicates in full), C{x-queue-mode} and
+C{x-single-active-consumer}, with which only the oldest consumer of the
+queue gets messages.
 """
 
 from __future__ import annotations
@@ -25,12 +31,104 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from .errors import PreconditionFailed
+from .errors import NotImplemented_, PreconditionFailed
 from .message import Message
 from .policy import DROP_HEAD, REJECT_PUBLISH_DLX, QueuePolicy, parsePolicy
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
+
+
+QUEUE_TYPE = "x-queue-type"
+CLASSIC = "classic"
+QUORUM = "quorum"
+SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
+QUEUE_MODES = ("default", "lazy")
+
+_AMQP_TYPES = {
+    str: "longstr",
+    bytes: "longstr",
+    int: "long",
+    float: "double",
+    dict: "table",
+    list: "array",
+    type(None): "void",
+}
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
+def queueType(arguments: dict[str, Any]) -> str:
+    """
+    The RabbitMQ queue type that C{arguments} ask for: their
+    C{x-queue-type}, C{classic} if none.
+    """
+    return str(_text(arguments.get(QUEUE_TYPE, CLASSIC)))
+
+
+def checkDeclaration(
+    name: str,
+    vhostName: str,
+    durable: bool,
+    exclusive: bool,
+    autoDelete: bool,
+    arguments: dict[str, Any],
+    serverNamed: bool = False,
+) -> None:
+    """
+    Check the declaration of a new queue against RabbitMQ 3.10's rules for
+    C{x-queue-type}, C{x-queue-mode} and C{x-single-active-consumer}, with
+    RabbitMQ's codes and texts (clients match on them).
+
+    A quorum queue is accepted as a durable queue that is not exclusive,
+    not auto-delete and not server-named, which a cluster replicates as
+    C{qpid.replicate=all}; a stream is refused, as qha has none.
+
+    @raise PreconditionFailed: for an invalid argument or a quorum queue
+        that breaks a rule (406).
+    @raise NotImplemented_: for a stream (540).
+    """
+    where = f"for queue '{name}' in vhost '{vhostName}'"
+    kind = queueType(arguments)
+    if kind not in (CLASSIC, QUORUM, "stream"):
+        raise PreconditionFailed(
+            f"invalid arg '{QUEUE_TYPE}' {where}: \"unsupported queue type '{kind}'\""
+        )
+    mode = _text(arguments.get("x-queue-mode", "default"))
+    if mode not in QUEUE_MODES:
+        raise PreconditionFailed(
+            f"invalid arg 'x-queue-mode' {where}: \"unsupported queue mode '{mode}'\""
+        )
+    single = arguments.get(SINGLE_ACTIVE_CONSUMER, False)
+    if not isinstance(single, bool):
+        typeName = _AMQP_TYPES.get(type(single), type(single).__name__)
+        raise PreconditionFailed(
+            f"invalid arg '{SINGLE_ACTIVE_CONSUMER}' {where}: {{unacceptable_type,{typeName}}}"
+        )
+    if kind == "stream":
+        raise NotImplemented_(
+            f"queue '{name}' in vhost '{vhostName}': x-queue-type 'stream' is not"
+            " supported; qha has no streams (declare a classic or a quorum queue)"
+        )
+    if kind == QUORUM:
+        if serverNamed:
+            raise PreconditionFailed(
+                "Cannot declare a server-named queue for type rabbit_quorum_queue"
+            )
+        for broken, property in [
+            (autoDelete, "auto-delete"),
+            (exclusive, "exclusive-owner"),
+            (not durable, "non-durable"),
+        ]:
+            if broken:
+                raise PreconditionFailed(
+                    f"invalid property '{property}' for queue '{name}' in vhost"
+                    f" '{vhostName}'"
+                )
 
 
 class DeliveryTarget(Protocol):
@@ -184,6 +282,9 @@ class Queue:
         self.arguments = arguments or {}
         self.owner = owner
         self.policy = policy if policy is not None else parsePolicy(self.arguments, name)
+        # Only the oldest consumer gets messages (x-single-active-consumer):
+        # the consumers are never rotated, so that one is consumers[0].
+        self.singleActive = self.arguments.get(SINGLE_ACTIVE_CONSUMER) is True
         self.plain = self.policy.plain
         self._limited = self.policy.limited
         # No level above this one has entries (a priority queue starts
@@ -552,10 +653,12 @@ class Queue:
         try:
             consumers = self.consumers
             held = self.held
+            single = self.singleActive
             while consumers and self._hasReady():
-                for _ in range(len(consumers)):
+                for _ in range(1 if single else len(consumers)):
                     consumer = consumers[0]
-                    consumers.rotate(-1)
+                    if not single:
+                        consumers.rotate(-1)
                     if consumer.target.canDeliver(consumer):
                         entry = self._take()
                         if entry is None:
@@ -963,14 +1066,19 @@ class Queue:
         """
         Unsubscribe C{consumer}; an auto-delete queue goes with its last one.
         """
+        consumers = self.consumers
+        active = self.singleActive and consumers and consumers[0] is consumer
         try:
-            self.consumers.remove(consumer)
+            consumers.remove(consumer)
         except ValueError:
             return
-        if self.autoDelete and not self.consumers and not self.deleted:
+        if self.autoDelete and not consumers and not self.deleted:
             self.vhost.deleteQueue(self.name, owner=self.owner)
-        elif not self.consumers:
+        elif not consumers:
             self.touch()
+        elif active:
+            # The next oldest consumer takes over, as in RabbitMQ.
+            self.dispatch()
 
     def hasExclusiveConsumer(self) -> bool:
         """

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from ..amqp.holders import Completion, IConfirmHolder, IReplicationPacer
 from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message
-from ..broker.queue import Entry, Queue
+from ..broker.queue import QUORUM, Entry, Queue, queueType
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from ..changes import events as ev
 from .commands import BadHoldings, Events, Heartbeat, eventsArguments
@@ -89,6 +89,9 @@ def replicateLevel(obj: Queue | Exchange, default: str) -> str:
         return NONE
     if isinstance(obj, Queue) and obj.exclusive:
         return NONE
+    if isinstance(obj, Queue) and queueType(obj.arguments) == QUORUM:
+        # A RabbitMQ quorum queue is replicated in full unless it says otherwise.
+        default = ALL
     value = obj.arguments.get(REPLICATE_ARGUMENT, default)
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8", "replace")
