@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
 import pika
@@ -29,7 +30,7 @@ class VhostFailoverTests(FailoverTestCase):
         C{a} (cheap hash: the test's time goes to processes).
         """
         directory = tempfile.mkdtemp(prefix="qha-vhosts-")
-        self.addCleanup(lambda: [os.remove(os.path.join(directory, "users")), os.rmdir(directory)])
+        self.addCleanup(shutil.rmtree, directory, True)
         path = os.path.join(directory, "users")
         with open(path, "w", encoding="utf-8") as f:
             f.write(
