@@ -22,6 +22,7 @@ from .amqp.limits import DEFAULT_MAX_HEADER_FIELDS, ConnectionLimits
 from .amqp.protocol import BrokerFactory
 from .amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier, UserDatabase
 from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
+from .broker.vhosts import VirtualHosts
 from .datadir import SECRET_NAME, SecretFileError, claimOrExit, readOrCreateSecret
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
 from .tls import MutualTLS, amqpServerEndpoint
@@ -961,7 +962,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         etcd=etcd,
     )
     if not cluster:
-        for queue in list(vhost.queues.values()):
+        for queue in [q for each in VirtualHosts.of(vhost) for q in each.queues.values()]:
             queue.promoted(store.epoch)
         store.positionSource = lambda: (node.epoch, node.position)
     StoreService(store).setServiceParent(service)

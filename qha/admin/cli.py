@@ -71,6 +71,9 @@ from .commands import (
     Query,
     Refused,
     Replicate,
+    VhostAdd,
+    VhostDelete,
+    VhostList,
 )
 
 __all__ = [
@@ -417,6 +420,19 @@ def buildParser() -> argparse.ArgumentParser:
         help="a broker's --data-dir (repeatable, one per broker)",
     )
 
+    vhost = command("vhost", "add, delete or list virtual hosts")
+    vhostActions = vhost.add_subparsers(dest="action", metavar="ACTION", required=True)
+    vhostActions.add_parser(
+        "add", help="vhost add NAME: add a virtual host", parents=[common]
+    ).add_argument("name", metavar="NAME")
+    vhostActions.add_parser(
+        "del",
+        help="vhost del NAME: delete a virtual host, its queues and exchanges,"
+        " and close its connections",
+        parents=[common],
+    ).add_argument("name", metavar="NAME")
+    vhostActions.add_parser("list", help="the virtual hosts and their counts", parents=[common])
+
     delete = command("del", "delete a queue or an exchange")
     deleteKinds = delete.add_subparsers(dest="kind", metavar="KIND", required=True)
     for kind in ("queue", "exchange"):
@@ -575,6 +591,19 @@ def formatExchanges(exchanges: Sequence[dict[str, Any]]) -> str:
                 x["replicate"],
             ]
             for x in sorted(exchanges, key=lambda x: x["name"])
+        ],
+    )
+
+
+def formatVhosts(vhosts: Sequence[dict[str, Any]]) -> str:
+    """
+    The C{vhost list} table, sorted by name.
+    """
+    return formatTable(
+        ["vhost", "queues", "exchanges", "messages"],
+        [
+            [v["name"], v["queues"], v["exchanges"], v["messages"]]
+            for v in sorted(vhosts, key=lambda v: v["name"])
         ],
     )
 
@@ -1199,6 +1228,31 @@ async def delete(session: Session) -> int:
     return 0
 
 
+async def vhost(session: Session) -> int:
+    """
+    C{vhost add NAME}, C{vhost del NAME} or C{vhost list}.
+    """
+    arguments = session.arguments
+    if arguments.action == "list":
+        answer = await session.call(session.address, VhostList)
+        vhosts = json.loads(answer["vhosts"])
+        if arguments.json:
+            session.writeJSON(vhosts)
+        else:
+            session.write(formatVhosts(vhosts))
+        return 0
+    adding = arguments.action == "add"
+    await session.call(session.address, VhostAdd if adding else VhostDelete, name=arguments.name)
+    if arguments.json:
+        session.writeJSON(
+            {"broker": session.address, "vhost": arguments.name,
+             "added" if adding else "deleted": True}
+        )
+    else:
+        session.write(f"vhost {arguments.name!r} {'added' if adding else 'deleted'}\n")
+    return 0
+
+
 def _readStore(directory: str) -> dict[str, Any]:
     """
     What the store in C{directory} (a broker's C{--data-dir}, or its journal
@@ -1295,6 +1349,7 @@ COMMANDS: dict[str, Command] = {
     "bindings": _lister("bindings", formatBindings),
     "add": add,
     "del": delete,
+    "vhost": vhost,
     "store-info": storeInfo,
 }
 """

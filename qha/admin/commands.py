@@ -22,6 +22,9 @@ __all__ = [
     "Query",
     "Refused",
     "Replicate",
+    "VhostAdd",
+    "VhostDelete",
+    "VhostList",
 ]
 
 
@@ -91,5 +94,36 @@ class DeleteObject(amp.Command):
     """
 
     arguments = [(b"kind", amp.Unicode()), (b"name", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class VhostList(amp.Command):
+    """
+    The broker's virtual hosts with their counts, as JSON.
+    """
+
+    arguments = list[tuple[bytes, amp.Argument]]()
+    response = [(b"vhosts", ChunkedBytes())]
+    errors = ERRORS
+
+
+class VhostAdd(amp.Command):
+    """
+    Add a virtual host.
+    """
+
+    arguments = [(b"name", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class VhostDelete(amp.Command):
+    """
+    Delete a virtual host with its queues and exchanges, closing its
+    connections.
+    """
+
+    arguments = [(b"name", amp.Unicode())]
     response = list[tuple[bytes, amp.Argument]]()
     errors = ERRORS

@@ -15,11 +15,24 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from ..broker.errors import AMQPError
 from ..broker.vhost import VirtualHost
+from ..broker.vhosts import VirtualHosts
 from ..ha.auth import ADMIN
 from ..ha.commands import Refused
 from ..ha.connection import Session
-from .commands import AddObject, DeleteObject, ListObjects, Ping, Promote, Query, Replicate
+from .commands import (
+    AddObject,
+    DeleteObject,
+    ListObjects,
+    Ping,
+    Promote,
+    Query,
+    Replicate,
+    VhostAdd,
+    VhostDelete,
+    VhostList,
+)
 from .objects import addObject, deleteObject, listObjects
 
 
@@ -154,6 +167,55 @@ class AdminLocator(amp.CommandLocator):
         self._mayChange("delete queues and exchanges")
         self._logAction("del", f"{kind} {name!r}")
         deleteObject(self.node.vhost, kind, name)
+        return {}
+
+    @VhostList.responder
+    def vhostList(self) -> dict[str, Any]:
+        """
+        The virtual hosts, each with its queue, exchange and message counts,
+        as JSON.
+        """
+        self.session.check(ADMIN)
+        self.node.applyPending()
+        vhosts = [
+            {
+                "name": vhost.name,
+                "queues": len(vhost.queues),
+                "exchanges": len(vhost.exchanges),
+                "messages": sum(queue.messageCount for queue in vhost.queues.values()),
+            }
+            for vhost in sorted(VirtualHosts.of(self.node.vhost), key=lambda v: v.name)
+        ]
+        return {"vhosts": json.dumps(vhosts).encode("utf-8")}
+
+    @VhostAdd.responder
+    def vhostAdd(self, name: str) -> dict[str, Any]:
+        """
+        Add a virtual host, on the primary (or a standalone broker): the
+        backups and the store hear of it through the event stream.
+        """
+        self.session.check(ADMIN)
+        self._mayChange("add vhosts")
+        self._logAction("vhost add", repr(name))
+        try:
+            VirtualHosts.of(self.node.vhost).add(name)
+        except AMQPError as error:
+            raise Refused(error.replyText) from None
+        return {}
+
+    @VhostDelete.responder
+    def vhostDelete(self, name: str) -> dict[str, Any]:
+        """
+        Delete a virtual host with all in it, on the primary (or a
+        standalone broker); its connections are closed.
+        """
+        self.session.check(ADMIN)
+        self._mayChange("delete vhosts")
+        self._logAction("vhost del", repr(name))
+        try:
+            VirtualHosts.of(self.node.vhost).delete(name)
+        except AMQPError as error:
+            raise Refused(error.replyText) from None
         return {}
 
     def _logAction(self, action: str, what: str) -> None:

@@ -40,6 +40,7 @@ from ..broker.errors import (
 )
 from ..broker.message import checkNesting
 from ..broker.vhost import VirtualHost
+from ..broker.vhosts import VirtualHosts
 from . import wire
 from .access import vhostRefused
 from .channel import Channel
@@ -146,6 +147,29 @@ class BrokerFactory(ServerFactory):
         # Users who may not log in over AMQP (the brokers' own HA user).
         self.refusedUsers: set[str] = set()
         vhost.resources.listeners.append(self._memoryAlarm)
+        # The broker's virtual hosts: connection.open picks one by name.
+        self.vhosts = VirtualHosts.of(vhost)
+        self.vhosts.observers.append(self)
+
+    def vhostAdded(self, vhost: VirtualHost) -> None:
+        """
+        A virtual host was added: clients may open it.
+        """
+
+    def vhostDeleted(self, vhost: VirtualHost) -> None:
+        """
+        A virtual host was deleted: its connections are closed with 320
+        CONNECTION_FORCED, as RabbitMQ closes them.
+        """
+        closing = [c for c in self.connections if c.vhost is vhost]
+        if closing:
+            self.log.info(
+                "closing {count} connections of vhost {vhost!r}: it is deleted",
+                count=len(closing),
+                vhost=vhost.name,
+            )
+        for connection in closing:
+            connection.connectionError(ConnectionForcedRefusal(f"vhost '{vhost.name}' is deleted"))
 
     def buildProtocol(self, addr: IAddress | None) -> "AMQPServer":  # type: ignore[override]
         protocol = AMQPServer(self)
@@ -357,7 +381,7 @@ class AMQPServer(Protocol):
         size = len(data)
         frameLimit = self.frameMax
         pacer = self.factory.pacer
-        vhost = self.factory.vhost
+        vhost = self.vhost
         # Replicating, the messages of this read reach their consumers only
         # once their box has gone to the backups (see the finally clause).
         batching = pacer is not None and pacer.sources and vhost.undispatched is None
@@ -814,10 +838,13 @@ class AMQPServer(Protocol):
         vhost = frame.virtual_host
         if isinstance(vhost, bytes):
             vhost = vhost.decode("utf-8", "replace")
-        if vhost != self.vhost.name:
-            raise NotAllowed(f"vhost '{vhost}' not found; this broker has vhost '{self.vhost.name}'")
+        found = self.factory.vhosts.get(vhost)
+        if found is None:
+            # RabbitMQ: 530 NOT_ALLOWED "vhost x not found" (rabbit_reader).
+            raise NotAllowed(f"vhost '{vhost}' not found")
         if self.factory.users.permissions(self.user, vhost) is None:
             raise vhostRefused(vhost, self.user)
+        self.vhost = found
         if not self.factory.acceptingClients:
             raise ConnectionForcedRefusal(self.factory.refusalText)
         self.factory.limits.open(self.user or "")

@@ -247,7 +247,10 @@ class VirtualHost:
         """
         self.name = name
         self.clock: IReactorTime = clock if clock is not None else Clock()
-        self.replica = False
+        self._replica = False
+        # The broker's virtual hosts this one is one of (a
+        # qha.broker.vhosts.VirtualHosts), once there is one.
+        self.registry: Any = None
         self.defaultReplicate = "none"
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
@@ -271,6 +274,23 @@ class VirtualHost:
                 exchangeName, durable=True
             )
         self.defaultExchange = self.exchanges[""]
+
+    @property
+    def replica(self) -> bool:
+        """
+        Whether this virtual host is a copy of a primary's (a backup's, or
+        one being replayed from the store): its queues run no timers or
+        policies of their own. The broker's other virtual hosts follow its
+        default one.
+        """
+        registry = self.registry
+        if registry is not None and registry.default is not self:
+            return bool(registry.default._replica)
+        return self._replica
+
+    @replica.setter
+    def replica(self, value: bool) -> None:
+        self._replica = value
 
     def _where(self) -> str:
         return f"in vhost '{self.name}'"

@@ -11,6 +11,13 @@ An L{ENQUEUED} event's flags byte says whether the entry was redelivered
 waiting takes a message at once, and one event then stands for two. It
 decodes to the type, queue, id, redelivered, addressing, header, body,
 deadline and acquired.
+
+Virtual hosts: a box (or a journal record) starts in the default virtual
+host, C{/}; a L{VHOST} event says that the events after it, up to the next
+one or the end of the box, are of the virtual host it names. A stream of a
+broker with one virtual host never carries one, so that journals written
+before there were several read as they always did. L{VHOST_ADDED} and
+L{VHOST_DELETED} add and delete one (with everything in it).
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ RELEASED = b"L"
 # order, so one event stands for many.
 DEQUEUED_RANGE = b"d"
 ACQUIRED_RANGE = b"a"
+# Virtual hosts: the scope of the events that follow, one added, one deleted
+VHOST = b"V"
+VHOST_ADDED = b"H"
+VHOST_DELETED = b"h"
+DEFAULT_VHOST = "/"
 # Stream control
 SNAPSHOT = b"S"
 CAUGHT_UP = b"R"
@@ -68,6 +80,8 @@ class EventWriter:
         self.held: Any = None
         self._heldQueue: Any = None
         self._heldAcquired = False
+        # The virtual host the events written now are of (see scope).
+        self.vhost = DEFAULT_VHOST
 
     def __len__(self) -> int:
         return self.count
@@ -88,6 +102,33 @@ class EventWriter:
         else:
             data = _RANGES[kind] + _H.pack(len(raw)) + raw + _q.pack(first) + _q.pack(last)
         self.parts.append(data)
+
+    def scope(self, vhost: str) -> None:
+        """
+        The events written from now on are of virtual host C{vhost}: a
+        L{VHOST} event, if that is not the one they are of already. It is
+        no event of its own (it does not count, and leaves the box
+        transient).
+        """
+        if vhost != self.vhost:
+            self.vhost = vhost
+            raw = vhost.encode("utf-8")
+            self._add(VHOST + _H.pack(len(raw)) + raw)
+
+    def vhostAdded(self, vhost: str) -> None:
+        """
+        A L{VHOST_ADDED} event.
+        """
+        self.event(VHOST_ADDED, vhost)
+
+    def vhostDeleted(self, vhost: str) -> None:
+        """
+        A L{VHOST_DELETED} event; if the events were of C{vhost}, they are
+        of the default virtual host after it (as a reader takes them).
+        """
+        self.event(VHOST_DELETED, vhost)
+        if self.vhost == vhost:
+            self.vhost = DEFAULT_VHOST
 
     def event(self, kind: bytes, *fields: Any) -> None:
         """
@@ -293,6 +334,7 @@ class EventWriter:
         self.parts = []
         self.count = 0
         self.transient = True
+        self.vhost = DEFAULT_VHOST
         return data
 
 
@@ -311,6 +353,9 @@ LAYOUTS: dict[bytes, str] = {
     RELEASED: "si",
     DEQUEUED_RANGE: "sii",
     ACQUIRED_RANGE: "sii",
+    VHOST: "s",
+    VHOST_ADDED: "s",
+    VHOST_DELETED: "s",
     SNAPSHOT: "b",
     CAUGHT_UP: "",
     MEMBERS: "b",
@@ -331,6 +376,9 @@ EVENT_NAMES: dict[bytes, str] = {
     RELEASED: "released",
     DEQUEUED_RANGE: "dequeued-range",
     ACQUIRED_RANGE: "acquired-range",
+    VHOST: "vhost",
+    VHOST_ADDED: "vhost-added",
+    VHOST_DELETED: "vhost-deleted",
     SNAPSHOT: "snapshot",
     CAUGHT_UP: "caught-up",
     MEMBERS: "members",
@@ -345,6 +393,9 @@ FIELD_NAMES: dict[bytes, tuple[str, ...]] = {
     PURGED: ("queue",),
     DEQUEUED_RANGE: ("queue", "first id", "last id"),
     ACQUIRED_RANGE: ("queue", "first id", "last id"),
+    VHOST: ("vhost",),
+    VHOST_ADDED: ("vhost",),
+    VHOST_DELETED: ("vhost",),
     SNAPSHOT: ("state",),
     CAUGHT_UP: (),
     MEMBERS: ("members",),
@@ -361,6 +412,20 @@ _ENQUEUED_FLAGS = 3
 
 
 _ENTRY_EVENTS = frozenset((ENQUEUED, DEQUEUED, ACQUIRED, RELEASED))
+_VHOST_EVENTS = frozenset((VHOST, VHOST_ADDED, VHOST_DELETED))
+
+
+def vhostNameProblem(name: str) -> str | None:
+    """
+    What is wrong with C{name} as the name of a virtual host in an event
+    (empty, or with a control character; its length is checked as every
+    name's is), or L{None}.
+    """
+    if not name:
+        return "the vhost has no name"
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        return f"vhost name {name[:64]!r} contains a control character"
+    return None
 _RANGES = {DEQUEUED: DEQUEUED_RANGE, ACQUIRED: ACQUIRED_RANGE}
 
 
@@ -507,6 +572,10 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                 raise _malformed(kind, start, f"destination kind {fields[2]!r} is neither b'q' nor b'x'")
             elif kind == QUEUE_DECLARED and not fields[1]:
                 raise _malformed(kind, start, "the queue has no name")
+            elif kind in _VHOST_EVENTS:
+                problem = vhostNameProblem(fields[1])
+                if problem is not None:
+                    raise _malformed(kind, start, problem)
             yield tuple(fields)
     except MalformedEvents:
         raise

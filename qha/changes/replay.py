@@ -16,26 +16,49 @@ from ..broker.exchange import exchangeType
 from ..broker.message import Message
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
+from ..broker.vhosts import VirtualHosts
 from . import events as ev
 
 
-def holdingsOf(vhost: VirtualHost) -> dict[str, Any]:
+def holdingsOf(vhost: VirtualHost, everyVhost: bool = True) -> dict[str, Any]:
     """
     What the backup holds, for the primary to send only what it lacks: per
     queue its uuid and its entry ids as ranges.
+
+    @param everyVhost: also (by default) the queues of the broker's other virtual hosts
+        (C{vhost} is its default one). Those are keyed by their uuid, not
+        their name, so that the holdings keep the shape they always had;
+        the primary looks a queue of another vhost up by its uuid (see
+        L{heldKey}), and checks the uuid of whatever it finds.
     """
     holdings: dict[str, Any] = {}
-    for queue in vhost.queues.values():
-        ranges: list[list[int]] = []
-        for id in queue.ids():
-            if ranges and ranges[-1][1] == id - 1:
-                ranges[-1][1] = id
-            else:
-                ranges.append([id, id])
-        holdings[queue.name] = {"uuid": queue.uuid, "ids": ranges}
+    hosts = list(VirtualHosts.of(vhost)) if everyVhost else [vhost]
+    for each in hosts:
+        for queue in each.queues.values():
+            ranges: list[list[int]] = []
+            for id in queue.ids():
+                if ranges and ranges[-1][1] == id - 1:
+                    ranges[-1][1] = id
+                else:
+                    ranges.append([id, id])
+            key = queue.name if each is vhost else queue.uuid
+            holdings[key] = {"uuid": queue.uuid, "ids": ranges}
     return holdings
 
 
+def heldKey(queue: Queue) -> str:
+    """
+    The key of C{queue} in holdings (see L{holdingsOf}): its name in the
+    default virtual host, its uuid in another.
+    """
+    vhost = queue.vhost
+    if vhost.registry is None or vhost.registry.default is vhost:
+        return queue.name
+    return queue.uuid
+
+
+# The most virtual hosts a snapshot may list.
+MAX_VHOSTS = 1 << 16
 # The most backups a members event may list, and the longest id, address
 # or role it may give one.
 MAX_MEMBERS = 1024
@@ -86,6 +109,13 @@ def parseSnapshot(data: bytes) -> tuple[dict[str, str], set[str]]:
 
     if not isinstance(present, dict):
         raise wrong(f"a JSON {type(present).__name__}, not an object")
+    vhosts = present.get("vhosts")
+    if vhosts is not None:
+        if not isinstance(vhosts, list) or len(vhosts) > MAX_VHOSTS:
+            raise wrong(f"'vhosts' is not a list of at most {MAX_VHOSTS} vhost names")
+        for name in vhosts:
+            if not _name(name) or ev.vhostNameProblem(name) is not None:
+                raise wrong(f"vhost {str(name)[:64]!r} is not a vhost name")
     queues = present.get("queues")
     if not isinstance(queues, dict):
         raise wrong("'queues' is not an object of queue names to uuids")
@@ -99,6 +129,17 @@ def parseSnapshot(data: bytes) -> tuple[dict[str, str], set[str]]:
         if not _name(name):
             raise wrong(f"exchange {str(name)[:64]!r} is not a name")
     return queues, set(exchanges)
+
+
+def snapshotVhosts(data: bytes) -> list[str] | None:
+    """
+    The virtual hosts a snapshot (of the default vhost) says the primary
+    has, or L{None} if it does not say (a primary with one; a snapshot of
+    another vhost). Call after L{parseSnapshot} checked it.
+    """
+    present = _loads(ev.SNAPSHOT, data)
+    vhosts = present.get("vhosts")
+    return list(vhosts) if vhosts is not None else None
 
 
 def parseMembers(data: bytes) -> list[dict[str, str]]:
@@ -134,14 +175,23 @@ def parseMembers(data: bytes) -> list[dict[str, str]]:
 
 class Replicator:
     """
-    Applies replication events to a backup's virtual host.
+    Applies replication events to a backup's virtual hosts.
 
     @ivar members: the backups the primary last said it had.
+    @ivar default: the default virtual host, where each box starts.
+    @ivar vhosts: the broker's virtual hosts.
+    @ivar vhost: the virtual host the events being applied are of.
     """
 
     log = Logger()
 
     def __init__(self, vhost: VirtualHost, caughtUp: Callable[[], None]) -> None:
+        """
+        @param vhost: the broker's default virtual host (its others are
+            found from it).
+        """
+        self.default = vhost
+        self.vhosts = VirtualHosts.of(vhost)
         self.vhost = vhost
         self.caughtUp = caughtUp
         self.members: list[dict[str, str]] = []
@@ -153,11 +203,22 @@ class Replicator:
 
         @raise ev.MalformedEvents: if the box cannot be decoded.
         """
+        self.vhost = self.default
         queues = self.vhost.queues
         for event in ev.readEvents(data):
             self.applied += 1
             kind = event[0]
             try:
+                if kind == ev.VHOST:
+                    # Not counted as applied: it is no event of its own.
+                    self.applied -= 1
+                    self.vhost = self.vhosts.ensure(event[1])
+                    queues = self.vhost.queues
+                    continue
+                if kind == ev.VHOST_DELETED:
+                    self.vhostDeleted(event[1])
+                    queues = self.vhost.queues
+                    continue
                 if kind == ev.ENQUEUED:
                     # The hot event, applied without the handler table.
                     queue = queues.get(event[1])
@@ -181,12 +242,41 @@ class Replicator:
     def _queue(self, name: str) -> Queue | None:
         return self.vhost.queues.get(name)
 
+    def vhostAdded(self, name: str) -> None:
+        """
+        The primary added virtual host C{name}.
+        """
+        self.vhosts.ensure(name)
+
+    def vhostDeleted(self, name: str) -> None:
+        """
+        The primary deleted virtual host C{name} and all in it; the events
+        after this one are of the default virtual host if they were of it.
+        """
+        vhost = self.vhosts.get(name)
+        if vhost is None or vhost is self.default:
+            return
+        self.vhosts.delete(name)
+        if self.vhost is vhost:
+            self.vhost = self.default
+
     def snapshot(self, data: bytes) -> None:
         """
         The primary's snapshot: drop what it no longer has (checked
-        whole by L{parseSnapshot} before anything is dropped).
+        whole by L{parseSnapshot} before anything is dropped). The
+        default virtual host's lists the primary's virtual hosts: those
+        this broker has and the primary does not are deleted, those it
+        lacks added.
         """
         queues, exchanges = parseSnapshot(data)
+        vhosts = snapshotVhosts(data) if self.vhost is self.default else None
+        if vhosts is not None:
+            listed = set(vhosts)
+            for vhost in list(self.vhosts):
+                if vhost is not self.default and vhost.name not in listed:
+                    self.vhosts.delete(vhost.name)
+            for name in vhosts:
+                self.vhosts.ensure(name)
         for name, queue in list(self.vhost.queues.items()):
             if queues.get(name) != queue.uuid:
                 # Gone from the primary, or deleted and recreated while we
@@ -320,6 +410,8 @@ class Replicator:
 
 _handlers: dict[bytes, Callable[..., None]] = {
     ev.SNAPSHOT: Replicator.snapshot,
+    ev.VHOST_ADDED: Replicator.vhostAdded,
+    ev.VHOST_DELETED: Replicator.vhostDeleted,
     ev.QUEUE_DECLARED: Replicator.queueDeclared,
     ev.QUEUE_DELETED: Replicator.queueDeleted,
     ev.EXCHANGE_DECLARED: Replicator.exchangeDeclared,

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..broker.vhost import VirtualHost
+from ..broker.vhosts import VirtualHosts
 from .commands import Refused
 from .config import HAOptions, parseBrokers
 from .connection import Session
@@ -121,6 +122,7 @@ class HANode(Service):
         self.options = options
         self.standalone = standalone
         self.vhost = vhost
+        self.vhosts = VirtualHosts.of(vhost)
         self.clock = clock
         self.reactor: Any = clock
         self.amqp = amqp
@@ -172,14 +174,14 @@ class HANode(Service):
     def position(self) -> int:
         """
         The position in this primary's stream: every change its virtual
-        host reports counts.
+        hosts report counts (and each one added or deleted).
         """
-        return self.vhost.changes
+        return self.vhosts.changes
 
     @position.setter
     def position(self, position: int) -> None:
         # A broker restarted from its store goes on from the stored position.
-        self.vhost.changes = position
+        self.vhosts.changes = position
 
     @property
     def replicateDefault(self) -> str:
@@ -354,7 +356,7 @@ class HANode(Service):
         vhost.replica = False
         if self.store is not None:
             self.store.positionSource = lambda: (self.epoch, self.position)
-        for queue in list(vhost.queues.values()):
+        for queue in [q for each in self.vhosts for q in each.queues.values()]:
             queue.promoted(self.epoch)
         self.gate.recovering = True
         self.amqp.startListening()

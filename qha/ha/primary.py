@@ -27,7 +27,10 @@ from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message
 from ..broker.queue import QUORUM, Entry, Queue, queueType
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
+from ..broker.vhosts import VirtualHosts
 from ..changes import events as ev
+from ..changes.replay import heldKey
+from ..changes.scoped import observe, unobserve
 from .commands import BadHoldings, Events, Heartbeat, eventsArguments
 
 if TYPE_CHECKING:
@@ -499,6 +502,7 @@ class ReplicationSource:
         self.node = node
         self.only = only
         self.vhost: VirtualHost = node.vhost
+        self.vhosts = VirtualHosts.of(node.vhost)
         self.connection = connection
         self.backupId = backupId
         self.address = address
@@ -545,7 +549,12 @@ class ReplicationSource:
             self.snapshot(holdings)
         self.writer.event(ev.CAUGHT_UP)
         self.caughtUpAt = self.seq + 1
-        self.vhost.observers.append(self)
+        if self.only is None:
+            for vhost in self.vhosts:
+                observe(vhost, self)
+            self.vhosts.observers.append(self)
+        else:
+            observe(self.vhost, self)
         self.flush()
         self._scheduleHeartbeat()
 
@@ -558,8 +567,10 @@ class ReplicationSource:
             return
         self.closed = True
         self._following.clear()
-        if self in self.vhost.observers:
-            self.vhost.observers.remove(self)
+        for vhost in self.vhosts:
+            unobserve(vhost, self)
+        if self in self.vhosts.observers:
+            self.vhosts.observers.remove(self)
         for call in (self._flushCall, self._heartbeatCall):
             if call is not None and call.active():
                 call.cancel()
@@ -706,7 +717,7 @@ class ReplicationSource:
         ranges span: membership is a bisection, and the held ids that are
         gone are dropped a run at a time.
         """
-        held = holdings.get(queue.name)
+        held = holdings.get(heldKey(queue))
         if held is not None and held.uuid != queue.uuid:
             held = None
         entries = sorted(
@@ -726,19 +737,33 @@ class ReplicationSource:
         """
         Write the state the backup needs: every replicated object, and of
         each message-replicated queue the entries the backup lacks, and
-        drops for the ids it holds that the primary no longer has.
+        drops for the ids it holds that the primary no longer has; the
+        default virtual host first (its snapshot lists the others when
+        there are others), then each other one.
+        """
+        for vhost in self.vhosts:
+            self.writer.scope(vhost.name)
+            self._snapshotVhost(vhost, holdings)
+        self.writer.scope(self.vhost.name)
+
+    def _snapshotVhost(self, vhost: VirtualHost, holdings: Holdings) -> None:
+        """
+        The snapshot of one virtual host (see L{snapshot}).
         """
         default = self.node.replicateDefault
-        vhost = self.vhost
         exchanges = [
             x for x in vhost.exchanges.values()
             if not _builtin(x) and replicateLevel(x, default) != NONE
         ]
         queues = [q for q in vhost.queues.values() if replicateLevel(q, default) != NONE]
-        present = {
+        present: dict[str, Any] = {
             "exchanges": [x.name for x in exchanges],
             "queues": {q.name: q.uuid for q in queues},
         }
+        if vhost is self.vhosts.default:
+            # The other virtual hosts: the backup deletes those it has and
+            # the primary no longer has.
+            present["vhosts"] = [each.name for each in self.vhosts if each is not vhost]
         self.writer.event(ev.SNAPSHOT, json.dumps(present).encode("utf-8"))
         for exchange in exchanges:
             self.exchangeDeclared(exchange)
@@ -752,6 +777,29 @@ class ReplicationSource:
                 continue
             for binding in exchange.bindings.values():
                 self.bound(binding)
+
+    # VirtualHostsObserver
+
+    def vhostAdded(self, vhost: VirtualHost) -> None:
+        """
+        A virtual host was added: the backup adds it, and its changes
+        follow.
+        """
+        self.writer.vhostAdded(vhost.name)
+        observe(vhost, self)
+        self._scheduleFlush()
+
+    def vhostDeleted(self, vhost: VirtualHost) -> None:
+        """
+        A virtual host was deleted (its objects' deletions were written
+        first): the backup deletes it.
+        """
+        unobserve(vhost, self)
+        self._following = {
+            queue: follows for queue, follows in self._following.items() if queue.vhost is not vhost
+        }
+        self.writer.vhostDeleted(vhost.name)
+        self._scheduleFlush()
 
     # BrokerObserver
 
@@ -788,7 +836,7 @@ class ReplicationSource:
     def _bindingEvent(self, kind: bytes, binding: Binding) -> None:
         source = binding.source
         destination = binding.destination
-        if source is self.vhost.defaultExchange:
+        if source.name == "":
             return
         if not (_builtin(source) or self._replicated(source)):
             return

@@ -46,8 +46,10 @@ from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
+from ..broker.vhosts import VirtualHosts
 from ..changes import events as ev
 from ..changes.replay import Replicator
+from ..changes.scoped import observe, unobserve
 
 MAGIC = b"QHA-JOURNAL-1\n"
 _record = struct.Struct(">II")
@@ -381,6 +383,7 @@ class Store:
         self.records = 0
         self._flushCall: IDelayedCall | None = None
         self.vhost: VirtualHost | None = None
+        self.vhosts: VirtualHosts | None = None
         # Where a serving broker's epoch and stream position come from (a
         # backup's come with the boxes it applies).
         self.positionSource: Callable[[], tuple[int, int]] | None = None
@@ -398,8 +401,9 @@ class Store:
 
     def recover(self, vhost: VirtualHost) -> dict[str, Any]:
         """
-        Replay the journal into C{vhost} (which must be empty) and start
-        observing it.
+        Replay the journal into C{vhost} (which must be empty), the
+        broker's default virtual host, and into the others it finds there,
+        and start observing them all.
 
         @return: what was recovered.
         @raise StoreCorrupt: if the journal is damaged.
@@ -411,14 +415,17 @@ class Store:
         self.position = position if records else self.position
         self.records = len(records)
         messages = 0
-        for queue in vhost.queues.values():
-            for entry in list(queue.readyEntries()):
-                messages += 1
-                self.liveBytes += len(entry.message.body)
+        vhosts = VirtualHosts.of(vhost)
+        for each in vhosts:
+            for queue in each.queues.values():
+                for entry in list(queue.readyEntries()):
+                    messages += 1
+                    self.liveBytes += len(entry.message.body)
         self.attach(vhost)
         return {
             "records": len(records),
-            "queues": len(vhost.queues),
+            "vhosts": len(vhosts),
+            "queues": sum(len(each.queues) for each in vhosts),
             "messages": messages,
             "epoch": self.epoch,
             "position": self.position,
@@ -427,11 +434,15 @@ class Store:
 
     def attach(self, vhost: VirtualHost) -> None:
         """
-        Observe C{vhost} from now on.
+        Observe C{vhost} (the broker's default virtual host) and the
+        broker's other virtual hosts from now on.
         """
         self.vhost = vhost
-        if self not in vhost.observers:
-            vhost.observers.insert(0, self)
+        self.vhosts = VirtualHosts.of(vhost)
+        for each in self.vhosts:
+            observe(each, self, first=True)
+        if self not in self.vhosts.observers:
+            self.vhosts.observers.insert(0, self)
 
     # Writing
 
@@ -472,10 +483,10 @@ class Store:
         """
         The body bytes of the persistent messages on kept queues.
         """
-        if self.vhost is None:
+        if self.vhosts is None:
             return 0
         total = 0
-        for queue in self.vhost.queues.values():
+        for queue in [queue for vhost in self.vhosts for queue in vhost.queues.values()]:
             if durableQueue(queue):
                 for entry in list(queue.readyEntries()) + list(queue.held.values()):
                     if entry.message.persistent:
@@ -610,10 +621,28 @@ class Store:
         """
         Rewrite the journal as one snapshot of the durable state.
         """
-        vhost = self.vhost
-        if vhost is None:
+        if self.vhosts is None:
             return
         writer = ev.EventWriter()
+        for vhost in self.vhosts:
+            if vhost is not self.vhosts.default:
+                writer.vhostAdded(vhost.name)
+            writer.scope(vhost.name)
+            self._compactVhost(vhost, writer)
+        before = self.journal.size()
+        self.journal.rewrite(encodeRecord(self.epoch, self.position, writer.take()))
+        self.records = 1
+        self.log.info(
+            "compacted the store from {before} to {after} bytes",
+            before=before,
+            after=self.journal.size(),
+        )
+
+    def _compactVhost(self, vhost: VirtualHost, writer: ev.EventWriter) -> None:
+        """
+        Write the durable state of C{vhost} with C{writer} (see
+        L{compact}).
+        """
         for exchange in vhost.exchanges.values():
             if exchange.durable and not _builtin(exchange):
                 writer.exchangeDeclared(exchange)
@@ -635,14 +664,6 @@ class Store:
             for binding in exchange.bindings.values():
                 if self._keptBinding(binding):
                     writer.binding(ev.BOUND, binding)
-        before = self.journal.size()
-        self.journal.rewrite(encodeRecord(self.epoch, self.position, writer.take()))
-        self.records = 1
-        self.log.info(
-            "compacted the store from {before} to {after} bytes",
-            before=before,
-            after=self.journal.size(),
-        )
 
     def close(self) -> Deferred[None] | None:
         """
@@ -659,12 +680,32 @@ class Store:
         self.journal.close()
         return None
 
+    # VirtualHostsObserver
+
+    def vhostAdded(self, vhost: VirtualHost) -> None:
+        """
+        A virtual host was added: recorded, and observed.
+        """
+        self.writer.vhostAdded(vhost.name)
+        observe(vhost, self, first=True)
+        self._dirty()
+
+    def vhostDeleted(self, vhost: VirtualHost) -> None:
+        """
+        A virtual host was deleted (its objects' deletions were recorded
+        first).
+        """
+        unobserve(vhost, self)
+        self.writer.vhostDeleted(vhost.name)
+        self._recount = True
+        self._dirty()
+
     # BrokerObserver
 
     def _keptBinding(self, binding: Binding) -> bool:
         source = binding.source
         destination = binding.destination
-        if self.vhost is not None and source is self.vhost.defaultExchange:
+        if source.name == "":
             return False
         if not (_builtin(source) or source.durable):
             return False
@@ -799,6 +840,19 @@ def storeInfo(path: str) -> dict[str, Any]:
         "exchanges": sorted(
             name for name in vhost.exchanges if name and not name.startswith("amq.")
         ),
+        # Every virtual host's (the keys above are the default one's).
+        "vhosts": {
+            each.name: {
+                "queues": {
+                    name: {"messages": queue.messageCount, "durable": queue.durable}
+                    for name, queue in each.queues.items()
+                },
+                "exchanges": sorted(
+                    name for name in each.exchanges if name and not name.startswith("amq.")
+                ),
+            }
+            for each in VirtualHosts.of(vhost)
+        },
     }
 
 

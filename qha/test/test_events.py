@@ -86,6 +86,10 @@ class EventCodecTests(SynchronousTestCase):
         for id in (8, 9, 10):
             writer.entryEvent(ev.DEQUEUED, "q", id)
         expected.append((ev.DEQUEUED_RANGE, "q", 8, 10))
+        add(ev.VHOST_ADDED, "tenant-\u00e9")
+        writer.scope("tenant-\u00e9")
+        expected.append((ev.VHOST, "tenant-\u00e9"))
+        add(ev.VHOST_DELETED, "tenant-\u00e9")
         add(ev.MEMBERS, b"[]")
         add(ev.CAUGHT_UP)
         return writer.take(), expected

@@ -182,6 +182,8 @@ def writeEvent(writer: ev.EventWriter, draw: Callable[..., Any]) -> None:
         writer.event(kind, json.dumps(snapshot).encode("utf-8"))
     elif kind == ev.MEMBERS:
         writer.event(kind, json.dumps([{"id": "b", "address": "a:1"}]).encode("utf-8"))
+    elif kind in (ev.VHOST, ev.VHOST_ADDED, ev.VHOST_DELETED):
+        writer.event(kind, draw(st.sampled_from(["/", "a", "b\u00e9"])))
     else:
         writer.event(kind)
 
