@@ -12,12 +12,14 @@ from twisted.web.server import Site
 from .api import ManagementAPI
 from .broker import ManagedBroker
 from .health import healthResource
+from .metrics import MetricsResource, metricsRegistry
 
 
 class Root(Resource):
     """
-    The root of the HTTP port: C{/api} and C{/health}; C{/} itself answers
-    404 until a status page is added (L{Resource.putChild} with C{b""}).
+    The root of the HTTP port: C{/api}, C{/health} and C{/metrics}; C{/}
+    itself answers 404 until a status page is added (L{Resource.putChild}
+    with C{b""}).
     """
 
 
@@ -28,6 +30,7 @@ def managementRoot(broker: ManagedBroker) -> Resource:
     root = Root()
     root.putChild(b"api", ManagementAPI(broker))
     root.putChild(b"health", healthResource(broker.node))
+    root.putChild(b"metrics", MetricsResource(metricsRegistry(broker)))
     return root
 
 
