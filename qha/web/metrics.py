@@ -168,8 +168,8 @@ class BrokerCollector:
             messages.add_metric(labels, count + held)
             consumers.add_metric(labels, queue.consumerCount)
             totalConsumers += queue.consumerCount
-            published.add_metric(labels, getattr(queue, "published", 0))
-            delivered.add_metric(labels, getattr(queue, "delivered", 0))
+            published.add_metric(labels, queue.published)
+            delivered.add_metric(labels, queue.delivered)
         yield from (ready, unacked, messages, consumers, published, delivered)
         yield _gauge("rabbitmq_queues", "Queues", len(vhost.queues))
         yield _gauge("rabbitmq_exchanges", "Exchanges", len(vhost.exchanges))
