@@ -35,6 +35,7 @@ from .ha.connection import NodeAMPFactory
 from .ha.identity import PersistentState
 from .ha.node import HANode
 from .ha.primary import ReplicationGate
+from .notify import SystemdNotifier
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -1039,4 +1040,8 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     passwords.setServiceParent(service)
     # SIGHUP reloads the users file (users, tags, permissions).
     ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
+    # Last: READY=1 to systemd (Type=notify) once serving or a ready backup.
+    notifier = SystemdNotifier.fromEnvironment(lambda: node.role.name, lambda: node.epoch, reactor)
+    if notifier is not None:
+        notifier.setServiceParent(service)
     return service
