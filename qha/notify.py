@@ -15,7 +15,7 @@ import socket
 from typing import Callable
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -73,6 +73,7 @@ class SystemdNotifier(Service):
         self.ready = False
         self.status = ""
         self._loop: LoopingCall | None = None
+        self._first: IDelayedCall | None = None
         self._failed = False
 
     @classmethod
@@ -117,12 +118,16 @@ class SystemdNotifier(Service):
 
     def startService(self) -> None:
         """
-        Check now (started last, after the ports) and then once a second.
+        Check at the reactor's first turn and then once a second. Not at
+        once: twistd starts services before the reactor installs its signal
+        handlers, and a SIGTERM from systemd right after READY=1 would end
+        the process without a clean stop.
         """
         super().startService()
         self._loop = LoopingCall(self.check)
         self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
+        self._loop.start(self.interval, now=False)
+        self._first = self.clock.callLater(0, self.check)
 
     def stopService(self) -> None:
         """
@@ -132,6 +137,9 @@ class SystemdNotifier(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self._first is not None and self._first.active():
+            self._first.cancel()
+        self._first = None
         self._send("STOPPING=1")
 
 

@@ -47,6 +47,8 @@ class SystemdNotifierTests(SynchronousTestCase):
         """
         self.role = "standalone"
         self.notifier.startService()
+        self.assertEqual(self.sent, [])  # not before the reactor runs
+        self.clock.advance(0)
         self.assertEqual(self.sent, [b"STATUS=role standalone, epoch 0\nREADY=1"])
 
     def test_backupReadyWhenCaughtUp(self) -> None:
@@ -55,6 +57,7 @@ class SystemdNotifierTests(SynchronousTestCase):
         STATUS at every change of role or epoch, STOPPING=1 at the end.
         """
         self.notifier.startService()
+        self.clock.advance(0)
         self.role = "catchup"
         self.clock.advance(1)
         self.role = "ready"
@@ -85,6 +88,7 @@ class SystemdNotifierTests(SynchronousTestCase):
         self.notifier.send = refuse
         self.role = "standalone"
         self.notifier.startService()
+        self.clock.advance(0)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
         self.assertTrue(self.notifier.ready)
 

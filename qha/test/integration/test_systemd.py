@@ -50,7 +50,13 @@ class NotifySocketTests(SynchronousTestCase):
             else:
                 os.environ["NOTIFY_SOCKET"] = saved
         self.addCleanup(broker.stop)
-        message = receiver.recv(4096).decode("utf-8")
+        try:
+            message = receiver.recv(4096).decode("utf-8")
+        except TimeoutError:
+            self.fail(f"no READY=1 within {TIMEOUT}s:\n{broker.output()}")
         self.assertEqual(message.splitlines(), ["STATUS=role standalone, epoch 0", "READY=1"])
         broker.stop()
-        self.assertEqual(receiver.recv(4096), b"STOPPING=1")
+        try:
+            self.assertEqual(receiver.recv(4096), b"STOPPING=1")
+        except TimeoutError:
+            self.fail(f"no STOPPING=1 within {TIMEOUT}s:\n{broker.output()}")
