@@ -36,6 +36,7 @@ from .ha.connection import NodeAMPFactory
 from .ha.identity import PersistentState
 from .ha.node import HANode
 from .ha.primary import ReplicationGate
+from .notify import SystemdNotifier
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -152,6 +153,14 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        [
+            "log-format",
+            None,
+            "text",
+            "text: twistd's log lines; json: one JSON object a line (Twisted's"
+            " jsonFileLogObserver), to the same place (standard output under -n, else"
+            " --logfile).",
+        ],
         [
             "port",
             "p",
@@ -425,10 +434,40 @@ class Options(usage.Options):
             sys.stderr.write(f"twistd qha: error: {error} (see `twistd qha --help`)\n")
             raise SystemExit(1) from None
 
+    def opt_version(self) -> None:
+        """
+        Print qha's version and exit (C{twistd --version} prints Twisted's).
+        """
+        from . import __version__
+
+        print(f"qha {__version__}")
+        raise SystemExit(0)
+
+    def chooseLogFormat(self) -> None:
+        """
+        C{--log-format json}: name L{qha.logs.jsonObserver} as twistd's
+        C{--logger} (twistd starts logging after making the service, with
+        that factory), unless twistd was given a logger of its own.
+        """
+        from .logs import FORMATS, configure
+
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(FORMATS)}")
+        parent = getattr(self, "parent", None)
+        if self["log-format"] != "json" or parent is None:
+            return
+        if parent.get("logger") is not None:
+            raise usage.UsageError("--log-format json and twistd's --logger cannot be used together")
+        if parent.get("syslog"):
+            raise usage.UsageError("--log-format json and twistd's --syslog cannot be used together")
+        configure(parent.get("logfile"), bool(parent.get("nodaemon")))
+        parent["logger"] = "qha.logs.jsonObserver"
+
     def postOptions(self) -> None:
         """
         Check values that depend on each other and load the users file.
         """
+        self.chooseLogFormat()
         try:
             self["memory-high-watermark"] = parseWatermark(
                 str(self["memory-high-watermark"])
@@ -1002,4 +1041,8 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     passwords.setServiceParent(service)
     # SIGHUP reloads the users file (users, tags, permissions).
     ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
+    # Last: READY=1 to systemd (Type=notify) once serving or a ready backup.
+    notifier = SystemdNotifier.fromEnvironment(lambda: node.role.name, lambda: node.epoch, reactor)
+    if notifier is not None:
+        notifier.setServiceParent(service)
     return service

@@ -273,6 +273,7 @@ class AMQPServer(Protocol):
         self.state = CLOSED
         self.factory.connections.discard(self)
         if self._counted:
+            self.log.info("connection closed: {peer}, user {user!r}, vhost {vhost!r}", peer=self.peer, user=self.user, vhost=self.vhost.name)
             self._counted = False
             self.factory.limits.closed(self.user or "")
         if self._timeout is not None and self._timeout.active():
@@ -854,6 +855,7 @@ class AMQPServer(Protocol):
         self._timeout = None
         self.write(wire.connectionOpenOk())
         self.state = OPEN
+        self.log.info("connection opened: {peer}, user {user!r}, vhost {vhost!r}", peer=self.peer, user=self.user, vhost=self.vhost.name)
         if self.vhost.resources.blocked:
             self.memoryAlarm(True)
 

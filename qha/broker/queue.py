@@ -261,6 +261,10 @@ class Queue:
     @ivar policy: the policies its arguments asked for.
     @ivar levels: the ready entries of each priority level, oldest first.
     @ivar readyBytes: the body bytes of the ready entries.
+    @ivar published: messages enqueued here by publishers (not replicated
+        ones), for the management API's rates and C{/metrics}: a counter on
+        the queue, not an observer, so the stream's position is untouched.
+    @ivar delivered: entries handed to consumers and C{basic.get}.
     """
 
     def __init__(
@@ -300,6 +304,8 @@ class Queue:
         self.bindings: set[Any] = set()
         self.nextId = 1
         self.unacked = 0
+        self.published = 0
+        self.delivered = 0
         self.everConsumed = False
         self.deleted = False
         self._dispatching = False
@@ -378,6 +384,7 @@ class Queue:
             return self._enqueuePolicy(message)
         entry = Entry(message, self.nextId)
         self.nextId += 1
+        self.published += 1
         self._first.append(entry)
         vhost = self.vhost
         self._added(entry)
@@ -435,6 +442,7 @@ class Queue:
             expiresAt = self.vhost.clock.seconds() + ttl / 1000.0
         entry = Entry(message, self.nextId, False, level, expiresAt)
         self.nextId += 1
+        self.published += 1
         if policy.lvqKey is not None:
             value = message.headers.get(policy.lvqKey)
             if value is not None:
@@ -663,6 +671,7 @@ class Queue:
                         entry = self._take()
                         if entry is None:
                             return
+                        self.delivered += 1
                         if consumer.noAck:
                             # Settled at once: its acquire comes before its
                             # dequeue.
@@ -705,6 +714,7 @@ class Queue:
         entry = self._take()
         if entry is None:
             return None
+        self.delivered += 1
         self.held[entry.id] = entry
         self._acquired((entry,))
         return entry

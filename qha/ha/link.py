@@ -227,6 +227,7 @@ class BackupLink:
         if self.closed:
             return
         self.closed = True
+        self.log.warn("link to the primary at {address} ({primary}) lost", primary=self.primaryId, address=self.address)
         # What was acknowledged is this backup's to keep.
         self.applyPending()
         if self._watch is not None and self._watch.active():

@@ -36,6 +36,7 @@ from ..broker.queue import Queue
 from ..broker.vhost import PublishRefused, VirtualHost
 from .auth import REALM, BasicAuthenticator, Caller, effectiveTags
 from .broker import ManagedBroker
+from .rates import messageStats
 from .views import (
     DEFAULT_EXCHANGE_ALIAS,
     allBindings,
@@ -394,10 +395,26 @@ class ManagementAPI(Resource):
     def _queueViews(self) -> list[dict[str, Any]]:
         self.broker.node.applyPending()
         default = self.broker.node.replicateDefault
+        rates = self._rates()
         return [
-            queueView(queue, self.vhost, self.broker.nodeName, default)
+            self._withStats(queueView(queue, self.vhost, self.broker.nodeName, default), queue, rates)
             for queue in sorted(self.vhost.queues.values(), key=lambda q: q.name)
         ]
+
+    def _rates(self) -> dict[str, tuple[float, float]]:
+        """
+        Every queue's publish and deliver rates now (see L{MessageRates}).
+        """
+        counts = {queue.uuid: (queue.published, queue.delivered) for queue in self.vhost.queues.values()}
+        return self.broker.rates.rates(self.broker.clock.seconds(), counts)
+
+    @staticmethod
+    def _withStats(view: dict[str, Any], queue: Queue, rates: dict[str, tuple[float, float]]) -> dict[str, Any]:
+        """
+        C{view} with the queue's C{message_stats}.
+        """
+        view["message_stats"] = messageStats(queue.published, queue.delivered, rates.get(queue.uuid, (0.0, 0.0)))
+        return view
 
     def _connections(self, caller: Caller) -> list[AMQPServer]:
         """
@@ -440,8 +457,18 @@ class ManagementAPI(Resource):
                 "messages_ready": sum(q["messages_ready"] for q in queues),
                 "messages_unacknowledged": sum(q["messages_unacknowledged"] for q in queues),
             },
-            # qha keeps no message rates yet (see doc/http.md).
-            "message_stats": {},
+            # Messages entering and leaving queues (a publish routed to
+            # two queues counts twice; see doc/http.md).
+            "message_stats": {
+                "publish": sum(q["message_stats"]["publish"] for q in queues),
+                "publish_details": {
+                    "rate": sum(q["message_stats"]["publish_details"]["rate"] for q in queues)
+                },
+                "deliver_get": sum(q["message_stats"]["deliver_get"] for q in queues),
+                "deliver_get_details": {
+                    "rate": sum(q["message_stats"]["deliver_get_details"]["rate"] for q in queues)
+                },
+            },
             "listeners": self.broker.listeners,
             "contexts": [],
             "qha_role": self.broker.node.role.name,
@@ -529,8 +556,11 @@ class ManagementAPI(Resource):
         """
         self._checkVhost(caller, vhost)
         self.broker.node.applyPending()
-        return queueView(
-            self._queue(name), self.vhost, self.broker.nodeName, self.broker.node.replicateDefault
+        queue = self._queue(name)
+        return self._withStats(
+            queueView(queue, self.vhost, self.broker.nodeName, self.broker.node.replicateDefault),
+            queue,
+            self._rates(),
         )
 
     def declareQueue(self, caller: Caller, request: IRequest, vhost: str, name: str) -> Reply:

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from ..amqp.protocol import BrokerFactory
 from ..amqp.users import FailedLogins, IPasswordVerifier, UserDatabase
 from ..broker.vhost import VirtualHost
+from .rates import MessageRates
 
 
 class RoleView(Protocol):
@@ -74,6 +75,7 @@ class ManagedBroker:
     @ivar failedLogins: logs refused logins, shared with AMQP.
     @ivar listeners: what the broker listens on, for C{/api/overview}.
     @ivar clusterName: C{--ha-cluster-name}.
+    @ivar rates: the readings the API's message rates are taken from.
     """
 
     node: ManagedNode
@@ -85,6 +87,7 @@ class ManagedBroker:
     listeners: list[dict[str, Any]] = field(default_factory=list)
     clusterName: str = "qha"
     started: float = 0.0
+    rates: MessageRates = field(default_factory=MessageRates)
 
     @property
     def vhost(self) -> VirtualHost:

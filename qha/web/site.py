@@ -1,7 +1,7 @@
 """
-The HTTP port's resource tree and site: C{/api} (L{ManagementAPI}) and
-C{/health} (L{healthResource}) under one root, to which C{/metrics} and
-the status page at C{/} can be added as children (see L{managementRoot}).
+The HTTP port's resource tree and site: C{/api} (L{ManagementAPI}),
+C{/health} (L{healthResource}), C{/metrics} (L{MetricsResource}) and the
+status page at C{/} (L{StatusPage}) under one root (see L{managementRoot}).
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from twisted.web.server import Site
 from .api import ManagementAPI
 from .broker import ManagedBroker
 from .health import healthResource
+from .metrics import MetricsResource, metricsRegistry
+from .status import StatusPage
 
 
 class Root(Resource):
     """
-    The root of the HTTP port: C{/api} and C{/health}; C{/} itself answers
-    404 until a status page is added (L{Resource.putChild} with C{b""}).
+    The root of the HTTP port: C{/api}, C{/health}, C{/metrics}, and the
+    status page at C{/} itself (L{qha.web.status}).
     """
 
 
@@ -28,6 +30,8 @@ def managementRoot(broker: ManagedBroker) -> Resource:
     root = Root()
     root.putChild(b"api", ManagementAPI(broker))
     root.putChild(b"health", healthResource(broker.node))
+    root.putChild(b"metrics", MetricsResource(metricsRegistry(broker)))
+    root.putChild(b"", StatusPage(broker))
     return root
 
 

@@ -1,0 +1,118 @@
+"""
+Tests for L{qha.web.rates} and the management API's C{message_stats}: the
+counters each queue keeps and the rates taken from readings of them.
+"""
+
+from __future__ import annotations
+
+from pamqp import commands
+from twisted.trial.unittest import SynchronousTestCase
+
+from qha.test.support import Client
+from qha.test.test_web import WebTestCase
+from qha.web.rates import MessageRates
+
+
+class MessageRatesTests(SynchronousTestCase):
+    """
+    L{MessageRates} on readings given by the test.
+    """
+
+    def test_firstReading(self) -> None:
+        """
+        The first reading has nothing to compare with: rate 0.
+        """
+        self.assertEqual(MessageRates().rates(0.0, {"q": (10, 5)}), {"q": (0.0, 0.0)})
+
+    def test_overTheWindow(self) -> None:
+        """
+        The rate is taken since the newest reading at least a window old.
+        """
+        rates = MessageRates(window=5.0)
+        rates.rates(0.0, {"q": (0, 0)})
+        rates.rates(3.0, {"q": (30, 0)})
+        self.assertEqual(rates.rates(5.0, {"q": (50, 25)}), {"q": (10.0, 5.0)})
+        # Now the base is the reading at 3 (t=8 is 5 s later).
+        self.assertEqual(rates.rates(8.0, {"q": (80, 25)}), {"q": (10.0, 5.0)})
+        self.assertEqual(len(rates.samples), 3)
+
+    def test_newQueue(self) -> None:
+        """
+        A queue missing from the base reading has rate 0 until it is in one.
+        """
+        rates = MessageRates(window=1.0)
+        rates.rates(0.0, {})
+        self.assertEqual(rates.rates(1.0, {"new": (5, 0)}), {"new": (0.0, 0.0)})
+        self.assertEqual(rates.rates(2.0, {"new": (7, 0)}), {"new": (2.0, 0.0)})
+
+    def test_oneReadingASecond(self) -> None:
+        """
+        Listings more often than once a second keep one reading.
+        """
+        rates = MessageRates()
+        for tenth in range(10):
+            rates.rates(tenth / 10, {"q": (tenth, 0)})
+        self.assertEqual(len(rates.samples), 1)
+
+
+class MessageStatsTests(WebTestCase):
+    """
+    C{message_stats} of C{/api/queues} and C{/api/overview}.
+    """
+
+    def publish(self, count: int) -> None:
+        """
+        Publish C{count} messages to C{jobs} through the API.
+        """
+        for _ in range(count):
+            self.ok(
+                "POST",
+                "/api/exchanges/%2F/amq.default/publish",
+                {"routing_key": "jobs", "payload": "x", "payload_encoding": "string", "properties": {}},
+            )
+
+    def test_counts(self) -> None:
+        """
+        Publishes into a queue and deliveries from it (consumers and
+        basic.get) are counted on the queue, and the rates follow.
+        """
+        self.vhost.declareQueue("jobs")
+        self.ok("GET", "/api/queues/%2F/jobs")  # the first reading, at 0
+        self.publish(4)  # each call advances the clock 60 s
+        self.ok("POST", "/api/queues/%2F/jobs/get", {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        client = Client(self.factory)
+        client.handshake(response="\0admin\0adminpw")
+        client.openChannel(1)
+        self.addCleanup(client.disconnect)
+        client.call(1, commands.Basic.Consume(queue="jobs", consumer_tag="c1", no_ack=True))
+        stats = self.ok("GET", "/api/queues/%2F/jobs")["message_stats"]
+        self.assertEqual((stats["publish"], stats["deliver_get"]), (4, 4))
+        self.assertGreater(stats["publish_details"]["rate"], 0)
+        overview = self.ok("GET", "/api/overview")["message_stats"]
+        self.assertEqual((overview["publish"], overview["deliver_get"]), (4, 4))
+        self.assertIn("rate", overview["deliver_get_details"])
+
+    def test_listing(self) -> None:
+        """
+        Every queue of a listing has C{message_stats}.
+        """
+        self.vhost.declareQueue("jobs")
+        self.publish(2)
+        (queue,) = self.ok("GET", "/api/queues")
+        self.assertEqual(queue["message_stats"]["publish"], 2)
+
+    def test_positionUntouched(self) -> None:
+        """
+        Counting changes nothing in the stream of changes that replication
+        and the store count (C{vhost.changes}): the counters are on the
+        queue, not an observer.
+        """
+        from qha.testing import RecordingObserver
+
+        self.vhost.declareQueue("jobs")
+        observer = RecordingObserver()
+        self.vhost.observers.append(observer)
+        before = self.vhost.changes
+        self.publish(1)
+        self.ok("GET", "/api/overview")
+        self.assertEqual(self.vhost.changes - before, 1)  # the enqueue, nothing more
