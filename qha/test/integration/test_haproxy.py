@@ -152,6 +152,27 @@ class SingleURLPublisher(threading.Thread):
         return None
 
 
+class KeptRecords(logging.Handler):
+    """
+    A logging handler that keeps the records it is given.
+
+    @ivar records: the records, in order.
+    """
+
+    def __init__(self) -> None:
+        """
+        Keep nothing yet.
+        """
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """
+        Keep C{record}.
+        """
+        self.records.append(record)
+
+
 class ProxiedCluster:
     """
     Three brokers that etcd coordinates, and HAProxy in front of them.
@@ -318,9 +339,7 @@ class HAProxyFailoverTests(SynchronousTestCase):
         """
         # aio-pika and aiormq log each reconnection; keep their lines with
         # the test, not on trial's output.
-        records: list[logging.LogRecord] = []
-        handler = logging.Handler()
-        handler.emit = records.append  # type: ignore[method-assign]
+        handler = KeptRecords()
         for name in ("aio_pika", "aiormq"):
             logging.getLogger(name).addHandler(handler)
             self.addCleanup(logging.getLogger(name).removeHandler, handler)
