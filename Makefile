@@ -27,9 +27,10 @@ test: $(STAMP)
 check: test
 
 # The failover soak tests (about a minute each): three brokers, ten SIGKILL
-# failovers, promoted by hand, then chosen by etcd (one etcd, --ha-lease-ttl 2).
+# failovers, promoted by hand, then chosen by etcd (one etcd, --ha-lease-ttl 2);
+# and the failover figure through HAProxy (skipped where haproxy is not installed).
 soak: $(STAMP)
-	QHA_SOAK=1 $(BIN)/trial qha.test.integration.test_soak qha.test.integration.test_soak_coordinated
+	QHA_SOAK=1 $(BIN)/trial qha.test.integration.test_soak qha.test.integration.test_soak_coordinated qha.test.integration.test_haproxy.HAProxyFailoverTests.test_failoverFigure
 
 # The long fuzz run (several minutes): the hypothesis fuzz tests of the AMQP
 # frames, the replication events and the AMP boxes with the qha-fuzz profile,
