@@ -88,6 +88,7 @@ import multiprocessing.process
 import queue as queuemodule
 import selectors
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -95,7 +96,7 @@ import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, NoReturn, Sequence, TextIO, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from pamqp import base, body, commands, constants, frame, header
 
@@ -257,6 +258,9 @@ class AMQPURL:
     @ivar username: user for PLAIN authentication.
     @ivar password: password for PLAIN authentication.
     @ivar vhost: virtual host name, C{"/"} by default.
+    @ivar tls: whether to speak TLS (C{amqps://}).
+    @ivar caFile: with C{tls}, the CA certificates (PEM) the server's
+        certificate is verified against; L{None} for the system's.
     """
 
     host: str
@@ -264,6 +268,15 @@ class AMQPURL:
     username: str
     password: str
     vhost: str
+    tls: bool = False
+    caFile: str | None = None
+
+    def sslContext(self) -> ssl.SSLContext:
+        """
+        The client TLS context for C{amqps://}: the server's certificate
+        verified against L{caFile} and its name against L{host}.
+        """
+        return ssl.create_default_context(cafile=self.caFile)
 
     def redacted(self) -> str:
         """
@@ -272,7 +285,8 @@ class AMQPURL:
         host = f"[{self.host}]" if ":" in self.host else self.host
         user = quote(self.username, safe="")
         vhost = quote(self.vhost, safe="")
-        return f"amqp://{user}@{host}:{self.port}/{vhost}"
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://{user}@{host}:{self.port}/{vhost}"
 
 
 def parseURL(text: str) -> AMQPURL:
@@ -280,8 +294,11 @@ def parseURL(text: str) -> AMQPURL:
     Parse an AMQP URL the way RabbitMQ documents them.
 
     C{amqp://user:pass@host:port/vhost}; user and password default to
-    C{guest}, the port to 5672, the vhost to C{/}.  The vhost is the path's
-    single segment, percent-decoded, so C{/} is written C{%2F}.
+    C{guest}, the port to 5672 (5671 for C{amqps://}), the vhost to C{/}.
+    The vhost is the path's single segment, percent-decoded, so C{/} is
+    written C{%2F}.  C{amqps://} speaks TLS and takes one query
+    parameter, RabbitMQ's C{cacertfile}: the CA the server's certificate
+    is verified against (the system's CAs without it).
 
     @param text: the URL.
     @return: the parsed URL.
@@ -292,13 +309,22 @@ def parseURL(text: str) -> AMQPURL:
         port = parts.port
     except ValueError as error:
         raise ValueError(f"bad URL {text!r}: {error}") from None
-    if parts.scheme == "amqps":
-        raise ValueError("amqps:// (TLS) is not supported; use amqp://")
-    if parts.scheme != "amqp":
-        raise ValueError(f"URL must start with amqp:// (got {text!r})")
-    if parts.query or parts.fragment:
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ValueError(f"URL must start with amqp:// or amqps:// (got {text!r})")
+    tls = parts.scheme == "amqps"
+    caFile = None
+    if parts.query and tls:
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"cacertfile"})
+        if unknown or len(query.get("cacertfile", [])) != 1 or not query["cacertfile"][0]:
+            raise ValueError(
+                f"the only URL query parameter supported is one cacertfile=PATH"
+                f" with amqps:// (got {text!r})"
+            )
+        caFile = query["cacertfile"][0]
+    elif parts.query or parts.fragment:
         raise ValueError(
-            f"URL query parameters are not supported (got {text!r})"
+            f"URL query parameters are not supported with amqp:// (got {text!r})"
         )
     path = parts.path
     if path in ("", "/"):
@@ -313,10 +339,12 @@ def parseURL(text: str) -> AMQPURL:
         vhost = unquote(segment)
     return AMQPURL(
         host=parts.hostname or "localhost",
-        port=5672 if port is None else port,
+        port=(5671 if tls else 5672) if port is None else port,
         username="guest" if parts.username is None else unquote(parts.username),
         password="guest" if parts.password is None else unquote(parts.password),
         vhost=vhost,
+        tls=tls,
+        caFile=caFile,
     )
 
 
@@ -468,7 +496,8 @@ def _buildParser() -> _ArgumentParser:
         "--url",
         type=_url,
         default=parseURL("amqp://guest:guest@127.0.0.1:5672/"),
-        help="amqp://user:pass@host:port/vhost, vhost / as %%2F "
+        help="amqp://user:pass@host:port/vhost, vhost / as %%2F; amqps:// for "
+        "TLS, with ?cacertfile=CA.pem to verify the server against that CA "
         "(default amqp://guest:guest@127.0.0.1:5672/)",
     )
     parser.add_argument(
@@ -1207,6 +1236,13 @@ class AMQPConnection:
                 f"{error.strerror or error}"
             ) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if url.tls:
+            try:
+                # The TLS handshake runs here, blocking with the timeout.
+                sock = url.sslContext().wrap_socket(sock, server_hostname=url.host)
+            except (OSError, ValueError) as error:
+                sock.close()
+                raise BenchError(f"TLS with {url.host}:{url.port} failed: {error}") from None
         connection = cls(sock)
         try:
             connection.handshake(url, timeout)
@@ -1281,7 +1317,7 @@ class AMQPConnection:
         while view:
             try:
                 sent = self.socket.send(view)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             except OSError as error:
                 raise BenchError(f"connection lost: {error}") from None
@@ -1306,7 +1342,12 @@ class AMQPConnection:
         """
         try:
             data = self.socket.recv(RECEIVE_SIZE)
-        except BlockingIOError:
+            # TLS: what is decrypted and buffered no longer shows on the
+            # socket, so a select would not wake for it: take it all now.
+            pending = self.socket.pending() if isinstance(self.socket, ssl.SSLSocket) else 0
+            if data and pending:
+                data += self.socket.recv(pending)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return b""
         except OSError as error:
             raise BenchError(f"connection lost: {error}") from None

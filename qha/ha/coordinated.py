@@ -116,6 +116,13 @@ class CoordinatedNode:
         """
         return self.coordinator.canConfirm()
 
+    def mayConfirmAhead(self) -> bool:
+        """
+        Whether the node may confirm now and for the coordinator's
+        look-ahead more (L{Coordinator.canConfirmAhead}).
+        """
+        return self.coordinator.canConfirmAhead()
+
     # CoordinatedBroker
 
     def role(self) -> str:

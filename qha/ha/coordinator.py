@@ -369,16 +369,42 @@ class Coordinator:
         """
         return self._deadline
 
-    def canConfirm(self, now: float | None = None) -> bool:
+    @property
+    def lookAhead(self) -> float:
+        """
+        How long before its deadline a primary stops calling itself
+        healthy (L{canConfirmAhead}): TTL/6, half the keepalive interval.
+
+        A keepalive goes out every TTL/3 and moves the deadline to TTL
+        minus the margin (at least TTL/3) after it was sent, so while every
+        keepalive succeeds the deadline is at least TTL/3 away, less the
+        keepalive's round trip and the tick's lateness. It comes within
+        TTL/6 only when a keepalive is late by TTL/6 or failed.
+        """
+        return self.ttl / 6
+
+    def canConfirm(self, now: float | None = None, within: float = 0.0) -> bool:
         """
         Whether this broker may complete a confirm or a commit now: it is
         primary and before its deadline.
+
+        @param within: ask instead whether it still may C{within} seconds
+            from now, should no keepalive succeed meanwhile.
         """
         if not self.primary or self._deadline is None:
             return False
         if now is None:
             now = self._monotonic()
-        return now < self._deadline
+        return now + within < self._deadline
+
+    def canConfirmAhead(self) -> bool:
+        """
+        Whether this broker may confirm now and for L{lookAhead} seconds
+        more without another keepalive: what a health check asks, so that a
+        primary whose keepalives stopped succeeding turns its check red
+        before it stops confirming, and a load balancer drains it first.
+        """
+        return self.canConfirm(within=self.lookAhead)
 
     def start(self) -> None:
         """

@@ -257,6 +257,15 @@ class HANode(Service):
         """
         return self.coordinated is None or self.coordinated.mayConfirm()
 
+    def mayConfirmAhead(self) -> bool:
+        """
+        What a health check asks: L{mayConfirm}, and with a coordinator,
+        for a little longer too (L{Coordinator.canConfirmAhead}), so that
+        a primary whose lease is running out turns its check red before it
+        stops confirming.
+        """
+        return self.coordinated is None or self.coordinated.mayConfirmAhead()
+
     def candidates(self) -> list[str]:
         """
         Where discovery looks for the primary: the leader etcd names (with

@@ -612,6 +612,34 @@ class FencingTests(SynchronousTestCase):
         self.cluster.stall = 0.0
         self.assertFenced()
 
+    def test_healthRedFirst(self) -> None:
+        """
+        While keepalives succeed, the health check's question
+        (L{HANode.mayConfirmAhead}) stays true at every step; once etcd
+        stops answering it turns false L{Coordinator.lookAhead} seconds
+        before the primary stops confirming, so a load balancer drains the
+        primary before its confirms stop.
+        """
+        assert self.primary.coordinated is not None
+        coordinator = self.primary.coordinated.coordinator
+        end = self.cluster.clock.seconds() + 3 * TTL
+        while self.cluster.clock.seconds() < end:
+            self.cluster.run(0.01, step=0.01)
+            self.assertTrue(self.primary.mayConfirmAhead())
+        self.cluster.etcd.setAvailable(False)
+        self.cluster.views[self.primary].reachable = False
+        red: float | None = None
+        while self.primary.mayConfirm():
+            if red is None and not self.primary.mayConfirmAhead():
+                red = self.cluster.clock.seconds()
+            self.assertLess(self.cluster.clock.seconds() - end, TTL, "confirms never stopped")
+            self.cluster.run(0.01, step=0.01)
+        stopped = self.cluster.clock.seconds()
+        self.assertIsNotNone(red, "the health check never turned red before confirms stopped")
+        assert red is not None
+        self.assertAlmostEqual(stopped - red, coordinator.lookAhead, delta=0.015)
+        self.assertFalse(self.primary.mayConfirmAhead())
+
     def test_keepaliveFails(self) -> None:
         """
         A keepalive that etcd refuses demotes the primary at once, before

@@ -60,6 +60,7 @@ class FakeNode:
         """
         self.role = FakeRole(role, servesClients)
         self.confirming = True
+        self.confirmingAhead = True
         self.applied = 0
 
     def mayConfirm(self) -> bool:
@@ -67,6 +68,13 @@ class FakeNode:
         Whether confirms may complete (C{confirming}).
         """
         return self.confirming
+
+    def mayConfirmAhead(self) -> bool:
+        """
+        Whether confirms may complete for a while more (C{confirming} and
+        C{confirmingAhead}).
+        """
+        return self.confirming and self.confirmingAhead
 
     def describe(self) -> dict[str, Any]:
         """
@@ -612,6 +620,18 @@ class HealthTests(WebTestCase):
         code, line = self.status("/health/primary")
         self.assertEqual(code, 503)
         self.assertIn(b"may not confirm", line)
+
+    def test_leaseRunningOut(self) -> None:
+        """
+        An active primary that may confirm now but whose lease runs out
+        soon (keepalives failing) is already 503, so that a load balancer
+        drains it before it stops confirming.
+        """
+        self.node.role = FakeRole("active", True)
+        self.node.confirmingAhead = False
+        code, line = self.status("/health/primary")
+        self.assertEqual(code, 503)
+        self.assertIn(b"lease runs out", line)
 
     def test_recoveringAndBackups(self) -> None:
         """

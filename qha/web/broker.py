@@ -55,6 +55,9 @@ class ManagedNode(Protocol):
     def mayConfirm(self) -> bool:
         "Whether a confirm may complete now (a primary within its lease)."
 
+    def mayConfirmAhead(self) -> bool:
+        "L{mayConfirm}, and for the lease's look-ahead more (health checks)."
+
     def describe(self) -> dict[str, Any]:
         "The HA state C{qha-admin query} shows."
 

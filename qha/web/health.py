@@ -4,7 +4,10 @@ open to everyone and answering nothing but a status line:
 
   - C{/health/primary}: 200 only on a primary that may confirm now (active
     and, with a coordinator, within its lease); 503 on a recovering
-    primary, a backup, a fenced primary, one past its lease deadline.
+    primary, a backup, a fenced primary, one past its lease deadline, and
+    one whose deadline is near because its keepalives stopped succeeding
+    (L{qha.ha.coordinator.Coordinator.lookAhead}): red before it stops
+    confirming, so a load balancer drains it first.
   - C{/health/replica}: 200 on a backup that is ready to take over.
   - C{/health/live}: 200 while the process serves.
 """
@@ -29,6 +32,8 @@ def primaryStatus(node: ManagedNode) -> tuple[bool, str]:
         return False, f"not the primary: {role}"
     if not node.mayConfirm():
         return False, f"not the primary: {role} but may not confirm (fenced or past its lease)"
+    if not node.mayConfirmAhead():
+        return False, f"not the primary: {role} and its lease runs out (keepalives failing)"
     return True, f"primary: {role}"
 
 

@@ -100,6 +100,20 @@ class ParseURLTests(SynchronousTestCase):
         self.assertEqual((url.host, url.port), ("::1", 5673))
         self.assertEqual(url.redacted(), "amqp://guest@[::1]:5673/%2F")
 
+    def test_amqps(self) -> None:
+        """
+        C{amqps://} speaks TLS, on 5671 by default, with RabbitMQ's
+        C{cacertfile} query parameter naming the CA; the redacted URL keeps
+        the scheme.
+        """
+        url = parseURL("amqps://bob:pw@h/v?cacertfile=/etc/ca.pem")
+        self.assertEqual(
+            url, AMQPURL("h", 5671, "bob", "pw", "v", tls=True, caFile="/etc/ca.pem")
+        )
+        self.assertEqual(url.redacted(), "amqps://bob@h:5671/v")
+        self.assertEqual(parseURL("amqps://h:5000/").caFile, None)
+        self.assertEqual(parseURL("amqps://h:5000/").port, 5000)
+
     def test_redacted(self) -> None:
         """
         L{AMQPURL.redacted} leaves the password out.
@@ -112,8 +126,10 @@ class ParseURLTests(SynchronousTestCase):
         URLs the tool cannot use are refused with a message saying why.
         """
         for text, words in [
-            ("amqps://h/", "TLS"),
             ("http://h/", "amqp://"),
+            ("amqps://h/?verify=verify_none", "cacertfile"),
+            ("amqps://h/?cacertfile=", "cacertfile"),
+            ("amqps://h/?cacertfile=a&cacertfile=b", "cacertfile"),
             ("amqp://h:notaport/", "bad URL"),
             ("amqp://h/a/b", "%2F"),
             ("amqp://h/?heartbeat=10", "query"),
@@ -214,7 +230,7 @@ class ParseArgumentsTests(SynchronousTestCase):
             (["--queue", "q" * 256], ("--queue", "255 bytes")),
             (["--queue-arg", "x-max-length"], ("--queue-arg", "KEY=VALUE")),
             (["--queue-arg", "=1"], ("--queue-arg", "KEY=VALUE")),
-            (["--url", "amqps://h/"], ("--url", "TLS")),
+            (["--url", "ftp://h/"], ("--url", "amqps://")),
             (["--duration", "1", "--messages", "1"], ("not allowed",)),
             (["--bogus"], ("unrecognized", "--bogus")),
         ]

@@ -112,7 +112,7 @@ def haproxyConfig(
         "backend qha-primary",
         "    option httpchk GET /health/primary",
         "    http-check expect status 200",
-        "    default-server inter 500ms fall 1 rise 1 on-marked-down shutdown-sessions",
+        "    default-server inter 250ms fall 1 rise 1 on-marked-down shutdown-sessions",
     ]
     for name, host, amqpPort, httpPort in servers:
         lines.append(f"    server {name} {host}:{amqpPort} check port {httpPort}")

@@ -2,7 +2,7 @@
 One URL that follows every failover (issue 16), end to end: a real HAProxy
 in front of three real C{twistd qha} brokers that one real etcd
 coordinates (C{--ha-lease-ttl 2}). HAProxy sends AMQP connections to the
-broker whose C{GET /health/primary} answers 200 (C{inter 500ms fall 1 rise
+broker whose C{GET /health/primary} answers 200 (C{inter 250ms fall 1 rise
 1}, C{on-marked-down shutdown-sessions}), and an C{aio_pika.connect_robust}
 client that knows nothing but HAProxy's URL publishes with confirms through
 a kill -9 of the primary.

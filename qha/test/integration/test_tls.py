@@ -9,6 +9,7 @@ Certificates are made by C{trustme} when the tests run.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import ssl
@@ -180,6 +181,32 @@ class StandaloneTLSTests(SynchronousTestCase):
         connection = pika.BlockingConnection(self.parameters(self.certs.clientContext()))
         self.addCleanup(connection.close)
         self.roundTrip(connection)
+
+    def test_bench(self) -> None:
+        """
+        C{qha-bench} runs over C{amqps://} with C{cacertfile}: every message
+        published is confirmed and consumed. With the other CA it refuses
+        the broker's certificate and says so.
+        """
+        url = f"amqps://alice:wonderland@{HOST}:{self.broker.port}/?cacertfile="
+        command = [sys.executable, "-m", "qha_bench.bench", "--messages", "500", "--confirm", "50"]
+        done = subprocess.run(
+            [*command, "--json", "--url", url + self.certs.caFile],
+            capture_output=True, text=True, timeout=60, cwd=CHECKOUT,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        report = json.loads(done.stdout)
+        self.assertEqual(
+            (report["published"], report["confirmed"], report["consumed"], report["lost"]),
+            (500, 500, 500, 0),
+        )
+        self.assertTrue(report["url"].startswith("amqps://alice@"), report["url"])
+        refused = subprocess.run(
+            [*command, "--url", url + self.certs.otherCAFile],
+            capture_output=True, text=True, timeout=60, cwd=CHECKOUT,
+        )
+        self.assertEqual(refused.returncode, 1, refused.stderr)
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", refused.stderr)
 
     def test_pikaRefusesOtherCA(self) -> None:
         """
