@@ -820,17 +820,24 @@ class StoreService(Service):
 
 def storeThread(reactor: Any) -> Any:
     """
-    A one-thread pool for the store's writes and fsyncs, stopped with the
-    reactor; returns the function that runs a write there.
+    A one-thread pool for the store's writes and fsyncs, started when the
+    reactor runs and stopped with it; returns the function that runs a
+    write there (writes handed over before it starts wait for it).
+
+    The thread must not start here: C{makeService} runs before twistd
+    forks to daemonize, and a thread does not survive a fork. A pool
+    started here kept, in the daemon, a worker that no longer existed, and
+    every write handed to it (every persistent confirm, once flushes had
+    proved slow) waited forever.
     """
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
     pool = ThreadPool(minthreads=1, maxthreads=1, name="qha-store")
     # Stopped (and joined) at the reactor's shutdown; a daemon so that a
-    # start that fails before the reactor runs (a port in use) still exits.
+    # broker stopping in an unusual way still exits.
     pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
-    pool.start()
+    reactor.callWhenRunning(pool.start)
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
     return lambda write: deferToThreadPool(reactor, pool, write)
 

@@ -6,6 +6,7 @@ standalone broker and a cluster broker run, on a memory reactor.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -19,7 +20,7 @@ from qha.ha.node import HANode
 from qha.ha.role import JOINING, STANDALONE
 from qha.amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier
 from qha.datadir import DataDirectoryLock
-from qha.tap import ClientPort, ListenService, Options, StoreService, makeService
+from qha.tap import ClientPort, ListenService, Options, StoreService, makeService, storeThread
 
 
 def parse(*argv: str) -> Options:
@@ -357,3 +358,66 @@ class ServiceWiringTests(SynchronousTestCase):
         error = self.assertRaises(SystemExit, service.startService)
         self.assertEqual(error.code, 1)
         # twistd exits here: it never stops a service that did not start.
+
+
+class ThreadRecordingReactor(MemoryReactorClock):
+    """
+    A memory reactor that also takes calls from threads (kept until the
+    test runs them, as the reactor thread would).
+    """
+
+    def __init__(self) -> None:
+        """
+        No call from a thread yet.
+        """
+        super().__init__()
+        self.fromThreads: list[Any] = []
+        self.arrived = threading.Event()
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        """
+        Keep the call for the test, and say one came.
+        """
+        self.fromThreads.append((f, args, kwargs))
+        self.arrived.set()
+
+
+class StoreThreadTests(SynchronousTestCase):
+    """
+    L{storeThread}: the store's thread starts when the reactor runs, not
+    when the service is made, because twistd forks to daemonize in between
+    and a thread does not survive a fork.
+    """
+
+    def test_startsWhenRunning(self) -> None:
+        """
+        Made, the pool has no thread and runs nothing; once the reactor
+        runs, a write handed over before runs in the store's thread, and
+        its result comes back through C{callFromThread}. The reactor's
+        shutdown stops the pool.
+        """
+        reactor = ThreadRecordingReactor()
+        threads = set(threading.enumerate())
+        write = storeThread(reactor)
+        ran: list[str] = []
+        d = write(lambda: ran.append(threading.current_thread().name))
+        results: list[Any] = []
+        d.addBoth(results.append)
+        self.assertEqual(set(threading.enumerate()) - threads, set())
+        self.assertEqual(ran, [])
+        self.assertEqual(len(reactor.whenRunningHooks), 1)
+        [(start, args, kwargs)] = reactor.whenRunningHooks
+        start(*args, **kwargs)
+        try:
+            self.assertTrue(reactor.arrived.wait(10), "the write never ran")
+            [(f, args, kwargs)] = reactor.fromThreads
+            f(*args, **kwargs)
+            self.assertEqual(results, [None])
+            self.assertEqual(len(ran), 1)
+            self.assertIn("qha-store", ran[0])
+        finally:
+            for stop, args, kwargs in reactor.triggers["after"]["shutdown"]:
+                stop(*args, **kwargs)
+        self.assertEqual(
+            [t for t in threading.enumerate() if "qha-store" in t.name], []
+        )
