@@ -101,6 +101,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from pamqp import base, body, commands, constants, frame, header
 
 __all__ = [
+    "ProgressPrinter",
     "AMQPConnection",
     "AMQPURL",
     "BenchError",
@@ -373,6 +374,7 @@ class BenchOptions:
     json: bool = False
     keepQueue: bool = False
     drainTimeout: float = 30.0
+    progress: float = 5.0
 
     @property
     def ackEvery(self) -> int:
@@ -437,6 +439,23 @@ def _seconds(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(
             f"must be more than 0 seconds (got {text!r})"
+        )
+    return value
+
+
+def _nonNegativeSeconds(text: str) -> float:
+    """
+    @return: a finite number of seconds, 0 or more.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds (got {text!r})"
+        ) from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"must be 0 or more seconds (got {text!r})"
         )
     return value
 
@@ -555,6 +574,11 @@ def _buildParser() -> _ArgumentParser:
         "receive what was published (default 30)",
     )
     parser.add_argument(
+        "--progress", type=_nonNegativeSeconds, default=5.0, metavar="SECONDS",
+        help="print a progress line to standard error every SECONDS while it "
+        "runs; 0 for none (default 5)",
+    )
+    parser.add_argument(
         "--keep-queue", action="store_true", dest="keepQueue",
         help="do not delete the queue at the end",
     )
@@ -593,6 +617,7 @@ def parseArguments(argv: Sequence[str]) -> BenchOptions:
         json=namespace.json,
         keepQueue=namespace.keepQueue,
         drainTimeout=namespace.drainTimeout,
+        progress=namespace.progress,
     )
 
 
@@ -1538,6 +1563,7 @@ class Publisher:
         options: BenchOptions,
         index: int,
         template: PublishTemplate,
+        reports: Any = None,
     ) -> None:
         """
         @param connection: an open connection, in confirm mode if
@@ -1546,11 +1572,15 @@ class Publisher:
         @param index: this publisher's number; the top 16 bits of its
             sequence numbers.
         @param template: the encoded publish.
+        @param reports: the parent's report queue, told how many messages
+            were published and confirmed every L{PROGRESS_INTERVAL_NS};
+            L{None} for no progress reports.
         """
         self.connection = connection
         self.options = options
         self.index = index
         self.template = template
+        self.reports = reports
         #: Whether we stopped in the middle of a frame (stop timed out).
         self.midFrame = False
 
@@ -1605,10 +1635,16 @@ class Publisher:
         stopping = False
         stopDeadline = 0
         writing = False
-        start = lastSend = lastConfirm = monotonic()
+        start = lastSend = lastConfirm = lastProgress = monotonic()
         frames = connection.takeBacklog()
+        reports = self.reports
 
         while True:
+            if reports is not None:
+                now = monotonic()
+                if now - lastProgress >= PROGRESS_INTERVAL_NS:
+                    reports.put(("progress", "publisher", self.index, (published, tracker.acked)))
+                    lastProgress = now
             if frames:
                 confirmed = False
                 for frameType, channel, payload in frames:
@@ -1939,7 +1975,7 @@ def publisherProcess(
             reports.put(("ready", "publisher", index, None))
             if not _waitForGo(control):
                 return
-            publisher = Publisher(connection, options, index, template)
+            publisher = Publisher(connection, options, index, template, reports)
             result = publisher.run(control)
             reports.put(("done", "publisher", index, result))
         finally:
@@ -1994,6 +2030,57 @@ def consumerProcess(
 # The parent
 
 
+class ProgressPrinter:
+    """
+    Progress lines while a run goes on, every C{interval} seconds, to
+    standard error (the report itself goes to standard output, so
+    C{--json} stays one object).
+
+    @ivar interval: seconds between lines; 0 for none.
+    """
+
+    def __init__(self, interval: float, out: TextIO | None = None) -> None:
+        """
+        @param interval: seconds between lines; 0 for none.
+        @param out: where lines go; standard error by default.
+        """
+        self.interval = interval
+        self.out = out
+        self.lines = 0
+        self.last = (0.0, 0, 0)
+
+    def due(self, started: float | None) -> float:
+        """
+        @return: the C{time.monotonic()} time the next line is due at
+            (infinity when none is).
+        """
+        if not self.interval or started is None:
+            return math.inf
+        return started + (self.lines + 1) * self.interval
+
+    def tick(self, elapsed: float, published: int, confirmed: int, consumed: int) -> None:
+        """
+        Print a line if one is due at C{elapsed} seconds into the run.
+        """
+        if not self.interval or elapsed < (self.lines + 1) * self.interval:
+            return
+        self.lines = int(elapsed // self.interval)
+        print(self.format(elapsed, published, confirmed, consumed), file=self.out or sys.stderr, flush=True)
+
+    def format(self, elapsed: float, published: int, confirmed: int, consumed: int) -> str:
+        """
+        One progress line: totals, and rates since the line before.
+        """
+        before, publishedBefore, consumedBefore = self.last
+        span = max(elapsed - before, 1e-9)
+        self.last = (elapsed, published, consumed)
+        return (
+            f"{PROGRAM}: {elapsed:.1f} s: published {published:,}"
+            f" ({(published - publishedBefore) / span:,.0f}/s), confirmed {confirmed:,},"
+            f" consumed {consumed:,} ({(consumed - consumedBefore) / span:,.0f}/s)"
+        )
+
+
 @dataclass
 class _Client:
     """
@@ -2023,6 +2110,9 @@ class _Run:
         self.ready: set[tuple[str, int]] = set()
         self.results: dict[tuple[str, int], Any] = {}
         self.progress: dict[int, int] = {}
+        self.published: dict[int, tuple[int, int]] = {}
+        self.started: float | None = None
+        self.printer = ProgressPrinter(options.progress)
 
     def start(self, role: str, count: int) -> None:
         """
@@ -2071,7 +2161,14 @@ class _Run:
             if now >= nextCheck:
                 self._checkAlive()
                 nextCheck = now + 0.5
-            wait = nextCheck - now
+            if self.started is not None:
+                self.printer.tick(
+                    now - self.started,
+                    sum(each[0] for each in self.published.values()),
+                    sum(each[1] for each in self.published.values()),
+                    sum(self.progress.values()),
+                )
+            wait = min(nextCheck, self.printer.due(self.started)) - now
             if deadline is not None:
                 wait = min(wait, deadline - now)
                 if wait <= 0:
@@ -2091,11 +2188,16 @@ class _Run:
         if kind == "ready":
             self.ready.add((role, index))
         elif kind == "progress":
-            self.progress[index] = payload
+            if role == "publisher":
+                self.published[index] = payload
+            else:
+                self.progress[index] = payload
         elif kind == "done":
             self.results[(role, index)] = payload
             if role == "consumer":
                 self.progress[index] = payload.consumed
+            else:
+                self.published[index] = (payload.published, payload.confirmed)
         elif kind == "error":
             raise BenchError(f"{role} {index}: {payload}")
 
@@ -2179,6 +2281,7 @@ def runBench(options: BenchOptions) -> BenchReport:
 
         publishersDone = allOf("publisher", clients.results.__contains__)
         clients.send("publisher", "go")
+        clients.started = time.monotonic()
         if options.duration is not None:
             clients.pump(publishersDone, time.monotonic() + options.duration)
             clients.send("publisher", "stop")

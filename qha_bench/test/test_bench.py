@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import sys
 from typing import cast
@@ -26,6 +27,7 @@ from qha_bench.bench import (
     FrameReader,
     LatencyHistogram,
     OptionsError,
+    ProgressPrinter,
     PublishBatch,
     PublisherResult,
     ServerClosedError,
@@ -231,6 +233,7 @@ class ParseArgumentsTests(SynchronousTestCase):
             (["--queue-arg", "x-max-length"], ("--queue-arg", "KEY=VALUE")),
             (["--queue-arg", "=1"], ("--queue-arg", "KEY=VALUE")),
             (["--url", "ftp://h/"], ("--url", "amqps://")),
+            (["--progress", "-1"], ("--progress", "0 or more")),
             (["--duration", "1", "--messages", "1"], ("not allowed",)),
             (["--bogus"], ("unrecognized", "--bogus")),
         ]
@@ -794,3 +797,43 @@ class SummarizeTests(SynchronousTestCase):
         self.assertIsNone(report.latencyP50)
         self.assertIn("nothing consumed", formatTable(report))
         json.dumps(report.__dict__)
+
+
+class ProgressPrinterTests(SynchronousTestCase):
+    """
+    L{ProgressPrinter} prints a line every interval while a run goes on.
+    """
+
+    def test_lines(self) -> None:
+        """
+        A line is printed once its time has come, with totals and the rates
+        since the line before; a tick before the next is due prints nothing.
+        """
+        out = io.StringIO()
+        printer = ProgressPrinter(5.0, out)
+        self.assertEqual(printer.due(100.0), 105.0)
+        printer.tick(4.9, 100, 90, 80)
+        self.assertEqual(out.getvalue(), "")
+        printer.tick(5.0, 50_000, 49_000, 40_000)
+        printer.tick(7.0, 60_000, 59_000, 50_000)
+        printer.tick(10.5, 100_000, 99_000, 90_000)
+        self.assertEqual(
+            out.getvalue().splitlines(),
+            [
+                "qha-bench: 5.0 s: published 50,000 (10,000/s), confirmed 49,000,"
+                " consumed 40,000 (8,000/s)",
+                "qha-bench: 10.5 s: published 100,000 (9,091/s), confirmed 99,000,"
+                " consumed 90,000 (9,091/s)",
+            ],
+        )
+        self.assertEqual(printer.due(100.0), 115.0)
+
+    def test_off(self) -> None:
+        """
+        C{--progress 0}: no line, and no wake-up is due.
+        """
+        out = io.StringIO()
+        printer = ProgressPrinter(0.0, out)
+        printer.tick(100.0, 1, 1, 1)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(printer.due(0.0), math.inf)
