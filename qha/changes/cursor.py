@@ -93,13 +93,22 @@ def lastId(queue: Queue) -> int:
 def sizeOf(queue: Queue) -> tuple[int, int]:
     """
     The entries C{queue} holds (ready and held) and about their bytes as
-    enqueue events (held entries counted at the average ready size), without
-    a walk.
+    enqueue events, without a walk: a queue with policies counts its ready
+    bytes; a plain one does not, and its first and last entries stand for
+    the others.
     """
-    ready = queue.readyCount
-    held = len(queue.held)
-    average = queue.readyBytes // ready if ready else 0
-    return ready + held, queue.readyBytes + held * average + (ready + held) * 64
+    ready = queue.messageCount
+    count = ready + len(queue.held)
+    if not count:
+        return 0, 0
+    if not queue.plain:
+        readyBytes = queue.readyBytes
+    else:
+        first = queue.levels[0]
+        samples = [first[0], first[-1]] if first else []
+        readyBytes = sum(entrySize(entry) for entry in samples) * ready // max(len(samples), 1)
+    average = readyBytes // ready if ready else 0
+    return count, readyBytes + len(queue.held) * average + count * 64
 
 
 __all__ = ["entriesAfter", "entrySize", "lastId", "sizeOf"]

@@ -783,9 +783,11 @@ class ReplicationSource:
                 room -= entrySize(entry)
             walk.after = after
             progress.walked += len(entries)
-            if done:
-                self._walks.popleft()
-                del self._walking[queue]
+            if not done:
+                # Cut by the bounds: the batch is full.
+                break
+            self._walks.popleft()
+            del self._walking[queue]
         last = not self._walks
         if last:
             writer.event(ev.CAUGHT_UP)
