@@ -104,6 +104,7 @@ class CatchUpTests(SynchronousTestCase):
         # Ready only once every message was there.
         for isReady, queue in ready:
             if isReady:
+                assert queue is not None
                 self.assertEqual(queue.messageCount, 95)
         enqueues = [sum(1 for event in box if event[0] == ev.ENQUEUED) for box in link.boxes]
         self.assertEqual(sum(enqueues), 95)
