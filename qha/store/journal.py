@@ -50,7 +50,7 @@ from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts
 from ..changes import events as ev
-from ..changes.cursor import entriesAfter, entrySize, lastId
+from ..changes.cursor import entrySize
 from ..changes.replay import Replicator
 from ..changes.scoped import observe, unobserve
 
@@ -469,8 +469,8 @@ class Compaction:
     """
 
     log = Logger()
-    step = 4000
-    recordBytes = 1 << 20
+    step = 2000
+    recordBytes = 1 << 19
 
     def __init__(
         self,
@@ -495,7 +495,7 @@ class Compaction:
         self.cancelled = False
         self.done = False
         self.longest = 0.0
-        self._queues: deque[tuple[Queue, int, int]] = deque()
+        self._queues: deque[tuple[Queue, list[Entry]]] = deque()
         self._call: IDelayedCall | None = None
         self._writer = ev.EventWriter()
 
@@ -527,7 +527,16 @@ class Compaction:
             for queue in vhost.queues.values():
                 if durableQueue(queue):
                     writer.queueDeclared(queue)
-                    self._queues.append((queue, 0, lastId(queue)))
+                    # The entries as they are now: references, copied at C
+                    # speed; a step writes them as they are then (what
+                    # happened to them since is in the records copied
+                    # after the snapshot).
+                    for level in queue.levels:
+                        if level:
+                            self._queues.append((queue, list(level)))
+                    if queue.held:
+                        held = sorted(queue.held.values(), key=lambda entry: entry.id)
+                        self._queues.append((queue, held))
             for exchange in vhost.exchanges.values():
                 if exchange is vhost.defaultExchange:
                     continue
@@ -560,22 +569,25 @@ class Compaction:
         budget = self.step
         room = self.recordBytes
         while self._queues and budget > 0 and room > 0:
-            queue, after, last = self._queues[0]
+            queue, entries = self._queues[0]
             if queue.deleted:
                 self._queues.popleft()
                 continue
             writer.scope(queue.vhost.name)
-            entries, after, done = entriesAfter(queue, after, last, budget, room)
             held = queue.held
+            taken = 0
             for entry in entries:
+                if budget <= 0 or room <= 0:
+                    break
+                taken += 1
                 if entry.message.persistent:
                     writer.entry(queue, entry)
                     if entry.id in held:
                         writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
                 budget -= 1
                 room -= entrySize(entry)
-            if not done:
-                self._queues[0] = (queue, after, last)
+            if taken < len(entries):
+                del entries[:taken]
                 break
             self._queues.popleft()
         if not self._queues and not writer.count:
