@@ -58,7 +58,7 @@ def main() -> None:
             0,
             lambda state: any(
                 queue.get("messages") == options.messages
-                for queue in cluster.listObjects(0, "queue")
+                for queue in cluster.listObjects(0, "queues")
                 if queue.get("name") == "backlog"
             ),
             timeout=300,
