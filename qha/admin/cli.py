@@ -664,6 +664,16 @@ def formatQuery(address: str, state: dict[str, Any]) -> str:
         ("min backups", state.get("minBackups")),
         ("primary", state.get("primary")),
     ]
+    catchup = state.get("catchup")
+    if catchup:
+        fields.append(
+            (
+                "catch-up",
+                f"{catchup['receivedMessages']} of at most {catchup['messages']} messages,"
+                f" {catchup['receivedBytes']} bytes in {catchup['batches']} batches,"
+                f" {catchup['seconds']}s{' (done)' if catchup['done'] else ''}",
+            )
+        )
     coordinator = state.get("coordinator")
     if coordinator is not None:
         leader = coordinator.get("leader")
@@ -683,6 +693,14 @@ def formatQuery(address: str, state: dict[str, Any]) -> str:
         text += f"{'backups'.ljust(width)}  none\n"
     else:
         text += f"{'backups'.ljust(width)}  {len(backups)}\n\n"
+        catchups = [
+            f"{b['id']}: {c['acknowledgedMessages']}/{c['sentMessages']} of at most"
+            f" {c['messages']} messages acknowledged/sent, {c['acknowledgedBytes']}/"
+            f"{c['sentBytes']} bytes, {c['seconds']}s{' (done)' if c['done'] else ''}"
+            for b in backups
+            for c in [b.get("catchup")]
+            if c
+        ]
         text += formatTable(
             ["backup id", "address", "ready", "sent", "acknowledged", "behind"],
             [
@@ -697,6 +715,8 @@ def formatQuery(address: str, state: dict[str, Any]) -> str:
                 for b in backups
             ],
         )
+        if catchups:
+            text += "\ncatch-up\n" + "".join(f"  {line}\n" for line in catchups)
     replicas = state.get("queueReplicas") or []
     if replicas:
         text += f"\n{'queue replicas'.ljust(width)}  {len(replicas)}\n\n"

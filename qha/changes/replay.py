@@ -181,6 +181,9 @@ class Replicator:
     @ivar default: the default virtual host, where each box starts.
     @ivar vhosts: the broker's virtual hosts.
     @ivar vhost: the virtual host the events being applied are of.
+    @ivar applied: events applied so far.
+    @ivar enqueues: enqueue events applied so far (a catch-up batch says how
+        many it carries, and the backup checks it).
     """
 
     log = Logger()
@@ -196,6 +199,7 @@ class Replicator:
         self.caughtUp = caughtUp
         self.members: list[dict[str, str]] = []
         self.applied = 0
+        self.enqueues = 0
 
     def apply(self, data: bytes) -> None:
         """
@@ -221,6 +225,7 @@ class Replicator:
                     continue
                 if kind == ev.ENQUEUED:
                     # The hot event, applied without the handler table.
+                    self.enqueues += 1
                     queue = queues.get(event[1])
                     if queue is not None:
                         queue.replicaEnqueue(

@@ -221,6 +221,53 @@ def eventsArguments(
     return strings
 
 
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""
+The most bytes of events a backup takes in one L{CatchUp} batch that
+carries more than one message (a primary aims at a quarter of it; one
+message larger than a batch travels alone).
+"""
+
+MAX_BATCH_MESSAGES = 8192
+"""
+The most messages one L{CatchUp} batch may carry (a primary sends at most
+half of it).
+"""
+
+MAX_CATCHUP_MESSAGES = 2**62
+"""
+The most messages a catch-up may announce.
+"""
+
+
+class CatchUp(amp.Command):
+    """
+    One batch of a backup's catch-up: the entries of the queues the
+    primary walks, a bounded piece at a time (see
+    L{qha.ha.primary.ReplicationSource}); numbered in the same sequence as
+    the L{Events} boxes it is interleaved with, and answered, like a durable
+    box, once the backup applied it and its store has it.
+
+    C{messages} is how many messages the batch carries, C{total} how many
+    the catch-up announced at most (the same in every batch of one
+    catch-up), and C{last} says that the batch ends the catch-up (it
+    carries the caught-up marker). The backup checks each against its
+    bounds and against the events before it trusts it.
+    """
+
+    arguments = [
+        (b"epoch", amp.Integer()),
+        (b"seq", amp.Integer()),
+        (b"events", ChunkedBytes()),
+        (b"position", amp.Integer(optional=True)),
+        (b"messages", amp.Integer()),
+        (b"total", amp.Integer()),
+        (b"last", amp.Boolean()),
+    ]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
 class Heartbeat(amp.Command):
     """
     Sent both ways on a replication link; a link silent for two intervals is

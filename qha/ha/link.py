@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from ..changes.replay import Replicator
 from .commands import Heartbeat, MalformedBox, OutOfSequence, StaleEpoch
+from .catchup import CatchUpReceiver
 from .config import PEER_TIMEOUT
 from .connection import NodeAMP
 from ..changes.events import MalformedEvents
@@ -49,6 +50,8 @@ class BackupLink:
         # Boxes acknowledged on arrival, to apply: (seq, data, epoch, position).
         self._unapplied: list[tuple[int, bytes, int, int | None]] = []
         self._applyCall: IDelayedCall | None = None
+        self.catchup = CatchUpReceiver(node.clock, address)
+        self._caughtUp = False
 
     def start(self) -> None:
         """
@@ -147,6 +150,45 @@ class BackupLink:
             raise MalformedBox(f"replication box {seq} refused: {error}") from None
         return self._record(epoch, position, True)
 
+    def receivedBatch(
+        self,
+        epoch: int,
+        seq: int,
+        data: bytes,
+        position: int | None,
+        messages: int,
+        total: int,
+        last: bool,
+    ) -> Deferred[Any] | None:
+        """
+        A batch of the catch-up (L{qha.ha.commands.CatchUp}): its numbers
+        are checked first, then it is applied as a durable box in its place
+        in the sequence, and checked against what it carried.
+
+        @return: what the answer waits for (the store writing it).
+        """
+        if seq <= self.lastSeq:
+            # Sent again: ignored, as any box.
+            return self.received(epoch, seq, data, position)
+        try:
+            self.catchup.check(seq, len(data), messages, total, last)
+        except MalformedBox as error:
+            self.log.error("{error}", error=str(error))
+            self.node.clock.callLater(0, self.close)
+            raise
+        before = self.replicator.enqueues
+        self._caughtUp = False
+        synced = self.received(epoch, seq, data, position)
+        try:
+            self.catchup.applied(
+                seq, len(data), messages, self.replicator.enqueues - before, total, last, self._caughtUp
+            )
+        except MalformedBox as error:
+            self.log.error("{error}", error=str(error))
+            self.node.clock.callLater(0, self.close)
+            raise
+        return synced
+
     def _applyAfterWrite(self) -> None:
         """
         Apply the acknowledged boxes once their answers are written.
@@ -207,6 +249,7 @@ class BackupLink:
         """
         The snapshot is applied: the backup is ready.
         """
+        self._caughtUp = True
         self.log.info("caught up with the primary at {address}", address=self.address)
         self.node.caughtUp()
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
-from .commands import Events, Heartbeat, Hello, NotPrimary, Refused, StaleEpoch, Subscribe
+from .commands import CatchUp, Events, Heartbeat, Hello, NotPrimary, Refused, StaleEpoch, Subscribe
 from .connection import Session
 from .fencing import checkClaim, checkEpoch
 from .primary import ReplicationSource, parseHoldings
@@ -164,6 +164,29 @@ class ReplicationLocator(amp.CommandLocator):
         synced = self.link.received(epoch, seq, events, position, transient)
         if synced is not None:
             # A backup with a store acknowledges only what is on its disk.
+            return synced.addCallback(lambda _: {})
+        return {}
+
+    @CatchUp.responder
+    def catchUp(
+        self,
+        epoch: int,
+        seq: int,
+        events: bytes,
+        messages: int,
+        total: int,
+        last: bool,
+        position: int | None = None,
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        """
+        A batch of the catch-up, on this backup's link (see
+        L{BackupLink.receivedBatch}).
+        """
+        self.session.check()
+        if self.link is None:
+            raise NotPrimary("this connection is not a replication link")
+        synced = self.link.receivedBatch(epoch, seq, events, position, messages, total, last)
+        if synced is not None:
             return synced.addCallback(lambda _: {})
         return {}
 

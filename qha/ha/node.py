@@ -613,6 +613,7 @@ class HANode(Service):
             "replicateDefault": self.options.replicateDefault,
             "minBackups": self.options.minBackups,
             "primary": self.link.address if self.link is not None else None,
+            "catchup": self.link.catchup.describe() if self.link is not None else None,
             "queueReplicas": [replica.describe() for replica in self.queueReplicas.values()],
             "coordinator": None if self.coordinated is None else self.coordinated.describe(),
             "backups": [
@@ -622,6 +623,11 @@ class HANode(Service):
                     "ready": source.ready,
                     "sent": source.seq,
                     "acknowledged": source.acked,
+                    "catchup": (
+                        None
+                        if source.catchup is None
+                        else source.catchup.describe(self.clock.seconds())
+                    ),
                 }
                 for source in self.sources.values()
             ],

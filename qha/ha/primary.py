@@ -14,6 +14,7 @@ it before applying it.
 from __future__ import annotations
 
 import json
+from collections import deque
 from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
@@ -31,7 +32,16 @@ from ..broker.vhosts import VirtualHosts
 from ..changes import events as ev
 from ..changes.replay import heldKey
 from ..changes.scoped import observe, unobserve
-from .commands import BadHoldings, Events, Heartbeat, eventsArguments
+from ..changes.cursor import entriesAfter, entrySize, lastId, sizeOf
+from .commands import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    BadHoldings,
+    CatchUp,
+    Events,
+    Heartbeat,
+    eventsArguments,
+)
 
 if TYPE_CHECKING:
     from .node import HANode
@@ -163,6 +173,18 @@ class HeldIds:
 
     def __repr__(self) -> str:
         return f"<HeldIds {self.uuid} {list(zip(self.starts, self.ends))}>"
+
+    def within(self, first: int, last: int) -> Iterator[tuple[int, int]]:
+        """
+        The held ranges cut to C{first}..C{last}: found by bisection, so the
+        work is that of the ranges inside, not of all of them.
+        """
+        index = max(bisect_right(self.starts, first) - 1, 0)
+        for start, end in zip(self.starts[index:], self.ends[index:]):
+            if start > last:
+                break
+            if end >= first:
+                yield max(start, first), min(end, last)
 
     def without(self, ids: Sequence[int]) -> Iterator[tuple[int, int]]:
         """
@@ -474,17 +496,114 @@ class ReplicationGate:
         self.release()
 
 
+class QueueWalk:
+    """
+    What a catch-up still has to send of one queue's entries: those with
+    ids after C{after} up to C{last} (the highest id when the catch-up
+    started), taken from the queue as it is when each batch is made.
+
+    The backup has (or is being sent) entry C{id} when L{has} says so;
+    live events of the queue are sent for those entries only, and the
+    others wait for the batch that reaches them (which sends their state
+    as it is then). See doc/architecture.md, "Catching up".
+
+    @ivar queue: the queue walked.
+    @ivar held: what the backup held of it when it subscribed.
+    @ivar after: every entry up to this id has been sent.
+    @ivar last: the walk ends at this id.
+    """
+
+    __slots__ = ("queue", "held", "after", "last")
+
+    def __init__(self, queue: Queue, held: HeldIds | None, last: int) -> None:
+        self.queue = queue
+        self.held = held
+        self.after = 0
+        self.last = last
+
+    def has(self, id: int) -> bool:
+        """
+        Whether the backup has entry C{id} (or the live stream alone brings
+        it): at or below the cursor, past the walk's end (enqueued after the
+        catch-up started), or held before it subscribed.
+        """
+        return id <= self.after or id > self.last or (self.held is not None and id in self.held)
+
+
+class CatchUpProgress:
+    """
+    How far a catch-up is, as the primary sees it (C{qha-admin query},
+    C{/api/ha}, and its log lines).
+
+    @ivar messages: the entries the catch-up's queues held when it started
+        (an upper bound of what it sends: those the backup held already
+        and those consumed meanwhile are not sent).
+    @ivar walked: entries looked at so far (sent, or held already).
+    @ivar sentMessages: messages sent in batches.
+    @ivar sentBytes: bytes of batches sent.
+    @ivar ackedMessages: messages in batches the backup answered.
+    @ivar ackedBytes: bytes of batches the backup answered.
+    @ivar batches: batches sent.
+    @ivar ackedBatches: batches answered.
+    @ivar started: when it started (the clock's seconds).
+    @ivar finished: when the backup answered its last batch, or L{None}.
+    """
+
+    def __init__(self, started: float) -> None:
+        self.messages = 0
+        self.walked = 0
+        self.sentMessages = 0
+        self.sentBytes = 0
+        self.ackedMessages = 0
+        self.ackedBytes = 0
+        self.batches = 0
+        self.ackedBatches = 0
+        self.started = started
+        self.finished: float | None = None
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """
+        The fields C{qha-admin query} and C{/api/ha} show.
+        """
+        return {
+            "messages": self.messages,
+            "sentMessages": self.sentMessages,
+            "sentBytes": self.sentBytes,
+            "acknowledgedMessages": self.ackedMessages,
+            "acknowledgedBytes": self.ackedBytes,
+            "batches": self.batches,
+            "acknowledgedBatches": self.ackedBatches,
+            "done": self.finished is not None,
+            "seconds": round((self.finished if self.finished is not None else now) - self.started, 3),
+        }
+
+
+PROGRESS_INTERVAL = 5.0
+"""
+Seconds between two log lines of a long catch-up's progress (both sides).
+"""
+
+
 class ReplicationSource:
     """
     The stream to one backup, over its AMP connection.
 
+    A catch-up too large for one box is sent as a stream of L{CatchUp}
+    batches, each at most C{batchMessages} entries and about C{batchBytes}
+    bytes, at most C{catchupWindow} of them unanswered; live boxes and
+    heartbeats go between them.
+
     @ivar ready: whether the backup finished catching up.
     @ivar acked: the sequence number of the last box the backup answered
         (it holds it).
+    @ivar catchup: the progress of the batched catch-up, if there was one.
     """
 
     log = Logger()
     window = 64
+    batchBytes = MAX_BATCH_BYTES // 4
+    batchMessages = MAX_BATCH_MESSAGES // 2
+    catchupWindow = 4
 
     def __init__(
         self,
@@ -522,6 +641,15 @@ class ReplicationSource:
         self._flushCall: IDelayedCall | None = None
         self._heartbeatCall: IDelayedCall | None = None
         self._following: dict[Queue, bool] = {}
+        # The batched catch-up: the queues still to walk (in order), the
+        # same by queue for the live filter, and the batches unanswered.
+        self._stream = False
+        self._walks: deque[QueueWalk] = deque()
+        self._walking: dict[Queue, QueueWalk] = {}
+        self._catchupOut = 0
+        self._catchupDone = True
+        self.catchup: CatchUpProgress | None = None
+        self._loggedAt = 0.0
 
     def __repr__(self) -> str:
         return f"<ReplicationSource to {self.backupId} ready={self.ready}>"
@@ -543,12 +671,35 @@ class ReplicationSource:
             except BadHoldings as error:
                 self.drop(str(error))
                 return
+        self._stream = self._large()
+        if self._stream:
+            self.catchup = CatchUpProgress(self.clock.seconds())
+            self._loggedAt = self.clock.seconds()
         if self.only is not None:
             self.snapshotQueue(holdings)
         else:
             self.snapshot(holdings)
-        self.writer.event(ev.CAUGHT_UP)
-        self.caughtUpAt = self.seq + 1
+        if not self._walks:
+            self._stream = False
+        if not self._stream:
+            # Small enough for one box: the snapshot and the marker go
+            # together, as they always did.
+            self.writer.event(ev.CAUGHT_UP)
+            self.caughtUpAt = self.seq + 1
+            if self.catchup is not None:
+                self.catchup.finished = self.catchup.started
+        else:
+            self._catchupDone = False
+            assert self.catchup is not None
+            self.log.info(
+                "catching up backup {backup}: {messages} messages in {queues} queues,"
+                " sent in batches of at most {count} messages or {size} bytes",
+                backup=self.backupId,
+                messages=self.catchup.messages,
+                queues=len(self._walks),
+                count=self.batchMessages,
+                size=self.batchBytes,
+            )
         if self.only is None:
             for vhost in self.vhosts:
                 observe(vhost, self)
@@ -557,6 +708,162 @@ class ReplicationSource:
             observe(self.vhost, self)
         self.flush()
         self._scheduleHeartbeat()
+        self._pump()
+
+    def _large(self) -> bool:
+        """
+        Whether the queues whose messages the backup gets hold more than
+        one batch: then the catch-up goes in batches.
+        """
+        default = self.node.replicateDefault
+        count = size = 0
+        if self.only is not None:
+            queue = self.vhost.queues.get(self.only)
+            queues = [queue] if queue is not None else []
+        else:
+            queues = [
+                queue
+                for vhost in self.vhosts
+                for queue in vhost.queues.values()
+                if replicateLevel(queue, default) == ALL
+            ]
+        for queue in queues:
+            entries, bytes = sizeOf(queue)
+            count += entries
+            size += bytes
+        return count > self.batchMessages or size > self.batchBytes
+
+    # The batched catch-up
+
+    def _pump(self) -> None:
+        """
+        Send catch-up batches while fewer than C{catchupWindow} are
+        unanswered.
+        """
+        while not self.closed and not self._catchupDone and self._catchupOut < self.catchupWindow:
+            self._sendBatch()
+
+    def _sendBatch(self) -> None:
+        """
+        Send the next batch: the live events gathered so far go first (in
+        their own box), so that the stream keeps the order things happened
+        in; then up to C{batchMessages} entries or about C{batchBytes} bytes
+        of the queues still to walk, and the marker after the last.
+        """
+        self.flush()
+        progress = self.catchup
+        assert progress is not None
+        writer = ev.EventWriter()
+        budget = self.batchMessages
+        room = self.batchBytes
+        messages = 0
+        while self._walks and budget > 0 and room > 0:
+            walk = self._walks[0]
+            queue = walk.queue
+            if queue.deleted or self._walking.get(queue) is not walk:
+                self._walks.popleft()
+                self._walking.pop(queue, None)
+                continue
+            writer.scope(queue.vhost.name)
+            entries, after, done = entriesAfter(queue, walk.after, walk.last, budget, room)
+            if walk.held is not None:
+                ranges = list(walk.held.within(walk.after + 1, after))
+                if ranges:
+                    piece = HeldIds("", [first for first, _ in ranges], [end for _, end in ranges])
+                    for first, end in piece.without([entry.id for entry in entries]):
+                        writer.entryRange(ev.DEQUEUED, queue.name, first, end)
+                        budget -= 1
+            for entry in entries:
+                if walk.held is None or entry.id not in walk.held:
+                    writer.entry(queue, entry)
+                    messages += 1
+                if entry.id in queue.held:
+                    writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+                budget -= 1
+                room -= entrySize(entry)
+            walk.after = after
+            progress.walked += len(entries)
+            if not done:
+                # Cut by the bounds: the batch is full.
+                break
+            self._walks.popleft()
+            del self._walking[queue]
+        last = not self._walks
+        if last:
+            writer.event(ev.CAUGHT_UP)
+            self._catchupDone = True
+        data = writer.take()
+        self.seq += 1
+        seq = self.seq
+        if last:
+            self.caughtUpAt = seq
+        self.inFlight[seq] = []
+        self.inFlightBytes[seq] = len(data)
+        self.vhost.resources.hold(len(data))
+        self._catchupOut += 1
+        progress.batches += 1
+        progress.sentMessages += messages
+        progress.sentBytes += len(data)
+        d = self.connection.callRemote(
+            CatchUp,
+            epoch=self.node.epoch,
+            seq=seq,
+            events=data,
+            position=self.node.position,
+            messages=messages,
+            total=progress.messages,
+            last=last,
+        )
+        size = len(data)
+        d.addCallbacks(lambda _: self._batchApplied(seq, messages, size), self._failed)
+
+    def _batchApplied(self, seq: int, messages: int, size: int) -> None:
+        """
+        The backup holds batch C{seq}: count it, and send the next.
+        """
+        progress = self.catchup
+        if self.closed or progress is None:
+            return
+        self._catchupOut -= 1
+        progress.ackedBatches += 1
+        progress.ackedMessages += messages
+        progress.ackedBytes += size
+        now = self.clock.seconds()
+        if self.caughtUpAt is not None and seq >= self.caughtUpAt:
+            progress.finished = now
+            self.log.info(
+                "catch-up of backup {backup} done: {messages} messages ({bytes} bytes) in"
+                " {batches} batches, {seconds:.1f}s",
+                backup=self.backupId,
+                messages=progress.ackedMessages,
+                bytes=progress.ackedBytes,
+                batches=progress.ackedBatches,
+                seconds=now - progress.started,
+            )
+        elif now - self._loggedAt >= PROGRESS_INTERVAL:
+            self._loggedAt = now
+            self.log.info(
+                "catching up backup {backup}: {sent} of at most {total} messages sent"
+                " ({sentBytes} bytes), {acked} acknowledged ({ackedBytes} bytes), {seconds:.1f}s",
+                backup=self.backupId,
+                sent=progress.sentMessages,
+                total=progress.messages,
+                sentBytes=progress.sentBytes,
+                acked=progress.ackedMessages,
+                ackedBytes=progress.ackedBytes,
+                seconds=now - progress.started,
+            )
+        self._applied(seq)
+        self._pump()
+
+    def _has(self, queue: Queue, id: int) -> bool:
+        """
+        Whether the backup has entry C{id} of C{queue} (or gets it from the
+        live stream), so that a live event of it is sent; see
+        L{QueueWalk.has}.
+        """
+        walk = self._walking.get(queue)
+        return walk is None or walk.has(id)
 
     def stop(self) -> None:
         """
@@ -567,6 +874,9 @@ class ReplicationSource:
             return
         self.closed = True
         self._following.clear()
+        self._walks.clear()
+        self._walking.clear()
+        self._catchupDone = True
         for vhost in self.vhosts:
             unobserve(vhost, self)
         if self in self.vhosts.observers:
@@ -720,6 +1030,18 @@ class ReplicationSource:
         held = holdings.get(heldKey(queue))
         if held is not None and held.uuid != queue.uuid:
             held = None
+        if self._stream:
+            # In batches: what the backup holds past the walk's end (a new
+            # primary that is behind it) goes now; the rest as it is walked.
+            walk = QueueWalk(queue, held, lastId(queue))
+            if held is not None:
+                for first, last in held.within(walk.last + 1, MAX_ID):
+                    self.writer.entryRange(ev.DEQUEUED, queue.name, first, last)
+            self._walks.append(walk)
+            self._walking[queue] = walk
+            assert self.catchup is not None
+            self.catchup.messages += sizeOf(queue)[0]
+            return
         entries = sorted(
             list(queue.readyEntries()) + list(queue.held.values()),
             key=lambda entry: entry.id,
@@ -819,6 +1141,7 @@ class ReplicationSource:
 
     def queueDeleted(self, queue: Queue) -> None:
         self._following.pop(queue, None)
+        self._walking.pop(queue, None)
         if self._replicated(queue):
             self.writer.event(ev.QUEUE_DELETED, queue.name, queue.uuid)
             self._scheduleFlush()
@@ -865,6 +1188,8 @@ class ReplicationSource:
     def enqueued(self, queue: Queue, entry: Entry) -> None:
         follows = self._following.get(queue)
         if follows or (follows is None and self._follows(queue)):
+            if self._walking and not self._has(queue, entry.id):
+                return
             self.writer.entry(queue, entry)
             if self._flushCall is None:
                 self._scheduleFlush()
@@ -872,6 +1197,12 @@ class ReplicationSource:
     def _entryEvents(self, kind: bytes, queue: Queue, entries: Sequence[Entry]) -> None:
         follows = self._following.get(queue)
         if follows or (follows is None and self._follows(queue)):
+            if self._walking:
+                walk = self._walking.get(queue)
+                if walk is not None:
+                    entries = [entry for entry in entries if walk.has(entry.id)]
+                    if not entries:
+                        return
             self.writer.entryEvents(kind, queue.name, entries)
             if self._flushCall is None:
                 self._scheduleFlush()

@@ -257,6 +257,7 @@ class QueueReplicator(Replicator):
             kind = event[0]
             try:
                 if kind == ev.ENQUEUED:
+                    self.enqueues += 1
                     queue = queues.get(event[1])
                     if queue is not None:
                         queue.replicaEnqueue(
@@ -322,6 +323,7 @@ class QueueReplicaLink(BackupLink):
         """
         The queue caught up with the remote's.
         """
+        self._caughtUp = True
         self.log.info(
             "queue {queue} caught up with {address}",
             queue=self.replica.queue,

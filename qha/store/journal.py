@@ -35,7 +35,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
-from twisted.internet.defer import Deferred
+from collections import deque
+
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -48,6 +50,7 @@ from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts
 from ..changes import events as ev
+from ..changes.cursor import entrySize
 from ..changes.replay import Replicator
 from ..changes.scoped import observe, unobserve
 
@@ -193,6 +196,38 @@ class Journal(Protocol):
         Release the journal.
         """
 
+    def beginRewrite(self) -> None:
+        """
+        Start writing the journal that replaces this one (an incremental
+        compaction); appends go on to this one meanwhile. May run in
+        another thread.
+        """
+
+    def writeRewrite(self, data: bytes) -> None:
+        """
+        Append C{data} (records) to the journal being written. May run in
+        another thread.
+        """
+
+    def copyTail(self, start: int, end: int) -> None:
+        """
+        Append this journal's bytes C{start} to C{end} (whole records,
+        appended since the compaction started) to the one being written.
+        May run in another thread, while appends go on past C{end}.
+        """
+
+    def endRewrite(self) -> None:
+        """
+        Make the journal being written durable and put it in this one's
+        place, atomically; appends go to it from now on. Runs while
+        nothing is appended (the store holds its flushes back).
+        """
+
+    def abortRewrite(self) -> None:
+        """
+        Drop the journal being written (the store is closing).
+        """
+
 
 class MemoryJournal:
     """
@@ -224,6 +259,23 @@ class MemoryJournal:
 
     def close(self) -> None:
         pass
+
+    def beginRewrite(self) -> None:
+        self._rewriting: list[bytes] = []
+
+    def writeRewrite(self, data: bytes) -> None:
+        self._rewriting.append(data)
+
+    def copyTail(self, start: int, end: int) -> None:
+        self._rewriting.append(b"".join(self.records)[start:end])
+
+    def endRewrite(self) -> None:
+        self.records = [record for record in self._rewriting if record]
+        self._size = sum(len(record) for record in self.records)
+        del self._rewriting
+
+    def abortRewrite(self) -> None:
+        self.__dict__.pop("_rewriting", None)
 
 
 class FileJournal:
@@ -333,6 +385,45 @@ class FileJournal:
             self.file.close()
             self.file = None
 
+    def beginRewrite(self) -> None:
+        self._rewriting = openPrivate(self.path + ".compacting", "wb")
+        self._rewriting.write(MAGIC)
+
+    def writeRewrite(self, data: bytes) -> None:
+        self._rewriting.write(data)
+
+    def copyTail(self, start: int, end: int) -> None:
+        with open(self.path, "rb") as journal:
+            journal.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = journal.read(min(left, 1 << 20))
+                if not chunk:
+                    raise OSError(f"{self.path}: {left} bytes short of byte {end}")
+                self._rewriting.write(chunk)
+                left -= len(chunk)
+
+    def endRewrite(self) -> None:
+        temporary = self._rewriting
+        temporary.flush()
+        os.fsync(temporary.fileno())
+        temporary.close()
+        del self._rewriting
+        os.replace(self.path + ".compacting", self.path)
+        _syncDirectory(os.path.dirname(self.path) or ".")
+        self.file.close()
+        self.file = openPrivate(self.path, "r+b")
+        self.file.seek(0, os.SEEK_END)
+
+    def abortRewrite(self) -> None:
+        temporary = self.__dict__.pop("_rewriting", None)
+        if temporary is not None:
+            temporary.close()
+            try:
+                os.remove(self.path + ".compacting")
+            except OSError:
+                pass
+
 
 def _syncDirectory(directory: str) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
@@ -351,6 +442,228 @@ def durableQueue(queue: Queue) -> bool:
     Whether C{queue} is kept: durable and not exclusive.
     """
     return queue.durable and not queue.exclusive
+
+
+class Compaction:
+    """
+    One compaction of a store's journal, spread over many reactor turns so
+    the broker never stops for it: the reactor writes the durable state a
+    bounded step at a time (at most C{step} messages, about C{recordBytes}
+    bytes, one record each), another thread writes those records to the
+    new file, and then copies after them every record the store appended
+    to the old journal since the compaction began; for the last few of
+    those the store holds its flushes back, so none is missed, and the new
+    file takes the old one's place.
+
+    Why nothing is lost: the new journal is a snapshot written from the
+    state at the compaction's start or later, followed by every record
+    written since the start. Replay applies events by id and uuid, and
+    applying an event to a state that already shows it changes nothing (an
+    enqueue of an id present is ignored, a dequeue of an id absent too, a
+    delete names the queue's uuid). So whatever part of the snapshot was
+    taken after an event, replaying the event again after it leaves the
+    state the event left. See doc/store.md.
+
+    @ivar start: the old journal's size when the compaction began: the
+        records after it are copied.
+    """
+
+    log = Logger()
+    step = 2000
+    recordBytes = 1 << 19
+
+    def __init__(
+        self,
+        store: "Store",
+        inThread: Callable[[Callable[[], Any]], Deferred[Any]] | None,
+    ) -> None:
+        """
+        @param store: the store compacted.
+        @param inThread: runs a write in another thread (L{None}: here).
+        """
+        self.store = store
+        self.journal = store.journal
+        self.inThread = inThread
+        self.clock = store.clock
+        self.start = self.journal.size()
+        self.before = self.start
+        self.recordsAtStart = store.records
+        self.epoch, self.position = store.epoch, store.position
+        self.started = time.monotonic()
+        self.written = 0
+        self.records = 0
+        self.cancelled = False
+        self.done = False
+        self.longest = 0.0
+        self._queues: deque[tuple[Queue, list[Entry]]] = deque()
+        self._call: IDelayedCall | None = None
+        self._writer = ev.EventWriter()
+
+    def _run(self, work: Callable[[], Any]) -> Deferred[Any]:
+        """
+        Run C{work} in the compaction's thread, or here.
+        """
+        if self.inThread is not None:
+            return self.inThread(work)
+        try:
+            return succeed(work())
+        except BaseException:
+            return fail()
+
+    def begin(self) -> None:
+        """
+        Write the configuration (as it is now) and start walking the
+        queues' messages.
+        """
+        assert self.store.vhosts is not None
+        writer = ev.EventWriter()
+        for vhost in self.store.vhosts:
+            if vhost is not self.store.vhosts.default:
+                writer.vhostAdded(vhost.name)
+            writer.scope(vhost.name)
+            for exchange in vhost.exchanges.values():
+                if exchange.durable and not _builtin(exchange):
+                    writer.exchangeDeclared(exchange)
+            for queue in vhost.queues.values():
+                if durableQueue(queue):
+                    writer.queueDeclared(queue)
+                    # The entries as they are now: references, copied at C
+                    # speed; a step writes them as they are then (what
+                    # happened to them since is in the records copied
+                    # after the snapshot).
+                    for level in queue.levels:
+                        if level:
+                            self._queues.append((queue, list(level)))
+                    if queue.held:
+                        held = sorted(queue.held.values(), key=lambda entry: entry.id)
+                        self._queues.append((queue, held))
+            for exchange in vhost.exchanges.values():
+                if exchange is vhost.defaultExchange:
+                    continue
+                for binding in exchange.bindings.values():
+                    if self.store._keptBinding(binding):
+                        writer.binding(ev.BOUND, binding)
+        # The first step's messages go in the same record.
+        self._writer = writer
+        self._run(self.journal.beginRewrite).addCallbacks(self._next, self._failed)
+
+    def _next(self, _: Any = None) -> None:
+        """
+        Take the next step in the reactor's next turn.
+        """
+        if self.cancelled:
+            self._run(self.journal.abortRewrite)
+            return
+        self._call = self.clock.callLater(0, self._step)
+
+    def _step(self) -> None:
+        """
+        Write up to C{step} messages of the queues, as one record.
+        """
+        self._call = None
+        if self.cancelled:
+            self._run(self.journal.abortRewrite)
+            return
+        began = time.monotonic()
+        writer, self._writer = self._writer, ev.EventWriter()
+        budget = self.step
+        room = self.recordBytes
+        while self._queues and budget > 0 and room > 0:
+            queue, entries = self._queues[0]
+            if queue.deleted:
+                self._queues.popleft()
+                continue
+            writer.scope(queue.vhost.name)
+            held = queue.held
+            taken = 0
+            for entry in entries:
+                if budget <= 0 or room <= 0:
+                    break
+                taken += 1
+                if entry.message.persistent:
+                    writer.entry(queue, entry)
+                    if entry.id in held:
+                        writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+                budget -= 1
+                room -= entrySize(entry)
+            if taken < len(entries):
+                del entries[:taken]
+                break
+            self._queues.popleft()
+        if not self._queues and not writer.count:
+            self.longest = max(self.longest, time.monotonic() - began)
+            self._tail()
+            return
+        record = encodeRecord(self.epoch, self.position, writer.take())
+        self.records += 1
+        self.written += len(record)
+        self.longest = max(self.longest, time.monotonic() - began)
+        self._run(lambda: self.journal.writeRewrite(record)).addCallbacks(self._next, self._failed)
+
+    def _tail(self) -> None:
+        """
+        Copy the records appended since the start while appends go on,
+        then hold the store's flushes back and copy the rest.
+        """
+        end = self.journal.size()
+        start, self.start = self.start, end
+        self.copied = end - start
+        self._run(lambda: self.journal.copyTail(start, end)).addCallbacks(
+            lambda _: self.store._holdFlushes(self._finish), self._failed
+        )
+
+    def _finish(self) -> None:
+        """
+        The store flushes nothing now: copy what it appended last, and put
+        the new journal in the old one's place.
+        """
+        start, end = self.start, self.journal.size()
+        self.copied += end - start
+
+        def replace() -> None:
+            self.journal.copyTail(start, end)
+            self.journal.endRewrite()
+
+        self._run(replace).addCallbacks(self._replaced, self._failed)
+
+    def _replaced(self, _: Any) -> None:
+        store = self.store
+        self.done = True
+        appended = store.records - self.recordsAtStart
+        store.records = self.records + appended
+        store._compacted(self)
+        self.log.info(
+            "compacted the store from {before} to {after} bytes in {seconds:.2f}s"
+            " (the longest step {longest:.1f} ms; {copied} bytes written meanwhile kept)",
+            before=self.before,
+            after=self.journal.size(),
+            seconds=time.monotonic() - self.started,
+            longest=self.longest * 1000,
+            copied=self.copied,
+        )
+
+    def _failed(self, failure: Any) -> None:
+        """
+        The compaction failed: the old journal is still whole and in
+        use; drop the new one.
+        """
+        self.done = True
+        self.log.failure("compacting the store failed; the journal is kept as it is", failure)
+        try:
+            self.journal.abortRewrite()
+        except Exception:
+            pass
+        self.store._compacted(self)
+
+    def cancel(self) -> None:
+        """
+        Stop (the store is closing); the old journal stays.
+        """
+        self.cancelled = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+            self._call = None
+            self.journal.abortRewrite()
 
 
 @implementer(IConfirmHolder)
@@ -396,6 +709,11 @@ class Store:
         self.syncAverage = 0.0
         self._syncing = False
         self._syncWaiters: list[Deferred[None]] = []
+        # The compaction under way, and whether it holds flushes back
+        # (its last step), with what to run once none is in flight.
+        self.compaction: Compaction | None = None
+        self._held = False
+        self._whenHeld: Callable[[], None] | None = None
 
     # Recovery
 
@@ -458,6 +776,10 @@ class Store:
         if self._flushCall is not None and self._flushCall.active():
             self._flushCall.cancel()
         self._flushCall = None
+        if self._held:
+            # A compaction puts its journal in place: this turn's events
+            # wait for it, and so do the confirms.
+            return
         if self.positionSource is not None:
             self.epoch, self.position = self.positionSource()
         if self.syncInThread is not None:
@@ -543,6 +865,9 @@ class Store:
 
         def written(result: Any) -> None:
             self._syncing = False
+            if self._whenHeld is not None:
+                whenHeld, self._whenHeld = self._whenHeld, None
+                whenHeld()
             if current is not None:
                 current.holds -= 1
                 current.check()
@@ -569,6 +894,10 @@ class Store:
         A L{Deferred} that fires once everything written so far is on disk,
         or L{None} if it is already.
         """
+        if self._held:
+            held: Deferred[None] = Deferred()
+            self._syncWaiters.append(held)
+            return held
         if self.syncInThread is None or (
             not self._syncing and not self.writer.count and not self._positionDirty
         ):
@@ -579,7 +908,33 @@ class Store:
             self.flush()
         return waiter
 
+    def _holdFlushes(self, then: Callable[[], None]) -> None:
+        """
+        Hold flushes back (a compaction's last step) and call C{then} once
+        no write is in flight.
+        """
+        self._held = True
+        if self._syncing:
+            self._whenHeld = then
+        else:
+            then()
+
+    def _compacted(self, compaction: Compaction) -> None:
+        """
+        C{compaction} is over (done or failed): flushes go on, to the new
+        journal if it is in place.
+        """
+        if self.compaction is compaction:
+            self.compaction = None
+        if self._held:
+            self._held = False
+            self.flush()
+            if self.syncInThread is None:
+                self._synced(None)
+
     def _maybeCompact(self) -> None:
+        if self.compaction is not None:
+            return
         if self.journal.size() > self.compactAt:
             if self._recount:
                 # A purge or a queue deletion dropped messages whose sizes
@@ -587,7 +942,7 @@ class Store:
                 self._recount = False
                 self.liveBytes = self._countLiveBytes()
             if self.journal.size() > 4 * self.liveBytes:
-                self.compact()
+                self.startCompaction()
 
     def hold(self, queues: list[Queue], message: Message) -> Completion | None:
         """
@@ -617,9 +972,21 @@ class Store:
             self.epoch, self.position = epoch, position
             self._positionDirty = True
 
+    def startCompaction(self) -> Compaction | None:
+        """
+        Start rewriting the journal as a snapshot of the durable state, in
+        bounded steps (see L{Compaction}), writing in the store's thread if
+        it has one; the broker goes on meanwhile.
+        """
+        if self.vhosts is None or self.compaction is not None:
+            return None
+        compaction = self.compaction = Compaction(self, self.threadSync)
+        compaction.begin()
+        return compaction
+
     def compact(self) -> None:
         """
-        Rewrite the journal as one snapshot of the durable state.
+        Rewrite the journal as one snapshot of the durable state, now.
         """
         if self.vhosts is None:
             return
@@ -670,11 +1037,14 @@ class Store:
         Flush what is pending and close the journal (once the store's
         thread finished writing, if it is busy).
         """
-        if self._syncing:
+        if self._syncing or self._held:
             waiter: Deferred[None] = Deferred()
             self._syncWaiters.append(waiter)
             waiter.addCallback(lambda _: self.close())
             return waiter
+        if self.compaction is not None:
+            self.compaction.cancel()
+            self.compaction = None
         self.syncInThread = None
         self.flush()
         self.journal.close()

@@ -1,0 +1,493 @@
+"""
+Tests of the batched catch-up (L{qha.ha.primary.ReplicationSource} sends a
+backup's catch-up as L{qha.ha.commands.CatchUp} batches, L{qha.ha.link.
+BackupLink.receivedBatch} and L{qha.ha.catchup.CatchUpReceiver} take them):
+bounds, flow control, live events between batches, a connection lost half
+way, the progress both sides show, and the backup's store records.
+
+Two in-memory nodes of an L{InMemoryCluster} talk AMP over iosim on one
+Clock: nothing opens a socket or sleeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from qha.changes import events as ev
+from qha.changes.cursor import entriesAfter
+from qha.ha.commands import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MalformedBox
+from qha.ha.primary import ReplicationSource
+from qha.ha.role import READY
+from qha.store.journal import MemoryJournal, Store, scanRecords
+from qha.test.support import (
+    ALL,
+    InMemoryCluster,
+    Link,
+    message,
+    persistentMessage,
+    queueContents,
+    snapshotOf,
+    writeEnqueued,
+)
+
+
+class CatchUpTests(SynchronousTestCase):
+    """
+    A catch-up larger than one batch, between a primary and a backup node.
+    """
+
+    def setUp(self) -> None:
+        """
+        A cluster in memory with an active primary and a joining backup;
+        batches of at most 10 messages, 2 unanswered at a time.
+        """
+        self.patch(ReplicationSource, "batchMessages", 10)
+        self.patch(ReplicationSource, "catchupWindow", 2)
+        self.cluster = InMemoryCluster(self)
+        self.primary = self.cluster.primary()
+        self.backup = self.cluster.node()
+
+    def publish(self, queue: str, count: int, size: int = 10) -> None:
+        """
+        Publish C{count} messages of C{size} bytes to C{queue} on the
+        primary.
+        """
+        for index in range(count):
+            self.primary.vhost.publish("", queue, message(b"%d" % index + b"x" * size, queue))
+
+    def assertReplicated(self) -> None:
+        """
+        The backup holds what the primary holds.
+        """
+        self.assertEqual(snapshotOf(self.backup.vhost), snapshotOf(self.primary.vhost))
+
+    def source(self) -> ReplicationSource:
+        """
+        The primary's one source.
+        """
+        [source] = self.primary.sources.values()
+        return source
+
+    def pumpUntil(self, link: Link, done: Any, bound: int = 10000) -> None:
+        """
+        Move bytes one round at a time until C{done()}, at most C{bound}
+        rounds.
+        """
+        for _ in range(bound):
+            if done():
+                return
+            link.pump.pump()
+        self.fail("not done within the bound")
+
+    def test_batches(self) -> None:
+        """
+        A catch-up of 95 messages in batches of 10 comes as 10 batches after
+        the configuration box, never more than 2 of them unanswered; the
+        backup is ready only after the last, and holds the same queue.
+        """
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 95)
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        outstanding = []
+        ready = []
+        for _ in range(1000):
+            moved = link.pump.pump()
+            if self.primary.sources:
+                outstanding.append(self.source()._catchupOut)
+                ready.append((self.backup.role.name == READY, self.backup.vhost.queues.get("q")))
+            if not moved:
+                break
+        self.assertLessEqual(max(outstanding), 2)
+        self.assertEqual(self.backup.role.name, READY)
+        # Ready only once every message was there.
+        for isReady, queue in ready:
+            if isReady:
+                assert queue is not None
+                self.assertEqual(queue.messageCount, 95)
+        enqueues = [sum(1 for event in box if event[0] == ev.ENQUEUED) for box in link.boxes]
+        self.assertEqual(sum(enqueues), 95)
+        self.assertLessEqual(max(enqueues), 10)
+        self.assertEqual(len([count for count in enqueues if count]), 10)
+        self.assertEqual(link.events(ev.CAUGHT_UP), [(ev.CAUGHT_UP,)])
+        # The marker ends the last batch: no message after it.
+        caughtUp = [index for index, box in enumerate(link.boxes) if (ev.CAUGHT_UP,) in box][0]
+        self.assertEqual(link.boxes[caughtUp][-1], (ev.CAUGHT_UP,))
+        self.assertEqual(sum(enqueues[caughtUp + 1 :]), 0)
+        self.assertReplicated()
+        self.assertTrue(self.source().ready)
+        self.cluster.finish()
+
+    def test_bytesBound(self) -> None:
+        """
+        Batches stay within the bytes bound: messages of 1,000 bytes with a
+        bound of 4,000 come at most 3 a batch (the next would pass it); one
+        message larger than the bound travels alone.
+        """
+        self.patch(ReplicationSource, "batchBytes", 4000)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 20, 1000)
+        self.primary.vhost.publish("", "q", message(b"y" * 10000, "q"))
+        self.publish("q", 2, 1000)
+        link = self.cluster.connect(self.primary, self.backup)
+        enqueues = [[event for event in box if event[0] == ev.ENQUEUED] for box in link.boxes]
+        sizes = [sum(len(event[6]) for event in box) for box in enqueues if box]
+        self.assertLessEqual(max(len(box) for box in enqueues), 3)
+        self.assertIn(10000, sizes)
+        self.assertLess(sorted(sizes)[-2], 4000)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertReplicated()
+        self.cluster.finish()
+
+    def test_liveEventsBetweenBatches(self) -> None:
+        """
+        While the backup catches up, the primary goes on: messages are
+        published (they come in live boxes between the batches), consumed
+        among those already sent (live) and among those not sent yet
+        (their batch no longer has them), held by a consumer, given back
+        and purged in another queue. At the end the backup holds exactly
+        what the primary holds.
+        """
+        vhost = self.primary.vhost
+        queue = vhost.declareQueue("q", arguments=ALL)
+        other = vhost.declareQueue("other", arguments=ALL)
+        self.publish("q", 60)
+        self.publish("other", 30)
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        source: list[ReplicationSource] = []
+
+        def started() -> bool:
+            if self.primary.sources and self.source().catchup is not None:
+                source.append(self.source())
+                return self.source().catchup.ackedBatches >= 2  # type: ignore[union-attr]
+            return False
+
+        self.pumpUntil(link, started)
+        self.assertFalse(source[0].ready)
+        after = source[0]._walking[queue].after
+        self.assertGreater(after, 0)
+        self.assertLess(after, 60)
+        # New messages: live.
+        self.publish("q", 5)
+        # The oldest (sent already) and one far ahead (not sent yet) go.
+        first = queue.get()
+        assert first is not None
+        queue.settle(first)
+        ahead = [entry for entry in queue.readyEntries() if entry.id == 50][0]
+        queue._unlink(ahead)  # type: ignore[attr-defined]
+        queue._forget(ahead)  # type: ignore[attr-defined]
+        queue._removed(ahead)  # type: ignore[attr-defined]
+        # Held by a consumer: one sent, one not yet; one given back.
+        held = [queue.get() for _ in range(3)]
+        assert None not in held
+        queue.release([held[2]])  # type: ignore[list-item]
+        other.purge()
+        self.publish("other", 3)
+        link.flush()
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertReplicated()
+        backupQueue = self.backup.vhost.queues["q"]
+        self.assertNotIn(50, [id for id, _, _ in queueContents(backupQueue)])
+        self.assertEqual(sorted(backupQueue.held), sorted(entry.id for entry in held[:2]))  # type: ignore[union-attr]
+        # The live boxes came between the batches, before the last.
+        caughtUp = [index for index, box in enumerate(link.boxes) if (ev.CAUGHT_UP,) in box][0]
+        live = [
+            index
+            for index, box in enumerate(link.boxes)
+            if any(event[0] == ev.ENQUEUED and event[1] == "q" and event[2] > 60 for event in box)
+        ]
+        self.assertTrue(live)
+        self.assertLess(live[0], caughtUp)
+        self.cluster.finish()
+
+    def test_queueDeletedDuringCatchUp(self) -> None:
+        """
+        A queue deleted half way through its catch-up is deleted on the
+        backup too, and the catch-up goes on with the next.
+        """
+        vhost = self.primary.vhost
+        vhost.declareQueue("q", arguments=ALL)
+        vhost.declareQueue("r", arguments=ALL)
+        self.publish("q", 40)
+        self.publish("r", 40)
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        self.pumpUntil(
+            link,
+            lambda: bool(self.primary.sources)
+            and self.source().catchup is not None
+            and self.source().catchup.ackedBatches >= 1,  # type: ignore[union-attr]
+        )
+        vhost.deleteQueue("q")
+        link.flush()
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(sorted(self.backup.vhost.queues), ["r"])
+        self.assertReplicated()
+        self.cluster.finish()
+
+    def test_connectionLostAndStartedAgain(self) -> None:
+        """
+        A connection lost half way through a catch-up leaves the backup with
+        what it applied; subscribed again, it is sent only the rest.
+        """
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 80)
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        self.pumpUntil(
+            link,
+            lambda: bool(self.primary.sources)
+            and self.source().catchup is not None
+            and self.source().catchup.ackedBatches >= 3,  # type: ignore[union-attr]
+        )
+        link.cut()
+        self.assertEqual(self.primary.sources, {})
+        have = self.backup.vhost.queues["q"].messageCount
+        self.assertGreater(have, 0)
+        self.assertLess(have, 80)
+        self.assertNotEqual(self.backup.role.name, READY)
+        again = self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        sent = [event for box in again.boxes for event in box if event[0] == ev.ENQUEUED]
+        self.assertEqual(len(sent), 80 - have)
+        self.assertReplicated()
+        self.cluster.finish()
+
+    def test_progress(self) -> None:
+        """
+        Both sides show the catch-up's progress in C{describe} (what
+        C{qha-admin query} and C{/api/ha} show): messages and bytes sent,
+        acknowledged and received.
+        """
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 35)
+        self.cluster.connect(self.primary, self.backup)
+        [backup] = self.primary.describe()["backups"]
+        progress = backup["catchup"]
+        self.assertEqual(progress["messages"], 35)
+        self.assertEqual(progress["sentMessages"], 35)
+        self.assertEqual(progress["acknowledgedMessages"], 35)
+        self.assertEqual(progress["batches"], 4)
+        self.assertEqual(progress["acknowledgedBatches"], 4)
+        self.assertEqual(progress["sentBytes"], progress["acknowledgedBytes"])
+        self.assertGreater(progress["sentBytes"], 35 * 10)
+        self.assertTrue(progress["done"])
+        received = self.backup.describe()["catchup"]
+        self.assertEqual(
+            (received["messages"], received["receivedMessages"], received["batches"], received["done"]),
+            (35, 35, 4, True),
+        )
+        self.assertEqual(received["receivedBytes"], progress["sentBytes"])
+        self.cluster.finish()
+
+    def test_smallCatchUpInOneBox(self) -> None:
+        """
+        A catch-up that fits one batch goes in one box with the marker, as
+        before, and shows no batch progress.
+        """
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 5)
+        link = self.cluster.connect(self.primary, self.backup)
+        first = link.boxes[0]
+        self.assertEqual(len([event for event in first if event[0] == ev.ENQUEUED]), 5)
+        self.assertEqual(first[-1], (ev.CAUGHT_UP,))
+        self.assertEqual(self.primary.describe()["backups"][0]["catchup"], None)
+        self.assertEqual(self.backup.describe()["catchup"], None)
+        self.cluster.finish()
+
+    def test_storeRecordsBounded(self) -> None:
+        """
+        A backup with a store writes the catch-up as one record per batch,
+        none larger than a batch, and recovers the whole queue from them.
+        """
+        self.patch(ReplicationSource, "batchMessages", 1000)
+        self.patch(ReplicationSource, "batchBytes", 20000)
+        journal = MemoryJournal()
+        store = Store(journal, self.cluster.clock)
+        store.attach(self.backup.vhost)
+        self.backup.store = store
+        self.primary.vhost.declareQueue("q", durable=True, arguments=ALL)
+        for index in range(300):
+            self.primary.vhost.publish(
+                "", "q", persistentMessage(b"%05d" % index + b"z" * 200, "q")
+            )
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        records, _ = scanRecords(b"".join(journal.records), "<memory>")
+        self.assertGreater(len(records), 3)
+        self.assertLessEqual(max(len(record) for record in journal.records), 20000 + 4096)
+        self.cluster.finish()
+
+
+class BatchBoundsTests(SynchronousTestCase):
+    """
+    A backup checks every number of a batch before it uses it.
+    """
+
+    def setUp(self) -> None:
+        """
+        A backup following a primary (an in-memory cluster), caught up.
+        """
+        self.cluster = InMemoryCluster(self)
+        self.primary = self.cluster.primary()
+        self.backup = self.cluster.node()
+        self.connection = self.cluster.connect(self.primary, self.backup)
+        self.link = self.connection.link
+
+    def batch(self, messages: int, data: bytes = b"", total: int = 100, last: bool = False, seq: int | None = None) -> Any:
+        """
+        Hand the link a batch with these numbers.
+        """
+        if seq is None:
+            seq = self.link.lastSeq + 1
+        return self.link.receivedBatch(self.primary.epoch, seq, data, None, messages, total, last)
+
+    def enqueues(self, count: int, size: int = 10) -> bytes:
+        """
+        The events of C{count} enqueues to a queue the backup lacks.
+        """
+        writer = ev.EventWriter()
+        for index in range(count):
+            m = message(b"b" * size, "nowhere")
+            writeEnqueued(writer, "nowhere", index + 1, False, m.addressing, m.header, m.body)
+        return writer.take()
+
+    def assertRefused(self, why: str, *args: Any, **kwargs: Any) -> None:
+        """
+        The batch is refused with C{why} in the error, nothing of it is
+        applied (the sequence stays), and the link closes.
+        """
+        seq = self.link.lastSeq
+        error = self.assertRaises(MalformedBox, self.batch, *args, **kwargs)
+        self.assertIn(why, str(error))
+        self.cluster.clock.advance(0)
+        self.assertTrue(self.link.closed)
+
+    def tearDown(self) -> None:
+        """
+        Stop everything.
+        """
+        self.cluster.finish()
+
+    def test_tooManyMessages(self) -> None:
+        """
+        More messages than L{MAX_BATCH_MESSAGES}, or fewer than none.
+        """
+        self.assertRefused("messages (at most", MAX_BATCH_MESSAGES + 1)
+
+    def test_negativeMessages(self) -> None:
+        """
+        A negative count.
+        """
+        self.assertRefused("messages (at most", -1)
+
+    def test_tooLarge(self) -> None:
+        """
+        More than L{MAX_BATCH_BYTES} with more than one message.
+        """
+        self.assertRefused("bytes of events", 2, b"x" * (MAX_BATCH_BYTES + 1))
+
+    def test_oneLargeMessage(self) -> None:
+        """
+        One message larger than a batch travels alone: accepted.
+        """
+        data = self.enqueues(1, MAX_BATCH_BYTES + 1)
+        self.batch(1, data, total=1)
+        self.assertEqual(self.link.catchup.messages, 1)
+
+    def test_totalOutOfBounds(self) -> None:
+        """
+        A negative total.
+        """
+        self.assertRefused("out of bounds", 0, total=-1)
+
+    def test_totalChanges(self) -> None:
+        """
+        The total is the same in every batch of a catch-up.
+        """
+        self.batch(2, self.enqueues(2), total=10)
+        self.assertRefused("not the catch-up's 10", 1, self.enqueues(1), total=11)
+
+    def test_pastTotal(self) -> None:
+        """
+        The messages received never pass the total.
+        """
+        self.batch(2, self.enqueues(2), total=3)
+        self.assertRefused("would pass the total", 2, self.enqueues(2), total=3)
+
+    def test_countIsWhatItCarries(self) -> None:
+        """
+        A batch that says 3 messages and carries 2 is refused (after it
+        was applied, so the link catches up again).
+        """
+        self.assertRefused("said 3 messages and carried 2", 3, self.enqueues(2))
+
+    def test_lastCarriesMarker(self) -> None:
+        """
+        The last batch carries the caught-up marker, and no other does.
+        """
+        self.assertRefused("no caught-up marker in the last", 0, last=True)
+
+    def test_afterLast(self) -> None:
+        """
+        Nothing comes after the last batch.
+        """
+        writer = ev.EventWriter()
+        writer.event(ev.CAUGHT_UP)
+        self.batch(0, writer.take(), last=True)
+        self.assertRefused("ended with an earlier batch", 0)
+
+    def test_outOfSequence(self) -> None:
+        """
+        A batch after a gap is refused as any box is.
+        """
+        from qha.ha.commands import OutOfSequence
+
+        self.assertRaises(OutOfSequence, self.batch, 0, seq=self.link.lastSeq + 2)
+
+
+class CursorTests(SynchronousTestCase):
+    """
+    L{entriesAfter} walks a live queue in id order, a bounded piece at a
+    time.
+    """
+
+    def test_walk(self) -> None:
+        """
+        Pieces of at most C{count} entries, in id order across priority
+        levels and held entries, cover the queue up to C{last} once.
+        """
+        from qha.broker.vhost import VirtualHost
+
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q", arguments={"x-max-priority": 3})
+        for index in range(30):
+            vhost.publish("", "q", persistentMessage(b"m", "q", persistent=False, priority=index % 3))
+        held = [queue.get() for _ in range(4)]
+        assert None not in held
+        seen: list[int] = []
+        after = 0
+        done = False
+        while not done:
+            entries, after, done = entriesAfter(queue, after, 28, 7, 10**9)
+            self.assertLessEqual(len(entries), 7)
+            seen += [entry.id for entry in entries]
+        self.assertEqual(seen, list(range(1, 29)))
+        self.assertEqual(after, 28)
+
+    def test_sizeBound(self) -> None:
+        """
+        The size bound stops a piece before the entry that would pass it,
+        unless it is the first.
+        """
+        from qha.broker.vhost import VirtualHost
+
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q")
+        for size in (100, 100, 5000, 100):
+            vhost.publish("", "q", message(b"x" * size, "q"))
+        entries, after, done = entriesAfter(queue, 0, 4, 100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([1, 2], 2, False))
+        entries, after, done = entriesAfter(queue, after, 4, 100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
+        entries, after, done = entriesAfter(queue, after, 4, 100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))

@@ -1,0 +1,117 @@
+"""
+A backup catching up on a large backlog, on real processes: starts a
+primary (the integration harness, L{qha.test.integration.cluster}), fills
+one durable, replicated queue with N persistent messages, then, RUNS times,
+starts a backup with an empty data directory and, until it is ready,
+queries it (C{qha-admin query}'s AMP command) in a loop, timing each
+answer. Prints per run the time to ready, the longest answer, and the
+flaps (the primary dropping the backup, or the backup leaving a silent
+primary, from their logs).
+
+    PYTHONPATH=. .venv/bin/python -m qha_bench.catchupbench \\
+        [--messages 300000] [--size 250] [--runs 3] [--heartbeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+import pika
+
+from qha.test.integration.cluster import Cluster
+
+
+def fill(port: int, queue: str, messages: int, size: int) -> None:
+    """
+    Publish C{messages} persistent messages of C{size} bytes to C{queue}.
+    """
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True, arguments={"qpid.replicate": "all"})
+    body = b"x" * size
+    properties = pika.BasicProperties(delivery_mode=2)
+    for index in range(messages):
+        channel.basic_publish("", queue, body, properties, mandatory=False)
+    connection.close()
+
+
+def main() -> None:
+    """
+    The command line.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=300_000)
+    parser.add_argument("--size", type=int, default=250)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--heartbeat", type=float, default=2.0)
+    options = parser.parse_args()
+    cluster = Cluster(2, heartbeat=options.heartbeat)
+    try:
+        cluster.start([0])
+        cluster.startPrimary(0)
+        started = time.monotonic()
+        fill(cluster.brokers[0].port, "backlog", options.messages, options.size)
+        cluster.waitFor(
+            0,
+            lambda state: any(
+                queue.get("messages") == options.messages
+                for queue in cluster.listObjects(0, "queues")
+                if queue.get("name") == "backlog"
+            ),
+            timeout=300,
+            what=f"{options.messages} messages on the primary",
+        )
+        print(
+            f"published {options.messages} messages of {options.size} bytes in"
+            f" {time.monotonic() - started:.1f}s"
+        )
+        backup = cluster.brokers[1]
+        for run in range(1, options.runs + 1):
+            backup.kill()
+            for name in os.listdir(backup.dataDirectory):
+                if name not in ("cluster-secret",):
+                    path = os.path.join(backup.dataDirectory, name)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.remove(path)
+            dropsBefore = cluster.brokers[0].output(100000).count("dropping backup")
+            began = time.monotonic()
+            cluster.startBroker(1)
+            longest = 0.0
+            answers = 0
+            state: dict = {}
+            while True:
+                asked = time.monotonic()
+                try:
+                    state = cluster.query(1, timeout=30)
+                except Exception as error:  # a refused login while starting
+                    state = {"role": f"error {error}"}
+                took = time.monotonic() - asked
+                answers += 1
+                longest = max(longest, took)
+                if state.get("role") == "ready":
+                    break
+                if time.monotonic() - began > 600:
+                    raise SystemExit(f"run {run}: not ready after 600 s: {state}")
+                time.sleep(0.05)
+            ready = time.monotonic() - began
+            drops = cluster.brokers[0].output(100000).count("dropping backup") - dropsBefore
+            silent = backup.output(100000).count("silent for")
+            catchup = state.get("catchup") or {}
+            print(
+                f"run {run}: ready after {ready:.1f}s (catch-up {catchup.get('seconds')}s,"
+                f" {catchup.get('receivedMessages')} messages,"
+                f" {catchup.get('receivedBytes')} bytes, {catchup.get('batches')} batches);"
+                f" {answers} queries, the longest answer {longest * 1000:.0f} ms;"
+                f" flaps: {drops} drops by the primary, {silent} silent-primary warnings"
+            )
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
