@@ -476,7 +476,9 @@ def parseDocument(data: bytes) -> dict[str, Any]:
         raise Refused("the definitions must be a JSON object (RabbitMQ's definitions format)")
     items = 0
     for section in SECTIONS + ("vhosts",):
-        value = document.get(section) or []
+        value = document.get(section)
+        if value is None:
+            continue
         if not isinstance(value, list):
             raise Refused(f"definitions: {section} must be a JSON list")
         items += len(value)
