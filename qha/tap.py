@@ -1030,7 +1030,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         users=config["userDatabase"] if config["users"] is not None else None,
     )
     amp = NodeAMPFactory(
-        authority, [node.replicationLocator, adminLocator(node)], clock=reactor
+        authority, [node.replicationLocator, adminLocator(node, factory)], clock=reactor
     )
     haTLS = config.get("haTLS")
     ListenService(

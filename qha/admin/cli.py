@@ -62,6 +62,8 @@ from ..ha.etcd import EtcdClient, EtcdError, EtcdUnavailable, IEtcd, parseCoordi
 from ..ha.role import ACTIVE, CATCHUP, JOINING, PRIMARY_ROLES, READY, RECOVERING, STANDALONE
 from ..store.journal import StoreCorrupt, storeInfo as readStoreInfo
 from ..tls import MutualTLS, describeFailure, isTLSFailure, withTLS
+from .manage import COMMANDS as MANAGE_COMMANDS, addCommands, objectArgument as _objectArgument, vhostOption
+from .output import AdminError, cell as _cell, formatTable
 from .commands import (
     AddObject,
     DeleteObject,
@@ -146,12 +148,6 @@ A command: runs with a L{Session}, returns the exit status.
 """
 
 
-class AdminError(Exception):
-    """
-    A command failed: the message is the one line for standard error.
-    """
-
-
 # Command line
 
 
@@ -183,22 +179,6 @@ def _seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text!r}")
     return value
-
-
-def _objectArgument(text: str) -> tuple[str, Any]:
-    """
-    An argparse type for C{--argument K=V}: a value that looks like an
-    integer becomes one; anything else stays a string.
-
-    @return: the key and the value.
-    """
-    key, equals, value = text.partition("=")
-    if not equals or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    try:
-        return key, int(value)
-    except ValueError:
-        return key, value
 
 
 def _globalOptions(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -373,9 +353,9 @@ def buildParser() -> argparse.ArgumentParser:
     )
     replicate.add_argument("queue", metavar="QUEUE")
 
-    command("queues", "queues with their message, unacked and consumer counts")
-    command("exchanges", "exchanges with their binding counts")
-    command("bindings", "bindings of every exchange but the default one")
+    vhostOption(command("queues", "queues with their message, unacked and consumer counts"))
+    vhostOption(command("exchanges", "exchanges with their binding counts"))
+    vhostOption(command("bindings", "bindings of every exchange but the default one"))
 
     add = command("add", "declare a queue or an exchange")
     addKinds = add.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -386,6 +366,7 @@ def buildParser() -> argparse.ArgumentParser:
     addExchange.add_argument("type", metavar="TYPE", help="direct, fanout, topic or headers")
     for sub in (addQueue, addExchange):
         sub.add_argument("name", metavar="NAME")
+        vhostOption(sub)
         sub.add_argument(
             "--replicate",
             choices=REPLICATE_LEVELS,
@@ -436,9 +417,11 @@ def buildParser() -> argparse.ArgumentParser:
     delete = command("del", "delete a queue or an exchange")
     deleteKinds = delete.add_subparsers(dest="kind", metavar="KIND", required=True)
     for kind in ("queue", "exchange"):
-        deleteKinds.add_parser(kind, help=f"del {kind} NAME", parents=[common]).add_argument(
-            "name", metavar="NAME"
-        )
+        deleteKind = deleteKinds.add_parser(kind, help=f"del {kind} NAME", parents=[common])
+        deleteKind.add_argument("name", metavar="NAME")
+        vhostOption(deleteKind)
+
+    addCommands(command, common)
     return parser
 
 
@@ -508,47 +491,6 @@ def parseArguments(
 
 
 # Output
-
-
-def _cell(value: Any) -> str:
-    """
-    A value as a table shows it: booleans as yes/no, nothing as C{-}.
-    """
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if value is None or value == "":
-        return "-"
-    return str(value)
-
-
-def formatTable(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """
-    A plain-text table: a header line, a rule, then one line per row;
-    numbers are aligned right, everything else left.
-
-    @return: the lines, each ending in a newline.
-    """
-    cells = [list(headers)] + [[_cell(value) for value in row] for row in rows]
-    numeric = [
-        bool(rows) and all(isinstance(row[i], int) and not isinstance(row[i], bool) for row in rows)
-        for i in range(len(headers))
-    ]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        """
-        One line of the table, padded and aligned.
-        """
-        parts = [
-            value.rjust(width) if right else value.ljust(width)
-            for value, width, right in zip(values, widths, numeric)
-        ]
-        return "  ".join(parts).rstrip() + "\n"
-
-    text = line(cells[0]) + line(["-" * width for width in widths])
-    for values in cells[1:]:
-        text += line(values)
-    return text
 
 
 def formatQueues(queues: Sequence[dict[str, Any]]) -> str:
@@ -1193,7 +1135,9 @@ def _lister(kind: str, format: Callable[[list[dict[str, Any]]], str]) -> Command
         """
         Print the broker's objects of this kind: a table, or JSON.
         """
-        answer = await session.call(session.address, ListObjects, kind=kind)
+        answer = await session.call(
+            session.address, ListObjects, kind=kind, vhost=session.arguments.vhost
+        )
         objects = json.loads(answer["objects"])
         if session.arguments.json:
             session.writeJSON(objects)
@@ -1220,7 +1164,11 @@ async def add(session: Session) -> int:
     if arguments.kind == "exchange":
         description["type"] = arguments.type
     await session.call(
-        session.address, AddObject, kind=arguments.kind, description=json.dumps(description)
+        session.address,
+        AddObject,
+        kind=arguments.kind,
+        description=json.dumps(description),
+        vhost=arguments.vhost,
     )
     if arguments.json:
         session.writeJSON(
@@ -1237,7 +1185,10 @@ async def delete(session: Session) -> int:
     C{del queue NAME} or C{del exchange NAME}.
     """
     arguments = session.arguments
-    await session.call(session.address, DeleteObject, kind=arguments.kind, name=arguments.name)
+    await session.call(
+        session.address, DeleteObject, kind=arguments.kind, name=arguments.name,
+        vhost=arguments.vhost,
+    )
     if arguments.json:
         session.writeJSON(
             {"broker": session.address, "kind": arguments.kind, "name": arguments.name,
@@ -1371,6 +1322,7 @@ COMMANDS: dict[str, Command] = {
     "del": delete,
     "vhost": vhost,
     "store-info": storeInfo,
+    **MANAGE_COMMANDS,
 }
 """
 Every command, by name, as a function of the session to the exit status.

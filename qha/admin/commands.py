@@ -3,6 +3,9 @@ The admin commands C{qha-admin} sends to a broker's AMP port.
 
 A broker answers them in every role; those that change the broker's state
 (promote, add, delete) say why when they refuse.
+
+The commands on a virtual host's objects take its name as C{vhost}
+(optional: C{/} when not given, so an older C{qha-admin} still works).
 """
 
 from __future__ import annotations
@@ -14,14 +17,23 @@ from ..ha.commands import ERRORS, Authenticate, Challenge, ChunkedBytes, Refused
 __all__ = [
     "AddObject",
     "Authenticate",
+    "Bind",
     "Challenge",
+    "CloseConnection",
     "DeleteObject",
+    "ExportDefinitions",
+    "ImportDefinitions",
+    "ListConnections",
+    "ListConsumers",
     "ListObjects",
     "Ping",
     "Promote",
+    "Purge",
     "Query",
     "Refused",
     "Replicate",
+    "SetOptions",
+    "Unbind",
     "VhostAdd",
     "VhostDelete",
     "VhostList",
@@ -73,7 +85,7 @@ class ListObjects(amp.Command):
     Queues, exchanges or bindings with their counts, as JSON.
     """
 
-    arguments = [(b"kind", amp.Unicode())]
+    arguments = [(b"kind", amp.Unicode()), (b"vhost", amp.Unicode(optional=True))]
     response = [(b"objects", ChunkedBytes())]
     errors = ERRORS
 
@@ -83,7 +95,11 @@ class AddObject(amp.Command):
     Declare a queue or an exchange (JSON description).
     """
 
-    arguments = [(b"kind", amp.Unicode()), (b"description", amp.Unicode())]
+    arguments = [
+        (b"kind", amp.Unicode()),
+        (b"description", amp.Unicode()),
+        (b"vhost", amp.Unicode(optional=True)),
+    ]
     response = list[tuple[bytes, amp.Argument]]()
     errors = ERRORS
 
@@ -93,7 +109,11 @@ class DeleteObject(amp.Command):
     Delete a queue or an exchange.
     """
 
-    arguments = [(b"kind", amp.Unicode()), (b"name", amp.Unicode())]
+    arguments = [
+        (b"kind", amp.Unicode()),
+        (b"name", amp.Unicode()),
+        (b"vhost", amp.Unicode(optional=True)),
+    ]
     response = list[tuple[bytes, amp.Argument]]()
     errors = ERRORS
 
@@ -126,4 +146,114 @@ class VhostDelete(amp.Command):
 
     arguments = [(b"name", amp.Unicode())]
     response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+# Managing objects and clients (qha-admin purge, bind, unbind, connections,
+# consumers, close-connection, definitions, set).
+
+
+class Purge(amp.Command):
+    """
+    Drop the ready messages of a queue; answers how many.
+    """
+
+    arguments = [(b"queue", amp.Unicode()), (b"vhost", amp.Unicode(optional=True))]
+    response = [(b"messages", amp.Integer())]
+    errors = ERRORS
+
+
+class Bind(amp.Command):
+    """
+    Bind a queue (or, with C{destinationType} C{exchange}, an exchange) to
+    an exchange; C{arguments} is a JSON object.
+    """
+
+    arguments = [
+        (b"source", amp.Unicode()),
+        (b"destination", amp.Unicode()),
+        (b"destinationType", amp.Unicode()),
+        (b"routingKey", amp.Unicode()),
+        (b"arguments", amp.Unicode()),
+        (b"vhost", amp.Unicode(optional=True)),
+    ]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class Unbind(amp.Command):
+    """
+    Remove a binding (the arguments of L{Bind}).
+    """
+
+    arguments = Bind.arguments
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class ListConnections(amp.Command):
+    """
+    The client connections (of one virtual host, or all), as JSON.
+    """
+
+    arguments = [(b"vhost", amp.Unicode(optional=True))]
+    response = [(b"connections", ChunkedBytes())]
+    errors = ERRORS
+
+
+class ListConsumers(amp.Command):
+    """
+    The consumers of a virtual host's queues, as JSON.
+    """
+
+    arguments = [(b"vhost", amp.Unicode(optional=True))]
+    response = [(b"consumers", ChunkedBytes())]
+    errors = ERRORS
+
+
+class CloseConnection(amp.Command):
+    """
+    Close a client connection, by its name, with 320 CONNECTION_FORCED and
+    C{reason}.
+    """
+
+    arguments = [(b"name", amp.Unicode()), (b"reason", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class ExportDefinitions(amp.Command):
+    """
+    RabbitMQ's definitions document of one virtual host, or of all.
+    """
+
+    arguments = [(b"vhost", amp.Unicode(optional=True))]
+    response = [(b"definitions", ChunkedBytes())]
+    errors = ERRORS
+
+
+class ImportDefinitions(amp.Command):
+    """
+    Declare what a definitions document holds (into one virtual host, or
+    each object into its own); answers how many of each, as JSON.
+    """
+
+    arguments = [(b"definitions", ChunkedBytes()), (b"vhost", amp.Unicode(optional=True))]
+    response = [(b"imported", amp.Unicode())]
+    errors = ERRORS
+
+
+class SetOptions(amp.Command):
+    """
+    Change options at run time (Qpid's C{qpid-ha set}); answers the
+    settings now, as JSON.
+    """
+
+    arguments = [
+        (b"backupTimeout", amp.Float(optional=True)),
+        (b"publicBrokers", amp.Unicode(optional=True)),
+        (b"brokers", amp.Unicode(optional=True)),
+        (b"replicate", amp.Unicode(optional=True)),
+    ]
+    response = [(b"settings", amp.Unicode())]
     errors = ERRORS

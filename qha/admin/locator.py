@@ -15,25 +15,54 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from ..amqp.protocol import AMQPServer
+from ..amqp.users import UserDatabase
 from ..broker.errors import AMQPError
 from ..broker.vhost import VirtualHost
-from ..broker.vhosts import VirtualHosts
+from ..broker.vhosts import DEFAULT_VHOST, VirtualHosts
 from ..ha.auth import ADMIN
 from ..ha.commands import Refused
+from ..ha.config import HAOptions
 from ..ha.connection import Session
 from .commands import (
     AddObject,
+    Bind,
+    CloseConnection,
     DeleteObject,
+    ExportDefinitions,
+    ImportDefinitions,
+    ListConnections,
+    ListConsumers,
     ListObjects,
     Ping,
     Promote,
+    Purge,
     Query,
     Replicate,
+    SetOptions,
+    Unbind,
     VhostAdd,
     VhostDelete,
     VhostList,
 )
-from .objects import addObject, deleteObject, listObjects
+from .objects import (
+    addObject,
+    bind,
+    checkText,
+    closeConnection,
+    connectionRows,
+    consumerRows,
+    deleteObject,
+    exportDocument,
+    findVhost,
+    importDocument,
+    listObjects,
+    parseBindArguments,
+    parseDocument,
+    purgeQueue,
+    setOptions,
+    unbind,
+)
 
 
 class RoleView(Protocol):
@@ -67,6 +96,14 @@ class AdministeredNode(Protocol):
     def replicateDefault(self) -> str:
         "C{--ha-replicate}."
 
+    @property
+    def options(self) -> HAOptions:
+        "The cluster options (C{set} changes some at run time)."
+
+    @property
+    def brokerId(self) -> str:
+        "The broker's identity."
+
     def describe(self) -> dict[str, Any]:
         "The broker's HA state."
 
@@ -80,6 +117,21 @@ class AdministeredNode(Protocol):
         "Apply what a backup acknowledged and did not apply yet."
 
 
+class Clients(Protocol):
+    """
+    What the admin commands need of the broker's AMQP side
+    (L{qha.amqp.protocol.BrokerFactory}).
+    """
+
+    @property
+    def connections(self) -> set[AMQPServer]:
+        "The open client connections."
+
+    @property
+    def users(self) -> UserDatabase:
+        "The users who may log in, for the definitions."
+
+
 class AdminLocator(amp.CommandLocator):
     """
     The admin commands on one AMP connection, answered once the
@@ -88,15 +140,21 @@ class AdminLocator(amp.CommandLocator):
 
     log = Logger()
 
-    def __init__(self, node: AdministeredNode, session: Session) -> None:
+    def __init__(
+        self, node: AdministeredNode, session: Session, clients: Clients | None = None
+    ) -> None:
         """
         @param node: the broker.
         @param session: the connection's authentication, shared with
             replication.
+        @param clients: the broker's AMQP side, for C{connections},
+            C{consumers}, C{close-connection} and the users of
+            C{definitions export}; L{None}: none (no client connections).
         """
         super().__init__()
         self.node = node
         self.session = session
+        self.clients = clients
 
     @Ping.responder
     def ping(self) -> dict[str, Any]:
@@ -134,39 +192,41 @@ class AdminLocator(amp.CommandLocator):
         return {}
 
     @ListObjects.responder
-    def listObjects(self, kind: str) -> dict[str, Any]:
+    def listObjects(self, kind: str, vhost: str | None = None) -> dict[str, Any]:
         """
-        Queues, exchanges or bindings, as JSON.
+        Queues, exchanges or bindings of a virtual host, as JSON.
         """
         self.session.check(ADMIN)
         self.node.applyPending()
-        objects = listObjects(self.node.vhost, kind, self.node.replicateDefault)
+        objects = listObjects(self._vhost(vhost), kind, self.node.replicateDefault)
         return {"objects": json.dumps(objects).encode("utf-8")}
 
     @AddObject.responder
-    def addObject(self, kind: str, description: str) -> dict[str, Any]:
+    def addObject(self, kind: str, description: str, vhost: str | None = None) -> dict[str, Any]:
         """
         Declare a queue or an exchange, on the primary (or a standalone
         broker).
         """
         self.session.check(ADMIN)
         self._mayChange("add queues and exchanges")
+        target = self._vhost(vhost)
         parsed = json.loads(description)
         name = parsed.get("name") if isinstance(parsed, dict) else None
-        self._logAction("add", f"{kind} {name!r}")
-        addObject(self.node.vhost, kind, parsed)
+        self._logAction("add", f"{kind} {name!r}{self._in(target)}")
+        addObject(target, kind, parsed)
         return {}
 
     @DeleteObject.responder
-    def deleteObject(self, kind: str, name: str) -> dict[str, Any]:
+    def deleteObject(self, kind: str, name: str, vhost: str | None = None) -> dict[str, Any]:
         """
         Delete a queue or an exchange, on the primary (or a standalone
         broker).
         """
         self.session.check(ADMIN)
         self._mayChange("delete queues and exchanges")
-        self._logAction("del", f"{kind} {name!r}")
-        deleteObject(self.node.vhost, kind, name)
+        target = self._vhost(vhost)
+        self._logAction("del", f"{kind} {name!r}{self._in(target)}")
+        deleteObject(target, kind, name)
         return {}
 
     @VhostList.responder
@@ -218,6 +278,199 @@ class AdminLocator(amp.CommandLocator):
             raise Refused(error.replyText) from None
         return {}
 
+    # Managing objects and clients: purge, bind, unbind, connections,
+    # consumers, close-connection, definitions, set.
+
+    def _vhost(self, name: str | None) -> VirtualHost:
+        """
+        The virtual host called C{name} (L{None}: C{/}).
+
+        @raise Refused: C{NOT_FOUND - vhost 'x' not found}.
+        """
+        return findVhost(self.node.vhost, name)
+
+    @staticmethod
+    def _in(vhost: VirtualHost) -> str:
+        """
+        Where an action happens, for the log: nothing for C{/}.
+        """
+        return "" if vhost.name == DEFAULT_VHOST else f" in vhost {vhost.name!r}"
+
+    def _connections(self) -> set[AMQPServer]:
+        """
+        The broker's client connections (none without an AMQP side).
+        """
+        return set() if self.clients is None else self.clients.connections
+
+    @Purge.responder
+    def purge(self, queue: str, vhost: str | None = None) -> dict[str, Any]:
+        """
+        Drop a queue's ready messages, on the primary (or a standalone
+        broker), as C{queue.purge} does.
+        """
+        self.session.check(ADMIN)
+        self._mayChange("purge queues")
+        target = self._vhost(vhost)
+        checkText("a queue name", queue)
+        self._logAction("purge", f"queue {queue!r}{self._in(target)}")
+        return {"messages": purgeQueue(target, queue)}
+
+    def _binding(
+        self,
+        action: str,
+        source: str,
+        destination: str,
+        destinationType: str,
+        routingKey: str,
+        arguments: str,
+        vhost: str | None,
+    ) -> tuple[VirtualHost, dict[str, Any]]:
+        """
+        The checks and the log line of C{bind} and C{unbind}.
+
+        @return: the virtual host and the parsed arguments.
+        """
+        self.session.check(ADMIN)
+        self._mayChange("add bindings" if action == "bind" else "remove bindings")
+        target = self._vhost(vhost)
+        parsed = parseBindArguments(arguments)
+        checkText("an exchange name", source)
+        checkText("a destination name", destination)
+        checkText("a routing key", routingKey)
+        self._logAction(
+            action,
+            f"{destinationType} {destination!r} to exchange {source!r} key {routingKey!r}"
+            f"{self._in(target)}",
+        )
+        return target, parsed
+
+    @Bind.responder
+    def bind(
+        self,
+        source: str,
+        destination: str,
+        destinationType: str,
+        routingKey: str,
+        arguments: str,
+        vhost: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Bind a queue (or an exchange) to an exchange, on the primary, as
+        C{queue.bind} does.
+        """
+        target, parsed = self._binding(
+            "bind", source, destination, destinationType, routingKey, arguments, vhost
+        )
+        bind(target, source, destination, destinationType, routingKey, parsed)
+        return {}
+
+    @Unbind.responder
+    def unbind(
+        self,
+        source: str,
+        destination: str,
+        destinationType: str,
+        routingKey: str,
+        arguments: str,
+        vhost: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Remove a binding, on the primary, as C{queue.unbind} does.
+        """
+        target, parsed = self._binding(
+            "unbind", source, destination, destinationType, routingKey, arguments, vhost
+        )
+        unbind(target, source, destination, destinationType, routingKey, parsed)
+        return {}
+
+    @ListConnections.responder
+    def listConnections(self, vhost: str | None = None) -> dict[str, Any]:
+        """
+        The client connections (of one virtual host, or all), as JSON.
+        """
+        self.session.check(ADMIN)
+        target = None if vhost is None else self._vhost(vhost)
+        rows = connectionRows(self._connections(), f"qha@{self.node.brokerId}", target)
+        return {"connections": json.dumps(rows).encode("utf-8")}
+
+    @ListConsumers.responder
+    def listConsumers(self, vhost: str | None = None) -> dict[str, Any]:
+        """
+        The consumers of a virtual host's queues, as JSON.
+        """
+        self.session.check(ADMIN)
+        rows = consumerRows(self._connections(), self._vhost(vhost))
+        return {"consumers": json.dumps(rows).encode("utf-8")}
+
+    @CloseConnection.responder
+    def closeConnection(self, name: str, reason: str) -> dict[str, Any]:
+        """
+        Close a client connection with 320 CONNECTION_FORCED and C{reason}.
+        """
+        self.session.check(ADMIN)
+        checkText("a reason", reason)
+        self._logAction("close-connection", f"{name!r} ({reason})")
+        closeConnection(self._connections(), name, reason)
+        return {}
+
+    @ExportDefinitions.responder
+    def exportDefinitions(self, vhost: str | None = None) -> dict[str, Any]:
+        """
+        RabbitMQ's definitions document of one virtual host or all (any
+        role: a backup exports what it holds).
+        """
+        self.session.check(ADMIN)
+        self.node.applyPending()
+        users = None if self.clients is None else self.clients.users
+        document = exportDocument(self.node.vhost, vhost, users)
+        return {"definitions": json.dumps(document).encode("utf-8")}
+
+    @ImportDefinitions.responder
+    def importDefinitions(self, definitions: bytes, vhost: str | None = None) -> dict[str, Any]:
+        """
+        Declare what a definitions document holds, on the primary (or a
+        standalone broker): replicated and stored like any declaration.
+        """
+        self.session.check(ADMIN)
+        self._mayChange("import definitions")
+        if vhost is not None:
+            self._vhost(vhost)
+        document = parseDocument(definitions)
+        self._logAction(
+            "definitions import",
+            f"of {len(definitions)} bytes" + ("" if vhost is None else f" into vhost {vhost!r}"),
+        )
+        counts = importDocument(self.node.vhost, document, vhost)
+        return {"imported": json.dumps(counts)}
+
+    @SetOptions.responder
+    def setOptions(
+        self,
+        backupTimeout: float | None = None,
+        publicBrokers: str | None = None,
+        brokers: str | None = None,
+        replicate: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Change options at run time (Qpid's C{qpid-ha set}), in any role:
+        each broker keeps its own.
+        """
+        self.session.check(ADMIN)
+        asked = {
+            name: value
+            for name, value in (
+                ("backup-timeout", backupTimeout),
+                ("public-url", publicBrokers),
+                ("brokers-url", brokers),
+                ("replicate", replicate),
+            )
+            if value is not None
+        }
+        settings = setOptions(self.node.options, backupTimeout, publicBrokers, brokers, replicate)
+        if asked:
+            self._logAction("set", " ".join(f"--{k} {v}" for k, v in asked.items()))
+        return {"settings": json.dumps(settings)}
+
     def _logAction(self, action: str, what: str) -> None:
         """
         Log an admin action that changes the broker, with who asked.
@@ -241,12 +494,14 @@ class AdminLocator(amp.CommandLocator):
             raise Refused(f"this broker is {role.name}: {what} on the primary")
 
 
-def adminLocator(node: AdministeredNode) -> Any:
+def adminLocator(node: AdministeredNode, clients: Clients | None = None) -> Any:
     """
     The admin locator factory for C{node}'s connections (see
     L{qha.ha.connection.NodeAMPFactory}).
+
+    @param clients: the broker's AMQP side (its connections and users).
     """
-    return lambda session: AdminLocator(node, session)
+    return lambda session: AdminLocator(node, session, clients)
 
 
-__all__ = ["AdminLocator", "AdministeredNode", "adminLocator"]
+__all__ = ["AdminLocator", "AdministeredNode", "Clients", "adminLocator"]

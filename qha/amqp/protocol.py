@@ -240,12 +240,15 @@ class AMQPServer(Protocol):
         # the connection; 0 for errors that no method caused.
         self._failedMethod = 0
         self.peer = "?"
+        # When the client connected (the clock's seconds), for listings.
+        self.connectedAt = 0.0
 
     # Connection lifetime
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.connectedAt = self.clock.seconds()
         self.factory.connections.add(self)
         # Confirms and deliveries are small frames that someone waits for.
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)

@@ -34,7 +34,17 @@ from ..broker.exchange import Binding
 from ..broker.message import Message
 from ..broker.queue import Queue
 from ..broker.vhost import PublishRefused, VirtualHost
-from .auth import REALM, BasicAuthenticator, Caller, effectiveTags
+from ..management.definitions import (
+    MANAGEMENT_VERSION,
+    DefinitionsRefused,
+    exportDefinitions,
+    flag,
+    importDefinitions,
+    permissionViews,
+    table,
+    userView,
+)
+from .auth import REALM, BasicAuthenticator, Caller
 from .broker import ManagedBroker
 from .rates import messageStats
 from .views import (
@@ -51,11 +61,6 @@ from .views import (
     propertiesKey,
     queueView,
 )
-
-MANAGEMENT_VERSION = "3.10.0"
-"""
-The version of RabbitMQ's management API these resources follow.
-"""
 
 READ = "read"
 ADMIN_READ = "admin-read"
@@ -200,25 +205,17 @@ ROUTES = _routes(
 )
 
 
-def _flag(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    """
-    A boolean field of a request body (RabbitMQ's tools send C{true} or
-    C{"true"}).
-    """
-    value = body.get(name, default)
-    if isinstance(value, str):
-        return value.lower() == "true"
-    return bool(value)
+_flag = flag
 
 
 def _table(body: dict[str, Any], name: str = "arguments") -> dict[str, Any]:
     """
     An arguments table of a request body.
     """
-    value = body.get(name) or {}
-    if not isinstance(value, dict):
-        raise HTTPError(400, "bad_request", f"{name} must be a JSON object")
-    return dict(value)
+    try:
+        return table(body, name)
+    except DefinitionsRefused as refused:
+        raise HTTPError(400, "bad_request", str(refused)) from None
 
 
 class ManagementAPI(Resource):
@@ -951,12 +948,7 @@ class ManagementAPI(Resource):
     # Users and permissions (read only: they live in the users file)
 
     def _userView(self, name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "tags": sorted(effectiveTags(self.broker.users, name)),
-            "password_hash": "",
-            "hashing_algorithm": "scrypt",
-        }
+        return userView(self.broker.users, name)
 
     def users(self, caller: Caller, request: IRequest) -> list[dict[str, Any]]:
         """
@@ -973,21 +965,7 @@ class ManagementAPI(Resource):
         return self._userView(name)
 
     def _permissionViews(self) -> list[dict[str, Any]]:
-        rows = []
-        vhost = self.vhost.name
-        for name in self.broker.users.users():
-            permissions = self.broker.users.permissions(name, vhost)
-            if permissions is not None:
-                rows.append(
-                    {
-                        "user": name,
-                        "vhost": vhost,
-                        "configure": permissions.configure,
-                        "write": permissions.write,
-                        "read": permissions.read,
-                    }
-                )
-        return rows
+        return permissionViews(self.broker.users, [self.vhost.name])
 
     def permissions(self, caller: Caller, request: IRequest) -> list[dict[str, Any]]:
         """
@@ -1004,57 +982,7 @@ class ManagementAPI(Resource):
         password hashes) and permissions.
         """
         self.broker.node.applyPending()
-        vhost = self.vhost
-        queues = [
-            {
-                "name": q.name,
-                "vhost": vhost.name,
-                "durable": q.durable,
-                "auto_delete": q.autoDelete,
-                "arguments": q.arguments,
-            }
-            for q in vhost.queues.values()
-            if not q.exclusive
-        ]
-        exchanges = [
-            {
-                "name": x.name,
-                "vhost": vhost.name,
-                "type": x.type,
-                "durable": x.durable,
-                "auto_delete": x.autoDelete,
-                "internal": x.internal,
-                "arguments": x.arguments,
-            }
-            for x in vhost.exchanges.values()
-            if x.name and not x.name.startswith("amq.")
-        ]
-        bindings = []
-        for binding in allBindings(vhost):
-            destination = binding.destination
-            if binding.source is vhost.defaultExchange:
-                continue
-            if isinstance(destination, Queue) and destination.exclusive:
-                continue
-            view = bindingView(binding, vhost)
-            del view["properties_key"]
-            bindings.append(view)
-        return {
-            "rabbit_version": MANAGEMENT_VERSION,
-            "rabbitmq_version": MANAGEMENT_VERSION,
-            "product_name": "qha",
-            "product_version": __version__,
-            "users": [self._userView(name) for name in self.broker.users.users()],
-            "vhosts": [{"name": vhost.name}],
-            "permissions": self._permissionViews(),
-            "topic_permissions": [],
-            "parameters": [],
-            "global_parameters": [],
-            "policies": [],
-            "queues": queues,
-            "exchanges": exchanges,
-            "bindings": bindings,
-        }
+        return exportDefinitions([self.vhost], self.broker.users)
 
     def importDefinitions(self, caller: Caller, request: IRequest) -> Reply:
         """
@@ -1065,36 +993,23 @@ class ManagementAPI(Resource):
         declared.
         """
         body = self._body(request)
-        name = self.vhost.name
-        for section in ("queues", "exchanges", "bindings"):
-            for item in body.get(section) or []:
-                if not isinstance(item, dict) or item.get("vhost", name) != name:
-                    raise HTTPError(
-                        400, "bad_request",
-                        f"{section}: only objects of vhost '{name}' can be imported",
-                    )
-        for item in body.get("exchanges") or []:
-            self.vhost.declareExchange(
-                item["name"], item.get("type", "direct"),
-                durable=_flag(item, "durable", True), autoDelete=_flag(item, "auto_delete"),
-                internal=_flag(item, "internal"), arguments=_table(item),
-            )
-        for item in body.get("queues") or []:
-            self.vhost.declareQueue(
-                item["name"], durable=_flag(item, "durable", True),
-                autoDelete=_flag(item, "auto_delete"), arguments=_table(item),
-            )
-        for item in body.get("bindings") or []:
-            if item.get("destination_type", "queue") == "queue":
-                self.vhost.bindQueue(
-                    item["destination"], item["source"], item.get("routing_key", ""),
-                    _table(item),
+        vhost = self.vhost
+
+        def vhostOf(section: str, name: Any) -> VirtualHost:
+            """
+            The one virtual host, for objects of it.
+            """
+            if name not in (None, vhost.name):
+                raise HTTPError(
+                    400, "bad_request",
+                    f"{section}: only objects of vhost '{vhost.name}' can be imported",
                 )
-            else:
-                self.vhost.bindExchange(
-                    item["destination"], item["source"], item.get("routing_key", ""),
-                    _table(item),
-                )
+            return vhost
+
+        try:
+            importDefinitions(body, vhostOf)
+        except DefinitionsRefused as refused:
+            raise HTTPError(400, "bad_request", str(refused)) from None
         return Reply(204)
 
     # Health and HA

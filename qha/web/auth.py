@@ -20,9 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from ..amqp.users import GUEST, AuthenticationFailed, FailedLogins, IPasswordVerifier, UserDatabase
+from ..amqp.users import AuthenticationFailed, FailedLogins, IPasswordVerifier, UserDatabase
+from ..management.definitions import ADMINISTRATOR, effectiveTags
 
-ADMINISTRATOR = "administrator"
 MONITORING = "monitoring"
 MANAGEMENT = "management"
 POLICYMAKER = "policymaker"
@@ -81,18 +81,6 @@ def isLoopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def effectiveTags(users: UserDatabase, name: str) -> frozenset[str]:
-    """
-    The tags of user C{name}: those of the users file, or C{administrator}
-    for the built-in C{guest} without tags (RabbitMQ's guest is an
-    administrator; it logs in from loopback only).
-    """
-    tags = users.tags(name)
-    if not tags and name == GUEST:
-        return frozenset({ADMINISTRATOR})
-    return tags
 
 
 def credentialsOf(request: IRequest) -> tuple[str, str] | None:

@@ -8,51 +8,31 @@ I/O, no request.
 from __future__ import annotations
 
 import base64
-import datetime
-import decimal
-import hashlib
-import json
-from typing import Any, Iterable
+from typing import Any
 
 from ..amqp.protocol import AMQPServer
-from ..broker.exchange import Binding, Exchange
+from ..broker.exchange import Exchange
 from ..broker.message import Message
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
 from ..ha.primary import replicateLevel
+from ..management.views import (
+    allBindings,
+    bindingView,
+    channelDetails,
+    connectionName,
+    connectionView,
+    consumerViews,
+    dumps,
+    hostPort,
+    jsonValue,
+    propertiesKey,
+)
 
 DEFAULT_EXCHANGE_ALIAS = "amq.default"
 """
 The name of the default exchange in URLs (its real name is empty).
 """
-
-
-def jsonValue(value: Any) -> Any:
-    """
-    C{value} (from an AMQP field table or properties) as something
-    L{json.dumps} takes: bytes as text, decimals and times as numbers or
-    text.
-    """
-    if isinstance(value, dict):
-        return {str(k): jsonValue(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonValue(v) for v in value]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, datetime.datetime):
-        return int(value.replace(tzinfo=datetime.timezone.utc).timestamp())
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def dumps(data: Any) -> bytes:
-    """
-    C{data} as UTF-8 JSON.
-    """
-    return json.dumps(jsonValue(data), separators=(",", ":")).encode("utf-8")
 
 
 def queueView(queue: Queue, vhost: VirtualHost, node: str, replicateDefault: str) -> dict[str, Any]:
@@ -107,103 +87,6 @@ def exchangeView(exchange: Exchange, vhost: VirtualHost, replicateDefault: str) 
     }
 
 
-def propertiesKey(routingKey: str, arguments: dict[str, Any]) -> str:
-    """
-    The name of a binding in URLs (RabbitMQ's C{properties_key}): its
-    routing key, with a digest of its arguments when it has some (RabbitMQ
-    makes it the same way, C{KEY~DIGEST}).
-    """
-    if not arguments:
-        return routingKey
-    digest = hashlib.sha256(dumps(sorted(jsonValue(arguments).items()))).digest()
-    return routingKey + "~" + base64.urlsafe_b64encode(digest[:9]).decode("ascii")
-
-
-def bindingView(binding: Binding, vhost: VirtualHost) -> dict[str, Any]:
-    """
-    A binding as C{GET /api/bindings/...} shows it.
-    """
-    return {
-        "source": binding.source.name,
-        "vhost": vhost.name,
-        "destination": binding.destination.name,
-        "destination_type": "queue" if isinstance(binding.destination, Queue) else "exchange",
-        "routing_key": binding.routingKey,
-        "arguments": jsonValue(binding.arguments),
-        "properties_key": propertiesKey(binding.routingKey, binding.arguments),
-    }
-
-
-def allBindings(vhost: VirtualHost) -> Iterable[Binding]:
-    """
-    Every binding of C{vhost}: the default exchange's (one per queue) first,
-    as RabbitMQ lists them.
-    """
-    for exchange in vhost.exchanges.values():
-        yield from exchange.bindings.values()
-
-
-def connectionName(connection: AMQPServer) -> str:
-    """
-    A connection's name, as RabbitMQ makes it: C{PEER -> BROKER}.
-    """
-    transport = connection.transport
-    host = transport.getHost() if transport is not None else None
-    local = f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}"
-    return f"{connection.peer} -> {local}"
-
-
-def _hostPort(address: str) -> tuple[str, int | None]:
-    host, _, port = address.rpartition(":")
-    return host, int(port) if port.isdigit() else None
-
-
-def connectionView(connection: AMQPServer, node: str) -> dict[str, Any]:
-    """
-    A client connection as C{GET /api/connections} shows it.
-    """
-    from twisted.internet.interfaces import ISSLTransport
-
-    transport = connection.transport
-    local = transport.getHost() if transport is not None else None
-    peerHost, peerPort = _hostPort(connection.peer)
-    return {
-        "name": connectionName(connection),
-        "node": node,
-        "user": connection.user,
-        "vhost": connection.vhost.name,
-        "peer_host": peerHost,
-        "peer_port": peerPort,
-        "host": getattr(local, "host", None),
-        "port": getattr(local, "port", None),
-        "protocol": "AMQP 0-9-1",
-        "type": "network",
-        "state": "running" if connection.state == "open" else connection.state,
-        "ssl": ISSLTransport.providedBy(transport),
-        "channels": len(connection.channels),
-        "channel_max": connection.channelMax,
-        "frame_max": connection.frameMax,
-        "timeout": connection.heartbeat,
-        "client_properties": jsonValue(connection.clientProperties),
-    }
-
-
-def channelDetails(connection: AMQPServer, number: int) -> dict[str, Any]:
-    """
-    The C{channel_details} of a consumer (RabbitMQ's fields).
-    """
-    name = connectionName(connection)
-    peerHost, peerPort = _hostPort(connection.peer)
-    return {
-        "name": f"{name} ({number})",
-        "number": number,
-        "connection_name": name,
-        "peer_host": peerHost,
-        "peer_port": peerPort,
-        "user": connection.user,
-    }
-
-
 def channelViews(connection: AMQPServer, node: str) -> list[dict[str, Any]]:
     """
     A connection's channels as C{GET /api/channels} shows them.
@@ -216,8 +99,8 @@ def channelViews(connection: AMQPServer, node: str) -> list[dict[str, Any]]:
             "node": node,
             "user": connection.user,
             "vhost": connection.vhost.name,
-            "connection_details": {"name": name, "peer_host": _hostPort(connection.peer)[0],
-                                   "peer_port": _hostPort(connection.peer)[1]},
+            "connection_details": {"name": name, "peer_host": hostPort(connection.peer)[0],
+                                   "peer_port": hostPort(connection.peer)[1]},
             "consumer_count": len(channel.consumers),
             "messages_unacknowledged": len(channel.unacked),
             "prefetch_count": channel.prefetchCount,
@@ -227,26 +110,6 @@ def channelViews(connection: AMQPServer, node: str) -> list[dict[str, Any]]:
             "state": "closing" if channel.closing else "running",
         }
         for number, channel in sorted(connection.channels.items())
-    ]
-
-
-def consumerViews(connection: AMQPServer, vhost: VirtualHost) -> list[dict[str, Any]]:
-    """
-    A connection's consumers as C{GET /api/consumers} shows them.
-    """
-    return [
-        {
-            "consumer_tag": tag,
-            "channel_details": channelDetails(connection, number),
-            "queue": {"name": consumer.queue.name, "vhost": vhost.name},
-            "ack_required": not consumer.noAck,
-            "exclusive": consumer.exclusive,
-            "prefetch_count": consumer.prefetch,
-            "active": True,
-            "arguments": jsonValue(consumer.arguments),
-        }
-        for number, channel in sorted(connection.channels.items())
-        for tag, consumer in channel.consumers.items()
     ]
 
 
