@@ -75,10 +75,10 @@ class IBodyStore(Interface):
         @raise PageError: if one cannot be read back whole and intact.
         """
 
-    def free(location: int) -> None:
+    def free(location: int, size: int) -> None:
         """
-        The body at C{location} is no longer needed (read back, or its
-        message is gone); its space may be reclaimed.
+        The body at C{location}, of C{size} bytes, is no longer needed
+        (read back, or its message is gone); its space may be reclaimed.
         """
 
 

@@ -697,7 +697,7 @@ class Queue:
         read = bodies.read([(page.location, page.size) for page in pages])
         total = 0
         for entry, page, body in zip(entries, pages, read):
-            bodies.free(page.location)
+            bodies.free(page.location, page.size)
             entry.message = page.pageIn(body)
             total += len(body)
         self.vhost.resources.pagedIn(total)
@@ -713,7 +713,7 @@ class Queue:
         for entry in entries:
             message = entry.message
             if message.paged:
-                free(cast(PagedMessage, message).location)
+                free(cast(PagedMessage, message).location, message.size)
 
     # Delivery
 
