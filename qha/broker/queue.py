@@ -53,6 +53,9 @@ QUORUM = "quorum"
 SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
 QUEUE_MODES = ("default", "lazy")
 MAX_IN_MEMORY_LENGTH = "x-max-in-memory-length"
+# A queue without policies with more ready messages than this, over the
+# broker's memory budget, takes the policy path, which counts bytes.
+_PLAIN_BACKLOG = 16
 MAX_IN_MEMORY_BYTES = "x-max-in-memory-bytes"
 
 _AMQP_TYPES = {
@@ -638,12 +641,16 @@ class Queue:
             self._pageOut(entry)
             return
         pager = self._pager
-        if (
-            pager is not None
-            and pager.budget
-            and self.vhost.resources.used > pager.budget
-            and resident > pager.window
-        ):
+        if pager is None or not pager.budget or self.vhost.resources.used <= pager.budget:
+            return
+        # Over the broker's budget: a queue with a backlog keeps the read-
+        # ahead window's worth in memory and pages its new messages.
+        if self.plain:
+            if resident <= _PLAIN_BACKLOG:
+                # Consumers keep up: stay on the fast path.
+                return
+            self._leavePlain()
+        if resident > pager.window or self.readyBytes - self.pagedBytes > pager.windowBytes:
             self._pageOut(entry)
 
     def _pageOut(self, entry: Entry) -> None:
