@@ -565,7 +565,7 @@ class PagingQueueTests(SynchronousTestCase):
         self.assertFalse(queue.plain)
         # A queue without policies takes the counting path once its backlog
         # passes 16 messages; from then on it pages past the window.
-        self.assertEqual(self.paged(queue), [False] * 17 + [True] * 23)
+        self.assertEqual(self.paged(queue), [False] * 16 + [True] * 24)
         consumer, target = self.consume(queue)
         self.assertEqual(target.bodies(), sent)
         self.ack(queue, consumer, target)
