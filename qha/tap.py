@@ -25,6 +25,8 @@ from .broker.vhost import REPLICATE_LEVELS, Resources, VirtualHost
 from .broker.vhosts import VirtualHosts
 from .datadir import SECRET_NAME, SecretFileError, claimOrExit, readOrCreateSecret
 from .store.journal import FileJournal, MemoryJournal, Store, StoreCorrupt
+from .store.paging import PageFiles
+from .broker.paging import Pager
 from .tls import MutualTLS, amqpServerEndpoint
 from .admin.locator import adminLocator
 from .ha.config import HAOptions, parseBrokers
@@ -78,6 +80,32 @@ def parseWatermark(value: str) -> int:
         raise ValueError(
             f"--memory-high-watermark: {value!r} is neither a fraction of memory"
             " between 0 and 1 (0.4) nor a size (512MiB, 2GB, 100000000)"
+        )
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def parseMemoryBudget(value: str, watermark: int) -> int:
+    """
+    The broker-wide paging budget of C{--memory-budget}: a fraction of the
+    memory high watermark (C{0.5}, the default, as RabbitMQ's paging
+    ratio), a size (C{1GiB}), or C{0} for none (queues then page only by
+    their own arguments).
+
+    @raise ValueError: with a message saying what is accepted.
+    """
+    text = value.strip()
+    try:
+        fraction = float(text)
+    except ValueError:
+        pass
+    else:
+        if 0 < fraction < 1:
+            return int(watermark * fraction)
+    match = _SIZE.match(text)
+    if match is None or (match.group(2) or "").lower() not in _UNITS:
+        raise ValueError(
+            f"--memory-budget: {value!r} is neither a fraction of the memory high"
+            " watermark between 0 and 1 (0.5) nor a size (1GiB, 512MB, 0 for none)"
         )
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
@@ -234,6 +262,16 @@ class Options(usage.Options):
             "Memory past which publishers are blocked (queued messages, unfinished"
             " bodies, uncommitted transactions, unanswered replication): a fraction"
             " of physical memory (0.4) or a size (512MiB, 2GB).",
+        ],
+        # Paging (issue 15): past this, queues with a backlog page new bodies
+        # to DATA-DIR/paging.
+        [
+            "memory-budget",
+            None,
+            "0.5",
+            "Memory past which queues with a backlog page message bodies to disk"
+            " (DATA-DIR/paging): a fraction of the high watermark (0.5) or a size"
+            " (1GiB); 0 for none (lazy queues and x-max-in-memory-* still page).",
         ],
         # Limits (issue 13): connections, handshakes, header tables.
         [
@@ -471,6 +509,12 @@ class Options(usage.Options):
         try:
             self["memory-high-watermark"] = parseWatermark(
                 str(self["memory-high-watermark"])
+            )
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        try:
+            self["memory-budget"] = parseMemoryBudget(
+                str(self["memory-budget"]), self["memory-high-watermark"]
             )
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
@@ -928,7 +972,15 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         reactor = globalReactor
     # Nothing in the data directory is read before this broker holds it.
     dataDirectory = claimOrExit(config["data-dir"])
-    resources = Resources(highWatermark=config["memory-high-watermark"])
+    # Paging (issue 15): bodies past the budget go to DATA-DIR/paging; what a
+    # previous run paged there is discarded (the journal keeps what lasts).
+    pages = PageFiles(os.path.join(config["data-dir"], "paging"))
+    resources = Resources(
+        highWatermark=config["memory-high-watermark"],
+        pager=Pager(pages, budget=config["memory-budget"]),
+    )
+    # The page files go when the broker stops (after its services did).
+    reactor.addSystemEventTrigger("after", "shutdown", pages.close)
     vhost = VirtualHost("/", resources, clock=reactor)
     vhost.defaultReplicate = config["ha-replicate"]
     cluster = config["ha-cluster"] == "yes"

@@ -42,6 +42,7 @@ from .amqp.holders import Completion, IConfirmHolder, IReplicationPacer
 from .amqp.users import IPasswordVerifier, ScryptHash
 from .broker.exchange import Binding, Exchange
 from .broker.message import Message
+from .broker.paging import IBodyStore, PageError
 from .broker.queue import Consumer, DeliveryTarget, Entry, Queue
 from .broker.vhost import BrokerObserver
 from .ha.etcd import (
@@ -67,6 +68,7 @@ __all__ = [
     "FakeConfirmHolder",
     "FakeEtcd",
     "FakeReplicationPacer",
+    "MemoryBodyStore",
     "RecordingObserver",
     "RecordingTarget",
     "RecordingVerifier",
@@ -753,3 +755,55 @@ if TYPE_CHECKING:
     # mypy checks that the fakes provide the interfaces they stand in for.
     _target: DeliveryTarget = RecordingTarget()
     _observer: BrokerObserver = RecordingObserver()
+
+
+@implementer(IBodyStore)
+class MemoryBodyStore:
+    """
+    An L{IBodyStore} that keeps paged bodies in a dictionary, for tests of
+    the paging model without files, and that records what it was asked.
+
+    @ivar pages: the bodies paged out now, by location.
+    @ivar reads: each call to L{read}, as the list of locations it asked for.
+    @ivar freed: every location freed, in order.
+    """
+
+    def __init__(self) -> None:
+        self.pages: dict[int, bytes] = {}
+        self.reads: list[list[int]] = []
+        self.freed: list[int] = []
+        self._next = 0
+        self.records = 0
+        self.size = 0
+
+    def write(self, body: bytes) -> int:
+        """
+        Keep C{body} under the next location.
+        """
+        location = self._next
+        self._next += 1
+        self.pages[location] = body
+        self.records += 1
+        self.size += len(body)
+        return location
+
+    def read(self, pages: Sequence[tuple[int, int]]) -> list[bytes]:
+        """
+        The bodies at the locations of C{pages}.
+
+        @raise PageError: for one that was freed or never written.
+        """
+        self.reads.append([location for location, _ in pages])
+        try:
+            return [self.pages[location] for location, _ in pages]
+        except KeyError as missing:
+            raise PageError(f"no paged body at location {missing}") from None
+
+    def free(self, location: int, size: int) -> None:
+        """
+        Forget the body at C{location}.
+        """
+        self.freed.append(location)
+        if self.pages.pop(location, None) is not None:
+            self.records -= 1
+            self.size -= size

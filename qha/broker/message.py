@@ -14,10 +14,13 @@ import calendar
 import datetime
 import decimal
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pamqp import commands, decode
 from pamqp.header import ContentHeader
+
+if TYPE_CHECKING:
+    from .paging import IBodyStore
 
 _unpackShort = struct.Struct(">H").unpack_from
 _unpackLong = struct.Struct(">I").unpack_from
@@ -376,6 +379,11 @@ class Message:
 
     __slots__ = ("addressing", "header", "body", "_properties", "_scan")
 
+    paged = False
+    """
+    Whether the body is paged out to disk (see L{PagedMessage}).
+    """
+
     def __init__(self, addressing: bytes, header: bytes, body: bytes) -> None:
         self.addressing = addressing
         self.header = header
@@ -551,8 +559,101 @@ class Message:
         """
         return len(self.body)
 
+    @property
+    def resident(self) -> int:
+        """
+        The body bytes this message holds in memory: its size, or 0 once
+        paged out.
+        """
+        return len(self.body)
+
     def __repr__(self) -> str:
         return (
             f"<Message exchange={self.exchange!r} routingKey={self.routingKey!r}"
             f" size={len(self.body)}>"
+        )
+
+
+class PagedMessage(Message):
+    """
+    A message whose body was paged out to an L{IBodyStore}: what the broker
+    needs to route, order and account for it (addressing, content header,
+    size) stays in memory, the body is read back when asked for.
+
+    A queue reads its paged bodies back, a window at a time, before it
+    delivers them (L{qha.broker.queue.Queue}); reading L{body} here is the
+    slow path for anything else that needs one (a catch-up snapshot, the
+    management API's get), one read each.
+
+    @ivar location: where the body is, in L{bodies}.
+    @ivar bodies: the store that holds the body.
+    """
+
+    __slots__ = ("_size", "location", "bodies")
+
+    paged = True
+
+    def __init__(
+        self,
+        addressing: bytes,
+        header: bytes,
+        size: int,
+        location: int,
+        bodies: "IBodyStore",
+    ) -> None:
+        self.addressing = addressing
+        self.header = header
+        self._size = size
+        self.location = location
+        self.bodies = bodies
+        self._properties = None
+        self._scan = None
+
+    @classmethod
+    def pageOut(cls, message: Message, bodies: "IBodyStore") -> "PagedMessage":
+        """
+        Write the body of C{message} to C{bodies}; return the paged form,
+        which keeps what C{message} already decoded of its header.
+        """
+        paged = cls(
+            message.addressing, message.header, len(message.body), bodies.write(message.body), bodies
+        )
+        paged._properties = message._properties
+        paged._scan = message._scan
+        return paged
+
+    def pageIn(self, body: bytes) -> Message:
+        """
+        The message again with C{body} (read back) in memory.
+        """
+        message = Message(self.addressing, self.header, body)
+        message._properties = self._properties
+        message._scan = self._scan
+        return message
+
+    @property  # type: ignore[override]
+    def body(self) -> bytes:  # type: ignore[override]
+        """
+        The body, read back from the store (one read).
+        """
+        return self.bodies.read([(self.location, self._size)])[0]
+
+    @property
+    def size(self) -> int:
+        """
+        The body size in bytes, known without reading it back.
+        """
+        return self._size
+
+    @property
+    def resident(self) -> int:
+        """
+        Nothing of the body is in memory.
+        """
+        return 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<PagedMessage exchange={self.exchange!r} routingKey={self.routingKey!r}"
+            f" size={self._size} location={self.location}>"
         )

@@ -19,6 +19,13 @@ RabbitMQ's queue arguments that are not policies are checked here too
 that a cluster replicates in full), C{x-queue-mode} and
 C{x-single-active-consumer}, with which only the oldest consumer of the
 queue gets messages.
+
+Paging (see L{qha.broker.paging}): a queue whose ready bodies pass its
+budget (C{x-max-in-memory-length}, C{x-max-in-memory-bytes},
+C{x-queue-mode=lazy}, or the broker-wide budget of its L{Pager}) pages the
+bodies of its new messages out, and reads them back a window at a time
+ahead of its consumers; delivery order, acknowledgements, requeues and the
+policies are those of messages in memory.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from itertools import islice
 from uuid import uuid4
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .errors import NotImplemented_, PreconditionFailed
-from .message import Message
-from .policy import DROP_HEAD, REJECT_PUBLISH_DLX, QueuePolicy, parsePolicy
+from .message import Message, PagedMessage
+from .paging import Pager
+from .policy import DROP_HEAD, REJECT_PUBLISH_DLX, QueuePolicy, _integer, parsePolicy
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
@@ -44,6 +52,11 @@ CLASSIC = "classic"
 QUORUM = "quorum"
 SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
 QUEUE_MODES = ("default", "lazy")
+MAX_IN_MEMORY_LENGTH = "x-max-in-memory-length"
+# A queue without policies with more ready messages than this, over the
+# broker's memory budget, takes the policy path, which counts bytes.
+_PLAIN_BACKLOG = 16
+MAX_IN_MEMORY_BYTES = "x-max-in-memory-bytes"
 
 _AMQP_TYPES = {
     str: "longstr",
@@ -60,6 +73,25 @@ def _text(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace")
     return value
+
+
+def inMemoryLimits(arguments: dict[str, Any], name: str) -> tuple[int | None, int | None]:
+    """
+    The most ready messages, and body bytes, that a queue declared with
+    C{arguments} keeps in memory before it pages new ones out:
+    C{x-max-in-memory-length} and C{x-max-in-memory-bytes} (RabbitMQ's
+    quorum-queue arguments, here for any queue), and C{x-queue-mode=lazy},
+    which pages at once (a length of 0). L{None}: no limit of its own.
+
+    @raise PreconditionFailed: if one is not a whole number of at least 0.
+    """
+    if not arguments:
+        return None, None
+    length = _integer(arguments, MAX_IN_MEMORY_LENGTH, name, 0)
+    size = _integer(arguments, MAX_IN_MEMORY_BYTES, name, 0)
+    if _text(arguments.get("x-queue-mode")) == "lazy":
+        length = 0
+    return length, size
 
 
 def queueType(arguments: dict[str, Any]) -> str:
@@ -291,6 +323,16 @@ class Queue:
         self.singleActive = self.arguments.get(SINGLE_ACTIVE_CONSUMER) is True
         self.plain = self.policy.plain
         self._limited = self.policy.limited
+        # Paging: the queue's own limits on what it keeps in memory, the
+        # broker's pager, and the ready entries whose bodies are paged out.
+        self.maxInMemoryLength, self.maxInMemoryBytes = inMemoryLimits(self.arguments, name)
+        if self.maxInMemoryLength is not None or self.maxInMemoryBytes is not None:
+            # The policy path counts ready bytes, which the limits need.
+            self.plain = False
+        self._pager: Pager | None = vhost.resources.pager
+        self.pagedCount = 0
+        self.pagedBytes = 0
+        self._everPaged = False
         # No level above this one has entries (a priority queue starts
         # its search for the next entry here).
         self._topHint = max(self.policy.priorities, 1) - 1
@@ -394,6 +436,8 @@ class Queue:
                 self.dispatch()
             else:
                 undispatched.add(self)
+        if self._pager is not None:
+            self._maybePageOut(entry)
         return entry
 
     def _added(self, entry: Entry) -> None:
@@ -416,7 +460,7 @@ class Queue:
         """
         self.plain = False
         self.readyCount = len(self._first)
-        self.readyBytes = sum(len(entry.message.body) for entry in self._first)
+        self.readyBytes = sum(entry.message.size for entry in self._first)
 
     def _enqueuePolicy(self, message: Message) -> Entry:
         policy = self.policy
@@ -460,6 +504,8 @@ class Queue:
                 dropped = self._dropOldest()
                 if dropped is None:
                     break
+                if dropped.message.paged and policy.deadLetterExchange is not None:
+                    self._readBack([dropped])
                 self._removed(dropped)
                 self.vhost.deadLetter(self, [dropped.message], "maxlen")
         if ttl == 0:
@@ -481,6 +527,8 @@ class Queue:
             call = self._expiryCall
             if call is None or not call.active() or call.getTime() > expiresAt:
                 self._scheduleExpiry()
+        if self._pager is not None:
+            self._maybePageOut(entry)
         return entry
 
     def _wouldOverflow(self, size: int) -> bool:
@@ -504,7 +552,7 @@ class Queue:
         if level > self._topHint:
             self._topHint = level
         self.readyCount += 1
-        self.readyBytes += len(entry.message.body)
+        self.readyBytes += entry.message.size
 
     def _unlink(self, entry: Entry) -> None:
         """
@@ -517,8 +565,13 @@ class Queue:
         """
         C{entry} is no longer ready: update the counts and the last values.
         """
+        message = entry.message
+        size = message.size
         self.readyCount -= 1
-        self.readyBytes -= len(entry.message.body)
+        self.readyBytes -= size
+        if self.pagedCount and message.paged:
+            self.pagedCount -= 1
+            self.pagedBytes -= size
         if self._byId is not None:
             self._byId.pop(entry.id, None)
         if self._lastValues:
@@ -540,11 +593,16 @@ class Queue:
         L{_removed} for many entries, with their memory accounted at once.
         """
         vhost = self.vhost
-        vhost.resources.remove(sum(len(entry.message.body) for entry in entries), len(entries))
+        if self._everPaged:
+            vhost.resources.remove(sum(entry.message.resident for entry in entries), len(entries))
+        else:
+            vhost.resources.remove(sum(len(entry.message.body) for entry in entries), len(entries))
         if vhost.observers and not self.deleted:
             vhost.changes += len(entries)
             for observer in vhost.observers:
                 observer.dequeued(self, entries)
+        if self._everPaged:
+            self._freePages(entries)
 
     def _dropOldest(self) -> Entry | None:
         """
@@ -558,6 +616,111 @@ class Queue:
                     self._scheduleExpiry()
                 return entry
         return None
+
+    # Paging
+
+    def _maybePageOut(self, entry: Entry) -> None:
+        """
+        C{entry} was just enqueued: page its body out if it is still ready
+        (no consumer took it) at the end of its level and the queue is
+        over its budget. Only new messages are paged, so the head of the
+        queue, which its consumers take next, stays in memory.
+        """
+        if entry.message.paged:
+            return
+        level = self.levels[entry.level]
+        if not level or level[-1] is not entry:
+            return
+        resident = self.messageCount - self.pagedCount
+        length = self.maxInMemoryLength
+        if length is not None and resident > length:
+            self._pageOut(entry)
+            return
+        size = self.maxInMemoryBytes
+        if size is not None and self.readyBytes - self.pagedBytes > size:
+            self._pageOut(entry)
+            return
+        pager = self._pager
+        if pager is None or not pager.budget or self.vhost.resources.used <= pager.budget:
+            return
+        # Over the broker's budget: a queue with a backlog keeps the read-
+        # ahead window's worth in memory and pages its new messages.
+        if self.plain:
+            if resident <= _PLAIN_BACKLOG:
+                # Consumers keep up: stay on the fast path.
+                return
+            self._leavePlain()
+        if resident > pager.window or self.readyBytes - self.pagedBytes > pager.windowBytes:
+            self._pageOut(entry)
+
+    def _pageOut(self, entry: Entry) -> None:
+        """
+        Write the body of ready C{entry} to the pager's store and keep only
+        what routing and ordering need.
+        """
+        pager = self._pager
+        assert pager is not None
+        if self.plain:
+            self._leavePlain()
+        message = entry.message
+        entry.message = PagedMessage.pageOut(message, pager.bodies)
+        size = len(message.body)
+        self.pagedCount += 1
+        self.pagedBytes += size
+        self._everPaged = True
+        self.vhost.resources.pagedOut(size)
+
+    def _readAhead(self, level: deque[Entry]) -> None:
+        """
+        The next entry of C{level} to deliver is paged: read back the paged
+        ones among its next entries, up to the pager's window, in one go,
+        so that consumers do not wait on the disk for each message.
+        """
+        pager = self._pager
+        assert pager is not None
+        window: list[Entry] = []
+        total = 0
+        for entry in islice(level, pager.window):
+            message = entry.message
+            if message.paged:
+                window.append(entry)
+                total += message.size
+                if total >= pager.windowBytes:
+                    break
+        self.pagedCount -= len(window)
+        self.pagedBytes -= total
+        self._readBack(window)
+
+    def _readBack(self, entries: Sequence[Entry]) -> None:
+        """
+        Read the paged bodies of C{entries} back into memory and free their
+        pages (the caller counts them out of L{pagedCount} if they were
+        ready).
+        """
+        pager = self._pager
+        assert pager is not None
+        bodies = pager.bodies
+        pages = [cast(PagedMessage, entry.message) for entry in entries]
+        read = bodies.read([(page.location, page.size) for page in pages])
+        total = 0
+        for entry, page, body in zip(entries, pages, read):
+            bodies.free(page.location, page.size)
+            entry.message = page.pageIn(body)
+            total += len(body)
+        self.vhost.resources.pagedIn(total)
+
+    def _freePages(self, entries: Iterable[Entry]) -> None:
+        """
+        C{entries} left the queue: free the pages of those that were paged.
+        """
+        pager = self._pager
+        if pager is None:
+            return
+        free = pager.bodies.free
+        for entry in entries:
+            message = entry.message
+            if message.paged:
+                free(cast(PagedMessage, message).location, message.size)
 
     # Delivery
 
@@ -617,6 +780,8 @@ class Queue:
                 if next is None:
                     return None
                 level = next
+            if self.pagedCount and level[0].message.paged:
+                self._readAhead(level)
             entry = level.popleft()
             self._forget(entry)
             if entry.expiresAt is not None:
@@ -641,6 +806,8 @@ class Queue:
             return entry
 
     def _expire(self, entry: Entry) -> None:
+        if entry.message.paged and self.policy.deadLetterExchange is not None:
+            self._readBack([entry])
         self._removed(entry)
         self.vhost.deadLetter(self, [entry.message], "expired")
 
@@ -751,7 +918,7 @@ class Queue:
         if self.deleted:
             for entry in entries:
                 self.held.pop(entry.id, None)
-                self.vhost.resources.remove(len(entry.message.body))
+                self.vhost.resources.remove(entry.message.resident)
             return
         vhost = self.vhost
         lastValues = self.policy.lvqKey is not None
@@ -795,7 +962,7 @@ class Queue:
         else:
             ready.insert(bisect_left(ready, entry.id, key=_entryId), entry)
         self.readyCount += 1
-        self.readyBytes += len(entry.message.body)
+        self.readyBytes += entry.message.size
 
     def _find(self, id: int) -> Entry | None:
         """
@@ -871,6 +1038,9 @@ class Queue:
                 self.dispatch()
             if acquired:
                 self.replicaAcquire(id)
+        if self._pager is not None:
+            # A backup pages what it holds by the same budget as the primary.
+            self._maybePageOut(entry)
         return entry
 
     def replicaDequeue(self, id: int) -> None:
@@ -1105,9 +1275,7 @@ class Queue:
         removed = self.clearReady()
         count = len(removed)
         if count:
-            self.vhost.resources.remove(
-                sum(len(entry.message.body) for entry in removed), count
-            )
+            self.vhost.resources.remove(sum(entry.message.resident for entry in removed), count)
         self.vhost.changes += 1
         for observer in self.vhost.observers:
             observer.purged(self, count)
@@ -1122,6 +1290,10 @@ class Queue:
             level.clear()
         self.readyCount = 0
         self.readyBytes = 0
+        if self.pagedCount:
+            self._freePages(removed)
+            self.pagedCount = 0
+            self.pagedBytes = 0
         self._lastValues.clear()
         if self._byId is not None:
             self._byId.clear()

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 
 from .message import Message, decodeAddressing
+from .paging import Pager
 from .policy import parsePolicy
 from .queue import Entry, Queue, QueueFull
 
@@ -104,12 +105,16 @@ class Resources:
     @ivar used: estimated bytes held, in all.
     @ivar held: the part of L{used} held outside the queues.
     @ivar overhead: the estimated bytes each message costs beyond its body.
+    @ivar pager: where queues page bodies out to, and the broker-wide
+        budget (L{qha.broker.paging.Pager}); L{None}: nothing is paged.
+        A paged body no longer counts towards L{used}.
     """
 
     overhead = 400
 
-    def __init__(self, highWatermark: int = 0) -> None:
+    def __init__(self, highWatermark: int = 0, pager: Pager | None = None) -> None:
         self.highWatermark = highWatermark
+        self.pager = pager
         self.used = 0
         self.held = 0
         self.blocked = False
@@ -162,6 +167,22 @@ class Resources:
         self.used -= size + count * self.overhead
         if self.blocked and self.used <= self.highWatermark:
             self._set(False)
+
+    def pagedOut(self, size: int) -> None:
+        """
+        C{size} body bytes of queued messages moved to disk.
+        """
+        self.used -= size
+        if self.blocked and self.used <= self.highWatermark:
+            self._set(False)
+
+    def pagedIn(self, size: int) -> None:
+        """
+        C{size} body bytes of queued messages were read back into memory.
+        """
+        self.used += size
+        if not self.blocked and self.highWatermark and self.used > self.highWatermark:
+            self._set(True)
 
     def _set(self, blocked: bool) -> None:
         self.blocked = blocked
@@ -524,7 +545,7 @@ class VirtualHost:
         removed = queue.clearReady()
         count = len(removed)
         if count:
-            self.resources.remove(sum(len(entry.message.body) for entry in removed), count)
+            self.resources.remove(sum(entry.message.resident for entry in removed), count)
         for consumer in list(queue.consumers):
             queue.consumers.remove(consumer)
             consumer.target.consumerCancelled(consumer)

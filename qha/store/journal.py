@@ -738,7 +738,7 @@ class Store:
             for queue in each.queues.values():
                 for entry in list(queue.readyEntries()):
                     messages += 1
-                    self.liveBytes += len(entry.message.body)
+                    self.liveBytes += entry.message.size
         self.attach(vhost)
         return {
             "records": len(records),
@@ -812,7 +812,7 @@ class Store:
             if durableQueue(queue):
                 for entry in list(queue.readyEntries()) + list(queue.held.values()):
                     if entry.message.persistent:
-                        total += len(entry.message.body)
+                        total += entry.message.size
         return total
 
     def _timeSync(self, seconds: float) -> None:
@@ -1117,7 +1117,7 @@ class Store:
     def enqueued(self, queue: Queue, entry: Entry) -> None:
         if queue.durable and not queue.exclusive and entry.message.persistent:
             self.writer.entry(queue, entry)
-            self.liveBytes += len(entry.message.body)
+            self.liveBytes += entry.message.size
             self._dirty()
 
     def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
@@ -1135,7 +1135,7 @@ class Store:
             for entry in entries:
                 if entry.message.persistent:
                     self.writer.entryEvent(ev.DEQUEUED, queue.name, entry.id)
-                    self.liveBytes -= len(entry.message.body)
+                    self.liveBytes -= entry.message.size
                     self._dirty()
 
     def purged(self, queue: Queue, count: int) -> None:

@@ -1,0 +1,199 @@
+"""
+Backlogs larger than the memory budget (issue 15), with real C{twistd qha}
+processes and pika: a broker with C{--memory-budget 1MiB} takes a 50 MiB
+backlog with no consumer without blocking its publishers, its resident
+memory stays well below the backlog, and a consumer then reads everything
+back in order; the same through a primary and a backup, with a failover in
+between: the backup's copy pages too, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pika
+
+from qha.test.integration.brokerprocess import BrokerTestCase, waitUntil
+from qha.test.integration.test_ha_failover import ALL, FailoverTestCase
+
+MiB = 1024 * 1024
+
+
+def residentBytes(pid: int) -> int:
+    """
+    The resident memory of process C{pid} (VmRSS), in bytes.
+    """
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def numbered(count: int, size: int) -> list[bytes]:
+    """
+    C{count} bodies of C{size} bytes, each starting with its number.
+    """
+    return [(b"%08d" % n).ljust(size, b"p") for n in range(count)]
+
+
+def publishAll(
+    connection: pika.BlockingConnection, queue: str, bodies: list[bytes], confirm: bool = False
+) -> list[str]:
+    """
+    Publish C{bodies} to C{queue}, letting pika read what the broker sends
+    between batches; return the blocked and unblocked notifications the
+    connection got.
+
+    @param confirm: wait for each publish's confirm.
+    """
+    events: list[str] = []
+    connection.add_on_connection_blocked_callback(lambda c, m: events.append("blocked"))
+    connection.add_on_connection_unblocked_callback(lambda c, m: events.append("unblocked"))
+    channel = connection.channel()
+    if confirm:
+        channel.confirm_delivery()
+    for index, body in enumerate(bodies):
+        channel.basic_publish("", queue, body)
+        if index % 200 == 0:
+            connection.process_data_events(time_limit=0)
+    connection.process_data_events(time_limit=0)
+    return events
+
+
+def consumeAll(
+    connection: pika.BlockingConnection, queue: str, count: int, timeout: float
+) -> list[bytes]:
+    """
+    Consume C{count} messages of C{queue} (acknowledged in batches), for at
+    most C{timeout} seconds.
+    """
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1000)
+    received: list[bytes] = []
+
+    def onMessage(channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        received.append(body)
+        if len(received) % 500 == 0 or len(received) == count:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+
+    channel.basic_consume(queue, onMessage)
+    waitUntil(
+        lambda: len(received) >= count,
+        lambda left: connection.process_data_events(time_limit=min(left, 0.1)),
+        timeout,
+        f"{count} messages from {queue}",
+    )
+    return received
+
+
+def pageFileBytes(dataDirectory: str) -> int:
+    """
+    The bytes of the page files in C{dataDirectory}.
+    """
+    directory = os.path.join(dataDirectory, "paging")
+    return sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+
+
+class PagedBacklogTests(BrokerTestCase):
+    """
+    One broker with a 1 MiB memory budget and a 32 MiB watermark takes a
+    50 MiB backlog.
+    """
+
+    brokerArguments = ["--memory-budget", "1MiB", "--memory-high-watermark", "32MiB"]
+
+    def test_backlogLargerThanMemory(self) -> None:
+        """
+        12,800 messages of 4 KiB (50 MiB) with no consumer: publishers are
+        never blocked (without paging the 32 MiB watermark would block
+        them), the broker's resident memory grows by less than half the
+        backlog, the bodies are in the page files; then a consumer gets
+        every message in order, and the page files empty.
+        """
+        assert self.broker.process is not None
+        pid = self.broker.process.pid
+        queue = self.uniqueName("backlog")
+        connection = self.connect()
+        connection.channel().queue_declare(queue)
+        before = residentBytes(pid)
+        bodies = numbered(12800, 4096)
+        events = publishAll(connection, queue, bodies)
+        check = connection.channel()
+        waitUntil(
+            lambda: check.queue_declare(queue, passive=True).method.message_count == len(bodies),
+            lambda left: connection.process_data_events(time_limit=min(left, 0.1)),
+            60,
+            "the whole backlog queued",
+        )
+        self.assertEqual(events, [])
+        grown = residentBytes(pid) - before
+        self.assertLess(grown, 25 * MiB, f"the broker grew by {grown / MiB:.1f} MiB")
+        dataDirectory = self.broker._dataDirectory
+        assert dataDirectory is not None
+        self.assertGreater(pageFileBytes(dataDirectory), 45 * MiB)
+        received = consumeAll(self.connect(), queue, len(bodies), 60)
+        self.assertEqual(len(received), len(bodies))
+        self.assertTrue(received == bodies, "the backlog came back out of order")
+        waitUntil(
+            lambda: pageFileBytes(dataDirectory) == 0,
+            lambda left: connection.process_data_events(time_limit=min(left, 0.1)),
+            10,
+            "the page files to empty",
+        )
+        self.assertEqual(events, [])
+
+
+class PagedFailoverTests(FailoverTestCase):
+    """
+    A primary and a backup with a 1 MiB memory budget: the backup pages the
+    replicated backlog as the primary does, and after a failover the new
+    primary delivers all of it in order.
+    """
+
+    watchdogTimeout = 120.0
+
+    def test_backupPagesAndFailsOver(self) -> None:
+        """
+        5,000 confirmed messages of 4 KiB (20 MiB) to a replicated queue
+        with no consumer: both brokers page it, the backup grows by less
+        than half the backlog; the primary is killed, the backup promoted, and a consumer gets every
+        message in order (lost 0).
+        """
+        cluster = self.startCluster(2, ["--memory-budget", "1MiB"])
+        processes = [broker.process for broker in cluster.brokers]
+        assert processes[0] is not None and processes[1] is not None
+        before = [residentBytes(process.pid) for process in processes]  # type: ignore[union-attr]
+        connection = cluster.connect()
+        connection.channel().queue_declare("paged", arguments=ALL)
+        bodies = numbered(5000, 4096)
+        # Confirmed: each is on the backup before the next is sent.
+        events = publishAll(connection, "paged", bodies, confirm=True)
+        for index in (0, 1):
+            self.waitUntil(
+                cluster,
+                index,
+                lambda: self.messages(cluster, index, "paged") == len(bodies),
+                f"broker {index} to hold the backlog",
+                timeout=60,
+            )
+        self.assertEqual(events, [])
+        # Both page the backlog. The backup's memory stays low; the
+        # primary's grows by about the backlog in this run (18 of 20 MiB,
+        # though it pages: something on the primary's replication path still
+        # holds memory; see doc/store.md's limits), so only the backup's is
+        # bounded here.
+        for index in (0, 1):
+            self.assertGreater(pageFileBytes(cluster.brokers[index].dataDirectory), 15 * MiB)
+        grown = residentBytes(processes[1].pid) - before[1]  # type: ignore[union-attr]
+        self.assertLess(grown, 10 * MiB, f"the backup grew by {grown / MiB:.1f} MiB")
+        connection.close()
+        cluster.kill(0)
+        cluster.waitFor(1, lambda state: state["role"] != "ready", what="primary lost")
+        cluster.promote(1)
+        cluster.waitForRole(1, "active")
+        cluster.waitForAMQP(1)
+        received = consumeAll(cluster.connect(1), "paged", len(bodies), 60)
+        self.assertEqual(len(received), len(bodies))
+        self.assertTrue(received == bodies, "the backlog came back out of order")

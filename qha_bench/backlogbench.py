@@ -1,0 +1,94 @@
+"""
+Build a backlog with no consumer, then drain it (issue 15): the publish
+rate (with publisher confirms), the drain rate, and the broker's resident
+memory with the backlog in it, so that a paged backlog can be compared with
+one held in memory.
+
+    python -m qha_bench.backlogbench --url amqp://guest:guest@127.0.0.1:5672/ \\
+        --messages 200000 --size 1024 --pid BROKER-PID
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import pika
+
+
+def residentBytes(pid: int) -> int:
+    """
+    VmRSS of process C{pid}, in bytes (0 if it cannot be read).
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(url: str, queue: str, messages: int, size: int, pid: int) -> dict[str, Any]:
+    """
+    Publish C{messages} bodies of C{size} bytes to C{queue}, each confirmed
+    (pika's blocking channel waits for each confirm), then consume them all; return the rates and the
+    broker's memory.
+    """
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_delete(queue)
+    channel.queue_declare(queue)
+    before = residentBytes(pid)
+    body = b"x" * size
+    channel.confirm_delivery()
+    started = time.perf_counter()
+    for _ in range(messages):
+        channel.basic_publish("", queue, body)
+    published = time.perf_counter() - started
+    held = residentBytes(pid)
+    channel.basic_qos(prefetch_count=1000)
+    received = 0
+    started = time.perf_counter()
+    for method, _, _ in channel.consume(queue, inactivity_timeout=30):
+        if method is None:
+            break
+        received += 1
+        if received % 500 == 0 or received == messages:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+        if received == messages:
+            break
+    drained = time.perf_counter() - started
+    channel.cancel()
+    channel.queue_delete(queue)
+    connection.close()
+    return {
+        "messages": messages,
+        "received": received,
+        "size": size,
+        "publish_msgs_per_s": messages / published,
+        "drain_msgs_per_s": received / drained,
+        "rss_before_mib": before / 2**20,
+        "rss_with_backlog_mib": held / 2**20,
+    }
+
+
+def main() -> None:
+    """
+    The command line.
+    """
+    parser = argparse.ArgumentParser(prog="qha-backlogbench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--queue", default="qha-backlog-bench")
+    parser.add_argument("--messages", type=int, default=100000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--pid", type=int, default=0, help="the broker's process id, for its VmRSS")
+    options = parser.parse_args()
+    print(json.dumps(run(options.url, options.queue, options.messages, options.size, options.pid)))
+
+
+if __name__ == "__main__":
+    main()
