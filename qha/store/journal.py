@@ -47,6 +47,7 @@ from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts
+from ..amqp.accounts import AccountChange, Accounts
 from ..changes import events as ev
 from ..changes.replay import Replicator
 from ..changes.scoped import observe, unobserve
@@ -443,6 +444,9 @@ class Store:
             observe(each, self, first=True)
         if self not in self.vhosts.observers:
             self.vhosts.observers.insert(0, self)
+        accounts = Accounts.of(self.vhosts)
+        if self not in accounts.observers:
+            accounts.observers.insert(0, self)
 
     # Writing
 
@@ -629,6 +633,9 @@ class Store:
                 writer.vhostAdded(vhost.name)
             writer.scope(vhost.name)
             self._compactVhost(vhost, writer)
+        accounts = Accounts.of(self.vhosts)
+        if not accounts.empty:
+            writer.accountChange(accounts.stateChange())
         before = self.journal.size()
         self.journal.rewrite(encodeRecord(self.epoch, self.position, writer.take()))
         self.records = 1
@@ -679,6 +686,15 @@ class Store:
         self.flush()
         self.journal.close()
         return None
+
+    # AccountsObserver
+
+    def accountChanged(self, change: AccountChange) -> None:
+        """
+        Users or permissions changed at run time: recorded.
+        """
+        self.writer.accountChange(change)
+        self._dirty()
 
     # VirtualHostsObserver
 
