@@ -463,11 +463,22 @@ class Accounts:
         view = self.database.fileView(name)
         assert view is not None
         passwordHash, tags, permissions = view
-        self._make(USER_SET, name, passwordHash.asString(), ",".join(sorted(tags)))
+        # One copy: its changes, taken together, take no access away.
+        before = self._views({name})
+        self.apply(
+            AccountChange(USER_SET, (name, passwordHash.asString(), ",".join(sorted(tags)))),
+            revoke=False,
+        )
         for vhost, granted in sorted(permissions.items()):
-            self._make(
-                PERMISSIONS_SET, name, vhost, granted.configure, granted.write, granted.read
+            self.apply(
+                AccountChange(
+                    PERMISSIONS_SET,
+                    (name, vhost, granted.configure, granted.write, granted.read),
+                ),
+                revoke=False,
             )
+        if self.database is not None:
+            self.database.accountsChanged(before)
         record = self.users[name]
         assert record is not None
         return record
@@ -480,10 +491,10 @@ class Accounts:
 
     # Applying (every change, made here or received)
 
-    def apply(self, change: AccountChange) -> None:
+    def apply(self, change: AccountChange, revoke: bool = True) -> None:
         """
         Apply C{change}, tell the observers, and have the database close
-        the connections that lost their access.
+        the connections that lost their access (if C{revoke}).
 
         @raise AccountError: if the change is not valid; nothing is
             applied then.
@@ -516,7 +527,7 @@ class Accounts:
                     self.permissions.pop(name, None)
         for observer in list(self.observers):
             observer.accountChanged(change)
-        if self.database is not None:
+        if revoke and self.database is not None:
             self.database.accountsChanged(before)
 
     def _views(self, users: Iterable[str]) -> dict[str, Any]:
