@@ -675,13 +675,18 @@ class UserDatabase:
             return None, {}
         return found[0], found[2]
 
-    def accountsChanged(self, before: Mapping[str, _View]) -> None:
+    def accountsChanged(self, before: Mapping[str, _View], passwords: bool = True) -> None:
         """
         Users changed (their views C{before} the change): forget their
         remembered password checks and close the connections that lost
         their access, as RabbitMQ does: every connection of a user deleted
-        or whose password changed, those to a virtual host whose
-        permissions were cleared.
+        or (if C{passwords}) whose password hash changed, those to a
+        virtual host whose permissions were cleared.
+
+        @param passwords: whether a new hash closes connections. Not for a
+            reload of the file: C{qha-users} writes every hash with a new
+            salt, so a new hash need not be a new password, and a reload
+            keeps connections open.
         """
         for user, (hashBefore, grantedBefore) in before.items():
             hashAfter, grantedAfter = self.view(user)
@@ -693,7 +698,7 @@ class UserDatabase:
                 continue
             if hashAfter is None:
                 self._revoke(user, None, f"user '{user}' is deleted")
-            elif hashAfter != hashBefore:
+            elif passwords and hashAfter != hashBefore:
                 self._revoke(user, None, f"user '{user}' had its password changed")
             else:
                 for vhost in sorted(set(grantedBefore) - set(grantedAfter)):
@@ -812,7 +817,7 @@ class UserDatabase:
             kept="" if not managed else
             f" ({managed} users changed at run time keep what the store says)",
         )
-        self.accountsChanged(before)
+        self.accountsChanged(before, passwords=False)
 
     def users(self) -> list[str]:
         """

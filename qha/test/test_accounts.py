@@ -394,6 +394,36 @@ class ConnectionTests(ProtocolTestCase):
         self.assertForced(client, "user 'guest' had its password changed")
 
 
+class ReloadConnectionTests(ProtocolTestCase):
+    """
+    A reload of the users file (SIGHUP) closes the connections of a user
+    it removes, and keeps those of a user whose line was rewritten.
+    """
+
+    def setUp(self) -> None:
+        """
+        A broker whose users file has C{guest} and C{bob}.
+        """
+        self.path = self.mktemp()
+        usersFile(self.path, fileLine("guest", "guest") + fileLine("bob", "bob"))
+        self.users = UserDatabase.fromFile(self.path)
+        super().setUp()
+
+    def test_reload(self) -> None:
+        """
+        C{bob} removed: 320 C{user 'bob' is deleted}; C{guest} rewritten
+        with a new salt: still connected.
+        """
+        guest = self.openClient()
+        bob = self.openClient(response="\0bob\0bob")
+        usersFile(self.path, fileLine("guest", "guest"))
+        self.assertTrue(ReloadOnSignal(None, self.users, installHandler=lambda *a: None).reload())
+        frames = bob.received()
+        self.assertEqual(frames[-1][1].reply_text, "CONNECTION_FORCED - user 'bob' is deleted")
+        self.finishClose(bob)
+        self.assertEqual(guest.received(), [])
+
+
 class AdminTests(AdminTestCase):
     """
     C{qha-admin user ...} and C{permissions ...} against a standalone
