@@ -406,7 +406,8 @@ class ReloadConnectionTests(ProtocolTestCase):
         """
         self.path = self.mktemp()
         usersFile(self.path, fileLine("guest", "guest") + fileLine("bob", "bob"))
-        self.users = UserDatabase.fromFile(self.path)
+        self.database = UserDatabase.fromFile(self.path)
+        self.users = self.database
         super().setUp()
 
     def test_reload(self) -> None:
@@ -417,7 +418,7 @@ class ReloadConnectionTests(ProtocolTestCase):
         guest = self.openClient()
         bob = self.openClient(response="\0bob\0bob")
         usersFile(self.path, fileLine("guest", "guest"))
-        self.assertTrue(ReloadOnSignal(None, self.users, installHandler=lambda *a: None).reload())
+        self.assertTrue(ReloadOnSignal(None, self.database, installHandler=lambda *a: None).reload())
         frames = bob.received()
         self.assertEqual(frames[-1][1].reply_text, "CONNECTION_FORCED - user 'bob' is deleted")
         self.finishClose(bob)
