@@ -53,6 +53,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 
 from ..broker.vhost import REPLICATE_LEVELS
+from . import accounts
 from ..datadir import SECRET_NAME, SecretFileError, readSecret
 from ..ha.auth import Credentials, UnprovenPeer, callerOf, logIn
 from ..ha.commands import NotAuthenticated, NotPrimary, StaleEpoch
@@ -413,6 +414,8 @@ def buildParser() -> argparse.ArgumentParser:
         parents=[common],
     ).add_argument("name", metavar="NAME")
     vhostActions.add_parser("list", help="the virtual hosts and their counts", parents=[common])
+    # qha-admin user ... and permissions ... (issue 13)
+    accounts.addParsers(command, lambda parser: _globalOptions(parser, suppress=True))
 
     delete = command("del", "delete a queue or an exchange")
     deleteKinds = delete.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -1323,6 +1326,9 @@ COMMANDS: dict[str, Command] = {
     "vhost": vhost,
     "store-info": storeInfo,
     **MANAGE_COMMANDS,
+    # Users and permissions managed at run time (issue 13).
+    "user": accounts.user,
+    "permissions": accounts.permissions,
 }
 """
 Every command, by name, as a function of the session to the exit status.

@@ -257,3 +257,108 @@ class SetOptions(amp.Command):
     ]
     response = [(b"settings", amp.Unicode())]
     errors = ERRORS
+
+
+# Users and permissions managed at run time (issue 13). A password travels
+# only as its scrypt hash, made by qha-admin.
+
+
+class UserList(amp.Command):
+    """
+    The users and their tags, as JSON.
+    """
+
+    arguments = list[tuple[bytes, amp.Argument]]()
+    response = [(b"users", ChunkedBytes())]
+    errors = ERRORS
+
+
+class UserAdd(amp.Command):
+    """
+    Add a user (C{rabbitmqctl add_user}): its password's scrypt hash and
+    its tags (comma-separated).
+    """
+
+    arguments = [(b"name", amp.Unicode()), (b"hash", amp.Unicode()), (b"tags", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class UserDelete(amp.Command):
+    """
+    Delete a user, closing its connections.
+    """
+
+    arguments = [(b"name", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class UserPassword(amp.Command):
+    """
+    Change a user's password (its new scrypt hash), closing its
+    connections.
+    """
+
+    arguments = [(b"name", amp.Unicode()), (b"hash", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class UserTags(amp.Command):
+    """
+    Replace a user's tags (comma-separated).
+    """
+
+    arguments = [(b"name", amp.Unicode()), (b"tags", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class PermissionsList(amp.Command):
+    """
+    The permissions in one virtual host, as JSON.
+    """
+
+    arguments = [(b"vhost", amp.Unicode())]
+    response = [(b"permissions", ChunkedBytes())]
+    errors = ERRORS
+
+
+class PermissionsSet(amp.Command):
+    """
+    Set a user's permissions in a virtual host.
+    """
+
+    arguments = [
+        (b"user", amp.Unicode()),
+        (b"vhost", amp.Unicode()),
+        (b"configure", amp.Unicode()),
+        (b"write", amp.Unicode()),
+        (b"read", amp.Unicode()),
+    ]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+class PermissionsClear(amp.Command):
+    """
+    Clear a user's permissions in a virtual host, closing its connections
+    there.
+    """
+
+    arguments = [(b"user", amp.Unicode()), (b"vhost", amp.Unicode())]
+    response = list[tuple[bytes, amp.Argument]]()
+    errors = ERRORS
+
+
+__all__ += [
+    "PermissionsClear",
+    "PermissionsList",
+    "PermissionsSet",
+    "UserAdd",
+    "UserDelete",
+    "UserList",
+    "UserPassword",
+    "UserTags",
+]

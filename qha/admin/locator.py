@@ -63,6 +63,18 @@ from .objects import (
     setOptions,
     unbind,
 )
+# Users and permissions managed at run time (issue 13).
+from ..amqp.accounts import AccountError, Accounts, parseTags
+from .commands import (
+    PermissionsClear,
+    PermissionsList,
+    PermissionsSet,
+    UserAdd,
+    UserDelete,
+    UserList,
+    UserPassword,
+    UserTags,
+)
 
 
 class RoleView(Protocol):
@@ -493,6 +505,161 @@ class AdminLocator(amp.CommandLocator):
         if not role.servesClients:
             raise Refused(f"this broker is {role.name}: {what} on the primary")
 
+
+    # Users and permissions managed at run time (issue 13): the changes are
+    # made on the primary, kept by its store and sent to the backups as
+    # events (see qha.amqp.accounts).
+
+    def _accounts(self) -> Accounts:
+        """
+        The broker's run-time users and permissions.
+        """
+        return Accounts.of(VirtualHosts.of(self.node.vhost))
+
+    def _changeAccounts(self, what: str, action: str, detail: str, change: Any) -> dict[str, Any]:
+        """
+        Make a run-time change of users or permissions, on the primary (or
+        a standalone broker), logged with who asked.
+
+        @param what: what is refused on a backup ("add users").
+        @param action: the action for the log ("user add").
+        @param detail: what it is about, for the log (never a password).
+        @param change: makes the change; raises L{AccountError} to refuse.
+        @raise Refused: on a backup, or saying why the change is refused.
+        """
+        self.session.check(ADMIN)
+        self._mayChange(what)
+        try:
+            change()
+        except AccountError as error:
+            self.log.info(
+                "admin {request} asked by {who} refused: {error}",
+                request=f"{action} {detail}",
+                who=self.session.who,
+                error=str(error),
+            )
+            raise Refused(str(error)) from None
+        self._logAction(action, detail)
+        return {}
+
+    @UserList.responder
+    def userList(self) -> dict[str, Any]:
+        """
+        The users with their tags, as JSON.
+        """
+        self.session.check(ADMIN)
+        self.node.applyPending()
+        accounts = self._accounts()
+        database = accounts.database
+        if database is not None:
+            users = [{"name": name, "tags": sorted(database.tags(name))} for name in database.users()]
+        else:
+            users = [
+                {"name": name, "tags": sorted(record.tags)}
+                for name, record in sorted(accounts.users.items())
+                if record is not None
+            ]
+        return {"users": json.dumps(users).encode("utf-8")}
+
+    @UserAdd.responder
+    def userAdd(self, name: str, hash: str, tags: str) -> dict[str, Any]:
+        """
+        Add a user with the scrypt hash of its password.
+        """
+        accounts = self._accounts()
+        return self._changeAccounts(
+            "add users", "user add", f"{name!r} tags {tags!r}",
+            lambda: accounts.addUser(name, hash, parseTags(tags)),
+        )
+
+    @UserDelete.responder
+    def userDelete(self, name: str) -> dict[str, Any]:
+        """
+        Delete a user; its connections are closed.
+        """
+        accounts = self._accounts()
+        return self._changeAccounts(
+            "delete users", "user del", repr(name), lambda: accounts.deleteUser(name)
+        )
+
+    @UserPassword.responder
+    def userPassword(self, name: str, hash: str) -> dict[str, Any]:
+        """
+        Change a user's password hash; its connections are closed.
+        """
+        accounts = self._accounts()
+        return self._changeAccounts(
+            "change passwords", "user passwd", repr(name),
+            lambda: accounts.changePassword(name, hash),
+        )
+
+    @UserTags.responder
+    def userTags(self, name: str, tags: str) -> dict[str, Any]:
+        """
+        Replace a user's tags.
+        """
+        accounts = self._accounts()
+        return self._changeAccounts(
+            "set tags", "user tags", f"{name!r} {tags!r}",
+            lambda: accounts.setTags(name, parseTags(tags)),
+        )
+
+    @PermissionsList.responder
+    def permissionsList(self, vhost: str) -> dict[str, Any]:
+        """
+        Every user's permissions in C{vhost}, as JSON.
+        """
+        self.session.check(ADMIN)
+        self.node.applyPending()
+        accounts = self._accounts()
+        if vhost not in VirtualHosts.of(self.node.vhost):
+            raise Refused(f"vhost '{vhost}' does not exist")
+        database = accounts.database
+        names = database.users() if database is not None else sorted(accounts.permissions)
+        rows = []
+        for name in names:
+            granted = (
+                database.permissions(name, vhost)
+                if database is not None
+                else accounts.permissions.get(name, {}).get(vhost)
+            )
+            if granted is not None:
+                rows.append(
+                    {
+                        "user": name,
+                        "vhost": vhost,
+                        "configure": granted.configure,
+                        "write": granted.write,
+                        "read": granted.read,
+                    }
+                )
+        return {"permissions": json.dumps(rows).encode("utf-8")}
+
+    @PermissionsSet.responder
+    def permissionsSet(
+        self, user: str, vhost: str, configure: str, write: str, read: str
+    ) -> dict[str, Any]:
+        """
+        Set a user's permissions in a virtual host.
+        """
+        accounts = self._accounts()
+        return self._changeAccounts(
+            "set permissions", "permissions set",
+            f"{user!r} vhost {vhost!r} {configure!r} {write!r} {read!r}",
+            lambda: accounts.setPermissions(user, vhost, configure, write, read),
+        )
+
+    @PermissionsClear.responder
+    def permissionsClear(self, user: str, vhost: str) -> dict[str, Any]:
+        """
+        Clear a user's permissions in a virtual host; its connections there
+        are closed.
+        """
+        accounts = self._accounts()
+        return self._changeAccounts(
+            "clear permissions", "permissions clear", f"{user!r} vhost {vhost!r}",
+            lambda: accounts.clearPermissions(user, vhost),
+        )
 
 def adminLocator(node: AdministeredNode, clients: Clients | None = None) -> Any:
     """

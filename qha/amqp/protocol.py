@@ -42,6 +42,7 @@ from ..broker.message import checkNesting
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts
 from . import wire
+from .accounts import Accounts
 from .access import vhostRefused
 from .channel import Channel
 from .holders import IConfirmHolder, IReplicationPacer
@@ -150,6 +151,23 @@ class BrokerFactory(ServerFactory):
         # The broker's virtual hosts: connection.open picks one by name.
         self.vhosts = VirtualHosts.of(vhost)
         self.vhosts.observers.append(self)
+        # Users and permissions changed at run time lie over the users file;
+        # a user who loses access has its connections closed.
+        users.attachAccounts(Accounts.of(self.vhosts))
+        users.observers.add(self)
+
+    def accessRevoked(self, user: str, vhost: str | None, text: str) -> None:
+        """
+        C{user} was deleted, had its password changed (C{vhost} L{None}),
+        or lost its permissions in C{vhost}: its connections (to C{vhost})
+        are closed with 320 CONNECTION_FORCED and C{text}, as RabbitMQ
+        closes them.
+        """
+        for connection in [
+            c for c in self.connections
+            if c.user == user and (vhost is None or c.vhost.name == vhost)
+        ]:
+            connection.connectionError(ConnectionForcedRefusal(text))
 
     def vhostAdded(self, vhost: VirtualHost) -> None:
         """

@@ -48,7 +48,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from getpass import getpass
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Sequence
+from weakref import WeakSet
 
 from pamqp import decode
 from twisted.application.service import Service
@@ -63,6 +64,9 @@ from zope.interface import Interface, implementer
 from qha.broker.errors import ConnectionAccessRefused
 
 from .access import Permissions
+
+if TYPE_CHECKING:
+    from .accounts import Accounts
 
 __all__ = [
     "AuthenticationFailed",
@@ -570,6 +574,13 @@ class _Loaded:
     permissions: dict[str, dict[str, Permissions]] | None
 
 
+_View = tuple[ScryptHash | None, dict[str, Permissions]]
+"""
+What a user may do, to compare before and after a change: its password
+hash (L{None}: no such user) and its permissions by virtual host.
+"""
+
+
 class UserDatabase:
     """
     The users that may log in, the SASL mechanisms they log in with, their
@@ -580,7 +591,15 @@ class UserDatabase:
     clients does not cost one scrypt computation per connection; L{reload}
     forgets them.
 
+    Over the users file lies the run-time layer (L{attachAccounts}, see
+    L{qha.amqp.accounts} for the rule): a user that a run-time change named
+    is entirely what that layer says.
+
     @ivar path: the users file this database was loaded from, or L{None}.
+    @ivar accounts: the run-time layer, if attached.
+    @ivar observers: told when a user loses access, to close its
+        connections (the AMQP factory): C{accessRevoked(user, vhost, text)}
+        with C{vhost} L{None} for every virtual host.
     """
 
     log = Logger()
@@ -604,6 +623,105 @@ class UserDatabase:
         self._users: dict[str, ScryptHash] = dict(users)
         self._verified: dict[tuple[str, bytes], ScryptHash] = {}
         self._set(tags, permissions)
+        self.accounts: Accounts | None = None
+        self.observers: WeakSet[Any] = WeakSet()
+
+    def attachAccounts(self, accounts: Accounts) -> None:
+        """
+        Lay the run-time layer C{accounts} over the users file.
+        """
+        self.accounts = accounts
+        accounts.database = self
+
+    def _runtime(self, user: str) -> tuple[bool, Any]:
+        """
+        Whether the run-time layer decides about C{user}, and its record
+        there (L{None} for a deleted user).
+        """
+        accounts = self.accounts
+        if accounts is None or user not in accounts.users:
+            return False, None
+        return True, accounts.users[user]
+
+    def fileView(
+        self, user: str
+    ) -> tuple[ScryptHash, frozenset[str], dict[str, Permissions]] | None:
+        """
+        What the users file alone says of C{user}: its password hash, tags
+        and permissions by virtual host (everything in L{DEFAULT_VHOST} for
+        a file without permissions), or L{None} if it has no such user.
+        """
+        passwordHash = self._users.get(user)
+        if passwordHash is None:
+            return None
+        if self._permissions is None:
+            granted = {DEFAULT_VHOST: self._everything}
+        else:
+            granted = dict(self._permissions.get(user, {}))
+        return passwordHash, self._tags.get(user, frozenset()), granted
+
+    def view(self, user: str) -> _View:
+        """
+        What C{user} may do now, the run-time layer over the file.
+        """
+        managed, record = self._runtime(user)
+        if managed:
+            if record is None:
+                return None, {}
+            assert self.accounts is not None
+            return record.passwordHash, dict(self.accounts.permissions.get(user, {}))
+        found = self.fileView(user)
+        if found is None:
+            return None, {}
+        return found[0], found[2]
+
+    def accountsChanged(self, before: Mapping[str, _View], passwords: bool = True) -> None:
+        """
+        Users changed (their views C{before} the change): forget their
+        remembered password checks and close the connections that lost
+        their access, as RabbitMQ does: every connection of a user deleted
+        or (if C{passwords}) whose password hash changed, those to a
+        virtual host whose permissions were cleared.
+
+        @param passwords: whether a new hash closes connections. Not for a
+            reload of the file: C{qha-users} writes every hash with a new
+            salt, so a new hash need not be a new password, and a reload
+            keeps connections open.
+        """
+        for user, (hashBefore, grantedBefore) in before.items():
+            hashAfter, grantedAfter = self.view(user)
+            if hashAfter is not hashBefore:
+                self._verified = {
+                    key: value for key, value in self._verified.items() if key[0] != user
+                }
+            if hashBefore is None:
+                continue
+            if hashAfter is None:
+                self._revoke(user, None, f"user '{user}' is deleted")
+            elif passwords and hashAfter != hashBefore:
+                self._revoke(user, None, f"user '{user}' had its password changed")
+            else:
+                for vhost in sorted(set(grantedBefore) - set(grantedAfter)):
+                    self._revoke(
+                        user,
+                        vhost,
+                        f"user '{user}' lost its permissions in vhost '{vhost}'",
+                    )
+
+    def _revoke(self, user: str, vhost: str | None, text: str) -> None:
+        """
+        Tell the observers that C{user} lost access (to C{vhost}, or to
+        all).
+        """
+        self.log.info(
+            "closing the connections of user {user!r}{where}: {text}",
+            user=user,
+            where="" if vhost is None else f" in vhost {vhost!r}",
+            vhost=vhost,
+            text=text,
+        )
+        for observer in list(self.observers):
+            observer.accessRevoked(user, vhost, text)
 
     def _set(
         self,
@@ -682,14 +800,24 @@ class UserDatabase:
         if self.path is None:
             raise ValueError("this user database was not loaded from a file")
         loaded = self._load(self.path)
+        before = {
+            user: self.view(user)
+            for user in set(self._users) | set(loaded.users)
+            if not self._runtime(user)[0]
+        }
         self._users = loaded.users
         self._set(loaded.tags, loaded.permissions)
         self._verified.clear()
+        managed = 0 if self.accounts is None else len(self.accounts.users)
         self.log.info(
-            "Reloaded users file {path}: {count} users",
+            "Reloaded users file {path}: {count} users"
+            "{kept}",
             path=self.path,
             count=len(loaded.users),
+            kept="" if not managed else
+            f" ({managed} users changed at run time keep what the store says)",
         )
+        self.accountsChanged(before, passwords=False)
 
     def users(self) -> list[str]:
         """
@@ -697,7 +825,12 @@ class UserDatabase:
 
         @return: the names, sorted.
         """
-        return sorted(self._users)
+        accounts = self.accounts
+        if accounts is None:
+            return sorted(self._users)
+        names = {name for name in self._users if name not in accounts.users}
+        names.update(name for name, record in accounts.users.items() if record is not None)
+        return sorted(names)
 
     def tags(self, user: str) -> frozenset[str]:
         """
@@ -706,6 +839,9 @@ class UserDatabase:
         @param user: the user name.
         @return: its tags; none for an unknown user.
         """
+        managed, record = self._runtime(user)
+        if managed:
+            return frozenset() if record is None else frozenset(record.tags)
         return self._tags.get(user, frozenset())
 
     def passwordHash(self, user: str) -> ScryptHash | None:
@@ -715,6 +851,9 @@ class UserDatabase:
         @param user: the user name.
         @return: the hash, or L{None} for an unknown user.
         """
+        managed, record = self._runtime(user)
+        if managed:
+            return None if record is None else record.passwordHash
         return self._users.get(user)
 
     def permissions(self, user: str | None, vhost: str) -> Permissions | None:
@@ -729,6 +868,12 @@ class UserDatabase:
         """
         if user is None:
             return None
+        managed, record = self._runtime(user)
+        if managed:
+            if record is None:
+                return None
+            assert self.accounts is not None
+            return self.accounts.permissions.get(user, {}).get(vhost)
         permissions = self._permissions
         if permissions is None:
             return self._everything if vhost == DEFAULT_VHOST else None
@@ -739,8 +884,8 @@ class UserDatabase:
     def grantsPermissions(self) -> bool:
         """
         Whether permissions are given explicitly (the users file has
-        C{permissions} lines); if not, every user may do everything in
-        L{DEFAULT_VHOST}.
+        C{permissions} lines); if not, every user of the file that no
+        run-time change named may do everything in L{DEFAULT_VHOST}.
         """
         return self._permissions is not None
 
@@ -825,7 +970,7 @@ class UserDatabase:
                 )
         except AuthenticationFailed:
             return fail()
-        stored = self._users.get(user)
+        stored = self.passwordHash(user)
         key = (user, hashlib.sha256(password.encode("utf-8")).digest())
         if stored is not None and self._verified.get(key) is stored:
             return succeed(user)
@@ -835,7 +980,7 @@ class UserDatabase:
                 _refuse(mechanism, user, "bad username or password", "unknown user")
             if not matches:
                 _refuse(mechanism, user, "bad username or password", "wrong password")
-            if self._users.get(user) is stored:
+            if self.passwordHash(user) is stored:
                 # Not if the file was reloaded while the check ran.
                 self._verified[key] = stored
             return user

@@ -18,6 +18,14 @@ one or the end of the box, are of the virtual host it names. A stream of a
 broker with one virtual host never carries one, so that journals written
 before there were several read as they always did. L{VHOST_ADDED} and
 L{VHOST_DELETED} add and delete one (with everything in it).
+
+Users and permissions changed at run time (L{qha.amqp.accounts}) travel as
+L{USER_SET}, L{USER_DELETED}, L{PERMISSIONS_SET}, L{PERMISSIONS_CLEARED}
+and, for a snapshot or a compacted journal, L{ACCOUNTS}; they belong to no
+virtual host (a L{VHOST} event does not scope them). Their fields are
+checked as they are decoded (names, tags, that a pattern compiles, that a
+hash is a usable scrypt hash), so a bad one from a peer is refused before
+anything applies it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterator, Sequence
 
+from ..amqp import accounts as _accounts
 from ..broker.message import decodeTable, encodeTable
 from ..broker.queue import Queue
 
@@ -50,6 +59,12 @@ VHOST = b"V"
 VHOST_ADDED = b"H"
 VHOST_DELETED = b"h"
 DEFAULT_VHOST = "/"
+# Users and permissions changed at run time (see qha.amqp.accounts)
+USER_SET = b"U"
+USER_DELETED = b"u"
+PERMISSIONS_SET = b"G"
+PERMISSIONS_CLEARED = b"g"
+ACCOUNTS = b"K"
 # Stream control
 SNAPSHOT = b"S"
 CAUGHT_UP = b"R"
@@ -129,6 +144,13 @@ class EventWriter:
         self.event(VHOST_DELETED, vhost)
         if self.vhost == vhost:
             self.vhost = DEFAULT_VHOST
+
+    def accountChange(self, change: Any) -> None:
+        """
+        An event of a run-time change of users or permissions (an
+        L{qha.amqp.accounts.AccountChange}).
+        """
+        self.event(ACCOUNT_KINDS[change.kind], *change.fields)
 
     def event(self, kind: bytes, *fields: Any) -> None:
         """
@@ -356,6 +378,11 @@ LAYOUTS: dict[bytes, str] = {
     VHOST: "s",
     VHOST_ADDED: "s",
     VHOST_DELETED: "s",
+    USER_SET: "sss",
+    USER_DELETED: "s",
+    PERMISSIONS_SET: "sssss",
+    PERMISSIONS_CLEARED: "ss",
+    ACCOUNTS: "b",
     SNAPSHOT: "b",
     CAUGHT_UP: "",
     MEMBERS: "b",
@@ -379,6 +406,11 @@ EVENT_NAMES: dict[bytes, str] = {
     VHOST: "vhost",
     VHOST_ADDED: "vhost-added",
     VHOST_DELETED: "vhost-deleted",
+    USER_SET: "user-set",
+    USER_DELETED: "user-deleted",
+    PERMISSIONS_SET: "permissions-set",
+    PERMISSIONS_CLEARED: "permissions-cleared",
+    ACCOUNTS: "accounts",
     SNAPSHOT: "snapshot",
     CAUGHT_UP: "caught-up",
     MEMBERS: "members",
@@ -396,6 +428,11 @@ FIELD_NAMES: dict[bytes, tuple[str, ...]] = {
     VHOST: ("vhost",),
     VHOST_ADDED: ("vhost",),
     VHOST_DELETED: ("vhost",),
+    USER_SET: ("user", "password hash", "tags"),
+    USER_DELETED: ("user",),
+    PERMISSIONS_SET: ("user", "vhost", "configure", "write", "read"),
+    PERMISSIONS_CLEARED: ("user", "vhost"),
+    ACCOUNTS: ("state",),
     SNAPSHOT: ("state",),
     CAUGHT_UP: (),
     MEMBERS: ("members",),
@@ -413,6 +450,16 @@ _ENQUEUED_FLAGS = 3
 
 _ENTRY_EVENTS = frozenset((ENQUEUED, DEQUEUED, ACQUIRED, RELEASED))
 _VHOST_EVENTS = frozenset((VHOST, VHOST_ADDED, VHOST_DELETED))
+# The events of run-time account changes, by the change's kind, and back.
+ACCOUNT_KINDS: dict[str, bytes] = {
+    _accounts.USER_SET: USER_SET,
+    _accounts.USER_DELETED: USER_DELETED,
+    _accounts.PERMISSIONS_SET: PERMISSIONS_SET,
+    _accounts.PERMISSIONS_CLEARED: PERMISSIONS_CLEARED,
+    _accounts.ACCOUNTS_STATE: ACCOUNTS,
+}
+ACCOUNT_CHANGES: dict[bytes, str] = {kind: name for name, kind in ACCOUNT_KINDS.items()}
+_CHECKED_ACCOUNT_EVENTS = frozenset((USER_SET, USER_DELETED, PERMISSIONS_SET, PERMISSIONS_CLEARED))
 
 
 def vhostNameProblem(name: str) -> str | None:
@@ -574,6 +621,10 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                 raise _malformed(kind, start, "the queue has no name")
             elif kind in _VHOST_EVENTS:
                 problem = vhostNameProblem(fields[1])
+                if problem is not None:
+                    raise _malformed(kind, start, problem)
+            elif kind in _CHECKED_ACCOUNT_EVENTS:
+                problem = _accounts.changeProblem(ACCOUNT_CHANGES[kind], tuple(fields[1:]))
                 if problem is not None:
                     raise _malformed(kind, start, problem)
             yield tuple(fields)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from ..amqp.accounts import AccountChange, AccountError, Accounts
 from ..broker.errors import AMQPError
 from ..broker.exchange import exchangeType
 from ..broker.message import Message
@@ -413,6 +414,24 @@ class Replicator:
         self.members = parseMembers(data)
 
 
+def _accountHandler(kind: bytes) -> Callable[..., None]:
+    """
+    The handler of the account event C{kind}: the change is applied to the
+    broker's run-time accounts (L{Accounts.of} its virtual hosts), which
+    check it whole first; a change they refuse is a malformed event, never
+    applied.
+    """
+    change = ev.ACCOUNT_CHANGES[kind]
+
+    def handle(self: Replicator, *fields: Any) -> None:
+        try:
+            Accounts.of(self.vhosts).apply(AccountChange(change, fields))
+        except AccountError as error:
+            raise ev.MalformedEvents(f"malformed {ev.EVENT_NAMES[kind]} event: {error}") from None
+
+    return handle
+
+
 _handlers: dict[bytes, Callable[..., None]] = {
     ev.SNAPSHOT: Replicator.snapshot,
     ev.VHOST_ADDED: Replicator.vhostAdded,
@@ -431,4 +450,5 @@ _handlers: dict[bytes, Callable[..., None]] = {
     ev.ACQUIRED_RANGE: Replicator.acquiredRange,
     ev.CAUGHT_UP: Replicator.caughtUpMarker,
     ev.MEMBERS: Replicator.membersChanged,
+    **{kind: _accountHandler(kind) for kind in ev.ACCOUNT_CHANGES},
 }

@@ -29,6 +29,7 @@ from ..broker.message import Message
 from ..broker.queue import QUORUM, Entry, Queue, queueType
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from ..broker.vhosts import VirtualHosts
+from ..amqp.accounts import AccountChange, Accounts
 from ..changes import events as ev
 from ..changes.replay import heldKey
 from ..changes.scoped import observe, unobserve
@@ -704,6 +705,7 @@ class ReplicationSource:
             for vhost in self.vhosts:
                 observe(vhost, self)
             self.vhosts.observers.append(self)
+            Accounts.of(self.vhosts).observers.append(self)
         else:
             observe(self.vhost, self)
         self.flush()
@@ -881,6 +883,9 @@ class ReplicationSource:
             unobserve(vhost, self)
         if self in self.vhosts.observers:
             self.vhosts.observers.remove(self)
+        accounts = Accounts.of(self.vhosts)
+        if self in accounts.observers:
+            accounts.observers.remove(self)
         for call in (self._flushCall, self._heartbeatCall):
             if call is not None and call.active():
                 call.cancel()
@@ -1061,8 +1066,12 @@ class ReplicationSource:
         each message-replicated queue the entries the backup lacks, and
         drops for the ids it holds that the primary no longer has; the
         default virtual host first (its snapshot lists the others when
-        there are others), then each other one.
+        there are others), then each other one; first the users and
+        permissions changed at run time, if any.
         """
+        accounts = Accounts.of(self.vhosts)
+        if not accounts.empty:
+            self.writer.accountChange(accounts.stateChange())
         for vhost in self.vhosts:
             self.writer.scope(vhost.name)
             self._snapshotVhost(vhost, holdings)
@@ -1099,6 +1108,16 @@ class ReplicationSource:
                 continue
             for binding in exchange.bindings.values():
                 self.bound(binding)
+
+    # AccountsObserver
+
+    def accountChanged(self, change: AccountChange) -> None:
+        """
+        Users or permissions changed at run time: the backup applies the
+        same change.
+        """
+        self.writer.accountChange(change)
+        self._scheduleFlush()
 
     # VirtualHostsObserver
 

@@ -49,6 +49,7 @@ from ..broker.message import Message
 from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts
+from ..amqp.accounts import AccountChange, Accounts
 from ..changes import events as ev
 from ..changes.cursor import entrySize
 from ..changes.replay import Replicator
@@ -761,6 +762,9 @@ class Store:
             observe(each, self, first=True)
         if self not in self.vhosts.observers:
             self.vhosts.observers.insert(0, self)
+        accounts = Accounts.of(self.vhosts)
+        if self not in accounts.observers:
+            accounts.observers.insert(0, self)
 
     # Writing
 
@@ -996,6 +1000,9 @@ class Store:
                 writer.vhostAdded(vhost.name)
             writer.scope(vhost.name)
             self._compactVhost(vhost, writer)
+        accounts = Accounts.of(self.vhosts)
+        if not accounts.empty:
+            writer.accountChange(accounts.stateChange())
         before = self.journal.size()
         self.journal.rewrite(encodeRecord(self.epoch, self.position, writer.take()))
         self.records = 1
@@ -1049,6 +1056,15 @@ class Store:
         self.flush()
         self.journal.close()
         return None
+
+    # AccountsObserver
+
+    def accountChanged(self, change: AccountChange) -> None:
+        """
+        Users or permissions changed at run time: recorded.
+        """
+        self.writer.accountChange(change)
+        self._dirty()
 
     # VirtualHostsObserver
 

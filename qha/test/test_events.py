@@ -10,6 +10,7 @@ from typing import Any
 from pamqp import commands
 from twisted.trial.unittest import SynchronousTestCase
 
+from qha.amqp.users import hashPassword
 from qha.broker.message import Message
 from qha.broker.queue import Entry
 from qha.broker.vhost import VirtualHost
@@ -90,6 +91,11 @@ class EventCodecTests(SynchronousTestCase):
         writer.scope("tenant-\u00e9")
         expected.append((ev.VHOST, "tenant-\u00e9"))
         add(ev.VHOST_DELETED, "tenant-\u00e9")
+        add(ev.USER_SET, "b\u00f6b", hashPassword("secret", n=2), "administrator,monitoring")
+        add(ev.PERMISSIONS_SET, "b\u00f6b", "/", "^b-", ".*", "")
+        add(ev.PERMISSIONS_CLEARED, "b\u00f6b", "/")
+        add(ev.USER_DELETED, "b\u00f6b")
+        add(ev.ACCOUNTS, b'{"users": {}, "permissions": {}}')
         add(ev.MEMBERS, b"[]")
         add(ev.CAUGHT_UP)
         return writer.take(), expected

@@ -50,6 +50,7 @@ from qha.ha.link import BackupLink
 from qha.ha.locator import ReplicationLocator
 from qha.ha.node import HANode
 
+from qha.amqp.users import hashPassword
 from qha.broker.message import Message
 from qha.broker.queue import Entry
 from qha.broker.vhost import VirtualHost
@@ -184,8 +185,31 @@ def writeEvent(writer: ev.EventWriter, draw: Callable[..., Any]) -> None:
         writer.event(kind, json.dumps([{"id": "b", "address": "a:1"}]).encode("utf-8"))
     elif kind in (ev.VHOST, ev.VHOST_ADDED, ev.VHOST_DELETED):
         writer.event(kind, draw(st.sampled_from(["/", "a", "b\u00e9"])))
+    elif kind in ev.ACCOUNT_CHANGES:
+        writeAccountEvent(writer, kind, draw)
     else:
         writer.event(kind)
+
+
+_HASH = hashPassword("secret", n=2)
+
+
+def writeAccountEvent(writer: ev.EventWriter, kind: bytes, draw: Callable[..., Any]) -> None:
+    """
+    Write one well-formed event of a run-time account change.
+    """
+    user = draw(st.sampled_from(["bob", "al\u00efce"]))
+    vhost = draw(st.sampled_from(["/", "a"]))
+    if kind == ev.USER_SET:
+        writer.event(kind, user, _HASH, draw(st.sampled_from(["", "administrator", "a,b"])))
+    elif kind == ev.USER_DELETED:
+        writer.event(kind, user)
+    elif kind == ev.PERMISSIONS_SET:
+        writer.event(kind, user, vhost, ".*", draw(st.sampled_from(["", "^a", "x|y"])), ".*")
+    elif kind == ev.PERMISSIONS_CLEARED:
+        writer.event(kind, user, vhost)
+    else:
+        writer.event(kind, b'{"users": {"bob": null}, "permissions": {}}')
 
 
 @st.composite
