@@ -667,6 +667,13 @@ class Compaction:
             self.journal.abortRewrite()
 
 
+LARGE_STORE = 64 * 1024 * 1024
+"""
+A journal past this many bytes gets a line when its reading starts: reading
+and checking it takes a second or more.
+"""
+
+
 @implementer(IConfirmHolder)
 class Store:
     """
@@ -682,6 +689,7 @@ class Store:
     """
 
     log = Logger()
+    monotonic: Callable[[], float] = staticmethod(time.monotonic)  # type: ignore[assignment]
     compactAt = 64 * 1024 * 1024
     slowSync = 0.002
 
@@ -727,9 +735,14 @@ class Store:
         @return: what was recovered.
         @raise StoreCorrupt: if the journal is damaged.
         """
-        started = time.monotonic()
+        started = self.monotonic()
+        path = getattr(self.journal, "path", "<memory>")
+        size = self.journal.size()
+        if size > LARGE_STORE:
+            self.log.info("reading the store {path} ({mb:.1f} MB)", path=path, mb=size / 1e6)
         records = self.journal.load()
-        epoch, position = replay(records, vhost, getattr(self.journal, "path", "<memory>"))
+        progress = RecoveryProgress(self.log, path, len(records), size, self.monotonic)
+        epoch, position = replay(records, vhost, path, progress)
         self.epoch = max(self.epoch, epoch)
         self.position = position if records else self.position
         self.records = len(records)
@@ -748,7 +761,7 @@ class Store:
             "messages": messages,
             "epoch": self.epoch,
             "position": self.position,
-            "seconds": time.monotonic() - started,
+            "seconds": self.monotonic() - started,
         }
 
     def attach(self, vhost: VirtualHost) -> None:
@@ -1161,11 +1174,90 @@ class Store:
             self._dirty()
 
 
-def replay(records: list[Record], vhost: VirtualHost, path: str) -> tuple[int, int]:
+PROGRESS_INTERVAL = 5.0
+"""
+Seconds between two progress lines while a store is recovered.
+"""
+
+
+class RecoveryProgress:
+    """
+    Logs a line every L{PROGRESS_INTERVAL} seconds while a store's records
+    are replayed: how many of how many, the bytes, the rate, so that a long
+    recovery is seen to move.
+
+    @ivar lines: how many lines were logged.
+    """
+
+    def __init__(
+        self,
+        log: Logger,
+        path: str,
+        records: int,
+        size: int,
+        monotonic: Callable[[], float] = time.monotonic,
+        interval: float = PROGRESS_INTERVAL,
+    ) -> None:
+        """
+        @param log: where the lines go.
+        @param path: the journal's path, named in each line.
+        @param records: how many records there are to replay.
+        @param size: the journal's size in bytes.
+        @param monotonic: the clock.
+        @param interval: seconds between two lines.
+        """
+        self.log = log
+        self.path = path
+        self.records = records
+        self.size = size
+        self.monotonic = monotonic
+        self.interval = interval
+        self.started = monotonic()
+        self.due = self.started + interval
+        self.lines = 0
+
+    def __call__(self, done: int, offset: int) -> None:
+        """
+        C{done} records are replayed, up to byte C{offset}: log a line if
+        one is due.
+        """
+        now = self.monotonic()
+        if now < self.due:
+            return
+        self.due = now + self.interval
+        self.lines += 1
+        elapsed = max(now - self.started, 1e-9)
+        self.log.info(
+            "recovering the store {path}: record {done} of {records} ({percent:.0f}%),"
+            " {mb:.1f} of {totalMB:.1f} MB, {rate:.0f} records/s",
+            path=self.path,
+            done=done,
+            records=self.records,
+            percent=100.0 * done / max(self.records, 1),
+            mb=offset / 1e6,
+            totalMB=self.size / 1e6,
+            rate=done / elapsed,
+        )
+
+
+PROGRESS_EVERY = 256
+"""
+Records replayed between two looks at the clock for a progress line.
+"""
+
+
+def replay(
+    records: list[Record],
+    vhost: VirtualHost,
+    path: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
     """
     Apply C{records} to C{vhost} as a replica (no timers, no policies of
     its own); return the highest epoch and the last position they carry.
 
+    @param progress: told, every L{PROGRESS_EVERY} records, how many are
+        replayed and up to which byte (L{RecoveryProgress}).
     @raise StoreCorrupt: for a record that passes its checksum but cannot be
         decoded.
     """
@@ -1190,6 +1282,8 @@ def replay(records: list[Record], vhost: VirtualHost, path: str) -> tuple[int, i
                 ) from None
             epoch = max(epoch, record.epoch)
             position = record.position
+            if progress is not None and index % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+                progress(index + 1, record.offset)
     finally:
         if collecting:
             gc.enable()

@@ -30,7 +30,7 @@ from typing import Any
 from pamqp import commands
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -41,6 +41,7 @@ from qha.broker.queue import Consumer, Queue, QueueFull
 from qha.broker.vhost import VirtualHost
 from qha.changes import events as ev
 from qha.store.journal import (
+    PROGRESS_EVERY,
     MAGIC,
     FileJournal,
     Journal,
@@ -1490,3 +1491,44 @@ class AdaptiveSyncTests(SynchronousTestCase):
         for _ in range(50):
             store._timeSync(0.010)
         self.assertIsNone(store.syncInThread)
+
+
+class RecoveryProgressTests(SynchronousTestCase):
+    """
+    A long recovery logs progress lines (L{RecoveryProgress}) while it
+    replays the journal.
+    """
+
+    def test_lines(self) -> None:
+        """
+        With the clock moving 10 s between two looks, a line comes every
+        L{PROGRESS_EVERY} records, saying how many of how many, the bytes
+        and the rate; a short recovery (the clock still) logs none.
+        """
+        journal = MemoryJournal()
+        for position in range(1, 1001):
+            journal.append(encodeRecord(1, position, b""))
+        for step, expected in [(10.0, 3), (0.0, 0)]:
+            store = Store(journal, Clock())
+            now = [0.0]
+
+            def monotonic() -> float:
+                now[0] += step
+                return now[0]
+
+            store.monotonic = monotonic  # type: ignore[method-assign]
+            events: list[dict[str, Any]] = []
+            store.log = Logger(observer=events.append)  # type: ignore[arg-type]
+            recovered = store.recover(VirtualHost(clock=Clock()))
+            self.assertEqual(recovered["records"], 1000)
+            lines = [formatEvent(e) for e in events if "recovering the store" in formatEvent(e)]
+            self.assertEqual(len(lines), expected, lines)
+            if expected:
+                self.assertEqual(PROGRESS_EVERY, 256)
+                self.assertTrue(
+                    lines[0].startswith("recovering the store <memory>: record 256 of 1000 (26%), 0.0 of 0.0 MB,"),
+                    lines[0],
+                )
+                self.assertIn("record 768 of 1000 (77%)", lines[2])
+                self.assertTrue(lines[0].endswith(" records/s"), lines[0])
+            store.close()
