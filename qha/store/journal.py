@@ -737,11 +737,15 @@ class Store:
         """
         started = self.monotonic()
         path = getattr(self.journal, "path", "<memory>")
-        size = self.journal.size()
+        try:
+            # A file journal is opened by its load: ask the file system.
+            size = os.path.getsize(path)
+        except OSError:
+            size = self.journal.size()
         if size > LARGE_STORE:
             self.log.info("reading the store {path} ({mb:.1f} MB)", path=path, mb=size / 1e6)
         records = self.journal.load()
-        progress = RecoveryProgress(self.log, path, len(records), size, self.monotonic)
+        progress = RecoveryProgress(self.log, path, len(records), self.journal.size(), self.monotonic)
         epoch, position = replay(records, vhost, path, progress)
         self.epoch = max(self.epoch, epoch)
         self.position = position if records else self.position
