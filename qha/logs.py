@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LegacyLogObserverWrapper,
     LogEvent,
@@ -35,7 +36,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python.logfile import LogFile
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 FORMATS = ("text", "json")
 """
@@ -93,6 +94,7 @@ def setLevel(name: str) -> None:
     threshold.level = LEVELS[name]
 
 
+@provider(ILogFilterPredicate)
 def atThreshold(event: LogEvent) -> PredicateResult:
     """
     C{no} for an event of a level below L{threshold}; every other event
@@ -109,7 +111,7 @@ def filtered(observer: ILogObserver) -> ILogObserver:
     C{observer} behind the C{--log-level} filter (read at each event, so a
     level set later applies).
     """
-    return FilteringLogObserver(observer, [atThreshold])
+    return FilteringLogObserver(observer, [atThreshold])  # type: ignore[list-item]
 
 
 destination = Destination()
@@ -203,7 +205,8 @@ def textObserver() -> ILogObserver:
     elif destination.syslog:
         from twisted.python import syslog
 
-        observer = LegacyLogObserverWrapper(syslog.SyslogObserver(destination.prefix).emit)
+        emit: Any = syslog.SyslogObserver(destination.prefix).emit
+        observer = LegacyLogObserverWrapper(emit)
     else:
         stream = openDestination()
         if isinstance(stream, LogFile):

@@ -353,6 +353,16 @@ def durableQueue(queue: Queue) -> bool:
     return queue.durable and not queue.exclusive
 
 
+def _timed(write: Callable[[], object], timing: list[float]) -> None:
+    """
+    Run C{write} (in the store's thread) and append the seconds it took to
+    C{timing}.
+    """
+    started = time.monotonic()
+    write()
+    timing.append(time.monotonic() - started)
+
+
 @implementer(IConfirmHolder)
 class Store:
     """
@@ -394,6 +404,8 @@ class Store:
         # The thread to move flushes to once they prove slow (see _timeSync).
         self.threadSync: Callable[[Callable[[], None]], Deferred[Any]] | None = None
         self.syncAverage = 0.0
+        # Told the seconds of each flush-and-fsync (the metrics' histogram).
+        self.syncObservers: list[Callable[[float], None]] = []
         self._syncing = False
         self._syncWaiters: list[Deferred[None]] = []
 
@@ -501,6 +513,8 @@ class Store:
         ones are cheaper done here than handed over.
         """
         self.syncAverage = 0.9 * self.syncAverage + 0.1 * seconds
+        for observe in self.syncObservers:
+            observe(seconds)
         if self.threadSync is not None and self.syncAverage > self.slowSync:
             self.log.info(
                 "store flushes take {ms:.1f} ms: syncing in the store's thread from now on",
@@ -539,10 +553,14 @@ class Store:
         current, self.current = self.current, None
         self._syncing = True
         assert self.syncInThread is not None
-        d = self.syncInThread(lambda: self.journal.append(data, sync=sync))
+        timing: list[float] = []
+        d = self.syncInThread(lambda: _timed(lambda: self.journal.append(data, sync=sync), timing))
 
         def written(result: Any) -> None:
             self._syncing = False
+            for seconds in timing:
+                for observe in self.syncObservers:
+                    observe(seconds)
             if current is not None:
                 current.holds -= 1
                 current.check()
