@@ -114,6 +114,19 @@ class Scraper:
             self._thread.join(10)
 
 
+def cpuSeconds(pid: int) -> float:
+    """
+    The user and system CPU seconds process C{pid} used so far (Linux's
+    C{/proc/PID/stat}, fields 14 and 15), or 0 where there is no C{/proc}.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def runOnce(mode: str, benchArguments: Sequence[str], root: str) -> dict[str, object]:
     """
     Start a broker in C{mode}, run C{qha-bench} against it, stop it; the
@@ -140,6 +153,7 @@ def runOnce(mode: str, benchArguments: Sequence[str], root: str) -> dict[str, ob
             waitForPort(http, broker)
             scraper = Scraper(http)
             scraper.start()
+        before = cpuSeconds(broker.pid)
         done = subprocess.run(
             [sys.executable, "-m", "qha_bench.bench", "--url", f"amqp://guest:guest@127.0.0.1:{amqp}/%2F",
              "--json", *benchArguments],
@@ -147,7 +161,10 @@ def runOnce(mode: str, benchArguments: Sequence[str], root: str) -> dict[str, ob
             check=True,
             timeout=600,
         )
+        used = cpuSeconds(broker.pid) - before
         report: dict[str, object] = json.loads(done.stdout.decode("utf-8").strip().splitlines()[-1])
+        consumed = report.get("consumed") or report.get("published") or 0
+        report["brokerCpuMicrosPerMessage"] = used / float(consumed) * 1e6 if consumed else None  # type: ignore[arg-type]
     finally:
         if scraper is not None:
             scraper.stop()
@@ -187,40 +204,53 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     benchArguments = ["--confirm", str(options.confirm), "--duration", str(options.duration), "--queue", "overhead"]
     root = tempfile.mkdtemp(prefix="qha-overhead-")
     ratios: dict[str, list[float]] = {mode: [] for mode in MODES[1:]}
+    cpuRatios: dict[str, list[float]] = {mode: [] for mode in MODES[1:]}
     try:
         for round_ in range(1, options.rounds + 1):
             rates: dict[str, float] = {}
+            cpu: dict[str, float] = {}
             # Each round starts with another mode, so a drift in the
             # machine's load does not favour one mode.
             shift = (round_ - 1) % len(MODES)
             for mode in MODES[shift:] + MODES[:shift]:
                 report = runOnce(mode, benchArguments, root)
                 rates[mode] = rateOf(report)
+                cpu[mode] = float(report["brokerCpuMicrosPerMessage"] or 0.0)  # type: ignore[arg-type]
                 if options.json:
                     print(json.dumps({"round": round_, **report}), file=output)
                 print(
                     f"round {round_} {mode:8} {rates[mode]:>10,.0f} msgs/s"
                     f"  lost {report.get('lost', 0)}  scrapes {report['scrapes']}"
-                    f" (failed {report['scrapeFailures']})",
+                    f" (failed {report['scrapeFailures']})  broker CPU {cpu[mode]:.2f} us/msg",
                     file=output,
                     flush=True,
                 )
             for mode in MODES[1:]:
                 ratios[mode].append(rates[mode] / rates["none"])
+                if cpu["none"]:
+                    cpuRatios[mode].append(cpu[mode] / cpu["none"])
             print(
-                f"round {round_} ratios: idle/none {ratios['idle'][-1]:.3f},"
-                f" scraped/none {ratios['scraped'][-1]:.3f}",
+                f"round {round_} msgs/s ratios: idle/none {ratios['idle'][-1]:.3f},"
+                f" scraped/none {ratios['scraped'][-1]:.3f}"
+                + (
+                    f"; CPU/msg ratios: idle/none {cpuRatios['idle'][-1]:.3f},"
+                    f" scraped/none {cpuRatios['scraped'][-1]:.3f}"
+                    if cpu["none"]
+                    else ""
+                ),
                 file=output,
                 flush=True,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    for mode in MODES[1:]:
-        print(
-            f"{mode}/none: {', '.join(f'{r:.3f}' for r in ratios[mode])}; median"
-            f" {statistics.median(ratios[mode]):.3f}",
-            file=output,
-        )
+    for name, series in (("msgs/s", ratios), ("broker CPU per message", cpuRatios)):
+        for mode in MODES[1:]:
+            if series[mode]:
+                print(
+                    f"{name} {mode}/none: {', '.join(f'{r:.3f}' for r in series[mode])}; median"
+                    f" {statistics.median(series[mode]):.3f}",
+                    file=output,
+                )
     return 0
 
 
