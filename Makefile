@@ -6,15 +6,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qha-installed
-# twistd and trial find twisted/plugins/qha_plugin.py through the checkout.
-export PYTHONPATH := $(CURDIR)
+# The checkout is installed editable, and qha-checkout.pth puts it on the
+# venv's sys.path as well, so twistd finds twisted/plugins/qha_plugin.py with no
+# PYTHONPATH (an editable install imports qha through a finder hook, which
+# Twisted's plugin search, a walk over sys.path, does not see).
 
 .PHONY: run test check soak fuzz clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# The distribution was called "qha" before it became "qha-broker".
+	$(BIN)/python -m pip uninstall -q -y qha 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[test]'
+	echo '$(CURDIR)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/qha-checkout.pth"
 	touch $@
 
 run: $(STAMP)
@@ -39,4 +44,4 @@ fuzz: $(STAMP)
 	QHA_FUZZ=1 $(BIN)/trial qha.test.test_fuzz_amqp qha.test.test_fuzz_events
 
 clean:
-	rm -rf $(VENV) _trial_temp* *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) _trial_temp* *.egg-info build dist twisted/plugins/dropin.cache

@@ -181,6 +181,22 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        # The config file and the log level (issue 14): see qha.config and qha.logs.
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options, one key per long option (port = \"tcp:5672\"); options"
+            " on the command line win. KEY-file/KEY-env take a value from a file or the"
+            " environment. See doc/configuration.md.",
+        ],
+        [
+            "log-level",
+            None,
+            "info",
+            "Least level of the lines logged: debug, info, warn, error or critical"
+            " (both --log-format text and json).",
+        ],
         [
             "log-format",
             None,
@@ -465,12 +481,42 @@ class Options(usage.Options):
         (twistd would print the whole help first, burying the reason).
         """
         try:
+            self.readConfigFile(sys.argv[1:] if options is None else options)
             super().parseOptions(options)
         except usage.UsageError as error:
             if not self.exitOnError:
                 raise
             sys.stderr.write(f"twistd qha: error: {error} (see `twistd qha --help`)\n")
             raise SystemExit(1) from None
+
+    def readConfigFile(self, arguments: list[str]) -> None:
+        """
+        With C{--config FILE} among C{arguments}, take the file's options as
+        the defaults the command line then overrides (see L{qha.config}).
+
+        @raise usage.UsageError: naming the file and the key, if the file
+            cannot be read, or a key is unknown or of the wrong type.
+        """
+        from .config import ConfigError, findConfigPath, optionSpecs, readConfig
+
+        path = findConfigPath(arguments, self.shortOpt, self.longOpt)
+        if path is None:
+            return
+        specs = optionSpecs(type(self))
+        try:
+            values = readConfig(path, specs, self.environ)
+            for name, value in values.items():
+                coerce = specs[name].coerce
+                if specs[name].kind is bool:
+                    value = 1 if value else 0
+                elif coerce is not None:
+                    try:
+                        value = coerce(str(value))
+                    except ValueError as error:
+                        raise ConfigError(f"config file {path}: {name}: {error}") from None
+                self[name] = value
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
 
     def opt_version(self) -> None:
         """
@@ -485,14 +531,33 @@ class Options(usage.Options):
         """
         C{--log-format json}: name L{qha.logs.jsonObserver} as twistd's
         C{--logger} (twistd starts logging after making the service, with
-        that factory), unless twistd was given a logger of its own.
+        that factory), unless twistd was given a logger of its own;
+        C{--log-format text}: name L{qha.logs.textObserver}, twistd's own
+        observer behind the C{--log-level} filter.
         """
-        from .logs import FORMATS, configure
+        from .logs import FORMATS, LEVELS, configure, setLevel
 
         if self["log-format"] not in FORMATS:
             raise usage.UsageError(f"--log-format must be one of {', '.join(FORMATS)}")
+        if self["log-level"] not in LEVELS:
+            raise usage.UsageError(
+                f"--log-level must be one of {', '.join(LEVELS)}, not {self['log-level']!r}"
+            )
         parent = getattr(self, "parent", None)
-        if self["log-format"] != "json" or parent is None:
+        if parent is None:
+            return
+        setLevel(self["log-level"])
+        if self["log-format"] != "json":
+            # --log-level: twistd's own text observer writes every level, so
+            # the one twistd would have made goes behind the level filter.
+            configure(
+                parent.get("logfile"),
+                bool(parent.get("nodaemon")),
+                syslog=bool(parent.get("syslog")),
+                prefix=parent.get("prefix") or "twisted",
+                logger=parent.get("logger"),
+            )
+            parent["logger"] = "qha.logs.textObserver"
             return
         if parent.get("logger") is not None:
             raise usage.UsageError("--log-format json and twistd's --logger cannot be used together")

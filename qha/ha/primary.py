@@ -633,6 +633,8 @@ class ReplicationSource:
         # Bytes of each box sent and not yet answered, counted against the
         # memory high watermark (issue 13: unconfirmed replication).
         self.inFlightBytes: dict[int, int] = {}
+        # When each box in flight was sent (the lag in seconds, issue 14).
+        self.sentAt: dict[int, float] = {}
         self.seq = 0
         self.acked = 0
         self.caughtUpAt: int | None = None
@@ -894,6 +896,7 @@ class ReplicationSource:
         self.inFlight.clear()
         self.vhost.resources.release(sum(self.inFlightBytes.values()))
         self.inFlightBytes.clear()
+        self.sentAt.clear()
         self.waiters = []
         if self.only is None:
             self.node.backupLost(self)
@@ -941,6 +944,7 @@ class ReplicationSource:
         waiters, self.waiters = self.waiters, []
         self.inFlight[seq] = waiters
         self.inFlightBytes[seq] = len(data)
+        self.sentAt[seq] = self.clock.seconds()
         self.vhost.resources.hold(len(data))
         self.node.gate.sealed()
         d = self.connection.callRemoteString(
@@ -956,6 +960,7 @@ class ReplicationSource:
         self.lastHeard = self.clock.seconds()
         self.acked = max(self.acked, seq)
         size = self.inFlightBytes.pop(seq, 0)
+        self.sentAt.pop(seq, None)
         if size:
             self.vhost.resources.release(size)
         for completion in self.inFlight.pop(seq, []):

@@ -674,6 +674,16 @@ and checking it takes a second or more.
 """
 
 
+def _timed(write: Callable[[], object], timing: list[float]) -> None:
+    """
+    Run C{write} (in the store's thread) and append the seconds it took to
+    C{timing}.
+    """
+    started = time.monotonic()
+    write()
+    timing.append(time.monotonic() - started)
+
+
 @implementer(IConfirmHolder)
 class Store:
     """
@@ -716,6 +726,8 @@ class Store:
         # The thread to move flushes to once they prove slow (see _timeSync).
         self.threadSync: Callable[[Callable[[], None]], Deferred[Any]] | None = None
         self.syncAverage = 0.0
+        # Told the seconds of each flush-and-fsync (the metrics' histogram).
+        self.syncObservers: list[Callable[[float], None]] = []
         self._syncing = False
         self._syncWaiters: list[Deferred[None]] = []
         # The compaction under way, and whether it holds flushes back
@@ -844,6 +856,8 @@ class Store:
         ones are cheaper done here than handed over.
         """
         self.syncAverage = 0.9 * self.syncAverage + 0.1 * seconds
+        for observe in self.syncObservers:
+            observe(seconds)
         if self.threadSync is not None and self.syncAverage > self.slowSync:
             self.log.info(
                 "store flushes take {ms:.1f} ms: syncing in the store's thread from now on",
@@ -882,13 +896,17 @@ class Store:
         current, self.current = self.current, None
         self._syncing = True
         assert self.syncInThread is not None
-        d = self.syncInThread(lambda: self.journal.append(data, sync=sync))
+        timing: list[float] = []
+        d = self.syncInThread(lambda: _timed(lambda: self.journal.append(data, sync=sync), timing))
 
         def written(result: Any) -> None:
             self._syncing = False
             if self._whenHeld is not None:
                 whenHeld, self._whenHeld = self._whenHeld, None
                 whenHeld()
+            for seconds in timing:
+                for observe in self.syncObservers:
+                    observe(seconds)
             if current is not None:
                 current.holds -= 1
                 current.check()

@@ -1,10 +1,12 @@
 """
 Prometheus metrics at C{/metrics} of the HTTP port.
 
-One L{BrokerCollector} reads the live objects (queues, connections, the
-node's replication sources, the gate, the store) when Prometheus scrapes:
-nothing is counted on the hot path for it, so a broker nobody scrapes pays
-nothing, and a scrape costs one walk over the queues and connections.
+One L{BrokerCollector} reads the live objects (queues of every virtual
+host, connections, the node's replication sources, the gate, the store)
+when Prometheus scrapes: nothing is counted on the hot path for it but one
+step of the store sync histogram (L{SyncLatency}) per fsync, so a broker
+nobody scrapes pays next to nothing, and a scrape costs one walk over the
+queues and connections.
 
 Names follow RabbitMQ's C{rabbitmq_prometheus} plugin where a metric means
 the same (C{rabbitmq_queue_messages_ready}, C{rabbitmq_connections}, ...),
@@ -16,6 +18,8 @@ loopback by default).
 
 from __future__ import annotations
 
+import bisect
+import weakref
 from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +27,7 @@ from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -31,6 +36,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from .. import __version__
+from ..broker.vhosts import VirtualHosts
 from ..ha.role import ACTIVE, CATCHUP, JOINING, READY, RECOVERING, STANDALONE
 from .broker import ManagedBroker
 
@@ -54,6 +60,7 @@ class SourceView(Protocol):
     ready: bool
     lastHeard: float
     inFlightBytes: dict[int, int]
+    sentAt: dict[int, float]
 
 
 class LinkView(Protocol):
@@ -85,6 +92,75 @@ class ReplicatingNode(Protocol):
         "The position of the stream this broker holds."
 
 
+SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""
+Upper bounds (seconds) of the store sync histogram's buckets: from a fast
+SSD's 0.1 ms to a stalled disk.
+"""
+
+
+class SyncLatency:
+    """
+    A histogram of the store's flush-and-fsync times, one observation per
+    group commit (L{qha.store.journal.Store.syncObservers}): counted as the
+    syncs happen (one C{bisect} per fsync, nothing per message), read at
+    scrape time.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = SYNC_BUCKETS) -> None:
+        """
+        @param bounds: the buckets' upper bounds, ascending (C{+Inf} added).
+        """
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """
+        One sync took C{seconds}.
+        """
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def family(self) -> HistogramMetricFamily:
+        """
+        C{qha_store_sync_seconds}, Prometheus' cumulative buckets.
+        """
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip([*map(repr, self.bounds), "+Inf"], self.counts):
+            running += count
+            buckets.append((bound, running))
+        return HistogramMetricFamily(
+            "qha_store_sync_seconds",
+            "Seconds of each store flush-and-fsync (one group commit: every event of a"
+            " reactor turn, or of the turns gathered while the store's thread synced)",
+            buckets=buckets,
+            sum_value=self.total,
+        )
+
+
+_syncLatencies: "weakref.WeakKeyDictionary[Any, SyncLatency]" = weakref.WeakKeyDictionary()
+"""
+The histogram of each store, made once whoever asks first.
+"""
+
+
+def syncLatencyOf(store: Any) -> SyncLatency | None:
+    """
+    The sync histogram of C{store}, observing its syncs from the first call
+    on; L{None} for a store that tells no one of its syncs.
+    """
+    observers = getattr(store, "syncObservers", None)
+    if observers is None:
+        return None
+    latency = _syncLatencies.get(store)
+    if latency is None:
+        latency = _syncLatencies[store] = SyncLatency()
+        observers.append(latency.observe)
+    return latency
+
+
 def _gauge(name: str, documentation: str, value: float | None = None, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     """
     A gauge family, with C{value} when it has no labels.
@@ -106,6 +182,8 @@ class BrokerCollector:
         @param broker: the broker as the HTTP port sees it.
         """
         self.broker = broker
+        # The histogram counts from now (made with the HTTP port, at start).
+        self.syncLatency = syncLatencyOf(getattr(broker.node, "store", None))
 
     def describe(self) -> list[Metric]:
         """
@@ -136,10 +214,13 @@ class BrokerCollector:
 
     def objects(self) -> Iterator[Metric]:
         """
-        Queues, connections, channels and consumers, with RabbitMQ's names.
+        Queues of every virtual host (labelled with it, as RabbitMQ's
+        per-object metrics), connections, channels and consumers, with
+        RabbitMQ's names; the totals count every virtual host.
         """
         broker = self.broker
         vhost = broker.vhost
+        vhosts = list(VirtualHosts.of(vhost))
         ready = _gauge("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers", labels=["vhost", "queue"])
         unacked = _gauge(
             "rabbitmq_queue_messages_unacked",
@@ -159,8 +240,7 @@ class BrokerCollector:
             labels=["vhost", "queue"],
         )
         totalConsumers = 0
-        for queue in list(vhost.queues.values()):
-            labels = [vhost.name, queue.name]
+        for queue, labels in [(q, [each.name, q.name]) for each in vhosts for q in list(each.queues.values())]:
             # Held by consumers and by basic.get alike (RabbitMQ counts both).
             count, held = queue.messageCount, len(queue.held)
             ready.add_metric(labels, count)
@@ -171,8 +251,9 @@ class BrokerCollector:
             published.add_metric(labels, queue.published)
             delivered.add_metric(labels, queue.delivered)
         yield from (ready, unacked, messages, consumers, published, delivered)
-        yield _gauge("rabbitmq_queues", "Queues", len(vhost.queues))
-        yield _gauge("rabbitmq_exchanges", "Exchanges", len(vhost.exchanges))
+        yield _gauge("rabbitmq_queues", "Queues", sum(len(each.queues) for each in vhosts))
+        yield _gauge("rabbitmq_exchanges", "Exchanges", sum(len(each.exchanges) for each in vhosts))
+        yield _gauge("qha_vhosts", "Virtual hosts", len(vhosts))
         connections = list(broker.factory.connections)
         yield _gauge("rabbitmq_connections", "Client connections open", len(connections))
         yield _gauge("rabbitmq_channels", "Channels open", sum(len(c.channels) for c in connections))
@@ -234,6 +315,8 @@ class BrokerCollector:
                 "Moving average (weight 0.1) of the store's flush-and-fsync time",
                 getattr(store, "syncAverage", 0.0),
             )
+            if self.syncLatency is not None:
+                yield self.syncLatency.family()
             journal = getattr(store, "journal", None)
             if journal is not None:
                 yield CounterMetricFamily("qha_store_syncs", "fsyncs of the journal", value=journal.syncs)
@@ -259,6 +342,12 @@ class BrokerCollector:
             "Bytes sent and not yet acknowledged: during catch-up, the snapshot still on its way",
             labels=labels,
         )
+        lagSeconds = _gauge(
+            "qha_backup_lag_seconds",
+            "Age of the oldest box sent to the backup and not yet acknowledged (0 when it"
+            " acknowledged all): how far behind the backup is, in time",
+            labels=labels,
+        )
         heard = _gauge(
             "qha_backup_last_heard_age_seconds",
             "Seconds since the backup last answered (a box or a heartbeat)",
@@ -272,8 +361,10 @@ class BrokerCollector:
             lag.add_metric(values, source.seq - source.acked)
             lagBytes.add_metric(values, sum(source.inFlightBytes.values()))
             heard.add_metric(values, max(0.0, now - source.lastHeard))
+            oldest = next(iter(source.sentAt.values()), None)
+            lagSeconds.add_metric(values, 0.0 if oldest is None else max(0.0, now - oldest))
         yield _gauge("qha_backups", "Backups connected to this primary", len(sources))
-        yield from (ready, sent, acked, lag, lagBytes, heard)
+        yield from (ready, sent, acked, lag, lagBytes, lagSeconds, heard)
 
 
 def metricsRegistry(broker: ManagedBroker, process: bool = True) -> CollectorRegistry:
@@ -313,4 +404,11 @@ class MetricsResource(Resource):
         return generate_latest(self.registry)
 
 
-__all__ = ["BrokerCollector", "MetricsResource", "ReplicatingNode", "metricsRegistry"]
+__all__ = [
+    "BrokerCollector",
+    "MetricsResource",
+    "ReplicatingNode",
+    "SyncLatency",
+    "metricsRegistry",
+    "syncLatencyOf",
+]
