@@ -700,3 +700,53 @@ class SingleActiveConsumerTests(ProtocolTestCase):
         copy = vhost.declareQueue("q", arguments=dict(queue.arguments), replica=True)
         self.assertTrue(copy.singleActive)
         self.assertFalse(vhost.declareQueue("plain").singleActive)
+
+
+class DeadLetterPropertiesTests(ProtocolTestCase):
+    """
+    A dead-lettered message keeps its basic properties, as in RabbitMQ.
+    aio-pika's RPC tells a call that expired (dead-lettered back to the
+    caller) by its C{type} "call"; its test_timed_out failed on qha, where
+    the rebuilt message had lost C{type} and gained an empty C{cluster_id}.
+    """
+
+    def test_propertiesKept(self) -> None:
+        """
+        A rejected message reaches the dead-letter queue with the
+        properties it was published with, C{type} included, and no
+        C{cluster_id} it did not have.
+        """
+        from pamqp.header import ContentHeader
+
+        client = self.openClient(channels=(1,))
+        client.call(1, commands.Queue.Declare(queue="res"))
+        client.call(1, commands.Queue.Bind(queue="res", exchange="amq.fanout"))
+        client.call(
+            1,
+            commands.Queue.Declare(
+                queue="src", arguments={"x-dead-letter-exchange": "amq.fanout"}
+            ),
+        )
+        sent = commands.Basic.Properties(
+            message_type="call",
+            correlation_id="c1",
+            reply_to="res",
+            app_id="a",
+            headers={"From": "res"},
+        )
+        client.send(publishBytes(1, "", "src", b"x", properties=sent))
+        [(got, _)] = contents(client.call(1, commands.Basic.Get(queue="src")))
+        client.call(1, commands.Basic.Reject(delivery_tag=got.delivery_tag, requeue=False))
+        [entry] = [entry for level in self.vhost.queues["res"].levels for entry in level]
+        # The property flags (after class, weight and body size): no
+        # cluster_id (0x0004).
+        self.assertEqual(entry.message.header[13] & 0x04, 0)
+        frames = client.call(1, commands.Basic.Get(queue="res", no_ack=True))
+        [header] = [value for _, value in frames if isinstance(value, ContentHeader)]
+        received = header.properties
+        self.assertEqual(
+            (received.message_type, received.correlation_id, received.reply_to, received.app_id),
+            ("call", "c1", "res", "a"),
+        )
+        self.assertEqual(received.headers["From"], "res")
+        self.assertEqual(received.headers["x-first-death-reason"], "rejected")
