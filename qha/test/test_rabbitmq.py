@@ -748,5 +748,6 @@ class DeadLetterPropertiesTests(ProtocolTestCase):
             (received.message_type, received.correlation_id, received.reply_to, received.app_id),
             ("call", "c1", "res", "a"),
         )
-        self.assertEqual(received.headers["From"], "res")
-        self.assertEqual(received.headers["x-first-death-reason"], "rejected")
+        headers = received.headers or {}
+        self.assertEqual(headers["From"], "res")
+        self.assertEqual(headers["x-first-death-reason"], "rejected")
