@@ -479,8 +479,14 @@ class Message:
         A copy addressed anew, with C{headers} as its headers table (for
         dead-lettering). The body is shared.
         """
+        # Only the properties the header carries (pamqp reports an absent
+        # cluster_id as ''), under pamqp's names (type is message_type).
+        flags = struct.unpack_from(">H", self.header, 12)[0] if len(self.header) >= 14 else 0
         properties = {
-            name: getattr(self.properties, name, None) for name, _, _ in _PROPERTIES
+            name: getattr(self.properties, "message_type" if name == "type" else name, None)
+            if flags & flag
+            else None
+            for name, flag, _ in _PROPERTIES
         }
         properties["headers"] = headers
         if dropExpiration:

@@ -455,13 +455,22 @@ class VirtualHost:
         serverNamed = generated or not name
         if not name:
             name = serverQueueName()
+        # As in RabbitMQ (rabbit_channel): an exclusive queue lives only as
+        # long as its connection, so it is never durable, whatever the
+        # declaration says.
+        durable = durable and not exclusive
         existing = self.queues.get(name)
         checkReplicate(arguments, "queue", name)
         if existing is not None:
             self._checkOwner(existing, owner)
+            if exclusive != existing.exclusive:
+                # RabbitMQ checks the exclusive flag as an access question
+                # (check_exclusive_access, strict), before the other fields:
+                # 405 with the text of another connection's exclusive queue,
+                # which names this case too.
+                raise ResourceLocked(self._lockedText(existing))
             for field, received, current in [
                 ("durable", durable, existing.durable),
-                ("exclusive", exclusive, existing.exclusive),
                 ("auto_delete", autoDelete, existing.autoDelete),
             ]:
                 if received != current:
@@ -496,14 +505,27 @@ class VirtualHost:
         self.defaultExchange.bind(binding)
         return queue
 
+    def _lockedText(self, queue: Queue) -> str:
+        """
+        RabbitMQ's text for a queue that this declaration may not have:
+        another connection's exclusive queue, or an exclusive flag that
+        differs from the queue's.
+        """
+        return (
+            f"cannot obtain exclusive access to locked queue '{queue.name}'"
+            f" {self._where()}. It could be originally declared on another"
+            " connection or the exclusive property value does not match that"
+            " of the original declaration."
+        )
+
     def _checkOwner(self, queue: Queue, owner: object) -> None:
+        """
+        Refuse C{owner} another connection's exclusive C{queue}.
+
+        @raise ResourceLocked: if C{queue} is exclusive to someone else.
+        """
         if queue.exclusive and queue.owner is not owner:
-            raise ResourceLocked(
-                f"cannot obtain exclusive access to locked queue '{queue.name}'"
-                f" {self._where()}. It could be originally declared on another"
-                " connection or the exclusive property value does not match that"
-                " of the original declaration."
-            )
+            raise ResourceLocked(self._lockedText(queue))
 
     def queue(self, name: str, owner: object = None) -> Queue:
         """
