@@ -39,6 +39,7 @@ from weakref import WeakKeyDictionary
 from twisted.logger import Logger
 
 from ..broker.errors import AMQPError
+from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts, checkVhostName
 from .access import Permissions
 from .users import _TAG, ScryptHash, _userNameProblem
@@ -331,7 +332,28 @@ class Accounts:
         accounts = _registries.get(vhosts)
         if accounts is None:
             accounts = _registries[vhosts] = cls(vhosts)
+            vhosts.observers.append(accounts)
         return accounts
+
+    # VirtualHostsObserver
+
+    def vhostAdded(self, vhost: VirtualHost) -> None:
+        """
+        Nothing: a new virtual host starts with nobody's permissions.
+        """
+
+    def vhostDeleted(self, vhost: VirtualHost) -> None:
+        """
+        The permissions in a deleted virtual host go with it, as in
+        RabbitMQ: a virtual host made again under the same name starts
+        with nobody's. Every broker does this as it applies the deletion
+        (from a client, the stream or its store), so no event of its own
+        is written; the deletion closed the connections to it already.
+        """
+        for user in list(self.permissions):
+            granted = self.permissions[user]
+            if granted.pop(vhost.name, None) is not None and not granted:
+                del self.permissions[user]
 
     @property
     def empty(self) -> bool:

@@ -124,6 +124,23 @@ class LayerTests(SynchronousTestCase):
         self.assertEqual(self.database.users(), ["bob", "carol"])
         self.assertRaises(AuthenticationFailed, self.database.authenticate, "PLAIN", b"\0dave\0secret", True)
 
+    def test_vhostDeletedTakesPermissions(self) -> None:
+        """
+        Deleting a virtual host deletes the permissions in it, as RabbitMQ
+        does: made again under the same name, it grants nobody anything;
+        permissions in other virtual hosts stay.
+        """
+        self.vhosts.add("b")
+        self.accounts.addUser("dave", HASH)
+        self.accounts.setPermissions("dave", "a", ".*", ".*", ".*")
+        self.accounts.setPermissions("dave", "b", ".*", "", "")
+        self.vhosts.delete("a")
+        self.vhosts.add("a")
+        self.assertIsNone(self.database.permissions("dave", "a"))
+        self.assertIsNotNone(self.database.permissions("dave", "b"))
+        self.vhosts.delete("b")
+        self.assertNotIn("dave", self.accounts.permissions)
+
     def test_fileUserCopiedOnFirstChange(self) -> None:
         """
         Changing a file user's password keeps its tags and permissions (the
@@ -280,6 +297,15 @@ class StoreTests(SynchronousTestCase):
         store.compact()
         self.assertEqual(len(journal.records), 1)
         self.assertEqual(recovered(), expected)
+        # A vhost deleted after its permissions were set: they are gone
+        # after a recovery too, from the journal and from a compacted one.
+        vhosts.delete("a")
+        store.flush()
+        self.assertNotIn("a", json.loads(accounts.state())["permissions"].get("dave", {}))
+        expected = accounts.state()
+        self.assertEqual(recovered(), expected)
+        store.compact()
+        self.assertEqual(recovered(), expected)
 
 
 class ReplicationTests(SynchronousTestCase):
@@ -316,6 +342,11 @@ class ReplicationTests(SynchronousTestCase):
         self.primaryAccounts.clearPermissions("dave", "a")
         link = self.cluster.connect(self.primary, self.backup)
         self.assertEqual(self.backupAccounts.state(), self.primaryAccounts.state())
+        self.primaryAccounts.setPermissions("erin", "a", ".*", ".*", ".*")
+        self.primary.vhosts.delete("a")
+        link.flush()
+        self.assertEqual(self.backupAccounts.state(), self.primaryAccounts.state())
+        self.assertNotIn("erin", self.backupAccounts.permissions)
         expected = self.primaryAccounts.state()
         self.cluster.kill(self.primary)
         self.cluster.promote(self.backup)
