@@ -67,6 +67,21 @@ def parseWatermark(value: str) -> int:
 
     @raise ValueError: with a message saying what is accepted.
     """
+    return _fractionOrSize(
+        value,
+        physicalMemory,
+        f"--memory-high-watermark: {value!r} is neither a fraction of memory"
+        " between 0 and 1 (0.4) nor a size (512MiB, 2GB, 100000000)",
+    )
+
+
+def _fractionOrSize(value: str, whole: Callable[[], int], error: str) -> int:
+    """
+    C{value} as a fraction (strictly between 0 and 1) of C{whole()}, or as
+    a size (C{1GiB}, C{512MB}, C{1000000}).
+
+    @raise ValueError: with C{error} when it is neither.
+    """
     text = value.strip()
     try:
         fraction = float(text)
@@ -74,13 +89,10 @@ def parseWatermark(value: str) -> int:
         pass
     else:
         if 0 < fraction < 1:
-            return int(physicalMemory() * fraction)
+            return int(whole() * fraction)
     match = _SIZE.match(text)
     if match is None or (match.group(2) or "").lower() not in _UNITS:
-        raise ValueError(
-            f"--memory-high-watermark: {value!r} is neither a fraction of memory"
-            " between 0 and 1 (0.4) nor a size (512MiB, 2GB, 100000000)"
-        )
+        raise ValueError(error)
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
@@ -93,21 +105,12 @@ def parseMemoryBudget(value: str, watermark: int) -> int:
 
     @raise ValueError: with a message saying what is accepted.
     """
-    text = value.strip()
-    try:
-        fraction = float(text)
-    except ValueError:
-        pass
-    else:
-        if 0 < fraction < 1:
-            return int(watermark * fraction)
-    match = _SIZE.match(text)
-    if match is None or (match.group(2) or "").lower() not in _UNITS:
-        raise ValueError(
-            f"--memory-budget: {value!r} is neither a fraction of the memory high"
-            " watermark between 0 and 1 (0.5) nor a size (1GiB, 512MB, 0 for none)"
-        )
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+    return _fractionOrSize(
+        value,
+        lambda: watermark,
+        f"--memory-budget: {value!r} is neither a fraction of the memory high"
+        " watermark between 0 and 1 (0.5) nor a size (1GiB, 512MB, 0 for none)",
+    )
 
 
 PASSWORD_VARIABLE = "QHA_HA_PASSWORD"

@@ -426,38 +426,30 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return convert
 
 
-def _seconds(text: str) -> float:
+def _secondsType(zero: bool) -> Callable[[str], float]:
     """
-    @return: a positive, finite number of seconds.
+    @param zero: whether 0 is accepted.
+    @return: an argparse type for a finite number of seconds, more than 0
+        (or, with C{zero}, 0 or more).
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds (got {text!r})"
-        ) from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"must be more than 0 seconds (got {text!r})"
-        )
-    return value
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds (got {text!r})"
+            ) from None
+        if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            bound = "0 or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {bound} seconds (got {text!r})")
+        return value
+
+    return convert
 
 
-def _nonNegativeSeconds(text: str) -> float:
-    """
-    @return: a finite number of seconds, 0 or more.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds (got {text!r})"
-        ) from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"must be 0 or more seconds (got {text!r})"
-        )
-    return value
+_seconds = _secondsType(zero=False)
+_nonNegativeSeconds = _secondsType(zero=True)
 
 
 def _url(text: str) -> AMQPURL:

@@ -23,7 +23,7 @@ from qha.store.journal import MemoryJournal, Store
 from qha.ha.node import HANode
 from qha.test.support import InMemoryCluster
 from qha.test.test_web import FakeNode, WebTestCase
-from qha.test.test_web_metrics import samples
+from qha.test.test_web_metrics import samples, scrapeNode
 from qha.web.broker import ManagedBroker
 from qha.web.metrics import SyncLatency, syncLatencyOf
 from qha.web.site import managementRoot
@@ -211,22 +211,7 @@ class LagSecondsTests(SynchronousTestCase):
         """
         C{/metrics} of C{node}, parsed.
         """
-        from twisted.web.resource import getChildForRequest
-        from twisted.web.test.requesthelper import DummyRequest
-
-        from qha.amqp.protocol import BrokerFactory
-        from qha.amqp.users import UserDatabase
-
-        broker = ManagedBroker(
-            node=node,
-            factory=BrokerFactory(node.vhost, UserDatabase({}), self.cluster.clock),
-            users=UserDatabase({}),
-            verifier=SynchronousVerifier(),
-            clock=self.cluster.clock,
-        )
-        request = DummyRequest([b"metrics"])
-        body: Any = getChildForRequest(managementRoot(broker), request).render(request)
-        return samples(body.decode("utf-8"))
+        return scrapeNode(node, self.cluster.clock)
 
     def test_lagSeconds(self) -> None:
         """

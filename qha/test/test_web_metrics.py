@@ -32,6 +32,29 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def scrapeNode(node: HANode, clock: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    C{/metrics} of a real node (of an L{InMemoryCluster}), parsed with
+    L{samples}.
+    """
+    from twisted.web.resource import getChildForRequest
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from qha.amqp.protocol import BrokerFactory
+    from qha.amqp.users import UserDatabase
+
+    broker = ManagedBroker(
+        node=node,
+        factory=BrokerFactory(node.vhost, UserDatabase({}), clock),
+        users=UserDatabase({}),
+        verifier=SynchronousVerifier(),
+        clock=clock,
+    )
+    request = DummyRequest([b"metrics"])
+    body: Any = getChildForRequest(managementRoot(broker), request).render(request)
+    return samples(body.decode("utf-8"))
+
+
 class MetricsTests(WebTestCase):
     """
     C{/metrics} of a standalone model broker.
@@ -137,23 +160,7 @@ class ReplicationMetricsTests(SynchronousTestCase):
         """
         C{/metrics} of C{node}, parsed.
         """
-        from twisted.web.resource import getChildForRequest
-        from twisted.web.test.requesthelper import DummyRequest
-
-        from qha.amqp.protocol import BrokerFactory
-        from qha.amqp.users import UserDatabase
-
-        broker = ManagedBroker(
-            node=node,
-            factory=BrokerFactory(node.vhost, UserDatabase({}), self.cluster.clock),
-            users=UserDatabase({}),
-            verifier=SynchronousVerifier(),
-            clock=self.cluster.clock,
-        )
-        request = DummyRequest([b"metrics"])
-        resource = getChildForRequest(managementRoot(broker), request)
-        body: Any = resource.render(request)
-        return samples(body.decode("utf-8"))
+        return scrapeNode(node, self.cluster.clock)
 
     def setUp(self) -> None:
         """
