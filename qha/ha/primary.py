@@ -695,9 +695,10 @@ class ReplicationSource:
             self._catchupDone = False
             assert self.catchup is not None
             self.log.info(
-                "catching up backup {backup}: {messages} messages in {queues} queues,"
+                "catching up backup {backup} at {address}: {messages} messages in {queues} queues,"
                 " sent in batches of at most {count} messages or {size} bytes",
                 backup=self.backupId,
+                address=self.address,
                 messages=self.catchup.messages,
                 queues=len(self._walks),
                 count=self.batchMessages,
@@ -836,9 +837,10 @@ class ReplicationSource:
         if self.caughtUpAt is not None and seq >= self.caughtUpAt:
             progress.finished = now
             self.log.info(
-                "catch-up of backup {backup} done: {messages} messages ({bytes} bytes) in"
+                "catch-up of backup {backup} at {address} done: {messages} messages ({bytes} bytes) in"
                 " {batches} batches, {seconds:.1f}s",
                 backup=self.backupId,
+                address=self.address,
                 messages=progress.ackedMessages,
                 bytes=progress.ackedBytes,
                 batches=progress.ackedBatches,
@@ -847,9 +849,10 @@ class ReplicationSource:
         elif now - self._loggedAt >= PROGRESS_INTERVAL:
             self._loggedAt = now
             self.log.info(
-                "catching up backup {backup}: {sent} of at most {total} messages sent"
+                "catching up backup {backup} at {address}: {sent} of at most {total} messages sent"
                 " ({sentBytes} bytes), {acked} acknowledged ({ackedBytes} bytes), {seconds:.1f}s",
                 backup=self.backupId,
+                address=self.address,
                 sent=progress.sentMessages,
                 total=progress.messages,
                 sentBytes=progress.sentBytes,
@@ -905,7 +908,9 @@ class ReplicationSource:
         """
         Cut the backup off; it must catch up again.
         """
-        self.log.warn("dropping backup {backup}: {why}", backup=self.backupId, why=why)
+        self.log.warn(
+            "dropping backup {backup} at {address}: {why}", backup=self.backupId, address=self.address, why=why
+        )
         transport = self.connection.transport
         self.stop()
         if transport is not None:
@@ -968,8 +973,9 @@ class ReplicationSource:
         if not self.ready and self.caughtUpAt is not None and seq >= self.caughtUpAt:
             self.ready = True
             self.log.info(
-                "backup {backup} is ready{what}",
+                "backup {backup} at {address} is ready{what}",
                 backup=self.backupId,
+                address=self.address,
                 what=f" (replica of queue {self.only!r})" if self.only else "",
             )
             if self.only is None:
@@ -980,8 +986,9 @@ class ReplicationSource:
     def _failed(self, failure: Any) -> None:
         if not self.closed:
             self.log.info(
-                "replication to {backup} failed: {error}",
+                "replication to backup {backup} at {address} failed: {error}",
                 backup=self.backupId,
+                address=self.address,
                 error=failure.getErrorMessage(),
             )
             self.drop("its replication box failed")
