@@ -21,7 +21,8 @@ from qha.broker.vhost import VirtualHost
 from qha.broker.vhosts import VirtualHosts
 from qha.store.journal import MemoryJournal, Store
 from qha.ha.node import HANode
-from qha.test.support import InMemoryCluster
+from qha.ha.primary import ReplicationSource
+from qha.test.support import ALL, InMemoryCluster, message
 from qha.test.test_web import FakeNode, WebTestCase
 from qha.test.test_web_metrics import samples, scrapeNode
 from qha.web.broker import ManagedBroker
@@ -229,3 +230,44 @@ class LagSecondsTests(SynchronousTestCase):
         self.assertEqual(self.scrape(self.primary)["qha_backup_lag_seconds", labels], 1.5)
         self.cluster.flush()
         self.assertEqual(self.scrape(self.primary)["qha_backup_lag_seconds", labels], 0)
+
+
+class CatchUpMetricsTests(SynchronousTestCase):
+    """
+    The batched catch-up's progress in C{/metrics}, on the primary (per
+    backup) and on the backup.
+    """
+
+    def test_progress(self) -> None:
+        """
+        After a catch-up of 35 messages in batches of 10, the primary shows
+        35 sent and acknowledged and done for the backup, and the backup 35
+        of 35 received and done; without a batched catch-up the families
+        have no sample.
+        """
+        self.patch(ReplicationSource, "batchMessages", 10)
+        cluster = InMemoryCluster(self)
+        self.addCleanup(cluster.finish)
+        primary = cluster.primary()
+        backup = cluster.node()
+        before = scrapeNode(primary, cluster.clock)
+        self.assertFalse([key for key in before if key[0].startswith("qha_backup_catchup")])
+        primary.vhost.declareQueue("q", arguments=ALL)
+        for index in range(35):
+            primary.vhost.publish("", "q", message(b"%d" % index + b"x" * 10, "q"))
+        cluster.connect(primary, backup)
+        [source] = primary.sources.values()
+        labels = (("address", source.address), ("backup", source.backupId))
+        onPrimary = scrapeNode(primary, cluster.clock)
+        self.assertEqual(onPrimary[("qha_backup_catchup_sent_messages", labels)], 35)
+        self.assertEqual(onPrimary[("qha_backup_catchup_acknowledged_messages", labels)], 35)
+        self.assertGreater(onPrimary[("qha_backup_catchup_acknowledged_bytes", labels)], 350)
+        self.assertEqual(onPrimary[("qha_backup_catchup_done", labels)], 1)
+        onBackup = scrapeNode(backup, cluster.clock)
+        self.assertEqual(onBackup[("qha_catchup_messages", ())], 35)
+        self.assertEqual(onBackup[("qha_catchup_received_messages", ())], 35)
+        self.assertEqual(
+            onBackup[("qha_catchup_received_bytes", ())],
+            onPrimary[("qha_backup_catchup_acknowledged_bytes", labels)],
+        )
+        self.assertEqual(onBackup[("qha_catchup_done", ())], 1)

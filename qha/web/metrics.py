@@ -308,6 +308,26 @@ class BrokerCollector:
                 "Replication boxes received from the primary on this link",
                 value=link.lastSeq,
             )
+            progress = getattr(link, "catchup", None)
+            described = progress.describe() if progress is not None else None
+            if described is not None:
+                yield _gauge(
+                    "qha_catchup_messages",
+                    "Messages of the primary's queues when this backup's batched catch-up began"
+                    " (at most what it receives)",
+                    described["messages"],
+                )
+                yield _gauge(
+                    "qha_catchup_received_messages",
+                    "Messages received and applied so far in this backup's batched catch-up",
+                    described["receivedMessages"],
+                )
+                yield _gauge(
+                    "qha_catchup_received_bytes",
+                    "Bytes of catch-up batches received and applied so far",
+                    described["receivedBytes"],
+                )
+                yield _gauge("qha_catchup_done", "1 once the batched catch-up is complete", 1 if described["done"] else 0)
         store = node.store
         if store is not None:
             yield _gauge(
@@ -353,8 +373,32 @@ class BrokerCollector:
             "Seconds since the backup last answered (a box or a heartbeat)",
             labels=labels,
         )
+        catchupSent = _gauge(
+            "qha_backup_catchup_sent_messages",
+            "Messages sent to the backup in its batched catch-up (absent without one)",
+            labels=labels,
+        )
+        catchupAcked = _gauge(
+            "qha_backup_catchup_acknowledged_messages",
+            "Messages of the backup's catch-up batches it acknowledged",
+            labels=labels,
+        )
+        catchupBytes = _gauge(
+            "qha_backup_catchup_acknowledged_bytes",
+            "Bytes of the backup's catch-up batches it acknowledged",
+            labels=labels,
+        )
+        catchupDone = _gauge(
+            "qha_backup_catchup_done", "1 once the backup acknowledged its last catch-up batch", labels=labels
+        )
         for source in sources:
             values = [source.backupId, source.address]
+            progress = getattr(source, "catchup", None)
+            if progress is not None:
+                catchupSent.add_metric(values, progress.sentMessages)
+                catchupAcked.add_metric(values, progress.ackedMessages)
+                catchupBytes.add_metric(values, progress.ackedBytes)
+                catchupDone.add_metric(values, 0 if progress.finished is None else 1)
             ready.add_metric(values, 1 if source.ready else 0)
             sent.add_metric(values, source.seq)
             acked.add_metric(values, source.acked)
@@ -365,6 +409,7 @@ class BrokerCollector:
             lagSeconds.add_metric(values, 0.0 if oldest is None else max(0.0, now - oldest))
         yield _gauge("qha_backups", "Backups connected to this primary", len(sources))
         yield from (ready, sent, acked, lag, lagBytes, lagSeconds, heard)
+        yield from (catchupSent, catchupAcked, catchupBytes, catchupDone)
 
 
 def metricsRegistry(broker: ManagedBroker, process: bool = True) -> CollectorRegistry:
