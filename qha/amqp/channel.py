@@ -899,15 +899,30 @@ class Channel:
         self.nack(frame.delivery_tag or 0, False, frame.requeue)
 
     def basicRecover(self, frame: commands.Basic.Recover) -> None:
-        if not frame.requeue:
+        self._recover(frame.requeue)
+        self.connection.write(wire.simple(self.number, 60, 111))
+
+    def basicRecoverAsync(self, frame: commands.Basic.RecoverAsync) -> None:
+        """
+        basic.recover-async, which the specification deprecates in favour of
+        basic.recover but which clients still send for a no-wait recover
+        (aiormq's C{basic_recover(nowait=True)}): requeue as basic.recover
+        does, with no reply, as RabbitMQ does.
+        """
+        self._recover(frame.requeue)
+
+    def _recover(self, requeue: bool) -> None:
+        """
+        Requeue every message this channel holds unacknowledged.
+
+        @param requeue: the method's requeue flag; only C{True} is supported,
+            as in RabbitMQ (540 otherwise).
+        """
+        if not requeue:
             raise NotImplemented_("basic.recover with requeue=false is not supported")
         taken = list(self.unacked.values())
         self.unacked.clear()
         self._finish(taken, True)
-        self.connection.write(wire.simple(self.number, 60, 111))
-
-    def basicRecoverAsync(self, frame: commands.Basic.RecoverAsync) -> None:
-        raise NotImplemented_("basic.recover-async is deprecated; use basic.recover")
 
     def confirmSelect(self, frame: commands.Confirm.Select) -> None:
         if self.transaction is not None:

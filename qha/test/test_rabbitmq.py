@@ -751,3 +751,42 @@ class DeadLetterPropertiesTests(ProtocolTestCase):
         headers = received.headers or {}
         self.assertEqual(headers["From"], "res")
         self.assertEqual(headers["x-first-death-reason"], "rejected")
+
+
+class RecoverAsyncTests(ProtocolTestCase):
+    """
+    basic.recover-async, the deprecated form of basic.recover that aiormq
+    sends for C{basic_recover(nowait=True)}: RabbitMQ 3.10 requeues the
+    channel's unacknowledged messages and answers nothing (its
+    basic.recover is recover-async plus recover-ok). aiormq's
+    test_basic_recover_nowait[True] failed on qha, which closed the
+    connection with 540.
+    """
+
+    def test_requeuesWithoutReply(self) -> None:
+        """
+        recover-async with requeue=true puts the unacknowledged message back,
+        redelivered, sends no frame and leaves the channel open.
+        """
+        client = self.openClient(channels=(1,))
+        client.call(1, commands.Queue.Declare(queue="q"))
+        client.send(publishBytes(1, "", "q", b"x"))
+        [(got, _)] = contents(client.call(1, commands.Basic.Get(queue="q")))
+        self.assertFalse(got.redelivered)
+        self.assertEqual(client.call(1, commands.Basic.RecoverAsync(requeue=True)), [])
+        [(again, body)] = contents(client.call(1, commands.Basic.Get(queue="q", no_ack=True)))
+        self.assertEqual(body, b"x")
+        self.assertTrue(again.redelivered)
+        frames = client.call(1, commands.Basic.Qos(prefetch_count=1))
+        self.assertEqual(names(frames), [(1, "Basic.QosOk")])
+
+    def test_noRequeue(self) -> None:
+        """
+        recover-async with requeue=false is not implemented, as in RabbitMQ
+        (540), and the close names basic.recover-async (60, 100).
+        """
+        client = self.openClient(channels=(1,))
+        frames = client.call(1, commands.Basic.RecoverAsync(requeue=False))
+        close = self.assertConnectionClosed(client, frames, 540)
+        self.assertEqual(ids(close), (60, 100))
+        self.finishClose(client)
