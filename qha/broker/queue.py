@@ -724,6 +724,30 @@ class Queue:
             total += len(body)
         self.vhost.resources.pagedIn(total)
 
+    def withBodies(self, entries: Sequence[Entry]) -> list[Entry]:
+        """
+        C{entries} of this queue with their bodies in memory, for a reader
+        that needs every body and changes nothing (a backup's catch-up): the
+        paged ones are read back in one read, as a read-ahead does, and
+        given as copies that hold the body, while the queue's own entries
+        stay paged.
+        """
+        pager = self._pager
+        if pager is None or not self._everPaged:
+            return list(entries)
+        paged = [index for index, entry in enumerate(entries) if entry.message.paged]
+        if not paged:
+            return list(entries)
+        result = list(entries)
+        pages = [cast(PagedMessage, entries[index].message) for index in paged]
+        read = pager.bodies.read([(page.location, page.size) for page in pages])
+        for index, page, body in zip(paged, pages, read):
+            entry = entries[index]
+            result[index] = Entry(
+                page.pageIn(body), entry.id, entry.redelivered, entry.level, entry.expiresAt
+            )
+        return result
+
     def _freePages(self, entries: Iterable[Entry]) -> None:
         """
         C{entries} left the queue: free the pages of those that were paged.
