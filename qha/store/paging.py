@@ -15,10 +15,10 @@ one, and persistent ones are in the journal, which is what recovery reads
 files are never flushed to the disk, and a broker that starts removes those
 it finds.
 
-A broker that pages means to bound its memory, so the first segment also
-fixes the C library's threshold for large allocations (L{fixMmapThreshold}):
+A broker that pages means to bound its memory, so opening the page files
+also fixes the C library's threshold for large allocations (L{fixMmapThreshold}):
 without it, glibc raises the threshold each time a large buffer is freed
-(a replication box, a socket read), later ones come from the heap in its
+(a replication box, a socket's write buffer), later ones come from the heap in its
 place, and the heap fragments. A primary paging a 20 MiB backlog to a
 ready backup then kept 18-24 MiB of freed heap it could not give back.
 """
