@@ -580,6 +580,16 @@ class Message:
         )
 
 
+# How many bits of a paged message's packed page hold the body's size (the
+# location takes the bits above them).
+_SIZE_BITS = 40
+_SIZE_MASK = (1 << _SIZE_BITS) - 1
+
+# The scanned (delivery mode, priority, expiration) of paged messages, one
+# tuple for each value seen (a handful): a paged message keeps a shared one.
+_SCANS: dict[tuple[int, int, str | None], tuple[int, int, str | None]] = {}
+
+
 class PagedMessage(Message):
     """
     A message whose body was paged out to an L{IBodyStore}: what the broker
@@ -591,11 +601,17 @@ class PagedMessage(Message):
     slow path for anything else that needs one (a catch-up snapshot, the
     management API's get), one read each.
 
-    @ivar location: where the body is, in L{bodies}.
+    A backlog of millions of these is what stays in memory of a paged
+    queue, so each is kept small: the body's location and size packed in
+    one integer, what was scanned of the header shared with the others
+    that have the same (and the queue shares the addressing and header
+    bytes of consecutive messages that have the same, see
+    L{qha.broker.queue.Queue}).
+
     @ivar bodies: the store that holds the body.
     """
 
-    __slots__ = ("_size", "location", "bodies")
+    __slots__ = ("_page", "bodies")
 
     paged = True
 
@@ -609,24 +625,49 @@ class PagedMessage(Message):
     ) -> None:
         self.addressing = addressing
         self.header = header
-        self._size = size
-        self.location = location
+        self._page = (location << _SIZE_BITS) | size
         self.bodies = bodies
         self._properties = None
         self._scan = None
 
     @classmethod
-    def pageOut(cls, message: Message, bodies: "IBodyStore") -> "PagedMessage":
+    def pageOut(
+        cls,
+        message: Message,
+        bodies: "IBodyStore",
+        addressing: bytes | None = None,
+        header: bytes | None = None,
+    ) -> "PagedMessage":
         """
         Write the body of C{message} to C{bodies}; return the paged form,
         which keeps what C{message} already decoded of its header.
+
+        @param addressing: bytes equal to C{message}'s addressing, to keep
+            instead of its own (shared with other paged messages).
+        @param header: the same, for its content header.
         """
+        body = message.body
         paged = cls(
-            message.addressing, message.header, len(message.body), bodies.write(message.body), bodies
+            message.addressing if addressing is None else addressing,
+            message.header if header is None else header,
+            len(body),
+            bodies.write(body),
+            bodies,
         )
         paged._properties = message._properties
-        paged._scan = message._scan
+        scan = message._scan
+        if scan is not None:
+            if len(_SCANS) < 1024:
+                scan = _SCANS.setdefault(scan, scan)
+            paged._scan = scan
         return paged
+
+    @property
+    def location(self) -> int:
+        """
+        Where the body is, in L{bodies}.
+        """
+        return self._page >> _SIZE_BITS
 
     def pageIn(self, body: bytes) -> Message:
         """
@@ -642,14 +683,15 @@ class PagedMessage(Message):
         """
         The body, read back from the store (one read).
         """
-        return self.bodies.read([(self.location, self._size)])[0]
+        page = self._page
+        return self.bodies.read([(page >> _SIZE_BITS, page & _SIZE_MASK)])[0]
 
     @property
     def size(self) -> int:
         """
         The body size in bytes, known without reading it back.
         """
-        return self._size
+        return self._page & _SIZE_MASK
 
     @property
     def resident(self) -> int:
@@ -661,5 +703,5 @@ class PagedMessage(Message):
     def __repr__(self) -> str:
         return (
             f"<PagedMessage exchange={self.exchange!r} routingKey={self.routingKey!r}"
-            f" size={self._size} location={self.location}>"
+            f" size={self.size} location={self.location}>"
         )

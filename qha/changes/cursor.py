@@ -28,10 +28,11 @@ def _entryId(entry: Entry) -> int:
 def entrySize(entry: Entry) -> int:
     """
     About the bytes C{entry} takes as an enqueue event: its body, header
-    and addressing, and the event's fixed fields.
+    and addressing, and the event's fixed fields (a paged body is not
+    read back to be counted).
     """
     message = entry.message
-    return len(message.body) + len(message.header) + len(message.addressing) + 40
+    return message.size + len(message.header) + len(message.addressing) + 40
 
 
 def entriesAfter(

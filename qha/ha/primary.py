@@ -771,6 +771,8 @@ class ReplicationSource:
                 continue
             writer.scope(queue.vhost.name)
             entries, after, done = entriesAfter(queue, walk.after, walk.last, budget, room)
+            # Paged bodies come back in one read for the batch.
+            entries = queue.withBodies(entries)
             if walk.held is not None:
                 ranges = list(walk.held.within(walk.after + 1, after))
                 if ranges:
@@ -1066,7 +1068,7 @@ class ReplicationSource:
         if held is not None:
             for first, last in held.without([entry.id for entry in entries]):
                 self.writer.entryRange(ev.DEQUEUED, queue.name, first, last)
-        for entry in entries:
+        for entry in queue.withBodies(entries):
             if held is None or entry.id not in held:
                 self.enqueued(queue, entry)
             if entry.id in queue.held:

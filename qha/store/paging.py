@@ -14,10 +14,18 @@ one, and persistent ones are in the journal, which is what recovery reads
 (and a recovered backlog is paged anew by the same budget). So the page
 files are never flushed to the disk, and a broker that starts removes those
 it finds.
+
+A broker that pages means to bound its memory, so opening the page files
+also fixes the C library's threshold for large allocations (L{fixMmapThreshold}):
+without it, glibc raises the threshold each time a large buffer is freed
+(a replication box, a socket's write buffer), later ones come from the heap in its
+place, and the heap fragments. A primary paging a 20 MiB backlog to a
+ready backup then kept 18-24 MiB of freed heap it could not give back.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 import zlib
@@ -29,7 +37,7 @@ from zope.interface import implementer
 
 from ..broker.paging import IBodyStore, PageError
 
-__all__ = ["PageFiles", "PageFilesService", "SEGMENT_SIZE"]
+__all__ = ["PageFiles", "PageFilesService", "SEGMENT_SIZE", "fixMmapThreshold"]
 
 SEGMENT_SIZE = 64 * 1024 * 1024
 """
@@ -48,6 +56,50 @@ _PREFIX = "segment-"
 # Records apart by at most this many bytes are read in one pread.
 _GAP = 64 * 1024
 _SPAN = 8 * 1024 * 1024
+
+MMAP_THRESHOLD = 128 * 1024
+"""
+Allocations this large or larger get their own mapping, given back to the
+system as soon as they are freed (glibc's default starting threshold).
+"""
+
+# mallopt's parameters for the trim and mmap thresholds (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Whether the threshold was fixed already (None: not tried yet).
+_thresholdFixed: bool | None = None
+
+
+def fixMmapThreshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """
+    Fix the C library's mmap threshold, and its trim threshold, at
+    C{threshold} bytes, once per process, where the C library has
+    C{mallopt} (glibc): large transient buffers are then mapped and
+    unmapped each time instead of growing and fragmenting the heap, and
+    free memory at the top of the heap goes back to the system (setting
+    them turns off glibc's dynamic raising of both). A threshold chosen in
+    the environment (C{MALLOC_MMAP_THRESHOLD_}) is left as it is.
+
+    @return: whether the threshold is fixed now.
+    """
+    global _thresholdFixed
+    if _thresholdFixed is not None:
+        return _thresholdFixed
+    _thresholdFixed = False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    # Each raise of the mmap threshold also raised the trim threshold (to
+    # twice as much): the free top of the heap would go on being kept.
+    _thresholdFixed = bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, threshold)
+    )
+    return _thresholdFixed
 
 
 class _Segment:
@@ -100,6 +152,9 @@ class PageFiles:
         self._buffer = bytearray()
         self._flushed = 0
         self._end = 0
+        # A broker that may page means to bound its memory: keep its heap
+        # from growing with freed buffers, from the start (see the module).
+        fixMmapThreshold()
         os.makedirs(directory, mode=0o700, exist_ok=True)
         left = [name for name in os.listdir(directory) if name.startswith(_PREFIX)]
         for name in left:

@@ -28,7 +28,10 @@ from qha.broker.paging import IBodyStore, PageError, Pager
 from qha.broker.queue import Consumer, Queue
 from qha.broker.vhost import Resources, VirtualHost
 from qha.store.journal import MemoryJournal, Store
-from qha.store.paging import PageFiles, PageFilesService
+from qha.ha.primary import ReplicationSource
+from qha.ha.role import READY
+from qha.store.paging import PageFiles, PageFilesService, fixMmapThreshold
+from qha.test.support import ALL, InMemoryCluster, queueContents
 from qha.testing import MemoryBodyStore, RecordingObserver, RecordingTarget
 
 
@@ -251,6 +254,17 @@ class PageFilesTests(BodyStoreTestsMixin, SynchronousTestCase):
         self.patch(os, "pread", pread)
         self.assertEqual(len(store.read(pages)), 10)
         self.assertEqual(len(calls), 1)
+
+    def test_mmapThresholdFixed(self) -> None:
+        """
+        Opening page files fixes the C library's mmap threshold once for
+        the process (where the C library has C{mallopt}): asking again
+        answers the same without calling it again.
+        """
+        PageFiles(self.mktemp())
+        fixed = fixMmapThreshold()
+        self.assertIsInstance(fixed, bool)
+        self.assertEqual(fixMmapThreshold(), fixed)
 
     def test_closeRemoves(self) -> None:
         """
@@ -689,6 +703,50 @@ class PagingQueueTests(SynchronousTestCase):
         self.assertEqual(seen, [(False, b"000000....")])
         self.assertEqual(self.paged(queue), [True])
 
+    def test_pagedMessageIsSmall(self) -> None:
+        """
+        A paged message packs its body's location and size in one integer
+        (a location past 2**40 and a size past 2**32 come back whole), and
+        consecutive paged messages with equal addressing and header bytes
+        share one copy of each, and one tuple of what was scanned of the
+        header.
+        """
+        paged = PagedMessage(b"\x00\x01q", b"h" * 14, 2**33 + 5, (7 << 40) | 123, self.bodies)
+        self.assertEqual((paged.location, paged.size), ((7 << 40) | 123, 2**33 + 5))
+        self.assertFalse(hasattr(paged, "__dict__"))
+        queue = self.vhost.declareQueue("q", arguments={"x-queue-mode": "lazy"})
+        for n in range(3):
+            sent = message(b"%d" % n, "q", delivery_mode=2)
+            sent.persistent
+            self.vhost.publish("", "q", sent)
+        first, second, third = [entry.message for entry in queue.readyEntries()]
+        self.assertTrue(first.paged and second.paged and third.paged)
+        self.assertIs(second.addressing, first.addressing)
+        self.assertIs(third.header, first.header)
+        self.assertIs(third._scan, first._scan)
+        self.assertEqual(
+            [entry.message.body for entry in queue.readyEntries()], [b"0", b"1", b"2"]
+        )
+
+    def test_withBodies(self) -> None:
+        """
+        L{Queue.withBodies} reads the paged bodies of the entries it is
+        given in one read, and gives copies that hold them, while the
+        queue's own entries stay paged.
+        """
+        queue = self.vhost.declareQueue("q", arguments={"x-max-in-memory-length": 1})
+        self.publishAll("q", 4)
+        entries = list(queue.readyEntries())
+        read = queue.withBodies(entries)
+        self.assertEqual(len(self.bodies.reads), 1)
+        self.assertEqual(len(self.bodies.reads[0]), 3)
+        self.assertIs(read[0], entries[0])
+        self.assertEqual([entry.message.paged for entry in read], [False] * 4)
+        self.assertEqual([entry.id for entry in read], [entry.id for entry in entries])
+        self.assertEqual([entry.message.body for entry in read][1], b"000001....")
+        self.assertEqual(self.paged(queue), [False, True, True, True])
+        self.assertEqual(queue.pagedCount, 3)
+
     def test_pageFiles(self) -> None:
         """
         The same with the real page files: a backlog goes to disk and comes
@@ -737,3 +795,66 @@ class PagedJournalTests(SynchronousTestCase):
         queue = again.queues["q"]
         self.assertEqual(queue.pagedCount, 10)
         self.assertEqual([entry.message.body for entry in queue.readyEntries()], sent)
+
+
+class PagedCatchUpTests(SynchronousTestCase):
+    """
+    A backup that joins a primary whose replicated backlog is already paged
+    gets every message: the catch-up reads the paged bodies back, a batch
+    at a time, and leaves them paged on the primary.
+    """
+
+    def setUp(self) -> None:
+        """
+        An in-memory cluster whose primary pages to a L{MemoryBodyStore},
+        catch-up batches of at most 10 messages, and a joining backup.
+        """
+        self.patch(ReplicationSource, "batchMessages", 10)
+        self.cluster = InMemoryCluster(self)
+        self.addCleanup(self.cluster.finish)
+        self.primary = self.cluster.primary()
+        self.bodies = MemoryBodyStore()
+        self.primary.vhost.resources.pager = Pager(self.bodies, window=4)
+        self.backup = self.cluster.node()
+
+    def catchUp(self, count: int) -> list[bytes]:
+        """
+        Publish C{count} messages to a lazy replicated queue of the primary
+        (all paged), then let the backup catch up.
+
+        @return: the bodies sent.
+        """
+        queue = self.primary.vhost.declareQueue("q", arguments={**ALL, "x-queue-mode": "lazy"})
+        sent = [b"%04d" % n + b"." * 20 for n in range(count)]
+        for body in sent:
+            self.primary.vhost.publish("", "q", message(body))
+        self.assertEqual(queue.pagedCount, count)
+        self.cluster.connect(self.primary, self.backup)
+        self.cluster.flush()
+        self.assertEqual(self.backup.role.name, READY)
+        return sent
+
+    def test_batchedCatchUp(self) -> None:
+        """
+        95 paged messages, caught up in batches of 10: the backup holds
+        every one, in order; each batch read its paged bodies in one read;
+        the primary's backlog is still paged, whole.
+        """
+        sent = self.catchUp(95)
+        replica = self.backup.vhost.queues["q"]
+        self.assertEqual([body for _, body, _ in queueContents(replica)], sent)
+        self.assertEqual([len(read) for read in self.bodies.reads], [10] * 9 + [5])
+        queue = self.primary.vhost.queues["q"]
+        self.assertEqual(queue.pagedCount, 95)
+        self.assertEqual(self.bodies.records, 95)
+
+    def test_smallCatchUp(self) -> None:
+        """
+        A paged backlog small enough for one box is read back in one read
+        too, and the backup holds all of it.
+        """
+        sent = self.catchUp(6)
+        replica = self.backup.vhost.queues["q"]
+        self.assertEqual([body for _, body, _ in queueContents(replica)], sent)
+        self.assertEqual([len(read) for read in self.bodies.reads], [6])
+        self.assertEqual(self.bodies.records, 6)

@@ -157,8 +157,8 @@ class PagedFailoverTests(FailoverTestCase):
     def test_backupPagesAndFailsOver(self) -> None:
         """
         5,000 confirmed messages of 4 KiB (20 MiB) to a replicated queue
-        with no consumer: both brokers page it, the backup grows by less
-        than half the backlog; the primary is killed, the backup promoted, and a consumer gets every
+        with no consumer: both brokers page it, and neither grows by half
+        the backlog; the primary is killed, the backup promoted, and a consumer gets every
         message in order (lost 0).
         """
         cluster = self.startCluster(2, ["--memory-budget", "1MiB"])
@@ -179,15 +179,15 @@ class PagedFailoverTests(FailoverTestCase):
                 timeout=60,
             )
         self.assertEqual(events, [])
-        # Both page the backlog. The backup's memory stays low; the
-        # primary's grows by about the backlog in this run (18 of 20 MiB,
-        # though it pages: something on the primary's replication path still
-        # holds memory; see doc/store.md's limits), so only the backup's is
-        # bounded here.
+        # Both page the backlog, and neither's memory grows with it: the
+        # primary's did by 18-24 MiB, in freed heap that glibc's dynamic mmap
+        # threshold kept fragmented, until paging fixed the threshold
+        # (qha.store.paging.fixMmapThreshold); about 6 MiB each since.
         for index in (0, 1):
             self.assertGreater(pageFileBytes(cluster.brokers[index].dataDirectory), 15 * MiB)
-        grown = residentBytes(processes[1].pid) - before[1]  # type: ignore[union-attr]
-        self.assertLess(grown, 10 * MiB, f"the backup grew by {grown / MiB:.1f} MiB")
+        for index, role in ((0, "primary"), (1, "backup")):
+            grown = residentBytes(processes[index].pid) - before[index]  # type: ignore[union-attr]
+            self.assertLess(grown, 10 * MiB, f"the {role} grew by {grown / MiB:.1f} MiB")
         connection.close()
         cluster.kill(0)
         cluster.waitFor(1, lambda state: state["role"] != "ready", what="primary lost")

@@ -1,0 +1,119 @@
+"""
+The memory a paged message keeps (issue 15): a lazy queue takes N messages
+of 1 KiB, every body paged to real page files, published through
+L{qha.broker.vhost.VirtualHost.publishTo} with fresh addressing, header and
+body bytes for each (as an AMQP channel makes them); prints the growth of
+the process's resident memory, and (with C{--trace}) of the Python heap,
+per paged message.
+
+    python -m qha_bench.pagedmemory --messages 1000000 [--properties] [--trace] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import tempfile
+import tracemalloc
+from typing import Any
+
+from pamqp import commands
+from pamqp.header import ContentHeader
+
+from qha.broker.message import Message, encodeShortString
+from qha.broker.paging import Pager
+from qha.broker.vhost import Resources, VirtualHost
+from qha.store.paging import PageFiles
+
+
+def residentBytes() -> int:
+    """
+    VmRSS of this process, in bytes.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(messages: int, size: int, properties: bool, trace: bool) -> dict[str, Any]:
+    """
+    Page C{messages} bodies of C{size} bytes on a lazy queue and measure.
+
+    @param properties: publish with delivery mode 2 and a content type
+        (otherwise with no properties, as C{basic_publish} without any).
+    @param trace: also trace the Python heap (slower, and its own records
+        swell the resident memory).
+    """
+    directory = tempfile.mkdtemp(prefix="qha-pagedmemory-")
+    pages = PageFiles(directory)
+    try:
+        vhost = VirtualHost("/", Resources(pager=Pager(pages)))
+        queue = vhost.declareQueue("paged", arguments={"x-queue-mode": "lazy"})
+        exchange = vhost.publishTarget("")
+        body = b"x" * size
+        addressing = encodeShortString("") + encodeShortString("paged")
+        basic = (
+            commands.Basic.Properties(delivery_mode=2, content_type="text/plain")
+            if properties
+            else None
+        )
+        header = ContentHeader(0, size, basic).marshal()
+        gc.collect()
+        if trace:
+            tracemalloc.start()
+        before = residentBytes()
+        heapBefore = tracemalloc.get_traced_memory()[0] if trace else 0
+        for _ in range(messages):
+            vhost.publishTo(
+                exchange,
+                "paged",
+                Message(bytes(bytearray(addressing)), bytes(bytearray(header)), bytes(bytearray(body))),
+            )
+        gc.collect()
+        result: dict[str, Any] = {
+            "messages": messages,
+            "paged": queue.pagedCount,
+            "size": size,
+            "properties": properties,
+            "rssPerMessage": round((residentBytes() - before) / messages),
+        }
+        if trace:
+            result["heapPerMessage"] = round(
+                (tracemalloc.get_traced_memory()[0] - heapBefore) / messages
+            )
+            tracemalloc.stop()
+        return result
+    finally:
+        pages.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Parse the options, measure, print.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--properties", action="store_true")
+    parser.add_argument("--trace", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    options = parser.parse_args(argv)
+    result = measure(options.messages, options.size, options.properties, options.trace)
+    if options.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{result['paged']} of {result['messages']} messages of {result['size']} bytes paged"
+        f"{' (with properties)' if result['properties'] else ''}:"
+        f" {result['rssPerMessage']} bytes of resident memory a message"
+        + (f", {result['heapPerMessage']} of Python heap" if "heapPerMessage" in result else "")
+    )
+
+
+if __name__ == "__main__":
+    main()
