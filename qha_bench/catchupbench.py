@@ -4,9 +4,12 @@ primary (the integration harness, L{qha.test.integration.cluster}), fills
 one durable, replicated queue with N persistent messages, then, RUNS times,
 starts a backup with an empty data directory and, until it is ready,
 queries it (C{qha-admin query}'s AMP command) in a loop, timing each
-answer. Prints per run the time to ready, the longest answer, and the
-flaps (the primary dropping the backup, or the backup leaving a silent
-primary, from their logs).
+answer. Meanwhile a live publisher publishes persistent messages to
+another replicated queue on the primary, one at a time with publisher
+confirms, and times each confirm. Prints per run the time to ready, the
+longest answer, the live publisher's confirm p50/p99/longest, and the flaps
+(the primary dropping the backup, or the backup leaving a silent primary,
+from their logs).
 
     PYTHONPATH=. .venv/bin/python -m qha_bench.catchupbench \\
         [--messages 300000] [--size 250] [--runs 3] [--heartbeat 2]
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import threading
 import time
 
 import pika
@@ -36,6 +40,70 @@ def fill(port: int, queue: str, messages: int, size: int) -> None:
     for index in range(messages):
         channel.basic_publish("", queue, body, properties, mandatory=False)
     connection.close()
+
+
+class LivePublisher(threading.Thread):
+    """
+    Publishes persistent messages to a replicated queue one at a time with
+    publisher confirms until stopped, timing each confirm.
+
+    @ivar confirms: the seconds each confirm took.
+    """
+
+    def __init__(self, port: int, queue: str, size: int) -> None:
+        """
+        @param port: the primary's AMQP port.
+        @param queue: the queue (declared durable and replicated).
+        @param size: the body size.
+        """
+        super().__init__(daemon=True)
+        self.port = port
+        self.queue = queue
+        self.size = size
+        self.confirms: list[float] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """
+        Publish until told to stop.
+        """
+        try:
+            connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port))
+            channel = connection.channel()
+            channel.queue_declare(self.queue, durable=True, arguments={"qpid.replicate": "all"})
+            channel.confirm_delivery()
+            body = b"l" * self.size
+            properties = pika.BasicProperties(delivery_mode=2)
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                channel.basic_publish("", self.queue, body, properties)
+                self.confirms.append(time.monotonic() - started)
+                self.stopping.wait(0.005)
+            channel.queue_purge(self.queue)
+            connection.close()
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+
+    def stop(self) -> str:
+        """
+        Stop publishing; the confirm times, said in words.
+        """
+        self.stopping.set()
+        self.join(30)
+        if self.error is not None:
+            return f"live publisher failed: {self.error!r}"
+        times = sorted(self.confirms)
+        if not times:
+            return "no live confirms"
+
+        def at(fraction: float) -> float:
+            return times[min(len(times) - 1, int(fraction * len(times)))] * 1000
+
+        return (
+            f"live publisher: {len(times)} confirms, p50 {at(0.5):.1f} ms,"
+            f" p99 {at(0.99):.1f} ms, longest {times[-1] * 1000:.0f} ms"
+        )
 
 
 def main() -> None:
@@ -79,6 +147,8 @@ def main() -> None:
                     else:
                         os.remove(path)
             dropsBefore = cluster.brokers[0].output(100000).count("dropping backup")
+            live = LivePublisher(cluster.brokers[0].port, "live", options.size)
+            live.start()
             began = time.monotonic()
             cluster.startBroker(1)
             longest = 0.0
@@ -99,6 +169,7 @@ def main() -> None:
                     raise SystemExit(f"run {run}: not ready after 600 s: {state}")
                 time.sleep(0.05)
             ready = time.monotonic() - began
+            confirms = live.stop()
             drops = cluster.brokers[0].output(100000).count("dropping backup") - dropsBefore
             silent = backup.output(100000).count("silent for")
             catchup = state.get("catchup") or {}
@@ -107,6 +178,7 @@ def main() -> None:
                 f" {catchup.get('receivedMessages')} messages,"
                 f" {catchup.get('receivedBytes')} bytes, {catchup.get('batches')} batches);"
                 f" {answers} queries, the longest answer {longest * 1000:.0f} ms;"
+                f" {confirms};"
                 f" flaps: {drops} drops by the primary, {silent} silent-primary warnings"
             )
     finally:
