@@ -180,7 +180,7 @@ class BackupLink:
             the box to disk), or L{None}.
         """
         if not self._admit(epoch, seq):
-            return None
+            return self._resent()
         if self._batch is not None or self._backlog:
             if transient:
                 self._backlog.append((lambda: self._hold(seq, data, epoch, position), None))
@@ -217,6 +217,26 @@ class BackupLink:
             raise OutOfSequence(f"replication box {seq} refused: box {self.lastSeq + 1} is missing")
         self.lastSeq = seq
         return True
+
+    def _resent(self) -> Deferred[Any] | None:
+        """
+        The answer to a box sent again: at once, unless it may still wait
+        to be applied (after a batch being applied): then once every box
+        received before is applied and on disk.
+        """
+        if self._batch is None and not self._backlog:
+            return None
+        return self._later(self._whenSynced)
+
+    def _whenSynced(self) -> Deferred[Any] | None:
+        """
+        When this backup's store (if any) has what was written so far.
+        """
+        store = self.node.store
+        if store is None:
+            return None
+        store.flush()
+        return store.whenSynced()
 
     def _later(self, take: Callable[[], Deferred[Any] | None]) -> Deferred[Any]:
         """
@@ -293,7 +313,7 @@ class BackupLink:
         """
         if not self._admit(epoch, seq):
             # Sent again: ignored, as any box.
-            return None
+            return self._resent()
         if self._batch is not None or self._backlog:
             return self._later(
                 lambda: self._startBatch(epoch, seq, data, position, messages, total, last, False)

@@ -721,3 +721,28 @@ class SteppedBatchOrderTests(SynchronousTestCase):
         self.successResultOf(durable)
         self.assertEqual([entry[0] for entry in queueContents(queue)], list(range(1, 24)))
         self.cluster.finish()
+
+    def test_resentWhileApplying(self) -> None:
+        """
+        A batch sent again while it is still being applied is answered
+        only once it is applied (not at once, as a box already applied is).
+        """
+        backupLink = self.backup.link
+        assert backupLink is not None
+        self.backup.vhost.declareQueue("w", arguments=ALL)
+        writer = ev.EventWriter()
+        for index in range(25):
+            writeEnqueued(writer, "w", index + 1, False, b"", b"", b"m%d" % index)
+        data = writer.take()
+        epoch = self.primary.epoch
+        seq = backupLink.lastSeq + 1
+        batch = backupLink.receivedBatch(epoch, seq, data, None, 25, 100, False)
+        again = backupLink.receivedBatch(epoch, seq, data, None, 25, 100, False)
+        assert batch is not None and again is not None
+        self.assertNoResult(again)
+        self.cluster.clock.advance(0)
+        self.successResultOf(batch)
+        self.successResultOf(again)
+        self.assertEqual(self.backup.vhost.queues["w"].messageCount, 25)
+        self.assertIsNone(backupLink.receivedBatch(epoch, seq, data, None, 25, 100, False))
+        self.cluster.finish()
