@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 @dataclass
 class _Batch:
     """
-    A catch-up batch being applied a step at a time.
+    A catch-up batch being applied a step at a time, with the numbers its
+    box came with (see L{qha.ha.commands.CatchUp}).
 
+    @ivar size: the bytes of its events.
     @ivar steps: the replicator's steps through its events.
     @ivar done: fires when it is applied and on disk (its answer).
     @ivar call: the next step, scheduled.
@@ -285,7 +287,7 @@ class BackupLink:
         self._broken = True
         for _, answer in self._backlog:
             if answer is not None:
-                answer.errback(MalformedBox(f"refused: an earlier box was malformed"))
+                answer.errback(MalformedBox("refused: an earlier box was malformed"))
         self._backlog = []
         if self.closed:
             return
