@@ -274,16 +274,17 @@ class BackupLink:
         try:
             self.replicator.apply(data)
         except MalformedEvents as error:
-            self._malformed(f"malformed replication box {seq}: {error}")
+            self._malformed("malformed replication box {seq}: {error}", seq=seq, error=str(error))
             raise MalformedBox(f"replication box {seq} refused: {error}") from None
         return self._record(epoch, position, True)
 
-    def _malformed(self, why: str) -> None:
+    def _malformed(self, format: str, **fields: Any) -> None:
         """
-        A box proved malformed: apply nothing after it, and drop the link
-        (this backup then catches up again).
+        A box proved malformed: log it (C{format} with C{fields}), apply
+        nothing after it, and drop the link (this backup then catches up
+        again).
         """
-        self.log.error("{error}", error=why)
+        self.log.error(format, **fields)
         self._broken = True
         for _, answer in self._backlog:
             if answer is not None:
@@ -344,7 +345,7 @@ class BackupLink:
         try:
             self.catchup.check(seq, len(data), messages, total, last)
         except MalformedBox as error:
-            self._malformed(str(error))
+            self._malformed("{error}", error=str(error))
             raise
         self.applyPending()
         if self._broken:
@@ -389,7 +390,7 @@ class BackupLink:
             return
         except MalformedEvents as error:
             self._batch = None
-            self._malformed(f"malformed catch-up batch {batch.seq}: {error}")
+            self._malformed("malformed catch-up batch {seq}: {error}", seq=batch.seq, error=str(error))
             batch.error = MalformedBox(f"catch-up batch {batch.seq} refused: {error}")
             batch.done.errback(batch.error)
             return
@@ -413,7 +414,7 @@ class BackupLink:
                 self._caughtUp,
             )
         except MalformedBox as error:
-            self._malformed(str(error))
+            self._malformed("{error}", error=str(error))
             batch.error = error
             batch.done.errback(error)
             return
