@@ -4,9 +4,14 @@ primary (the integration harness, L{qha.test.integration.cluster}), fills
 one durable, replicated queue with N persistent messages, then, RUNS times,
 starts a backup with an empty data directory and, until it is ready,
 queries it (C{qha-admin query}'s AMP command) in a loop, timing each
-answer. Prints per run the time to ready, the longest answer, and the
-flaps (the primary dropping the backup, or the backup leaving a silent
-primary, from their logs).
+answer (and, on a connection logged in once, the Query alone, which
+measures the backup's reactor turns rather than connecting and logging in
+on a busy machine). Meanwhile a live publisher publishes persistent messages to
+another replicated queue on the primary, one at a time with publisher
+confirms, and times each confirm. Prints per run the time to ready, the
+longest answer, the live publisher's confirm p50/p99/longest, and the flaps
+(the primary dropping the backup, or the backup leaving a silent primary,
+from their logs).
 
     PYTHONPATH=. .venv/bin/python -m qha_bench.catchupbench \\
         [--messages 300000] [--size 250] [--runs 3] [--heartbeat 2]
@@ -17,11 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import threading
 import time
 
 import pika
 
-from qha.test.integration.cluster import Cluster
+from qha.admin.commands import Query
+from qha.test.integration.cluster import BlockingAMP, Cluster
 
 
 def fill(port: int, queue: str, messages: int, size: int) -> None:
@@ -36,6 +43,70 @@ def fill(port: int, queue: str, messages: int, size: int) -> None:
     for index in range(messages):
         channel.basic_publish("", queue, body, properties, mandatory=False)
     connection.close()
+
+
+class LivePublisher(threading.Thread):
+    """
+    Publishes persistent messages to a replicated queue one at a time with
+    publisher confirms until stopped, timing each confirm.
+
+    @ivar confirms: the seconds each confirm took.
+    """
+
+    def __init__(self, port: int, queue: str, size: int) -> None:
+        """
+        @param port: the primary's AMQP port.
+        @param queue: the queue (declared durable and replicated).
+        @param size: the body size.
+        """
+        super().__init__(daemon=True)
+        self.port = port
+        self.queue = queue
+        self.size = size
+        self.confirms: list[float] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """
+        Publish until told to stop.
+        """
+        try:
+            connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port))
+            channel = connection.channel()
+            channel.queue_declare(self.queue, durable=True, arguments={"qpid.replicate": "all"})
+            channel.confirm_delivery()
+            body = b"l" * self.size
+            properties = pika.BasicProperties(delivery_mode=2)
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                channel.basic_publish("", self.queue, body, properties)
+                self.confirms.append(time.monotonic() - started)
+                self.stopping.wait(0.005)
+            channel.queue_purge(self.queue)
+            connection.close()
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+
+    def stop(self) -> str:
+        """
+        Stop publishing; the confirm times, said in words.
+        """
+        self.stopping.set()
+        self.join(30)
+        if self.error is not None:
+            return f"live publisher failed: {self.error!r}"
+        times = sorted(self.confirms)
+        if not times:
+            return "no live confirms"
+
+        def at(fraction: float) -> float:
+            return times[min(len(times) - 1, int(fraction * len(times)))] * 1000
+
+        return (
+            f"live publisher: {len(times)} confirms, p50 {at(0.5):.1f} ms,"
+            f" p99 {at(0.99):.1f} ms, longest {times[-1] * 1000:.0f} ms"
+        )
 
 
 def main() -> None:
@@ -78,12 +149,24 @@ def main() -> None:
                         shutil.rmtree(path)
                     else:
                         os.remove(path)
+            # The primary drops the backup just killed (its boxes in flight
+            # fail): not a flap of this run.
+            for _ in range(100):
+                if not cluster.query(0).get("backups"):
+                    break
+                time.sleep(0.05)
             dropsBefore = cluster.brokers[0].output(100000).count("dropping backup")
+            live = LivePublisher(cluster.brokers[0].port, "live", options.size)
+            live.start()
             began = time.monotonic()
             cluster.startBroker(1)
-            longest = 0.0
-            answers = 0
+            # (seconds the answer took, seconds since the start, role)
+            answers: list[tuple[float, float, str]] = []
+            queries: list[float] = []
             state: dict = {}
+            # A connection logged in once, for the Query alone (a reactor
+            # turn of the backup) besides qha-admin's connect, login, query.
+            session: BlockingAMP | None = None
             while True:
                 asked = time.monotonic()
                 try:
@@ -91,22 +174,48 @@ def main() -> None:
                 except Exception as error:  # a refused login while starting
                     state = {"role": f"error {error}"}
                 took = time.monotonic() - asked
-                answers += 1
-                longest = max(longest, took)
+                answers.append((took, asked - began, str(state.get("role"))))
                 if state.get("role") == "ready":
                     break
+                if state.get("role") == "catchup":
+                    if session is None:
+                        session = BlockingAMP(backup.ampPort, timeout=30)
+                        session.login(cluster.credentials)
+                    asked = time.monotonic()
+                    session.call(Query)
+                    queries.append(time.monotonic() - asked)
                 if time.monotonic() - began > 600:
                     raise SystemExit(f"run {run}: not ready after 600 s: {state}")
                 time.sleep(0.05)
             ready = time.monotonic() - began
-            drops = cluster.brokers[0].output(100000).count("dropping backup") - dropsBefore
+            if session is not None:
+                session.close()
+            confirms = live.stop()
+            answers.sort(reverse=True)
+            longest = answers[0][0]
+            worst = ", ".join(
+                f"{took * 1000:.0f} ms at {at:.1f}s ({role})" for took, at, role in answers[:3]
+            )
+            queries.sort()
+            alone = (
+                f"Query alone on a logged-in connection: {len(queries)}, p50"
+                f" {queries[len(queries) // 2] * 1000:.1f} ms, longest {queries[-1] * 1000:.0f} ms"
+                if queries
+                else "no Query alone"
+            )
+            primaryLog = cluster.brokers[0].output(100000)
+            drops = primaryLog.count("dropping backup") - dropsBefore
+            for line in [line for line in primaryLog.splitlines() if "dropping backup" in line][-drops:] if drops > 0 else []:
+                print(f"run {run}: the primary: {line}")
             silent = backup.output(100000).count("silent for")
             catchup = state.get("catchup") or {}
             print(
                 f"run {run}: ready after {ready:.1f}s (catch-up {catchup.get('seconds')}s,"
                 f" {catchup.get('receivedMessages')} messages,"
                 f" {catchup.get('receivedBytes')} bytes, {catchup.get('batches')} batches);"
-                f" {answers} queries, the longest answer {longest * 1000:.0f} ms;"
+                f" {len(answers)} queries (connect, log in, query), the longest answer"
+                f" {longest * 1000:.0f} ms (longest three: {worst}); {alone};"
+                f" {confirms};"
                 f" flaps: {drops} drops by the primary, {silent} silent-primary warnings"
             )
     finally:

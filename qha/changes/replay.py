@@ -7,7 +7,7 @@ stream with it, and a store replays its journal's records with it.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.logger import Logger
 
@@ -208,9 +208,29 @@ class Replicator:
 
         @raise ev.MalformedEvents: if the box cannot be decoded.
         """
+        for _ in self.steps(data, 0):
+            pass
+
+    def steps(self, data: bytes, every: int) -> Iterator[None]:
+        """
+        Apply the events of one box in order, pausing (yielding) after
+        every C{every} events (never if 0), so that a large box can be
+        applied over several reactor turns; nothing else may be applied
+        until the iterator is exhausted.
+
+        @raise ev.MalformedEvents: if the box cannot be decoded (raised by
+            the step that meets the fault; the events before it are
+            applied).
+        """
         self.vhost = self.default
         queues = self.vhost.queues
+        count = 0
         for event in ev.readEvents(data):
+            if every:
+                count += 1
+                if count > every:
+                    count = 1
+                    yield None
             self.applied += 1
             kind = event[0]
             try:

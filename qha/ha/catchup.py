@@ -3,9 +3,10 @@ The backup's side of a batched catch-up: the numbers of each L{CatchUp}
 batch checked before they are used, and the progress shown by
 C{qha-admin query} and C{/api/ha} and logged during a long catch-up.
 
-The batches themselves are applied by the link like any durable box (in
-sequence with the live boxes between them, written to the store, answered
-once on disk); see L{qha.ha.link.BackupLink.receivedBatch}.
+The batches themselves are applied by the link in sequence with the live
+boxes between them, a bounded step per reactor turn, written to the store
+and answered once all of each is on disk; see
+L{qha.ha.link.BackupLink.receivedBatch}.
 """
 
 from __future__ import annotations

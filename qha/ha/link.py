@@ -7,7 +7,9 @@ heartbeat.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import gc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -24,12 +26,62 @@ if TYPE_CHECKING:
     from .node import HANode
 
 
+@dataclass
+class _Batch:
+    """
+    A catch-up batch being applied a step at a time, with the numbers its
+    box came with (see L{qha.ha.commands.CatchUp}).
+
+    @ivar size: the bytes of its events.
+    @ivar steps: the replicator's steps through its events.
+    @ivar done: fires when it is applied and on disk (its answer).
+    @ivar call: the next step, scheduled.
+    @ivar error: why it was refused, if it was.
+    @ivar enqueues: the replicator's enqueue count before the batch.
+    """
+
+    epoch: int
+    seq: int
+    size: int
+    position: int | None
+    messages: int
+    total: int
+    last: bool
+    steps: Iterator[None]
+    done: Deferred[Any]
+    enqueues: int
+    call: IDelayedCall | None = None
+    error: MalformedBox | None = None
+
+
 class BackupLink:
     """
     A backup's subscription to the primary over one AMP connection.
     """
 
     log = Logger()
+
+    catchupStep = 512
+    """
+    The most events of a catch-up batch applied in one reactor turn: a
+    batch of 4,096 messages (about 1 MiB) takes some 60 ms to apply and
+    observe for the store, too long for the other connections (C{qha-admin
+    query}, heartbeats) to wait.
+    """
+
+    freezeCaughtUp = True
+    """
+    Whether the objects a catch-up batch made are moved out of the cyclic
+    garbage collector's sight (C{gc.freeze}) once it is applied. A catch-up
+    makes some two tracked objects per message, and they live on (they are
+    the queues' contents): each full collection, which comes every time
+    the tracked objects grow by a quarter, would scan all of them again,
+    280 ms at 300,000 messages, with the reactor stopped. They are freed
+    by their reference counts as ever when consumed; only a cycle among
+    objects alive at a batch's end is never collected (as with the
+    recovery's, which runs with the collector off; see
+    L{qha.store.journal.replay}).
+    """
 
     def __init__(self, node: "HANode", connection: NodeAMP, primaryId: str, address: str) -> None:
         """
@@ -52,6 +104,15 @@ class BackupLink:
         self._applyCall: IDelayedCall | None = None
         self.catchup = CatchUpReceiver(node.clock, address)
         self._caughtUp = False
+        # The catch-up batch being applied over several turns, and the
+        # boxes that arrived meanwhile, to take in order after it: how to
+        # take each, and the answer that waits for it (None: answered).
+        self._batch: _Batch | None = None
+        self._backlog: list[tuple[Callable[[], Deferred[Any] | None], Deferred[Any] | None]] = []
+        # Set when the link is lost: what was received is applied at once.
+        self._hurry = False
+        # Set when a box proved malformed: nothing after it is applied.
+        self._broken = False
 
     def start(self) -> None:
         """
@@ -112,8 +173,31 @@ class BackupLink:
         stops counting on this backup). Any other box is applied first, with
         every box before it.
 
+        While a catch-up batch is being applied (over several turns), a box
+        waits for it: a transient one is answered at once as ever and
+        applied after the batch, any other is answered once applied after
+        it and on disk.
+
         @return: what the answer must wait for (this backup's store writing
             the box to disk), or L{None}.
+        """
+        if not self._admit(epoch, seq):
+            return self._resent()
+        if self._batch is not None or self._backlog:
+            if transient:
+                self._backlog.append((lambda: self._hold(seq, data, epoch, position), None))
+                return None
+            return self._later(lambda: self._applyDurable(seq, data, epoch, position))
+        if transient:
+            return self._hold(seq, data, epoch, position)
+        return self._applyDurable(seq, data, epoch, position)
+
+    def _admit(self, epoch: int, seq: int) -> bool:
+        """
+        Check a box's epoch and sequence number on arrival: whether it is
+        the next box (L{False} for one sent again, ignored).
+
+        @raise OutOfSequence: for a box after a gap (the link closes).
         """
         node = self.node
         self.checkEpoch(epoch)
@@ -122,7 +206,7 @@ class BackupLink:
             # Sent again: applying it twice could bring back a message that
             # a later box dequeued.
             self.log.info("replication box {seq} was applied already: ignored", seq=seq)
-            return None
+            return False
         if seq != self.lastSeq + 1:
             # A box is missing (or this one overtook it): applying this one
             # could dequeue before enqueueing. Catch up again instead.
@@ -134,21 +218,81 @@ class BackupLink:
             node.clock.callLater(0, self.close)
             raise OutOfSequence(f"replication box {seq} refused: box {self.lastSeq + 1} is missing")
         self.lastSeq = seq
-        if transient:
-            self._unapplied.append((seq, data, epoch, position))
-            if self._applyCall is None:
-                self._applyCall = node.clock.callLater(0, self._applyAfterWrite)
+        return True
+
+    def _resent(self) -> Deferred[Any] | None:
+        """
+        The answer to a box sent again: at once, unless it may still wait
+        to be applied (after a batch being applied): then once every box
+        received before is applied and on disk.
+        """
+        if self._batch is None and not self._backlog:
             return None
+        return self._later(self._whenSynced)
+
+    def _whenSynced(self) -> Deferred[Any] | None:
+        """
+        When this backup's store (if any) has what was written so far.
+        """
+        store = self.node.store
+        if store is None:
+            return None
+        store.flush()
+        return store.whenSynced()
+
+    def _later(self, take: Callable[[], Deferred[Any] | None]) -> Deferred[Any]:
+        """
+        Take a box once the batch being applied (and the boxes before it)
+        are: C{take} runs then, and the answer waits for what it returns.
+        """
+        answer: Deferred[Any] = Deferred()
+        self._backlog.append((take, answer))
+        return answer
+
+    def _hold(self, seq: int, data: bytes, epoch: int, position: int | None) -> Deferred[Any] | None:
+        """
+        Keep a transient box, answered already, to apply once its answer is
+        written.
+
+        @return: L{None}: its answer waits for nothing.
+        """
+        self._unapplied.append((seq, data, epoch, position))
+        if self._applyCall is None and not self._hurry:
+            self._applyCall = self.node.clock.callLater(0, self._applyAfterWrite)
+        return None
+
+    def _applyDurable(self, seq: int, data: bytes, epoch: int, position: int | None) -> Deferred[Any] | None:
+        """
+        Apply a box (after every box before it), and have the store write
+        it.
+
+        @return: what the answer waits for (the store writing it).
+        """
         self.applyPending()
-        if self.closed:
+        if self._broken:
             raise MalformedBox(f"replication box {seq} refused: an earlier box was malformed")
         try:
             self.replicator.apply(data)
         except MalformedEvents as error:
-            self.log.error("malformed replication box {seq}: {error}", seq=seq, error=str(error))
-            node.clock.callLater(0, self.close)
+            self._malformed("malformed replication box {seq}: {error}", seq=seq, error=str(error))
             raise MalformedBox(f"replication box {seq} refused: {error}") from None
         return self._record(epoch, position, True)
+
+    def _malformed(self, format: str, **fields: Any) -> None:
+        """
+        A box proved malformed: log it (C{format} with C{fields}), apply
+        nothing after it, and drop the link (this backup then catches up
+        again).
+        """
+        self.log.error(format, **fields)
+        self._broken = True
+        for _, answer in self._backlog:
+            if answer is not None:
+                answer.errback(MalformedBox("refused: an earlier box was malformed"))
+        self._backlog = []
+        if self.closed:
+            return
+        self.node.clock.callLater(0, self.close)
 
     def receivedBatch(
         self,
@@ -161,33 +305,148 @@ class BackupLink:
         last: bool,
     ) -> Deferred[Any] | None:
         """
-        A batch of the catch-up (L{qha.ha.commands.CatchUp}): its numbers
-        are checked first, then it is applied as a durable box in its place
-        in the sequence, and checked against what it carried.
+        A batch of the catch-up (L{qha.ha.commands.CatchUp}), in its place
+        in the sequence (after the batch being applied, if one is): its
+        numbers are checked first, then it is applied L{catchupStep}
+        events per reactor turn (no other box is applied meanwhile),
+        checked against what it carried, and written to the store.
 
-        @return: what the answer waits for (the store writing it).
+        @return: what the answer waits for: the whole batch applied and on
+            disk.
         """
-        if seq <= self.lastSeq:
+        if not self._admit(epoch, seq):
             # Sent again: ignored, as any box.
-            return self.received(epoch, seq, data, position)
+            return self._resent()
+        if self._batch is not None or self._backlog:
+            return self._later(
+                lambda: self._startBatch(epoch, seq, data, position, messages, total, last, False)
+            )
+        return self._startBatch(epoch, seq, data, position, messages, total, last)
+
+    def _startBatch(
+        self,
+        epoch: int,
+        seq: int,
+        data: bytes,
+        position: int | None,
+        messages: int,
+        total: int,
+        last: bool,
+        now: bool = True,
+    ) -> Deferred[Any]:
+        """
+        Check a batch's numbers and apply its first step now (or, if not
+        C{now}, in the next turn: the turn that finished the batch before
+        it did a step's work already), the others in the next turns.
+
+        @return: the batch's answer.
+        @raise MalformedBox: for numbers out of bounds (nothing applied).
+        """
         try:
             self.catchup.check(seq, len(data), messages, total, last)
         except MalformedBox as error:
-            self.log.error("{error}", error=str(error))
-            self.node.clock.callLater(0, self.close)
+            self._malformed("{error}", error=str(error))
             raise
-        before = self.replicator.enqueues
+        self.applyPending()
+        if self._broken:
+            raise MalformedBox(f"catch-up batch {seq} refused: an earlier box was malformed")
         self._caughtUp = False
-        synced = self.received(epoch, seq, data, position)
+        batch = self._batch = _Batch(
+            epoch,
+            seq,
+            len(data),
+            position,
+            messages,
+            total,
+            last,
+            self.replicator.steps(data, self.catchupStep),
+            Deferred(),
+            self.replicator.enqueues,
+        )
+        if not now and not self._hurry:
+            batch.call = self.node.clock.callLater(0, self._step)
+            return batch.done
+        self._step()
+        if batch.error is not None and now:
+            # Refused within the turn it came in: said so at once.
+            batch.done.addErrback(lambda _: None)
+            raise batch.error
+        return batch.done
+
+    def _step(self) -> None:
+        """
+        Apply the next step of the batch (all of it if the link is lost),
+        then schedule the next, or finish the batch.
+        """
+        batch = self._batch
+        assert batch is not None
+        batch.call = None
+        try:
+            next(batch.steps)
+            while self._hurry:
+                next(batch.steps)
+        except StopIteration:
+            self._batchApplied(batch)
+            return
+        except MalformedEvents as error:
+            self._batch = None
+            self._malformed("malformed catch-up batch {seq}: {error}", seq=batch.seq, error=str(error))
+            batch.error = MalformedBox(f"catch-up batch {batch.seq} refused: {error}")
+            batch.done.errback(batch.error)
+            return
+        batch.call = self.node.clock.callLater(0, self._step)
+
+    def _batchApplied(self, batch: _Batch) -> None:
+        """
+        Every event of C{batch} is applied: check it carried what it said,
+        have the store write it (its answer waits for that), and take the
+        boxes that came meanwhile.
+        """
+        self._batch = None
         try:
             self.catchup.applied(
-                seq, len(data), messages, self.replicator.enqueues - before, total, last, self._caughtUp
+                batch.seq,
+                batch.size,
+                batch.messages,
+                self.replicator.enqueues - batch.enqueues,
+                batch.total,
+                batch.last,
+                self._caughtUp,
             )
         except MalformedBox as error:
-            self.log.error("{error}", error=str(error))
-            self.node.clock.callLater(0, self.close)
-            raise
-        return synced
+            self._malformed("{error}", error=str(error))
+            batch.error = error
+            batch.done.errback(error)
+            return
+        if self.freezeCaughtUp:
+            gc.freeze()
+        synced = self._record(batch.epoch, batch.position, True)
+        if synced is None:
+            batch.done.callback(None)
+        else:
+            synced.chainDeferred(batch.done)
+        self._takeBacklog()
+
+    def _takeBacklog(self) -> None:
+        """
+        Take the boxes that waited for a batch, in order, until one of them
+        is a batch applied over several turns again.
+        """
+        while self._backlog and self._batch is None:
+            take, answer = self._backlog.pop(0)
+            try:
+                result = take()
+            except Exception as error:
+                if answer is None:
+                    raise
+                answer.errback(error)
+                continue
+            if answer is None:
+                continue
+            if result is None:
+                answer.callback(None)
+            else:
+                result.chainDeferred(answer)
 
     def _applyAfterWrite(self) -> None:
         """
@@ -202,6 +461,9 @@ class BackupLink:
         """
         Apply the boxes acknowledged on arrival and not yet applied.
         """
+        if self._batch is not None:
+            # These came after the batch being applied: they wait for it.
+            return
         if self._applyCall is not None and self._applyCall.active():
             self._applyCall.cancel()
         self._applyCall = None
@@ -215,6 +477,7 @@ class BackupLink:
                 self.log.error(
                     "malformed replication box {seq}: {error}", seq=seq, error=str(error)
                 )
+                self._broken = True
                 self.close()
                 return
         if boxes:
@@ -271,7 +534,13 @@ class BackupLink:
             return
         self.closed = True
         self.log.warn("link to the primary at {address} ({primary}) lost", primary=self.primaryId, address=self.address)
-        # What was acknowledged is this backup's to keep.
+        # What was acknowledged is this backup's to keep; what was received
+        # is applied as it would have been, at once.
+        self._hurry = True
+        if self._batch is not None:
+            if self._batch.call is not None and self._batch.call.active():
+                self._batch.call.cancel()
+            self._step()
         self.applyPending()
         if self._watch is not None and self._watch.active():
             self._watch.cancel()

@@ -31,7 +31,7 @@ import functools
 import json
 import struct
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 from pamqp import commands
 from pamqp import frame as pamqpFrame
@@ -638,16 +638,17 @@ class InMemoryCluster:
         )
         link = BackupLink(backup, backupSide, primary.brokerId, "primary:5673")
         connection = Link(primarySide, backupSide, pump, link)
-        apply = link.replicator.apply
+        steps = link.replicator.steps
 
-        def recordingApply(data: bytes) -> None:
+        def recordingSteps(data: bytes, every: int) -> Iterator[None]:
             """
-            Record the box, then apply it.
+            Record the box, then apply it (a step at a time, or at once:
+            L{Replicator.apply} goes through here too).
             """
             connection.boxes.append(list(ev.readEvents(data)))
-            apply(data)
+            return steps(data, every)
 
-        link.replicator.apply = recordingApply  # type: ignore[method-assign]
+        link.replicator.steps = recordingSteps  # type: ignore[method-assign]
         backup.followLink(link)
         backupSide.callRemote(
             Subscribe,

@@ -11,13 +11,22 @@ Clock: nothing opens a socket or sleeps.
 
 from __future__ import annotations
 
+import gc
+import json
 from typing import Any
 
+from twisted.protocols import amp
+from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
+
+from qha.admin.commands import Query
+from qha.admin.locator import adminLocator
 
 from qha.changes import events as ev
 from qha.changes.cursor import entriesAfter
 from qha.ha.commands import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MalformedBox
+from qha.ha.connection import nodeConnection
+from qha.ha.link import BackupLink
 from qha.ha.primary import ReplicationSource
 from qha.ha.role import READY
 from qha.store.journal import MemoryJournal, Store, scanRecords
@@ -33,6 +42,17 @@ from qha.test.support import (
 )
 
 
+def recordFreezes(case: SynchronousTestCase) -> list[None]:
+    """
+    Record the calls of C{gc.freeze} during C{case} instead of freezing
+    the test run's objects (so that later tests' garbage is collected as
+    ever).
+    """
+    freezes: list[None] = []
+    case.patch(gc, "freeze", lambda: freezes.append(None))
+    return freezes
+
+
 class CatchUpTests(SynchronousTestCase):
     """
     A catch-up larger than one batch, between a primary and a backup node.
@@ -45,6 +65,7 @@ class CatchUpTests(SynchronousTestCase):
         """
         self.patch(ReplicationSource, "batchMessages", 10)
         self.patch(ReplicationSource, "catchupWindow", 2)
+        self.freezes = recordFreezes(self)
         self.cluster = InMemoryCluster(self)
         self.primary = self.cluster.primary()
         self.backup = self.cluster.node()
@@ -327,6 +348,7 @@ class BatchBoundsTests(SynchronousTestCase):
         """
         A backup following a primary (an in-memory cluster), caught up.
         """
+        self.freezes = recordFreezes(self)
         self.cluster = InMemoryCluster(self)
         self.primary = self.cluster.primary()
         self.backup = self.cluster.node()
@@ -491,3 +513,236 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
         entries, after, done = entriesAfter(queue, after, 4, 100, 1000)
         self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))
+
+
+class SteppedApplyTests(SynchronousTestCase):
+    """
+    A backup applies a catch-up batch L{BackupLink.catchupStep} events per
+    reactor turn: other connections are served between the steps, boxes
+    that come meanwhile wait their turn, and the batch is answered only
+    once all of it is applied.
+    """
+
+    def setUp(self) -> None:
+        """
+        A cluster in memory with an active primary and a joining backup;
+        batches of at most 40 messages, applied 10 events a turn.
+        """
+        self.patch(ReplicationSource, "batchMessages", 40)
+        self.patch(ReplicationSource, "catchupWindow", 2)
+        self.patch(BackupLink, "catchupStep", 10)
+        self.freezes = recordFreezes(self)
+        self.cluster = InMemoryCluster(self)
+        self.primary = self.cluster.primary()
+        self.backup = self.cluster.node()
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        for index in range(100):
+            self.primary.vhost.publish("", "q", message(b"%d" % index, "q"))
+
+    def midBatch(self) -> Link:
+        """
+        Connect the backup and move bytes one round at a time until it has
+        applied part of a catch-up batch and not the rest.
+        """
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        for _ in range(1000):
+            if link.link._batch is not None and link.link._batch.call is not None:
+                return link
+            link.pump.pump()
+        self.fail("no batch applied in steps within the bound")
+
+    def test_queryBetweenSteps(self) -> None:
+        """
+        Half way through a batch the backup's reactor is free: a
+        C{qha-admin query} on another connection is answered at once (no
+        step is run for it), showing the catch-up under way; the batch's
+        answer goes out only after its last step.
+        """
+        link = self.midBatch()
+        queue = self.backup.vhost.queues["q"]
+        partial = queue.messageCount
+        self.assertNotEqual(partial % 40, 0)
+        source = self.source()
+        assert source.catchup is not None
+        acknowledged = source.catchup.ackedMessages
+        self.assertLess(acknowledged, partial)
+        client, _, pump = connectedServerAndClient(
+            lambda: nodeConnection(None, [adminLocator(self.backup)], authenticated=True),  # type: ignore[arg-type]
+            amp.AMP,
+        )
+        answers: list[Any] = []
+        client.callRemote(Query).addBoth(answers.append)
+        for _ in range(3):
+            pump.pump(advanceClock=False)
+        [answer] = answers
+        state = json.loads(answer["state"])
+        self.assertEqual(state["role"], "catchup")
+        self.assertEqual(queue.messageCount, partial)
+        # The rest of the batch, and only then its answer.
+        link.flush()
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(queue.messageCount, 100)
+        self.assertEqual(source.catchup.ackedMessages, 100)
+        self.assertEqual(snapshotOf(self.backup.vhost), snapshotOf(self.primary.vhost))
+        self.cluster.finish()
+
+    def test_stepsAreBounded(self) -> None:
+        """
+        Each step (a timed call of its own, so the reactor serves its other
+        connections between two) applies at most C{catchupStep} messages.
+        """
+        counts = []
+        step = BackupLink._step
+
+        def countingStep(link: BackupLink) -> None:
+            """
+            Count the messages one step applies.
+            """
+            queue = self.backup.vhost.queues.get("q")
+            before = queue.messageCount if queue is not None else 0
+            step(link)
+            counts.append(self.backup.vhost.queues["q"].messageCount - before)
+
+        self.patch(BackupLink, "_step", countingStep)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(sum(counts), 100)
+        self.assertEqual(max(counts), 10)
+        # 40 + 40 + 20 messages and the marker: 4 + 4 + 3 steps.
+        self.assertEqual(len(counts), 11)
+        self.cluster.finish()
+
+    def test_freezeAfterBatches(self) -> None:
+        """
+        The objects of each batch applied are moved out of the collector's
+        sight (C{gc.freeze}), once a batch; not with C{freezeCaughtUp} off.
+        """
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(len(self.freezes), 3)
+        self.cluster.finish()
+
+    def test_noFreeze(self) -> None:
+        """
+        With C{freezeCaughtUp} off nothing is frozen.
+        """
+        self.patch(BackupLink, "freezeCaughtUp", False)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(self.freezes, [])
+        self.cluster.finish()
+
+    def source(self) -> ReplicationSource:
+        """
+        The primary's one source.
+        """
+        [source] = self.primary.sources.values()
+        return source
+
+    def test_connectionLostMidBatch(self) -> None:
+        """
+        A connection lost half way through a batch: the rest of what was
+        received is applied at once, in order, no step is left scheduled,
+        the backup is not ready, and subscribed again it is sent only what
+        it lacks.
+        """
+        link = self.midBatch()
+        backupLink = link.link
+        transport = link.backupSide.transport
+        assert transport is not None
+        transport.loseConnection()
+        for _ in range(100):
+            if backupLink.closed:
+                break
+            link.pump.pump(advanceClock=False)
+        self.assertTrue(backupLink.closed)
+        self.assertIsNone(backupLink._batch)
+        self.assertEqual(backupLink._backlog, [])
+        have = self.backup.vhost.queues["q"].messageCount
+        self.assertEqual(have % 40, 0)
+        self.assertNotEqual(self.backup.role.name, READY)
+        link.flush()
+        again = self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        sent = [event for box in again.boxes for event in box if event[0] == ev.ENQUEUED]
+        self.assertEqual(len(sent), 100 - have)
+        self.assertEqual(snapshotOf(self.backup.vhost), snapshotOf(self.primary.vhost))
+        self.cluster.finish()
+
+
+
+class SteppedBatchOrderTests(SynchronousTestCase):
+    """
+    Boxes that come while a batch is applied in steps wait for it.
+    """
+
+    def setUp(self) -> None:
+        """
+        A backup following a primary (an in-memory cluster), caught up in
+        one box; batches applied 10 events a turn.
+        """
+        self.patch(BackupLink, "catchupStep", 10)
+        self.freezes = recordFreezes(self)
+        self.cluster = InMemoryCluster(self)
+        self.primary = self.cluster.primary()
+        self.backup = self.cluster.node()
+        self.cluster.connect(self.primary, self.backup)
+
+    def test_liveBoxWaitsForBatch(self) -> None:
+        """
+        A box that comes while a batch is applied in steps is applied after
+        all of it (its dequeue finds the entry the batch brings), and
+        answered only then; a transient box is answered at once and applied
+        after it too.
+        """
+        backupLink = self.backup.link
+        assert backupLink is not None
+        self.backup.vhost.declareQueue("w", arguments=ALL)
+        writer = ev.EventWriter()
+        for index in range(25):
+            writeEnqueued(writer, "w", index + 1, False, b"", b"", b"m%d" % index)
+        epoch = self.primary.epoch
+        seq = backupLink.lastSeq
+        batch = backupLink.receivedBatch(epoch, seq + 1, writer.take(), None, 25, 100, False)
+        assert batch is not None
+        self.assertNoResult(batch)
+        writer.entryEvent(ev.DEQUEUED, "w", 25)
+        durable = backupLink.received(epoch, seq + 2, writer.take())
+        writer.entryEvent(ev.DEQUEUED, "w", 24)
+        transient = backupLink.received(epoch, seq + 3, writer.take(), transient=True)
+        self.assertIsNone(transient)
+        assert durable is not None
+        self.assertNoResult(durable)
+        queue = self.backup.vhost.queues["w"]
+        self.assertEqual(queue.messageCount, 10)
+        # The Clock runs every step now due, the ones they schedule too.
+        self.cluster.clock.advance(0)
+        self.successResultOf(batch)
+        self.successResultOf(durable)
+        self.assertEqual([entry[0] for entry in queueContents(queue)], list(range(1, 24)))
+        self.cluster.finish()
+
+    def test_resentWhileApplying(self) -> None:
+        """
+        A batch sent again while it is still being applied is answered
+        only once it is applied (not at once, as a box already applied is).
+        """
+        backupLink = self.backup.link
+        assert backupLink is not None
+        self.backup.vhost.declareQueue("w", arguments=ALL)
+        writer = ev.EventWriter()
+        for index in range(25):
+            writeEnqueued(writer, "w", index + 1, False, b"", b"", b"m%d" % index)
+        data = writer.take()
+        epoch = self.primary.epoch
+        seq = backupLink.lastSeq + 1
+        batch = backupLink.receivedBatch(epoch, seq, data, None, 25, 100, False)
+        again = backupLink.receivedBatch(epoch, seq, data, None, 25, 100, False)
+        assert batch is not None and again is not None
+        self.assertNoResult(again)
+        self.cluster.clock.advance(0)
+        self.successResultOf(batch)
+        self.successResultOf(again)
+        self.assertEqual(self.backup.vhost.queues["w"].messageCount, 25)
+        self.assertIsNone(backupLink.receivedBatch(epoch, seq, data, None, 25, 100, False))
+        self.cluster.finish()
