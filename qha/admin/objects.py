@@ -21,7 +21,7 @@ from ..broker.vhost import REPLICATE_ARGUMENT, REPLICATE_LEVELS, VirtualHost
 from ..broker.vhosts import DEFAULT_VHOST, MAX_VHOST_NAME, VirtualHosts
 from ..ha.commands import Refused
 from ..ha.config import HAOptions, parseBrokers
-from ..ha.primary import replicateLevel
+from ..ha.primary import cachedLevel, pinLevels
 from ..management.definitions import (
     SECTIONS,
     DefinitionsRefused,
@@ -86,7 +86,7 @@ def listObjects(vhost: VirtualHost, kind: str, default: str) -> list[dict[str, A
                 "messages": q.messageCount,
                 "unacked": q.unacked,
                 "consumers": q.consumerCount,
-                "replicate": replicateLevel(q, default),
+                "replicate": cachedLevel(q, default),
             }
             for q in vhost.queues.values()
         ]
@@ -99,7 +99,7 @@ def listObjects(vhost: VirtualHost, kind: str, default: str) -> list[dict[str, A
                 "autoDelete": x.autoDelete,
                 "internal": x.internal,
                 "bindings": len(x.bindings),
-                "replicate": replicateLevel(x, default),
+                "replicate": cachedLevel(x, default),
             }
             for x in vhost.exchanges.values()
         ]
@@ -566,13 +566,16 @@ def setOptions(
     publicBrokers: str | None = None,
     brokers: str | None = None,
     replicate: str | None = None,
+    vhosts: Iterable[VirtualHost] = (),
 ) -> dict[str, Any]:
     """
     Change the options that can change at run time (Qpid's C{qpid-ha
     set}): the backup timeout a promoted broker waits for its backups,
-    and the client addresses shown as the public URL. The others are
-    refused, naming the option to restart with. Nothing changes unless
-    everything asked can.
+    the client addresses shown as the public URL, and the default
+    replication level (C{--ha-replicate}) of the queues and exchanges
+    declared from now on: those of C{vhosts} (the broker's) keep the level
+    they have (L{pinLevels}). The others are refused, naming the option to
+    restart with. Nothing changes unless everything asked can.
 
     @return: the settings now.
     @raise Refused: saying why, and what to do instead.
@@ -587,12 +590,6 @@ def setOptions(
             raise Refused(
                 f"unknown replicate level {replicate!r}: use {', '.join(REPLICATE_LEVELS)}"
             )
-        raise Refused(
-            "--replicate cannot change at run time (a queue or exchange declared"
-            " without qpid.replicate keeps the level it was first replicated with, and"
-            " the backups must agree on it): restart every broker with --ha-replicate"
-            f" {replicate}, or declare with the argument qpid.replicate={replicate}"
-        )
     if backupTimeout is not None and not (
         math.isfinite(backupTimeout) and 0 <= backupTimeout <= MAX_BACKUP_TIMEOUT
     ):
@@ -610,6 +607,9 @@ def setOptions(
         options.backupTimeout = backupTimeout
     if publicBrokers is not None:
         options.publicBrokers = publicBrokers
+    if replicate is not None and replicate != options.replicateDefault:
+        pinLevels(vhosts, options.replicateDefault)
+        options.replicateDefault = replicate
     return settingsOf(options)
 
 
