@@ -608,8 +608,12 @@ def setOptions(
     if publicBrokers is not None:
         options.publicBrokers = publicBrokers
     if replicate is not None and replicate != options.replicateDefault:
+        vhosts = list(vhosts)
         pinLevels(vhosts, options.replicateDefault)
         options.replicateDefault = replicate
+        for vhost in vhosts:
+            # What a vhost added from now on copies (see VirtualHosts).
+            vhost.defaultReplicate = replicate
     return settingsOf(options)
 
 
