@@ -25,8 +25,9 @@ from ..ha.primary import cachedLevel, pinLevels
 from ..management.definitions import (
     SECTIONS,
     DefinitionsRefused,
+    UnknownVhost,
     exportDefinitions,
-    importDefinitions,
+    importInto,
 )
 from ..management.views import connectionName, connectionView, consumerViews, jsonValue
 
@@ -507,54 +508,21 @@ def importDocument(
         bindings declared.
     @raise Refused: saying what is wrong.
     """
-    registry = VirtualHosts.of(default)
-    added: list[str] = []
     if vhost is not None:
-        target = findVhost(default, vhost)
-
-        def vhostOf(section: str, name: Any) -> VirtualHost:
-            """
-            The one virtual host everything goes into.
-            """
-            return target
-
+        findVhost(default, vhost)
     else:
-        listed = _vhostNames(document)
-        known = set(registry.names()) | set(listed)
-        for section in SECTIONS:
-            for item in document.get(section) or []:
-                name = item.get("vhost", DEFAULT_VHOST) if isinstance(item, dict) else DEFAULT_VHOST
-                if not isinstance(name, str):
-                    raise Refused(f"definitions: {section}: a vhost must be a string")
-                if name not in known:
-                    raise Refused(
-                        f"{NotFound(f'vhost {name!r} not found').replyText} (it is not in"
-                        " the definitions' vhosts either: add it with qha-admin vhost add)"
-                    )
-        try:
-            for name in listed:
-                if name not in registry:
-                    registry.add(name)
-                    added.append(name)
-        except AMQPError as error:
-            raise _refusal(error) from None
-
-        def vhostOf(section: str, name: Any) -> VirtualHost:
-            """
-            The virtual host the object names (C{/} if none).
-            """
-            found = registry.get(DEFAULT_VHOST if name is None else name)
-            if found is None:
-                raise Refused(NotFound(f"vhost '{name}' not found").replyText)
-            return found
-
+        _vhostNames(document)
     try:
-        counts = importDefinitions(document, vhostOf)
+        return importInto(default, document, vhost)
+    except UnknownVhost as unknown:
+        raise Refused(
+            f"{NotFound(f'vhost {unknown.name!r} not found').replyText} (it is not in"
+            " the definitions' vhosts either: add it with qha-admin vhost add)"
+        ) from None
     except DefinitionsRefused as refused:
         raise Refused(f"definitions: {refused}") from None
     except AMQPError as error:
         raise _refusal(error) from None
-    return {"vhosts": len(added), **counts}
 
 
 # qpid-ha set
