@@ -465,7 +465,8 @@ class AdminLocator(amp.CommandLocator):
     ) -> dict[str, Any]:
         """
         Change options at run time (Qpid's C{qpid-ha set}), in any role:
-        each broker keeps its own.
+        each broker keeps its own (a backup's C{--replicate} is the default
+        it replicates with once promoted).
         """
         self.session.check(ADMIN)
         asked = {
@@ -478,7 +479,14 @@ class AdminLocator(amp.CommandLocator):
             )
             if value is not None
         }
-        settings = setOptions(self.node.options, backupTimeout, publicBrokers, brokers, replicate)
+        settings = setOptions(
+            self.node.options,
+            backupTimeout,
+            publicBrokers,
+            brokers,
+            replicate,
+            vhosts=VirtualHosts.of(self.node.vhost),
+        )
         if asked:
             self._logAction("set", " ".join(f"--{k} {v}" for k, v in asked.items()))
         return {"settings": json.dumps(settings)}

@@ -260,7 +260,7 @@ def addCommands(
         "--replicate",
         choices=REPLICATE_LEVELS,
         metavar="LEVEL",
-        help="--ha-replicate (refused: it is read at start)",
+        help="--ha-replicate: the default level of the queues and exchanges declared from now on (those declared before keep theirs)",
     )
 
 

@@ -21,12 +21,13 @@ from ..broker.vhost import REPLICATE_ARGUMENT, REPLICATE_LEVELS, VirtualHost
 from ..broker.vhosts import DEFAULT_VHOST, MAX_VHOST_NAME, VirtualHosts
 from ..ha.commands import Refused
 from ..ha.config import HAOptions, parseBrokers
-from ..ha.primary import replicateLevel
+from ..ha.primary import cachedLevel, pinLevels
 from ..management.definitions import (
     SECTIONS,
     DefinitionsRefused,
+    UnknownVhost,
     exportDefinitions,
-    importDefinitions,
+    importInto,
 )
 from ..management.views import connectionName, connectionView, consumerViews, jsonValue
 
@@ -86,7 +87,7 @@ def listObjects(vhost: VirtualHost, kind: str, default: str) -> list[dict[str, A
                 "messages": q.messageCount,
                 "unacked": q.unacked,
                 "consumers": q.consumerCount,
-                "replicate": replicateLevel(q, default),
+                "replicate": cachedLevel(q, default),
             }
             for q in vhost.queues.values()
         ]
@@ -99,7 +100,7 @@ def listObjects(vhost: VirtualHost, kind: str, default: str) -> list[dict[str, A
                 "autoDelete": x.autoDelete,
                 "internal": x.internal,
                 "bindings": len(x.bindings),
-                "replicate": replicateLevel(x, default),
+                "replicate": cachedLevel(x, default),
             }
             for x in vhost.exchanges.values()
         ]
@@ -507,54 +508,21 @@ def importDocument(
         bindings declared.
     @raise Refused: saying what is wrong.
     """
-    registry = VirtualHosts.of(default)
-    added: list[str] = []
     if vhost is not None:
-        target = findVhost(default, vhost)
-
-        def vhostOf(section: str, name: Any) -> VirtualHost:
-            """
-            The one virtual host everything goes into.
-            """
-            return target
-
+        findVhost(default, vhost)
     else:
-        listed = _vhostNames(document)
-        known = set(registry.names()) | set(listed)
-        for section in SECTIONS:
-            for item in document.get(section) or []:
-                name = item.get("vhost", DEFAULT_VHOST) if isinstance(item, dict) else DEFAULT_VHOST
-                if not isinstance(name, str):
-                    raise Refused(f"definitions: {section}: a vhost must be a string")
-                if name not in known:
-                    raise Refused(
-                        f"{NotFound(f'vhost {name!r} not found').replyText} (it is not in"
-                        " the definitions' vhosts either: add it with qha-admin vhost add)"
-                    )
-        try:
-            for name in listed:
-                if name not in registry:
-                    registry.add(name)
-                    added.append(name)
-        except AMQPError as error:
-            raise _refusal(error) from None
-
-        def vhostOf(section: str, name: Any) -> VirtualHost:
-            """
-            The virtual host the object names (C{/} if none).
-            """
-            found = registry.get(DEFAULT_VHOST if name is None else name)
-            if found is None:
-                raise Refused(NotFound(f"vhost '{name}' not found").replyText)
-            return found
-
+        _vhostNames(document)
     try:
-        counts = importDefinitions(document, vhostOf)
+        return importInto(default, document, vhost)
+    except UnknownVhost as unknown:
+        raise Refused(
+            f"{NotFound(f'vhost {unknown.name!r} not found').replyText} (it is not in"
+            " the definitions' vhosts either: add it with qha-admin vhost add)"
+        ) from None
     except DefinitionsRefused as refused:
         raise Refused(f"definitions: {refused}") from None
     except AMQPError as error:
         raise _refusal(error) from None
-    return {"vhosts": len(added), **counts}
 
 
 # qpid-ha set
@@ -566,13 +534,16 @@ def setOptions(
     publicBrokers: str | None = None,
     brokers: str | None = None,
     replicate: str | None = None,
+    vhosts: Iterable[VirtualHost] = (),
 ) -> dict[str, Any]:
     """
     Change the options that can change at run time (Qpid's C{qpid-ha
     set}): the backup timeout a promoted broker waits for its backups,
-    and the client addresses shown as the public URL. The others are
-    refused, naming the option to restart with. Nothing changes unless
-    everything asked can.
+    the client addresses shown as the public URL, and the default
+    replication level (C{--ha-replicate}) of the queues and exchanges
+    declared from now on: those of C{vhosts} (the broker's) keep the level
+    they have (L{pinLevels}). The others are refused, naming the option to
+    restart with. Nothing changes unless everything asked can.
 
     @return: the settings now.
     @raise Refused: saying why, and what to do instead.
@@ -587,12 +558,6 @@ def setOptions(
             raise Refused(
                 f"unknown replicate level {replicate!r}: use {', '.join(REPLICATE_LEVELS)}"
             )
-        raise Refused(
-            "--replicate cannot change at run time (a queue or exchange declared"
-            " without qpid.replicate keeps the level it was first replicated with, and"
-            " the backups must agree on it): restart every broker with --ha-replicate"
-            f" {replicate}, or declare with the argument qpid.replicate={replicate}"
-        )
     if backupTimeout is not None and not (
         math.isfinite(backupTimeout) and 0 <= backupTimeout <= MAX_BACKUP_TIMEOUT
     ):
@@ -610,6 +575,13 @@ def setOptions(
         options.backupTimeout = backupTimeout
     if publicBrokers is not None:
         options.publicBrokers = publicBrokers
+    if replicate is not None and replicate != options.replicateDefault:
+        vhosts = list(vhosts)
+        pinLevels(vhosts, options.replicateDefault)
+        options.replicateDefault = replicate
+        for vhost in vhosts:
+            # What a vhost added from now on copies (see VirtualHosts).
+            vhost.defaultReplicate = replicate
     return settingsOf(options)
 
 

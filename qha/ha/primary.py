@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -115,13 +115,35 @@ def replicateLevel(obj: Queue | Exchange, default: str) -> str:
 def cachedLevel(obj: Queue | Exchange, default: str) -> str:
     """
     L{replicateLevel}, worked out once per object (its arguments do not
-    change).
+    change) and kept: the level the object was first replicated, listed or
+    pinned with. The stream, the catch-up snapshot and the listings all
+    read it, so a backup that joins later sees what the stream showed.
     """
     try:
         return obj._haLevel  # type: ignore[union-attr]
     except AttributeError:
         level = obj._haLevel = replicateLevel(obj, default)  # type: ignore[union-attr]
         return level
+
+
+def pinLevels(vhosts: Iterable[VirtualHost], default: str) -> None:
+    """
+    Keep the level every queue and exchange of C{vhosts} has under
+    C{default}, the broker's default until now: called before the default
+    changes at run time (C{qha-admin set --replicate}), so the objects
+    declared before the change keep the level they were (or would have
+    been) replicated with and only the ones declared afterwards take the
+    new default, as in Qpid's C{qpid-ha set --replicate}.
+
+    An object not pinned yet has never had its level worked out, so it
+    could only ever have had C{default}'s: pinning it now changes nothing
+    it showed.
+    """
+    for vhost in vhosts:
+        for queue in vhost.queues.values():
+            cachedLevel(queue, default)
+        for exchange in vhost.exchanges.values():
+            cachedLevel(exchange, default)
 
 
 def writeNow(transport: Any) -> None:
@@ -730,7 +752,7 @@ class ReplicationSource:
                 queue
                 for vhost in self.vhosts
                 for queue in vhost.queues.values()
-                if replicateLevel(queue, default) == ALL
+                if cachedLevel(queue, default) == ALL
             ]
         for queue in queues:
             entries, bytes = sizeOf(queue)
@@ -1098,9 +1120,9 @@ class ReplicationSource:
         default = self.node.replicateDefault
         exchanges = [
             x for x in vhost.exchanges.values()
-            if not _builtin(x) and replicateLevel(x, default) != NONE
+            if not _builtin(x) and cachedLevel(x, default) != NONE
         ]
-        queues = [q for q in vhost.queues.values() if replicateLevel(q, default) != NONE]
+        queues = [q for q in vhost.queues.values() if cachedLevel(q, default) != NONE]
         present: dict[str, Any] = {
             "exchanges": [x.name for x in exchanges],
             "queues": {q.name: q.uuid for q in queues},
@@ -1114,7 +1136,7 @@ class ReplicationSource:
             self.exchangeDeclared(exchange)
         for queue in queues:
             self._declare(queue)
-            if replicateLevel(queue, default) != ALL:
+            if cachedLevel(queue, default) != ALL:
                 continue
             self._entries(queue, holdings)
         for exchange in [vhost.defaultExchange] + list(vhost.exchanges.values()):

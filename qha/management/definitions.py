@@ -15,8 +15,10 @@ from typing import Any, Callable, Iterable
 
 from .. import __version__
 from ..amqp.users import GUEST, UserDatabase
+from ..broker.errors import NotFound
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
+from ..broker.vhosts import DEFAULT_VHOST, VirtualHosts
 from .views import allBindings, bindingView
 
 MANAGEMENT_VERSION = "3.10.0"
@@ -40,6 +42,22 @@ class DefinitionsRefused(ValueError):
     A definitions document that cannot be imported: the message says what
     is wrong with it.
     """
+
+
+class UnknownVhost(DefinitionsRefused):
+    """
+    A definitions document with objects of a virtual host that neither
+    exists nor is in the document's C{vhosts} section.
+
+    @ivar name: that virtual host.
+    """
+
+    def __init__(self, name: str) -> None:
+        """
+        @param name: the virtual host the document names.
+        """
+        super().__init__(f"vhost {name!r} not found (it is not in the definitions' vhosts either)")
+        self.name = name
 
 
 def effectiveTags(users: UserDatabase, name: str) -> frozenset[str]:
@@ -239,17 +257,121 @@ def importDefinitions(document: dict[str, Any], vhostOf: VhostOf) -> dict[str, i
     return {section: len(found[section]) for section in SECTIONS}
 
 
+def vhostsOf(default: VirtualHost, name: str | None) -> list[VirtualHost]:
+    """
+    The virtual hosts a definitions export covers: every one of the broker
+    whose default virtual host is C{default}, by name (L{None}), or the one
+    called C{name}.
+
+    @raise NotFound: RabbitMQ's C{vhost 'x' not found} for one that does
+        not exist.
+    """
+    registry = VirtualHosts.of(default)
+    if name is None:
+        return sorted(registry, key=lambda vhost: vhost.name)
+    vhost = registry.get(name)
+    if vhost is None:
+        raise NotFound(f"vhost {name!r} not found")
+    return [vhost]
+
+
+def listedVhosts(document: dict[str, Any]) -> list[str]:
+    """
+    The names in a definitions document's C{vhosts} section.
+
+    @raise DefinitionsRefused: for a section that is not a list of objects
+        with a name.
+    """
+    listed = document.get("vhosts") or []
+    if not isinstance(listed, list):
+        raise DefinitionsRefused("vhosts must be a JSON list")
+    names = []
+    for item in listed:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            raise DefinitionsRefused("every item of vhosts needs a name (a string)")
+        names.append(name)
+    return names
+
+
+def importInto(default: VirtualHost, document: dict[str, Any], vhost: str | None) -> dict[str, int]:
+    """
+    Declare what a definitions document holds in the virtual hosts of the
+    broker whose default virtual host is C{default}, through their
+    methods (replicated and stored like any declaration): into virtual
+    host C{vhost} whatever the objects say (RabbitMQ's
+    C{POST /api/definitions/VHOST}), or (L{None}, C{POST /api/definitions})
+    each object into its own C{vhost} (C{/} when it names none), adding
+    first the vhosts of the document's C{vhosts} section that do not exist.
+    A document naming a vhost that neither exists nor is in its C{vhosts}
+    section changes nothing.
+
+    @return: how many vhosts were added, and exchanges, queues and
+        bindings declared.
+    @raise NotFound: C{vhost} does not exist.
+    @raise UnknownVhost: an object's vhost does not exist and is not in
+        the document's C{vhosts}.
+    @raise DefinitionsRefused: for a document that is not one.
+    @raise qha.broker.errors.AMQPError: the broker refused a vhost or a
+        declaration (what came before it stays).
+    """
+    registry = VirtualHosts.of(default)
+    added: list[str] = []
+    if vhost is not None:
+        [target] = vhostsOf(default, vhost)
+
+        def vhostOf(section: str, name: Any) -> VirtualHost:
+            """
+            The one virtual host everything goes into.
+            """
+            return target
+
+    else:
+        listed = listedVhosts(document)
+        known = set(registry.names()) | set(listed)
+        for section in SECTIONS:
+            items = document.get(section) or []
+            if not isinstance(items, list):
+                raise DefinitionsRefused(f"{section} must be a JSON list")
+            for item in items:
+                name = item.get("vhost", DEFAULT_VHOST) if isinstance(item, dict) else DEFAULT_VHOST
+                if not isinstance(name, str):
+                    raise DefinitionsRefused(f"{section}: a vhost must be a string")
+                if name not in known:
+                    raise UnknownVhost(name)
+        for name in listed:
+            if name not in registry:
+                registry.add(name)
+                added.append(name)
+
+        def vhostOf(section: str, name: Any) -> VirtualHost:
+            """
+            The virtual host the object names (C{/} if none).
+            """
+            found = registry.get(DEFAULT_VHOST if name is None else name)
+            if found is None:
+                raise UnknownVhost(name)
+            return found
+
+    counts = importDefinitions(document, vhostOf)
+    return {"vhosts": len(added), **counts}
+
+
 __all__ = [
     "ADMINISTRATOR",
     "DefinitionsRefused",
     "MANAGEMENT_VERSION",
     "SECTIONS",
+    "UnknownVhost",
     "VhostOf",
     "effectiveTags",
     "exportDefinitions",
     "flag",
     "importDefinitions",
+    "importInto",
+    "listedVhosts",
     "permissionViews",
     "table",
     "userView",
+    "vhostsOf",
 ]

@@ -719,15 +719,105 @@ class SetTests(ManageTestCase):
 
     def test_refused(self) -> None:
         """
-        The brokers URL and the replicate default cannot change at run
-        time: the refusal names the option to restart with; nothing
-        changes.
+        The brokers URL cannot change at run time: the refusal names the
+        option to restart with; nothing asked with it changes (the
+        replicate default and the backup timeout included).
         """
-        code, _, err = self.admin("set", "--replicate", "all", "--backup-timeout", "1")
+        code, _, err = self.admin("set", "--replicate", "all", "--backup-timeout", "1", "--brokers-url", "a:1")
         self.assertEqual(code, 1)
-        self.assertIn("restart every broker with --ha-replicate all", err)
+        self.assertIn("restart the broker with --ha-brokers", err)
         self.assertEqual(self.node.options.backupTimeout, 10.0)
+        self.assertEqual(self.node.options.replicateDefault, "none")
         self.assertIn("restart the broker with --ha-brokers", self.admin("set", "--brokers-url", "a:1")[2])
         self.assertIn("--public-url: 'x'", self.admin("set", "--public-url", "x")[2])
 
+    def test_replicateOnBackup(self) -> None:
+        """
+        C{--replicate} changes a backup's own default (the one it
+        replicates with once promoted); what it holds keeps its level.
+        """
+        self.node.vhost.declareQueue("held")
+        code, out, _ = self.admin("set", "--replicate", "configuration")
+        self.assertEqual(code, 0)
+        self.assertIn("replicate default  configuration\n", out)
+        self.assertEqual(self.node.replicateDefault, "configuration")
+        rows = json.loads(self.admin("queues", "--json")[1])
+        self.assertEqual([(row["name"], row["replicate"]) for row in rows], [("held", "none")])
+
+
+class ReplicateAtRunTimeTests(ManageTestCase):
+    """
+    C{set --replicate LEVEL} on the primary: the queues and exchanges
+    declared before keep their level, the ones declared after take the new
+    default, and the stream, a later backup's catch-up and the listings
+    agree (as Qpid's C{qpid-ha set --replicate}).
+    """
+
+    def setUp(self) -> None:
+        """
+        A primary (default level C{none}) of an in-memory cluster on this
+        test's clock, reachable by C{qha-admin} and by AMQP clients.
+        """
+        from qha.test.support import InMemoryCluster
+
+        super().setUp()
+        self.cluster = InMemoryCluster(self)
+        self.cluster.clock = self.clock
+        self.primary = self.cluster.primary()
+        self.nodes["10.0.0.1:5673"] = self.primary
+        self.factories["10.0.0.1:5673"] = BrokerFactory(self.primary.vhost, permittedUsers(), self.clock)
+        self.addCleanup(self.cluster.finish)
+
+    def declare(self, client: Client, name: str) -> None:
+        """
+        Declare queue C{name} and publish one message to it.
+        """
+        from qha.test.support import publishBytes
+
+        self.assertEqual(
+            names(client.call(1, commands.Queue.Declare(queue=name))), [(1, "Queue.DeclareOk")]
+        )
+        client.send(publishBytes(1, "", name, name.encode()))
+
+    def test_backupJoiningAfterChange(self) -> None:
+        """
+        A queue declared under C{none} before C{set --replicate all} (while
+        no backup saw it) stays unreplicated; one declared after is
+        replicated with its messages. A backup that joins after the change
+        (catch-up) and one that was following (stream) hold the same, and
+        the listings say the same.
+        """
+        from qha.changes import events as ev
+
+        client = self.client("10.0.0.1:5673")
+        self.declare(client, "before")
+        code, out, err = self.admin("-b", "10.0.0.1:5673", "set", "--replicate", "all")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("replicate default  all\n", out)
+        self.declare(client, "after")
+
+        following = self.cluster.node()
+        stream = self.cluster.connect(self.primary, following)
+        self.declare(client, "later")
+        self.cluster.flush()
+        joining = self.cluster.node()
+        catchup = self.cluster.connect(self.primary, joining)
+        self.cluster.flush()
+
+        for backup in (following, joining):
+            self.assertEqual(sorted(backup.vhost.queues), ["after", "later"])
+            for name in ("after", "later"):
+                self.assertEqual(
+                    [entry.message.body for entry in backup.vhost.queues[name].readyEntries()],
+                    [name.encode()],
+                )
+        self.assertEqual([event[1] for event in stream.events(ev.QUEUE_DECLARED)], ["after", "later"])
+        [snapshot] = catchup.events(ev.SNAPSHOT)
+        self.assertEqual(sorted(json.loads(snapshot[1])["queues"]), ["after", "later"])
+
+        rows = json.loads(self.admin("-b", "10.0.0.1:5673", "queues", "--json")[1])
+        self.assertEqual(
+            sorted((row["name"], row["replicate"]) for row in rows),
+            [("after", "all"), ("before", "none"), ("later", "all")],
+        )
 

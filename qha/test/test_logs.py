@@ -267,3 +267,172 @@ class ConnectionLinesTests(SynchronousTestCase):
         )
         self.assertIn("user 'guest', vhost '/'", lines[0])
         self.assertIn("user 'guest', vhost '/'", lines[1])
+
+
+FORGED = "a\n2026-12-05T00:00:00+0000 [forged#info] all is well\x1b[2J\r\u2028\x85"
+"""
+A queue name a client chose to forge a log line (and clear the terminal).
+"""
+
+
+class EscapingTests(SynchronousTestCase):
+    """
+    Under C{--log-format text} the values of an event's fields are written
+    with their control characters escaped, so a client's text cannot forge
+    a line; the code's own format and a failure's traceback are kept.
+    """
+
+    def setUp(self) -> None:
+        """
+        Log to a file of this test, and put the process's destination back
+        afterwards.
+        """
+        self.path = self.mktemp()
+        logs.configure(self.path, False)
+        self.addCleanup(logs.configure, None, True)
+
+    def written(self) -> str:
+        """
+        What the observer wrote to the file.
+        """
+        with open(self.path, encoding="utf-8", newline="") as file:
+            return file.read()
+
+    def test_escapeControl(self) -> None:
+        """
+        C0 controls (tab included), DEL, C1 controls and the Unicode line
+        and paragraph separators are written as Python's escapes; other
+        text, non-ASCII letters included, is kept.
+        """
+        self.assertEqual(
+            logs.escapeControl("a\nb\r\t\x00\x1b\x7f\x85\x9b\u2028\u2029é €"),
+            "a\\nb\\r\\t\\x00\\x1b\\x7f\\x85\\x9b\\u2028\\u2029é €",
+        )
+
+    def test_forgedQueueName(self) -> None:
+        """
+        A passive declare of a queue named to forge a line closes the
+        channel with a reply text naming the queue; the text observer
+        writes that event, through the real AMQP path, as one line with the
+        name's controls escaped.
+        """
+        from pamqp import commands
+        from twisted.logger import globalLogPublisher
+
+        from qha.test.support import ProtocolTestCase, encode
+
+        observer = logs.textObserver()
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+        case = ProtocolTestCase()
+        case.setUp()
+        client = case.openClient(channels=(1,))
+        forged = FORGED.encode("utf-8")
+        placeholder = b"Q" * len(forged)
+        client.send(
+            encode(1, commands.Queue.Declare(queue=placeholder.decode(), passive=True)).replace(
+                placeholder, forged
+            )
+        )
+        self.assertEqual(client.received()[0][1].reply_code, 404)
+        client.disconnect()
+        case.assertNoDelayedCalls()
+
+        lines = self.written().split("\n")
+        self.assertEqual(lines[-1], "")
+        lines = lines[:-1]
+        self.assertEqual(len(lines), 3, lines)
+        for line in lines:
+            self.assertNotIn("\r", line)
+            self.assertNotIn("\x1b", line)
+            self.assertNotIn("\u2028", line)
+            self.assertNotIn("\x85", line)
+        self.assertIn(
+            "channel 1: NOT_FOUND - no queue 'a\\n2026-12-05T00:00:00+0000 [forged#info] all is well"
+            "\\x1b[2J\\r\\u2028\\x85' in vhost '/'",
+            lines[1],
+        )
+        self.assertFalse(any(line.startswith("2026-12-05T00:00:00+0000") for line in lines))
+
+    def test_everyWayOfFormatting(self) -> None:
+        """
+        A field that is not text (an object with a C{__repr__} of its own),
+        formatted with C{!r}, through an attribute, an index or a call, or
+        with a format spec, is escaped as well; numbers are formatted as
+        they are.
+        """
+
+        class Named:
+            """
+            An object whose C{repr} and attribute hold a line feed.
+            """
+
+            name = "x\ny"
+
+            def __repr__(self) -> str:
+                """
+                Not escaped by itself.
+                """
+                return "<\n>"
+
+        observer = logs.textObserver()
+        log = Logger(namespace="qha.test", observer=LogPublisher(observer))
+        log.info(
+            "{a!r} {a.name} {b[0]} {c()} {d:>4} {e:.1f}",
+            a=Named(),
+            b=["p\rq"],
+            c=lambda: "k\x1bl",
+            d="\n",
+            e=2.25,
+        )
+        lines = self.written().split("\n")
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].endswith(" <\\n> x\\ny p\\rq k\\x1bl   \\n 2.2"), lines[0])
+
+    def test_formatAndTracebackKept(self) -> None:
+        """
+        The code's own format is written as it is, and a logged failure's
+        traceback keeps its lines (Twisted indents them with a tab), while
+        the fields of the same event are escaped.
+        """
+        observer = logs.textObserver()
+        log = Logger(namespace="qha.test", observer=LogPublisher(observer))
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.failure("failed for {name}", name="n\nm")
+        text = self.written()
+        self.assertIn("failed for n\\nm\n\tTraceback", text)
+        self.assertIn("\tbuiltins.ValueError: boom\n", text)
+
+    def test_ownLoggerUnchanged(self) -> None:
+        """
+        A C{twistd --logger} of the user's own gets the events as they are:
+        it formats them its own way.
+        """
+        logs.configure(None, True, logger="qha.test.test_logs.collectingObserver")
+        collected.clear()
+        observer = logs.textObserver()
+        observer({"log_format": "{name}", "name": "a\nb", "log_time": 0.0})
+        self.assertEqual([e["name"] for e in collected], ["a\nb"])
+
+    def test_syslogEscaped(self) -> None:
+        """
+        Under C{--syslog} the text sent to syslog is escaped too (Twisted's
+        syslog observer would have sent each line of a value as a message
+        of its own).
+        """
+        from twisted.python import syslog
+
+        sent: list[tuple[int, str]] = []
+        self.patch(syslog.SyslogObserver, "openlog", lambda *arguments: None)
+        self.patch(
+            syslog.SyslogObserver, "syslog", staticmethod(lambda priority, text: sent.append((priority, text)))
+        )
+        logs.configure(None, True, syslog=True, prefix="qha")
+        observer = logs.textObserver()
+        from twisted.logger import LogLevel
+
+        observer({"log_format": "queue {name}", "name": "a\nb", "log_time": 0.0, "log_system": "s", "log_level": LogLevel.info})
+        self.assertEqual([text for _, text in sent], ["[s] queue a\\nb"])

@@ -564,6 +564,94 @@ class OtherEndpointTests(WebTestCase):
         self.assertEqual(self.vhost.exchanges["x"].type, "topic")
         self.assertEqual(len(self.vhost.exchanges["x"].bindings), 1)
 
+    def addVhosts(self, *names: str) -> dict[str, VirtualHost]:
+        """
+        Add virtual hosts C{names} to the broker, each with a queue named
+        after it (C{q-NAME}).
+        """
+        from qha.broker.vhosts import VirtualHosts
+
+        registry = VirtualHosts.of(self.vhost)
+        added = {}
+        for name in names:
+            added[name] = registry.add(name)
+            added[name].declareQueue(f"q-{name}")
+        return added
+
+    def test_definitionsEveryVhost(self) -> None:
+        """
+        C{GET /api/definitions} exports every virtual host (RabbitMQ's
+        export): the objects, each with its vhost, the vhosts, and the
+        permissions in all of them; C{GET /api/definitions/VHOST} one; an
+        unknown one is 404.
+        """
+        self.vhost.declareQueue("q-root")
+        self.addVhosts("b", "a")
+        exported = self.ok("GET", "/api/definitions")
+        self.assertEqual([v["name"] for v in exported["vhosts"]], ["/", "a", "b"])
+        self.assertEqual(
+            sorted((q["vhost"], q["name"]) for q in exported["queues"]),
+            [("/", "q-root"), ("a", "q-a"), ("b", "q-b")],
+        )
+        from qha.management.definitions import permissionViews
+
+        self.assertEqual(exported["permissions"], permissionViews(self.users, ["/", "a", "b"]))
+        self.assertIn({"user": "admin", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}, exported["permissions"])
+        one = self.ok("GET", "/api/definitions/a")
+        self.assertEqual([v["name"] for v in one["vhosts"]], ["a"])
+        self.assertEqual([(q["vhost"], q["name"]) for q in one["queues"]], [("a", "q-a")])
+        self.assertEqual([q["name"] for q in self.ok("GET", "/api/definitions/%2F")["queues"]], ["q-root"])
+        self.assertEqual(self.ok("GET", "/api/definitions/nope", code=404)["reason"], "no vhost 'nope'")
+
+    def test_importEveryVhost(self) -> None:
+        """
+        The export of several virtual hosts, imported into an empty broker
+        with C{POST /api/definitions}, adds the virtual hosts and declares
+        each object in its own.
+        """
+        from qha.broker.vhosts import VirtualHosts
+
+        added = self.addVhosts("a", "b")
+        added["a"].declareExchange("xa", "fanout")
+        added["a"].bindQueue("q-a", "xa", "")
+        exported = self.ok("GET", "/api/definitions")
+        self.setUp()
+        self.ok("POST", "/api/definitions", exported, code=204)
+        registry = VirtualHosts.of(self.vhost)
+        self.assertEqual(sorted(registry.names()), ["/", "a", "b"])
+        self.assertEqual(list(registry.get("a").queues), ["q-a"])  # type: ignore[union-attr]
+        self.assertEqual(list(registry.get("b").queues), ["q-b"])  # type: ignore[union-attr]
+        self.assertEqual(len(registry.get("a").exchanges["xa"].bindings), 1)  # type: ignore[union-attr]
+        self.assertEqual(list(self.vhost.queues), [])
+
+    def test_importIntoOneVhost(self) -> None:
+        """
+        C{POST /api/definitions/VHOST} declares everything in C{VHOST},
+        whatever vhost the objects name; an unknown C{VHOST} is 404 and
+        declares nothing.
+        """
+        added = self.addVhosts("a", "b")
+        document = {"queues": [{"name": "moved", "vhost": "a"}, {"name": "plain"}]}
+        self.ok("POST", "/api/definitions/b", document, code=204)
+        self.assertEqual(sorted(added["b"].queues), ["moved", "plain", "q-b"])
+        self.assertEqual(list(added["a"].queues), ["q-a"])
+        self.assertEqual(self.ok("POST", "/api/definitions/nope", document, code=404)["reason"], "no vhost 'nope'")
+        self.assertEqual(list(self.vhost.queues), [])
+
+    def test_importUnknownVhost(self) -> None:
+        """
+        A document with objects of a virtual host that neither exists nor
+        is in its C{vhosts} section is refused (400) and declares nothing,
+        not even the objects of the virtual hosts that exist.
+        """
+        document = {"queues": [{"name": "fine", "vhost": "/"}, {"name": "lost", "vhost": "nope"}]}
+        answer = self.ok("POST", "/api/definitions", document, code=400)
+        self.assertIn("vhost 'nope' not found", answer["reason"])
+        self.assertEqual(list(self.vhost.queues), [])
+        document["vhosts"] = [{"name": "nope"}]
+        self.ok("POST", "/api/definitions", document, code=204)
+        self.assertEqual(list(self.vhost.queues), ["fine"])
+
     def test_alarms(self) -> None:
         """
         No alarm: 200 ok; a memory alarm: 503.

@@ -34,15 +34,17 @@ from ..broker.exchange import Binding
 from ..broker.message import Message
 from ..broker.queue import Queue
 from ..broker.vhost import PublishRefused, VirtualHost
+from ..broker.vhosts import VirtualHosts
 from ..management.definitions import (
     MANAGEMENT_VERSION,
     DefinitionsRefused,
     exportDefinitions,
     flag,
-    importDefinitions,
+    importInto,
     permissionViews,
     table,
     userView,
+    vhostsOf,
 )
 from .auth import REALM, BasicAuthenticator, Caller
 from .broker import ManagedBroker
@@ -199,6 +201,8 @@ ROUTES = _routes(
     ("GET", "permissions", "permissions", ADMIN_READ),
     ("GET", "definitions", "definitions", ADMIN_READ),
     ("POST", "definitions", "importDefinitions", WRITE),
+    ("GET", "definitions/{vhost}", "definitions", ADMIN_READ),
+    ("POST", "definitions/{vhost}", "importDefinitions", WRITE),
     ("GET", "health/checks/alarms", "alarms", READ),
     ("GET", "aliveness-test/{vhost}", "aliveness", WRITE),
     ("GET", "ha", "ha", READ),
@@ -975,39 +979,39 @@ class ManagementAPI(Resource):
 
     # Definitions
 
-    def definitions(self, caller: Caller, request: IRequest) -> dict[str, Any]:
+    def definitions(self, caller: Caller, request: IRequest, vhost: str | None = None) -> dict[str, Any]:
         """
         C{GET /api/definitions}: the queues, exchanges and bindings (not
-        exclusive queues, not built-in exchanges), and the users (without
-        password hashes) and permissions.
+        exclusive queues, not built-in exchanges) of every virtual host,
+        the virtual hosts, and the users (without password hashes) and
+        their permissions; C{GET /api/definitions/VHOST}: the same of one
+        virtual host (404 for one that does not exist).
         """
         self.broker.node.applyPending()
-        return exportDefinitions([self.vhost], self.broker.users)
+        try:
+            vhosts = vhostsOf(self.vhost, vhost)
+        except NotFound:
+            raise notFound(f"no vhost '{vhost}'") from None
+        return exportDefinitions(vhosts, self.broker.users)
 
-    def importDefinitions(self, caller: Caller, request: IRequest) -> Reply:
+    def importDefinitions(self, caller: Caller, request: IRequest, vhost: str | None = None) -> Reply:
         """
         C{POST /api/definitions}: declare the exchanges, queues and
-        bindings of a definitions document (users and permissions live in
-        the users file and are not imported; other virtual hosts are
-        refused). Stops at the first refusal, with what came before it
-        declared.
+        bindings of a definitions document, each in the virtual host it
+        names (C{/} when it names none), after adding the virtual hosts of
+        the document's C{vhosts} section that do not exist; a document with
+        objects of a virtual host that neither exists nor is in its
+        C{vhosts} changes nothing (400). C{POST /api/definitions/VHOST}:
+        everything into virtual host C{VHOST}, whatever the objects say
+        (404 if it does not exist). Users and permissions live in the users
+        file and are not imported. Stops at the first refusal, with what
+        came before it declared.
         """
         body = self._body(request)
-        vhost = self.vhost
-
-        def vhostOf(section: str, name: Any) -> VirtualHost:
-            """
-            The one virtual host, for objects of it.
-            """
-            if name not in (None, vhost.name):
-                raise HTTPError(
-                    400, "bad_request",
-                    f"{section}: only objects of vhost '{vhost.name}' can be imported",
-                )
-            return vhost
-
+        if vhost is not None and vhost not in VirtualHosts.of(self.vhost):
+            raise notFound(f"no vhost '{vhost}'")
         try:
-            importDefinitions(body, vhostOf)
+            importInto(self.vhost, body, vhost)
         except DefinitionsRefused as refused:
             raise HTTPError(400, "bad_request", str(refused)) from None
         return Reply(204)

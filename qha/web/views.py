@@ -15,7 +15,7 @@ from ..broker.exchange import Exchange
 from ..broker.message import Message
 from ..broker.queue import Queue
 from ..broker.vhost import VirtualHost
-from ..ha.primary import replicateLevel
+from ..ha.primary import cachedLevel
 from ..management.views import (
     allBindings,
     bindingView,
@@ -66,7 +66,7 @@ def queueView(queue: Queue, vhost: VirtualHost, node: str, replicateDefault: str
         "message_bytes_unacknowledged": unackedBytes,
         "consumers": queue.consumerCount,
         "exclusive_consumer_tag": None,
-        "qha_replicate": replicateLevel(queue, replicateDefault),
+        "qha_replicate": cachedLevel(queue, replicateDefault),
     }
 
 
@@ -83,7 +83,7 @@ def exchangeView(exchange: Exchange, vhost: VirtualHost, replicateDefault: str) 
         "internal": exchange.internal,
         "arguments": jsonValue(exchange.arguments),
         "user_who_performed_action": "",
-        "qha_replicate": replicateLevel(exchange, replicateDefault),
+        "qha_replicate": cachedLevel(exchange, replicateDefault),
     }
 
 

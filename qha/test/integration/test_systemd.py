@@ -13,7 +13,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.integration.brokerprocess import BrokerProcess
+from qha.test.integration.brokerprocess import CHECKOUT, BrokerProcess
 
 TIMEOUT = 20.0
 """
@@ -31,6 +31,36 @@ class NotifySocketTests(SynchronousTestCase):
         The broker sends STATUS with its role and READY=1 once it listens,
         and STOPPING=1 when it stops.
         """
+        self.assertNotifies(["--store", "memory", "--http-port", "none"])
+
+    def test_withConfigFile(self) -> None:
+        """
+        Started as C{contrib/systemd/qha.service} starts it (C{twistd -n
+        --pidfile= qha --config FILE}), with its options, JSON logs
+        included, from a configuration file: the same messages.
+        """
+        unit = os.path.join(CHECKOUT, "contrib", "systemd", "qha.service")
+        if not os.path.exists(unit):
+            raise self.skipTest(f"{unit} is not here (an installed package has no contrib/)")
+        with open(unit, encoding="utf-8") as file:
+            [execStart] = [line for line in file if line.startswith("ExecStart=")]
+        self.assertIn(" -n --pidfile= qha --config /etc/qha/qha.toml ", execStart)
+        directory = tempfile.mkdtemp(prefix="qha-config-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "qha.toml")
+        with open(path, "w", encoding="utf-8") as file:
+            file.write('store = "memory"\nhttp-port = "none"\nlog-format = "json"\nlog-level = "info"\n')
+        broker = self.assertNotifies(["--config", path])
+        self.assertIn('"text": "qha AMQP listening on', broker.output())
+
+    def assertNotifies(self, arguments: list[str]) -> BrokerProcess:
+        """
+        A broker started with C{arguments} under C{$NOTIFY_SOCKET} sends
+        STATUS with its role and READY=1 once it listens, and STOPPING=1
+        when it stops.
+
+        @return: the stopped broker, for its output.
+        """
         # Short: a unix socket's path holds at most 107 bytes.
         directory = tempfile.mkdtemp(prefix="qha-notify-")
         self.addCleanup(shutil.rmtree, directory, True)
@@ -42,7 +72,7 @@ class NotifySocketTests(SynchronousTestCase):
         saved = os.environ.get("NOTIFY_SOCKET")
         os.environ["NOTIFY_SOCKET"] = path
         try:
-            broker = BrokerProcess(["--store", "memory", "--http-port", "none"])
+            broker = BrokerProcess(arguments)
             broker.start()
         finally:
             if saved is None:
@@ -60,3 +90,4 @@ class NotifySocketTests(SynchronousTestCase):
             self.assertEqual(receiver.recv(4096), b"STOPPING=1")
         except TimeoutError:
             self.fail(f"no STOPPING=1 within {TIMEOUT}s:\n{broker.output()}")
+        return broker
