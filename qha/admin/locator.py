@@ -17,6 +17,7 @@ from twisted.protocols import amp
 
 from ..amqp.protocol import AMQPServer
 from ..amqp.users import UserDatabase
+from ..amqp.accounts import AccountError, Accounts, parseTags
 from ..broker.errors import AMQPError
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import DEFAULT_VHOST, VirtualHosts
@@ -34,6 +35,9 @@ from .commands import (
     ListConnections,
     ListConsumers,
     ListObjects,
+    PermissionsClear,
+    PermissionsList,
+    PermissionsSet,
     Ping,
     Promote,
     Purge,
@@ -41,6 +45,11 @@ from .commands import (
     Replicate,
     SetOptions,
     Unbind,
+    UserAdd,
+    UserDelete,
+    UserList,
+    UserPassword,
+    UserTags,
     VhostAdd,
     VhostDelete,
     VhostList,
@@ -62,18 +71,6 @@ from .objects import (
     purgeQueue,
     setOptions,
     unbind,
-)
-# Users and permissions managed at run time (issue 13).
-from ..amqp.accounts import AccountError, Accounts, parseTags
-from .commands import (
-    PermissionsClear,
-    PermissionsList,
-    PermissionsSet,
-    UserAdd,
-    UserDelete,
-    UserList,
-    UserPassword,
-    UserTags,
 )
 
 
