@@ -89,11 +89,18 @@ class FakeNode:
         self.applied += 1
 
 
-def users() -> UserDatabase:
+def users(more: dict[str, dict[str, Permissions]] | None = None) -> UserDatabase:
     """
     guest (no tags: an administrator), an administrator, a monitoring user,
     a management user without permissions and a user without tags.
+
+    @param more: permissions in other virtual hosts than C{/}, by user.
     """
+    permissions: dict[str, dict[str, Permissions]] = {
+        name: {"/": Permissions(".*", ".*", ".*")} for name in ["guest", "admin", "watcher", "owner"]
+    }
+    for name, byVhost in (more or {}).items():
+        permissions.setdefault(name, {}).update(byVhost)
     names = ["guest", "admin", "watcher", "manager", "owner", "plain"]
     return UserDatabase(
         {name: ScryptHash.fromPassword(name + "pw" if name != "guest" else "guest", n=FAST_N) for name in names},
@@ -103,9 +110,7 @@ def users() -> UserDatabase:
             "manager": frozenset({"management"}),
             "owner": frozenset({"management"}),
         },
-        permissions={
-            name: {"/": Permissions(".*", ".*", ".*")} for name in ["guest", "admin", "watcher", "owner"]
-        },
+        permissions=permissions,
     )
 
 
@@ -120,7 +125,7 @@ class WebTestCase(SynchronousTestCase):
         """
         self.clock = Clock()
         self.vhost = VirtualHost(clock=self.clock)
-        self.users = users()
+        self.users = self.makeUsers()
         self.factory = BrokerFactory(self.vhost, self.users, self.clock)
         self.node = FakeNode()
         self.failedLogins = FailedLogins(self.clock)
@@ -133,6 +138,12 @@ class WebTestCase(SynchronousTestCase):
             failedLogins=self.failedLogins,
         )
         self.root: Resource = managementRoot(self.broker)
+
+    def makeUsers(self) -> UserDatabase:
+        """
+        The broker's users: L{users}.
+        """
+        return users()
 
     def call(
         self,
@@ -322,7 +333,8 @@ class QueueTests(WebTestCase):
 
     def test_otherVhost(self) -> None:
         """
-        qha has the one virtual host C{/}: another is 404.
+        A virtual host that does not exist is 404 (the others are in
+        L{SecondVhostTests}).
         """
         self.ok("GET", "/api/queues/other", code=404)
 
@@ -675,6 +687,262 @@ class OtherEndpointTests(WebTestCase):
             self.ok("GET", "/api/ha"),
             {"role": "standalone", "brokerId": "b1", "epoch": 3, "backups": [], "mayConfirm": True},
         )
+
+
+NOT_FOUND = {"error": "Object Not Found", "reason": "Not Found"}
+"""
+RabbitMQ's answer for a virtual host that does not exist.
+"""
+
+
+class SecondVhostTests(WebTestCase):
+    """
+    Every route family in a virtual host other than C{/} (C{vh2}, or
+    C{vh/2} whose name arrives URL-encoded): the objects are that virtual
+    host's, never C{/}'s; a virtual host that does not exist is RabbitMQ's
+    404; a management user sees only the virtual hosts it has permissions
+    in.
+    """
+
+    def makeUsers(self) -> UserDatabase:
+        """
+        L{users}, with C{admin}'s permissions in C{vh2} too (C{owner}, a
+        management user with permissions in C{/}, has none there).
+        """
+        return users({"admin": {"vh2": Permissions(".*", "", ".*")}})
+
+    def setUp(self) -> None:
+        """
+        Add C{vh2} and C{vh/2}.
+        """
+        super().setUp()
+        from qha.broker.vhosts import VirtualHosts
+
+        self.registry = VirtualHosts.of(self.vhost)
+        self.vh2 = self.registry.add("vh2")
+        self.slashed = self.registry.add("vh/2")
+
+    def test_queues(self) -> None:
+        """
+        PUT, GET, the listings, bindings, purge, get and DELETE of a queue
+        of C{vh2} act on C{vh2} alone.
+        """
+        self.ok("PUT", "/api/queues/vh2/jobs", {"durable": False}, code=201)
+        self.ok("PUT", "/api/queues/vh2/jobs", {"durable": False}, code=204)
+        self.assertIn("jobs", self.vh2.queues)
+        self.assertNotIn("jobs", self.vhost.queues)
+        self.vhost.declareQueue("root-q")
+        everything = self.ok("GET", "/api/queues")
+        self.assertEqual(
+            [(q["vhost"], q["name"]) for q in everything], [("/", "root-q"), ("vh2", "jobs")]
+        )
+        self.assertEqual([q["name"] for q in self.ok("GET", "/api/queues/vh2")], ["jobs"])
+        self.assertEqual([q["name"] for q in self.ok("GET", "/api/queues/%2F")], ["root-q"])
+        self.assertEqual(self.ok("GET", "/api/queues/vh2/jobs")["vhost"], "vh2")
+        self.ok("GET", "/api/queues/%2F/jobs", code=404)
+        (binding,) = self.ok("GET", "/api/queues/vh2/jobs/bindings")
+        self.assertEqual((binding["vhost"], binding["source"]), ("vh2", ""))
+        self.vh2.publish("", "jobs", _message("jobs", b"one"))
+        self.vh2.publish("", "jobs", _message("jobs", b"two"))
+        (got,) = self.ok("POST", "/api/queues/vh2/jobs/get", {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        self.assertEqual(got["payload"], "one")
+        self.ok("DELETE", "/api/queues/vh2/jobs/contents", code=204)
+        self.assertEqual(self.vh2.queues["jobs"].messageCount, 0)
+        self.ok("DELETE", "/api/queues/vh2/jobs", code=204)
+        self.assertNotIn("jobs", self.vh2.queues)
+        self.assertIn("root-q", self.vhost.queues)
+
+    def test_encodedName(self) -> None:
+        """
+        A virtual host whose name holds C{/} arrives URL-encoded
+        (C{vh%2F2}).
+        """
+        self.ok("PUT", "/api/queues/vh%2F2/q", {}, code=201)
+        self.assertIn("q", self.slashed.queues)
+        self.assertEqual(self.ok("GET", "/api/queues/vh%2F2/q")["vhost"], "vh/2")
+
+    def test_exchangesAndPublish(self) -> None:
+        """
+        PUT, GET, the listings, the bindings of an exchange, publishing
+        to it and DELETE, in C{vh2}.
+        """
+        self.ok("PUT", "/api/exchanges/vh2/events", {"type": "fanout"}, code=201)
+        self.assertIn("events", self.vh2.exchanges)
+        self.assertNotIn("events", self.vhost.exchanges)
+        self.ok("GET", "/api/exchanges/%2F/events", code=404)
+        self.assertEqual(self.ok("GET", "/api/exchanges/vh2/events")["vhost"], "vh2")
+        names = [(x["vhost"], x["name"]) for x in self.ok("GET", "/api/exchanges")]
+        self.assertIn(("vh2", "events"), names)
+        self.assertIn(("/", "amq.topic"), names)
+        self.assertEqual({x["vhost"] for x in self.ok("GET", "/api/exchanges/vh2")}, {"vh2"})
+        self.vh2.declareQueue("sink")
+        self.ok("POST", "/api/bindings/vh2/e/events/q/sink", {"routing_key": ""}, code=201)
+        self.assertEqual([b["destination"] for b in self.ok("GET", "/api/exchanges/vh2/events/bindings/source")], ["sink"])
+        self.assertEqual(self.ok("GET", "/api/exchanges/vh2/events/bindings/destination"), [])
+        answer = self.ok("POST", "/api/exchanges/vh2/events/publish", {"routing_key": "", "payload": "hi", "payload_encoding": "string", "properties": {}})
+        self.assertEqual(answer, {"routed": True})
+        self.assertEqual(self.vh2.queues["sink"].messageCount, 1)
+        self.ok("DELETE", "/api/exchanges/vh2/events", code=204)
+        self.assertNotIn("events", self.vh2.exchanges)
+
+    def test_bindings(self) -> None:
+        """
+        The binding routes (to a queue and to an exchange, listed, one by
+        its properties key, deleted) act on C{vh2}'s objects.
+        """
+        self.vh2.declareQueue("q")
+        self.vh2.declareExchange("x", "direct")
+        self.vhost.declareQueue("q")
+        self.ok("POST", "/api/bindings/vh2/e/amq.direct/q/q", {"routing_key": "k"}, code=201)
+        self.ok("POST", "/api/bindings/vh2/e/amq.direct/e/x", {"routing_key": "k2"}, code=201)
+        self.assertEqual(self.vhost.exchanges["amq.direct"].bindings, {})
+        (toQueue,) = self.ok("GET", "/api/bindings/vh2/e/amq.direct/q/q")
+        self.assertEqual((toQueue["vhost"], toQueue["routing_key"]), ("vh2", "k"))
+        (toExchange,) = self.ok("GET", "/api/bindings/vh2/e/amq.direct/e/x")
+        self.assertEqual(toExchange["destination_type"], "exchange")
+        self.assertEqual(self.ok("GET", "/api/bindings/vh2/e/amq.direct/q/q/k")["vhost"], "vh2")
+        listed = [(b["vhost"], b["source"], b["destination"]) for b in self.ok("GET", "/api/bindings/vh2")]
+        self.assertEqual(sorted(listed), [("vh2", "", "q"), ("vh2", "amq.direct", "q"), ("vh2", "amq.direct", "x")])
+        everywhere = {b["vhost"] for b in self.ok("GET", "/api/bindings")}
+        self.assertEqual(everywhere, {"/", "vh2"})
+        self.ok("GET", "/api/bindings/%2F/e/amq.direct/q/q/k", code=404)
+        self.ok("DELETE", "/api/bindings/vh2/e/amq.direct/q/q/k", code=204)
+        self.ok("DELETE", "/api/bindings/vh2/e/amq.direct/e/x/k2", code=204)
+        self.assertEqual(self.vh2.exchanges["amq.direct"].bindings, {})
+
+    def test_aliveness(self) -> None:
+        """
+        The aliveness test of C{vh2} runs in C{vh2}.
+        """
+        self.assertEqual(self.ok("GET", "/api/aliveness-test/vh2"), {"status": "ok"})
+        self.assertIn("aliveness-test", self.vh2.queues)
+        self.assertNotIn("aliveness-test", self.vhost.queues)
+
+    def test_vhosts(self) -> None:
+        """
+        C{/api/vhosts} lists every virtual host; one is read by its name;
+        PUT adds one (201, then 204) and DELETE deletes it, through the
+        registry whose observers (the store, the replication) hear of it.
+        """
+        self.assertEqual([v["name"] for v in self.ok("GET", "/api/vhosts")], ["/", "vh/2", "vh2"])
+        self.vh2.declareQueue("q")
+        self.vh2.publish("", "q", _message("q", b"x"))
+        self.assertEqual(self.ok("GET", "/api/vhosts/vh2")["messages"], 1)
+        self.ok("PUT", "/api/vhosts/vh3", code=201)
+        self.ok("PUT", "/api/vhosts/vh3", code=204)
+        self.assertIn("vh3", self.registry)
+        self.ok("DELETE", "/api/vhosts/vh3", code=204)
+        self.assertNotIn("vh3", self.registry)
+        self.assertEqual(self.ok("DELETE", "/api/vhosts/vh3", code=404), NOT_FOUND)
+        self.ok("DELETE", "/api/vhosts/%2F", code=400)
+        self.ok("PUT", "/api/vhosts/vh4", user=("watcher", "watcherpw"), code=401)
+
+    def test_unknownVhost(self) -> None:
+        """
+        A virtual host that does not exist is RabbitMQ's 404 on every route
+        family, and nothing is made.
+        """
+        calls = [
+            ("GET", "/api/queues/nope"),
+            ("GET", "/api/queues/nope/q"),
+            ("PUT", "/api/queues/nope/q"),
+            ("DELETE", "/api/queues/nope/q"),
+            ("GET", "/api/queues/nope/q/bindings"),
+            ("DELETE", "/api/queues/nope/q/contents"),
+            ("POST", "/api/queues/nope/q/get"),
+            ("GET", "/api/exchanges/nope"),
+            ("GET", "/api/exchanges/nope/x"),
+            ("PUT", "/api/exchanges/nope/x"),
+            ("DELETE", "/api/exchanges/nope/x"),
+            ("GET", "/api/exchanges/nope/x/bindings/source"),
+            ("POST", "/api/exchanges/nope/amq.default/publish"),
+            ("GET", "/api/bindings/nope"),
+            ("GET", "/api/bindings/nope/e/amq.direct/q/q"),
+            ("POST", "/api/bindings/nope/e/amq.direct/q/q"),
+            ("GET", "/api/bindings/nope/e/amq.direct/q/q/k"),
+            ("DELETE", "/api/bindings/nope/e/amq.direct/q/q/k"),
+            ("GET", "/api/consumers/nope"),
+            ("GET", "/api/vhosts/nope"),
+            ("GET", "/api/aliveness-test/nope"),
+        ]
+        for method, path in calls:
+            body = {"type": "direct"} if "exchanges" in path and method == "PUT" else {}
+            self.assertEqual(self.ok(method, path, body, code=404), NOT_FOUND, f"{method} {path}")
+        self.assertNotIn("nope", self.registry)
+
+    def test_permissionsPerVhost(self) -> None:
+        """
+        A management user with permissions in C{/} only sees C{/}'s
+        objects in the listings, and is refused (401 C{not_authorised})
+        C{vh2}'s; an administrator and a monitoring user see both.
+        """
+        self.vh2.declareQueue("secret")
+        self.vhost.declareQueue("open")
+        owner = ("owner", "ownerpw")
+        self.assertEqual([q["name"] for q in self.ok("GET", "/api/queues", user=owner)], ["open"])
+        self.assertEqual([v["name"] for v in self.ok("GET", "/api/vhosts", user=owner)], ["/"])
+        self.assertEqual({x["vhost"] for x in self.ok("GET", "/api/exchanges", user=owner)}, {"/"})
+        self.assertEqual({b["vhost"] for b in self.ok("GET", "/api/bindings", user=owner)}, {"/"})
+        for path in ["/api/queues/vh2", "/api/queues/vh2/secret", "/api/exchanges/vh2",
+                     "/api/bindings/vh2", "/api/vhosts/vh2", "/api/consumers/vh2"]:
+            answer = self.ok("GET", path, user=owner, code=401)
+            self.assertEqual(answer["error"], "not_authorised", path)
+        self.assertEqual(self.ok("GET", "/api/overview", user=owner)["object_totals"]["queues"], 1)
+        for user in [("admin", "adminpw"), ("watcher", "watcherpw")]:
+            self.assertEqual(len(self.ok("GET", "/api/queues", user=user)), 2)
+        self.assertEqual(self.ok("GET", "/api/overview")["object_totals"]["queues"], 2)
+
+    def test_permissionsListing(self) -> None:
+        """
+        C{/api/permissions} lists the permissions in every virtual host.
+        """
+        rows = self.ok("GET", "/api/permissions")
+        self.assertIn({"user": "admin", "vhost": "vh2", "configure": ".*", "write": "", "read": ".*"}, rows)
+
+    def test_changesReachObservers(self) -> None:
+        """
+        Changes in C{vh2} go through C{vh2}'s methods, the ones AMQP
+        clients of C{vh2} reach: its observers (the store, the
+        replication stream) see them, C{/}'s see nothing.
+        """
+        observer = RecordingObserver()
+        rootObserver = RecordingObserver()
+        self.vh2.observers.append(observer)
+        self.vhost.observers.append(rootObserver)
+        self.ok("PUT", "/api/queues/vh2/q", {}, code=201)
+        self.ok("POST", "/api/exchanges/vh2/amq.default/publish", {"routing_key": "q", "payload": "x", "payload_encoding": "string", "properties": {}})
+        self.ok("POST", "/api/bindings/vh2/e/amq.fanout/q/q", {}, code=201)
+        self.ok("DELETE", "/api/queues/vh2/q", code=204)
+        self.assertEqual(
+            [event[0] for event in observer.events],
+            ["queueDeclared", "enqueued", "bound", "unbound", "queueDeleted"],
+        )
+        self.assertEqual(rootObserver.events, [])
+
+    def test_consumersOfVhost(self) -> None:
+        """
+        C{/api/consumers/VHOST} lists the consumers of the connections to
+        that virtual host, each with its queue's virtual host.
+        """
+        self.vh2.declareQueue("q")
+        client = Client(self.factory)
+        client.handshake(response="\0admin\0adminpw", vhost="vh2")
+        client.openChannel(1)
+        self.addCleanup(client.disconnect)
+        client.call(1, commands.Basic.Consume(queue="q", consumer_tag="c2"))
+        (consumer,) = self.ok("GET", "/api/consumers/vh2")
+        self.assertEqual(consumer["queue"], {"name": "q", "vhost": "vh2"})
+        self.assertEqual(self.ok("GET", "/api/consumers/%2F"), [])
+        self.assertEqual(len(self.ok("GET", "/api/consumers")), 1)
+
+
+def _message(routingKey: str, body: bytes) -> Any:
+    """
+    A message for the default exchange, as a client publishes it.
+    """
+    from qha.broker.message import Message
+
+    return Message.build("", routingKey, body)
 
 
 class HealthTests(WebTestCase):

@@ -167,6 +167,8 @@ ROUTES = _routes(
     ("GET", "nodes/{node}", "node", READ),
     ("GET", "vhosts", "vhosts", READ),
     ("GET", "vhosts/{vhost}", "vhostOne", READ),
+    ("PUT", "vhosts/{vhost}", "addVhost", WRITE),
+    ("DELETE", "vhosts/{vhost}", "deleteVhost", WRITE),
     ("GET", "whoami", "whoami", READ),
     ("GET", "queues", "queues", READ),
     ("GET", "queues/{vhost}", "queues", READ),
@@ -336,9 +338,16 @@ class ManagementAPI(Resource):
     @property
     def vhost(self) -> VirtualHost:
         """
-        The broker's virtual host.
+        The broker's default virtual host (C{/}).
         """
         return self.broker.vhost
+
+    @property
+    def registry(self) -> VirtualHosts:
+        """
+        The broker's virtual hosts.
+        """
+        return VirtualHosts.of(self.broker.vhost)
 
     def _body(self, request: IRequest) -> dict[str, Any]:
         """
@@ -363,26 +372,42 @@ class ManagementAPI(Resource):
         """
         return caller.seesEverything or self.broker.users.permissions(caller.name, vhost) is not None
 
-    def _checkVhost(self, caller: Caller, name: str | None) -> VirtualHost | None:
+    def _checkVhost(self, caller: Caller, name: str) -> VirtualHost:
         """
-        The virtual host of a URL (L{None}: all of them, for listings).
+        The virtual host a URL names (decoded: C{%2F} is C{/}).
+
+        @raise HTTPError: RabbitMQ's 404 (C{Not Found}) if there is none;
+            401 C{not_authorised} if C{caller} may not see it.
         """
-        vhost = self.vhost
-        if name is None:
-            return vhost if self._visible(caller, vhost.name) else None
-        if name != vhost.name:
-            raise notFound(f"no vhost '{name}'")
+        vhost = self.registry.get(name)
+        if vhost is None:
+            raise notFound()
         if not self._visible(caller, name):
             raise HTTPError(401, "not_authorised", "Access refused.")
         return vhost
 
-    def _queue(self, name: str) -> Queue:
+    def _vhostsOf(self, caller: Caller, name: str | None) -> list[VirtualHost]:
         """
-        The queue called C{name}.
+        The virtual hosts a listing covers: the one a URL names (see
+        L{_checkVhost}), or (L{None}) every one C{caller} may see, by
+        name.
         """
-        queue = self.vhost.queues.get(name)
+        if name is not None:
+            return [self._checkVhost(caller, name)]
+        return [
+            vhost
+            for vhost in sorted(self.registry, key=lambda each: each.name)
+            if self._visible(caller, vhost.name)
+        ]
+
+    @staticmethod
+    def _queue(vhost: VirtualHost, name: str) -> Queue:
+        """
+        The queue called C{name} in C{vhost}.
+        """
+        queue = vhost.queues.get(name)
         if queue is None:
-            raise notFound(f"no queue '{name}' in vhost '{self.vhost.name}'")
+            raise notFound(f"no queue '{name}' in vhost '{vhost.name}'")
         return queue
 
     @staticmethod
@@ -393,20 +418,31 @@ class ManagementAPI(Resource):
         """
         return "" if name == DEFAULT_EXCHANGE_ALIAS else name
 
-    def _queueViews(self) -> list[dict[str, Any]]:
+    def _queueViews(self, vhosts: list[VirtualHost]) -> list[dict[str, Any]]:
+        """
+        The queues of C{vhosts} as C{GET /api/queues} shows them, by
+        virtual host, then by name.
+        """
         self.broker.node.applyPending()
         default = self.broker.node.replicateDefault
         rates = self._rates()
         return [
-            self._withStats(queueView(queue, self.vhost, self.broker.nodeName, default), queue, rates)
-            for queue in sorted(self.vhost.queues.values(), key=lambda q: q.name)
+            self._withStats(queueView(queue, vhost, self.broker.nodeName, default), queue, rates)
+            for vhost in vhosts
+            for queue in sorted(vhost.queues.values(), key=lambda q: q.name)
         ]
 
     def _rates(self) -> dict[str, tuple[float, float]]:
         """
-        Every queue's publish and deliver rates now (see L{MessageRates}).
+        Every queue's publish and deliver rates now (see L{MessageRates}),
+        in every virtual host (the readings are kept for all of them, so
+        that a listing of one does not forget the others').
         """
-        counts = {queue.uuid: (queue.published, queue.delivered) for queue in self.vhost.queues.values()}
+        counts = {
+            queue.uuid: (queue.published, queue.delivered)
+            for vhost in self.registry
+            for queue in vhost.queues.values()
+        }
         return self.broker.rates.rates(self.broker.clock.seconds(), counts)
 
     @staticmethod
@@ -435,7 +471,8 @@ class ManagementAPI(Resource):
         """
         C{GET /api/overview}: versions, totals, listeners.
         """
-        queues = self._queueViews()
+        vhosts = self._vhostsOf(caller, None)
+        queues = self._queueViews(vhosts)
         connections = self._connections(caller)
         return {
             "management_version": MANAGEMENT_VERSION,
@@ -449,7 +486,7 @@ class ManagementAPI(Resource):
             "object_totals": {
                 "connections": len(connections),
                 "channels": sum(len(c.channels) for c in connections),
-                "exchanges": len(self.vhost.exchanges),
+                "exchanges": sum(len(vhost.exchanges) for vhost in vhosts),
                 "queues": len(queues),
                 "consumers": sum(q["consumers"] for q in queues),
             },
@@ -510,10 +547,13 @@ class ManagementAPI(Resource):
             raise notFound(f"no node '{node}'")
         return self._nodeView()
 
-    def _vhostView(self) -> dict[str, Any]:
-        queues = self._queueViews()
+    def _vhostView(self, vhost: VirtualHost) -> dict[str, Any]:
+        """
+        C{vhost} as C{GET /api/vhosts} shows it.
+        """
+        queues = self._queueViews([vhost])
         return {
-            "name": self.vhost.name,
+            "name": vhost.name,
             "description": "",
             "tags": [],
             "tracing": False,
@@ -524,16 +564,36 @@ class ManagementAPI(Resource):
 
     def vhosts(self, caller: Caller, request: IRequest) -> list[dict[str, Any]]:
         """
-        C{GET /api/vhosts}: the one virtual host.
+        C{GET /api/vhosts}: the virtual hosts C{caller} may see.
         """
-        return [self._vhostView()] if self._visible(caller, self.vhost.name) else []
+        return [self._vhostView(vhost) for vhost in self._vhostsOf(caller, None)]
 
     def vhostOne(self, caller: Caller, request: IRequest, vhost: str) -> dict[str, Any]:
         """
         C{GET /api/vhosts/VHOST}.
         """
-        self._checkVhost(caller, vhost)
-        return self._vhostView()
+        return self._vhostView(self._checkVhost(caller, vhost))
+
+    def addVhost(self, caller: Caller, request: IRequest, vhost: str) -> Reply:
+        """
+        C{PUT /api/vhosts/VHOST}: add a virtual host (201), or nothing if
+        it exists (204), as RabbitMQ; the backups and the store hear of it
+        through the event stream, as of C{qha-admin vhost add}.
+        """
+        if vhost in self.registry:
+            return Reply(204)
+        self.registry.add(vhost)
+        return Reply(201)
+
+    def deleteVhost(self, caller: Caller, request: IRequest, vhost: str) -> Reply:
+        """
+        C{DELETE /api/vhosts/VHOST}: delete a virtual host with all in it
+        (404 if there is none; the default one cannot be deleted).
+        """
+        if vhost not in self.registry:
+            raise notFound()
+        self.registry.delete(vhost)
+        return Reply(204)
 
     def whoami(self, caller: Caller, request: IRequest) -> dict[str, Any]:
         """
@@ -545,21 +605,20 @@ class ManagementAPI(Resource):
 
     def queues(self, caller: Caller, request: IRequest, vhost: str | None = None) -> list[dict[str, Any]]:
         """
-        C{GET /api/queues[/VHOST]}.
+        C{GET /api/queues[/VHOST]}: the queues of one virtual host, or of
+        every one C{caller} may see.
         """
-        if self._checkVhost(caller, vhost) is None:
-            return []
-        return self._queueViews()
+        return self._queueViews(self._vhostsOf(caller, vhost))
 
     def queue(self, caller: Caller, request: IRequest, vhost: str, name: str) -> dict[str, Any]:
         """
         C{GET /api/queues/VHOST/NAME}.
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         self.broker.node.applyPending()
-        queue = self._queue(name)
+        queue = self._queue(where, name)
         return self._withStats(
-            queueView(queue, self.vhost, self.broker.nodeName, self.broker.node.replicateDefault),
+            queueView(queue, where, self.broker.nodeName, self.broker.node.replicateDefault),
             queue,
             self._rates(),
         )
@@ -569,12 +628,12 @@ class ManagementAPI(Resource):
         C{PUT /api/queues/VHOST/NAME}: declare (201), or check an equivalent
         one exists (204).
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         body = self._body(request)
-        existed = name in self.vhost.queues
+        existed = name in where.queues
         if not name:
             raise HTTPError(400, "bad_request", "a queue needs a name")
-        self.vhost.declareQueue(
+        where.declareQueue(
             name,
             durable=_flag(body, "durable", True),
             autoDelete=_flag(body, "auto_delete"),
@@ -586,10 +645,10 @@ class ManagementAPI(Resource):
         """
         C{DELETE /api/queues/VHOST/NAME[?if-unused=true&if-empty=true]}.
         """
-        self._checkVhost(caller, vhost)
-        queue = self._queue(name)
+        where = self._checkVhost(caller, vhost)
+        queue = self._queue(where, name)
         args = request.args or {}
-        self.vhost.deleteQueue(
+        where.deleteQueue(
             name,
             ifUnused=args.get(b"if-unused", [b""])[0] == b"true",
             ifEmpty=args.get(b"if-empty", [b""])[0] == b"true",
@@ -601,11 +660,11 @@ class ManagementAPI(Resource):
         """
         C{GET /api/queues/VHOST/NAME/bindings}: the bindings to the queue.
         """
-        self._checkVhost(caller, vhost)
-        queue = self._queue(name)
+        where = self._checkVhost(caller, vhost)
+        queue = self._queue(where, name)
         return [
-            bindingView(binding, self.vhost)
-            for binding in allBindings(self.vhost)
+            bindingView(binding, where)
+            for binding in allBindings(where)
             if binding.destination is queue
         ]
 
@@ -613,9 +672,9 @@ class ManagementAPI(Resource):
         """
         C{DELETE /api/queues/VHOST/NAME/contents}: drop its ready messages.
         """
-        self._checkVhost(caller, vhost)
-        queue = self._queue(name)
-        self.vhost.purgeQueue(name, owner=queue.owner)
+        where = self._checkVhost(caller, vhost)
+        queue = self._queue(where, name)
+        where.purgeQueue(name, owner=queue.owner)
         return Reply(204)
 
     def getMessages(self, caller: Caller, request: IRequest, vhost: str, name: str) -> list[dict[str, Any]]:
@@ -626,9 +685,9 @@ class ManagementAPI(Resource):
         time) or settle them (C{ack_requeue_false}; C{reject_requeue_false}
         dead-letters them where the queue says).
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         body = self._body(request)
-        queue = self._queue(name)
+        queue = self._queue(where, name)
         try:
             count = int(body.get("count", 1))
         except (TypeError, ValueError):
@@ -646,7 +705,7 @@ class ManagementAPI(Resource):
         truncate = body.get("truncate")
         if truncate is not None and not isinstance(truncate, int):
             raise HTTPError(400, "bad_request", "truncate must be a whole number")
-        self.vhost.queue(name, owner=queue.owner)
+        where.queue(name, owner=queue.owner)
         taken = []
         views = []
         for _ in range(max(count, 0)):
@@ -670,43 +729,48 @@ class ManagementAPI(Resource):
 
     def exchanges(self, caller: Caller, request: IRequest, vhost: str | None = None) -> list[dict[str, Any]]:
         """
-        C{GET /api/exchanges[/VHOST]}.
+        C{GET /api/exchanges[/VHOST]}: the exchanges of one virtual host,
+        or of every one C{caller} may see.
         """
-        if self._checkVhost(caller, vhost) is None:
-            return []
+        vhosts = self._vhostsOf(caller, vhost)
         self.broker.node.applyPending()
         default = self.broker.node.replicateDefault
         return [
-            exchangeView(exchange, self.vhost, default)
-            for exchange in sorted(self.vhost.exchanges.values(), key=lambda x: x.name)
+            exchangeView(exchange, where, default)
+            for where in vhosts
+            for exchange in sorted(where.exchanges.values(), key=lambda x: x.name)
         ]
 
-    def _exchange(self, name: str) -> Any:
-        exchange = self.vhost.exchanges.get(self._exchangeName(name))
+    def _exchange(self, vhost: VirtualHost, name: str) -> Any:
+        """
+        The exchange called C{name} in C{vhost} (C{amq.default}: the
+        default one).
+        """
+        exchange = vhost.exchanges.get(self._exchangeName(name))
         if exchange is None:
-            raise notFound(f"no exchange '{name}' in vhost '{self.vhost.name}'")
+            raise notFound(f"no exchange '{name}' in vhost '{vhost.name}'")
         return exchange
 
     def exchange(self, caller: Caller, request: IRequest, vhost: str, name: str) -> dict[str, Any]:
         """
         C{GET /api/exchanges/VHOST/NAME}.
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         self.broker.node.applyPending()
-        return exchangeView(self._exchange(name), self.vhost, self.broker.node.replicateDefault)
+        return exchangeView(self._exchange(where, name), where, self.broker.node.replicateDefault)
 
     def declareExchange(self, caller: Caller, request: IRequest, vhost: str, name: str) -> Reply:
         """
         C{PUT /api/exchanges/VHOST/NAME}: declare (201), or check an
         equivalent one exists (204).
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         body = self._body(request)
-        existed = name in self.vhost.exchanges
+        existed = name in where.exchanges
         kind = body.get("type")
         if not isinstance(kind, str):
             raise HTTPError(400, "bad_request", "an exchange needs a type (direct, fanout, topic, headers)")
-        self.vhost.declareExchange(
+        where.declareExchange(
             self._exchangeName(name),
             kind,
             durable=_flag(body, "durable", True),
@@ -720,10 +784,10 @@ class ManagementAPI(Resource):
         """
         C{DELETE /api/exchanges/VHOST/NAME[?if-unused=true]}.
         """
-        self._checkVhost(caller, vhost)
-        self._exchange(name)
+        where = self._checkVhost(caller, vhost)
+        self._exchange(where, name)
         args = request.args or {}
-        self.vhost.deleteExchange(
+        where.deleteExchange(
             self._exchangeName(name), ifUnused=args.get(b"if-unused", [b""])[0] == b"true"
         )
         return Reply(204)
@@ -732,17 +796,17 @@ class ManagementAPI(Resource):
         """
         C{GET /api/exchanges/VHOST/NAME/bindings/source}.
         """
-        self._checkVhost(caller, vhost)
-        exchange = self._exchange(name)
-        return [bindingView(b, self.vhost) for b in exchange.bindings.values()]
+        where = self._checkVhost(caller, vhost)
+        exchange = self._exchange(where, name)
+        return [bindingView(b, where) for b in exchange.bindings.values()]
 
     def destinationBindings(self, caller: Caller, request: IRequest, vhost: str, name: str) -> list[dict[str, Any]]:
         """
         C{GET /api/exchanges/VHOST/NAME/bindings/destination}.
         """
-        self._checkVhost(caller, vhost)
-        exchange = self._exchange(name)
-        return [bindingView(b, self.vhost) for b in exchange.inbound]
+        where = self._checkVhost(caller, vhost)
+        exchange = self._exchange(where, name)
+        return [bindingView(b, where) for b in exchange.inbound]
 
     def publish(self, caller: Caller, request: IRequest, vhost: str, name: str) -> dict[str, Any]:
         """
@@ -751,7 +815,7 @@ class ManagementAPI(Resource):
         C{base64}, C{properties}); C{{"routed": ...}} says whether a queue
         took it. Like an unconfirmed AMQP publish: answered once routed.
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         body = self._body(request)
         routingKey = body.get("routing_key", "")
         payload = body.get("payload", "")
@@ -792,7 +856,7 @@ class ManagementAPI(Resource):
         except (TypeError, ValueError) as error:
             raise HTTPError(400, "bad_request", f"bad properties: {error}") from None
         try:
-            accepted = self.vhost.publish(self._exchangeName(name), routingKey, message)
+            accepted = where.publish(self._exchangeName(name), routingKey, message)
         except PublishRefused as refused:
             accepted = refused.accepted
         return {"routed": bool(accepted)}
@@ -801,22 +865,26 @@ class ManagementAPI(Resource):
 
     def bindings(self, caller: Caller, request: IRequest, vhost: str | None = None) -> list[dict[str, Any]]:
         """
-        C{GET /api/bindings[/VHOST]}.
+        C{GET /api/bindings[/VHOST]}: the bindings of one virtual host, or
+        of every one C{caller} may see.
         """
-        if self._checkVhost(caller, vhost) is None:
-            return []
+        vhosts = self._vhostsOf(caller, vhost)
         self.broker.node.applyPending()
-        return [bindingView(binding, self.vhost) for binding in allBindings(self.vhost)]
+        return [
+            bindingView(binding, where) for where in vhosts for binding in allBindings(where)
+        ]
 
-    def _between(self, source: str, kind: str, destination: str) -> list[Binding]:
+    def _between(self, vhost: VirtualHost, source: str, kind: str, destination: str) -> list[Binding]:
         """
-        The bindings from exchange C{source} to queue (C{kind} C{q}) or
-        exchange (C{e}) C{destination}.
+        The bindings of C{vhost} from exchange C{source} to queue (C{kind}
+        C{q}) or exchange (C{e}) C{destination}.
         """
         if kind not in ("q", "e"):
             raise notFound()
-        exchange = self._exchange(source)
-        target = self._queue(destination) if kind == "q" else self._exchange(destination)
+        exchange = self._exchange(vhost, source)
+        target = (
+            self._queue(vhost, destination) if kind == "q" else self._exchange(vhost, destination)
+        )
         return [b for b in exchange.bindings.values() if b.destination is target]
 
     def bindingsBetween(
@@ -825,8 +893,8 @@ class ManagementAPI(Resource):
         """
         C{GET /api/bindings/VHOST/e/SOURCE/q/QUEUE} (or C{.../e/EXCHANGE}).
         """
-        self._checkVhost(caller, vhost)
-        return [bindingView(b, self.vhost) for b in self._between(source, kind, destination)]
+        where = self._checkVhost(caller, vhost)
+        return [bindingView(b, where) for b in self._between(where, source, kind, destination)]
 
     def bind(
         self, caller: Caller, request: IRequest, vhost: str, source: str, kind: str, destination: str
@@ -835,27 +903,32 @@ class ManagementAPI(Resource):
         C{POST /api/bindings/VHOST/e/SOURCE/q/QUEUE}: bind (C{routing_key},
         C{arguments}); 201 with the new binding's URL in C{Location}.
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         body = self._body(request)
-        self._between(source, kind, destination)
+        self._between(where, source, kind, destination)
         routingKey = body.get("routing_key", "")
         if not isinstance(routingKey, str):
             raise HTTPError(400, "bad_request", "routing_key must be a string")
         arguments = _table(body)
         if kind == "q":
-            queue = self._queue(destination)
-            self.vhost.bindQueue(
+            queue = self._queue(where, destination)
+            where.bindQueue(
                 destination, self._exchangeName(source), routingKey, arguments, owner=queue.owner
             )
         else:
-            self.vhost.bindExchange(
+            where.bindExchange(
                 self._exchangeName(destination), self._exchangeName(source), routingKey, arguments
             )
         props = quote(propertiesKey(routingKey, arguments), safe="")
         return Reply(201, None, {b"location": props.encode("ascii")})
 
-    def _binding(self, source: str, kind: str, destination: str, props: str) -> Binding:
-        for binding in self._between(source, kind, destination):
+    def _binding(
+        self, vhost: VirtualHost, source: str, kind: str, destination: str, props: str
+    ) -> Binding:
+        """
+        The binding of C{vhost} whose C{properties_key} is C{props}.
+        """
+        for binding in self._between(vhost, source, kind, destination):
             if propertiesKey(binding.routingKey, binding.arguments) == props:
                 return binding
         raise notFound(f"no binding '{props}'")
@@ -867,8 +940,8 @@ class ManagementAPI(Resource):
         """
         C{GET /api/bindings/VHOST/e/SOURCE/q/QUEUE/PROPS}.
         """
-        self._checkVhost(caller, vhost)
-        return bindingView(self._binding(source, kind, destination, props), self.vhost)
+        where = self._checkVhost(caller, vhost)
+        return bindingView(self._binding(where, source, kind, destination, props), where)
 
     def unbind(
         self, caller: Caller, request: IRequest, vhost: str, source: str, kind: str,
@@ -877,16 +950,16 @@ class ManagementAPI(Resource):
         """
         C{DELETE /api/bindings/VHOST/e/SOURCE/q/QUEUE/PROPS}.
         """
-        self._checkVhost(caller, vhost)
-        binding = self._binding(source, kind, destination, props)
+        where = self._checkVhost(caller, vhost)
+        binding = self._binding(where, source, kind, destination, props)
         if kind == "q":
-            queue = self._queue(destination)
-            self.vhost.unbindQueue(
+            queue = self._queue(where, destination)
+            where.unbindQueue(
                 destination, binding.source.name, binding.routingKey, binding.arguments,
                 owner=queue.owner,
             )
         else:
-            self.vhost.unbindExchange(
+            where.unbindExchange(
                 binding.destination.name, binding.source.name, binding.routingKey,
                 binding.arguments,
             )
@@ -941,12 +1014,15 @@ class ManagementAPI(Resource):
 
     def consumers(self, caller: Caller, request: IRequest, vhost: str | None = None) -> list[dict[str, Any]]:
         """
-        C{GET /api/consumers[/VHOST]}.
+        C{GET /api/consumers[/VHOST]}: the consumers of the connections
+        C{caller} may see, in one virtual host or in every one it may see.
         """
-        if self._checkVhost(caller, vhost) is None:
-            return []
+        names = {where.name for where in self._vhostsOf(caller, vhost)}
         return [
-            view for c in self._connections(caller) for view in consumerViews(c, self.vhost)
+            view
+            for c in self._connections(caller)
+            if c.vhost.name in names
+            for view in consumerViews(c, c.vhost)
         ]
 
     # Users and permissions (read only: they live in the users file)
@@ -969,7 +1045,7 @@ class ManagementAPI(Resource):
         return self._userView(name)
 
     def _permissionViews(self) -> list[dict[str, Any]]:
-        return permissionViews(self.broker.users, [self.vhost.name])
+        return permissionViews(self.broker.users, self.registry.names())
 
     def permissions(self, caller: Caller, request: IRequest) -> list[dict[str, Any]]:
         """
@@ -1037,14 +1113,15 @@ class ManagementAPI(Resource):
     def aliveness(self, caller: Caller, request: IRequest, vhost: str) -> dict[str, Any]:
         """
         C{GET /api/aliveness-test/VHOST}: declare the queue
-        C{aliveness-test}, publish a message to it and get it back.
+        C{aliveness-test} in C{VHOST}, publish a message to it and get it
+        back.
         """
-        self._checkVhost(caller, vhost)
+        where = self._checkVhost(caller, vhost)
         name = "aliveness-test"
-        self.vhost.declareQueue(name)
-        queue = self.vhost.queues[name]
+        where.declareQueue(name)
+        queue = where.queues[name]
         queue.purge()
-        self.vhost.publish("", name, Message.build("", name, b"test_message"))
+        where.publish("", name, Message.build("", name, b"test_message"))
         entry = queue.get()
         if entry is None or entry.message.body != b"test_message":
             return {"status": "failed", "reason": "the test message did not come back"}

@@ -2,7 +2,8 @@
 The status page at C{/} of the HTTP port: one HTML page, with a little
 JavaScript and no build step, that reads the management API (C{/api/ha},
 C{/api/overview}, C{/api/queues}, C{/api/connections}) with the browser's
-credentials and refreshes itself every few seconds.
+credentials and refreshes itself every few seconds. The queues are those
+of every virtual host the user may see, each with its virtual host.
 
 The page asks for the same login as the API (a user who may read it): the
 browser asks once, then sends the credentials with the page's own
@@ -54,7 +55,8 @@ PAGE = """<!DOCTYPE html>
 
 <h2>Queues</h2>
 <table id="queues"><thead><tr><th>name</th><th class="n">ready</th><th class="n">unacked</th>
-<th class="n">consumers</th><th class="n">publish/s</th><th class="n">deliver/s</th><th>replicate</th></tr></thead>
+<th class="n">consumers</th><th class="n">publish/s</th><th class="n">deliver/s</th><th>replicate</th>
+<th>vhost</th></tr></thead>
 <tbody></tbody></table>
 
 <h2>Connections</h2>
@@ -120,7 +122,7 @@ async function refresh() {
     fill("queues", queues.map(q => [
       cell(q.name), cell(q.messages_ready, true), cell(q.messages_unacknowledged, true),
       cell(q.consumers, true), cell(rate(q.message_stats, "publish"), true),
-      cell(rate(q.message_stats, "deliver_get"), true), cell(q.qha_replicate)]));
+      cell(rate(q.message_stats, "deliver_get"), true), cell(q.qha_replicate), cell(q.vhost)]));
     fill("connections", connections.map(c => [
       cell(c.name), cell(c.user), cell(c.vhost), cell(c.channels, true)]));
     document.getElementById("updated").textContent = new Date().toLocaleTimeString();
