@@ -6,6 +6,7 @@ installed; and the health checks of a two-broker cluster.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -34,6 +35,29 @@ def status(port: int, path: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def api(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """
+    The status and JSON body (L{None} if empty) of an API call on C{port}
+    as C{guest}.
+    """
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+            "Content-Type": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+            content = answer.read()
+            return answer.status, json.loads(content) if content else None
+    except urllib.error.HTTPError as error:
+        content = error.read()
+        return error.code, json.loads(content) if content else None
 
 
 class _Watched:
@@ -132,6 +156,25 @@ class StandaloneHTTPTests(SynchronousTestCase):
         client.delete_queue("/", "pyrabbit-q")
         self.assertNotIn("pyrabbit-q", [q["name"] for q in client.get_queues()])
 
+    def test_pyrabbitSecondVhost(self) -> None:
+        """
+        pyrabbit2 adds a virtual host, declares a queue in it, publishes
+        to it and reads its depth; the queue is in that virtual host only.
+        """
+        from pyrabbit2.api import Client
+
+        client = Client(f"127.0.0.1:{self.httpPort}", "guest", "guest", timeout=TIMEOUT)
+        client.create_vhost("vh2")
+        self.assertIn("vh2", client.get_vhost_names())
+        client.create_queue("vh2", "pyrabbit-vh2", durable=False)
+        self.assertEqual([q["name"] for q in client.get_queues("vh2")], ["pyrabbit-vh2"])
+        self.assertEqual(client.get_queues("/"), [])
+        self.assertTrue(client.publish("vh2", "amq.default", "pyrabbit-vh2", "in vh2"))
+        self.assertEqual(client.get_queue_depth("vh2", "pyrabbit-vh2"), 1)
+        self.assertEqual(
+            [(q["vhost"], q["name"]) for q in client.get_queues()], [("vh2", "pyrabbit-vh2")]
+        )
+
     def test_rabbitmqadmin(self) -> None:
         """
         Debian's rabbitmqadmin, unchanged: list queues, declare and delete a
@@ -164,6 +207,16 @@ class StandaloneHTTPTests(SynchronousTestCase):
         run("delete", "queue", "name=admin-q")
         self.assertEqual(json.loads(run("list", "queues")), [])
 
+        # A second virtual host: -V names it.
+        run("declare", "vhost", "name=vh2")
+        run("-V", "vh2", "declare", "queue", "name=vh2-q", "durable=false")
+        listed = json.loads(run("list", "queues", "-V", "vh2"))
+        self.assertEqual([(q["vhost"], q["name"]) for q in listed], [("vh2", "vh2-q")])
+        self.assertEqual(json.loads(run("list", "queues", "-V", "/")), [])
+        run("-V", "vh2", "publish", "routing_key=vh2-q", "payload=there")
+        (message,) = json.loads(run("-V", "vh2", "get", "queue=vh2-q", "ackmode=ack_requeue_false"))
+        self.assertEqual(message["payload"], "there")
+
     def test_health(self) -> None:
         """
         A standalone broker is the primary, and live.
@@ -193,3 +246,33 @@ class ClusterHealthTests(SynchronousTestCase):
         self.assertEqual(status(primary, "/health/replica")[0], 503)
         self.assertEqual(status(backup, "/health/primary"), (503, "not the primary: ready\n"))
         self.assertEqual(status(backup, "/health/replica"), (200, "replica: ready\n"))
+
+    def test_secondVhostReplicated(self) -> None:
+        """
+        A virtual host, a replicated queue and a message in it, made with
+        the HTTP API on the primary, reach the backup (the API changes a
+        second virtual host through the methods its AMQP clients use, which
+        the replication observes); the backup refuses changes (503).
+        """
+        cluster = Cluster(2, ["--store", "memory"])
+        self.addCleanup(cluster.stop)
+        cluster.start()
+        cluster.startPrimary(0)
+        cluster.waitForRole(1, "ready")
+        primary, backup = cluster.httpPorts
+        self.assertEqual(api(primary, "PUT", "/api/vhosts/vh2")[0], 201)
+        declared = api(primary, "PUT", "/api/queues/vh2/replicated", {"arguments": {"qpid.replicate": "all"}})
+        self.assertEqual(declared[0], 201, declared)
+        published = api(
+            primary, "POST", "/api/exchanges/vh2/amq.default/publish",
+            {"routing_key": "replicated", "payload": "to the backup", "payload_encoding": "string", "properties": {}},
+        )
+        self.assertEqual(published, (200, {"routed": True}))
+
+        def onBackup(state: Any) -> bool:
+            code, queues = api(backup, "GET", "/api/queues/vh2")
+            return code == 200 and [(q["name"], q["messages"]) for q in queues] == [("replicated", 1)]
+
+        cluster.waitFor(1, onBackup, what="vh2's queue and message on the backup")
+        self.assertEqual(api(backup, "GET", "/api/queues/%2F"), (200, []))
+        self.assertEqual(api(backup, "PUT", "/api/queues/vh2/other", {})[0], 503)
