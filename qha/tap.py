@@ -29,6 +29,7 @@ from .store.paging import PageFiles
 from .broker.paging import Pager
 from .tls import MutualTLS, amqpServerEndpoint
 from .admin.locator import adminLocator
+from .admin.settings import configuredSources, followSettings
 from .ha.config import HAOptions, parseBrokers
 from .ha.coordinated import etcdFor
 from .ha.coordinator import clusterPrefix
@@ -518,6 +519,7 @@ class Options(usage.Options):
                     except ValueError as error:
                         raise ConfigError(f"config file {path}: {name}: {error}") from None
                 self[name] = value
+            self.configFileValues = {name: self[name] for name in values}
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
 
@@ -1074,6 +1076,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         amqpAddress=advertisedAddress(config["port"]),
         tls=config.get("haTLS"),
     )
+    # Options set at run time win over these (qha-admin set): the journal's
+    # apply as the store recovers, in their place among the declarations.
+    followSettings(options, vhost, configuredSources(config))
     store = openStore(config, vhost, reactor)
     # A publish's confirm waits for the backups (in a cluster), then the disk.
     gate = ReplicationGate(options, reactor) if cluster else None

@@ -245,8 +245,9 @@ class ImportDefinitions(amp.Command):
 
 class SetOptions(amp.Command):
     """
-    Change options at run time (Qpid's C{qpid-ha set}); answers the
-    settings now, as JSON.
+    Change options at run time (Qpid's C{qpid-ha set}), recorded so that
+    they win over the configured ones after a restart or a failover;
+    answers the settings now, where each came from, as JSON.
     """
 
     arguments = [
@@ -254,6 +255,9 @@ class SetOptions(amp.Command):
         (b"publicBrokers", amp.Unicode(optional=True)),
         (b"brokers", amp.Unicode(optional=True)),
         (b"replicate", amp.Unicode(optional=True)),
+        # Forget the values set at run time first (the configured ones
+        # come back); an older broker refuses the unknown argument.
+        (b"reset", amp.Boolean(optional=True)),
     ]
     response = [(b"settings", amp.Unicode())]
     errors = ERRORS

@@ -21,6 +21,7 @@ from ..amqp.accounts import AccountError, Accounts, parseTags
 from ..broker.errors import AMQPError
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import DEFAULT_VHOST, VirtualHosts
+from ..changes.settings import RuntimeSettings
 from ..ha.auth import ADMIN
 from ..ha.commands import Refused
 from ..ha.config import HAOptions
@@ -72,6 +73,7 @@ from .objects import (
     setOptions,
     unbind,
 )
+from .settings import followSettings
 
 
 class RoleView(Protocol):
@@ -459,16 +461,21 @@ class AdminLocator(amp.CommandLocator):
         publicBrokers: str | None = None,
         brokers: str | None = None,
         replicate: str | None = None,
+        reset: bool | None = False,
     ) -> dict[str, Any]:
         """
-        Change options at run time (Qpid's C{qpid-ha set}), in any role:
-        each broker keeps its own (a backup's C{--replicate} is the default
-        it replicates with once promoted).
+        Change options at run time (Qpid's C{qpid-ha set}), in any role.
+        The values are recorded (L{qha.changes.settings}): the store keeps
+        them, so they win over the configured ones after a restart, and a
+        primary's go to its backups, which use them once promoted. A
+        backup's own C{set} holds until the primary's settings next reach
+        it (the primary sets some, or the backup catches up again).
         """
         self.session.check(ADMIN)
         asked = {
             name: value
             for name, value in (
+                ("reset", True if reset else None),
                 ("backup-timeout", backupTimeout),
                 ("public-url", publicBrokers),
                 ("brokers-url", brokers),
@@ -476,16 +483,21 @@ class AdminLocator(amp.CommandLocator):
             )
             if value is not None
         }
+        vhosts = VirtualHosts.of(self.node.vhost)
         settings = setOptions(
-            self.node.options,
+            RuntimeSettings.of(vhosts),
+            followSettings(self.node.options, self.node.vhost),
             backupTimeout,
             publicBrokers,
             brokers,
             replicate,
-            vhosts=VirtualHosts.of(self.node.vhost),
+            reset=bool(reset),
         )
         if asked:
-            self._logAction("set", " ".join(f"--{k} {v}" for k, v in asked.items()))
+            self._logAction(
+                "set",
+                " ".join(f"--{k}" if v is True else f"--{k} {v}" for k, v in asked.items()),
+            )
         return {"settings": json.dumps(settings)}
 
     def _logAction(self, action: str, what: str) -> None:

@@ -10,7 +10,7 @@ C{rabbitmqctl} and C{rabbitmqadmin} do, and Qpid's C{qpid-ha set}:
     qha-admin close-connection NAME [--reason TEXT]
     qha-admin definitions export [FILE] [--vhost V]
     qha-admin definitions import FILE [--vhost V]
-    qha-admin set [--backup-timeout S] [--public-url URL] [--brokers-url URL] [--replicate LEVEL]
+    qha-admin set [--reset] [--backup-timeout S] [--public-url URL] [--brokers-url URL] [--replicate LEVEL]
 
 Changes go to the primary (or a standalone broker), which makes them the
 way AMQP clients do, so the backups and the store see them; backups refuse
@@ -235,7 +235,13 @@ def addCommands(
 
     settings = command(
         "set",
-        "change options at run time, as qpid-ha set (no option: show them)",
+        "change options at run time, as qpid-ha set, kept across restarts and failovers"
+        " (no option: show them and where each came from)",
+    )
+    settings.add_argument(
+        "--reset",
+        action="store_true",
+        help="forget the values set at run time (the configured ones come back), then set the others given",
     )
     settings.add_argument(
         "--backup-timeout",
@@ -320,16 +326,29 @@ def formatConsumers(consumers: Sequence[dict[str, Any]]) -> str:
 
 def formatSettings(settings: dict[str, Any]) -> str:
     """
-    The settings C{set} shows, one per line.
+    The settings C{set} shows, one per line, each with where it came from
+    (C{run time}, with the configured value it overrides; C{config file},
+    C{command line}, C{default}), when the broker says.
     """
+    sources = settings.get("sources") or {}
+    configured = settings.get("configured") or {}
     fields = [
-        ("backup timeout", f"{settings['backupTimeout']:g} s"),
-        ("public URL", settings["publicBrokers"] or "-"),
-        ("brokers URL", settings["brokers"] or "-"),
-        ("replicate default", settings["replicate"]),
+        ("backup timeout", "backupTimeout", lambda v: f"{v:g} s"),
+        ("public URL", "publicBrokers", lambda v: v or "-"),
+        ("brokers URL", "brokers", lambda v: v or "-"),
+        ("replicate default", "replicate", lambda v: v),
     ]
-    width = max(len(name) for name, _ in fields)
-    return "".join(f"{name.ljust(width)}  {value}\n" for name, value in fields)
+    width = max(len(name) for name, _, _ in fields)
+    lines = []
+    for name, key, show in fields:
+        line = f"{name.ljust(width)}  {show(settings[key])}"
+        source = sources.get(key)
+        if source == "run time" and key in configured:
+            line += f"  (set at run time; configured: {show(configured[key])})"
+        elif source is not None:
+            line += f"  ({source})"
+        lines.append(line + "\n")
+    return "".join(lines)
 
 
 def _where(vhost: str | None) -> str:
@@ -535,6 +554,8 @@ async def setOptions(session: Session) -> int:
         )
         if value is not None
     }
+    if arguments.reset:
+        kwargs["reset"] = True
     answer = await session.call(session.address, SetOptions, **kwargs)
     settings = json.loads(answer["settings"])
     if arguments.json:

@@ -9,7 +9,6 @@ C{definitions} do, each argument checked against its bound before use
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Iterable
 
 from ..amqp.protocol import AMQPServer
@@ -17,11 +16,22 @@ from ..amqp.users import UserDatabase
 from ..broker.errors import AMQPError, ConnectionForced, NotFound
 from ..broker.exchange import Binding
 from ..broker.queue import Queue
-from ..broker.vhost import REPLICATE_ARGUMENT, REPLICATE_LEVELS, VirtualHost
+from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from ..broker.vhosts import DEFAULT_VHOST, MAX_VHOST_NAME, VirtualHosts
 from ..ha.commands import Refused
-from ..ha.config import HAOptions, parseBrokers
-from ..ha.primary import cachedLevel, pinLevels
+from ..ha.config import parseBrokers
+from ..changes.settings import (
+    BACKUP_TIMEOUT,
+    MAX_BACKUP_TIMEOUT,
+    MAX_BROKERS_TEXT,
+    PUBLIC_BROKERS,
+    REPLICATE,
+    RuntimeSettings,
+    SettingsError,
+    checkValue,
+)
+from ..ha.primary import cachedLevel
+from .settings import OptionsFollower
 from ..management.definitions import (
     SECTIONS,
     DefinitionsRefused,
@@ -62,15 +72,9 @@ MAX_DEFINITION_ITEMS = 100_000
 The most queues, exchanges, bindings and vhosts in one definitions document.
 """
 
-MAX_BACKUP_TIMEOUT = 24 * 3600.0
-"""
-The longest C{--ha-backup-timeout} C{set} takes, in seconds.
-"""
-
-MAX_BROKERS_TEXT = 4096
-"""
-The most characters of C{set --public-url}.
-"""
+# MAX_BACKUP_TIMEOUT (the longest --ha-backup-timeout set takes, in
+# seconds) and MAX_BROKERS_TEXT (the most characters of set --public-url)
+# are qha.changes.settings', which checks every state a peer sends.
 
 
 def listObjects(vhost: VirtualHost, kind: str, default: str) -> list[dict[str, Any]]:
@@ -529,23 +533,29 @@ def importDocument(
 
 
 def setOptions(
-    options: HAOptions,
+    settings: RuntimeSettings,
+    follower: OptionsFollower,
     backupTimeout: float | None = None,
     publicBrokers: str | None = None,
     brokers: str | None = None,
     replicate: str | None = None,
-    vhosts: Iterable[VirtualHost] = (),
+    reset: bool = False,
 ) -> dict[str, Any]:
     """
     Change the options that can change at run time (Qpid's C{qpid-ha
     set}): the backup timeout a promoted broker waits for its backups,
     the client addresses shown as the public URL, and the default
     replication level (C{--ha-replicate}) of the queues and exchanges
-    declared from now on: those of C{vhosts} (the broker's) keep the level
-    they have (L{pinLevels}). The others are refused, naming the option to
-    restart with. Nothing changes unless everything asked can.
+    declared from now on (those there are keep the level they have, see
+    L{qha.ha.primary.pinLevels}). The values are recorded in C{settings}:
+    the store keeps them and the backups apply them, and they win over
+    the configured ones after a restart or a failover; C{reset} forgets
+    every value set at run time first (the configured ones come back).
+    The others are refused, naming the option to restart with. Nothing
+    changes unless everything asked can.
 
-    @return: the settings now.
+    @return: the settings now, where each came from (see
+        L{OptionsFollower.show}).
     @raise Refused: saying why, and what to do instead.
     """
     if brokers is not None:
@@ -553,54 +563,31 @@ def setOptions(
             "--brokers-url cannot change at run time (discovery and the coordinator"
             " are built from it at start): restart the broker with --ha-brokers"
         )
-    if replicate is not None:
-        if replicate not in REPLICATE_LEVELS:
-            raise Refused(
-                f"unknown replicate level {replicate!r}: use {', '.join(REPLICATE_LEVELS)}"
-            )
-    if backupTimeout is not None and not (
-        math.isfinite(backupTimeout) and 0 <= backupTimeout <= MAX_BACKUP_TIMEOUT
-    ):
-        raise Refused(
-            f"a backup timeout of {backupTimeout:g} seconds: give 0 to {MAX_BACKUP_TIMEOUT:g}"
-        )
-    if publicBrokers is not None:
-        if len(publicBrokers) > MAX_BROKERS_TEXT:
-            raise Refused(f"a public URL of more than {MAX_BROKERS_TEXT} characters")
+    asked: dict[str, Any] = {}
+    for key, value in ((BACKUP_TIMEOUT, backupTimeout), (PUBLIC_BROKERS, publicBrokers), (REPLICATE, replicate)):
+        if value is None:
+            continue
         try:
-            publicBrokers = ",".join(parseBrokers(publicBrokers))
+            asked[key] = checkValue(key, value)
+        except SettingsError as error:
+            raise Refused(str(error)) from None
+    if PUBLIC_BROKERS in asked:
+        try:
+            asked[PUBLIC_BROKERS] = ",".join(parseBrokers(asked[PUBLIC_BROKERS]))
         except ValueError as error:
             raise Refused(f"--public-url: {error}") from None
-    if backupTimeout is not None:
-        options.backupTimeout = backupTimeout
-    if publicBrokers is not None:
-        options.publicBrokers = publicBrokers
-    if replicate is not None and replicate != options.replicateDefault:
-        vhosts = list(vhosts)
-        pinLevels(vhosts, options.replicateDefault)
-        options.replicateDefault = replicate
-        for vhost in vhosts:
-            # What a vhost added from now on copies (see VirtualHosts).
-            vhost.defaultReplicate = replicate
-    return settingsOf(options)
-
-
-def settingsOf(options: HAOptions) -> dict[str, Any]:
-    """
-    The settings C{set} shows.
-    """
-    return {
-        "backupTimeout": options.backupTimeout,
-        "publicBrokers": options.publicBrokers,
-        "brokers": ",".join(options.brokers),
-        "replicate": options.replicateDefault,
-    }
+    if reset:
+        settings.reset()
+    if asked:
+        settings.set(asked)
+    return follower.show(settings)
 
 
 __all__ = [
     "MAX_ARGUMENTS",
     "MAX_ARGUMENTS_JSON",
     "MAX_BACKUP_TIMEOUT",
+    "MAX_BROKERS_TEXT",
     "MAX_CONNECTION_NAME",
     "MAX_DEFINITIONS_BYTES",
     "MAX_DEFINITION_ITEMS",
@@ -620,6 +607,5 @@ __all__ = [
     "parseDocument",
     "purgeQueue",
     "setOptions",
-    "settingsOf",
     "unbind",
 ]

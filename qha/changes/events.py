@@ -26,6 +26,10 @@ virtual host (a L{VHOST} event does not scope them). Their fields are
 checked as they are decoded (names, tags, that a pattern compiles, that a
 hash is a usable scrypt hash), so a bad one from a peer is refused before
 anything applies it.
+
+Options set at run time (C{qha-admin set}, L{qha.changes.settings}) travel
+as one L{SETTINGS} event holding their whole state, checked when applied;
+it belongs to no virtual host either.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ USER_DELETED = b"u"
 PERMISSIONS_SET = b"G"
 PERMISSIONS_CLEARED = b"g"
 ACCOUNTS = b"K"
+# Options set at run time, the whole state (see qha.changes.settings)
+SETTINGS = b"O"
 # Stream control
 SNAPSHOT = b"S"
 CAUGHT_UP = b"R"
@@ -383,6 +389,7 @@ LAYOUTS: dict[bytes, str] = {
     PERMISSIONS_SET: "sssss",
     PERMISSIONS_CLEARED: "ss",
     ACCOUNTS: "b",
+    SETTINGS: "b",
     SNAPSHOT: "b",
     CAUGHT_UP: "",
     MEMBERS: "b",
@@ -411,6 +418,7 @@ EVENT_NAMES: dict[bytes, str] = {
     PERMISSIONS_SET: "permissions-set",
     PERMISSIONS_CLEARED: "permissions-cleared",
     ACCOUNTS: "accounts",
+    SETTINGS: "settings",
     SNAPSHOT: "snapshot",
     CAUGHT_UP: "caught-up",
     MEMBERS: "members",
@@ -433,6 +441,7 @@ FIELD_NAMES: dict[bytes, tuple[str, ...]] = {
     PERMISSIONS_SET: ("user", "vhost", "configure", "write", "read"),
     PERMISSIONS_CLEARED: ("user", "vhost"),
     ACCOUNTS: ("state",),
+    SETTINGS: ("state",),
     SNAPSHOT: ("state",),
     CAUGHT_UP: (),
     MEMBERS: ("members",),

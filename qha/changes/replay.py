@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 from twisted.logger import Logger
 
 from ..amqp.accounts import AccountChange, AccountError, Accounts
+from .settings import RuntimeSettings, SettingsError
 from ..broker.errors import AMQPError
 from ..broker.exchange import exchangeType
 from ..broker.message import Message
@@ -452,7 +453,21 @@ def _accountHandler(kind: bytes) -> Callable[..., None]:
     return handle
 
 
+def _settingsHandler(self: Replicator, state: bytes) -> None:
+    """
+    The handler of a L{ev.SETTINGS} event: the state is applied to the
+    broker's run-time settings (L{RuntimeSettings.of} its virtual hosts),
+    which check it whole first; a state they refuse is a malformed event,
+    never applied.
+    """
+    try:
+        RuntimeSettings.of(self.vhosts).apply(state)
+    except SettingsError as error:
+        raise ev.MalformedEvents(f"malformed settings event: {error}") from None
+
+
 _handlers: dict[bytes, Callable[..., None]] = {
+    ev.SETTINGS: _settingsHandler,
     ev.SNAPSHOT: Replicator.snapshot,
     ev.VHOST_ADDED: Replicator.vhostAdded,
     ev.VHOST_DELETED: Replicator.vhostDeleted,

@@ -30,6 +30,7 @@ from ..broker.queue import QUORUM, Entry, Queue, queueType
 from ..broker.vhost import REPLICATE_ARGUMENT, VirtualHost
 from ..broker.vhosts import VirtualHosts
 from ..amqp.accounts import AccountChange, Accounts
+from ..changes.settings import RuntimeSettings
 from ..changes import events as ev
 from ..changes.replay import heldKey
 from ..changes.scoped import observe, unobserve
@@ -124,6 +125,15 @@ def cachedLevel(obj: Queue | Exchange, default: str) -> str:
     except AttributeError:
         level = obj._haLevel = replicateLevel(obj, default)  # type: ignore[union-attr]
         return level
+
+
+def setLevel(obj: Queue | Exchange, level: str) -> None:
+    """
+    Pin the level of C{obj} to C{level} (the level it had on the broker
+    that wrote a settings state, L{qha.changes.settings}), as if it had
+    been worked out under the default of its declaration.
+    """
+    obj._haLevel = level  # type: ignore[union-attr]
 
 
 def pinLevels(vhosts: Iterable[VirtualHost], default: str) -> None:
@@ -731,6 +741,7 @@ class ReplicationSource:
                 observe(vhost, self)
             self.vhosts.observers.append(self)
             Accounts.of(self.vhosts).observers.append(self)
+            RuntimeSettings.of(self.vhosts).observers.append(self)
         else:
             observe(self.vhost, self)
         self.flush()
@@ -915,6 +926,9 @@ class ReplicationSource:
         accounts = Accounts.of(self.vhosts)
         if self in accounts.observers:
             accounts.observers.remove(self)
+        settings = RuntimeSettings.of(self.vhosts)
+        if self in settings.observers:
+            settings.observers.remove(self)
         for call in (self._flushCall, self._heartbeatCall):
             if call is not None and call.active():
                 call.cancel()
@@ -1112,6 +1126,10 @@ class ReplicationSource:
             self.writer.scope(vhost.name)
             self._snapshotVhost(vhost, holdings)
         self.writer.scope(self.vhost.name)
+        settings = RuntimeSettings.of(self.vhosts)
+        if not settings.empty:
+            # After the objects: its pins give them their levels.
+            self.writer.event(ev.SETTINGS, settings.state())
 
     def _snapshotVhost(self, vhost: VirtualHost, holdings: Holdings) -> None:
         """
@@ -1144,6 +1162,16 @@ class ReplicationSource:
                 continue
             for binding in exchange.bindings.values():
                 self.bound(binding)
+
+    # SettingsObserver
+
+    def settingsChanged(self, state: bytes) -> None:
+        """
+        Options were set at run time: the backup applies the same state,
+        so that it uses them once promoted.
+        """
+        self.writer.event(ev.SETTINGS, state)
+        self._scheduleFlush()
 
     # AccountsObserver
 

@@ -50,6 +50,7 @@ from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts
 from ..amqp.accounts import AccountChange, Accounts
+from ..changes.settings import RuntimeSettings
 from ..changes import events as ev
 from ..changes.cursor import entrySize
 from ..changes.replay import Replicator
@@ -794,6 +795,9 @@ class Store:
         accounts = Accounts.of(self.vhosts)
         if self not in accounts.observers:
             accounts.observers.insert(0, self)
+        settings = RuntimeSettings.of(self.vhosts)
+        if self not in settings.observers:
+            settings.observers.insert(0, self)
 
     # Writing
 
@@ -1038,6 +1042,10 @@ class Store:
         accounts = Accounts.of(self.vhosts)
         if not accounts.empty:
             writer.accountChange(accounts.stateChange())
+        settings = RuntimeSettings.of(self.vhosts)
+        if not settings.empty:
+            # After the objects: its pins give them their levels.
+            writer.event(ev.SETTINGS, settings.state())
         before = self.journal.size()
         self.journal.rewrite(encodeRecord(self.epoch, self.position, writer.take()))
         self.records = 1
@@ -1099,6 +1107,16 @@ class Store:
         Users or permissions changed at run time: recorded.
         """
         self.writer.accountChange(change)
+        self._dirty()
+
+    # SettingsObserver
+
+    def settingsChanged(self, state: bytes) -> None:
+        """
+        Options were set at run time: recorded, so that they win over the
+        configured ones after a restart.
+        """
+        self.writer.event(ev.SETTINGS, state)
         self._dirty()
 
     # VirtualHostsObserver

@@ -701,8 +701,9 @@ class SetTests(ManageTestCase):
         """
         self.assertEqual(
             self.admin("set"),
-            (0, "backup timeout     10 s\npublic URL         -\nbrokers URL        10.0.0.1:5673,10.0.0.2:5673\n"
-                "replicate default  none\n", ""),
+            (0, "backup timeout     10 s  (configured)\npublic URL         -  (configured)\n"
+                "brokers URL        10.0.0.1:5673,10.0.0.2:5673  (configured)\n"
+                "replicate default  none  (configured)\n", ""),
         )
 
     def test_backupTimeoutAndPublicURL(self) -> None:
@@ -739,7 +740,7 @@ class SetTests(ManageTestCase):
         self.node.vhost.declareQueue("held")
         code, out, _ = self.admin("set", "--replicate", "configuration")
         self.assertEqual(code, 0)
-        self.assertIn("replicate default  configuration\n", out)
+        self.assertIn("replicate default  configuration  (set at run time; configured: none)\n", out)
         self.assertEqual(self.node.replicateDefault, "configuration")
         rows = json.loads(self.admin("queues", "--json")[1])
         self.assertEqual([(row["name"], row["replicate"]) for row in rows], [("held", "none")])
@@ -793,7 +794,7 @@ class ReplicateAtRunTimeTests(ManageTestCase):
         self.declare(client, "before")
         code, out, err = self.admin("-b", "10.0.0.1:5673", "set", "--replicate", "all")
         self.assertEqual((code, err), (0, ""))
-        self.assertIn("replicate default  all\n", out)
+        self.assertIn("replicate default  all  (set at run time; configured: none)\n", out)
         self.declare(client, "after")
 
         following = self.cluster.node()

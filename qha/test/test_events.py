@@ -96,6 +96,7 @@ class EventCodecTests(SynchronousTestCase):
         add(ev.PERMISSIONS_CLEARED, "b\u00f6b", "/")
         add(ev.USER_DELETED, "b\u00f6b")
         add(ev.ACCOUNTS, b'{"users": {}, "permissions": {}}')
+        add(ev.SETTINGS, b'{"values": {"backupTimeout": 5.0}, "pins": {}}')
         add(ev.MEMBERS, b"[]")
         add(ev.CAUGHT_UP)
         return writer.take(), expected

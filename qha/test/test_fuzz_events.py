@@ -187,6 +187,13 @@ def writeEvent(writer: ev.EventWriter, draw: Callable[..., Any]) -> None:
         writer.event(kind, draw(st.sampled_from(["/", "a", "b\u00e9"])))
     elif kind in ev.ACCOUNT_CHANGES:
         writeAccountEvent(writer, kind, draw)
+    elif kind == ev.SETTINGS:
+        state = {
+            "values": {"backupTimeout": draw(st.sampled_from([0, 2.5, 60])),
+                       "replicate": draw(st.sampled_from(["none", "configuration", "all"]))},
+            "pins": {"/": {"queues": {draw(names): "all"}}},
+        }
+        writer.event(kind, json.dumps(state).encode("utf-8"))
     else:
         writer.event(kind)
 
