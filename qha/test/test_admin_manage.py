@@ -718,6 +718,23 @@ class SetTests(ManageTestCase):
         self.assertEqual(self.node.expectedBackups()[1], 3.0)
         self.assertEqual(self.node.describe()["publicBrokers"], "a:5672,b:5672")
 
+    def test_reset(self) -> None:
+        """
+        C{set --reset} forgets what was set at run time: the configured
+        values come back, and C{set} says where each came from.
+        """
+        self.admin("set", "--backup-timeout", "3")
+        self.assertIn("backup timeout     3 s  (set at run time; configured: 10 s)\n", self.admin("set")[1])
+        code, out, _ = self.admin("set", "--reset", "--public-url", "a:5672")
+        self.assertEqual(code, 0)
+        self.assertEqual(self.node.options.backupTimeout, 10.0)
+        self.assertEqual(self.node.options.publicBrokers, "a:5672")
+        self.assertIn("backup timeout     10 s  (configured)\n", out)
+        self.assertIn("public URL         a:5672  (set at run time; configured: -)\n", out)
+        shown = json.loads(self.admin("set", "--json")[1])
+        self.assertEqual(shown["sources"]["publicBrokers"], "run time")
+        self.assertEqual(shown["configured"]["publicBrokers"], "")
+
     def test_refused(self) -> None:
         """
         The brokers URL cannot change at run time: the refusal names the

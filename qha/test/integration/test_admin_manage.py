@@ -192,3 +192,59 @@ class ManageEndToEndTests(SynchronousTestCase):
             (320, "CONNECTION_FORCED - maintenance"),
         )
         self.assertEqual(len(json.loads(self.ok(0, "connections", "--json"))), 1)
+
+
+class SettingsFailoverTests(SynchronousTestCase):
+    """
+    C{qha-admin set} on real brokers: a value set at run time on the
+    primary reaches its backup, which uses it once promoted after the
+    primary was killed (-9), and still after it restarts itself, over the
+    value its command line gives.
+    """
+
+    def test_failoverAndRestart(self) -> None:
+        """
+        Set the backup timeout and the public URL on the primary; the
+        backup shows them as set at run time; kill -9 the primary and
+        promote the backup: it has them; restart it: it still has them,
+        and its log says which value overrides which.
+        """
+        from qha.admin.commands import SetOptions
+        from qha.test.integration.cluster import Cluster
+
+        cluster = Cluster(2, ["--ha-backup-timeout", "9"])
+        self.addCleanup(cluster.stop)
+        cluster.start()
+        cluster.startPrimary(0)
+        cluster.waitForRole(1, "ready")
+        answer = json.loads(
+            cluster.call(0, SetOptions, backupTimeout=4.0, publicBrokers="10.9.9.9:5672")["settings"]
+        )
+        self.assertEqual((answer["backupTimeout"], answer["sources"]["backupTimeout"]), (4.0, "run time"))
+        cluster.waitFor(
+            1, lambda state: state.get("publicBrokers") == "10.9.9.9:5672", what="the settings on the backup"
+        )
+        onBackup = json.loads(cluster.call(1, SetOptions)["settings"])
+        self.assertEqual(
+            (onBackup["backupTimeout"], onBackup["sources"]["backupTimeout"], onBackup["configured"]["backupTimeout"]),
+            (4.0, "run time", 9.0),
+        )
+
+        cluster.kill(0)
+        cluster.waitFor(1, lambda state: state["role"] != "ready", what="primary lost")
+        cluster.promote(1)
+        cluster.waitForRole(1, "active")
+        promoted = json.loads(cluster.call(1, SetOptions)["settings"])
+        self.assertEqual((promoted["backupTimeout"], promoted["publicBrokers"]), (4.0, "10.9.9.9:5672"))
+
+        cluster.restart(1)
+        cluster.waitFor(1, lambda state: "role" in state, what="the restarted broker")
+        restarted = json.loads(cluster.call(1, SetOptions)["settings"])
+        self.assertEqual(
+            (restarted["backupTimeout"], restarted["sources"]["backupTimeout"], restarted["publicBrokers"]),
+            (4.0, "run time", "10.9.9.9:5672"),
+        )
+        self.assertIn(
+            "backup-timeout 4 s set at run time overrides the configured 9 s",
+            cluster.brokers[1].output(),
+        )
