@@ -7,6 +7,11 @@ logs in first (L{BasicAuthenticator}). Changes go through the virtual
 host's methods, the ones AMQP clients reach, so they are replicated to
 the backups and written to the store like any other; on a backup they
 are refused with 503 (change objects on the primary).
+
+Every route serves every virtual host: one named in the URL (decoded,
+C{%2F} is C{/}; RabbitMQ's 404 C{Not Found} if it does not exist, 401
+C{not_authorised} if the caller may not see it), or, for a listing
+without one, every virtual host the caller may see.
 """
 
 from __future__ import annotations
