@@ -42,3 +42,19 @@ class StatusPageTests(WebTestCase):
         """
         request = self.call("GET", "/nothing-here")
         self.assertEqual(request.responseCode, 404)
+
+    def test_queuesOfEveryVhost(self) -> None:
+        """
+        The data the page shows comes from C{/api/queues}, which holds the
+        queues of every virtual host, each with its own: the page has a
+        column for it.
+        """
+        from qha.broker.vhosts import VirtualHosts
+
+        VirtualHosts.of(self.vhost).add("vh2").declareQueue("tenant-q")
+        self.vhost.declareQueue("root-q")
+        rows = self.ok("GET", "/api/queues")
+        self.assertEqual([(q["vhost"], q["name"]) for q in rows], [("/", "root-q"), ("vh2", "tenant-q")])
+        page = b"".join(self.call("GET", "/").written).decode("utf-8")
+        self.assertIn("<th>vhost</th>", page)
+        self.assertIn("cell(q.vhost)", page)
