@@ -40,6 +40,7 @@ from .ha.identity import PersistentState
 from .ha.node import HANode
 from .ha.primary import ReplicationGate
 from .notify import SystemdNotifier
+from .collector import CollectorPolicy
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -1173,6 +1174,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     passwords.setServiceParent(service)
     # SIGHUP reloads the users file (users, tags, permissions).
     ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
+    # What survives a full garbage collection (mostly queued messages) is
+    # set aside from later ones (see qha.collector).
+    CollectorPolicy(reactor).setServiceParent(service)
     # Last: READY=1 to systemd (Type=notify) once serving or a ready backup.
     notifier = SystemdNotifier.fromEnvironment(lambda: node.role.name, lambda: node.epoch, reactor)
     if notifier is not None:
