@@ -19,6 +19,7 @@ from qha.ha.connection import NodeAMPFactory
 from qha.ha.node import HANode
 from qha.ha.role import JOINING, STANDALONE
 from qha.amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier
+from qha.collector import CollectorPolicy
 from qha.datadir import DataDirectoryLock
 from qha.tap import ClientPort, ListenService, Options, StoreService, makeService, storeThread
 
@@ -263,7 +264,7 @@ class ServiceWiringTests(SynchronousTestCase):
             kinds,
             [DataDirectoryLock, FailedLogins]
             + [ListenService, StoreService, HANode, ListenService, ListenService]
-            + [ThreadPoolVerifier, ReloadOnSignal],
+            + [ThreadPoolVerifier, ReloadOnSignal, CollectorPolicy],
         )
         ports = {port: factory for port, factory, _, _ in reactor.tcpServers}
         self.assertIsInstance(ports[5999], BrokerFactory)
@@ -293,7 +294,7 @@ class ServiceWiringTests(SynchronousTestCase):
             kinds,
             [DataDirectoryLock, FailedLogins]
             + [ClientPort, StoreService, HANode, ListenService, ListenService]
-            + [ThreadPoolVerifier, ReloadOnSignal],
+            + [ThreadPoolVerifier, ReloadOnSignal, CollectorPolicy],
         )
         self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [5998, 15672])
         node = self.children(service)[4]
