@@ -1117,19 +1117,19 @@ class ReplicationSource:
         drops for the ids it holds that the primary no longer has; the
         default virtual host first (its snapshot lists the others when
         there are others), then each other one; first the users and
-        permissions changed at run time, if any.
+        permissions changed at run time, last the settings changed at run
+        time (both even when there are none, so that a backup holds the
+        primary's, never leftovers of its own).
         """
-        accounts = Accounts.of(self.vhosts)
-        if not accounts.empty:
-            self.writer.accountChange(accounts.stateChange())
+        # Always, even empty: a backup that kept run-time users or settings
+        # from an earlier life must end up with the primary's, not its own.
+        self.writer.accountChange(Accounts.of(self.vhosts).stateChange())
         for vhost in self.vhosts:
             self.writer.scope(vhost.name)
             self._snapshotVhost(vhost, holdings)
         self.writer.scope(self.vhost.name)
-        settings = RuntimeSettings.of(self.vhosts)
-        if not settings.empty:
-            # After the objects: its pins give them their levels.
-            self.writer.event(ev.SETTINGS, settings.state())
+        # After the objects: its pins give them their levels.
+        self.writer.event(ev.SETTINGS, RuntimeSettings.of(self.vhosts).state())
 
     def _snapshotVhost(self, vhost: VirtualHost, holdings: Holdings) -> None:
         """

@@ -25,6 +25,8 @@ from qha.admin.settings import (
     configuredSources,
     followSettings,
 )
+from qha.amqp.accounts import Accounts
+from qha.amqp.users import hashPassword
 from qha.broker.vhost import VirtualHost
 from qha.broker.vhosts import VirtualHosts
 from qha.changes import events as ev
@@ -370,3 +372,23 @@ class ReplicatedSettingsTests(SynchronousTestCase):
         self.cluster.promote(joining)
         self.assertEqual(joining.expectedBackups()[1], 2.5)
         self.assertEqual(cachedLevel(joining.vhost.queues["after"], joining.replicateDefault), "all")
+
+    def test_leftoversReplaced(self) -> None:
+        """
+        A backup that kept run-time settings and users of its own (from an
+        earlier life) and joins a primary that has none ends up with none:
+        the catch-up always carries the primary's, even empty.
+        """
+        primary = self.cluster.primary()
+        self.follow(primary)
+        joining = self.cluster.node()
+        self.follow(joining)
+        settingsOf(joining.vhost).set({BACKUP_TIMEOUT: 2.5})
+        accounts = Accounts.of(VirtualHosts.of(joining.vhost))
+        accounts.addUser("stale", hashPassword("secret", n=2))
+        self.assertFalse(accounts.empty)
+        self.cluster.connect(primary, joining)
+        self.cluster.flush()
+        self.assertTrue(settingsOf(joining.vhost).empty)
+        self.assertEqual(joining.options.backupTimeout, primary.options.backupTimeout)
+        self.assertTrue(accounts.empty, accounts.state())
