@@ -1072,7 +1072,7 @@ class ManagementAPI(Resource):
         try:
             vhosts = vhostsOf(self.vhost, vhost)
         except NotFound:
-            raise notFound(f"no vhost '{vhost}'") from None
+            raise notFound() from None
         return exportDefinitions(vhosts, self.broker.users)
 
     def importDefinitions(self, caller: Caller, request: IRequest, vhost: str | None = None) -> Reply:
@@ -1090,7 +1090,7 @@ class ManagementAPI(Resource):
         """
         body = self._body(request)
         if vhost is not None and vhost not in VirtualHosts.of(self.vhost):
-            raise notFound(f"no vhost '{vhost}'")
+            raise notFound()
         try:
             importInto(self.vhost, body, vhost)
         except DefinitionsRefused as refused:
