@@ -64,6 +64,14 @@ class Exchange:
     @cvar type: the AMQP exchange type name.
     """
 
+    replicationLevel: str | None = None
+    """
+    The replication level a cluster worked out for it (its C{qpid.replicate}
+    argument, or the broker's default when it was first seen), kept here by
+    L{qha.ha.primary.cachedLevel} so that it does not change under it;
+    L{None} until then.
+    """
+
     type = ""
 
     def __init__(

@@ -299,6 +299,14 @@ class Queue:
     @ivar delivered: entries handed to consumers and C{basic.get}.
     """
 
+    replicationLevel: str | None = None
+    """
+    The replication level a cluster worked out for it (its C{qpid.replicate}
+    argument, or the broker's default when it was first seen), kept here by
+    L{qha.ha.primary.cachedLevel} so that it does not change under it;
+    L{None} until then.
+    """
+
     def __init__(
         self,
         vhost: "VirtualHost",

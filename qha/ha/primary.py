@@ -120,11 +120,10 @@ def cachedLevel(obj: Queue | Exchange, default: str) -> str:
     pinned with. The stream, the catch-up snapshot and the listings all
     read it, so a backup that joins later sees what the stream showed.
     """
-    try:
-        return obj._haLevel  # type: ignore[union-attr]
-    except AttributeError:
-        level = obj._haLevel = replicateLevel(obj, default)  # type: ignore[union-attr]
-        return level
+    level = obj.replicationLevel
+    if level is None:
+        level = obj.replicationLevel = replicateLevel(obj, default)
+    return level
 
 
 def setLevel(obj: Queue | Exchange, level: str) -> None:
@@ -133,7 +132,7 @@ def setLevel(obj: Queue | Exchange, level: str) -> None:
     that wrote a settings state, L{qha.changes.settings}), as if it had
     been worked out under the default of its declaration.
     """
-    obj._haLevel = level  # type: ignore[union-attr]
+    obj.replicationLevel = level
 
 
 def pinLevels(vhosts: Iterable[VirtualHost], default: str) -> None:
