@@ -90,9 +90,12 @@ class CollectorPolicy(Service):
 
     def startService(self) -> None:
         """
-        Freeze after every full collection from now on.
+        Set aside what lives now (the broker as built, and what the store
+        recovered, which recovery made with the collector off), and freeze
+        after every full collection from now on.
         """
         super().startService()
+        self.collector.freeze()
         self.collector.callbacks.append(self._collected)
         self._schedule()
 

@@ -64,6 +64,9 @@ class CollectorPolicyTests(SynchronousTestCase):
         self.policy = CollectorPolicy(self.clock, self.collector)
         self.policy.startService()
         self.addCleanup(self.stop)
+        # What lived at the start was set aside.
+        self.assertEqual(self.collector.calls, ["freeze"])
+        self.collector.calls.clear()
 
     def stop(self) -> None:
         """
