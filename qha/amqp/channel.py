@@ -35,7 +35,7 @@ from ..broker.vhost import PublishRefused, serverQueueName
 from . import wire
 from .access import CONFIGURE, DEFAULT_EXCHANGE, IMPERSONATOR, READ, WRITE, accessRefused, userIdRefused
 from .holders import Held, Waits
-from .replyto import REPLY_QUEUE, ReplyConsumer
+from .replyto import REPLY_MARK, REPLY_PREFIX, REPLY_QUEUE, ReplyConsumer
 
 if TYPE_CHECKING:
     from .protocol import AMQPServer
@@ -266,9 +266,9 @@ class Channel:
         header = self._header
         assert header is not None
         self._header = None
-        if header[12] & 0x02:
-            # A reply_to property (flag 0x0200): direct reply-to's may be
-            # rewritten.
+        if header[12] & 0x02 and header.find(REPLY_MARK) >= 0:
+            # A reply_to property (flag 0x0200), maybe direct reply-to's
+            # pseudo-queue: rewritten to the channel's reply address.
             header = self.connection.factory.replies.request(self, header)
         message = Message(self._publishAddressing, header, body)
         exchange = self._publishExchange
@@ -352,8 +352,10 @@ class Channel:
                 else:
                     held = self._waits = Waits(held, completion)
             return held
-        if exchange is self.vhost.defaultExchange and self.connection.factory.replies.reply(
-            self, routingKey, message
+        if (
+            routingKey.startswith(REPLY_PREFIX)
+            and exchange is self.vhost.defaultExchange
+            and self.connection.factory.replies.reply(self, routingKey, message)
         ):
             # A direct reply-to reply, handed to its consumer.
             return None

@@ -398,6 +398,29 @@ class RequestTests(DirectReplyTestCase):
             start = publish.index(b"\xce") + 1 + 7
             self.assertEqual(message.header, publish[start : start + len(message.header)])
 
+    def test_pseudoQueueNameElsewhere(self) -> None:
+        """
+        C{amq.rabbitmq.reply-to} in another property than C{reply_to} (the
+        correlation id, a header) changes nothing, on a channel with or
+        without a reply consumer.
+        """
+        for client in [self.requester(), self.openClient(channels=(1,))]:
+            publish = publishBytes(
+                1,
+                "",
+                "requests",
+                b"r",
+                properties=properties(
+                    headers={"x": REPLY_QUEUE}, correlation_id=REPLY_QUEUE, reply_to="my-replies"
+                ),
+            )
+            client.send(publish)
+            self.assertEqual(client.received(), [])
+            message = self.queuedRequest()
+            self.assertEqual(
+                (message.properties.reply_to, message.properties.correlation_id), ("my-replies", REPLY_QUEUE)
+            )
+
     def test_noConsumer(self) -> None:
         """
         A request with C{reply_to} C{amq.rabbitmq.reply-to} on a channel
