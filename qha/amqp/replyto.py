@@ -240,23 +240,28 @@ class DirectReplies:
         @raise PreconditionFailed: if it is, and the channel has no reply
             consumer (RabbitMQ's text).
         """
-        flags = _unpackShort(header, 12)[0]
-        offset = 14
-        # The properties before reply_to: content-type, content-encoding,
-        # headers, delivery-mode, priority, correlation-id.
-        if flags & 0x8000:
-            offset += 1 + header[offset]
-        if flags & 0x4000:
-            offset += 1 + header[offset]
-        if flags & 0x2000:
-            offset += 4 + _unpackLong(header, offset)[0]
-        if flags & 0x1000:
-            offset += 1
-        if flags & 0x0800:
-            offset += 1
-        if flags & 0x0400:
-            offset += 1 + header[offset]
-        length = header[offset]
+        try:
+            flags = _unpackShort(header, 12)[0]
+            offset = 14
+            # The properties before reply_to: content-type, content-encoding,
+            # headers, delivery-mode, priority, correlation-id.
+            if flags & 0x8000:
+                offset += 1 + header[offset]
+            if flags & 0x4000:
+                offset += 1 + header[offset]
+            if flags & 0x2000:
+                offset += 4 + _unpackLong(header, offset)[0]
+            if flags & 0x1000:
+                offset += 1
+            if flags & 0x0800:
+                offset += 1
+            if flags & 0x0400:
+                offset += 1 + header[offset]
+            length = header[offset]
+        except (IndexError, struct.error):
+            # The channel checked the properties (checkProperties); should
+            # a malformed header come here all the same, it is no request.
+            return header
         end = offset + 1 + length
         if length != len(_REPLY_TO) or header[offset + 1 : end] != _REPLY_TO:
             return header

@@ -10,6 +10,9 @@ the test says so.
 
 from __future__ import annotations
 
+import random
+import string
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from pamqp import commands
@@ -720,6 +723,31 @@ class TokenTests(DirectReplyTestCase):
         self.reply(self.openClient(), address)
         self.assertEqual(len(contents(requester.received())), 1)
 
+    def test_randomTokens(self) -> None:
+        """
+        Hundreds of random tokens (a fixed seed), of every length up to the
+        longest routing key and of any characters: none reaches the
+        consumer, the broker keeps serving, and the good address still
+        works.
+        """
+        requester = self.requester()
+        address = self.request(requester)
+        responder = self.openClient()
+        responder.call(1, commands.Confirm.Select())
+        rng = random.Random(15)
+        alphabet = string.ascii_letters + string.digits + "-_+/=. \u00e9\u2603"
+        for count in range(1, 301):
+            length = rng.choice([rng.randrange(0, 60), 32, 32, rng.randrange(0, 200)])
+            token = "".join(rng.choice(alphabet) for _ in range(length))
+            key = (REPLY_PREFIX + token).encode("utf-8")[:255].decode("utf-8", "ignore")
+            responder.send(publishBytes(1, "", key, b"x", mandatory=True))
+            frames = responder.received()
+            self.assertEqual(names(frames)[0], (1, "Basic.Return"), key)
+            self.assertEqual(frames[-1][1].delivery_tag, count)
+        self.assertEqual(requester.received(), [])
+        self.reply(responder, address)
+        self.assertEqual(len(contents(requester.received())), 1)
+
     def test_forgedDeclare(self) -> None:
         """
         queue.declare of an altered or made-up address is 404, never a
@@ -808,6 +836,17 @@ class DirectRepliesTests(SynchronousTestCase):
         self.assertNotEqual(replies.address(1, "a"), address)
         self.assertNotEqual(DirectReplies(key=b"j" * 32).address(1, "/"), address)
         self.assertEqual(replies.address(1, "/"), address)
+
+    def test_requestMalformedHeader(self) -> None:
+        """
+        A content header cut short where its properties should be is left
+        as it is (the channel refuses such headers before; this is the
+        second line of defence).
+        """
+        replies = DirectReplies()
+        channel: Any = SimpleNamespace(replyConsumer=None)
+        header = b"\x00\x3c\x00\x00" + b"\x00" * 8 + b"\x06\x00" + b"\x05abc"
+        self.assertEqual(replies.request(channel, header), header)
 
     def test_findNothingLive(self) -> None:
         """
