@@ -186,19 +186,20 @@ class DirectReplies:
             consumes from it already (RabbitMQ's texts).
         @raise NotAllowed: if the consumer tag is in use on the channel.
         """
+        tag = frame.consumer_tag
+        if isinstance(tag, bytes):
+            tag = tag.decode("utf-8", "replace")
+        # In RabbitMQ's order: the tag, the acknowledgements, the one consumer.
+        if tag in channel.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         if not frame.no_ack:
             raise PreconditionFailed("reply consumer cannot acknowledge")
         if channel.replyConsumer is not None:
             raise PreconditionFailed("reply consumer already set")
-        tag = frame.consumer_tag
-        if isinstance(tag, bytes):
-            tag = tag.decode("utf-8", "replace")
         if not tag:
             tag = "amq.ctag-" + base64.urlsafe_b64encode(self._randomBytes(16)).decode(
                 "ascii"
             ).rstrip("=")
-        elif tag in channel.consumers:
-            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         ident = next(self._idents)
         consumer = ReplyConsumer(tag, channel, ident, self.address(ident, channel.vhost.name))
         self.consumers[ident] = consumer

@@ -200,7 +200,8 @@ class ConsumeTests(DirectReplyTestCase):
         client = self.openClient()
         client.call(1, commands.Queue.Declare(queue="q"))
         client.call(1, commands.Basic.Consume(queue="q", consumer_tag="t"))
-        frames = client.call(1, commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag="t", no_ack=True))
+        # Checked first, as in RabbitMQ: 530 even with acknowledgements.
+        frames = client.call(1, commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag="t", no_ack=False))
         self.assertConnectionClosed(client, frames, 530)
 
         other = self.requester(tag="r")
