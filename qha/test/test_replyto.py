@@ -267,6 +267,18 @@ class DeclareTests(DirectReplyTestCase):
         self.assertNotIn(REPLY_QUEUE, self.vhost.queues)
         self.assertEqual(client.call(1, commands.Queue.Declare(queue=REPLY_QUEUE, nowait=True)), [])
 
+    def test_deleteAndPurge(self) -> None:
+        """
+        As in RabbitMQ, the pseudo-queue is no queue for queue.delete
+        (delete-ok with 0 messages, as for any missing queue) and
+        queue.purge (404).
+        """
+        client = self.requester()
+        [(_, ok)] = client.call(1, commands.Queue.Delete(queue=REPLY_QUEUE))
+        self.assertEqual((ok.name, ok.message_count), ("Queue.DeleteOk", 0))
+        self.assertIsNotNone(client.server.channels[1].replyConsumer)
+        self.assertChannelClosed(client.call(1, commands.Queue.Purge(queue=REPLY_QUEUE)), 1, 404)
+
     def test_declaredThenConsumedByEmptyName(self) -> None:
         """
         Like a declared queue, the pseudo-queue is the channel's last
