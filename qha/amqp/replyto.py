@@ -33,7 +33,11 @@ documentation says so; RabbitMQ 4.2 counts a reply as routed). Here a
 delivered reply is routed, as the specification has it and as RabbitMQ 4.2
 does; a reply that reaches nobody (its consumer cancelled, its channel or
 connection closed, the address forged or from another broker) is unroutable:
-dropped, or returned 312 NO_ROUTE when mandatory, as in RabbitMQ 3.10.
+dropped, or returned 312 NO_ROUTE when mandatory, as in RabbitMQ 3.10 (4.2
+drops a reply to a well-formed address without a return). A made-up address
+declared is 404 (RabbitMQ 3.10 answers some with 541 INTERNAL_ERROR), and the
+reply consumer's tag is not taken again for a queue consumer on the channel
+(530, as for any tag in use; RabbitMQ accepts it).
 
 The token is client input, so it is checked, never trusted: it carries the
 number of one reply consumer of this broker and an HMAC-SHA256 tag over that
