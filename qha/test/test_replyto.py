@@ -34,7 +34,7 @@ from qha.test.support import (
     publishBytes,
     rawFrame,
 )
-from qha.testing import FakeConfirmHolder
+from qha.testing import FakeConfirmHolder, RecordingObserver
 
 
 def headers(frames: Sequence[Received]) -> list[ContentHeader]:
@@ -572,18 +572,26 @@ class ReplyTests(DirectReplyTestCase):
 
     def test_notQueued(self) -> None:
         """
-        A reply makes no queue and enters none: it is neither stored nor
+        A reply makes no queue and enters none: the broker's observers (the
+        replication source and the store are observers) hear nothing of it
+        and no holder is asked to hold it, so it is neither stored nor
         replicated.
         """
         holder = FakeConfirmHolder(holding=False)
         self.factory = self.makeFactory(holders=[holder])
+        observer = RecordingObserver()
+        self.vhost.observers.append(observer)
         requester = self.requester()
         address = self.request(requester)
         before = set(self.vhost.queues)
         held = len(holder.held)
+        self.assertIn(("enqueued", "requests", 1), [event[:3] for event in observer.events])
+        observer.clear()
         self.reply(self.openClient(), address)
+        self.assertEqual(len(contents(requester.received())), 1)
         self.assertEqual(set(self.vhost.queues), before)
         self.assertEqual(len(holder.held), held)
+        self.assertEqual(observer.events, [])
 
     def test_mandatoryDeliveredNotReturned(self) -> None:
         """
