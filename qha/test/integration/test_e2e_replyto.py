@@ -1,7 +1,8 @@
 """
 End-to-end tests of direct reply-to (C{amq.rabbitmq.reply-to}, see
 L{qha.amqp.replyto}): a real C{twistd qha} process, an RPC client and an RPC
-server on connections of their own, with pika and with aio-pika.
+server on connections of their own, with pika and with aio-pika; and a
+cluster whose primary dies between a request and its reply.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
 from pika.spec import Basic, BasicProperties
 
-from qha.test.integration.brokerprocess import BrokerTestCase
+from qha.test.integration.brokerprocess import BrokerTestCase, waitUntil
 from qha.test.integration.test_e2e_aiopika import EVENT_TIMEOUT, AioPikaTestCase
+from qha.test.integration.test_ha_failover import ALL, FailoverTestCase
 
 REPLY_QUEUE = "amq.rabbitmq.reply-to"
 
@@ -205,4 +207,64 @@ class AioPikaRPCTests(AioPikaTestCase):
         self.runAsync(test)
 
 
-__all__ = ["PikaRPCTests", "AioPikaRPCTests"]
+class FailoverTests(FailoverTestCase):
+    """
+    Direct reply-to in a cluster: a request on a replicated queue survives
+    failover with its reply address, but the address dies with the old
+    primary, as the client's channel did.
+    """
+
+    def test_addressDiesWithPrimary(self) -> None:
+        """
+        A request queued (and replicated) on the primary carries its reply
+        address; after the primary is killed and the backup promoted, a
+        server that takes the request from the new primary finds the
+        address gone (passive declare 404; a mandatory reply is returned
+        unroutable), and a client that consumes again on the new primary
+        gets its replies there.
+        """
+        cluster = self.startCluster(2)
+        requests = "replyto-requests"
+        old = cluster.connect()
+        self.addCleanup(BrokerTestCase._closeQuietly, old)
+        channel = old.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(requests, arguments=ALL)
+        channel.basic_consume(REPLY_QUEUE, lambda *args: None, auto_ack=True)
+        channel.basic_publish("", requests, b"request", BasicProperties(reply_to=REPLY_QUEUE))
+
+        cluster.kill(0)
+        cluster.waitFor(1, lambda state: state["role"] != "ready", what="primary lost")
+        cluster.promote(1)
+        cluster.waitForRole(1, "active")
+        cluster.waitForAMQP(1)
+        connection = cluster.connect()
+        self.addCleanup(connection.close)
+        server = connection.channel()
+        server.confirm_delivery()
+        method, props, body = server.basic_get(requests, auto_ack=True)
+        self.assertEqual(body, b"request")
+        address = props.reply_to
+        self.assertTrue(address.startswith(REPLY_QUEUE + "."), address)
+        with self.assertRaises(ChannelClosedByBroker) as caught:
+            connection.channel().queue_declare(address, passive=True)
+        self.assertEqual(caught.exception.reply_code, 404)
+        with self.assertRaises(UnroutableError):
+            server.basic_publish("", address, b"reply", mandatory=True)
+
+        client = connection.channel()
+        got: list[bytes] = []
+        client.basic_consume(REPLY_QUEUE, lambda c, d, p, body: got.append(body), auto_ack=True)
+        client.basic_publish("", requests, b"again", BasicProperties(reply_to=REPLY_QUEUE))
+
+        def pump(left: float) -> None:
+            connection.process_data_events(time_limit=left)
+
+        request = waitUntil(lambda: server.basic_get(requests, auto_ack=True)[1], pump, EVENT_TIMEOUT, "the request")
+        self.assertNotEqual(request.reply_to, address)
+        server.basic_publish("", request.reply_to, b"reply", mandatory=True)
+        waitUntil(lambda: got, pump, EVENT_TIMEOUT, "the reply")
+        self.assertEqual(got, [b"reply"])
+
+
+__all__ = ["PikaRPCTests", "AioPikaRPCTests", "FailoverTests"]
