@@ -57,9 +57,11 @@ import itertools
 import os
 import struct
 from hashlib import sha256
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
+from weakref import WeakKeyDictionary
 
 from pamqp import commands
+from twisted.logger import Logger
 
 from ..broker.errors import NotAllowed, NotFound, PreconditionFailed
 from ..broker.message import Message
@@ -131,7 +133,14 @@ class DirectReplies:
     the consumers are the channels' and go with them.
 
     @ivar consumers: each live reply consumer by its number.
+    @ivar maxBacklog: the most bytes of replies written to a connection
+        while its send buffer is full (it reads nothing), before further
+        replies to it are dropped: a responder cannot fill the broker's
+        memory through a requester that does not read.
     """
+
+    log = Logger()
+    maxBacklog = 1024 * 1024
 
     def __init__(self, key: bytes | None = None, randomBytes: Callable[[int], bytes] = os.urandom) -> None:
         """
@@ -143,6 +152,9 @@ class DirectReplies:
         self._randomBytes = randomBytes
         self._idents = itertools.count(1)
         self.consumers: dict[int, ReplyConsumer] = {}
+        # Bytes of replies written to each connection since its send buffer
+        # filled up; forgotten when it drains (or the connection goes).
+        self._backlog: WeakKeyDictionary[Any, int] = WeakKeyDictionary()
 
     def _sign(self, ident: bytes, vhost: str) -> bytes:
         """
@@ -283,21 +295,43 @@ class DirectReplies:
         address of a live consumer in the channel's virtual host, deliver
         the message to it and return C{True} (routed); otherwise C{False}
         (unroutable: dropped, or returned when mandatory).
+
+        Replies to a connection whose send buffer is full wait in it up to
+        L{maxBacklog} bytes; past that they are dropped, routed all the
+        same (direct reply-to is at most once, and RabbitMQ 4.2 drops too
+        when a requester cannot keep up).
         """
         consumer = self.find(routingKey, channel.vhost.name)
         if consumer is None:
             return False
         target = consumer.channel
         connection = target.connection
+        if connection.writable:
+            self._backlog.pop(connection, None)
+        else:
+            # Its socket's send buffer is full (it reads nothing); a reply
+            # has no queue to wait in, so past the backlog it is dropped.
+            if self._backlog.get(connection, 0) >= self.maxBacklog:
+                return True
         tag = target.nextDeliveryTag
         target.nextDeliveryTag = tag + 1
         payload = consumer.deliverPrefix + _packTag(tag) + b"\x00" + message.addressing
-        connection.write(
+        data = (
             wire.packFrameHeader(wire.FRAME_METHOD, target.number, len(payload))
             + payload
             + wire.FRAME_END
             + wire.content(target.number, message.header, message.body, connection.frameMax)
         )
+        if not connection.writable:
+            backlog = self._backlog[connection] = self._backlog.get(connection, 0) + len(data)
+            if backlog >= self.maxBacklog:
+                self.log.info(
+                    "{peer} reads nothing and {bytes} bytes of direct replies wait"
+                    " for it: further replies are dropped until it reads",
+                    peer=connection.peer,
+                    bytes=backlog,
+                )
+        connection.write(data)
         return True
 
     def declare(self, channel: "Channel", frame: commands.Queue.Declare, name: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 from pamqp import commands
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
+from twisted.logger import globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from qha.amqp.replyto import REPLY_PREFIX, REPLY_QUEUE, DirectReplies
@@ -628,6 +630,53 @@ class ReplyTests(DirectReplyTestCase):
         [(returned, _)] = contents(frames)
         self.assertEqual((returned.reply_code, returned.reply_text), (312, "NO_ROUTE"))
         self.assertEqual(requester.received(), [])
+
+
+class BacklogTests(DirectReplyTestCase):
+    """
+    A requester that reads nothing cannot make the broker hold replies for
+    it without bound: past L{DirectReplies.maxBacklog} bytes written while
+    its send buffer is full, replies to it are dropped.
+    """
+
+    def test_dropsPastBacklog(self) -> None:
+        """
+        While the requester's send buffer is full, replies are written up
+        to the backlog (the one that crosses it too), then dropped, still
+        confirmed and not returned (they were routed); the drop is logged
+        once. Once the buffer drains, replies are written again.
+        """
+        # Each reply is about 520 bytes of frames.
+        self.factory.replies.maxBacklog = 1200
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        requester = self.requester()
+        address = self.request(requester)
+        responder = self.openClient()
+        responder.call(1, commands.Confirm.Select())
+        requester.server.pauseProducing()
+        for number in range(4):
+            frames = self.reply(responder, address, b"%d" % number + b"x" * 399, mandatory=True)
+            self.assertEqual(names(frames), [(1, "Basic.Ack")])
+        self.assertEqual([body[:1] for _, body in contents(requester.received())], [b"0", b"1", b"2"])
+        self.assertEqual(
+            [event["log_format"] for event in logged if "direct replies" in event.get("log_format", "")],
+            ["{peer} reads nothing and {bytes} bytes of direct replies wait for it: further replies are dropped until it reads"],
+        )
+        requester.server.resumeProducing()
+        self.reply(responder, address, b"after")
+        self.assertEqual([body for _, body in contents(requester.received())], [b"after"])
+
+    def test_writableNoBound(self) -> None:
+        """
+        A requester that reads gets every reply, however many bytes.
+        """
+        self.factory.replies.maxBacklog = 1000
+        requester = self.requester()
+        address = self.request(requester)
+        responder = self.openClient()
+        for number in range(10):
+            self.reply(responder, address, b"x" * 400)
+        self.assertEqual(len(contents(requester.received())), 10)
 
 
 class GoneTests(DirectReplyTestCase):
