@@ -296,7 +296,9 @@ class DirectReplies:
         the message to it and return C{True} (routed); otherwise C{False}
         (unroutable: dropped, or returned when mandatory).
 
-        Replies to a connection whose send buffer is full wait in it up to
+        A reply to a channel whose client paused its deliveries
+        (channel.flow active=false) is dropped. Replies to a connection
+        whose send buffer is full wait in it up to
         L{maxBacklog} bytes; past that they are dropped, routed all the
         same (direct reply-to is at most once, and RabbitMQ 4.2 drops too
         when a requester cannot keep up).
@@ -305,6 +307,10 @@ class DirectReplies:
         if consumer is None:
             return False
         target = consumer.channel
+        if not target.flowActive:
+            # The client paused the channel's deliveries (channel.flow); a
+            # reply cannot wait for it.
+            return True
         connection = target.connection
         if connection.writable:
             self._backlog.pop(connection, None)

@@ -666,6 +666,22 @@ class BacklogTests(DirectReplyTestCase):
         self.reply(responder, address, b"after")
         self.assertEqual([body for _, body in contents(requester.received())], [b"after"])
 
+    def test_flowPaused(self) -> None:
+        """
+        A reply to a channel whose client paused its deliveries with
+        channel.flow active=false is dropped (it has no queue to wait in),
+        routed all the same; after active=true replies come again.
+        """
+        requester = self.requester()
+        address = self.request(requester)
+        self.assertEqual(names(requester.call(1, commands.Channel.Flow(active=False))), [(1, "Channel.FlowOk")])
+        responder = self.openClient()
+        self.assertEqual(self.reply(responder, address, mandatory=True), [])
+        self.assertEqual(requester.received(), [])
+        requester.call(1, commands.Channel.Flow(active=True))
+        self.reply(responder, address, b"after")
+        self.assertEqual([body for _, body in contents(requester.received())], [b"after"])
+
     def test_writableNoBound(self) -> None:
         """
         A requester that reads gets every reply, however many bytes.
