@@ -37,7 +37,9 @@ dropped, or returned 312 NO_ROUTE when mandatory, as in RabbitMQ 3.10 (4.2
 drops a reply to a well-formed address without a return). A made-up address
 declared is 404 (RabbitMQ 3.10 answers some with 541 INTERNAL_ERROR), and the
 reply consumer's tag is not taken again for a queue consumer on the channel
-(530, as for any tag in use; RabbitMQ accepts it).
+(530, as for any tag in use; RabbitMQ accepts it). A reply takes the channel's
+next delivery tag (RabbitMQ gives it that tag without taking it, so that the
+next delivery has the same one).
 
 The token is client input, so it is checked, never trusted: it carries the
 number of one reply consumer of this broker and an HMAC-SHA256 tag over that
