@@ -35,6 +35,7 @@ from ..broker.vhost import PublishRefused, serverQueueName
 from . import wire
 from .access import CONFIGURE, DEFAULT_EXCHANGE, IMPERSONATOR, READ, WRITE, accessRefused, userIdRefused
 from .holders import Held, Waits
+from .replyto import REPLY_MARK, REPLY_PREFIX, REPLY_QUEUE, ReplyConsumer
 
 if TYPE_CHECKING:
     from .protocol import AMQPServer
@@ -74,6 +75,8 @@ class Channel:
         self.flowActive = True
         self.unacked: OrderedDict[int, Unacked] = OrderedDict()
         self.consumers: dict[str, Consumer] = {}
+        # Its consumer of amq.rabbitmq.reply-to (qha.amqp.replyto).
+        self.replyConsumer: ReplyConsumer | None = None
         self.nextDeliveryTag = 1
         self.prefetchCount = 0
         self.globalPrefetch = 0
@@ -263,6 +266,10 @@ class Channel:
         header = self._header
         assert header is not None
         self._header = None
+        if header[12] & 0x02 and header.find(REPLY_MARK) >= 0:
+            # A reply_to property (flag 0x0200), maybe direct reply-to's
+            # pseudo-queue: rewritten to the channel's reply address.
+            header = self.connection.factory.replies.request(self, header)
         message = Message(self._publishAddressing, header, body)
         exchange = self._publishExchange
         routingKey = self._publishRoutingKey
@@ -345,6 +352,13 @@ class Channel:
                 else:
                     held = self._waits = Waits(held, completion)
             return held
+        if (
+            routingKey.startswith(REPLY_PREFIX)
+            and exchange is self.vhost.defaultExchange
+            and self.connection.factory.replies.reply(self, routingKey, message)
+        ):
+            # A direct reply-to reply, handed to its consumer.
+            return None
         if mandatory:
             self.connection.write(
                 wire.basicReturn(self.number, 312, "NO_ROUTE", message.addressing)
@@ -579,6 +593,8 @@ class Channel:
         for consumer in list(self.consumers.values()):
             consumer.queue.removeConsumer(consumer)
         self.consumers.clear()
+        if self.replyConsumer is not None:
+            self.connection.factory.replies.closed(self)
         taken = list(self.unacked.values())
         self.unacked.clear()
         self._finish(taken, True)
@@ -698,6 +714,9 @@ class Channel:
 
     def queueDeclare(self, frame: commands.Queue.Declare) -> None:
         name = _str(frame.queue)
+        if name.startswith(REPLY_QUEUE):
+            self.connection.factory.replies.declare(self, frame, name)
+            return
         generated = False
         if not frame.passive:
             if not name:
@@ -832,6 +851,9 @@ class Channel:
 
     def basicConsume(self, frame: commands.Basic.Consume) -> None:
         name = self._queueName(_str(frame.queue))
+        if name == REPLY_QUEUE:
+            self.connection.factory.replies.consume(self, frame)
+            return
         self._allow(READ, "queue", name)
         queue = self.vhost.queue(name, owner=self.connection)
         tag = _str(frame.consumer_tag)
@@ -839,7 +861,9 @@ class Channel:
             tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode(
                 "ascii"
             ).rstrip("=")
-        elif tag in self.consumers:
+        elif tag in self.consumers or (
+            self.replyConsumer is not None and tag == self.replyConsumer.tag
+        ):
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
         if queue.hasExclusiveConsumer() or (frame.exclusive and queue.consumers):
             raise AccessRefused(
@@ -862,6 +886,9 @@ class Channel:
     def basicCancel(self, frame: commands.Basic.Cancel) -> None:
         tag = _str(frame.consumer_tag)
         consumer = self.consumers.pop(tag, None)
+        if consumer is None and self.replyConsumer is not None:
+            if self.connection.factory.replies.cancel(self, tag, frame.nowait):
+                return
         self._reply(frame.nowait, wire.basicCancelOk(self.number, tag))
         if consumer is not None:
             consumer.queue.removeConsumer(consumer)

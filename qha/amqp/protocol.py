@@ -47,6 +47,7 @@ from .access import vhostRefused
 from .channel import Channel
 from .holders import IConfirmHolder, IReplicationPacer
 from .limits import ConnectionLimits
+from .replyto import DirectReplies
 from .users import (
     GUEST,
     AuthenticationFailed,
@@ -99,6 +100,8 @@ class BrokerFactory(ServerFactory):
         is confirmed. L{None}: always.
     @ivar limits: the connection and header-table limits, with the
         connections they count.
+    @ivar replies: the direct reply-to consumers of every connection
+        (L{qha.amqp.replyto}): a reply may come from any connection.
     """
 
     log = Logger()
@@ -147,6 +150,8 @@ class BrokerFactory(ServerFactory):
         self.mayConfirm = mayConfirm
         # Users who may not log in over AMQP (the brokers' own HA user).
         self.refusedUsers: set[str] = set()
+        # Direct reply-to's consumers (amq.rabbitmq.reply-to), any vhost.
+        self.replies = DirectReplies()
         vhost.resources.listeners.append(self._memoryAlarm)
         # The broker's virtual hosts: connection.open picks one by name.
         self.vhosts = VirtualHosts.of(vhost)
@@ -672,7 +677,7 @@ class AMQPServer(Protocol):
                 "authentication_failure_close": True,
                 "connection.blocked": True,
                 "consumer_priorities": False,
-                "direct_reply_to": False,
+                "direct_reply_to": True,
             },
         }
         mechanisms = list(self.factory.users.mechanisms())
