@@ -134,6 +134,20 @@ def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]
     )
 
 
+def freePort(host: str = "127.0.0.1") -> int:
+    """
+    A TCP port that nothing listens on right now: bind port 0, read the
+    port, close. Another process could take it before the broker (or etcd,
+    or HAProxy) does, but on loopback in a test run that does not happen in
+    practice. The one definition the harnesses share (L{cluster} and
+    L{etcdprocess} export it too).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 class BrokerProcess:
     """
     One C{twistd qha} process on a free loopback port.
@@ -817,6 +831,7 @@ __all__ = [
     "rawFrame",
     "BrokerStartError",
     "CHECKOUT",
+    "freePort",
     "sharedBroker",
     "twistdCommand",
     "waitUntil",

@@ -47,6 +47,7 @@ from qha.test.integration.brokerprocess import (
     BrokerProcess,
     BrokerStartError,
     _running,
+    freePort,
     spawnBroker,
 )
 
@@ -64,18 +65,6 @@ Seconds L{Cluster.waitForRole} waits by default.
 
 _AMP_LISTENING = re.compile(r"qha AMP listening on ([0-9.]+):(\d+)")
 _AMQP_LISTENING = re.compile(r"qha AMQP listening on ([0-9.]+):(\d+)")
-
-
-def freePort(host: str = HOST) -> int:
-    """
-    A TCP port that nothing listens on right now: bind port 0, read the
-    port, close. Another process could take it before the broker does, but
-    on loopback in a test run that does not happen in practice.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RemoteAMPError(Exception):

@@ -13,7 +13,6 @@ import atexit
 import os
 import shutil
 import signal as signals
-import socket
 import subprocess
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
-from .brokerprocess import _dieWithParent
+from .brokerprocess import _dieWithParent, freePort
 
 __all__ = ["BlockingEtcd", "EtcdProcess", "etcdBinary", "freePort", "sharedEtcd"]
 
@@ -51,16 +50,6 @@ def etcdBinary() -> str | None:
         if os.access(shipped, os.X_OK):
             return shipped
     return shutil.which("etcd")
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on now.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class _EtcdProtocol(ProcessProtocol):
