@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Any, Callable, Sequence, cast
+from typing import IO, Any, Callable, Generic, Hashable, Protocol, Sequence, TypeVar, cast
 
 import pika
 from pamqp import commands, frame as pamqpFrame
@@ -132,6 +132,102 @@ def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]
         stderr=subprocess.STDOUT,
         preexec_fn=_dieWithParent,
     )
+
+
+def endProcess(process: "subprocess.Popen[bytes]", timeout: float = STOP_TIMEOUT) -> None:
+    """
+    End a child process that a harness started, and wait for it: SIGTERM,
+    then SIGKILL if it has not exited within C{timeout} seconds. Does
+    nothing to a process that has exited already.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+
+
+class HarnessProcess(Protocol):
+    """
+    A process a harness starts (a broker, etcd, HAProxy): it says whether
+    it runs, and stops, more than once if need be.
+    """
+
+    def running(self) -> bool:
+        """
+        Whether the process is alive.
+        """
+
+    def stop(self) -> None:
+        """
+        Stop the process and clean up after it; safe to call again.
+        """
+
+
+_Process = TypeVar("_Process", bound=HarnessProcess)
+
+
+class StoppedAtExit(Generic[_Process]):
+    """
+    The harness's processes of one kind that are running, each stopped when
+    the test process exits (should a test leave one behind), and the one
+    the tests of a class share.
+
+    @ivar running: the processes started and not yet stopped; a process
+        adds itself when it starts and discards itself when it stops.
+    """
+
+    def __init__(self) -> None:
+        """
+        Nothing runs yet; stop whatever does at exit.
+        """
+        self.running: set[_Process] = set()
+        self._shared: dict[Hashable, _Process] = {}
+        atexit.register(self.stopAll)
+
+    def add(self, process: _Process) -> None:
+        """
+        C{process} started.
+        """
+        self.running.add(process)
+
+    def discard(self, process: _Process) -> None:
+        """
+        C{process} stopped (or never started).
+        """
+        self.running.discard(process)
+
+    def stopAll(self) -> None:
+        """
+        At exit: stop every process still running.
+        """
+        self._shared.clear()
+        for process in list(self.running):
+            process.stop()
+
+    def shared(self, key: Hashable, start: Callable[[], _Process]) -> _Process:
+        """
+        The process the tests under C{key} (their class, and what else
+        tells their processes apart) share: the one kept, if it still
+        runs, else a new one from C{start}. The processes kept under other
+        keys are stopped first, since trial runs the tests of a class one
+        after another and has finished with theirs.
+
+        @param key: the test class, with anything else the process depends on.
+        @param start: starts a new process and returns it, running.
+        """
+        for other in [k for k in self._shared if k != key]:
+            self._shared.pop(other).stop()
+        process = self._shared.get(key)
+        if process is not None and process.running():
+            return process
+        if process is not None:
+            process.stop()
+        process = start()
+        self._shared[key] = process
+        return process
 
 
 def freePort(host: str = "127.0.0.1") -> int:
@@ -321,13 +417,7 @@ class BrokerProcess:
         try:
             if process is None:
                 return
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT)
+            endProcess(process)
         finally:
             _running.discard(self)
             if self._reader is not None:
@@ -338,20 +428,7 @@ class BrokerProcess:
                 self._dataDirectory = None
 
 
-_running: set[BrokerProcess] = set()
-_shared: dict[tuple[type, tuple[str, ...]], BrokerProcess] = {}
-
-
-def _stopAll() -> None:
-    """
-    At exit: stop every broker still running.
-    """
-    _shared.clear()
-    for broker in list(_running):
-        broker.stop()
-
-
-atexit.register(_stopAll)
+_running: StoppedAtExit[BrokerProcess] = StoppedAtExit()
 
 
 def sharedBroker(testClass: type, arguments: Sequence[str] = ()) -> BrokerProcess:
@@ -363,18 +440,13 @@ def sharedBroker(testClass: type, arguments: Sequence[str] = ()) -> BrokerProces
     @param testClass: the test case class.
     @param arguments: extra C{twistd qha} options.
     """
-    key = (testClass, tuple(arguments))
-    for otherKey in [k for k in _shared if k != key]:
-        _shared.pop(otherKey).stop()
-    broker = _shared.get(key)
-    if broker is not None and broker.running():
+
+    def start() -> BrokerProcess:
+        broker = BrokerProcess(arguments)
+        broker.start()
         return broker
-    if broker is not None:
-        broker.stop()
-    broker = BrokerProcess(arguments)
-    broker.start()
-    _shared[key] = broker
-    return broker
+
+    return _running.shared((testClass, tuple(arguments)), start)
 
 
 def waitUntil(
@@ -831,7 +903,10 @@ __all__ = [
     "rawFrame",
     "BrokerStartError",
     "CHECKOUT",
+    "endProcess",
     "freePort",
+    "HarnessProcess",
+    "StoppedAtExit",
     "sharedBroker",
     "twistdCommand",
     "waitUntil",
