@@ -1,7 +1,8 @@
 """
 The clients the failover tests and soaks run against a cluster of real
 brokers: confirmed publishers (L{Publisher}, and L{TimedPublisher} that
-also records when and from which broker each confirm came) and a consumer
+reconnects sooner; each records when and from which broker each confirm
+came, as every L{ConfirmedPublisher} does) and a consumer
 (L{Consumer}), each a thread that reconnects through every broker's address
 after a failover; and the C{qha-admin} command of the running Python.
 """
@@ -12,13 +13,22 @@ import os
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import pika
 from pika.exceptions import AMQPError
 
 from qha.test.integration.cluster import Cluster
 
-__all__ = ["QUEUE", "Consumer", "Publisher", "TimedPublisher", "adminCommand"]
+__all__ = [
+    "QUEUE",
+    "Confirm",
+    "ConfirmedPublisher",
+    "Consumer",
+    "Publisher",
+    "TimedPublisher",
+    "adminCommand",
+]
 
 QUEUE = "soak"
 """
@@ -26,15 +36,131 @@ The queue the clients publish to and consume from.
 """
 
 
-class Publisher(threading.Thread):
+class Confirm(NamedTuple):
     """
-    Publishes numbered messages with confirms, reconnecting through every
-    broker's address after each failover.
+    One confirmed publish.
+    """
 
+    sent: float
+    """
+    The monotonic time the publish was sent.
+    """
+
+    at: float
+    """
+    The monotonic time its confirm came.
+    """
+
+    port: int | None
+    """
+    The AMQP port of the broker that confirmed it, where the publisher
+    knows it (L{None} behind a proxy).
+    """
+
+
+class ConfirmedPublisher(threading.Thread):
+    """
+    What every confirmed publisher of the failover tests keeps, however it
+    publishes (pika here, aio-pika through HAProxy in test_haproxy): the
+    ids it tried, the ids confirmed, when each confirm came and from which
+    broker, and the longest wait between two confirms. A subclass publishes
+    in L{publish}, taking each id from L{attempt} and reporting each confirm
+    to L{confirm}.
+
+    @ivar stopping: set to stop it.
     @ivar attempted: ids it tried to publish.
     @ivar confirmed: ids the broker confirmed.
-    @ivar longestGap: the longest time between two confirms, in seconds.
+    @ivar confirms: every confirm, in order.
+    @ivar longestGap: the longest time between two confirms (the first
+        measured from the start), in seconds.
     """
+
+    def __init__(self, name: str, stop: threading.Event) -> None:
+        """
+        @param name: the prefix of its message ids, and the thread's name.
+        @param stop: set to stop it.
+        """
+        super().__init__(name=name, daemon=True)
+        self.stopping = stop
+        self.attempted: set[str] = set()
+        self.confirmed: set[str] = set()
+        self.confirms: list[Confirm] = []
+        self.longestGap = 0.0
+        self._sequence = 0
+        self._lastConfirm = time.monotonic()
+
+    def run(self) -> None:
+        """
+        Publish until stopped, the gaps between confirms measured from now.
+        """
+        self._lastConfirm = time.monotonic()
+        self.publish()
+
+    def publish(self) -> None:
+        """
+        Publish numbered messages with confirms until L{stopping} is set.
+        """
+        raise NotImplementedError()
+
+    def attempt(self) -> str:
+        """
+        The id of the next message, noted as attempted.
+        """
+        self._sequence += 1
+        id = f"{self.name}-{self._sequence}"
+        self.attempted.add(id)
+        return id
+
+    def confirm(self, id: str, sent: float, port: int | None = None) -> None:
+        """
+        The message C{id}, sent at monotonic time C{sent}, was confirmed
+        just now (by the broker on AMQP port C{port}, if known).
+        """
+        now = time.monotonic()
+        self.confirmed.add(id)
+        self.confirms.append(Confirm(sent, now, port))
+        self.longestGap = max(self.longestGap, now - self._lastConfirm)
+        self._lastConfirm = now
+
+    def confirmedSince(
+        self, moment: float, port: int | None = None, sentAfter: float | None = None
+    ) -> list[float]:
+        """
+        The times of the confirms after C{moment} (from broker C{port}
+        only, if given; of publishes sent after C{sentAfter} only, if
+        given).
+        """
+        return [
+            confirm.at
+            for confirm in list(self.confirms)
+            if confirm.at > moment
+            and (port is None or confirm.port == port)
+            and (sentAfter is None or confirm.sent > sentAfter)
+        ]
+
+    def firstConfirmSentAfter(self, moment: float) -> float | None:
+        """
+        When the first publish sent after C{moment} was confirmed, if one was.
+        """
+        for confirm in list(self.confirms):
+            if confirm.sent > moment:
+                return confirm.at
+        return None
+
+
+class Publisher(ConfirmedPublisher):
+    """
+    Publishes numbered messages with confirms (pika), reconnecting through
+    every broker's address after each failover.
+
+    @cvar connectionAttempts: how many times one reconnection tries the
+        addresses (pika's C{connection_attempts}).
+    @cvar retryDelay: seconds between two of those tries.
+    @ivar errors: connections lost or refused.
+    """
+
+    connectionAttempts = 20
+    retryDelay = 0.25
 
     def __init__(self, name: str, cluster: Cluster, stop: threading.Event) -> None:
         """
@@ -42,40 +168,34 @@ class Publisher(threading.Thread):
         @param cluster: where it publishes.
         @param stop: set to stop it.
         """
-        super().__init__(name=name, daemon=True)
+        super().__init__(name, stop)
         self.cluster = cluster
-        self.stopping = stop
-        self.attempted: set[str] = set()
-        self.confirmed: set[str] = set()
-        self.longestGap = 0.0
         self.errors = 0
 
-    def run(self) -> None:
+    def publish(self) -> None:
         """
-        Publish numbered messages with confirms until stopped.
+        Publish numbered messages with confirms until stopped, reconnecting
+        through every broker's address whenever the connection fails.
         """
-        sequence = 0
-        lastConfirm = time.monotonic()
         while not self.stopping.is_set():
             try:
                 connection = pika.BlockingConnection(
-                    self.cluster.amqpParams(connection_attempts=20, retry_delay=0.25)
+                    self.cluster.amqpParams(
+                        connection_attempts=self.connectionAttempts, retry_delay=self.retryDelay
+                    )
                 )
             except AMQPError:
                 self.errors += 1
                 continue
+            port = connection._impl.params.port
             try:
                 channel = connection.channel()
                 channel.confirm_delivery()
                 while not self.stopping.is_set():
-                    sequence += 1
-                    id = f"{self.name}-{sequence}"
-                    self.attempted.add(id)
+                    id = self.attempt()
+                    sent = time.monotonic()
                     channel.basic_publish("", QUEUE, id.encode("ascii"))
-                    self.confirmed.add(id)
-                    now = time.monotonic()
-                    self.longestGap = max(self.longestGap, now - lastConfirm)
-                    lastConfirm = now
+                    self.confirm(id, sent, port)
             except AMQPError:
                 self.errors += 1
             finally:
@@ -139,79 +259,13 @@ class Consumer(threading.Thread):
 
 class TimedPublisher(Publisher):
     """
-    L{Publisher} that also records when each confirm arrived and from which
-    broker, so that a test can say which broker confirmed what, and when.
-
-    @ivar confirms: (monotonic time, AMQP port) of every confirm, in order.
-    @ivar sentAt: the monotonic time each confirmed publish was sent, in
-        the order of C{confirms}.
+    L{Publisher} that reconnects sooner (40 tries 0.1 s apart), for the
+    tests that measure when, and from which broker, confirms came back
+    after a failover (L{ConfirmedPublisher.confirmedSince}).
     """
 
-    def __init__(self, name: str, cluster: Cluster, stop: threading.Event) -> None:
-        """
-        @param name: the prefix of its message ids.
-        @param cluster: where it publishes.
-        @param stop: set to stop it.
-        """
-        super().__init__(name, cluster, stop)
-        self.confirms: list[tuple[float, int]] = []
-        self.sentAt: list[float] = []
-
-    def run(self) -> None:
-        """
-        Publish numbered messages with confirms until stopped, reconnecting
-        through every broker's address whenever the connection fails.
-        """
-        sequence = 0
-        lastConfirm = time.monotonic()
-        while not self.stopping.is_set():
-            try:
-                connection = pika.BlockingConnection(
-                    self.cluster.amqpParams(connection_attempts=40, retry_delay=0.1)
-                )
-            except AMQPError:
-                self.errors += 1
-                continue
-            port = connection._impl.params.port
-            try:
-                channel = connection.channel()
-                channel.confirm_delivery()
-                while not self.stopping.is_set():
-                    sequence += 1
-                    id = f"{self.name}-{sequence}"
-                    self.attempted.add(id)
-                    sent = time.monotonic()
-                    channel.basic_publish("", QUEUE, id.encode("ascii"))
-                    now = time.monotonic()
-                    self.confirmed.add(id)
-                    self.sentAt.append(sent)
-                    self.confirms.append((now, port))
-                    self.longestGap = max(self.longestGap, now - lastConfirm)
-                    lastConfirm = now
-            except AMQPError:
-                self.errors += 1
-            finally:
-                try:
-                    connection.close()
-                except Exception:
-                    pass
-
-    def confirmedSince(
-        self, moment: float, port: int | None = None, sentAfter: float | None = None
-    ) -> list[float]:
-        """
-        The times of the confirms after C{moment} (from broker C{port}
-        only, if given; of publishes sent after C{sentAfter} only, if
-        given).
-        """
-        confirms, sentAt = list(self.confirms), list(self.sentAt)
-        return [
-            t
-            for (t, p), sent in zip(confirms, sentAt)
-            if t > moment
-            and (port is None or p == port)
-            and (sentAfter is None or sent > sentAfter)
-        ]
+    connectionAttempts = 40
+    retryDelay = 0.1
 
 
 def adminCommand() -> list[str]:

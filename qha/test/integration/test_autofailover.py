@@ -173,7 +173,7 @@ class CoordinatedCluster:
         self.waitUntil(
             lambda: len(self.publisher.confirms) >= start + count, f"{count} more confirms", timeout
         )
-        return self.publisher.confirms[start][0]
+        return self.publisher.confirms[start].at
 
     def drainAndCount(self) -> tuple[int, int, int]:
         """

@@ -38,7 +38,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from .cluster import HOST, Cluster, RemoteAMPError
 from .etcdprocess import sharedEtcd
 from .haproxyprocess import HAProxy, haproxyConfig, requireHAProxy
-from .loadclients import QUEUE
+from .loadclients import QUEUE, ConfirmedPublisher
 
 TTL = 2
 """
@@ -71,18 +71,17 @@ The brokers of the configuration in doc/clients.md.
 """
 
 
-class SingleURLPublisher(threading.Thread):
+class SingleURLPublisher(ConfirmedPublisher):
     """
     A confirmed publisher with aio-pika's C{connect_robust} and one URL, in
     a thread with its own event loop: it publishes numbered messages, and
     publishes the next one when a publish fails (the connection was lost;
-    aio-pika reconnects to the same URL by itself).
+    aio-pika reconnects to the same URL by itself). It keeps what every
+    L{ConfirmedPublisher} keeps (the port of each confirm unknown, behind
+    HAProxy).
 
-    @ivar attempted: ids it tried to publish.
-    @ivar confirmed: ids the broker confirmed.
-    @ivar confirms: (monotonic time sent, monotonic time confirmed) of every
-        confirm, in order.
     @ivar errors: the publishes that failed, by exception type.
+    @ivar failure: what ended its event loop, if anything did.
     """
 
     def __init__(self, name: str, url: str, stop: threading.Event) -> None:
@@ -91,16 +90,12 @@ class SingleURLPublisher(threading.Thread):
         @param url: the one URL it knows.
         @param stop: set to stop it.
         """
-        super().__init__(name=name, daemon=True)
+        super().__init__(name, stop)
         self.url = url
-        self.stopping = stop
-        self.attempted: set[str] = set()
-        self.confirmed: set[str] = set()
-        self.confirms: list[tuple[float, float]] = []
         self.errors: Counter[str] = Counter()
         self.failure: BaseException | None = None
 
-    def run(self) -> None:
+    def publish(self) -> None:
         """
         Run the publisher's loop until stopped.
         """
@@ -117,11 +112,8 @@ class SingleURLPublisher(threading.Thread):
         try:
             channel = await connection.channel(publisher_confirms=True)
             await channel.declare_queue(QUEUE, durable=True)
-            sequence = 0
             while not self.stopping.is_set():
-                sequence += 1
-                id = f"{self.name}-{sequence}"
-                self.attempted.add(id)
+                id = self.attempt()
                 sent = time.monotonic()
                 try:
                     await channel.default_exchange.publish(
@@ -137,19 +129,9 @@ class SingleURLPublisher(threading.Thread):
                     except asyncio.TimeoutError:
                         pass
                     continue
-                self.confirmed.add(id)
-                self.confirms.append((sent, time.monotonic()))
+                self.confirm(id, sent)
         finally:
             await connection.close()
-
-    def firstConfirmSentAfter(self, moment: float) -> float | None:
-        """
-        When the first publish sent after C{moment} was confirmed, if one was.
-        """
-        for sent, confirmed in list(self.confirms):
-            if sent > moment:
-                return confirmed
-        return None
 
 
 class KeptRecords(logging.Handler):

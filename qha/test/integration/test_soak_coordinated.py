@@ -108,9 +108,7 @@ class CoordinatedSoakTests(SynchronousTestCase):
             # Nobody promotes: wait for a confirm from another broker.
             deadline = killedAt + 30
             while True:
-                firsts = [
-                    t for p in publishers for t, port in list(p.confirms) if t > killedAt and port in ports
-                ]
+                firsts = [t for p in publishers for port in ports for t in p.confirmedSince(killedAt, port)]
                 if firsts:
                     failovers.append(min(firsts) - killedAt)
                     break
