@@ -4,21 +4,27 @@ brokers: confirmed publishers (L{Publisher}, and L{TimedPublisher} that
 reconnects sooner; each records when and from which broker each confirm
 came, as every L{ConfirmedPublisher} does) and a consumer
 (L{Consumer}), each a thread that reconnects through every broker's address
-after a failover; and the C{qha-admin} command of the running Python.
+after a failover; the load of a soak (L{SoakLoad}); the count every
+failover test makes at its end (L{Tally}) and the figures it prints
+(L{failoverFigures}); and the C{qha-admin} command of the running Python.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import threading
 import time
-from typing import NamedTuple
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Sequence
 
 import pika
 from pika.exceptions import AMQPError
+from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.integration.cluster import Cluster
+from qha.test.integration.cluster import Cluster, ClusterBroker
 
 __all__ = [
     "QUEUE",
@@ -26,8 +32,11 @@ __all__ = [
     "ConfirmedPublisher",
     "Consumer",
     "Publisher",
+    "SoakLoad",
+    "Tally",
     "TimedPublisher",
     "adminCommand",
+    "failoverFigures",
 ]
 
 QUEUE = "soak"
@@ -266,6 +275,153 @@ class TimedPublisher(Publisher):
 
     connectionAttempts = 40
     retryDelay = 0.1
+
+
+@dataclass(frozen=True)
+class Tally:
+    """
+    What the consumers of a failover test received against what its
+    publishers sent: the count every such test prints and asserts on.
+
+    @ivar confirmed: how many messages were confirmed.
+    @ivar delivered: how many distinct messages were delivered.
+    @ivar lost: the ids confirmed and never delivered (must be none).
+    @ivar unexpected: the ids delivered and never published (must be none).
+    @ivar duplicated: how many messages were delivered more than once
+        (allowed: delivery is at-least-once).
+    """
+
+    confirmed: int
+    delivered: int
+    lost: set[str]
+    unexpected: set[str]
+    duplicated: int
+
+    @classmethod
+    def of(cls, confirmed: set[str], attempted: set[str], received: Iterable[str]) -> Tally:
+        """
+        Count.
+
+        @param confirmed: the ids the publishers had confirmed.
+        @param attempted: the ids the publishers tried to publish.
+        @param received: every id delivered, duplicates included.
+        """
+        counts = Counter(received)
+        delivered = set(counts)
+        return cls(
+            confirmed=len(confirmed),
+            delivered=len(delivered),
+            lost=confirmed - delivered,
+            unexpected=delivered - attempted,
+            duplicated=sum(1 for count in counts.values() if count > 1),
+        )
+
+    def summary(self) -> str:
+        """
+        The count in words, for a test's report.
+        """
+        return (
+            f"{self.confirmed} confirmed, {self.delivered} delivered:"
+            f" lost {len(self.lost)}, unexpected {len(self.unexpected)},"
+            f" duplicated {self.duplicated}"
+        )
+
+
+def failoverFigures(failovers: Sequence[float]) -> str:
+    """
+    The failover times of a run in words: median, worst and each one.
+
+    @param failovers: seconds from each kill to the first confirm after it.
+    """
+    return (
+        f"median {statistics.median(failovers):.2f} s, worst {max(failovers):.2f} s,"
+        f" each {' '.join(f'{f:.2f}' for f in failovers)}"
+    )
+
+
+class SoakLoad:
+    """
+    The load of a failover soak: confirmed publishers and consumers running
+    against a cluster through every failover, drained and counted at the
+    end.
+
+    @ivar publishers: the publishers (C{p0}, C{p1}, ...).
+    @ivar consumers: the consumers (C{c0}, C{c1}, ...).
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        publisher: type[Publisher] = Publisher,
+        publishers: int = 3,
+        consumers: int = 2,
+    ) -> None:
+        """
+        @param cluster: where they publish and consume.
+        @param publisher: the kind of publisher.
+        @param publishers: how many publishers.
+        @param consumers: how many consumers.
+        """
+        self._stopPublishing = threading.Event()
+        self._stopConsuming = threading.Event()
+        self.publishers = [publisher(f"p{i}", cluster, self._stopPublishing) for i in range(publishers)]
+        self.consumers = [Consumer(f"c{i}", cluster, self._stopConsuming) for i in range(consumers)]
+
+    def start(self) -> None:
+        """
+        Start every publisher and consumer.
+        """
+        for thread in [*self.publishers, *self.consumers]:
+            thread.start()
+
+    def confirmedCount(self) -> int:
+        """
+        How many messages the publishers had confirmed so far.
+        """
+        return sum(len(p.confirmed) for p in self.publishers)
+
+    def waitForProgress(
+        self, case: SynchronousTestCase, broker: ClusterBroker, count: int = 300, timeout: float = 10.0
+    ) -> None:
+        """
+        Wait until the publishers have C{count} more confirms, waiting for
+        C{broker} to log something between two looks.
+
+        @raise AssertionError: (C{case}'s) after C{timeout} seconds.
+        """
+        before = self.confirmedCount()
+        deadline = time.monotonic() + timeout
+        while self.confirmedCount() < before + count:
+            case.assertLess(time.monotonic(), deadline, "publishers made no progress")
+            broker.waitForOutput(0.1)
+
+    def longestGap(self) -> float:
+        """
+        The longest time any publisher waited between two confirms.
+        """
+        return max(p.longestGap for p in self.publishers)
+
+    def drain(self, broker: ClusterBroker, timeout: float = 60.0) -> Tally:
+        """
+        Stop publishing, let the consumers take every confirmed message (for
+        at most C{timeout} seconds, waiting for C{broker}, the primary, to
+        log something between two looks), stop them and count.
+        """
+        self._stopPublishing.set()
+        for publisher in self.publishers:
+            publisher.join(timeout=30)
+        confirmed = set().union(*(p.confirmed for p in self.publishers))
+        attempted = set().union(*(p.attempted for p in self.publishers))
+        deadline = time.monotonic() + timeout
+        while True:
+            received = set().union(*(set(c.received) for c in self.consumers))
+            if confirmed <= received or time.monotonic() > deadline:
+                break
+            broker.waitForOutput(0.2)
+        self._stopConsuming.set()
+        for consumer in self.consumers:
+            consumer.join(timeout=30)
+        return Tally.of(confirmed, attempted, (id for c in self.consumers for id in c.received))
 
 
 def adminCommand() -> list[str]:

@@ -18,14 +18,13 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections import Counter
 from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from .cluster import Cluster, RemoteAMPError
 from .etcdprocess import BlockingEtcd, sharedEtcd
-from .loadclients import QUEUE, Consumer, TimedPublisher, adminCommand
+from .loadclients import QUEUE, Consumer, Tally, TimedPublisher, adminCommand
 
 TTL = 2
 """
@@ -191,11 +190,8 @@ class CoordinatedCluster:
             self.cluster.brokers[self.primary].waitForOutput(0.1)
         self.stopConsuming.set()
         self.consumer.join(timeout=WAIT)
-        counts = Counter(self.consumer.received)
-        lost = confirmed - set(counts)
-        unexpected = set(counts) - attempted
-        duplicated = sum(1 for count in counts.values() if count > 1)
-        return len(lost), len(unexpected), duplicated
+        tally = Tally.of(confirmed, attempted, self.consumer.received)
+        return len(tally.lost), len(tally.unexpected), tally.duplicated
 
     def assertNothingLost(self) -> None:
         """

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import os
 import re
-import statistics
 import threading
 import time
 from collections import Counter
@@ -38,7 +37,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from .cluster import HOST, Cluster, RemoteAMPError
 from .etcdprocess import sharedEtcd
 from .haproxyprocess import HAProxy, haproxyConfig, requireHAProxy
-from .loadclients import QUEUE, ConfirmedPublisher
+from .loadclients import QUEUE, ConfirmedPublisher, Tally, failoverFigures
 
 TTL = 2
 """
@@ -282,11 +281,8 @@ class ProxiedCluster:
             finally:
                 if connection.is_open:
                     connection.close()
-        counts = Counter(received)
-        lost = confirmed - set(counts)
-        unexpected = set(counts) - publisher.attempted
-        duplicated = sum(1 for count in counts.values() if count > 1)
-        return len(lost), len(unexpected), duplicated
+        tally = Tally.of(confirmed, publisher.attempted, received)
+        return len(tally.lost), len(tally.unexpected), tally.duplicated
 
     def killPrimary(self, publisher: SingleURLPublisher) -> float:
         """
@@ -391,8 +387,7 @@ class HAProxyFailoverTests(SynchronousTestCase):
             f"HAProxy failover figure: {ROUNDS} kill -9 failovers, TTL {TTL}, one aio-pika"
             f" connect_robust URL: {len(publisher.confirmed)} confirmed, lost {lost},"
             f" unexpected {unexpected}, duplicated {duplicated}; kill -9 to first confirm:"
-            f" median {statistics.median(failovers):.2f} s, worst {max(failovers):.2f} s,"
-            f" each {' '.join(f'{f:.2f}' for f in failovers)}; failed publishes {dict(publisher.errors)}"
+            f" {failoverFigures(failovers)}; failed publishes {dict(publisher.errors)}"
         )
         print("\n" + report)
         self.assertEqual((lost, unexpected), (0, 0), report)

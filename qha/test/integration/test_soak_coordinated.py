@@ -15,16 +15,13 @@ Lost and unexpected must be zero.
 from __future__ import annotations
 
 import os
-import statistics
-import threading
 import time
-from collections import Counter
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from .cluster import Cluster, RemoteAMPError
 from .etcdprocess import BlockingEtcd
-from .loadclients import QUEUE, Consumer, TimedPublisher
+from .loadclients import QUEUE, SoakLoad, TimedPublisher, failoverFigures
 
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
 TTL = 2
@@ -85,22 +82,14 @@ class CoordinatedSoakTests(SynchronousTestCase):
         setup.channel().queue_declare(QUEUE, durable=True)
         setup.close()
 
-        stopPublishing = threading.Event()
-        stopConsuming = threading.Event()
-        publishers = [TimedPublisher(f"p{i}", cluster, stopPublishing) for i in range(3)]
-        consumers = [Consumer(f"c{i}", cluster, stopConsuming) for i in range(2)]
-        for thread in publishers + consumers:
-            thread.start()
+        load = SoakLoad(cluster, TimedPublisher)
+        load.start()
 
         failovers: list[float] = []
         started = time.monotonic()
         for round in range(ROUNDS):
             cluster.waitForBackups(primary, 2, timeout=30)
-            before = sum(len(p.confirmed) for p in publishers)
-            deadline = time.monotonic() + 10
-            while sum(len(p.confirmed) for p in publishers) < before + 300:
-                self.assertLess(time.monotonic(), deadline, "publishers made no progress")
-                cluster.brokers[primary].waitForOutput(0.1)
+            load.waitForProgress(self, cluster.brokers[primary])
             cluster.kill(primary)
             killedAt = time.monotonic()
             others = [i for i in range(3) if i != primary]
@@ -108,7 +97,7 @@ class CoordinatedSoakTests(SynchronousTestCase):
             # Nobody promotes: wait for a confirm from another broker.
             deadline = killedAt + 30
             while True:
-                firsts = [t for p in publishers for port in ports for t in p.confirmedSince(killedAt, port)]
+                firsts = [t for p in load.publishers for port in ports for t in p.confirmedSince(killedAt, port)]
                 if firsts:
                     failovers.append(min(firsts) - killedAt)
                     break
@@ -123,37 +112,14 @@ class CoordinatedSoakTests(SynchronousTestCase):
             primary = newPrimary
         cluster.waitForBackups(primary, 2, timeout=30)
 
-        stopPublishing.set()
-        for publisher in publishers:
-            publisher.join(timeout=30)
-        confirmed = set().union(*(p.confirmed for p in publishers))
-        attempted = set().union(*(p.attempted for p in publishers))
-        deadline = time.monotonic() + 60
-        while True:
-            received = set().union(*(set(c.received) for c in consumers))
-            if confirmed <= received or time.monotonic() > deadline:
-                break
-            cluster.brokers[primary].waitForOutput(0.2)
-        stopConsuming.set()
-        for consumer in consumers:
-            consumer.join(timeout=30)
-
-        counts: Counter[str] = Counter()
-        for consumer in consumers:
-            counts.update(consumer.received)
-        received = set(counts)
-        lost = confirmed - received
-        unexpected = received - attempted
-        duplicated = sum(1 for count in counts.values() if count > 1)
-        gap = max(p.longestGap for p in publishers)
+        tally = load.drain(cluster.brokers[primary])
         report = (
             f"coordinated soak: {ROUNDS} failovers in {time.monotonic() - started:.1f} s,"
-            f" {len(confirmed)} confirmed, {len(received)} delivered:"
-            f" lost {len(lost)}, unexpected {len(unexpected)},"
-            f" duplicated {duplicated}, longest publish gap {gap:.2f} s;"
+            f" {tally.summary()}, longest publish gap {load.longestGap():.2f} s;"
             f" failover (kill -9 to first confirm on the new primary, TTL {TTL}):"
-            f" median {statistics.median(failovers):.2f} s, worst {max(failovers):.2f} s,"
-            f" each {' '.join(f'{f:.2f}' for f in failovers)}"
+            f" {failoverFigures(failovers)}"
         )
         print("\n" + report)
-        self.assertEqual((len(lost), len(unexpected)), (0, 0), report + f" lost: {sorted(lost)[:10]}")
+        self.assertEqual(
+            (len(tally.lost), len(tally.unexpected)), (0, 0), report + f" lost: {sorted(tally.lost)[:10]}"
+        )
