@@ -19,6 +19,8 @@ latency. Each step of C{--steps} is one total of connections in flight::
 C{--sources N} binds the flooders' sockets to N loopback addresses
 (127.0.1.1 and up), since the broker delays refusals per source address.
 Imports nothing of qha, so it measures any broker. Not a test.
+C{python -m qha.test.integration.loginflood} runs it (steps 0 and
+C{--flooders}) against a broker of this checkout that it starts itself.
 """
 
 from __future__ import annotations
