@@ -27,27 +27,17 @@ import re
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
 
 import aio_pika
 import pika
 from pika.exceptions import AMQPError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .cluster import HOST, Cluster, RemoteAMPError
+from .cluster import HOST
+from .elected import TTL, WAIT, ElectedCluster
 from .etcdprocess import sharedEtcd
 from .haproxyprocess import HAProxy, haproxyConfig, requireHAProxy
 from .loadclients import QUEUE, ConfirmedPublisher, Tally, failoverFigures
-
-TTL = 2
-"""
-C{--ha-lease-ttl} of every broker.
-"""
-
-WAIT = 20.0
-"""
-Seconds any one wait of these tests may take before it fails.
-"""
 
 PUBLISH_TIMEOUT = 10.0
 """
@@ -154,7 +144,7 @@ class KeptRecords(logging.Handler):
         self.records.append(record)
 
 
-class ProxiedCluster:
+class ProxiedCluster(ElectedCluster):
     """
     Three brokers that etcd coordinates, and HAProxy in front of them.
 
@@ -173,24 +163,7 @@ class ProxiedCluster:
         @param name: the cluster's name in etcd.
         """
         requireHAProxy()
-        self.case = case
-        etcd = sharedEtcd(type(case))
-        self.cluster = Cluster(
-            3,
-            arguments=[
-                "--ha-coordinator",
-                f"etcd:{etcd.url}",
-                "--ha-cluster-name",
-                name,
-                "--ha-lease-ttl",
-                str(TTL),
-                "--ha-replicate",
-                "all",
-                "--ha-backup-timeout",
-                "1",
-            ],
-        )
-        case.addCleanup(self.cluster.stop)
+        super().__init__(case, sharedEtcd(type(case)).url, name)
         self.proxy = HAProxy(
             [
                 (f"b{index}", HOST, broker.port, self.cluster.httpPorts[index])
@@ -204,42 +177,11 @@ class ProxiedCluster:
         self.cluster.waitForBackups(self.primary, 2, WAIT)
         self.waitForProxyOn(self.primary)
 
-    def waitUntil(self, check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    def explain(self) -> str:
         """
-        Call C{check} until it answers something true, waiting for a broker
-        to log something between two calls.
-
-        @raise AssertionError: after C{timeout} seconds.
+        What HAProxy sees and said, to explain a wait that timed out.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what}; HAProxy sees"
-                    f" {self.proxy.serverStates()}; HAProxy said:\n{self.proxy.output()}"
-                )
-            self.cluster.brokers[0].waitForOutput(min(left, 0.05))
-
-    def waitForPrimary(self, among: list[int] | None = None) -> int:
-        """
-        Wait until one of C{among} (every broker by default) is the active
-        primary, and return its index.
-        """
-
-        def active() -> int | None:
-            for index in range(3) if among is None else among:
-                try:
-                    if self.cluster.role(index, timeout=0.5) == "active":
-                        return index + 1
-                except (OSError, RemoteAMPError):
-                    pass
-            return None
-
-        return int(self.waitUntil(active, "an active primary")) - 1
+        return f"; HAProxy sees {self.proxy.serverStates()}; HAProxy said:\n{self.proxy.output()}"
 
     def waitForProxyOn(self, index: int) -> None:
         """

@@ -19,12 +19,11 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .cluster import Cluster, RemoteAMPError
+from .elected import TTL, ElectedCluster
 from .etcdprocess import BlockingEtcd
 from .loadclients import QUEUE, SoakLoad, TimedPublisher, failoverFigures
 
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
-TTL = 2
 
 
 class CoordinatedSoakTests(SynchronousTestCase):
@@ -32,18 +31,6 @@ class CoordinatedSoakTests(SynchronousTestCase):
     Kill the primary ten times under confirmed load, with etcd choosing the
     next; lose nothing.
     """
-
-    def active(self, cluster: Cluster, among: list[int]) -> int | None:
-        """
-        The broker of C{among} that is the active primary, if any.
-        """
-        for index in among:
-            try:
-                if cluster.role(index, timeout=0.5) == "active":
-                    return index
-            except (OSError, RemoteAMPError):
-                pass
-        return None
 
     def test_soak(self) -> None:
         """
@@ -55,26 +42,14 @@ class CoordinatedSoakTests(SynchronousTestCase):
         etcd = BlockingEtcd()
         etcd.start()
         self.addCleanup(etcd.stop)
-        cluster = Cluster(
-            3,
-            arguments=[
-                "--ha-coordinator",
-                f"etcd:{etcd.url}",
-                "--ha-lease-ttl",
-                str(TTL),
-                "--ha-replicate",
-                "all",
-                "--ha-backup-timeout",
-                "1",
-            ],
-        )
-        self.addCleanup(cluster.stop)
+        elected = ElectedCluster(self, etcd.url)
+        cluster = elected.cluster
         cluster.start()
         deadline = time.monotonic() + 30
         primary = None
         while primary is None:
             self.assertLess(time.monotonic(), deadline, "no primary elected")
-            primary = self.active(cluster, [0, 1, 2])
+            primary = elected.active([0, 1, 2])
             if primary is None:
                 cluster.brokers[0].waitForOutput(0.1)
         cluster.waitForBackups(primary, 2, timeout=30)
@@ -103,7 +78,7 @@ class CoordinatedSoakTests(SynchronousTestCase):
                     break
                 self.assertLess(time.monotonic(), deadline, f"round {round}: no new primary confirmed")
                 cluster.brokers[others[0]].waitForOutput(0.05)
-            newPrimary = self.active(cluster, others)
+            newPrimary = elected.active(others)
             self.assertIsNotNone(newPrimary, f"round {round}: confirms but no active primary")
             assert newPrimary is not None
             print(f"round {round}: broker {primary} killed, broker {newPrimary} confirms"
