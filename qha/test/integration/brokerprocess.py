@@ -408,6 +408,14 @@ class BrokerProcess:
         """
         return self.process is not None and self.process.poll() is None
 
+    def signal(self, number: int) -> None:
+        """
+        Send the process signal C{number}, if it is running (without
+        waiting: the watchdog's thread kills with it).
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(number)
+
     def stop(self) -> None:
         """
         Stop the broker: SIGTERM, then SIGKILL if it has not exited within
@@ -735,6 +743,64 @@ class AMQPlainCredentials(pika.PlainCredentials):
         return self.TYPE, b"".join(pieces)[4:]
 
 
+def armWatchdog(
+    case: SynchronousTestCase, timeout: float, bite: Callable[[], None], bitten: Callable[[], str]
+) -> None:
+    """
+    Arm a watchdog for one test: pika's blocking calls have no timeout of
+    their own, so a broker that never answers would hang the test run.
+    After C{timeout} seconds the watchdog's thread calls C{bite}, which
+    kills the test's brokers so that every blocked call fails; at the
+    test's cleanup the watchdog is cancelled, and the test fails if it
+    fired.
+
+    @param case: the test.
+    @param timeout: the most seconds the test may take.
+    @param bite: kills the test's brokers (in the watchdog's thread).
+    @param bitten: what the failure says happened, after the time.
+    """
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        bite()
+
+    watchdog = threading.Timer(timeout, fire)
+    watchdog.daemon = True
+    watchdog.start()
+
+    def disarm() -> None:
+        watchdog.cancel()
+        if fired.is_set():
+            case.fail(f"the test took more than {timeout} s: {bitten()}")
+
+    case.addCleanup(disarm)
+
+
+def failOnTraceback(
+    case: SynchronousTestCase, broker: BrokerProcess, expected: Callable[[], bool] = lambda: False
+) -> None:
+    """
+    Fail the test at its cleanup if C{broker} logs a traceback from now on
+    (an exception the broker did not expect), unless C{expected()} then
+    says the test expects one.
+
+    @param case: the test.
+    @param broker: the broker whose log to check.
+    @param expected: whether the test expects a traceback, asked at cleanup.
+    """
+    mark = broker.linesLogged
+
+    def check() -> None:
+        if expected():
+            return
+        lines = broker.linesSince(mark)
+        if any("Traceback" in line for line in lines):
+            case.fail(f"broker {broker!r} logged a traceback:\n" + "\n".join(lines[-150:]))
+
+    case.addCleanup(check)
+
+
 class BrokerTestCase(SynchronousTestCase):
     """
     The base of the end-to-end tests: the tests of a class share one
@@ -763,43 +829,13 @@ class BrokerTestCase(SynchronousTestCase):
         """
         self.broker = sharedBroker(type(self), self.brokerArguments)
         self._names = 0
-        self.addCleanup(self._checkBrokerLog, self.broker, self.broker.linesLogged)
-        self._watchdogFired = threading.Event()
-        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog)
-        watchdog.daemon = True
-        watchdog.start()
-        self.addCleanup(self._disarmWatchdog, watchdog)
-
-    def _checkBrokerLog(self, broker: BrokerProcess, mark: int) -> None:
-        """
-        Fail the test if the broker logged a traceback while it ran (an
-        exception the broker did not expect), unless the test says it may.
-        """
-        if self.brokerMayFail:
-            return
-        lines = broker.linesSince(mark)
-        if any("Traceback" in line for line in lines):
-            self.fail("the broker logged a traceback:\n" + "\n".join(lines))
-
-    def _watchdog(self) -> None:
-        """
-        In the watchdog's thread: the test took too long; kill its broker.
-        """
-        self._watchdogFired.set()
-        process = self.broker.process
-        if process is not None and process.poll() is None:
-            process.kill()
-
-    def _disarmWatchdog(self, watchdog: threading.Timer) -> None:
-        """
-        Stop the watchdog; fail the test if it fired.
-        """
-        watchdog.cancel()
-        if self._watchdogFired.is_set():
-            self.fail(
-                f"the test took more than {self.watchdogTimeout} s: its broker was"
-                f" killed. Its output:\n{self.broker.output()}"
-            )
+        failOnTraceback(self, self.broker, lambda: self.brokerMayFail)
+        armWatchdog(
+            self,
+            self.watchdogTimeout,
+            lambda: self.broker.signal(signal.SIGKILL),
+            lambda: f"its broker was killed. Its output:\n{self.broker.output()}",
+        )
 
     def uniqueName(self, label: str = "") -> str:
         """
@@ -907,6 +943,8 @@ __all__ = [
     "freePort",
     "HarnessProcess",
     "StoppedAtExit",
+    "armWatchdog",
+    "failOnTraceback",
     "sharedBroker",
     "twistdCommand",
     "waitUntil",

@@ -370,13 +370,6 @@ class ClusterBroker(BrokerProcess):
             mark = self.linesLogged
             self._changed.wait_for(lambda: self.linesLogged != mark or self._exited, timeout)
 
-    def signal(self, number: int) -> None:
-        """
-        Send the process signal C{number}, if it is running.
-        """
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(number)
-
     def kill(self) -> None:
         """
         SIGKILL the process and wait for it to go. Safe to call more than

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ import pika
 from pika.exceptions import AMQPConnectionError, AMQPError
 from twisted.trial.unittest import SynchronousTestCase
 
+from qha.test.integration.brokerprocess import armWatchdog, failOnTraceback
 from qha.test.integration.clients import ThreadedPublisher
 from qha.test.integration.cluster import Cluster, RemoteAMPError, startCluster
 
@@ -54,32 +54,19 @@ class FailoverTestCase(SynchronousTestCase):
         Arm the watchdog and quiet the clients' loggers.
         """
         self.clusters: list[Cluster] = []
-        fired = threading.Event()
-        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog, (fired,))
-        watchdog.daemon = True
-        watchdog.start()
-        self.addCleanup(self._disarm, watchdog, fired)
+        armWatchdog(self, self.watchdogTimeout, self._watchdog, lambda: "the watchdog killed the brokers")
         for name in ["pika", "aiormq", "aio_pika"]:
             logger = logging.getLogger(name)
             self.addCleanup(logger.setLevel, logger.level)
             logger.setLevel(logging.CRITICAL)
 
-    def _watchdog(self, fired: threading.Event) -> None:
+    def _watchdog(self) -> None:
         """
         In the watchdog's thread: the test took too long; kill the brokers
         so that every blocked call fails.
         """
-        fired.set()
         for cluster in self.clusters:
             cluster.stop()
-
-    def _disarm(self, watchdog: threading.Timer, fired: threading.Event) -> None:
-        """
-        Cancel the watchdog; fail if it fired.
-        """
-        watchdog.cancel()
-        if fired.is_set():
-            self.fail(f"the test took more than {self.watchdogTimeout} s: the watchdog killed the brokers")
 
     def startCluster(
         self, size: int, arguments: Sequence[str] = (), primary: int | None = 0, **keywords: Any
@@ -100,15 +87,7 @@ class FailoverTestCase(SynchronousTestCase):
         """
         self.clusters.append(cluster)
         for broker in cluster.brokers:
-            self.addCleanup(self._checkLog, broker, broker.linesLogged)
-
-    def _checkLog(self, broker: Any, mark: int) -> None:
-        """
-        Fail the test if C{broker} logged a traceback since C{mark}.
-        """
-        lines = broker.linesSince(mark)
-        if any("Traceback" in line for line in lines):
-            self.fail(f"broker {broker!r} logged a traceback:\n" + "\n".join(lines[-150:]))
+            failOnTraceback(self, broker)
 
     def declare(self, cluster: Cluster, queue: str, bodies: Sequence[bytes] = ()) -> None:
         """

@@ -29,7 +29,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -38,7 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qha.ha.commands import Hello
 from qha.store.journal import MAGIC
-from qha.test.integration.brokerprocess import CHECKOUT, twistdCommand
+from qha.test.integration.brokerprocess import CHECKOUT, armWatchdog, failOnTraceback, twistdCommand
 from qha.test.integration.clients import WindowedPublisher
 from qha.test.integration.cluster import HOST, Cluster, ClusterBroker, RemoteAMPError, freePort, startCluster
 
@@ -66,33 +65,20 @@ class CrashTestCase(SynchronousTestCase):
         """
         self.brokers: list[ClusterBroker] = []
         self.clusters: list[Cluster] = []
-        fired = threading.Event()
-        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog, (fired,))
-        watchdog.daemon = True
-        watchdog.start()
-        self.addCleanup(self._disarm, watchdog, fired)
+        armWatchdog(self, self.watchdogTimeout, self._watchdog, lambda: "the watchdog killed the brokers")
         logger = logging.getLogger("pika")
         self.addCleanup(logger.setLevel, logger.level)
         logger.setLevel(logging.CRITICAL)
 
-    def _watchdog(self, fired: threading.Event) -> None:
+    def _watchdog(self) -> None:
         """
         In the watchdog's thread: the test took too long; kill every broker
         so that every blocked call fails.
         """
-        fired.set()
         for broker in self.brokers:
             broker.kill()
         for cluster in self.clusters:
             cluster.stop()
-
-    def _disarm(self, watchdog: threading.Timer, fired: threading.Event) -> None:
-        """
-        Cancel the watchdog; fail if it fired.
-        """
-        watchdog.cancel()
-        if fired.is_set():
-            self.fail(f"the test took more than {self.watchdogTimeout} s: the watchdog killed the brokers")
 
     def dataDirectory(self) -> str:
         """
@@ -130,15 +116,7 @@ class CrashTestCase(SynchronousTestCase):
             if left <= 0:
                 self.fail(f"the broker did not listen for AMQP:\n{broker.output(40)}")
             broker.waitForOutput(left)
-        self.addCleanup(self._checkLog, broker, broker.linesLogged)
-
-    def _checkLog(self, broker: ClusterBroker, mark: int) -> None:
-        """
-        Fail the test if C{broker} logged a traceback since C{mark}.
-        """
-        lines = broker.linesSince(mark)
-        if any("Traceback" in line for line in lines):
-            self.fail(f"broker {broker!r} logged a traceback:\n" + "\n".join(lines[-150:]))
+        failOnTraceback(self, broker)
 
     def recoveredLine(self, broker: ClusterBroker) -> tuple[int, int, float]:
         """
@@ -379,7 +357,7 @@ class ClusterCrashTests(CrashTestCase):
         )
         self.clusters.append(cluster)
         for broker in cluster.brokers:
-            self.addCleanup(self._checkLog, broker, broker.linesLogged)
+            failOnTraceback(self, broker)
         connection = self.connect(cluster.brokers[0].port)
         connection.channel().queue_declare("crash", durable=True)
         connection.close()
