@@ -462,15 +462,21 @@ def waitUntil(
     pump: Callable[[float], None],
     timeout: float = 5.0,
     what: str = "the expected event",
+    step: float = 0.25,
+    explain: Callable[[], str] = lambda: "",
 ) -> Any:
     """
     Call C{pump} with the time left (e.g. a pika connection's
-    C{process_data_events}) until C{condition()} is true.
+    C{process_data_events}, or a broker's C{waitForOutput}) until
+    C{condition()} is true: the one poll loop of the harnesses.
 
     @param condition: what to wait for; its true result is returned.
-    @param pump: processes I/O for at most the seconds it is given.
+    @param pump: processes I/O (or waits for a broker to log something)
+        for at most the seconds it is given.
     @param timeout: the most seconds to wait.
     @param what: named in the error if the time runs out.
+    @param step: the most seconds one call of C{pump} is given.
+    @param explain: what to add to the error (a broker's output...).
     @raise AssertionError: if C{condition} is still false after C{timeout}.
     """
     deadline = time.monotonic() + timeout
@@ -480,8 +486,8 @@ def waitUntil(
             return result
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        pump(min(left, 0.25))
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{explain()}")
+        pump(min(left, step))
 
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"

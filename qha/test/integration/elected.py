@@ -10,11 +10,11 @@ something between two looks; nothing sleeps.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from .brokerprocess import waitUntil
 from .cluster import Cluster, RemoteAMPError
 
 __all__ = ["TTL", "WAIT", "ElectedCluster"]
@@ -103,15 +103,9 @@ class ElectedCluster:
 
         @raise AssertionError: after C{timeout} seconds, with L{explain}.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}{self.explain()}")
-            self.cluster.brokers[0].waitForOutput(min(left, 0.05))
+        return waitUntil(
+            check, self.cluster.brokers[0].waitForOutput, timeout, what, step=0.05, explain=self.explain
+        )
 
     def waitForPrimary(self, among: list[int] | None = None, timeout: float = WAIT) -> int:
         """

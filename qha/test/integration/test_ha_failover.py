@@ -24,7 +24,7 @@ import pika
 from pika.exceptions import AMQPConnectionError, AMQPError
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.integration.brokerprocess import armWatchdog, failOnTraceback
+from qha.test.integration.brokerprocess import armWatchdog, failOnTraceback, waitUntil
 from qha.test.integration.clients import ThreadedPublisher
 from qha.test.integration.cluster import Cluster, RemoteAMPError, startCluster
 
@@ -131,12 +131,10 @@ class FailoverTestCase(SynchronousTestCase):
         Wait until C{check()} is true, for at most C{timeout} seconds,
         waiting for broker C{index} to log something between two tries.
         """
-        deadline = time.monotonic() + timeout
-        while not check():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.fail(f"timed out after {timeout} s waiting for {what}:\n{cluster.brokers[index].output(40)}")
-            cluster.brokers[index].waitForOutput(min(left, 0.1))
+        broker = cluster.brokers[index]
+        waitUntil(
+            check, broker.waitForOutput, timeout, what, step=0.1, explain=lambda: f":\n{broker.output(40)}"
+        )
 
     def assertRefusesAMQP(self, cluster: Cluster, index: int) -> float:
         """

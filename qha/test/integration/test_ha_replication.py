@@ -33,7 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qha.admin.commands import Query
 from qha.ha.auth import Credentials
-from qha.test.integration.brokerprocess import BrokerProcess, armWatchdog, failOnTraceback
+from qha.test.integration.brokerprocess import BrokerProcess, armWatchdog, failOnTraceback, waitUntil
 from qha.test.integration.cluster import (
     BlockingAMP,
     Cluster,
@@ -388,18 +388,14 @@ class ClusterTestCase(SynchronousTestCase):
         @raise AssertionError: after C{timeout} seconds.
         """
         broker = self.cluster.brokers[index]
-        deadline = time.monotonic() + timeout
-        while True:
-            result = condition()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.fail(
-                    f"broker {index}: timed out after {timeout} s waiting for {what};"
-                    f" its output:\n{broker.output(40)}"
-                )
-            broker.waitForOutput(min(left, 0.05))
+        return waitUntil(
+            condition,
+            broker.waitForOutput,
+            timeout,
+            f"{what} on broker {index}",
+            step=0.05,
+            explain=lambda: f"; its output:\n{broker.output(40)}",
+        )
 
     def waitForQueue(self, index: int, name: str, messages: int | None = None) -> dict[str, Any]:
         """
