@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import collections
 import ctypes
+import logging
 import os
 import queue
 import re
@@ -783,6 +784,18 @@ def armWatchdog(
     case.addCleanup(disarm)
 
 
+def quietLoggers(case: SynchronousTestCase, *names: str) -> None:
+    """
+    Silence the standard-library loggers C{names} (pika, aio-pika, aiormq)
+    for one test, whose errors it causes on purpose; each gets its level
+    back at the test's cleanup.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        case.addCleanup(logger.setLevel, logger.level)
+        logger.setLevel(logging.CRITICAL)
+
+
 def failOnTraceback(
     case: SynchronousTestCase, broker: BrokerProcess, expected: Callable[[], bool] = lambda: False
 ) -> None:
@@ -951,6 +964,7 @@ __all__ = [
     "StoppedAtExit",
     "armWatchdog",
     "failOnTraceback",
+    "quietLoggers",
     "sharedBroker",
     "twistdCommand",
     "waitUntil",

@@ -15,7 +15,6 @@ long.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any, Sequence
 
@@ -24,7 +23,7 @@ import pika
 from pika.exceptions import AMQPConnectionError, AMQPError
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.integration.brokerprocess import armWatchdog, failOnTraceback, waitUntil
+from qha.test.integration.brokerprocess import armWatchdog, failOnTraceback, quietLoggers, waitUntil
 from qha.test.integration.clients import ThreadedPublisher
 from qha.test.integration.cluster import Cluster, RemoteAMPError, startCluster
 
@@ -55,10 +54,7 @@ class FailoverTestCase(SynchronousTestCase):
         """
         self.clusters: list[Cluster] = []
         armWatchdog(self, self.watchdogTimeout, self._watchdog, lambda: "the watchdog killed the brokers")
-        for name in ["pika", "aiormq", "aio_pika"]:
-            logger = logging.getLogger(name)
-            self.addCleanup(logger.setLevel, logger.level)
-            logger.setLevel(logging.CRITICAL)
+        quietLoggers(self, "pika", "aiormq", "aio_pika")
 
     def _watchdog(self) -> None:
         """

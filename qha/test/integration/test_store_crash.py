@@ -21,7 +21,6 @@ watchdog kills the brokers if a test runs too long.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qha.ha.commands import Hello
 from qha.store.journal import MAGIC
-from qha.test.integration.brokerprocess import CHECKOUT, armWatchdog, failOnTraceback, twistdCommand
+from qha.test.integration.brokerprocess import CHECKOUT, armWatchdog, failOnTraceback, quietLoggers, twistdCommand
 from qha.test.integration.clients import WindowedPublisher
 from qha.test.integration.cluster import HOST, Cluster, ClusterBroker, RemoteAMPError, freePort, startCluster
 
@@ -66,9 +65,7 @@ class CrashTestCase(SynchronousTestCase):
         self.brokers: list[ClusterBroker] = []
         self.clusters: list[Cluster] = []
         armWatchdog(self, self.watchdogTimeout, self._watchdog, lambda: "the watchdog killed the brokers")
-        logger = logging.getLogger("pika")
-        self.addCleanup(logger.setLevel, logger.level)
-        logger.setLevel(logging.CRITICAL)
+        quietLoggers(self, "pika")
 
     def _watchdog(self) -> None:
         """
