@@ -112,10 +112,10 @@ def twistdCommand() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]":
+def _brokerEnvironment() -> dict[str, str]:
     """
-    Start C{twistd -n qha --port PORT ARGUMENTS} from the checkout, with its
-    output on a pipe, dying with the test process.
+    The environment of a C{twistd qha} child: the test's, with the checkout
+    first on C{PYTHONPATH} and unbuffered output.
     """
     environment = dict(os.environ)
     pythonPath = environment.get("PYTHONPATH")
@@ -123,11 +123,45 @@ def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]
         CHECKOUT if not pythonPath else CHECKOUT + os.pathsep + pythonPath
     )
     environment["PYTHONUNBUFFERED"] = "1"
-    command = twistdCommand() + ["-n", "--pidfile=", "qha", "--port", port, *arguments]
-    return subprocess.Popen(
-        command,
+    return environment
+
+
+def _brokerCommand(port: str, arguments: Sequence[str]) -> list[str]:
+    """
+    C{twistd -n --pidfile= qha --port PORT ARGUMENTS}.
+    """
+    return twistdCommand() + ["-n", "--pidfile=", "qha", "--port", port, *arguments]
+
+
+def runBroker(
+    port: str, arguments: Sequence[str], timeout: float = 30.0
+) -> "subprocess.CompletedProcess[bytes]":
+    """
+    Run C{twistd -n qha --port PORT ARGUMENTS} from the checkout to its
+    end, for the tests of a broker that refuses to start: its standard
+    output and error kept apart.
+
+    @param timeout: the most seconds it may take (C{subprocess.run}'s bound).
+    """
+    return subprocess.run(
+        _brokerCommand(port, arguments),
         cwd=CHECKOUT,
-        env=environment,
+        env=_brokerEnvironment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]":
+    """
+    Start C{twistd -n qha --port PORT ARGUMENTS} from the checkout, with its
+    output on a pipe, dying with the test process.
+    """
+    return subprocess.Popen(
+        _brokerCommand(port, arguments),
+        cwd=CHECKOUT,
+        env=_brokerEnvironment(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -965,6 +999,7 @@ __all__ = [
     "armWatchdog",
     "failOnTraceback",
     "quietLoggers",
+    "runBroker",
     "sharedBroker",
     "twistdCommand",
     "waitUntil",

@@ -36,7 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qha.ha.commands import Hello
 from qha.store.journal import MAGIC
-from qha.test.integration.brokerprocess import CHECKOUT, armWatchdog, failOnTraceback, quietLoggers, twistdCommand
+from qha.test.integration.brokerprocess import CHECKOUT, armWatchdog, failOnTraceback, quietLoggers, runBroker
 from qha.test.integration.clients import WindowedPublisher
 from qha.test.integration.cluster import HOST, Cluster, ClusterBroker, RemoteAMPError, freePort, startCluster
 
@@ -276,16 +276,7 @@ class DamagedStoreTests(CrashTestCase):
         with open(path, "wb") as f:
             f.write(data)
 
-        command = twistdCommand() + ["-n", "--pidfile=", "qha", "--port", f"tcp:{broker.port}:interface={HOST}", *broker.arguments]
-        environment = dict(os.environ, PYTHONPATH=CHECKOUT)
-        refused = subprocess.run(
-            command,
-            cwd=CHECKOUT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=20,
-        )
+        refused = runBroker(f"tcp:{broker.port}:interface={HOST}", broker.arguments, timeout=20)
         self.assertEqual(refused.returncode, 1, refused)
         errors = [line for line in refused.stderr.decode().splitlines() if "error" in line]
         self.assertEqual(len(errors), 1, refused.stderr)
