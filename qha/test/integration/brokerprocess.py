@@ -324,15 +324,7 @@ class BrokerProcess:
         except BaseException:
             self.stop()
             raise
-        _running.add(self)
-        assert self.process.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read,
-            args=(self.process.stdout,),
-            name=f"qha broker output {self.process.pid}",
-            daemon=True,
-        )
-        self._reader.start()
+        self._readOutput("qha broker output")
         try:
             port = self._ports.get(timeout=timeout)
         except queue.Empty:
@@ -346,6 +338,23 @@ class BrokerProcess:
                 f"twistd qha exited before it listened:\n{self.output()}"
             )
         self.port = port
+
+    def _readOutput(self, name: str) -> None:
+        """
+        The process just started: count it among the running ones and
+        start the thread that reads its output (see L{_read}).
+
+        @param name: the thread's name, before the process id.
+        """
+        assert self.process is not None and self.process.stdout is not None
+        _running.add(self)
+        self._reader = threading.Thread(
+            target=self._read,
+            args=(self.process.stdout,),
+            name=f"{name} {self.process.pid}",
+            daemon=True,
+        )
+        self._reader.start()
 
     def _isolation(self) -> list[str]:
         """

@@ -306,15 +306,7 @@ class ClusterBroker(BrokerProcess):
             self._exited = False
             self.amqpListening = False
         self.process = spawnBroker(f"tcp:{self.port}:interface={HOST}", self.arguments)
-        _running.add(self)
-        assert self.process.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read,
-            args=(self.process.stdout,),
-            name=f"qha cluster broker output {self.process.pid}",
-            daemon=True,
-        )
-        self._reader.start()
+        self._readOutput("qha cluster broker output")
 
     def waitUntilListening(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """
