@@ -24,7 +24,7 @@ from pika.exceptions import AMQPConnectionError, AMQPError
 from twisted.trial.unittest import SynchronousTestCase
 
 from qha.test.integration.brokerprocess import armWatchdog, failOnTraceback, quietLoggers, waitUntil
-from qha.test.integration.clients import ThreadedPublisher
+from qha.test.integration.clients import ThreadedPublisher, drain
 from qha.test.integration.cluster import Cluster, RemoteAMPError, startCluster
 
 ALL = {"qpid.replicate": "all"}
@@ -104,13 +104,7 @@ class FailoverTestCase(SynchronousTestCase):
         """
         Take every ready message of C{queue} with basic.get and no-ack.
         """
-        channel = connection.channel()
-        bodies: list[bytes] = []
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return bodies
-            bodies.append(body)
+        return drain(connection.channel(), queue)
 
     def messages(self, cluster: Cluster, index: int, queue: str) -> int | None:
         """
