@@ -38,6 +38,8 @@ from typing import Any, Sequence
 import pika
 from pamqp import commands, frame
 
+from qha_bench.procfs import cpuSeconds
+
 
 def percentile(values: Sequence[float], fraction: float) -> float:
     """
@@ -181,17 +183,6 @@ def measureConfirms(port: int, seconds: float) -> list[float]:
         return latencies
     finally:
         connection.close()
-
-
-def cpuSeconds(pid: int) -> float:
-    """
-    User and system CPU seconds of process C{pid} (0 for pid 0).
-    """
-    if not pid:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
