@@ -793,6 +793,25 @@ class AMQPlainCredentials(pika.PlainCredentials):
         return self.TYPE, b"".join(pieces)[4:]
 
 
+def guestParameters(host: str, port: int, **overrides: Any) -> pika.ConnectionParameters:
+    """
+    pika connection parameters for the broker on C{host}:C{port}: guest,
+    one attempt, and socket and handshake timeouts so that nothing waits
+    for ever; C{overrides} change any of them.
+    """
+    settings: dict[str, Any] = dict(
+        host=host,
+        port=port,
+        credentials=pika.PlainCredentials("guest", "guest"),
+        connection_attempts=1,
+        socket_timeout=5,
+        stack_timeout=10,
+        blocked_connection_timeout=None,
+    )
+    settings.update(overrides)
+    return pika.ConnectionParameters(**settings)
+
+
 def armWatchdog(
     case: SynchronousTestCase, timeout: float, bite: Callable[[], None], bitten: Callable[[], str]
 ) -> None:
@@ -912,17 +931,7 @@ class BrokerTestCase(SynchronousTestCase):
         pika connection parameters for the broker: guest, one attempt, and
         socket and handshake timeouts so that nothing waits for ever.
         """
-        settings: dict[str, Any] = dict(
-            host=self.broker.host,
-            port=self.broker.port,
-            credentials=pika.PlainCredentials("guest", "guest"),
-            connection_attempts=1,
-            socket_timeout=5,
-            stack_timeout=10,
-            blocked_connection_timeout=None,
-        )
-        settings.update(overrides)
-        return pika.ConnectionParameters(**settings)
+        return guestParameters(self.broker.host, self.broker.port, **overrides)
 
     def connect(self, **overrides: Any) -> BlockingConnection:
         """
@@ -1005,6 +1014,7 @@ __all__ = [
     "freePort",
     "HarnessProcess",
     "StoppedAtExit",
+    "guestParameters",
     "armWatchdog",
     "failOnTraceback",
     "quietLoggers",

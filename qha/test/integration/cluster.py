@@ -47,6 +47,7 @@ from qha.test.integration.brokerprocess import (
     BrokerProcess,
     BrokerStartError,
     _running,
+    guestParameters,
     freePort,
     spawnBroker,
 )
@@ -686,17 +687,7 @@ class Cluster:
         pika parameters for broker C{index}: guest, one attempt, bounded
         socket and handshake timeouts.
         """
-        settings: dict[str, Any] = dict(
-            host=HOST,
-            port=self.brokers[index].port,
-            credentials=pika.PlainCredentials("guest", "guest"),
-            connection_attempts=1,
-            socket_timeout=5,
-            stack_timeout=10,
-            blocked_connection_timeout=None,
-        )
-        settings.update(overrides)
-        return pika.ConnectionParameters(**settings)
+        return guestParameters(HOST, self.brokers[index].port, **overrides)
 
     def amqpParams(self, **overrides: Any) -> list[pika.ConnectionParameters]:
         """
