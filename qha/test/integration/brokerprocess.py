@@ -15,6 +15,13 @@ broker of a class is stopped as soon as a test of another class asks for
 its own, and the last one when the test process exits. On Linux the child
 also gets C{PR_SET_PDEATHSIG}, so that even a test process killed with
 SIGKILL leaves no broker behind.
+
+It also holds what the other harnesses of this package (L{cluster},
+L{etcdprocess}, L{haproxyprocess}) and the test bases share, written once:
+L{freePort}; L{endProcess} and L{StoppedAtExit}, the clean-up of the
+processes tests start; L{runBroker} for a broker that must refuse to
+start; L{guestParameters}; and for the tests L{waitUntil},
+L{armWatchdog}, L{failOnTraceback} and L{quietLoggers}.
 """
 
 from __future__ import annotations
