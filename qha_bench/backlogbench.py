@@ -17,19 +17,7 @@ from typing import Any
 
 import pika
 
-
-def residentBytes(pid: int) -> int:
-    """
-    VmRSS of process C{pid}, in bytes (0 if it cannot be read).
-    """
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+from qha_bench.procfs import residentBytes
 
 
 def run(url: str, queue: str, messages: int, size: int, pid: int) -> dict[str, Any]:

@@ -19,6 +19,8 @@ latency. Each step of C{--steps} is one total of connections in flight::
 C{--sources N} binds the flooders' sockets to N loopback addresses
 (127.0.1.1 and up), since the broker delays refusals per source address.
 Imports nothing of qha, so it measures any broker. Not a test.
+C{python -m qha.test.integration.loginflood} runs it (steps 0 and
+C{--flooders}) against a broker of this checkout that it starts itself.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Any, Sequence
 
 import pika
 from pamqp import commands, frame
+
+from qha_bench.procfs import cpuSeconds
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -179,17 +183,6 @@ def measureConfirms(port: int, seconds: float) -> list[float]:
         return latencies
     finally:
         connection.close()
-
-
-def cpuSeconds(pid: int) -> float:
-    """
-    User and system CPU seconds of process C{pid} (0 for pid 0).
-    """
-    if not pid:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

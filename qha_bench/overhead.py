@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Sequence, TextIO
 
+from qha_bench.procfs import cpuSeconds
+
 MODES = ("none", "idle", "scraped")
 """
 C{none}: C{--http-port none}; C{idle}: the HTTP port on, nobody asking;
@@ -112,19 +114,6 @@ class Scraper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
-
-
-def cpuSeconds(pid: int) -> float:
-    """
-    The user and system CPU seconds process C{pid} used so far (Linux's
-    C{/proc/PID/stat}, fields 14 and 15), or 0 where there is no C{/proc}.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            fields = file.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def runOnce(mode: str, benchArguments: Sequence[str], root: str) -> dict[str, object]:

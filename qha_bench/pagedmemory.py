@@ -26,17 +26,7 @@ from qha.broker.message import Message, encodeShortString
 from qha.broker.paging import Pager
 from qha.broker.vhost import Resources, VirtualHost
 from qha.store.paging import PageFiles
-
-
-def residentBytes() -> int:
-    """
-    VmRSS of this process, in bytes.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+from qha_bench.procfs import residentBytes
 
 
 def measure(messages: int, size: int, properties: bool, trace: bool) -> dict[str, Any]:

@@ -20,11 +20,10 @@ from qha.broker.message import Message
 from qha.broker.vhost import VirtualHost
 from qha.broker.vhosts import VirtualHosts
 from qha.store.journal import MemoryJournal, Store
-from qha.ha.node import HANode
 from qha.ha.primary import ReplicationSource
 from qha.test.support import ALL, InMemoryCluster, message
 from qha.test.test_web import FakeNode, WebTestCase
-from qha.test.test_web_metrics import samples, scrapeNode
+from qha.test.test_web_metrics import PrimaryWithBackupTestCase, samples, scrapeNode
 from qha.web.broker import ManagedBroker
 from qha.web.metrics import SyncLatency, syncLatencyOf
 from qha.web.site import managementRoot
@@ -191,28 +190,12 @@ class SyncLatencyTests(SynchronousTestCase):
         self.assertEqual(sum(latency.counts), 1)
 
 
-class LagSecondsTests(SynchronousTestCase):
+class LagSecondsTests(PrimaryWithBackupTestCase):
     """
     C{qha_backup_lag_seconds}: the age of the oldest box a backup has not
     acknowledged, on a primary and a backup of an L{InMemoryCluster}
     (as in L{qha.test.test_web_metrics.ReplicationMetricsTests}).
     """
-
-    def setUp(self) -> None:
-        """
-        A primary and one backup, connected and caught up.
-        """
-        self.cluster = InMemoryCluster(self)
-        self.addCleanup(self.cluster.finish)
-        self.primary = self.cluster.primary()
-        self.backup = self.cluster.node()
-        self.link = self.cluster.connect(self.primary, self.backup)
-
-    def scrape(self, node: HANode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """
-        C{/metrics} of C{node}, parsed.
-        """
-        return scrapeNode(node, self.cluster.clock)
 
     def test_lagSeconds(self) -> None:
         """

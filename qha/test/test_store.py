@@ -763,6 +763,15 @@ class FileJournalStoreTests(StoreTestsMixin, SynchronousTestCase):
         self.assertEqual(len(recordOffsets(data)), 3)
         return data
 
+    def refusedAtRestart(self) -> StoreCorrupt:
+        """
+        Restart on the file (see L{restartOnly}), which the store must
+        refuse.
+
+        @return: why it refused.
+        """
+        return self.assertRaises(StoreCorrupt, self.restartOnly)
+
     def restartOnly(self) -> None:
         """
         Start a new broker process on the journal as it is now.
@@ -837,12 +846,7 @@ class FileJournalStoreTests(StoreTestsMixin, SynchronousTestCase):
         start, end = recordOffsets(bytes(data))[1]
         data[end - 2] ^= 0xFF
         self.write(bytes(data))
-        error = None
-        try:
-            self.restartOnly()
-        except StoreCorrupt as corrupt:
-            error = corrupt
-        assert error is not None
+        error = self.refusedAtRestart()
         self.assertEqual((error.path, error.offset), (self.path, start))
         self.assertIn(self.path, str(error))
         self.assertIn(f"byte {start}", str(error))
@@ -863,12 +867,7 @@ class FileJournalStoreTests(StoreTestsMixin, SynchronousTestCase):
         start, end = recordOffsets(bytes(data))[0]
         struct.pack_into(">I", data, start, end - start - 8 + 3)
         self.write(bytes(data))
-        error = None
-        try:
-            self.restartOnly()
-        except StoreCorrupt as corrupt:
-            error = corrupt
-        assert error is not None
+        error = self.refusedAtRestart()
         self.assertEqual(error.offset, start)
         self.store = Store(MemoryJournal(), self.clock)
 
@@ -882,12 +881,7 @@ class FileJournalStoreTests(StoreTestsMixin, SynchronousTestCase):
         start, _ = recordOffsets(bytes(data))[0]
         struct.pack_into(">I", data, start, 0x7FFFFF00)
         self.write(bytes(data))
-        error = None
-        try:
-            self.restartOnly()
-        except StoreCorrupt as corrupt:
-            error = corrupt
-        assert error is not None
+        error = self.refusedAtRestart()
         self.assertEqual(error.offset, start)
         self.assertIn("past the end", str(error))
         self.assertEqual(self.read(), bytes(data))
@@ -928,12 +922,7 @@ class FileJournalStoreTests(StoreTestsMixin, SynchronousTestCase):
         """
         self.store.journal.close()
         self.write(b"SQLite format 3\x00" + b"\x00" * 100)
-        error = None
-        try:
-            self.restartOnly()
-        except StoreCorrupt as corrupt:
-            error = corrupt
-        assert error is not None
+        error = self.refusedAtRestart()
         self.assertEqual(error.offset, 0)
         self.assertIn("header", error.reason)
         self.assertEqual(self.read()[:6], b"SQLite")
@@ -964,12 +953,7 @@ class FileJournalStoreTests(StoreTestsMixin, SynchronousTestCase):
         """
         self.store.journal.close()
         self.write(MAGIC + encodeRecord(1, 1, b"\xffnonsense"))
-        error = None
-        try:
-            self.restartOnly()
-        except StoreCorrupt as corrupt:
-            error = corrupt
-        assert error is not None
+        error = self.refusedAtRestart()
         self.assertIn("record 1", str(error))
         self.assertEqual((error.path, error.offset), (self.path, len(MAGIC)))
         self.assertTrue(gc.isenabled())

@@ -150,17 +150,16 @@ class MetricsTests(WebTestCase):
         self.assertEqual(first["rabbitmq_queues", ()], second["rabbitmq_queues", ()])
 
 
-class ReplicationMetricsTests(SynchronousTestCase):
+class PrimaryWithBackupTestCase(SynchronousTestCase):
     """
-    The replication metrics of real nodes (an L{InMemoryCluster}): a
-    primary with a backup, and the backup.
-    """
+    The base of the tests of a primary and one backup of an
+    L{InMemoryCluster}, connected and caught up, and their C{/metrics}.
 
-    def scrape(self, node: HANode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """
-        C{/metrics} of C{node}, parsed.
-        """
-        return scrapeNode(node, self.cluster.clock)
+    @ivar cluster: the cluster.
+    @ivar primary: the primary node.
+    @ivar backup: the backup node.
+    @ivar link: the link between them.
+    """
 
     def setUp(self) -> None:
         """
@@ -171,6 +170,19 @@ class ReplicationMetricsTests(SynchronousTestCase):
         self.primary = self.cluster.primary()
         self.backup = self.cluster.node()
         self.link = self.cluster.connect(self.primary, self.backup)
+
+    def scrape(self, node: HANode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """
+        C{/metrics} of C{node}, parsed.
+        """
+        return scrapeNode(node, self.cluster.clock)
+
+
+class ReplicationMetricsTests(PrimaryWithBackupTestCase):
+    """
+    The replication metrics of real nodes (an L{InMemoryCluster}): a
+    primary with a backup, and the backup.
+    """
 
     def test_primary(self) -> None:
         """

@@ -15,6 +15,13 @@ broker of a class is stopped as soon as a test of another class asks for
 its own, and the last one when the test process exits. On Linux the child
 also gets C{PR_SET_PDEATHSIG}, so that even a test process killed with
 SIGKILL leaves no broker behind.
+
+It also holds what the other harnesses of this package (L{cluster},
+L{etcdprocess}, L{haproxyprocess}) and the test bases share, written once:
+L{freePort}; L{endProcess} and L{StoppedAtExit}, the clean-up of the
+processes tests start; L{runBroker} for a broker that must refuse to
+start; L{guestParameters}; and for the tests L{waitUntil},
+L{armWatchdog}, L{failOnTraceback} and L{quietLoggers}.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import atexit
 import collections
 import ctypes
+import logging
 import os
 import queue
 import re
@@ -35,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Any, Callable, Sequence, cast
+from typing import IO, Any, Callable, Generic, Hashable, Protocol, Sequence, TypeVar, cast
 
 import pika
 from pamqp import commands, frame as pamqpFrame
@@ -111,10 +119,10 @@ def twistdCommand() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]":
+def _brokerEnvironment() -> dict[str, str]:
     """
-    Start C{twistd -n qha --port PORT ARGUMENTS} from the checkout, with its
-    output on a pipe, dying with the test process.
+    The environment of a C{twistd qha} child: the test's, with the checkout
+    first on C{PYTHONPATH} and unbuffered output.
     """
     environment = dict(os.environ)
     pythonPath = environment.get("PYTHONPATH")
@@ -122,16 +130,160 @@ def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]
         CHECKOUT if not pythonPath else CHECKOUT + os.pathsep + pythonPath
     )
     environment["PYTHONUNBUFFERED"] = "1"
-    command = twistdCommand() + ["-n", "--pidfile=", "qha", "--port", port, *arguments]
-    return subprocess.Popen(
-        command,
+    return environment
+
+
+def _brokerCommand(port: str, arguments: Sequence[str]) -> list[str]:
+    """
+    C{twistd -n --pidfile= qha --port PORT ARGUMENTS}.
+    """
+    return twistdCommand() + ["-n", "--pidfile=", "qha", "--port", port, *arguments]
+
+
+def runBroker(
+    port: str, arguments: Sequence[str], timeout: float = 30.0
+) -> "subprocess.CompletedProcess[bytes]":
+    """
+    Run C{twistd -n qha --port PORT ARGUMENTS} from the checkout to its
+    end, for the tests of a broker that refuses to start: its standard
+    output and error kept apart.
+
+    @param timeout: the most seconds it may take (C{subprocess.run}'s bound).
+    """
+    return subprocess.run(
+        _brokerCommand(port, arguments),
         cwd=CHECKOUT,
-        env=environment,
+        env=_brokerEnvironment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def spawnBroker(port: str, arguments: Sequence[str]) -> "subprocess.Popen[bytes]":
+    """
+    Start C{twistd -n qha --port PORT ARGUMENTS} from the checkout, with its
+    output on a pipe, dying with the test process.
+    """
+    return subprocess.Popen(
+        _brokerCommand(port, arguments),
+        cwd=CHECKOUT,
+        env=_brokerEnvironment(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         preexec_fn=_dieWithParent,
     )
+
+
+def endProcess(process: "subprocess.Popen[bytes]", timeout: float = STOP_TIMEOUT) -> None:
+    """
+    End a child process that a harness started, and wait for it: SIGTERM,
+    then SIGKILL if it has not exited within C{timeout} seconds. Does
+    nothing to a process that has exited already.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+
+
+class HarnessProcess(Protocol):
+    """
+    A process a harness starts (a broker, etcd, HAProxy): it says whether
+    it runs, and stops, more than once if need be.
+    """
+
+    def running(self) -> bool:
+        """
+        Whether the process is alive.
+        """
+
+    def stop(self) -> None:
+        """
+        Stop the process and clean up after it; safe to call again.
+        """
+
+
+_Process = TypeVar("_Process", bound=HarnessProcess)
+
+
+class StoppedAtExit(Generic[_Process]):
+    """
+    The harness's processes of one kind that are running, each stopped when
+    the test process exits (should a test leave one behind), and the one
+    the tests of a class share.
+
+    @ivar running: the processes started and not yet stopped; a process
+        adds itself when it starts and discards itself when it stops.
+    """
+
+    def __init__(self) -> None:
+        """
+        Nothing runs yet; stop whatever does at exit.
+        """
+        self.running: set[_Process] = set()
+        self._shared: dict[Hashable, _Process] = {}
+        atexit.register(self.stopAll)
+
+    def add(self, process: _Process) -> None:
+        """
+        C{process} started.
+        """
+        self.running.add(process)
+
+    def discard(self, process: _Process) -> None:
+        """
+        C{process} stopped (or never started).
+        """
+        self.running.discard(process)
+
+    def stopAll(self) -> None:
+        """
+        At exit: stop every process still running.
+        """
+        self._shared.clear()
+        for process in list(self.running):
+            process.stop()
+
+    def shared(self, key: Hashable, start: Callable[[], _Process]) -> _Process:
+        """
+        The process the tests under C{key} (their class, and what else
+        tells their processes apart) share: the one kept, if it still
+        runs, else a new one from C{start}. The processes kept under other
+        keys are stopped first, since trial runs the tests of a class one
+        after another and has finished with theirs.
+
+        @param key: the test class, with anything else the process depends on.
+        @param start: starts a new process and returns it, running.
+        """
+        for other in [k for k in self._shared if k != key]:
+            self._shared.pop(other).stop()
+        process = self._shared.get(key)
+        if process is not None and process.running():
+            return process
+        if process is not None:
+            process.stop()
+        process = start()
+        self._shared[key] = process
+        return process
+
+
+def freePort(host: str = "127.0.0.1") -> int:
+    """
+    A TCP port that nothing listens on right now: bind port 0, read the
+    port, close. Another process could take it before the broker (or etcd,
+    or HAProxy) does, but on loopback in a test run that does not happen in
+    practice. The one definition the harnesses share (L{cluster} and
+    L{etcdprocess} export it too).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class BrokerProcess:
@@ -179,15 +331,7 @@ class BrokerProcess:
         except BaseException:
             self.stop()
             raise
-        _running.add(self)
-        assert self.process.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read,
-            args=(self.process.stdout,),
-            name=f"qha broker output {self.process.pid}",
-            daemon=True,
-        )
-        self._reader.start()
+        self._readOutput("qha broker output")
         try:
             port = self._ports.get(timeout=timeout)
         except queue.Empty:
@@ -201,6 +345,23 @@ class BrokerProcess:
                 f"twistd qha exited before it listened:\n{self.output()}"
             )
         self.port = port
+
+    def _readOutput(self, name: str) -> None:
+        """
+        The process just started: count it among the running ones and
+        start the thread that reads its output (see L{_read}).
+
+        @param name: the thread's name, before the process id.
+        """
+        assert self.process is not None and self.process.stdout is not None
+        _running.add(self)
+        self._reader = threading.Thread(
+            target=self._read,
+            args=(self.process.stdout,),
+            name=f"{name} {self.process.pid}",
+            daemon=True,
+        )
+        self._reader.start()
 
     def _isolation(self) -> list[str]:
         """
@@ -298,6 +459,14 @@ class BrokerProcess:
         """
         return self.process is not None and self.process.poll() is None
 
+    def signal(self, number: int) -> None:
+        """
+        Send the process signal C{number}, if it is running (without
+        waiting: the watchdog's thread kills with it).
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(number)
+
     def stop(self) -> None:
         """
         Stop the broker: SIGTERM, then SIGKILL if it has not exited within
@@ -307,13 +476,7 @@ class BrokerProcess:
         try:
             if process is None:
                 return
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT)
+            endProcess(process)
         finally:
             _running.discard(self)
             if self._reader is not None:
@@ -324,20 +487,7 @@ class BrokerProcess:
                 self._dataDirectory = None
 
 
-_running: set[BrokerProcess] = set()
-_shared: dict[tuple[type, tuple[str, ...]], BrokerProcess] = {}
-
-
-def _stopAll() -> None:
-    """
-    At exit: stop every broker still running.
-    """
-    _shared.clear()
-    for broker in list(_running):
-        broker.stop()
-
-
-atexit.register(_stopAll)
+_running: StoppedAtExit[BrokerProcess] = StoppedAtExit()
 
 
 def sharedBroker(testClass: type, arguments: Sequence[str] = ()) -> BrokerProcess:
@@ -349,18 +499,13 @@ def sharedBroker(testClass: type, arguments: Sequence[str] = ()) -> BrokerProces
     @param testClass: the test case class.
     @param arguments: extra C{twistd qha} options.
     """
-    key = (testClass, tuple(arguments))
-    for otherKey in [k for k in _shared if k != key]:
-        _shared.pop(otherKey).stop()
-    broker = _shared.get(key)
-    if broker is not None and broker.running():
+
+    def start() -> BrokerProcess:
+        broker = BrokerProcess(arguments)
+        broker.start()
         return broker
-    if broker is not None:
-        broker.stop()
-    broker = BrokerProcess(arguments)
-    broker.start()
-    _shared[key] = broker
-    return broker
+
+    return _running.shared((testClass, tuple(arguments)), start)
 
 
 def waitUntil(
@@ -368,15 +513,21 @@ def waitUntil(
     pump: Callable[[float], None],
     timeout: float = 5.0,
     what: str = "the expected event",
+    step: float = 0.25,
+    explain: Callable[[], str] = lambda: "",
 ) -> Any:
     """
     Call C{pump} with the time left (e.g. a pika connection's
-    C{process_data_events}) until C{condition()} is true.
+    C{process_data_events}, or a broker's C{waitForOutput}) until
+    C{condition()} is true: the one poll loop of the harnesses.
 
     @param condition: what to wait for; its true result is returned.
-    @param pump: processes I/O for at most the seconds it is given.
+    @param pump: processes I/O (or waits for a broker to log something)
+        for at most the seconds it is given.
     @param timeout: the most seconds to wait.
     @param what: named in the error if the time runs out.
+    @param step: the most seconds one call of C{pump} is given.
+    @param explain: what to add to the error (a broker's output...).
     @raise AssertionError: if C{condition} is still false after C{timeout}.
     """
     deadline = time.monotonic() + timeout
@@ -386,8 +537,8 @@ def waitUntil(
             return result
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        pump(min(left, 0.25))
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{explain()}")
+        pump(min(left, step))
 
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -649,6 +800,95 @@ class AMQPlainCredentials(pika.PlainCredentials):
         return self.TYPE, b"".join(pieces)[4:]
 
 
+def guestParameters(host: str, port: int, **overrides: Any) -> pika.ConnectionParameters:
+    """
+    pika connection parameters for the broker on C{host}:C{port}: guest,
+    one attempt, and socket and handshake timeouts so that nothing waits
+    for ever; C{overrides} change any of them.
+    """
+    settings: dict[str, Any] = dict(
+        host=host,
+        port=port,
+        credentials=pika.PlainCredentials("guest", "guest"),
+        connection_attempts=1,
+        socket_timeout=5,
+        stack_timeout=10,
+        blocked_connection_timeout=None,
+    )
+    settings.update(overrides)
+    return pika.ConnectionParameters(**settings)
+
+
+def armWatchdog(
+    case: SynchronousTestCase, timeout: float, bite: Callable[[], None], bitten: Callable[[], str]
+) -> None:
+    """
+    Arm a watchdog for one test: pika's blocking calls have no timeout of
+    their own, so a broker that never answers would hang the test run.
+    After C{timeout} seconds the watchdog's thread calls C{bite}, which
+    kills the test's brokers so that every blocked call fails; at the
+    test's cleanup the watchdog is cancelled, and the test fails if it
+    fired.
+
+    @param case: the test.
+    @param timeout: the most seconds the test may take.
+    @param bite: kills the test's brokers (in the watchdog's thread).
+    @param bitten: what the failure says happened, after the time.
+    """
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        bite()
+
+    watchdog = threading.Timer(timeout, fire)
+    watchdog.daemon = True
+    watchdog.start()
+
+    def disarm() -> None:
+        watchdog.cancel()
+        if fired.is_set():
+            case.fail(f"the test took more than {timeout} s: {bitten()}")
+
+    case.addCleanup(disarm)
+
+
+def quietLoggers(case: SynchronousTestCase, *names: str) -> None:
+    """
+    Silence the standard-library loggers C{names} (pika, aio-pika, aiormq)
+    for one test, whose errors it causes on purpose; each gets its level
+    back at the test's cleanup.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        case.addCleanup(logger.setLevel, logger.level)
+        logger.setLevel(logging.CRITICAL)
+
+
+def failOnTraceback(
+    case: SynchronousTestCase, broker: BrokerProcess, expected: Callable[[], bool] = lambda: False
+) -> None:
+    """
+    Fail the test at its cleanup if C{broker} logs a traceback from now on
+    (an exception the broker did not expect), unless C{expected()} then
+    says the test expects one.
+
+    @param case: the test.
+    @param broker: the broker whose log to check.
+    @param expected: whether the test expects a traceback, asked at cleanup.
+    """
+    mark = broker.linesLogged
+
+    def check() -> None:
+        if expected():
+            return
+        lines = broker.linesSince(mark)
+        if any("Traceback" in line for line in lines):
+            case.fail(f"broker {broker!r} logged a traceback:\n" + "\n".join(lines[-150:]))
+
+    case.addCleanup(check)
+
+
 class BrokerTestCase(SynchronousTestCase):
     """
     The base of the end-to-end tests: the tests of a class share one
@@ -677,43 +917,13 @@ class BrokerTestCase(SynchronousTestCase):
         """
         self.broker = sharedBroker(type(self), self.brokerArguments)
         self._names = 0
-        self.addCleanup(self._checkBrokerLog, self.broker, self.broker.linesLogged)
-        self._watchdogFired = threading.Event()
-        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog)
-        watchdog.daemon = True
-        watchdog.start()
-        self.addCleanup(self._disarmWatchdog, watchdog)
-
-    def _checkBrokerLog(self, broker: BrokerProcess, mark: int) -> None:
-        """
-        Fail the test if the broker logged a traceback while it ran (an
-        exception the broker did not expect), unless the test says it may.
-        """
-        if self.brokerMayFail:
-            return
-        lines = broker.linesSince(mark)
-        if any("Traceback" in line for line in lines):
-            self.fail("the broker logged a traceback:\n" + "\n".join(lines))
-
-    def _watchdog(self) -> None:
-        """
-        In the watchdog's thread: the test took too long; kill its broker.
-        """
-        self._watchdogFired.set()
-        process = self.broker.process
-        if process is not None and process.poll() is None:
-            process.kill()
-
-    def _disarmWatchdog(self, watchdog: threading.Timer) -> None:
-        """
-        Stop the watchdog; fail the test if it fired.
-        """
-        watchdog.cancel()
-        if self._watchdogFired.is_set():
-            self.fail(
-                f"the test took more than {self.watchdogTimeout} s: its broker was"
-                f" killed. Its output:\n{self.broker.output()}"
-            )
+        failOnTraceback(self, self.broker, lambda: self.brokerMayFail)
+        armWatchdog(
+            self,
+            self.watchdogTimeout,
+            lambda: self.broker.signal(signal.SIGKILL),
+            lambda: f"its broker was killed. Its output:\n{self.broker.output()}",
+        )
 
     def uniqueName(self, label: str = "") -> str:
         """
@@ -728,17 +938,7 @@ class BrokerTestCase(SynchronousTestCase):
         pika connection parameters for the broker: guest, one attempt, and
         socket and handshake timeouts so that nothing waits for ever.
         """
-        settings: dict[str, Any] = dict(
-            host=self.broker.host,
-            port=self.broker.port,
-            credentials=pika.PlainCredentials("guest", "guest"),
-            connection_attempts=1,
-            socket_timeout=5,
-            stack_timeout=10,
-            blocked_connection_timeout=None,
-        )
-        settings.update(overrides)
-        return pika.ConnectionParameters(**settings)
+        return guestParameters(self.broker.host, self.broker.port, **overrides)
 
     def connect(self, **overrides: Any) -> BlockingConnection:
         """
@@ -817,6 +1017,15 @@ __all__ = [
     "rawFrame",
     "BrokerStartError",
     "CHECKOUT",
+    "endProcess",
+    "freePort",
+    "HarnessProcess",
+    "StoppedAtExit",
+    "guestParameters",
+    "armWatchdog",
+    "failOnTraceback",
+    "quietLoggers",
+    "runBroker",
     "sharedBroker",
     "twistdCommand",
     "waitUntil",

@@ -47,6 +47,8 @@ from qha.test.integration.brokerprocess import (
     BrokerProcess,
     BrokerStartError,
     _running,
+    guestParameters,
+    freePort,
     spawnBroker,
 )
 
@@ -64,18 +66,6 @@ Seconds L{Cluster.waitForRole} waits by default.
 
 _AMP_LISTENING = re.compile(r"qha AMP listening on ([0-9.]+):(\d+)")
 _AMQP_LISTENING = re.compile(r"qha AMQP listening on ([0-9.]+):(\d+)")
-
-
-def freePort(host: str = HOST) -> int:
-    """
-    A TCP port that nothing listens on right now: bind port 0, read the
-    port, close. Another process could take it before the broker does, but
-    on loopback in a test run that does not happen in practice.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RemoteAMPError(Exception):
@@ -317,15 +307,7 @@ class ClusterBroker(BrokerProcess):
             self._exited = False
             self.amqpListening = False
         self.process = spawnBroker(f"tcp:{self.port}:interface={HOST}", self.arguments)
-        _running.add(self)
-        assert self.process.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read,
-            args=(self.process.stdout,),
-            name=f"qha cluster broker output {self.process.pid}",
-            daemon=True,
-        )
-        self._reader.start()
+        self._readOutput("qha cluster broker output")
 
     def waitUntilListening(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """
@@ -380,13 +362,6 @@ class ClusterBroker(BrokerProcess):
                 return
             mark = self.linesLogged
             self._changed.wait_for(lambda: self.linesLogged != mark or self._exited, timeout)
-
-    def signal(self, number: int) -> None:
-        """
-        Send the process signal C{number}, if it is running.
-        """
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(number)
 
     def kill(self) -> None:
         """
@@ -712,17 +687,7 @@ class Cluster:
         pika parameters for broker C{index}: guest, one attempt, bounded
         socket and handshake timeouts.
         """
-        settings: dict[str, Any] = dict(
-            host=HOST,
-            port=self.brokers[index].port,
-            credentials=pika.PlainCredentials("guest", "guest"),
-            connection_attempts=1,
-            socket_timeout=5,
-            stack_timeout=10,
-            blocked_connection_timeout=None,
-        )
-        settings.update(overrides)
-        return pika.ConnectionParameters(**settings)
+        return guestParameters(HOST, self.brokers[index].port, **overrides)
 
     def amqpParams(self, **overrides: Any) -> list[pika.ConnectionParameters]:
         """

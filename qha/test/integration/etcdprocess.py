@@ -9,11 +9,9 @@ C{etcd} on the C{PATH}. Tests skip, saying so, only when none is there.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal as signals
-import socket
 import subprocess
 import tempfile
 import threading
@@ -25,7 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
-from .brokerprocess import _dieWithParent
+from .brokerprocess import StoppedAtExit, _dieWithParent, endProcess, freePort
 
 __all__ = ["BlockingEtcd", "EtcdProcess", "etcdBinary", "freePort", "sharedEtcd"]
 
@@ -51,16 +49,6 @@ def etcdBinary() -> str | None:
         if os.access(shipped, os.X_OK):
             return shipped
     return shutil.which("etcd")
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on now.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class _EtcdProtocol(ProcessProtocol):
@@ -287,20 +275,15 @@ class BlockingEtcd:
         process, self._process = self._process, None
         _runningEtcds.discard(self)
         if process is not None and process.poll() is None:
+            # A test may have paused it (SIGSTOP): let it see the SIGTERM.
             process.send_signal(signals.SIGCONT)
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
+            endProcess(process, STOP_TIMEOUT)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
 
 
-_runningEtcds: set[BlockingEtcd] = set()
-_sharedEtcd: dict[type, BlockingEtcd] = {}
+_runningEtcds: StoppedAtExit[BlockingEtcd] = StoppedAtExit()
 
 
 def sharedEtcd(testClass: type) -> BlockingEtcd:
@@ -310,26 +293,10 @@ def sharedEtcd(testClass: type) -> BlockingEtcd:
     etcd of another class is stopped first, since trial is done with it.
     Every etcd still running at exit is stopped.
     """
-    for other in [k for k in _sharedEtcd if k is not testClass]:
-        _sharedEtcd.pop(other).stop()
-    etcd = _sharedEtcd.get(testClass)
-    if etcd is not None and etcd.running():
+
+    def start() -> BlockingEtcd:
+        etcd = BlockingEtcd()
+        etcd.start()
         return etcd
-    if etcd is not None:
-        etcd.stop()
-    etcd = BlockingEtcd()
-    etcd.start()
-    _sharedEtcd[testClass] = etcd
-    return etcd
 
-
-def _stopEtcds() -> None:
-    """
-    At exit: stop every etcd still running.
-    """
-    _sharedEtcd.clear()
-    for etcd in list(_runningEtcds):
-        etcd.stop()
-
-
-atexit.register(_stopEtcds)
+    return _runningEtcds.shared(testClass, start)

@@ -17,7 +17,6 @@ saying so, when there is none.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import socket
@@ -29,7 +28,7 @@ from typing import Sequence
 
 from twisted.trial.unittest import SkipTest
 
-from .brokerprocess import _dieWithParent
+from .brokerprocess import StoppedAtExit, _dieWithParent
 from .cluster import HOST, freePort
 
 __all__ = ["HAProxy", "haproxyBinary", "haproxyConfig", "requireHAProxy"]
@@ -224,6 +223,12 @@ class HAProxy:
                 states[fields[name]] = fields[status]
         return states
 
+    def running(self) -> bool:
+        """
+        Whether the process is alive.
+        """
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         """
         Kill HAProxy and remove its files. Safe to call more than once.
@@ -239,15 +244,7 @@ class HAProxy:
         shutil.rmtree(self._root, ignore_errors=True)
 
 
-_running: set[HAProxy] = set()
-
-
-def _stopAll() -> None:
-    """
-    At exit: kill every HAProxy a test left running.
-    """
-    for proxy in list(_running):
-        proxy.stop()
-
-
-atexit.register(_stopAll)
+_running: StoppedAtExit[HAProxy] = StoppedAtExit()
+"""
+Every HAProxy a test started and did not stop, killed at exit.
+"""

@@ -18,32 +18,21 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections import Counter
-from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .cluster import Cluster, RemoteAMPError
+from .cluster import RemoteAMPError
+from .elected import TTL, WAIT, ElectedCluster
 from .etcdprocess import BlockingEtcd, sharedEtcd
-from .loadclients import QUEUE, Consumer, TimedPublisher, adminCommand
-
-TTL = 2
-"""
-C{--ha-lease-ttl} of every broker: etcd's smallest lease.
-"""
-
-WAIT = 20.0
-"""
-Seconds any one wait of these tests may take before it fails.
-"""
+from .loadclients import QUEUE, Consumer, Tally, TimedPublisher, adminCommand
 
 
-class CoordinatedCluster:
+class CoordinatedCluster(ElectedCluster):
     """
     Three brokers that etcd coordinates, with one publisher and one
     consumer running against them.
 
-    @ivar cluster: the brokers.
+    @ivar etcd: the etcd that coordinates them.
     @ivar publisher: the confirmed publisher.
     @ivar consumer: the consumer.
     """
@@ -57,24 +46,8 @@ class CoordinatedCluster:
         @param etcd: the etcd the cluster uses.
         @param name: the cluster's name in etcd.
         """
-        self.case = case
+        super().__init__(case, etcd.url, name)
         self.etcd = etcd
-        self.cluster = Cluster(
-            3,
-            arguments=[
-                "--ha-coordinator",
-                f"etcd:{etcd.url}",
-                "--ha-cluster-name",
-                name,
-                "--ha-lease-ttl",
-                str(TTL),
-                "--ha-replicate",
-                "all",
-                "--ha-backup-timeout",
-                "1",
-            ],
-        )
-        case.addCleanup(self.cluster.stop)
         self.cluster.start()
         self.primary = self.waitForPrimary()
         self.waitForBackups(2)
@@ -99,35 +72,6 @@ class CoordinatedCluster:
         self.publisher.join(timeout=10)
         self.consumer.join(timeout=10)
 
-    def roles(self, indexes: list[int] | None = None) -> dict[int, str]:
-        """
-        The role of each running broker (C{"?"} when it does not answer).
-        """
-        found = {}
-        for index in range(3) if indexes is None else indexes:
-            try:
-                found[index] = self.cluster.role(index, timeout=0.5)
-            except (OSError, RemoteAMPError):
-                found[index] = "?"
-        return found
-
-    def waitUntil(self, check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-        """
-        Call C{check} until it answers something true, waiting for a broker
-        to log something between two calls.
-
-        @raise AssertionError: after C{timeout} seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.explain()}")
-            self.cluster.brokers[0].waitForOutput(min(left, 0.05))
-
     def explain(self) -> str:
         """
         What each broker says of the election, and what it logged last
@@ -141,22 +85,7 @@ class CoordinatedCluster:
                 election = f"no answer: {e}"
             lines = [line for line in broker.output(200).splitlines() if "Scheduling retry" not in line]
             parts.append(f"--- broker {index}: {election}\n" + "\n".join(lines[-30:]))
-        return "\n".join(parts)
-
-    def waitForPrimary(self, among: list[int] | None = None, timeout: float = WAIT) -> int:
-        """
-        Wait until one of C{among} (every broker by default) is the active
-        primary, and return its index.
-        """
-
-        def active() -> int | None:
-            roles = self.roles(among)
-            for index, role in roles.items():
-                if role == "active":
-                    return index + 1
-            return None
-
-        return int(self.waitUntil(active, "an active primary", timeout)) - 1
+        return "\n" + "\n".join(parts)
 
     def waitForBackups(self, count: int, timeout: float = WAIT) -> None:
         """
@@ -173,7 +102,7 @@ class CoordinatedCluster:
         self.waitUntil(
             lambda: len(self.publisher.confirms) >= start + count, f"{count} more confirms", timeout
         )
-        return self.publisher.confirms[start][0]
+        return self.publisher.confirms[start].at
 
     def drainAndCount(self) -> tuple[int, int, int]:
         """
@@ -191,11 +120,8 @@ class CoordinatedCluster:
             self.cluster.brokers[self.primary].waitForOutput(0.1)
         self.stopConsuming.set()
         self.consumer.join(timeout=WAIT)
-        counts = Counter(self.consumer.received)
-        lost = confirmed - set(counts)
-        unexpected = set(counts) - attempted
-        duplicated = sum(1 for count in counts.values() if count > 1)
-        return len(lost), len(unexpected), duplicated
+        tally = Tally.of(confirmed, attempted, self.consumer.received)
+        return len(tally.lost), len(tally.unexpected), tally.duplicated
 
     def assertNothingLost(self) -> None:
         """

@@ -6,15 +6,13 @@ the first goes on serving. The unit tests are in L{qha.test.test_datadir}.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import tempfile
 
 import pika
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.integration.brokerprocess import CHECKOUT, BrokerProcess, twistdCommand
+from qha.test.integration.brokerprocess import BrokerProcess, runBroker
 
 
 class SharedDirectoryTests(SynchronousTestCase):
@@ -35,24 +33,9 @@ class SharedDirectoryTests(SynchronousTestCase):
         self.addCleanup(first.stop)
         first.start()
         assert first.process is not None
-        command = twistdCommand() + [
-            "-n",
-            "--pidfile=",
-            "qha",
-            "--port",
+        second = runBroker(
             "tcp:0:interface=127.0.0.1",
-            "--ha-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            directory,
-        ]
-        second = subprocess.run(
-            command,
-            cwd=CHECKOUT,
-            env=dict(os.environ, PYTHONPATH=CHECKOUT),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
+            ["--ha-port", "tcp:0:interface=127.0.0.1", "--data-dir", directory],
         )
         self.assertEqual(second.returncode, 1, second)
         self.assertEqual(

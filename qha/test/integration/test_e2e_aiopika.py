@@ -12,7 +12,6 @@ with C{asyncio.wait_for}.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Awaitable, Callable
 
 import aio_pika
@@ -21,7 +20,7 @@ from aio_pika import ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pamqp import commands
 
-from qha.test.integration.brokerprocess import BrokerTestCase
+from qha.test.integration.brokerprocess import BrokerTestCase, quietLoggers
 
 TEST_TIMEOUT = 20.0
 """
@@ -74,10 +73,7 @@ class AioPikaTestCase(BrokerTestCase):
         warnings about the errors these tests cause on purpose.
         """
         super().setUp()
-        for name in ["aiormq", "aio_pika"]:
-            logger = logging.getLogger(name)
-            self.addCleanup(logger.setLevel, logger.level)
-            logger.setLevel(logging.CRITICAL)
+        quietLoggers(self, "aiormq", "aio_pika")
 
     @property
     def url(self) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.exceptions import ChannelClosedByBroker, NackError
 from pika.spec import BasicProperties
 
-from qha.test.integration.brokerprocess import BrokerTestCase
+from qha.test.integration.brokerprocess import BrokerTestCase, quietLoggers
 from qha.test.integration.clients import Deliveries, drain
 
 EVENT_TIMEOUT = 5.0
@@ -778,10 +777,7 @@ class AioPikaPolicyTests(PolicyTestCase):
         warnings about the refusals these tests cause on purpose.
         """
         super().setUp()
-        for name in ["aiormq", "aio_pika"]:
-            logger = logging.getLogger(name)
-            self.addCleanup(logger.setLevel, logger.level)
-            logger.setLevel(logging.CRITICAL)
+        quietLoggers(self, "aiormq", "aio_pika")
 
     def runAsync(self, test: Any) -> Any:
         """

@@ -15,8 +15,6 @@ long.
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
 import time
 from typing import Any, Sequence
 
@@ -25,7 +23,8 @@ import pika
 from pika.exceptions import AMQPConnectionError, AMQPError
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.integration.clients import ThreadedPublisher
+from qha.test.integration.brokerprocess import armWatchdog, failOnTraceback, quietLoggers, waitUntil
+from qha.test.integration.clients import ThreadedPublisher, drain
 from qha.test.integration.cluster import Cluster, RemoteAMPError, startCluster
 
 ALL = {"qpid.replicate": "all"}
@@ -54,32 +53,16 @@ class FailoverTestCase(SynchronousTestCase):
         Arm the watchdog and quiet the clients' loggers.
         """
         self.clusters: list[Cluster] = []
-        fired = threading.Event()
-        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog, (fired,))
-        watchdog.daemon = True
-        watchdog.start()
-        self.addCleanup(self._disarm, watchdog, fired)
-        for name in ["pika", "aiormq", "aio_pika"]:
-            logger = logging.getLogger(name)
-            self.addCleanup(logger.setLevel, logger.level)
-            logger.setLevel(logging.CRITICAL)
+        armWatchdog(self, self.watchdogTimeout, self._watchdog, lambda: "the watchdog killed the brokers")
+        quietLoggers(self, "pika", "aiormq", "aio_pika")
 
-    def _watchdog(self, fired: threading.Event) -> None:
+    def _watchdog(self) -> None:
         """
         In the watchdog's thread: the test took too long; kill the brokers
         so that every blocked call fails.
         """
-        fired.set()
         for cluster in self.clusters:
             cluster.stop()
-
-    def _disarm(self, watchdog: threading.Timer, fired: threading.Event) -> None:
-        """
-        Cancel the watchdog; fail if it fired.
-        """
-        watchdog.cancel()
-        if fired.is_set():
-            self.fail(f"the test took more than {self.watchdogTimeout} s: the watchdog killed the brokers")
 
     def startCluster(
         self, size: int, arguments: Sequence[str] = (), primary: int | None = 0, **keywords: Any
@@ -100,15 +83,7 @@ class FailoverTestCase(SynchronousTestCase):
         """
         self.clusters.append(cluster)
         for broker in cluster.brokers:
-            self.addCleanup(self._checkLog, broker, broker.linesLogged)
-
-    def _checkLog(self, broker: Any, mark: int) -> None:
-        """
-        Fail the test if C{broker} logged a traceback since C{mark}.
-        """
-        lines = broker.linesSince(mark)
-        if any("Traceback" in line for line in lines):
-            self.fail(f"broker {broker!r} logged a traceback:\n" + "\n".join(lines[-150:]))
+            failOnTraceback(self, broker)
 
     def declare(self, cluster: Cluster, queue: str, bodies: Sequence[bytes] = ()) -> None:
         """
@@ -129,13 +104,7 @@ class FailoverTestCase(SynchronousTestCase):
         """
         Take every ready message of C{queue} with basic.get and no-ack.
         """
-        channel = connection.channel()
-        bodies: list[bytes] = []
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return bodies
-            bodies.append(body)
+        return drain(connection.channel(), queue)
 
     def messages(self, cluster: Cluster, index: int, queue: str) -> int | None:
         """
@@ -152,12 +121,10 @@ class FailoverTestCase(SynchronousTestCase):
         Wait until C{check()} is true, for at most C{timeout} seconds,
         waiting for broker C{index} to log something between two tries.
         """
-        deadline = time.monotonic() + timeout
-        while not check():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.fail(f"timed out after {timeout} s waiting for {what}:\n{cluster.brokers[index].output(40)}")
-            cluster.brokers[index].waitForOutput(min(left, 0.1))
+        broker = cluster.brokers[index]
+        waitUntil(
+            check, broker.waitForOutput, timeout, what, step=0.1, explain=lambda: f":\n{broker.output(40)}"
+        )
 
     def assertRefusesAMQP(self, cluster: Cluster, index: int) -> float:
         """

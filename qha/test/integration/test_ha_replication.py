@@ -21,7 +21,7 @@ cluster if that fails).
 from __future__ import annotations
 
 import atexit
-import threading
+import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -33,6 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qha.admin.commands import Query
 from qha.ha.auth import Credentials
+from qha.test.integration.brokerprocess import BrokerProcess, armWatchdog, failOnTraceback, waitUntil
 from qha.test.integration.cluster import (
     BlockingAMP,
     Cluster,
@@ -175,18 +176,15 @@ class ClusterTestCase(SynchronousTestCase):
             self.primary = 0
         self._names = 0
         for broker in self.cluster.brokers:
-            self.addCleanup(self._checkLog, broker, broker.linesLogged)
+            self.checkLog(broker)
         self.armWatchdog()
 
     def armWatchdog(self) -> None:
         """
-        Start the watchdog thread, disarmed at the end of the test.
+        Start the watchdog thread, disarmed at the end of the test; when it
+        fires it kills the brokers of the test's cluster.
         """
-        self._watchdogFired = threading.Event()
-        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog)
-        watchdog.daemon = True
-        watchdog.start()
-        self.addCleanup(self._disarm, watchdog)
+        armWatchdog(self, self.watchdogTimeout, self._killBrokers, lambda: "its brokers were killed")
 
     def newCluster(self, size: int, arguments: Sequence[str] = (), **keywords: Any) -> Cluster:
         """
@@ -206,33 +204,19 @@ class ClusterTestCase(SynchronousTestCase):
         self.addCleanup(cluster.stop)
         return cluster
 
-    def _checkLog(self, broker: Any, mark: int) -> None:
+    def checkLog(self, broker: BrokerProcess) -> None:
         """
-        Fail the test if a broker logged a traceback while it ran.
+        Fail the test if C{broker} logs a traceback from now on, unless
+        the test sets L{brokerMayFail}.
         """
-        if self.brokerMayFail:
-            return
-        lines = broker.linesSince(mark)
-        if any("Traceback" in line for line in lines):
-            self.fail(f"broker {broker!r} logged a traceback:\n" + "\n".join(lines[-150:]))
+        failOnTraceback(self, broker, lambda: self.brokerMayFail)
 
-    def _watchdog(self) -> None:
+    def _killBrokers(self) -> None:
         """
         In the watchdog's thread: the test took too long; kill the brokers.
         """
-        self._watchdogFired.set()
         for broker in self.cluster.brokers:
-            process = broker.process
-            if process is not None and process.poll() is None:
-                process.kill()
-
-    def _disarm(self, watchdog: threading.Timer) -> None:
-        """
-        Stop the watchdog; fail the test if it fired.
-        """
-        watchdog.cancel()
-        if self._watchdogFired.is_set():
-            self.fail(f"the test took more than {self.watchdogTimeout} s: its brokers were killed")
+            broker.signal(signal.SIGKILL)
 
     # Names and connections
 
@@ -404,18 +388,14 @@ class ClusterTestCase(SynchronousTestCase):
         @raise AssertionError: after C{timeout} seconds.
         """
         broker = self.cluster.brokers[index]
-        deadline = time.monotonic() + timeout
-        while True:
-            result = condition()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.fail(
-                    f"broker {index}: timed out after {timeout} s waiting for {what};"
-                    f" its output:\n{broker.output(40)}"
-                )
-            broker.waitForOutput(min(left, 0.05))
+        return waitUntil(
+            condition,
+            broker.waitForOutput,
+            timeout,
+            f"{what} on broker {index}",
+            step=0.05,
+            explain=lambda: f"; its output:\n{broker.output(40)}",
+        )
 
     def waitForQueue(self, index: int, name: str, messages: int | None = None) -> dict[str, Any]:
         """
@@ -1305,7 +1285,7 @@ class OwnClusterTests(ClusterTestCase):
         self.cluster = cluster
         self.primary = primary
         for broker in cluster.brokers:
-            self.addCleanup(self._checkLog, broker, broker.linesLogged)
+            self.checkLog(broker)
 
     def test_emptyBackupFailover(self) -> None:
         """

@@ -24,31 +24,20 @@ import asyncio
 import logging
 import os
 import re
-import statistics
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
 
 import aio_pika
 import pika
 from pika.exceptions import AMQPError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .cluster import HOST, Cluster, RemoteAMPError
+from .cluster import HOST
+from .elected import TTL, WAIT, ElectedCluster
 from .etcdprocess import sharedEtcd
 from .haproxyprocess import HAProxy, haproxyConfig, requireHAProxy
-from .loadclients import QUEUE
-
-TTL = 2
-"""
-C{--ha-lease-ttl} of every broker.
-"""
-
-WAIT = 20.0
-"""
-Seconds any one wait of these tests may take before it fails.
-"""
+from .loadclients import QUEUE, ConfirmedPublisher, Tally, failoverFigures
 
 PUBLISH_TIMEOUT = 10.0
 """
@@ -71,18 +60,17 @@ The brokers of the configuration in doc/clients.md.
 """
 
 
-class SingleURLPublisher(threading.Thread):
+class SingleURLPublisher(ConfirmedPublisher):
     """
     A confirmed publisher with aio-pika's C{connect_robust} and one URL, in
     a thread with its own event loop: it publishes numbered messages, and
     publishes the next one when a publish fails (the connection was lost;
-    aio-pika reconnects to the same URL by itself).
+    aio-pika reconnects to the same URL by itself). It keeps what every
+    L{ConfirmedPublisher} keeps (the port of each confirm unknown, behind
+    HAProxy).
 
-    @ivar attempted: ids it tried to publish.
-    @ivar confirmed: ids the broker confirmed.
-    @ivar confirms: (monotonic time sent, monotonic time confirmed) of every
-        confirm, in order.
     @ivar errors: the publishes that failed, by exception type.
+    @ivar failure: what ended its event loop, if anything did.
     """
 
     def __init__(self, name: str, url: str, stop: threading.Event) -> None:
@@ -91,16 +79,12 @@ class SingleURLPublisher(threading.Thread):
         @param url: the one URL it knows.
         @param stop: set to stop it.
         """
-        super().__init__(name=name, daemon=True)
+        super().__init__(name, stop)
         self.url = url
-        self.stopping = stop
-        self.attempted: set[str] = set()
-        self.confirmed: set[str] = set()
-        self.confirms: list[tuple[float, float]] = []
         self.errors: Counter[str] = Counter()
         self.failure: BaseException | None = None
 
-    def run(self) -> None:
+    def publish(self) -> None:
         """
         Run the publisher's loop until stopped.
         """
@@ -117,11 +101,8 @@ class SingleURLPublisher(threading.Thread):
         try:
             channel = await connection.channel(publisher_confirms=True)
             await channel.declare_queue(QUEUE, durable=True)
-            sequence = 0
             while not self.stopping.is_set():
-                sequence += 1
-                id = f"{self.name}-{sequence}"
-                self.attempted.add(id)
+                id = self.attempt()
                 sent = time.monotonic()
                 try:
                     await channel.default_exchange.publish(
@@ -137,19 +118,9 @@ class SingleURLPublisher(threading.Thread):
                     except asyncio.TimeoutError:
                         pass
                     continue
-                self.confirmed.add(id)
-                self.confirms.append((sent, time.monotonic()))
+                self.confirm(id, sent)
         finally:
             await connection.close()
-
-    def firstConfirmSentAfter(self, moment: float) -> float | None:
-        """
-        When the first publish sent after C{moment} was confirmed, if one was.
-        """
-        for sent, confirmed in list(self.confirms):
-            if sent > moment:
-                return confirmed
-        return None
 
 
 class KeptRecords(logging.Handler):
@@ -173,7 +144,7 @@ class KeptRecords(logging.Handler):
         self.records.append(record)
 
 
-class ProxiedCluster:
+class ProxiedCluster(ElectedCluster):
     """
     Three brokers that etcd coordinates, and HAProxy in front of them.
 
@@ -192,24 +163,7 @@ class ProxiedCluster:
         @param name: the cluster's name in etcd.
         """
         requireHAProxy()
-        self.case = case
-        etcd = sharedEtcd(type(case))
-        self.cluster = Cluster(
-            3,
-            arguments=[
-                "--ha-coordinator",
-                f"etcd:{etcd.url}",
-                "--ha-cluster-name",
-                name,
-                "--ha-lease-ttl",
-                str(TTL),
-                "--ha-replicate",
-                "all",
-                "--ha-backup-timeout",
-                "1",
-            ],
-        )
-        case.addCleanup(self.cluster.stop)
+        super().__init__(case, sharedEtcd(type(case)).url, name)
         self.proxy = HAProxy(
             [
                 (f"b{index}", HOST, broker.port, self.cluster.httpPorts[index])
@@ -223,42 +177,11 @@ class ProxiedCluster:
         self.cluster.waitForBackups(self.primary, 2, WAIT)
         self.waitForProxyOn(self.primary)
 
-    def waitUntil(self, check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    def explain(self) -> str:
         """
-        Call C{check} until it answers something true, waiting for a broker
-        to log something between two calls.
-
-        @raise AssertionError: after C{timeout} seconds.
+        What HAProxy sees and said, to explain a wait that timed out.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what}; HAProxy sees"
-                    f" {self.proxy.serverStates()}; HAProxy said:\n{self.proxy.output()}"
-                )
-            self.cluster.brokers[0].waitForOutput(min(left, 0.05))
-
-    def waitForPrimary(self, among: list[int] | None = None) -> int:
-        """
-        Wait until one of C{among} (every broker by default) is the active
-        primary, and return its index.
-        """
-
-        def active() -> int | None:
-            for index in range(3) if among is None else among:
-                try:
-                    if self.cluster.role(index, timeout=0.5) == "active":
-                        return index + 1
-                except (OSError, RemoteAMPError):
-                    pass
-            return None
-
-        return int(self.waitUntil(active, "an active primary")) - 1
+        return f"; HAProxy sees {self.proxy.serverStates()}; HAProxy said:\n{self.proxy.output()}"
 
     def waitForProxyOn(self, index: int) -> None:
         """
@@ -300,11 +223,8 @@ class ProxiedCluster:
             finally:
                 if connection.is_open:
                     connection.close()
-        counts = Counter(received)
-        lost = confirmed - set(counts)
-        unexpected = set(counts) - publisher.attempted
-        duplicated = sum(1 for count in counts.values() if count > 1)
-        return len(lost), len(unexpected), duplicated
+        tally = Tally.of(confirmed, publisher.attempted, received)
+        return len(tally.lost), len(tally.unexpected), tally.duplicated
 
     def killPrimary(self, publisher: SingleURLPublisher) -> float:
         """
@@ -409,8 +329,7 @@ class HAProxyFailoverTests(SynchronousTestCase):
             f"HAProxy failover figure: {ROUNDS} kill -9 failovers, TTL {TTL}, one aio-pika"
             f" connect_robust URL: {len(publisher.confirmed)} confirmed, lost {lost},"
             f" unexpected {unexpected}, duplicated {duplicated}; kill -9 to first confirm:"
-            f" median {statistics.median(failovers):.2f} s, worst {max(failovers):.2f} s,"
-            f" each {' '.join(f'{f:.2f}' for f in failovers)}; failed publishes {dict(publisher.errors)}"
+            f" {failoverFigures(failovers)}; failed publishes {dict(publisher.errors)}"
         )
         print("\n" + report)
         self.assertEqual((lost, unexpected), (0, 0), report)

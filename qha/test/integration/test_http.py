@@ -18,7 +18,7 @@ from typing import IO, Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from qha.test.integration.brokerprocess import BrokerProcess
-from qha.test.integration.cluster import Cluster, freePort
+from qha.test.integration.cluster import freePort, startCluster
 
 TIMEOUT = 10.0
 """
@@ -236,11 +236,7 @@ class ClusterHealthTests(SynchronousTestCase):
         The primary is 200 on C{/health/primary}; the ready backup is 503
         there and 200 on C{/health/replica}.
         """
-        cluster = Cluster(2, ["--store", "memory"])
-        self.addCleanup(cluster.stop)
-        cluster.start()
-        cluster.startPrimary(0)
-        cluster.waitForRole(1, "ready")
+        cluster = startCluster(self, 2, ["--store", "memory"])
         primary, backup = cluster.httpPorts
         self.assertEqual(status(primary, "/health/primary"), (200, "primary: active\n"))
         self.assertEqual(status(primary, "/health/replica")[0], 503)
@@ -254,11 +250,7 @@ class ClusterHealthTests(SynchronousTestCase):
         second virtual host through the methods its AMQP clients use, which
         the replication observes); the backup refuses changes (503).
         """
-        cluster = Cluster(2, ["--store", "memory"])
-        self.addCleanup(cluster.stop)
-        cluster.start()
-        cluster.startPrimary(0)
-        cluster.waitForRole(1, "ready")
+        cluster = startCluster(self, 2, ["--store", "memory"])
         primary, backup = cluster.httpPorts
         self.assertEqual(api(primary, "PUT", "/api/vhosts/vh2")[0], 201)
         declared = api(primary, "PUT", "/api/queues/vh2/replicated", {"arguments": {"qpid.replicate": "all"}})

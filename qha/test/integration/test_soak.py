@@ -13,14 +13,12 @@ publisher. Lost and unexpected must be zero.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import Counter
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from qha.test.integration.cluster import Cluster, RemoteAMPError
-from qha.test.integration.loadclients import QUEUE, Consumer, Publisher
+from qha.test.integration.loadclients import QUEUE, Publisher, SoakLoad
 
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
 
@@ -46,22 +44,14 @@ class FailoverSoakTests(SynchronousTestCase):
         setup.channel().queue_declare(QUEUE, durable=True)
         setup.close()
 
-        stopPublishing = threading.Event()
-        stopConsuming = threading.Event()
-        publishers = [Publisher(f"p{i}", cluster, stopPublishing) for i in range(3)]
-        consumers = [Consumer(f"c{i}", cluster, stopConsuming) for i in range(2)]
-        for thread in publishers + consumers:
-            thread.start()
+        load = SoakLoad(cluster, Publisher)
+        load.start()
 
         primary = 0
         started = time.monotonic()
         for round in range(ROUNDS):
             cluster.waitForBackups(primary, 2, timeout=30)
-            before = sum(len(p.confirmed) for p in publishers)
-            deadline = time.monotonic() + 10
-            while sum(len(p.confirmed) for p in publishers) < before + 300:
-                self.assertLess(time.monotonic(), deadline, "publishers made no progress")
-                cluster.brokers[primary].waitForOutput(0.1)
+            load.waitForProgress(self, cluster.brokers[primary])
             backups = [i for i in range(3) if i != primary]
             ready = [i for i in backups if cluster.role(i) == "ready"]
             self.assertTrue(ready, f"round {round}: no ready backup")
@@ -89,36 +79,12 @@ class FailoverSoakTests(SynchronousTestCase):
             primary = newPrimary
         cluster.waitForBackups(primary, 2, timeout=30)
 
-        stopPublishing.set()
-        for publisher in publishers:
-            publisher.join(timeout=30)
-        confirmed = set().union(*(p.confirmed for p in publishers))
-        attempted = set().union(*(p.attempted for p in publishers))
-        deadline = time.monotonic() + 60
-        while True:
-            received = set().union(*(set(c.received) for c in consumers))
-            if confirmed <= received:
-                break
-            if time.monotonic() > deadline:
-                break
-            cluster.brokers[primary].waitForOutput(0.2)
-        stopConsuming.set()
-        for consumer in consumers:
-            consumer.join(timeout=30)
-
-        counts: Counter[str] = Counter()
-        for consumer in consumers:
-            counts.update(consumer.received)
-        received = set(counts)
-        lost = confirmed - received
-        unexpected = received - attempted
-        duplicated = sum(1 for count in counts.values() if count > 1)
-        gap = max(p.longestGap for p in publishers)
+        tally = load.drain(cluster.brokers[primary])
         report = (
-            f"soak: {ROUNDS} failovers in {time.monotonic() - started:.1f} s,"
-            f" {len(confirmed)} confirmed, {len(received)} delivered:"
-            f" lost {len(lost)}, unexpected {len(unexpected)},"
-            f" duplicated {duplicated}, longest publish gap {gap:.2f} s"
+            f"soak: {ROUNDS} failovers in {time.monotonic() - started:.1f} s, {tally.summary()},"
+            f" longest publish gap {load.longestGap():.2f} s"
         )
         print("\n" + report)
-        self.assertEqual((len(lost), len(unexpected)), (0, 0), report + f" lost: {sorted(lost)[:10]}")
+        self.assertEqual(
+            (len(tally.lost), len(tally.unexpected)), (0, 0), report + f" lost: {sorted(tally.lost)[:10]}"
+        )

@@ -15,19 +15,15 @@ Lost and unexpected must be zero.
 from __future__ import annotations
 
 import os
-import statistics
-import threading
 import time
-from collections import Counter
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .cluster import Cluster, RemoteAMPError
+from .elected import TTL, ElectedCluster
 from .etcdprocess import BlockingEtcd
-from .loadclients import QUEUE, Consumer, TimedPublisher
+from .loadclients import QUEUE, SoakLoad, TimedPublisher, failoverFigures
 
 ROUNDS = int(os.environ.get("QHA_SOAK_ROUNDS", "10"))
-TTL = 2
 
 
 class CoordinatedSoakTests(SynchronousTestCase):
@@ -35,18 +31,6 @@ class CoordinatedSoakTests(SynchronousTestCase):
     Kill the primary ten times under confirmed load, with etcd choosing the
     next; lose nothing.
     """
-
-    def active(self, cluster: Cluster, among: list[int]) -> int | None:
-        """
-        The broker of C{among} that is the active primary, if any.
-        """
-        for index in among:
-            try:
-                if cluster.role(index, timeout=0.5) == "active":
-                    return index
-            except (OSError, RemoteAMPError):
-                pass
-        return None
 
     def test_soak(self) -> None:
         """
@@ -58,26 +42,14 @@ class CoordinatedSoakTests(SynchronousTestCase):
         etcd = BlockingEtcd()
         etcd.start()
         self.addCleanup(etcd.stop)
-        cluster = Cluster(
-            3,
-            arguments=[
-                "--ha-coordinator",
-                f"etcd:{etcd.url}",
-                "--ha-lease-ttl",
-                str(TTL),
-                "--ha-replicate",
-                "all",
-                "--ha-backup-timeout",
-                "1",
-            ],
-        )
-        self.addCleanup(cluster.stop)
+        elected = ElectedCluster(self, etcd.url)
+        cluster = elected.cluster
         cluster.start()
         deadline = time.monotonic() + 30
         primary = None
         while primary is None:
             self.assertLess(time.monotonic(), deadline, "no primary elected")
-            primary = self.active(cluster, [0, 1, 2])
+            primary = elected.active([0, 1, 2])
             if primary is None:
                 cluster.brokers[0].waitForOutput(0.1)
         cluster.waitForBackups(primary, 2, timeout=30)
@@ -85,22 +57,14 @@ class CoordinatedSoakTests(SynchronousTestCase):
         setup.channel().queue_declare(QUEUE, durable=True)
         setup.close()
 
-        stopPublishing = threading.Event()
-        stopConsuming = threading.Event()
-        publishers = [TimedPublisher(f"p{i}", cluster, stopPublishing) for i in range(3)]
-        consumers = [Consumer(f"c{i}", cluster, stopConsuming) for i in range(2)]
-        for thread in publishers + consumers:
-            thread.start()
+        load = SoakLoad(cluster, TimedPublisher)
+        load.start()
 
         failovers: list[float] = []
         started = time.monotonic()
         for round in range(ROUNDS):
             cluster.waitForBackups(primary, 2, timeout=30)
-            before = sum(len(p.confirmed) for p in publishers)
-            deadline = time.monotonic() + 10
-            while sum(len(p.confirmed) for p in publishers) < before + 300:
-                self.assertLess(time.monotonic(), deadline, "publishers made no progress")
-                cluster.brokers[primary].waitForOutput(0.1)
+            load.waitForProgress(self, cluster.brokers[primary])
             cluster.kill(primary)
             killedAt = time.monotonic()
             others = [i for i in range(3) if i != primary]
@@ -108,15 +72,13 @@ class CoordinatedSoakTests(SynchronousTestCase):
             # Nobody promotes: wait for a confirm from another broker.
             deadline = killedAt + 30
             while True:
-                firsts = [
-                    t for p in publishers for t, port in list(p.confirms) if t > killedAt and port in ports
-                ]
+                firsts = [t for p in load.publishers for port in ports for t in p.confirmedSince(killedAt, port)]
                 if firsts:
                     failovers.append(min(firsts) - killedAt)
                     break
                 self.assertLess(time.monotonic(), deadline, f"round {round}: no new primary confirmed")
                 cluster.brokers[others[0]].waitForOutput(0.05)
-            newPrimary = self.active(cluster, others)
+            newPrimary = elected.active(others)
             self.assertIsNotNone(newPrimary, f"round {round}: confirms but no active primary")
             assert newPrimary is not None
             print(f"round {round}: broker {primary} killed, broker {newPrimary} confirms"
@@ -125,37 +87,14 @@ class CoordinatedSoakTests(SynchronousTestCase):
             primary = newPrimary
         cluster.waitForBackups(primary, 2, timeout=30)
 
-        stopPublishing.set()
-        for publisher in publishers:
-            publisher.join(timeout=30)
-        confirmed = set().union(*(p.confirmed for p in publishers))
-        attempted = set().union(*(p.attempted for p in publishers))
-        deadline = time.monotonic() + 60
-        while True:
-            received = set().union(*(set(c.received) for c in consumers))
-            if confirmed <= received or time.monotonic() > deadline:
-                break
-            cluster.brokers[primary].waitForOutput(0.2)
-        stopConsuming.set()
-        for consumer in consumers:
-            consumer.join(timeout=30)
-
-        counts: Counter[str] = Counter()
-        for consumer in consumers:
-            counts.update(consumer.received)
-        received = set(counts)
-        lost = confirmed - received
-        unexpected = received - attempted
-        duplicated = sum(1 for count in counts.values() if count > 1)
-        gap = max(p.longestGap for p in publishers)
+        tally = load.drain(cluster.brokers[primary])
         report = (
             f"coordinated soak: {ROUNDS} failovers in {time.monotonic() - started:.1f} s,"
-            f" {len(confirmed)} confirmed, {len(received)} delivered:"
-            f" lost {len(lost)}, unexpected {len(unexpected)},"
-            f" duplicated {duplicated}, longest publish gap {gap:.2f} s;"
+            f" {tally.summary()}, longest publish gap {load.longestGap():.2f} s;"
             f" failover (kill -9 to first confirm on the new primary, TTL {TTL}):"
-            f" median {statistics.median(failovers):.2f} s, worst {max(failovers):.2f} s,"
-            f" each {' '.join(f'{f:.2f}' for f in failovers)}"
+            f" {failoverFigures(failovers)}"
         )
         print("\n" + report)
-        self.assertEqual((len(lost), len(unexpected)), (0, 0), report + f" lost: {sorted(lost)[:10]}")
+        self.assertEqual(
+            (len(tally.lost), len(tally.unexpected)), (0, 0), report + f" lost: {sorted(tally.lost)[:10]}"
+        )

@@ -21,7 +21,6 @@ watchdog kills the brokers if a test runs too long.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -29,7 +28,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -38,7 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qha.ha.commands import Hello
 from qha.store.journal import MAGIC
-from qha.test.integration.brokerprocess import CHECKOUT, twistdCommand
+from qha.test.integration.brokerprocess import CHECKOUT, armWatchdog, failOnTraceback, quietLoggers, runBroker
 from qha.test.integration.clients import WindowedPublisher
 from qha.test.integration.cluster import HOST, Cluster, ClusterBroker, RemoteAMPError, freePort, startCluster
 
@@ -66,33 +64,18 @@ class CrashTestCase(SynchronousTestCase):
         """
         self.brokers: list[ClusterBroker] = []
         self.clusters: list[Cluster] = []
-        fired = threading.Event()
-        watchdog = threading.Timer(self.watchdogTimeout, self._watchdog, (fired,))
-        watchdog.daemon = True
-        watchdog.start()
-        self.addCleanup(self._disarm, watchdog, fired)
-        logger = logging.getLogger("pika")
-        self.addCleanup(logger.setLevel, logger.level)
-        logger.setLevel(logging.CRITICAL)
+        armWatchdog(self, self.watchdogTimeout, self._watchdog, lambda: "the watchdog killed the brokers")
+        quietLoggers(self, "pika")
 
-    def _watchdog(self, fired: threading.Event) -> None:
+    def _watchdog(self) -> None:
         """
         In the watchdog's thread: the test took too long; kill every broker
         so that every blocked call fails.
         """
-        fired.set()
         for broker in self.brokers:
             broker.kill()
         for cluster in self.clusters:
             cluster.stop()
-
-    def _disarm(self, watchdog: threading.Timer, fired: threading.Event) -> None:
-        """
-        Cancel the watchdog; fail if it fired.
-        """
-        watchdog.cancel()
-        if fired.is_set():
-            self.fail(f"the test took more than {self.watchdogTimeout} s: the watchdog killed the brokers")
 
     def dataDirectory(self) -> str:
         """
@@ -130,15 +113,7 @@ class CrashTestCase(SynchronousTestCase):
             if left <= 0:
                 self.fail(f"the broker did not listen for AMQP:\n{broker.output(40)}")
             broker.waitForOutput(left)
-        self.addCleanup(self._checkLog, broker, broker.linesLogged)
-
-    def _checkLog(self, broker: ClusterBroker, mark: int) -> None:
-        """
-        Fail the test if C{broker} logged a traceback since C{mark}.
-        """
-        lines = broker.linesSince(mark)
-        if any("Traceback" in line for line in lines):
-            self.fail(f"broker {broker!r} logged a traceback:\n" + "\n".join(lines[-150:]))
+        failOnTraceback(self, broker)
 
     def recoveredLine(self, broker: ClusterBroker) -> tuple[int, int, float]:
         """
@@ -301,16 +276,7 @@ class DamagedStoreTests(CrashTestCase):
         with open(path, "wb") as f:
             f.write(data)
 
-        command = twistdCommand() + ["-n", "--pidfile=", "qha", "--port", f"tcp:{broker.port}:interface={HOST}", *broker.arguments]
-        environment = dict(os.environ, PYTHONPATH=CHECKOUT)
-        refused = subprocess.run(
-            command,
-            cwd=CHECKOUT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=20,
-        )
+        refused = runBroker(f"tcp:{broker.port}:interface={HOST}", broker.arguments, timeout=20)
         self.assertEqual(refused.returncode, 1, refused)
         errors = [line for line in refused.stderr.decode().splitlines() if "error" in line]
         self.assertEqual(len(errors), 1, refused.stderr)
@@ -379,7 +345,7 @@ class ClusterCrashTests(CrashTestCase):
         )
         self.clusters.append(cluster)
         for broker in cluster.brokers:
-            self.addCleanup(self._checkLog, broker, broker.linesLogged)
+            failOnTraceback(self, broker)
         connection = self.connect(cluster.brokers[0].port)
         connection.channel().queue_declare("crash", durable=True)
         connection.close()

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.integration.brokerprocess import CHECKOUT, twistdCommand
+from qha.test.integration.brokerprocess import runBroker
 
 
 class PortInUseTests(SynchronousTestCase):
@@ -34,24 +33,9 @@ class PortInUseTests(SynchronousTestCase):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        command = twistdCommand() + [
-            "-n",
-            "--pidfile=",
-            "qha",
-            "--port",
+        result = runBroker(
             f"tcp:{port}:interface=127.0.0.1",
-            "--ha-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            os.path.join(directory, "data"),
-        ]
-        result = subprocess.run(
-            command,
-            cwd=CHECKOUT,
-            env=dict(os.environ, PYTHONPATH=CHECKOUT),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
+            ["--ha-port", "tcp:0:interface=127.0.0.1", "--data-dir", os.path.join(directory, "data")],
         )
         self.assertEqual(result.returncode, 1, result)
         lines = [line for line in result.stdout.decode().splitlines() if "error" in line]
