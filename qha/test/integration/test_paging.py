@@ -225,21 +225,9 @@ class PagedFailoverTests(FailoverTestCase):
             )
             self.assertGreater(pageFileBytes(cluster.brokers[index].dataDirectory), 15 * MiB)
         connection.close()
-        acked = consumeAll(self.connectTo(cluster, 0), "segments", 1000, 60)
+        acked = self.take(self.connectTo(cluster, 0), "segments", 1000, ack=True)
         self.assertTrue(acked == bodies[:1000], "the first 1,000 came out of order")
-        holder = self.connectTo(cluster, 0)
-        channel = holder.channel()
-        channel.basic_qos(prefetch_count=500)
-        held: list[bytes] = []
-        channel.basic_consume(
-            "segments", lambda channel, method, properties, body: held.append(body)
-        )
-        waitUntil(
-            lambda: len(held) >= 500,
-            lambda left: holder.process_data_events(time_limit=min(left, 0.1)),
-            60,
-            "500 messages held",
-        )
+        held = self.take(self.connectTo(cluster, 0), "segments", 500, ack=False)
         self.assertTrue(held == bodies[1000:1500], "the held 500 came out of order")
         # The backup holds what the primary holds, ready or held: 4,000.
         self.waitUntil(
@@ -279,6 +267,35 @@ class PagedFailoverTests(FailoverTestCase):
         self.assertEqual(
             [redelivered for _, redelivered in received], [True] * 500 + [False] * 3500
         )
+
+    def take(
+        self, connection: pika.BlockingConnection, queue: str, count: int, ack: bool
+    ) -> list[bytes]:
+        """
+        Take exactly C{count} messages of C{queue} with a consumer whose
+        prefetch is C{count} (so the broker sends no more), cancel it, and
+        acknowledge them all if C{ack} (else the connection holds them).
+        """
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=count)
+        received: list[tuple[bytes, int]] = []
+        tag = channel.basic_consume(
+            queue,
+            lambda channel, method, properties, body: received.append(
+                (body, method.delivery_tag)
+            ),
+        )
+        waitUntil(
+            lambda: len(received) >= count,
+            lambda left: connection.process_data_events(time_limit=min(left, 0.1)),
+            60,
+            f"{count} messages from {queue}",
+        )
+        self.assertEqual(len(received), count)
+        channel.basic_cancel(tag)
+        if ack:
+            channel.basic_ack(received[-1][1], multiple=True)
+        return [body for body, _ in received]
 
     def connectTo(self, cluster: Any, index: int) -> pika.BlockingConnection:
         """
