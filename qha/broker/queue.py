@@ -302,8 +302,16 @@ class Queue:
         queue is deleted when its last consumer goes, not before it had one).
     @ivar unacked: how many entries consumers hold unacknowledged.
     @ivar policy: the policies its arguments asked for.
-    @ivar levels: the ready entries of each priority level, oldest first.
-    @ivar readyBytes: the body bytes of the ready entries.
+    @ivar levels: the ready entries of each priority level, oldest first
+        (of a queue that pages segments, those of its head: its tail
+        follows them).
+    @ivar readyBytes: the body bytes of the ready entries (paged ones
+        included).
+    @ivar pagedCount: how many ready messages are paged out (bodies paged
+        one by one, or whole in segments).
+    @ivar pagedBytes: their body bytes.
+    @ivar droppedPaged: how many paged messages the last L{clearReady}
+        dropped unread (they are not among the entries it returned).
     @ivar published: messages enqueued here by publishers (not replicated
         ones), for the management API's rates and C{/metrics}: a counter on
         the queue, not an observer, so the stream's position is untouched.
@@ -418,7 +426,8 @@ class Queue:
     def entries(self) -> deque[Entry]:
         """
         The ready entries in delivery order (highest priority first). For a
-        queue without priorities this is the live deque itself.
+        queue without priorities this is the live deque itself (of a queue
+        that pages segments, its head: L{readyEntries} includes the tail).
         """
         if len(self.levels) == 1:
             return self._first
@@ -1532,6 +1541,38 @@ class Queue:
             ids.extend(segment.idList())
         ids.extend(entry.id for entry in self._forming)
         return sorted(set(ids))
+
+    def idRanges(self) -> list[list[int]]:
+        """
+        The ids of every entry the queue holds, ready or held, as sorted
+        C{[first, last]} runs of consecutive ids: what L{ids} lists, without
+        an integer for each id of a paged segment.
+        """
+        pieces: list[tuple[int, int]] = [(id, id) for id in self._inMemoryIds()]
+        for segment in self._segments:
+            if segment.ids is None:
+                pieces.append((segment.firstId, segment.lastId))
+            else:
+                pieces.extend((id, id) for id in segment.ids)
+        pieces.sort()
+        ranges: list[list[int]] = []
+        for first, last in pieces:
+            if ranges and first <= ranges[-1][1] + 1:
+                if last > ranges[-1][1]:
+                    ranges[-1][1] = last
+            else:
+                ranges.append([first, last])
+        return ranges
+
+    def _inMemoryIds(self) -> set[int]:
+        """
+        The ids of the entries in memory: the head's, the held ones and the
+        forming ones.
+        """
+        ids = {entry.id for level in self.levels for entry in level}
+        ids.update(self.held)
+        ids.update(entry.id for entry in self._forming)
+        return ids
 
     def promoted(self, epoch: int) -> None:
         """

@@ -534,6 +534,9 @@ class SegmentReplicaTests(SynchronousTestCase):
         """
         self.queue.replicaEnqueue(message(b"20"), 20)
         self.assertEqual(self.queue.ids(), list(range(1, 15)) + [20])
+        self.assertEqual(self.queue.idRanges(), [[1, 14], [20, 20]])
+        self.queue.replicaDequeue(2)
+        self.assertEqual(self.queue.idRanges(), [[1, 1], [3, 14], [20, 20]])
 
 
 class SegmentCatchUpTests(SynchronousTestCase):
