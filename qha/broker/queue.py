@@ -1517,19 +1517,40 @@ class Queue:
         The primary purged: drop every entry no consumer there holds.
 
         Held entries are never in the tail (an acquire reads the tail back
-        to them): it goes whole. Its paged segments are dropped unread and
-        not told to the observers one by one (a queue that pages segments
-        is not durable: no store keeps it).
+        to them): it goes whole. On a backup its paged segments are dropped
+        unread and not told to the observers one by one (a queue that pages
+        segments is not durable: no store keeps it); a single-queue replica
+        on a serving broker, whose own backups follow its events, reads them
+        back a segment at a time and tells each dequeue, as for the head.
         """
-        for ready in self.levels:
-            for entry in [e for e in ready if e.id not in self.held]:
-                ready.remove(entry)
-                self._forget(entry)
-                self._removed(entry)
-        if self._segments or self._forming:
+        self._purgeHead()
+        if not (self._segments or self._forming):
+            return
+        vhost = self.vhost
+        if vhost.replica or not vhost.observers:
             forming, _ = self._dropTail()
             if forming:
                 self._removedAll(forming)
+            return
+        while self._segments or self._forming:
+            self._refill()
+            self._purgeHead()
+
+    def _purgeHead(self) -> None:
+        """
+        L{replicaPurge} of the ready entries in memory (the head).
+        """
+        held = self.held
+        for ready in self.levels:
+            kept = [entry for entry in ready if entry.id in held]
+            if len(kept) == len(ready):
+                continue
+            gone = [entry for entry in ready if entry.id not in held]
+            ready.clear()
+            ready.extend(kept)
+            for entry in gone:
+                self._forget(entry)
+                self._removed(entry)
 
     def ids(self) -> list[int]:
         """

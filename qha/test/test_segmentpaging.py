@@ -528,6 +528,23 @@ class SegmentReplicaTests(SynchronousTestCase):
         self.assertEqual(self.resources.used, 0)
         self.assertEqual(self.bodies.pages, {})
 
+    def test_purgeServingTellsObservers(self) -> None:
+        """
+        On a serving broker (a single-queue replica), whose observers
+        replicate it further, a purge tells every dequeue, the tail's
+        included, and keeps what the remote's consumers hold.
+        """
+        self.queue.replicaAcquire(2)
+        self.vhost.replica = False
+        observer = RecordingObserver()
+        self.vhost.observers.append(observer)
+        self.queue.replicaPurge()
+        dequeued = [event[2] for event in observer.events if event[0] == "dequeued"]
+        self.assertEqual(sorted(dequeued), [1] + list(range(3, 15)))
+        self.assertEqual([id for id, _, _ in contents(self.queue)], [2])
+        self.assertFalse(self.queue.hasTail)
+        self.assertEqual(self.bodies.pages, {})
+
     def test_ids(self) -> None:
         """
         The holdings a backup sends list the ids of its tail.
