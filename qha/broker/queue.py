@@ -778,7 +778,8 @@ class Queue:
         self._formingExpiring = False
         self.pagedCount += count
         self.pagedBytes += total
-        self._everPaged = True
+        # (_everPaged stays false: no entry's message is ever a
+        # PagedMessage, and every entry that leaves has its body.)
         resources = self.vhost.resources
         # Nothing of them is in memory now, their metadata included.
         resources.pagedOut(total + count * resources.overhead)
