@@ -1048,7 +1048,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     pages = PageFiles(os.path.join(config["data-dir"], "paging"))
     resources = Resources(
         highWatermark=config["memory-high-watermark"],
-        pager=Pager(pages, budget=config["memory-budget"]),
+        pager=Pager(pages, budget=config["memory-budget"], segments=True),
     )
     # The page files go when the broker stops (after its services did).
     reactor.addSystemEventTrigger("after", "shutdown", pages.close)

@@ -6,6 +6,12 @@ one held in memory.
 
     python -m qha_bench.backlogbench --url amqp://guest:guest@127.0.0.1:5672/ \\
         --messages 200000 --size 1024 --pid BROKER-PID
+
+pika's blocking channel waits for each confirm, which bounds the publish
+rate at the client's round trip; for a large backlog, publish with
+C{qha-bench --consumers 0 --confirm WINDOW --messages N --keep-queue} and
+drain it with C{--drain-only} here. Either way the broker's peak resident
+memory (VmHWM) is reported at the end.
 """
 
 from __future__ import annotations
@@ -20,23 +26,45 @@ import pika
 from qha_bench.procfs import residentBytes
 
 
-def run(url: str, queue: str, messages: int, size: int, pid: int) -> dict[str, Any]:
+def peakBytes(pid: int) -> int:
+    """
+    VmHWM (the peak resident memory) of process C{pid}, in bytes (0 if it
+    cannot be read).
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(
+    url: str, queue: str, messages: int, size: int, pid: int, drainOnly: bool = False
+) -> dict[str, Any]:
     """
     Publish C{messages} bodies of C{size} bytes to C{queue}, each confirmed
     (pika's blocking channel waits for each confirm), then consume them all; return the rates and the
     broker's memory.
+
+    @param drainOnly: only drain the C{messages} the queue holds already
+        (published by another tool).
     """
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
-    channel.queue_delete(queue)
-    channel.queue_declare(queue)
     before = residentBytes(pid)
-    body = b"x" * size
-    channel.confirm_delivery()
-    started = time.perf_counter()
-    for _ in range(messages):
-        channel.basic_publish("", queue, body)
-    published = time.perf_counter() - started
+    published = 0.0
+    if not drainOnly:
+        channel.queue_delete(queue)
+        channel.queue_declare(queue)
+        body = b"x" * size
+        channel.confirm_delivery()
+        started = time.perf_counter()
+        for _ in range(messages):
+            channel.basic_publish("", queue, body)
+        published = time.perf_counter() - started
     held = residentBytes(pid)
     channel.basic_qos(prefetch_count=1000)
     received = 0
@@ -57,10 +85,12 @@ def run(url: str, queue: str, messages: int, size: int, pid: int) -> dict[str, A
         "messages": messages,
         "received": received,
         "size": size,
-        "publish_msgs_per_s": messages / published,
+        "publish_msgs_per_s": messages / published if published else None,
         "drain_msgs_per_s": received / drained,
         "rss_before_mib": before / 2**20,
         "rss_with_backlog_mib": held / 2**20,
+        "rss_after_mib": residentBytes(pid) / 2**20,
+        "rss_peak_mib": peakBytes(pid) / 2**20,
     }
 
 
@@ -74,8 +104,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100000)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--pid", type=int, default=0, help="the broker's process id, for its VmRSS")
+    parser.add_argument(
+        "--drain-only", action="store_true", help="drain a backlog another tool published"
+    )
     options = parser.parse_args()
-    print(json.dumps(run(options.url, options.queue, options.messages, options.size, options.pid)))
+    result = run(
+        options.url, options.queue, options.messages, options.size, options.pid, options.drain_only
+    )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

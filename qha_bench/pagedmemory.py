@@ -6,7 +6,12 @@ body bytes for each (as an AMQP channel makes them); prints the growth of
 the process's resident memory, and (with C{--trace}) of the Python heap,
 per paged message.
 
-    python -m qha_bench.pagedmemory --messages 1000000 [--properties] [--trace] [--json]
+By default the queue pages whole messages in segments (the broker's way for
+a plain queue that is not durable); C{--per-message} pages bodies one by
+one, each message keeping a L{qha.broker.message.PagedMessage} and an entry
+(the way of durable, priority, last-value and TTL queues).
+
+    python -m qha_bench.pagedmemory --messages 1000000 [--per-message] [--properties] [--trace] [--json]
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from qha.store.paging import PageFiles
 from qha_bench.procfs import residentBytes
 
 
-def measure(messages: int, size: int, properties: bool, trace: bool) -> dict[str, Any]:
+def measure(
+    messages: int, size: int, properties: bool, trace: bool, segments: bool = True
+) -> dict[str, Any]:
     """
     Page C{messages} bodies of C{size} bytes on a lazy queue and measure.
 
@@ -37,11 +44,13 @@ def measure(messages: int, size: int, properties: bool, trace: bool) -> dict[str
         (otherwise with no properties, as C{basic_publish} without any).
     @param trace: also trace the Python heap (slower, and its own records
         swell the resident memory).
+    @param segments: page whole messages in segments (else bodies one by
+        one).
     """
     directory = tempfile.mkdtemp(prefix="qha-pagedmemory-")
     pages = PageFiles(directory)
     try:
-        vhost = VirtualHost("/", Resources(pager=Pager(pages)))
+        vhost = VirtualHost("/", Resources(pager=Pager(pages, segments=segments)))
         queue = vhost.declareQueue("paged", arguments={"x-queue-mode": "lazy"})
         exchange = vhost.publishTarget("")
         body = b"x" * size
@@ -69,6 +78,7 @@ def measure(messages: int, size: int, properties: bool, trace: bool) -> dict[str
             "paged": queue.pagedCount,
             "size": size,
             "properties": properties,
+            "segments": segments,
             "rssPerMessage": round((residentBytes() - before) / messages),
         }
         if trace:
@@ -91,15 +101,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--properties", action="store_true")
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument("--per-message", action="store_true")
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args(argv)
-    result = measure(options.messages, options.size, options.properties, options.trace)
+    result = measure(
+        options.messages, options.size, options.properties, options.trace, not options.per_message
+    )
     if options.json:
         print(json.dumps(result))
         return
     print(
         f"{result['paged']} of {result['messages']} messages of {result['size']} bytes paged"
-        f"{' (with properties)' if result['properties'] else ''}:"
+        f"{' (with properties)' if result['properties'] else ''}"
+        f" {'in segments' if result['segments'] else 'one by one'}:"
         f" {result['rssPerMessage']} bytes of resident memory a message"
         + (f", {result['heapPerMessage']} of Python heap" if "heapPerMessage" in result else "")
     )

@@ -26,6 +26,17 @@ C{x-queue-mode=lazy}, or the broker-wide budget of its L{Pager}) pages the
 bodies of its new messages out, and reads them back a window at a time
 ahead of its consumers; delivery order, acknowledgements, requeues and the
 policies are those of messages in memory.
+
+A plain FIFO queue that is not durable (no priorities, no last-value key, no
+queue TTL) pages whole messages instead when its pager says so
+(L{Pager.segments}): its ready entries are then an in-memory I{head}
+(L{Queue.levels}), followed by a paged I{tail} of L{Segment}s, followed by
+the I{forming} entries of the next segment, still in memory. New entries go
+to the forming ones while there is a tail; a full forming segment is written
+as one record; when the head runs out, the first segment is read back into
+it. Every operation that names an entry of the tail by id (a replica's
+events) reads the tail back up to it first; purge and delete drop the
+segments unread.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .errors import NotImplemented_, PreconditionFailed
 from .message import Message, PagedMessage
-from .paging import Pager
+from .paging import Pager, Segment, decodeSegment, encodeSegment
 from .policy import DROP_HEAD, REJECT_PUBLISH_DLX, QueuePolicy, _integer, parsePolicy
 
 if TYPE_CHECKING:
@@ -291,8 +302,16 @@ class Queue:
         queue is deleted when its last consumer goes, not before it had one).
     @ivar unacked: how many entries consumers hold unacknowledged.
     @ivar policy: the policies its arguments asked for.
-    @ivar levels: the ready entries of each priority level, oldest first.
-    @ivar readyBytes: the body bytes of the ready entries.
+    @ivar levels: the ready entries of each priority level, oldest first
+        (of a queue that pages segments, those of its head: its tail
+        follows them).
+    @ivar readyBytes: the body bytes of the ready entries (paged ones
+        included).
+    @ivar pagedCount: how many ready messages are paged out (bodies paged
+        one by one, or whole in segments).
+    @ivar pagedBytes: their body bytes.
+    @ivar droppedPaged: how many paged messages the last L{clearReady}
+        dropped unread (they are not among the entries it returned).
     @ivar published: messages enqueued here by publishers (not replicated
         ones), for the management API's rates and C{/metrics}: a counter on
         the queue, not an observer, so the stream's position is untouched.
@@ -346,6 +365,27 @@ class Queue:
         # share them, and each copy costs about 50 bytes a message).
         self._pagedAddressing = b""
         self._pagedHeader = b""
+        # Segment paging (see the module): whether this queue pages whole
+        # messages in segments, its paged segments, and the entries of the
+        # next one, in memory until it is written.
+        pager = self._pager
+        self._segmentable = (
+            pager is not None
+            and pager.segments
+            and not (durable and not exclusive)
+            and self.policy.priorities == 0
+            and self.policy.lvqKey is None
+            and self.policy.messageTtl is None
+        )
+        self._segments: deque[Segment] = deque()
+        self._forming: list[Entry] = []
+        self._formingBytes = 0
+        self._formingExpiring = False
+        # The last segment decoded for a reader that leaves it paged (a
+        # catch-up walks a segment a batch at a time): it and its entries.
+        self._decoded: tuple[Segment, list[Entry]] | None = None
+        # How many paged messages the last clearReady dropped unread.
+        self.droppedPaged = 0
         # No level above this one has entries (a priority queue starts
         # its search for the next entry here).
         self._topHint = max(self.policy.priorities, 1) - 1
@@ -394,7 +434,8 @@ class Queue:
     def entries(self) -> deque[Entry]:
         """
         The ready entries in delivery order (highest priority first). For a
-        queue without priorities this is the live deque itself.
+        queue without priorities this is the live deque itself (of a queue
+        that pages segments, its head: L{readyEntries} includes the tail).
         """
         if len(self.levels) == 1:
             return self._first
@@ -511,7 +552,10 @@ class Queue:
                 self._lastValues[value] = entry
                 self._newestValueIds[value] = entry.id
         self._added(entry)
-        self._link(entry)
+        if self._segments or self._forming:
+            self._toForming(entry)
+        else:
+            self._link(entry)
         if limited:
             while self._overLimit():
                 dropped = self._dropOldest()
@@ -621,6 +665,8 @@ class Queue:
         """
         Remove the oldest entry of the lowest non-empty priority level.
         """
+        if not self._first and (self._segments or self._forming):
+            self._refill()
         for level in self.levels:
             if level:
                 entry = level.popleft()
@@ -639,32 +685,262 @@ class Queue:
         over its budget. Only new messages are paged, so the head of the
         queue, which its consumers take next, stays in memory.
         """
+        if self._segmentable:
+            self._maybeSegment(entry)
+            return
         if entry.message.paged:
             return
         level = self.levels[entry.level]
         if not level or level[-1] is not entry:
             return
+        if self._overBudget():
+            self._pageOut(entry)
+
+    def _overBudget(self) -> bool:
+        """
+        Whether the queue is past its budget, so that a new entry at the
+        end of its head should be paged.
+        """
         resident = self.messageCount - self.pagedCount
         length = self.maxInMemoryLength
         if length is not None and resident > length:
-            self._pageOut(entry)
-            return
+            return True
         size = self.maxInMemoryBytes
         if size is not None and self.readyBytes - self.pagedBytes > size:
-            self._pageOut(entry)
-            return
+            return True
         pager = self._pager
         if pager is None or not pager.budget or self.vhost.resources.used <= pager.budget:
-            return
+            return False
         # Over the broker's budget: a queue with a backlog keeps the read-
         # ahead window's worth in memory and pages its new messages.
         if self.plain:
             if resident <= _PLAIN_BACKLOG:
                 # Consumers keep up: stay on the fast path.
-                return
+                return False
             self._leavePlain()
-        if resident > pager.window or self.readyBytes - self.pagedBytes > pager.windowBytes:
-            self._pageOut(entry)
+        return resident > pager.window or self.readyBytes - self.pagedBytes > pager.windowBytes
+
+    # Segment paging (see the module)
+
+    def _maybeSegment(self, entry: Entry) -> None:
+        """
+        C{entry} was just enqueued on a queue that pages segments: with a
+        tail, it went to the forming segment, which is written once full;
+        without one, a queue past its budget starts one with it (if no
+        consumer took it).
+        """
+        if not (self._segments or self._forming):
+            level = self._first
+            if (
+                not level
+                or level[-1] is not entry
+                or entry.id in self.held
+                or not self._overBudget()
+            ):
+                # (A replica's entry that a consumer on the primary holds
+                # stays in memory, as it does there.)
+                return
+            if self.plain:
+                self._leavePlain()
+            level.pop()
+            if self._byId is not None:
+                self._byId.pop(entry.id, None)
+            self._forming.append(entry)
+            self._formingBytes += entry.message.size
+            self._formingExpiring = entry.expiresAt is not None
+        pager = self._pager
+        assert pager is not None
+        if len(self._forming) >= pager.segmentMessages or self._formingBytes >= pager.segmentBytes:
+            self._writeSegment()
+
+    def _toForming(self, entry: Entry) -> None:
+        """
+        Add new ready C{entry} behind the tail, to the forming segment.
+        """
+        self._forming.append(entry)
+        size = entry.message.size
+        self._formingBytes += size
+        if entry.expiresAt is not None:
+            self._formingExpiring = True
+        self.readyCount += 1
+        self.readyBytes += size
+
+    def _writeSegment(self) -> None:
+        """
+        Write the forming entries as one segment and keep only its
+        L{Segment}.
+        """
+        pager = self._pager
+        assert pager is not None
+        entries = self._forming
+        if not entries:
+            return
+        record, total, ids, expiring = encodeSegment(entries)
+        location = pager.bodies.write(record)
+        count = len(entries)
+        self._segments.append(
+            Segment(location, len(record), count, total, entries[0].id, entries[-1].id, ids, expiring)
+        )
+        self._forming = []
+        self._formingBytes = 0
+        self._formingExpiring = False
+        self.pagedCount += count
+        self.pagedBytes += total
+        # (_everPaged stays false: no entry's message is ever a
+        # PagedMessage, and every entry that leaves has its body.)
+        resources = self.vhost.resources
+        # Nothing of them is in memory now, their metadata included.
+        resources.pagedOut(total + count * resources.overhead)
+
+    @property
+    def hasTail(self) -> bool:
+        """
+        Whether ready entries follow the in-memory head: paged segments, or
+        the forming entries of the next.
+        """
+        return bool(self._segments or self._forming)
+
+    def _tailFirstId(self) -> int:
+        """
+        The id of the first entry of the tail (there is one).
+        """
+        if self._segments:
+            return self._segments[0].firstId
+        return self._forming[0].id
+
+    def _tailLastId(self) -> int:
+        """
+        The id of the last entry of the tail (there is one).
+        """
+        if self._forming:
+            return self._forming[-1].id
+        return self._segments[-1].lastId
+
+    def _readSegment(self, segment: Segment) -> list[Entry]:
+        """
+        The entries of C{segment}, read back (new objects with their
+        bodies; the segment stays paged).
+        """
+        decoded = self._decoded
+        if decoded is not None and decoded[0] is segment:
+            return decoded[1]
+        pager = self._pager
+        assert pager is not None
+        data = pager.bodies.read([(segment.location, segment.size)])[0]
+        return [
+            Entry(Message(addressing, header, body), id, redelivered, 0, expiresAt)
+            for id, redelivered, expiresAt, addressing, header, body in decodeSegment(data)
+        ]
+
+    def _refill(self) -> None:
+        """
+        Move the first segment of the tail (read back and freed), or if none
+        is paged the forming entries, to the end of the head.
+        """
+        pager = self._pager
+        assert pager is not None
+        if self._segments:
+            segment = self._segments.popleft()
+            entries = self._readSegment(segment)
+            self._decoded = None
+            pager.bodies.free(segment.location, segment.size)
+            self.pagedCount -= segment.count
+            self.pagedBytes -= segment.bodyBytes
+            resources = self.vhost.resources
+            resources.pagedIn(segment.bodyBytes + segment.count * resources.overhead)
+        else:
+            entries = self._forming
+            self._forming = []
+            self._formingBytes = 0
+            self._formingExpiring = False
+        self._first.extend(entries)
+        if self._byId is not None:
+            byId = self._byId
+            for entry in entries:
+                byId[entry.id] = entry
+
+    def _readBackThrough(self, id: int) -> None:
+        """
+        Read the tail back into the head as far as entry C{id} (an event
+        names it): every segment that starts at or before it.
+        """
+        while (self._segments or self._forming) and self._tailFirstId() <= id:
+            self._refill()
+
+    def _tailExpiring(self) -> bool:
+        """
+        Whether the first entries of the tail (its first segment, or the
+        forming ones) include one with an expiry time.
+        """
+        if self._segments:
+            return self._segments[0].expiring
+        return self._formingExpiring
+
+    def _dropTail(self) -> tuple[list[Entry], int]:
+        """
+        Drop the whole tail: free the segments unread, and take the
+        forming entries out of the counts.
+
+        @return: the forming entries (in memory: the caller accounts for
+            them), and how many paged messages went unread.
+        """
+        pager = self._pager
+        segments = self._segments
+        forming = self._forming
+        count = total = 0
+        if segments:
+            assert pager is not None
+            free = pager.bodies.free
+            for segment in segments:
+                free(segment.location, segment.size)
+                count += segment.count
+                total += segment.bodyBytes
+        self._segments = deque()
+        self._forming = []
+        self._decoded = None
+        self.readyCount -= count + len(forming)
+        self.readyBytes -= total + self._formingBytes
+        self.pagedCount -= count
+        self.pagedBytes -= total
+        self._formingBytes = 0
+        self._formingExpiring = False
+        return forming, count
+
+    def segmentEntries(self, after: int, last: int, count: int) -> tuple[list[Entry], bool]:
+        """
+        The entries of the tail with C{after < id <= last}, in id order, at
+        most C{count}, read back as copies that hold their bodies (the
+        tail stays paged), for a reader that walks the queue by id (a
+        backup's catch-up, L{qha.changes.cursor.entriesAfter}).
+
+        @return: the entries, and whether more of the tail lie in the
+            range past them.
+        """
+        result: list[Entry] = []
+        segments = self._segments
+        start = bisect_right(segments, after, key=_lastId) if segments else 0
+        for segment in islice(segments, start, None):
+            if segment.firstId > last:
+                return result, False
+            entries = self._readSegment(segment)
+            self._decoded = (segment, entries)
+            for entry in entries:
+                if entry.id <= after:
+                    continue
+                if entry.id > last:
+                    return result, False
+                if len(result) >= count:
+                    return result, True
+                result.append(entry)
+        for entry in self._forming:
+            if entry.id <= after:
+                continue
+            if entry.id > last:
+                break
+            if len(result) >= count:
+                return result, True
+            result.append(entry)
+        return result, False
 
     def _pageOut(self, entry: Entry) -> None:
         """
@@ -821,7 +1097,9 @@ class Queue:
             if single:
                 level = self._first
                 if not level:
-                    return None
+                    if not (self._segments or self._forming):
+                        return None
+                    self._refill()
             else:
                 next = self._nextLevel()
                 if next is None:
@@ -1013,8 +1291,11 @@ class Queue:
 
     def _find(self, id: int) -> Entry | None:
         """
-        The ready entry with C{id}, or L{None}.
+        The ready entry with C{id}, or L{None}; one in the tail is read
+        back first, with the tail before it.
         """
+        if (self._segments or self._forming) and self._tailFirstId() <= id:
+            self._readBackThrough(id)
         if self._byId is not None:
             return self._byId.get(id)
         for ready in self.levels:
@@ -1049,7 +1330,12 @@ class Queue:
         """
         if self._byId is None and self.vhost.replica:
             self._byId = {e.id: e for level in self.levels for e in level}
-        last = self._first[-1].id if self._first else 0
+        if (self._segments or self._forming) and (acquired or id <= self._tailLastId()):
+            # A consumer on the primary took it at once (so it holds every
+            # older one), or it goes among the tail's: read the tail back.
+            self._readBackThrough(self._tailLastId() if acquired else id)
+        tail = bool(self._segments or self._forming)
+        last = self._tailLastId() if tail else self._first[-1].id if self._first else 0
         if len(self.levels) > 1 or id <= last:
             # Only an id at or below the newest can be a duplicate.
             existing = self._find(id)
@@ -1067,7 +1353,10 @@ class Queue:
         if self.plain and expiresAt is not None:
             # As on the primary: once promoted, it must expire this one.
             self._leavePlain()
-        self._insert(entry)
+        if tail and id > last:
+            self._toForming(entry)
+        else:
+            self._insert(entry)
         if policy.lvqKey is not None:
             value = message.headers.get(policy.lvqKey)
             if value is not None:
@@ -1111,7 +1400,18 @@ class Queue:
         The primary's entries C{first} to C{last} are gone.
 
         The work is bounded by what the queue holds, however wide the
-        range: the ids are those of the entries, never counted through.
+        range: the ids are those of the entries, never counted through. A
+        range that reaches into the tail reads it back a segment at a time,
+        each dropping what the range covers before the next is read.
+        """
+        self._dequeueRange(first, last)
+        while (self._segments or self._forming) and self._tailFirstId() <= last:
+            self._refill()
+            self._dequeueRange(first, last)
+
+    def _dequeueRange(self, first: int, last: int) -> None:
+        """
+        L{replicaDequeueRange} of the head.
         """
         held = self.held
         if len(self.levels) == 1:
@@ -1198,6 +1498,8 @@ class Queue:
         a consumer taking the next few), else by the entries in it: never
         more work than the queue holds.
         """
+        # Held entries are in the head (the primary holds them in memory).
+        self._readBackThrough(last)
         byId = self._byId
         held = self.held
         if byId is not None and last - first < len(byId):
@@ -1222,10 +1524,40 @@ class Queue:
     def replicaPurge(self) -> None:
         """
         The primary purged: drop every entry no consumer there holds.
+
+        Held entries are never in the tail (an acquire reads the tail back
+        to them): it goes whole. On a backup its paged segments are dropped
+        unread and not told to the observers one by one (a queue that pages
+        segments is not durable: no store keeps it); a single-queue replica
+        on a serving broker, whose own backups follow its events, reads them
+        back a segment at a time and tells each dequeue, as for the head.
         """
+        self._purgeHead()
+        if not (self._segments or self._forming):
+            return
+        vhost = self.vhost
+        if vhost.replica or not vhost.observers:
+            forming, _ = self._dropTail()
+            if forming:
+                self._removedAll(forming)
+            return
+        while self._segments or self._forming:
+            self._refill()
+            self._purgeHead()
+
+    def _purgeHead(self) -> None:
+        """
+        L{replicaPurge} of the ready entries in memory (the head).
+        """
+        held = self.held
         for ready in self.levels:
-            for entry in [e for e in ready if e.id not in self.held]:
-                ready.remove(entry)
+            kept = [entry for entry in ready if entry.id in held]
+            if len(kept) == len(ready):
+                continue
+            gone = [entry for entry in ready if entry.id not in held]
+            ready.clear()
+            ready.extend(kept)
+            for entry in gone:
                 self._forget(entry)
                 self._removed(entry)
 
@@ -1235,7 +1567,42 @@ class Queue:
         """
         ids = [entry.id for level in self.levels for entry in level]
         ids.extend(self.held)
+        for segment in self._segments:
+            ids.extend(segment.idList())
+        ids.extend(entry.id for entry in self._forming)
         return sorted(set(ids))
+
+    def idRanges(self) -> list[list[int]]:
+        """
+        The ids of every entry the queue holds, ready or held, as sorted
+        C{[first, last]} runs of consecutive ids: what L{ids} lists, without
+        an integer for each id of a paged segment.
+        """
+        pieces: list[tuple[int, int]] = [(id, id) for id in self._inMemoryIds()]
+        for segment in self._segments:
+            if segment.ids is None:
+                pieces.append((segment.firstId, segment.lastId))
+            else:
+                pieces.extend((id, id) for id in segment.ids)
+        pieces.sort()
+        ranges: list[list[int]] = []
+        for first, last in pieces:
+            if ranges and first <= ranges[-1][1] + 1:
+                if last > ranges[-1][1]:
+                    ranges[-1][1] = last
+            else:
+                ranges.append([first, last])
+        return ranges
+
+    def _inMemoryIds(self) -> set[int]:
+        """
+        The ids of the entries in memory: the head's, the held ones and the
+        forming ones.
+        """
+        ids = {entry.id for level in self.levels for entry in level}
+        ids.update(self.held)
+        ids.update(entry.id for entry in self._forming)
+        return ids
 
     def promoted(self, epoch: int) -> None:
         """
@@ -1323,6 +1690,8 @@ class Queue:
         count = len(removed)
         if count:
             self.vhost.resources.remove(sum(entry.message.resident for entry in removed), count)
+        # Paged segments went unread: they no longer counted in memory.
+        count += self.droppedPaged
         self.vhost.changes += 1
         for observer in self.vhost.observers:
             observer.purged(self, count)
@@ -1330,9 +1699,13 @@ class Queue:
 
     def clearReady(self) -> list[Entry]:
         """
-        Remove and return every ready entry, with no events.
+        Remove and return every ready entry in memory, with no events; the
+        paged segments are freed unread, and L{droppedPaged} says how many
+        messages they held.
         """
         removed = [entry for level in self.levels for entry in level]
+        forming, self.droppedPaged = self._dropTail()
+        removed.extend(forming)
         for level in self.levels:
             level.clear()
         self.readyCount = 0
@@ -1364,6 +1737,9 @@ class Queue:
         """
         if self.deleted or self.vhost.replica:
             return
+        if not self._first and (self._segments or self._forming) and self._tailExpiring():
+            # The tail's next entries are the head's now.
+            self._refill()
         earliest: float | None = None
         for level in self.levels:
             if level and level[0].expiresAt is not None:
@@ -1394,11 +1770,15 @@ class Queue:
         now = self.clock.seconds()
         count = 0
         for level in self.levels:
-            while level and level[0].expiresAt is not None and level[0].expiresAt <= now:
-                entry = level.popleft()
-                self._forget(entry)
-                self._expire(entry)
-                count += 1
+            while True:
+                while level and level[0].expiresAt is not None and level[0].expiresAt <= now:
+                    entry = level.popleft()
+                    self._forget(entry)
+                    self._expire(entry)
+                    count += 1
+                if level or not (self._segments or self._forming) or not self._tailExpiring():
+                    break
+                self._refill()
         self._scheduleExpiry()
         return count
 
@@ -1425,14 +1805,23 @@ class Queue:
 
     def readyEntries(self) -> Iterator[Entry]:
         """
-        Every ready entry, in delivery order.
+        Every ready entry, in delivery order; those of paged segments are
+        read back a segment at a time, as copies (the segments stay paged).
         """
         for level in reversed(self.levels):
             yield from level
+        if self._segments:
+            for segment in list(self._segments):
+                yield from self._readSegment(segment)
+        yield from list(self._forming)
 
 
 def _entryId(entry: Entry) -> int:
     return entry.id
+
+
+def _lastId(segment: Segment) -> int:
+    return segment.lastId
 
 
 def _hashable(value: Any) -> Any:

@@ -574,7 +574,8 @@ class VirtualHost:
         self.changes += 1
         for observer in self.observers:
             observer.queueDeleted(queue)
-        return count
+        # With the paged segments it dropped unread.
+        return count + queue.droppedPaged
 
     def purgeQueue(self, name: str, owner: object = None) -> int:
         """

@@ -11,7 +11,8 @@ where its id puts it.
 
 A queue keeps its ready entries in id order within each priority level
 (L{qha.broker.queue.Queue._insert}) and its held ones by id, so the entries
-after a cursor are found by bisection, with no walk from the start.
+after a cursor are found by bisection, with no walk from the start; those of
+a paged tail are read back a segment at a time (L{Queue.segmentEntries}).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def entriesAfter(
         if len(taken) == count and start + count < len(level) and level[start + count].id <= last:
             cut = True
         candidates.extend(taken)
+    if queue.hasTail:
+        # Entries of a paged tail, read back as copies (it stays paged).
+        paged, more = queue.segmentEntries(after, last, count)
+        cut = cut or more
+        candidates.extend(paged)
     held = [entry for id, entry in queue.held.items() if after < id <= last]
     if len(held) > count:
         held.sort(key=_entryId)

@@ -37,12 +37,8 @@ def holdingsOf(vhost: VirtualHost, everyVhost: bool = True) -> dict[str, Any]:
     hosts = list(VirtualHosts.of(vhost)) if everyVhost else [vhost]
     for each in hosts:
         for queue in each.queues.values():
-            ranges: list[list[int]] = []
-            for id in queue.ids():
-                if ranges and ranges[-1][1] == id - 1:
-                    ranges[-1][1] = id
-                else:
-                    ranges.append([id, id])
+            # (Runs of ids: a paged segment's without an integer per id.)
+            ranges = queue.idRanges()
             key = queue.name if each is vhost else queue.uuid
             holdings[key] = {"uuid": queue.uuid, "ids": ranges}
     return holdings

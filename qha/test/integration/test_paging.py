@@ -197,3 +197,118 @@ class PagedFailoverTests(FailoverTestCase):
         received = consumeAll(cluster.connect(1), "paged", len(bodies), 60)
         self.assertEqual(len(received), len(bodies))
         self.assertTrue(received == bodies, "the backlog came back out of order")
+
+    def test_segmentBacklogAckedHeldAndFailsOver(self) -> None:
+        """
+        A replicated backlog of 5,000 messages of 4 KiB that both brokers
+        page in segments (the queue is plain and not durable): a consumer
+        on the primary takes and acknowledges the first 1,000 (the backup
+        reads its segments back as the acknowledgements arrive) and holds
+        the next 500 unacknowledged (the backup reads them back to mark
+        them held); the primary is killed, the backup promoted, and a
+        consumer gets the other 4,000 in order, the 500 held ones marked
+        redelivered and the rest not.
+        """
+        cluster = self.startCluster(2, ["--memory-budget", "1MiB"])
+        connection = cluster.connect()
+        connection.channel().queue_declare("segments", arguments=ALL)
+        bodies = numbered(5000, 4096)
+        events = publishAll(connection, "segments", bodies, confirm=True)
+        self.assertEqual(events, [])
+        for index in (0, 1):
+            self.waitUntil(
+                cluster,
+                index,
+                lambda: self.messages(cluster, index, "segments") == len(bodies),
+                f"broker {index} to hold the backlog",
+                timeout=60,
+            )
+            self.assertGreater(pageFileBytes(cluster.brokers[index].dataDirectory), 15 * MiB)
+        connection.close()
+        acked = self.take(self.connectTo(cluster, 0), "segments", 1000, ack=True)
+        self.assertTrue(acked == bodies[:1000], "the first 1,000 came out of order")
+        held = self.take(self.connectTo(cluster, 0), "segments", 500, ack=False)
+        self.assertTrue(held == bodies[1000:1500], "the held 500 came out of order")
+        # The backup holds what the primary holds, ready or held: 4,000.
+        self.waitUntil(
+            cluster,
+            1,
+            lambda: self.messages(cluster, 1, "segments") == 4000,
+            "the backup to apply the acknowledgements",
+            timeout=60,
+        )
+        cluster.kill(0)
+        cluster.waitFor(1, lambda state: state["role"] != "ready", what="primary lost")
+        cluster.promote(1)
+        cluster.waitForRole(1, "active")
+        cluster.waitForAMQP(1)
+        consumer = self.connectTo(cluster, 1)
+        channel = consumer.channel()
+        channel.basic_qos(prefetch_count=1000)
+        received: list[tuple[bytes, bool]] = []
+
+        def onMessage(channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            received.append((body, method.redelivered))
+            if len(received) % 500 == 0:
+                channel.basic_ack(method.delivery_tag, multiple=True)
+
+        channel.basic_consume("segments", onMessage)
+        waitUntil(
+            lambda: len(received) >= 4000,
+            lambda left: consumer.process_data_events(time_limit=min(left, 0.1)),
+            60,
+            "4,000 messages from the new primary",
+        )
+        self.assertEqual(len(received), 4000)
+        self.assertTrue(
+            [body for body, _ in received] == bodies[1000:],
+            "the backlog came back out of order",
+        )
+        self.assertEqual(
+            [redelivered for _, redelivered in received], [True] * 500 + [False] * 3500
+        )
+
+    def take(
+        self, connection: pika.BlockingConnection, queue: str, count: int, ack: bool
+    ) -> list[bytes]:
+        """
+        Take exactly C{count} messages of C{queue} with a consumer whose
+        prefetch is C{count} (so the broker sends no more), cancel it, and
+        acknowledge them all if C{ack} (else the connection holds them).
+        """
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=count)
+        received: list[tuple[bytes, int]] = []
+        tag = channel.basic_consume(
+            queue,
+            lambda channel, method, properties, body: received.append(
+                (body, method.delivery_tag)
+            ),
+        )
+        waitUntil(
+            lambda: len(received) >= count,
+            lambda left: connection.process_data_events(time_limit=min(left, 0.1)),
+            60,
+            f"{count} messages from {queue}",
+        )
+        self.assertEqual(len(received), count)
+        channel.basic_cancel(tag)
+        if ack:
+            channel.basic_ack(received[-1][1], multiple=True)
+        return [body for body, _ in received]
+
+    def connectTo(self, cluster: Any, index: int) -> pika.BlockingConnection:
+        """
+        A pika connection to broker C{index} of C{cluster}, closed (quietly:
+        its broker may be gone) when the test ends.
+        """
+        connection = cluster.connect(index)
+
+        def close() -> None:
+            try:
+                connection.close()
+            except Exception:
+                pass
+
+        self.addCleanup(close)
+        return connection
