@@ -33,7 +33,7 @@ from ..amqp.accounts import AccountChange, Accounts
 from ..changes import events as ev
 from ..changes.replay import heldKey
 from ..changes.scoped import observe, unobserve
-from ..changes.cursor import entriesAfter, entrySize, lastId, sizeOf
+from ..changes.cursor import CopiedWalk, entrySize, lastId, sizeOf
 from .commands import (
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
@@ -530,19 +530,39 @@ class QueueWalk:
     others wait for the batch that reaches them (which sends their state
     as it is then). See doc/architecture.md, "Catching up".
 
+    The entries are taken from references copied when the walk starts
+    (L{CopiedWalk}): the live events of the queue tell it which of them
+    leave before it reaches them (L{gone}, L{purged}).
+
     @ivar queue: the queue walked.
     @ivar held: what the backup held of it when it subscribed.
     @ivar after: every entry up to this id has been sent.
     @ivar last: the walk ends at this id.
+    @ivar cursor: the entries still to walk.
     """
 
-    __slots__ = ("queue", "held", "after", "last")
+    __slots__ = ("queue", "held", "after", "last", "cursor")
 
     def __init__(self, queue: Queue, held: HeldIds | None, last: int) -> None:
         self.queue = queue
         self.held = held
         self.after = 0
         self.last = last
+        self.cursor = CopiedWalk(queue, last)
+
+    def gone(self, entries: Sequence[Entry]) -> None:
+        """
+        C{entries} left the queue: those the walk has not reached are not
+        sent (their live events were not either).
+        """
+        self.cursor.gone(entries)
+
+    def purged(self) -> None:
+        """
+        The queue's ready entries were dropped: those the walk has not
+        reached are not sent.
+        """
+        self.cursor.purged()
 
     def has(self, id: int) -> bool:
         """
@@ -792,7 +812,7 @@ class ReplicationSource:
                 self._walking.pop(queue, None)
                 continue
             writer.scope(queue.vhost.name)
-            entries, after, done = entriesAfter(queue, walk.after, walk.last, budget, room)
+            entries, after, done = walk.cursor.take(budget, room)
             # Paged bodies come back in one read for the batch.
             entries = queue.withBodies(entries)
             if walk.held is not None:
@@ -1255,6 +1275,8 @@ class ReplicationSource:
             if self._walking:
                 walk = self._walking.get(queue)
                 if walk is not None:
+                    if kind == ev.DEQUEUED:
+                        walk.gone(entries)
                     entries = [entry for entry in entries if walk.has(entry.id)]
                     if not entries:
                         return
@@ -1272,6 +1294,9 @@ class ReplicationSource:
         self._entryEvents(ev.DEQUEUED, queue, entries)
 
     def purged(self, queue: Queue, count: int) -> None:
+        walk = self._walking.get(queue)
+        if walk is not None:
+            walk.purged()
         if self._replicated(queue, ALL):
             self.writer.event(ev.PURGED, queue.name)
             self._scheduleFlush()

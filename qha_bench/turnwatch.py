@@ -1,0 +1,104 @@
+"""
+A bench-only watch of a broker process's reactor turns: a L{LoopingCall}
+ticks every 5 ms, and every quarter second the longest gap between two
+ticks in that quarter (and the process's CPU seconds within that gap) is
+appended to a file, as C{wall-clock-time longest-gap-ms its-CPU-ms}.
+
+The catch-up bench (L{qha_bench.catchupbench}) loads it into the brokers
+it starts, through a C{sitecustomize} module it writes to a scratch
+directory put on their C{PYTHONPATH} (see L{SITECUSTOMIZE}); it is never
+part of a broker otherwise. A gap longer than the tick is a turn of the
+reactor that long (or the process waiting for a core: the CPU seconds tell
+which).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+TICK = 0.005
+"""
+Seconds between two ticks.
+"""
+
+REPORT = 0.25
+"""
+Seconds between two lines of the file.
+"""
+
+SITECUSTOMIZE = """\
+import os
+if os.environ.get("QHA_TURNWATCH"):
+    import qha_bench.turnwatch
+    qha_bench.turnwatch.install(os.environ["QHA_TURNWATCH"])
+"""
+"""
+The C{sitecustomize} module that loads the watch into a process when
+C{QHA_TURNWATCH} names a directory (the file is C{turns-PID} in it).
+"""
+
+
+def install(directory: str) -> None:
+    """
+    Start the watch once the reactor runs, writing to C{turns-PID} in
+    C{directory}.
+    """
+    from twisted.internet import reactor, task
+
+    path = os.path.join(directory, f"turns-{os.getpid()}")
+    state = {"last": time.monotonic(), "cpu": time.process_time(), "gap": 0.0, "gapCPU": 0.0}
+    out = open(path, "a", buffering=1)
+
+    def tick() -> None:
+        """
+        One tick: note the gap since the last one, if the longest.
+        """
+        now = time.monotonic()
+        cpu = time.process_time()
+        gap = now - state["last"]
+        if gap > state["gap"]:
+            state["gap"] = gap
+            state["gapCPU"] = cpu - state["cpu"]
+        state["last"] = now
+        state["cpu"] = cpu
+
+    def report() -> None:
+        """
+        Write the longest gap of the last quarter second, and start again.
+        """
+        out.write(f"{time.time():.3f} {state['gap'] * 1000:.1f} {state['gapCPU'] * 1000:.1f}\n")
+        state["gap"] = state["gapCPU"] = 0.0
+
+    def start() -> None:
+        """
+        Start both loops.
+        """
+        state["last"] = time.monotonic()
+        state["cpu"] = time.process_time()
+        task.LoopingCall(tick).start(TICK)
+        task.LoopingCall(report).start(REPORT, now=False)
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+
+
+def longestTurn(directory: str, pid: int, since: float, until: float) -> tuple[float, float] | None:
+    """
+    The longest gap (ms) and its CPU (ms) that process C{pid} wrote for
+    the wall-clock times C{since} to C{until}, or L{None} if it wrote none.
+    """
+    path = os.path.join(directory, f"turns-{pid}")
+    try:
+        with open(path) as lines:
+            rows = [line.split() for line in lines]
+    except OSError:
+        return None
+    chosen = [
+        (float(gap), float(cpu))
+        for at, gap, cpu in (row for row in rows if len(row) == 3)
+        if since <= float(at) <= until + REPORT
+    ]
+    return max(chosen) if chosen else None
+
+
+__all__ = ["SITECUSTOMIZE", "install", "longestTurn"]
