@@ -23,7 +23,7 @@ from qha.admin.commands import Query
 from qha.admin.locator import adminLocator
 
 from qha.changes import events as ev
-from qha.changes.cursor import entriesAfter
+from qha.changes.cursor import CopiedWalk, entriesAfter
 from qha.ha.commands import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MalformedBox
 from qha.ha.connection import nodeConnection
 from qha.ha.link import BackupLink
@@ -220,6 +220,37 @@ class CatchUpTests(SynchronousTestCase):
         ]
         self.assertTrue(live)
         self.assertLess(live[0], caughtUp)
+        self.cluster.finish()
+
+    def test_purgedDuringCatchUp(self) -> None:
+        """
+        The queue being walked is purged half way: the batches after it
+        send none of its ready entries the walk had not reached (only the
+        held ones), and the backup ends with what the primary holds.
+        """
+        vhost = self.primary.vhost
+        queue = vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 100)
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        self.pumpUntil(
+            link,
+            lambda: bool(self.primary.sources)
+            and self.source().catchup is not None
+            and self.source().catchup.ackedBatches >= 2,  # type: ignore[union-attr]
+        )
+        after = self.source()._walking[queue].after
+        self.assertLess(after, 80)
+        held = [queue.get() for _ in range(after + 5)]
+        assert None not in held
+        queue.purge()
+        link.flush()
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertReplicated()
+        backupQueue = self.backup.vhost.queues["q"]
+        self.assertEqual(
+            [id for id, _, _ in queueContents(backupQueue)], list(range(1, after + 6))
+        )
+        self.assertEqual(sorted(backupQueue.held), list(range(1, after + 6)))
         self.cluster.finish()
 
     def test_queueDeletedDuringCatchUp(self) -> None:
@@ -513,6 +544,141 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
         entries, after, done = entriesAfter(queue, after, 4, 100, 1000)
         self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))
+
+
+class CopiedWalkTests(SynchronousTestCase):
+    """
+    L{CopiedWalk} walks a queue's entries as they were when it started, in
+    id order, a bounded piece at a time, passing over those it is told
+    left the queue.
+    """
+
+    def queue(self, count: int, **arguments: Any) -> Any:
+        """
+        A queue holding C{count} transient messages (priorities 0 to 2 in
+        turn if C{arguments} give it priorities).
+        """
+        from qha.broker.vhost import VirtualHost
+
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q", arguments=arguments or None)
+        for index in range(count):
+            vhost.publish("", "q", persistentMessage(b"m", "q", persistent=False, priority=index % 3))
+        return queue
+
+    def walk(self, walk: CopiedWalk, count: int) -> list[int]:
+        """
+        Walk C{walk} to its end in pieces of at most C{count} entries.
+        """
+        seen: list[int] = []
+        done = False
+        while not done:
+            entries, after, done = walk.take(count, 10**9)
+            self.assertLessEqual(len(entries), count)
+            self.assertEqual(after, walk.after)
+            seen += [entry.id for entry in entries]
+        return seen
+
+    def test_walk(self) -> None:
+        """
+        Pieces of at most C{count} entries, in id order across priority
+        levels and held entries, cover the queue up to C{last} once.
+        """
+        queue = self.queue(30, **{"x-max-priority": 3})
+        held = [queue.get() for _ in range(4)]
+        assert None not in held
+        walk = CopiedWalk(queue, 28)
+        self.assertEqual(self.walk(walk, 7), list(range(1, 29)))
+        self.assertEqual(walk.after, 28)
+
+    def test_sizeBound(self) -> None:
+        """
+        The size bound stops a piece before the entry that would pass it,
+        unless it is the first.
+        """
+        from qha.broker.vhost import VirtualHost
+
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q")
+        for size in (100, 100, 5000, 100):
+            vhost.publish("", "q", message(b"x" * size, "q"))
+        walk = CopiedWalk(queue, 4)
+        entries, after, done = walk.take(100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([1, 2], 2, False))
+        entries, after, done = walk.take(100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
+        entries, after, done = walk.take(100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))
+
+    def test_changesAfterStart(self) -> None:
+        """
+        The queue changes after the walk started: entries consumed or
+        dropped before the walk reaches them (as the walker is told) are
+        passed over; one taken and given back is walked once, as it is
+        then (redelivered); those enqueued later are not part of it.
+        """
+        queue = self.queue(20)
+        walk = CopiedWalk(queue, 20)
+        entries, after, done = walk.take(5, 10**9)
+        self.assertEqual([entry.id for entry in entries], [1, 2, 3, 4, 5])
+        taken = [queue.get() for _ in range(8)]
+        assert None not in taken
+        # 6 and 7 consumed, 8 given back, the rest held.
+        queue.settleAll(taken[5:7])  # type: ignore[arg-type]
+        walk.gone(taken[:7])  # type: ignore[arg-type]
+        queue.release([taken[7]])  # type: ignore[list-item]
+        queue.vhost.publish("", "q", message(b"late", "q"))
+        self.assertEqual(self.walk(walk, 4), [8] + list(range(9, 21)))
+        released = [entry for entry in queue.readyEntries() if entry.id == 8][0]
+        self.assertTrue(released.redelivered)
+
+    def test_purged(self) -> None:
+        """
+        After a purge, the walk passes over the ready entries it has not
+        reached, and goes on over the held ones.
+        """
+        queue = self.queue(20)
+        walk = CopiedWalk(queue, 20)
+        walk.take(5, 10**9)
+        taken = [queue.get() for _ in range(7)]
+        assert None not in taken
+        # 7 given back and taken again with the next seven: 1 to 14 held.
+        queue.release([taken[6]])  # type: ignore[list-item]
+        self.assertNotIn(None, [queue.get() for _ in range(8)])
+        self.assertEqual(sorted(queue.held), list(range(1, 15)))
+        queue.purge()
+        walk.purged()
+        self.assertEqual(self.walk(walk, 4), list(range(6, 15)))
+
+    def test_startIsOneCopy(self) -> None:
+        """
+        The walk reads the queue's levels once, when it starts: taking a
+        piece reads none of the queue's deques (indexing a deque walks it
+        from the nearer end, so a bisection per piece made a catch-up of a
+        large queue quadratic).
+        """
+        queue = self.queue(50)
+
+        class Counting(list):  # type: ignore[type-arg]
+            """
+            A level that counts the reads of it.
+            """
+
+            reads = 0
+
+            def __getitem__(self, index: Any) -> Any:
+                Counting.reads += 1
+                return super().__getitem__(index)
+
+            def __iter__(self) -> Any:
+                Counting.reads += 1
+                return super().__iter__()
+
+        queue.levels[0] = Counting(queue.levels[0])
+        walk = CopiedWalk(queue, 50)
+        started = Counting.reads
+        self.assertEqual(self.walk(walk, 7), list(range(1, 51)))
+        self.assertEqual(Counting.reads, started)
 
 
 class SteppedApplyTests(SynchronousTestCase):
