@@ -73,7 +73,8 @@ MEMBERS = b"M"
 _q = struct.Struct(">q")
 _I = struct.Struct(">I")
 _H = struct.Struct(">H")
-_qBqI = struct.Struct(">qBqI").pack
+_qBqIs = struct.Struct(">qBqI")
+_qBqI = _qBqIs.pack
 
 
 class EventWriter:
@@ -514,28 +515,37 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
     unpackH = _H.unpack_from
     unpackI = _I.unpack_from
     unpackq = _q.unpack_from
+    unpackqBqI = _qBqIs.unpack_from
     kind = b""
+    # The previous entry event's queue name (as encoded and decoded), and
+    # the previous enqueue's addressing and header.
+    lastName = b""
+    name = ""
+    addressing = header = b""
     try:
         while offset < end:
             start = offset
             kind = data[offset : offset + 1]
             offset += 1
             if kind in _ENTRY_EVENTS:
-                # The hot events, decoded without the generic loop.
+                # The hot events, decoded without the generic loop. Runs of
+                # them name the same queue, and a catch-up's messages mostly
+                # share their addressing and header: those equal to the
+                # previous event's are not decoded or copied again (the
+                # messages share the bytes).
                 length = unpackH(data, offset)[0]
                 offset += 2
-                if length > MAX_NAME:
-                    raise _malformed(kind, start, f"queue name of {length} bytes (at most {MAX_NAME})")
-                name = str(view[offset : offset + length], "utf-8")
+                if length != len(lastName) or not data.startswith(lastName, offset):
+                    if length > MAX_NAME:
+                        raise _malformed(kind, start, f"queue name of {length} bytes (at most {MAX_NAME})")
+                    name = str(view[offset : offset + length], "utf-8")
+                    lastName = data[offset : offset + length]
                 offset += length
-                id = unpackq(data, offset)[0]
-                offset += 8
-                if id < 0:
-                    raise _malformed(kind, start, f"id {id} is negative")
                 if kind == ENQUEUED:
-                    flags = data[offset]
-                    expiresAt = unpackq(data, offset + 1)[0]
-                    offset += 9
+                    id, flags, expiresAt, length = unpackqBqI(data, offset)
+                    offset += 21
+                    if id < 0:
+                        raise _malformed(kind, start, f"id {id} is negative")
                     if flags > _ENQUEUED_FLAGS or expiresAt < 0:
                         raise _malformed(
                             kind,
@@ -543,12 +553,18 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                             f"flags 0x{flags:02x}" if flags > _ENQUEUED_FLAGS
                             else f"deadline {expiresAt} is negative",
                         )
+                    if length == len(addressing) and data.startswith(addressing, offset):
+                        offset += length
+                    else:
+                        addressing = data[offset : offset + length]
+                        offset += length
                     length = unpackI(data, offset)[0]
-                    addressing = data[offset + 4 : offset + 4 + length]
-                    offset += 4 + length
-                    length = unpackI(data, offset)[0]
-                    header = data[offset + 4 : offset + 4 + length]
-                    offset += 4 + length
+                    offset += 4
+                    if length == len(header) and data.startswith(header, offset):
+                        offset += length
+                    else:
+                        header = data[offset : offset + length]
+                        offset += length
                     length = unpackI(data, offset)[0]
                     body = data[offset + 4 : offset + 4 + length]
                     offset += 4 + length
@@ -566,6 +582,10 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                         flags & 2 == 2,
                     )
                 else:
+                    id = unpackq(data, offset)[0]
+                    offset += 8
+                    if id < 0:
+                        raise _malformed(kind, start, f"id {id} is negative")
                     if offset > end:
                         raise _malformed(kind, start, "it runs past the end of the box")
                     yield (kind, name, id)
