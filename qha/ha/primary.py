@@ -644,7 +644,7 @@ class ReplicationSource:
 
     log = Logger()
     window = 64
-    batchBytes = MAX_BATCH_BYTES // 4
+    batchBytes = MAX_BATCH_BYTES // 2
     batchMessages = MAX_BATCH_MESSAGES // 2
     catchupWindow = 4
 
@@ -692,6 +692,7 @@ class ReplicationSource:
         self._walks: deque[QueueWalk] = deque()
         self._walking: dict[Queue, QueueWalk] = {}
         self._catchupOut = 0
+        self._pumpCall: IDelayedCall | None = None
         self._catchupDone = True
         self.catchup: CatchUpProgress | None = None
         self._loggedAt = 0.0
@@ -784,11 +785,17 @@ class ReplicationSource:
 
     def _pump(self) -> None:
         """
-        Send catch-up batches while fewer than C{catchupWindow} are
-        unanswered.
+        Send a catch-up batch if fewer than C{catchupWindow} are
+        unanswered, and the next in the next reactor turn if there is room
+        for it still: making a batch of a few thousand messages takes some
+        milliseconds, and the live publishers' turns come between two.
         """
-        while not self.closed and not self._catchupDone and self._catchupOut < self.catchupWindow:
-            self._sendBatch()
+        self._pumpCall = None
+        if self.closed or self._catchupDone or self._catchupOut >= self.catchupWindow:
+            return
+        self._sendBatch()
+        if not self._catchupDone and self._catchupOut < self.catchupWindow:
+            self._pumpCall = self.clock.callLater(0, self._pump)
 
     def _sendBatch(self) -> None:
         """
@@ -905,7 +912,8 @@ class ReplicationSource:
                 seconds=now - progress.started,
             )
         self._applied(seq)
-        self._pump()
+        if self._pumpCall is None:
+            self._pump()
 
     def _has(self, queue: Queue, id: int) -> bool:
         """
@@ -935,10 +943,10 @@ class ReplicationSource:
         accounts = Accounts.of(self.vhosts)
         if self in accounts.observers:
             accounts.observers.remove(self)
-        for call in (self._flushCall, self._heartbeatCall):
+        for call in (self._flushCall, self._heartbeatCall, self._pumpCall):
             if call is not None and call.active():
                 call.cancel()
-        self._flushCall = self._heartbeatCall = None
+        self._flushCall = self._heartbeatCall = self._pumpCall = None
         self.node.gate.backupLost(self)
         self.inFlight.clear()
         self.vhost.resources.release(sum(self.inFlightBytes.values()))

@@ -140,6 +140,35 @@ class CatchUpTests(SynchronousTestCase):
         self.assertTrue(self.source().ready)
         self.cluster.finish()
 
+    def test_oneBatchPerTurn(self) -> None:
+        """
+        The primary makes one batch per reactor turn, even when the window
+        has room for more (at the start, or when answers come together):
+        the other connections' turns come between two.
+        """
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 95)
+        atStart: list[tuple[int, bool]] = []
+        start = ReplicationSource.start
+
+        def started(source: ReplicationSource, holdings: Any) -> None:
+            start(source, holdings)
+            assert source.catchup is not None
+            atStart.append((source.catchup.batches, source._pumpCall is not None))
+            self.cluster.clock.advance(0)
+            atStart.append((source.catchup.batches, source._pumpCall is not None))
+
+        self.patch(ReplicationSource, "start", started)
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        self.pumpUntil(link, lambda: bool(atStart))
+        # One in the subscription's turn, the next in the next turn; then
+        # the window (2) is full: nothing more is scheduled.
+        self.assertEqual(atStart, [(1, True), (2, False)])
+        link.flush()
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertReplicated()
+        self.cluster.finish()
+
     def test_bytesBound(self) -> None:
         """
         Batches stay within the bytes bound: messages of 1,000 bytes with a
