@@ -345,6 +345,20 @@ class EventWriter:
             body,
         )
 
+    def encoded(self, data: bytes, count: int) -> None:
+        """
+        C{count} events encoded already, of the default virtual host (as a
+        box's are from its start), added as they are: a backup's store
+        takes a catch-up batch's run of enqueues so (see
+        L{qha.changes.replay.Verbatim}). They are not transient.
+        """
+        if not count:
+            return
+        self.scope(DEFAULT_VHOST)
+        self._add(data)
+        self.count += count
+        self.transient = False
+
     def take(self) -> bytes:
         """
         The encoded events so far; the writer starts empty again.

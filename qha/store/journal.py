@@ -1171,6 +1171,18 @@ class Store:
             self.liveBytes += entry.message.size
             self._dirty()
 
+    def appliedEncoded(self, events: bytes, count: int, bodyBytes: int) -> None:
+        """
+        C{count} events a backup applied while this store did not observe
+        them, encoded already as it would have encoded them (a catch-up
+        batch's run of enqueues, L{qha.changes.replay.Verbatim}), with
+        C{bodyBytes} of persistent bodies: written as they are, in their
+        place among this store's events, at the next flush (the backup
+        flushes once the batch is applied).
+        """
+        self.writer.encoded(events, count)
+        self.liveBytes += bodyBytes
+
     def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
         if queue.durable and not queue.exclusive:
             for entry in entries:

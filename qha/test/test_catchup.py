@@ -710,6 +710,156 @@ class CopiedWalkTests(SynchronousTestCase):
         self.assertEqual(Counting.reads, started)
 
 
+class VerbatimStoreTests(SynchronousTestCase):
+    """
+    A backup's store takes a catch-up batch's leading run of enqueues of
+    persistent messages on durable queues as the bytes came
+    (L{BackupLink.verbatimCatchUp}, L{Verbatim}): its journal says what
+    it would have said had it observed and encoded each enqueue.
+    """
+
+    def catchUp(self, verbatim: bool) -> tuple[list[tuple[Any, ...]], int, dict[str, Any]]:
+        """
+        Catch a backup with a store up (in batches of 40) on a primary
+        holding a durable queue of persistent messages with transient ones
+        and messages held by a consumer among them, a durable queue in
+        another virtual host, and a non-durable queue.
+
+        @param verbatim: L{BackupLink.verbatimCatchUp}.
+        @return: the events of the backup's journal, its count of live
+            bytes, and what the journal recovers (queue to contents).
+        """
+        from qha.broker.vhost import VirtualHost
+        from qha.broker.vhosts import VirtualHosts
+
+        self.patch(ReplicationSource, "batchMessages", 40)
+        self.patch(BackupLink, "verbatimCatchUp", verbatim)
+        recordFreezes(self)
+        cluster = InMemoryCluster(self)
+        primary = cluster.primary()
+        backup = cluster.node()
+        journal = MemoryJournal()
+        store = Store(journal, cluster.clock)
+        store.attach(backup.vhost)
+        backup.store = store
+        vhost = primary.vhost
+        durable = vhost.declareQueue("d", durable=True, arguments=ALL)
+        vhost.declareQueue("t", arguments=ALL)
+        other = VirtualHosts.of(vhost).ensure("other")
+        other.declareQueue("o", durable=True, arguments=ALL)
+        for index in range(150):
+            vhost.publish(
+                "", "d", persistentMessage(b"d%d" % index, "d", persistent=index % 37 != 5)
+            )
+        for index in range(30):
+            vhost.publish("", "t", persistentMessage(b"t%d" % index, "t"))
+            other.publish("", "o", persistentMessage(b"o%d" % index, "o"))
+        for _ in range(3):
+            self.assertIsNotNone(durable.get())
+        cluster.connect(primary, backup)
+        self.assertEqual(backup.role.name, READY)
+        cluster.finish()
+        records, _ = scanRecords(b"".join(journal.records), "<memory>")
+        # The message events and their scopes (the declarations carry
+        # uuids, new each run).
+        kinds = (ev.ENQUEUED, ev.DEQUEUED, ev.ACQUIRED, ev.DEQUEUED_RANGE, ev.ACQUIRED_RANGE, ev.VHOST)
+        events = [
+            event for record in records for event in ev.readEvents(record.events) if event[0] in kinds
+        ]
+        recovered = VirtualHost()
+        copy = MemoryJournal()
+        for record in journal.records:
+            copy.append(record)
+        Store(copy, cluster.clock).recover(recovered)
+        contents = {
+            f"{each.name} {queue.name}": queueContents(queue)
+            for each in VirtualHosts.of(recovered)
+            for queue in each.queues.values()
+        }
+        return events, store.liveBytes, contents
+
+    def test_sameJournal(self) -> None:
+        """
+        The journal holds the same message events either way, the store
+        counts the same live bytes, and it recovers the same queues: the
+        transient messages and the messages of the non-durable queue are
+        not in it.
+        """
+        verbatim = self.catchUp(True)
+        encoded = self.catchUp(False)
+        self.assertEqual(verbatim[0], encoded[0])
+        self.assertEqual(verbatim[1], encoded[1])
+        self.assertEqual(verbatim[2], encoded[2])
+        kept = [id for id, _, _ in verbatim[2]["/ d"]]
+        self.assertEqual(len(kept), 146)
+        self.assertNotIn(6, kept)
+        self.assertEqual(verbatim[2]["/ t"], [])
+        self.assertEqual(len(verbatim[2]["other o"]), 30)
+
+    def test_runs(self) -> None:
+        """
+        L{Verbatim} counts the leading run of new persistent enqueues on a
+        durable queue, and ends it (before applying it) at the first other
+        event: a transient message, one acquired at once, one the queue had
+        already, one of a queue not kept, the caught-up marker.
+        """
+        from qha.broker.vhost import VirtualHost
+        from qha.changes.replay import Replicator, Verbatim
+
+        vhost = VirtualHost()
+        vhost.replica = True
+        vhost.declareQueue("d", durable=True, replica=True)
+        vhost.declareQueue("t", replica=True)
+        replicator = Replicator(vhost, lambda: None)
+        persistent = persistentMessage(b"p", "d")
+        transient = persistentMessage(b"t", "d", persistent=False)
+
+        def run(data: bytes) -> Verbatim:
+            """
+            Apply C{data} with a L{Verbatim}; it, and how often it closed.
+            """
+            closed: list[int] = []
+            verbatim = Verbatim(lambda: closed.append(verbatim.end))
+            for _ in replicator.steps(data, 0, verbatim):
+                pass
+            self.assertLessEqual(len(closed), 1)
+            return verbatim
+
+        def encoded(*entries: tuple[str, int, Any, bool]) -> bytes:
+            """
+            The events of C{entries} (queue, id, message, acquired at
+            once), encoded.
+            """
+            writer = ev.EventWriter()
+            for queue, id, message, acquired in entries:
+                writeEnqueued(writer, queue, id, False, message.addressing, message.header, message.body)
+                if acquired:
+                    writer.entryEvent(ev.ACQUIRED, queue, id)
+            return writer.take()
+
+        whole = encoded(("d", 1, persistent, False), ("d", 2, persistent, False))
+        verbatim = run(whole)
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.bytes, verbatim.open), (len(whole), 2, 2, True))
+        cases = [
+            ("transient", ("d", 11, transient, False)),
+            ("acquired", ("d", 12, persistent, True)),
+            ("had it", ("d", 2, persistent, False)),
+            ("not kept", ("t", 13, persistent, False)),
+        ]
+        for index, (why, ending) in enumerate(cases):
+            lead = encoded(("d", 20 + 2 * index, persistent, False))
+            data = encoded(("d", 20 + 2 * index, persistent, False), ending, ("d", 21 + 2 * index, persistent, False))
+            verbatim = run(data)
+            self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(lead), 1, False), why)
+        writer = ev.EventWriter()
+        writeEnqueued(writer, "d", 40, False, persistent.addressing, persistent.header, persistent.body)
+        lead = writer.take()
+        writeEnqueued(writer, "d", 40 + 1, False, persistent.addressing, persistent.header, persistent.body)
+        writer.event(ev.CAUGHT_UP)
+        verbatim = run(lead + writer.take())
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(lead) * 2, 2, False))
+
+
 class SteppedApplyTests(SynchronousTestCase):
     """
     A backup applies a catch-up batch L{BackupLink.catchupStep} events per
