@@ -742,6 +742,14 @@ class VerbatimStoreTests(SynchronousTestCase):
         store = Store(journal, cluster.clock)
         store.attach(backup.vhost)
         backup.store = store
+        taken: list[int] = []
+        appliedEncoded = store.appliedEncoded
+
+        def counting(events: bytes, count: int, bodyBytes: int) -> None:
+            taken.append(count)
+            appliedEncoded(events, count, bodyBytes)
+
+        self.patch(store, "appliedEncoded", counting)
         vhost = primary.vhost
         durable = vhost.declareQueue("d", durable=True, arguments=ALL)
         vhost.declareQueue("t", arguments=ALL)
@@ -759,6 +767,9 @@ class VerbatimStoreTests(SynchronousTestCase):
         cluster.connect(primary, backup)
         self.assertEqual(backup.role.name, READY)
         cluster.finish()
+        # The leading runs of batches 2 to 4 (41-42, 81-116, 121-150) were
+        # taken as they came, or none.
+        self.assertEqual(sum(taken), 68) if verbatim else self.assertEqual(taken, [])
         records, _ = scanRecords(b"".join(journal.records), "<memory>")
         # The message events and their scopes (the declarations carry
         # uuids, new each run).
