@@ -83,7 +83,7 @@ class EventWriter:
     """
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.count = 0
         self._run: list[Any] | None = None
         # Whether every event so far is of a message no store keeps.
@@ -345,17 +345,22 @@ class EventWriter:
             body,
         )
 
-    def encoded(self, data: bytes, count: int) -> None:
+    def encoded(self, data: bytes | memoryview, count: int) -> None:
         """
         C{count} events encoded already, of the default virtual host (as a
-        box's are from its start), added as they are: a backup's store
-        takes a catch-up batch's run of enqueues so (see
+        box's are from its start), added as they are (a view is not
+        copied before the events are taken): a backup's store takes a
+        catch-up batch's run of enqueues so (see
         L{qha.changes.replay.Verbatim}). They are not transient.
         """
         if not count:
             return
         self.scope(DEFAULT_VHOST)
-        self._add(data)
+        if self.held is not None:
+            self._encodeHeld()
+        if self._run is not None:
+            self._endRun()
+        self.parts.append(data)
         self.count += count
         self.transient = False
 

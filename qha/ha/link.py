@@ -454,7 +454,7 @@ class BackupLink:
             return
         if verbatim.end > batch.written:
             store.appliedEncoded(
-                batch.data[batch.written : verbatim.end],
+                memoryview(batch.data)[batch.written : verbatim.end],
                 verbatim.count - batch.writtenCount,
                 verbatim.bytes - batch.writtenBytes,
             )

@@ -745,7 +745,7 @@ class VerbatimStoreTests(SynchronousTestCase):
         taken: list[int] = []
         appliedEncoded = store.appliedEncoded
 
-        def counting(events: bytes, count: int, bodyBytes: int) -> None:
+        def counting(events: bytes | memoryview, count: int, bodyBytes: int) -> None:
             taken.append(count)
             appliedEncoded(events, count, bodyBytes)
 
