@@ -37,6 +37,7 @@ from ..changes.cursor import CopiedWalk, entrySize, lastId, sizeOf
 from .commands import (
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
+    CHUNK,
     BadHoldings,
     CatchUp,
     Events,
@@ -144,6 +145,30 @@ def pinLevels(vhosts: Iterable[VirtualHost], default: str) -> None:
             cachedLevel(queue, default)
         for exchange in vhost.exchanges.values():
             cachedLevel(exchange, default)
+
+
+def catchUpArguments(
+    epoch: int, seq: int, events: bytes, position: int, messages: int, total: int, last: bool
+) -> dict[str, bytes | memoryview]:
+    """
+    The wire strings of a L{CatchUp} batch, made directly (they decode as
+    its arguments; send them with C{callRemoteString}): the events' 64 KiB
+    pieces are views of them, not copies (a batch is megabytes, and AMP
+    joins the pieces into the box it writes anyway).
+    """
+    view = memoryview(events)
+    strings: dict[str, bytes | memoryview] = {
+        "epoch": b"%d" % epoch,
+        "seq": b"%d" % seq,
+        "position": b"%d" % position,
+        "messages": b"%d" % messages,
+        "total": b"%d" % total,
+        "last": b"True" if last else b"False",
+        "events": view[:CHUNK],
+    }
+    for index, start in enumerate(range(CHUNK, len(events), CHUNK), 1):
+        strings[f"events.{index}"] = view[start : start + CHUNK]
+    return strings
 
 
 def writeNow(transport: Any) -> None:
@@ -860,15 +885,12 @@ class ReplicationSource:
         progress.batches += 1
         progress.sentMessages += messages
         progress.sentBytes += len(data)
-        d = self.connection.callRemote(
-            CatchUp,
-            epoch=self.node.epoch,
-            seq=seq,
-            events=data,
-            position=self.node.position,
-            messages=messages,
-            total=progress.messages,
-            last=last,
+        d = self.connection.callRemoteString(
+            CatchUp.commandName,
+            True,
+            **catchUpArguments(
+                self.node.epoch, seq, data, self.node.position, messages, progress.messages, last
+            ),
         )
         size = len(data)
         d.addCallbacks(lambda _: self._batchApplied(seq, messages, size), self._failed)
