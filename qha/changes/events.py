@@ -98,6 +98,9 @@ class EventWriter:
         self._heldAcquired = False
         # The virtual host the events written now are of (see scope).
         self.vhost = DEFAULT_VHOST
+        # The last piece of encoded events added (see encoded): its data,
+        # where it starts and ends there, and its index in the parts.
+        self._encoded: tuple[bytes, int, int, int] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -345,13 +348,16 @@ class EventWriter:
             body,
         )
 
-    def encoded(self, data: bytes | memoryview, count: int) -> None:
+    def encoded(self, data: bytes, start: int, end: int, count: int) -> None:
         """
-        C{count} events encoded already, of the default virtual host (as a
-        box's are from its start), added as they are (a view is not
-        copied before the events are taken): a backup's store takes a
-        catch-up batch's run of enqueues so (see
+        C{count} events encoded already, C{data[start:end]}, of the default
+        virtual host (as a box's are from its start), added as they are: a
+        backup's store takes a catch-up batch's run of enqueues so (see
         L{qha.changes.replay.Verbatim}). They are not transient.
+
+        They are not copied before the events are taken, and a piece that
+        follows the last one in C{data} extends it: a whole batch taken in
+        pieces (a step at a time) and nothing else is C{data} itself.
         """
         if not count:
             return
@@ -360,7 +366,12 @@ class EventWriter:
             self._encodeHeld()
         if self._run is not None:
             self._endRun()
-        self.parts.append(data)
+        last = self._encoded
+        if last is not None and last[0] is data and last[2] == start and len(self.parts) == last[3] + 1:
+            start = last[1]
+            self.parts.pop()
+        self._encoded = (data, start, end, len(self.parts))
+        self.parts.append(data if start == 0 and end == len(data) else memoryview(data)[start:end])
         self.count += count
         self.transient = False
 
@@ -374,6 +385,7 @@ class EventWriter:
             self._endRun()
         data = b"".join(self.parts)
         self.parts = []
+        self._encoded = None
         self.count = 0
         self.transient = True
         self.vhost = DEFAULT_VHOST

@@ -454,7 +454,9 @@ class BackupLink:
             return
         if verbatim.end > batch.written:
             store.appliedEncoded(
-                memoryview(batch.data)[batch.written : verbatim.end],
+                batch.data,
+                batch.written,
+                verbatim.end,
                 verbatim.count - batch.writtenCount,
                 verbatim.bytes - batch.writtenBytes,
             )

@@ -80,7 +80,7 @@ class NodeStore(Protocol):
     def whenSynced(self) -> Deferred[None] | None:
         "Fires once what was written is on disk."
 
-    def appliedEncoded(self, events: bytes | memoryview, count: int, bodyBytes: int) -> None:
+    def appliedEncoded(self, events: bytes, start: int, end: int, count: int, bodyBytes: int) -> None:
         "Write events applied unobserved, encoded as this store encodes them."
 
 

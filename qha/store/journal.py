@@ -1174,16 +1174,17 @@ class Store:
             self.liveBytes += entry.message.size
             self._dirty()
 
-    def appliedEncoded(self, events: bytes | memoryview, count: int, bodyBytes: int) -> None:
+    def appliedEncoded(self, events: bytes, start: int, end: int, count: int, bodyBytes: int) -> None:
         """
         C{count} events a backup applied while this store did not observe
-        them, encoded already as it would have encoded them (a catch-up
-        batch's run of enqueues, L{qha.changes.replay.Verbatim}), with
-        C{bodyBytes} of persistent bodies: written as they are, in their
-        place among this store's events, at the next flush (the backup
-        flushes once the batch is applied).
+        them, C{events[start:end]}, encoded already as it would have
+        encoded them (a catch-up batch's run of enqueues,
+        L{qha.changes.replay.Verbatim}), with C{bodyBytes} of persistent
+        bodies: written as they are, in their place among this store's
+        events, at the next flush (the backup flushes once the batch is
+        applied).
         """
-        self.writer.encoded(events, count)
+        self.writer.encoded(events, start, end, count)
         self.liveBytes += bodyBytes
 
     def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:

@@ -745,9 +745,9 @@ class VerbatimStoreTests(SynchronousTestCase):
         taken: list[int] = []
         appliedEncoded = store.appliedEncoded
 
-        def counting(events: bytes | memoryview, count: int, bodyBytes: int) -> None:
+        def counting(events: bytes, start: int, end: int, count: int, bodyBytes: int) -> None:
             taken.append(count)
-            appliedEncoded(events, count, bodyBytes)
+            appliedEncoded(events, start, end, count, bodyBytes)
 
         self.patch(store, "appliedEncoded", counting)
         vhost = primary.vhost

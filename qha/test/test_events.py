@@ -77,6 +77,41 @@ class EventCodecTests(SynchronousTestCase):
         self.assertEqual((third[3], third[6]), (True, b"three"))
         self.assertEqual((fourth[4], fourth[5], fourth[6]), (b"\x00\x02q2", b"header-B", b"four"))
 
+    def test_encoded(self) -> None:
+        """
+        Events encoded already are added as they are, in their place:
+        pieces that follow each other in the same data make one, a whole
+        box taken in pieces and nothing else is the box itself (no copy),
+        and they count as events of the default virtual host.
+        """
+        source = ev.EventWriter()
+        for id in (1, 2, 3):
+            writeEnqueued(source, "q", id, False, b"\x00\x01q", b"header", b"body %d" % id)
+        data = source.take()
+        events = list(ev.readEvents(data))
+        cut = len(data) // 3
+        writer = ev.EventWriter()
+        writer.encoded(data, 0, cut, 1)
+        writer.encoded(data, cut, len(data), 2)
+        self.assertEqual((writer.count, writer.transient), (3, False))
+        self.assertIs(writer.take(), data)
+        # Another event between two pieces, and another virtual host
+        # before them.
+        writer.scope("other")
+        writer.event(ev.PURGED, "elsewhere")
+        writer.encoded(data, 0, cut, 1)
+        writer.entryEvent(ev.DEQUEUED, "q", 1)
+        writer.encoded(data, cut, len(data), 2)
+        taken = writer.take()
+        self.assertEqual(
+            list(ev.readEvents(taken)),
+            [(ev.VHOST, "other"), (ev.PURGED, "elsewhere"), (ev.VHOST, "/")]
+            + list(ev.readEvents(data[:cut]))
+            + [(ev.DEQUEUED, "q", 1)]
+            + list(ev.readEvents(data[cut:])),
+        )
+        self.assertEqual(list(ev.readEvents(data[:cut])) + list(ev.readEvents(data[cut:])), events)
+
     def everyEvent(self) -> tuple[bytes, list[tuple[Any, ...]]]:
         """
         One event of every type, encoded; and the tuples that decoding
