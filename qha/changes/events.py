@@ -524,9 +524,10 @@ def _malformed(kind: bytes, start: int, what: str) -> MalformedEvents:
     return MalformedEvents(f"malformed {EVENT_NAMES[kind]} event at offset {start}: {what}")
 
 
-def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
+def readEvents(data: bytes, start: int = 0) -> Iterator[tuple[Any, ...]]:
     """
-    Decode the events in C{data}: tuples of the type byte and its fields.
+    Decode the events in C{data} (from offset C{start}, where an event
+    starts): tuples of the type byte and its fields.
 
     Every field is checked as it is decoded, so that what the events cost
     to apply depends on what a queue holds, never on the numbers in them:
@@ -539,8 +540,7 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
     @raise MalformedEvents: if C{data} is not a valid encoding, naming the
         event and the field.
     """
-    offset = 0
-    start = 0
+    offset = start
     end = len(data)
     view = memoryview(data)
     unpackH = _H.unpack_from

@@ -7,7 +7,8 @@ stream with it, and a store replays its journal's records with it.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+import struct
+from typing import Any, Callable, Generator, Iterator
 
 from twisted.logger import Logger
 
@@ -174,6 +175,11 @@ def parseMembers(data: bytes) -> list[dict[str, str]]:
     return members
 
 
+_H = struct.Struct(">H").unpack_from
+_qBqI = struct.Struct(">qBqI").unpack_from
+_I = struct.Struct(">I").unpack_from
+
+
 class Verbatim:
     """
     How much of a box, from its start, a store may write as it came
@@ -181,13 +187,15 @@ class Verbatim:
     batch is a run of enqueues encoded as a store encodes them, and
     encoding a million of them again is a fifth of the backup's work.
 
-    L{Replicator.steps} counts in the enqueues of new persistent messages,
-    not acquired, on queues a store keeps (durable, not exclusive), of the
-    default virtual host: what the store would write of them is exactly
-    their bytes. The first other event (or a message the queue had
-    already, which changes nothing) ends the run: the steps call L{close}
-    before they apply it, and the store sees it, and every event after it,
-    as ever.
+    L{Replicator.steps} applies the box's leading run of enqueues of new
+    persistent messages, not acquired, on queues a store keeps (durable,
+    not exclusive), of the default virtual host, in a loop of its own
+    (L{Replicator._leadingRun}), and counts them here: what the store
+    would write of them is exactly their bytes. The first other event (or
+    a message the queue had already, which changes nothing) ends the run:
+    L{close} is called before it is applied, and the store sees it, and
+    every event after it, as ever. A run that reaches the box's end is
+    not closed.
 
     @ivar end: the box's bytes up to this offset are such events, applied.
     @ivar count: how many.
@@ -259,23 +267,19 @@ class Replicator:
         applied over several reactor turns; nothing else may be applied
         until the iterator is exhausted.
 
-        @param verbatim: if given, counts the box's leading run of events
-            a store may write as they came (see L{Verbatim}).
+        @param verbatim: if given, the box's leading run of events a store
+            may write as they came is applied first, and counted in it
+            (see L{Verbatim} and L{_leadingRun}).
         @raise ev.MalformedEvents: if the box cannot be decoded (raised by
             the step that meets the fault; the events before it are
             applied).
         """
         self.vhost = self.default
+        count = start = 0
+        if verbatim is not None:
+            start, count = yield from self._leadingRun(data, every, verbatim)
         queues = self.vhost.queues
-        count = 0
-        ENQUEUED = ev.ENQUEUED
-        # For the verbatim run: the last queue and header looked at, and
-        # what they said (the messages of a run mostly share their header).
-        keptQueue: Queue | None = None
-        keptName = b""
-        header: bytes | None = None
-        persistent = False
-        for event in ev.readEvents(data):
+        for event in ev.readEvents(data, start):
             if every:
                 count += 1
                 if count > every:
@@ -283,39 +287,6 @@ class Replicator:
                     yield None
             self.applied += 1
             kind = event[0]
-            if verbatim is not None and verbatim.open:
-                queue = queues.get(event[1]) if kind == ENQUEUED else None
-                if queue is None or not queue.durable or queue.exclusive or event[8]:
-                    verbatim.close()
-                else:
-                    if event[5] is not header:
-                        header = event[5]
-                        persistent = Message(b"", header, b"").persistent
-                    if not persistent:
-                        verbatim.close()
-                    else:
-                        self.enqueues += 1
-                        message = Message(event[4], header, event[6])
-                        try:
-                            entry = queue.replicaEnqueue(message, event[2], event[3], event[7], False)
-                        except AMQPError as error:
-                            verbatim.close()
-                            self.log.warn("could not apply {event}: {error}", event=kind, error=error.replyText)
-                            continue
-                        if entry.message is not message:
-                            # It had it: nothing changed, nothing to write.
-                            verbatim.close()
-                            continue
-                        if queue is not keptQueue:
-                            keptQueue = queue
-                            keptName = queue.name.encode("utf-8")
-                        # The event's bytes: its type, the name, the fixed
-                        # fields and the three parts with their lengths.
-                        body = event[6]
-                        verbatim.end += 32 + len(keptName) + len(event[4]) + len(header) + len(body)
-                        verbatim.count += 1
-                        verbatim.bytes += len(body)
-                        continue
             try:
                 if kind == ev.VHOST:
                     # Not counted as applied: it is no event of its own.
@@ -347,6 +318,106 @@ class Replicator:
                 self.log.warn(
                     "could not apply {event}: {error}", event=event[0], error=error.replyText
                 )
+
+    def _leadingRun(self, data: bytes, every: int, verbatim: Verbatim) -> Generator[None, None, tuple[int, int]]:
+        """
+        Apply the box's leading run of enqueues of new persistent messages,
+        not acquired, on queues a store keeps, in the default virtual host
+        (L{Verbatim}), decoded and applied in one loop (a catch-up batch is
+        such a run, thousands of events long), pausing as L{steps} does.
+
+        Anything else ends the run before it is applied: another event, an
+        enqueue the run does not take, and an enqueue this loop cannot
+        decode (L{ev.readEvents} then decodes it in L{steps}, refusing it
+        with its reasons if it is malformed); so is a message the queue had
+        already (a change of nothing, applied again by L{steps}).
+
+        @return: where the run ends in the box (where L{steps} goes on),
+            and the events counted towards the current pause.
+        """
+        queues = self.default.queues
+        end = len(data)
+        unpackH = _H
+        unpackqBqI = _qBqI
+        unpackI = _I
+        offset = start = count = taken = size = 0
+        # The last queue name (as encoded) and its queue, and the last
+        # addressing and header (whose delivery mode says persistent).
+        lastName = b""
+        queue: Queue | None = None
+        keeps = False
+        addressing = header = b""
+        persistent = False
+        try:
+            while offset < end:
+                start = offset
+                if data[offset] != 69:  # ev.ENQUEUED
+                    break
+                try:
+                    length = unpackH(data, offset + 1)[0]
+                    offset += 3
+                    if length != len(lastName) or not data.startswith(lastName, offset):
+                        if length > ev.MAX_NAME:
+                            break
+                        name = str(data[offset : offset + length], "utf-8")
+                        lastName = data[offset : offset + length]
+                        queue = queues.get(name)
+                        keeps = queue is not None and queue.durable and not queue.exclusive
+                    offset += length
+                    id, flags, expiresAt, length = unpackqBqI(data, offset)
+                    offset += 21
+                    if id < 0 or flags > 1 or expiresAt < 0 or not keeps:
+                        # Malformed, acquired at once, or of a queue not kept.
+                        break
+                    if length != len(addressing) or not data.startswith(addressing, offset):
+                        addressing = data[offset : offset + length]
+                    offset += length
+                    length = unpackI(data, offset)[0]
+                    offset += 4
+                    if length != len(header) or not data.startswith(header, offset):
+                        header = data[offset : offset + length]
+                        persistent = Message(b"", header, b"").persistent
+                    offset += length
+                    length = unpackI(data, offset)[0]
+                    body = data[offset + 4 : offset + 4 + length]
+                    offset += 4 + length
+                except (struct.error, UnicodeDecodeError, IndexError):
+                    break
+                if offset > end or not persistent:
+                    break
+                if every:
+                    count += 1
+                    if count > every:
+                        count = 1
+                        verbatim.end, verbatim.count, verbatim.bytes = start, taken, size
+                        yield None
+                        # Other turns ran: look the queue up again.
+                        if queues.get(queue.name) is not queue:  # type: ignore[union-attr]
+                            count -= 1
+                            break
+                message = Message(addressing, header, body)
+                try:
+                    entry = queue.replicaEnqueue(  # type: ignore[union-attr]
+                        message, id, flags == 1, expiresAt / 1000.0 if expiresAt else None, False
+                    )
+                except AMQPError:
+                    count -= 1
+                    break
+                if entry.message is not message:
+                    # It had it: nothing changed (applied again by steps).
+                    count -= 1
+                    break
+                self.applied += 1
+                self.enqueues += 1
+                taken += 1
+                size += length
+            else:
+                start = end
+        finally:
+            verbatim.end, verbatim.count, verbatim.bytes = start, taken, size
+        if start < end:
+            verbatim.close()
+        return start, count
 
     def _queue(self, name: str) -> Queue | None:
         return self.vhost.queues.get(name)

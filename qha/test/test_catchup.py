@@ -862,6 +862,26 @@ class VerbatimStoreTests(SynchronousTestCase):
             data = encoded(("d", 20 + 2 * index, persistent, False), ending, ("d", 21 + 2 * index, persistent, False))
             verbatim = run(data)
             self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(lead), 1, False), why)
+        # A malformed enqueue within the run: the run ends before it, and
+        # it is refused with the reason readEvents gives.
+        lead = encoded(("d", 30, persistent, False))
+        bad = bytearray(encoded(("d", 31, persistent, False)))
+        bad[4:12] = (-1).to_bytes(8, "big", signed=True)
+        closed: list[int] = []
+        verbatim = Verbatim(lambda: closed.append(verbatim.end))
+        error = self.assertRaises(
+            ev.MalformedEvents, list, replicator.steps(lead + bytes(bad), 0, verbatim)
+        )
+        self.assertIn("id -1 is negative", str(error))
+        self.assertEqual((verbatim.end, verbatim.count, closed), (len(lead), 1, [len(lead)]))
+        # The run pauses as the steps do, with its count so far.
+        data = encoded(*[("d", id, persistent, False) for id in range(50, 55)])
+        verbatim = Verbatim()
+        paused = []
+        for _ in replicator.steps(data, 2, verbatim):
+            paused.append((verbatim.end, verbatim.count))
+        self.assertEqual(paused, [(len(data) * 2 // 5, 2), (len(data) * 4 // 5, 4)])
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(data), 5, True))
         writer = ev.EventWriter()
         writeEnqueued(writer, "d", 40, False, persistent.addressing, persistent.header, persistent.body)
         lead = writer.take()
