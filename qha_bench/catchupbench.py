@@ -204,9 +204,11 @@ def main() -> None:
             began = time.monotonic()
             beganAt = time.time()
             loadBefore = loadAverage()
+            assert cluster.brokers[0].process is not None
             primaryPid = cluster.brokers[0].process.pid
             primaryCPU = cpuSeconds(primaryPid)
             cluster.startBroker(1)
+            assert backup.process is not None
             backupPid = backup.process.pid
             samplers = []
             if options.profile:
@@ -262,9 +264,12 @@ def main() -> None:
             if watch is not None:
                 words = []
                 for name, pid in (("primary", primaryPid), ("backup", backupPid)):
-                    longest = turnwatch.longestTurn(watch, pid, beganAt, readyAt)
-                    if longest is not None:
-                        words.append(f"{name} {longest[0]:.0f} ms ({longest[1]:.0f} ms CPU)")
+                    turn = turnwatch.longestTurn(watch, pid, beganAt, readyAt)
+                    if turn is not None:
+                        words.append(
+                            f"{name} {turn[0]:.0f} ms ({turn[1]:.0f} ms CPU; longest full"
+                            f" collection {turn[2]:.0f} ms)"
+                        )
                 turns = f" longest reactor turn: {', '.join(words) or 'none seen'};"
             if session is not None:
                 session.close()

@@ -4,7 +4,9 @@ ticks every 5 ms, and every quarter second the longest gap between two
 ticks in that quarter (and the reactor thread's CPU seconds within that
 gap: the store's thread, writing and syncing at the same time, is not
 counted) is appended to a file, as C{wall-clock-time longest-gap-ms
-its-CPU-ms}.
+its-CPU-ms longest-full-collection-ms} (the last: the longest collection
+of the oldest generation by the cyclic garbage collector in that quarter,
+0 if none).
 
 The catch-up bench (L{qha_bench.catchupbench}) loads it into the brokers
 it starts, through a C{sitecustomize} module it writes to a scratch
@@ -48,9 +50,31 @@ def install(directory: str) -> None:
     """
     from twisted.internet import reactor, task
 
+    import gc
+
     path = os.path.join(directory, f"turns-{os.getpid()}")
-    state = {"last": time.monotonic(), "cpu": time.thread_time(), "gap": 0.0, "gapCPU": 0.0}
+    state = {
+        "last": time.monotonic(),
+        "cpu": time.thread_time(),
+        "gap": 0.0,
+        "gapCPU": 0.0,
+        "collecting": 0.0,
+        "collection": 0.0,
+    }
     out = open(path, "a", buffering=1)
+
+    def collected(phase: str, info: dict) -> None:
+        """
+        Time each full collection.
+        """
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            state["collecting"] = time.monotonic()
+        else:
+            state["collection"] = max(state["collection"], time.monotonic() - state["collecting"])
+
+    gc.callbacks.append(collected)
 
     def tick() -> None:
         """
@@ -69,8 +93,11 @@ def install(directory: str) -> None:
         """
         Write the longest gap of the last quarter second, and start again.
         """
-        out.write(f"{time.time():.3f} {state['gap'] * 1000:.1f} {state['gapCPU'] * 1000:.1f}\n")
-        state["gap"] = state["gapCPU"] = 0.0
+        out.write(
+            f"{time.time():.3f} {state['gap'] * 1000:.1f} {state['gapCPU'] * 1000:.1f}"
+            f" {state['collection'] * 1000:.1f}\n"
+        )
+        state["gap"] = state["gapCPU"] = state["collection"] = 0.0
 
     def start() -> None:
         """
@@ -84,10 +111,13 @@ def install(directory: str) -> None:
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
 
 
-def longestTurn(directory: str, pid: int, since: float, until: float) -> tuple[float, float] | None:
+def longestTurn(
+    directory: str, pid: int, since: float, until: float
+) -> tuple[float, float, float] | None:
     """
     The longest gap (ms) and its CPU (ms) that process C{pid} wrote for
-    the wall-clock times C{since} to C{until}, or L{None} if it wrote none.
+    the wall-clock times C{since} to C{until}, and its longest full
+    collection then (ms), or L{None} if it wrote none.
     """
     path = os.path.join(directory, f"turns-{pid}")
     try:
@@ -96,11 +126,14 @@ def longestTurn(directory: str, pid: int, since: float, until: float) -> tuple[f
     except OSError:
         return None
     chosen = [
-        (float(gap), float(cpu))
-        for at, gap, cpu in (row for row in rows if len(row) == 3)
+        (float(gap), float(cpu), float(collection))
+        for at, gap, cpu, collection in (row for row in rows if len(row) == 4)
         if since <= float(at) <= until + REPORT
     ]
-    return max(chosen) if chosen else None
+    if not chosen:
+        return None
+    gap, cpu, _ = max(chosen)
+    return gap, cpu, max(collection for _, _, collection in chosen)
 
 
 __all__ = ["SITECUSTOMIZE", "install", "longestTurn"]

@@ -781,7 +781,10 @@ class ReplicationSource:
             observe(self.vhost, self)
         self.flush()
         self._scheduleHeartbeat()
-        self._pump()
+        if not self._catchupDone:
+            # The first batch in a turn of its own: this one walked the
+            # configuration and copied the queues' entries.
+            self._pumpCall = self.clock.callLater(0, self._pump)
 
     def _large(self) -> bool:
         """
