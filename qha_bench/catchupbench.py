@@ -267,8 +267,8 @@ def main() -> None:
                     turn = turnwatch.longestTurn(watch, pid, beganAt, readyAt)
                     if turn is not None:
                         words.append(
-                            f"{name} {turn[0]:.0f} ms ({turn[1]:.0f} ms CPU; longest full"
-                            f" collection {turn[2]:.0f} ms)"
+                            f"{name} {turn[0]:.0f} ms ({turn[1]:.0f} ms CPU; the most CPU in one"
+                            f" turn {turn[3]:.0f} ms; longest full collection {turn[2]:.0f} ms)"
                         )
                 turns = f" longest reactor turn: {', '.join(words) or 'none seen'};"
             if session is not None:

@@ -4,9 +4,10 @@ ticks every 5 ms, and every quarter second the longest gap between two
 ticks in that quarter (and the reactor thread's CPU seconds within that
 gap: the store's thread, writing and syncing at the same time, is not
 counted) is appended to a file, as C{wall-clock-time longest-gap-ms
-its-CPU-ms longest-full-collection-ms} (the last: the longest collection
-of the oldest generation by the cyclic garbage collector in that quarter,
-0 if none).
+its-CPU-ms longest-full-collection-ms most-CPU-ms}: the longest collection
+of the oldest generation by the cyclic garbage collector in that quarter
+(0 if none), and the most CPU any gap of that quarter had (the longest
+turn by the reactor's own work, whatever the waits for a core).
 
 The catch-up bench (L{qha_bench.catchupbench}) loads it into the brokers
 it starts, through a C{sitecustomize} module it writes to a scratch
@@ -60,6 +61,7 @@ def install(directory: str) -> None:
         "gapCPU": 0.0,
         "collecting": 0.0,
         "collection": 0.0,
+        "mostCPU": 0.0,
     }
     out = open(path, "a", buffering=1)
 
@@ -83,9 +85,12 @@ def install(directory: str) -> None:
         now = time.monotonic()
         cpu = time.thread_time()
         gap = now - state["last"]
+        used = cpu - state["cpu"]
         if gap > state["gap"]:
             state["gap"] = gap
-            state["gapCPU"] = cpu - state["cpu"]
+            state["gapCPU"] = used
+        if used > state["mostCPU"]:
+            state["mostCPU"] = used
         state["last"] = now
         state["cpu"] = cpu
 
@@ -95,9 +100,9 @@ def install(directory: str) -> None:
         """
         out.write(
             f"{time.time():.3f} {state['gap'] * 1000:.1f} {state['gapCPU'] * 1000:.1f}"
-            f" {state['collection'] * 1000:.1f}\n"
+            f" {state['collection'] * 1000:.1f} {state['mostCPU'] * 1000:.1f}\n"
         )
-        state["gap"] = state["gapCPU"] = state["collection"] = 0.0
+        state["gap"] = state["gapCPU"] = state["collection"] = state["mostCPU"] = 0.0
 
     def start() -> None:
         """
@@ -113,11 +118,12 @@ def install(directory: str) -> None:
 
 def longestTurn(
     directory: str, pid: int, since: float, until: float
-) -> tuple[float, float, float] | None:
+) -> tuple[float, float, float, float] | None:
     """
     The longest gap (ms) and its CPU (ms) that process C{pid} wrote for
-    the wall-clock times C{since} to C{until}, and its longest full
-    collection then (ms), or L{None} if it wrote none.
+    the wall-clock times C{since} to C{until}, its longest full collection
+    then (ms), and the most CPU a gap had then (ms), or L{None} if it wrote
+    none.
     """
     path = os.path.join(directory, f"turns-{pid}")
     try:
@@ -126,14 +132,19 @@ def longestTurn(
     except OSError:
         return None
     chosen = [
-        (float(gap), float(cpu), float(collection))
-        for at, gap, cpu, collection in (row for row in rows if len(row) == 4)
+        (float(gap), float(cpu), float(collection), float(most))
+        for at, gap, cpu, collection, most in (row for row in rows if len(row) == 5)
         if since <= float(at) <= until + REPORT
     ]
     if not chosen:
         return None
-    gap, cpu, _ = max(chosen)
-    return gap, cpu, max(collection for _, _, collection in chosen)
+    gap, cpu, _, _ = max(chosen)
+    return (
+        gap,
+        cpu,
+        max(collection for _, _, collection, _ in chosen),
+        max(most for _, _, _, most in chosen),
+    )
 
 
 __all__ = ["SITECUSTOMIZE", "install", "longestTurn"]

@@ -330,11 +330,17 @@ class Replicator:
         enqueue the run does not take, and an enqueue this loop cannot
         decode (L{ev.readEvents} then decodes it in L{steps}, refusing it
         with its reasons if it is malformed); so is a message the queue had
-        already (a change of nothing, applied again by L{steps}).
+        already (a change of nothing, applied again by L{steps}). There is
+        no run on a broker that is not a replica (single-queue replication
+        to a serving broker): there an enqueue may be handed to a waiting
+        consumer at once, which the store observes too.
 
         @return: where the run ends in the box (where L{steps} goes on),
             and the events counted towards the current pause.
         """
+        if not self.default.replica:
+            verbatim.close()
+            return 0, 0
         queues = self.default.queues
         end = len(data)
         unpackH = _H

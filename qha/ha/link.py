@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..changes.replay import Replicator, Verbatim
-from ..changes.scoped import observe, unobserve
+from ..changes.scoped import ScopedObserver, observe, unobserve
 from .commands import Heartbeat, MalformedBox, OutOfSequence, StaleEpoch
 from .catchup import CatchUpReceiver
 from .config import PEER_TIMEOUT
@@ -43,6 +43,8 @@ class _Batch:
     @ivar verbatim: its leading run of events this backup's store takes
         as they came (L{None} without a store).
     @ivar written: the bytes of that run given to the store so far.
+    @ivar writtenCount: the events among them.
+    @ivar writtenBytes: the bodies' bytes among them.
     @ivar muted: whether the store is kept from observing the default
         virtual host now (while the steps apply that run).
     """
@@ -374,7 +376,7 @@ class BackupLink:
             raise MalformedBox(f"catch-up batch {seq} refused: an earlier box was malformed")
         self._caughtUp = False
         verbatim = None
-        if self.node.store is not None and self.verbatimCatchUp:
+        if self.verbatimCatchUp and self._storeObserves():
             verbatim = Verbatim(lambda: self._unmute(batch))
         batch = self._batch = _Batch(
             epoch,
@@ -429,6 +431,18 @@ class BackupLink:
             batch.done.errback(batch.error)
             return
         batch.call = self.node.clock.callLater(0, self._step)
+
+    def _storeObserves(self) -> bool:
+        """
+        Whether this backup has a store that observes its default virtual
+        host (what it writes of a batch's leading run is then the same
+        taken as it came).
+        """
+        store = self.node.store
+        return store is not None and any(
+            isinstance(observer, ScopedObserver) and observer.owner is store
+            for observer in self.node.vhost.observers
+        )
 
     def _mute(self, batch: _Batch) -> None:
         """

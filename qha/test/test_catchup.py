@@ -895,6 +895,12 @@ class VerbatimStoreTests(SynchronousTestCase):
         writer.event(ev.CAUGHT_UP)
         verbatim = run(lead + writer.take())
         self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(lead) * 2, 2, False))
+        # No run on a broker that is not a replica (a waiting consumer may
+        # take an enqueue at once there).
+        vhost.replica = False
+        verbatim = run(encoded(("d", 60, persistent, False)))
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (0, 0, False))
+        self.assertIn(60, vhost.queues["d"].ids())
 
 
 class SteppedApplyTests(SynchronousTestCase):
