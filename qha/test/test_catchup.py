@@ -42,6 +42,13 @@ from qha.test.support import (
 )
 
 
+promoteYoung = ReplicationSource.__dict__["_promoteYoung"]
+"""
+The primary's promotion of young objects, as defined (L{recordFreezes}
+replaces it).
+"""
+
+
 def recordFreezes(case: SynchronousTestCase) -> list[None]:
     """
     Record the calls of C{gc.freeze} during C{case} instead of freezing
@@ -50,6 +57,8 @@ def recordFreezes(case: SynchronousTestCase) -> list[None]:
     """
     freezes: list[None] = []
     case.patch(gc, "freeze", lambda: freezes.append(None))
+    # The primary's promotion of its walks' copies (tested on its own).
+    case.patch(ReplicationSource, "_promoteYoung", staticmethod(lambda: None))
     return freezes
 
 
@@ -173,6 +182,60 @@ class CatchUpTests(SynchronousTestCase):
         self.assertEqual(sum(perCall), 10)
         self.assertEqual(self.backup.role.name, READY)
         self.assertReplicated()
+        self.cluster.finish()
+
+    def test_copiesPromoted(self) -> None:
+        """
+        A catch-up in batches moves the young objects (its walks' copies
+        among them) to the oldest generation at its start, freezing and
+        unfreezing once, unless objects are frozen already; a catch-up in
+        one box does not.
+        """
+        calls: list[str] = []
+        self.patch(ReplicationSource, "_promoteYoung", promoteYoung)
+        self.patch(gc, "freeze", lambda: calls.append("freeze"))
+        self.patch(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        self.patch(gc, "get_freeze_count", lambda: 0)
+        self.patch(BackupLink, "freezeCaughtUp", False)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 95)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(calls, ["freeze", "unfreeze"])
+        self.cluster.finish()
+
+    def test_copiesNotPromotedWhenFrozen(self) -> None:
+        """
+        Nothing is moved when objects are frozen already (they would be
+        unfrozen), nor for a catch-up in one box.
+        """
+        calls: list[str] = []
+        self.patch(ReplicationSource, "_promoteYoung", promoteYoung)
+        self.patch(gc, "freeze", lambda: calls.append("freeze"))
+        self.patch(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        self.patch(gc, "get_freeze_count", lambda: 10)
+        self.patch(BackupLink, "freezeCaughtUp", False)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 95)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(calls, [])
+        self.cluster.finish()
+
+    def test_smallCatchUpNotPromoted(self) -> None:
+        """
+        A catch-up in one box copies nothing: nothing is moved.
+        """
+        calls: list[str] = []
+        self.patch(ReplicationSource, "_promoteYoung", promoteYoung)
+        self.patch(gc, "freeze", lambda: calls.append("freeze"))
+        self.patch(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        self.patch(gc, "get_freeze_count", lambda: 0)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 5)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(calls, [])
         self.cluster.finish()
 
     def test_bytesBound(self) -> None:
