@@ -789,8 +789,7 @@ class ReplicationSource:
             # configuration and copied the queues' entries.
             self._pumpCall = self.clock.callLater(0, self._pump)
 
-    @staticmethod
-    def _promoteYoung() -> None:
+    def _promoteYoung(self) -> None:
         """
         Move every object the cyclic garbage collector tracks to its oldest
         generation, traversing none: the walks' copies (a reference per

@@ -42,7 +42,7 @@ from qha.test.support import (
 )
 
 
-promoteYoung = ReplicationSource.__dict__["_promoteYoung"]
+promoteYoung = ReplicationSource._promoteYoung
 """
 The primary's promotion of young objects, as defined (L{recordFreezes}
 replaces it).
@@ -58,7 +58,7 @@ def recordFreezes(case: SynchronousTestCase) -> list[None]:
     freezes: list[None] = []
     case.patch(gc, "freeze", lambda: freezes.append(None))
     # The primary's promotion of its walks' copies (tested on its own).
-    case.patch(ReplicationSource, "_promoteYoung", staticmethod(lambda: None))
+    case.patch(ReplicationSource, "_promoteYoung", lambda source: None)
     return freezes
 
 
