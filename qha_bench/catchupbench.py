@@ -11,10 +11,19 @@ another replicated queue on the primary, one at a time with publisher
 confirms, and times each confirm. Prints per run the time to ready, the
 longest answer, the live publisher's confirm p50/p99/longest, and the flaps
 (the primary dropping the backup, or the backup leaving a silent primary,
-from their logs).
+from their logs), the CPU seconds each broker spent from the backup's start
+to its ready (the machine may be shared: wall time alone says little), the
+load average, and, with C{--turns}, each broker's longest reactor turn then
+(L{qha_bench.turnwatch}, loaded into the brokers for the bench only).
 
     PYTHONPATH=. .venv/bin/python -m qha_bench.catchupbench \\
-        [--messages 300000] [--size 250] [--runs 3] [--heartbeat 2]
+        [--messages 300000] [--size 250] [--runs 3] [--heartbeat 2] [--turns] \\
+        [--profile DIRECTORY]
+
+C{--profile} samples both brokers with C{py-spy} (if installed) from the
+backup's start to its ready, into C{DIRECTORY/primary-RUN.txt} and
+C{backup-RUN.txt} (C{py-spy}'s raw format: one stack and its samples a
+line).
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -29,6 +41,25 @@ import pika
 
 from qha.admin.commands import Query
 from qha.test.integration.cluster import BlockingAMP, Cluster
+
+from . import turnwatch
+
+
+def cpuSeconds(pid: int) -> float:
+    """
+    The CPU seconds (user and system) process C{pid} has used so far.
+    """
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadAverage() -> str:
+    """
+    The machine's load averages over 1, 5 and 15 minutes, in words.
+    """
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def fill(port: int, queue: str, messages: int, size: int) -> None:
@@ -118,7 +149,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=250)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--heartbeat", type=float, default=2.0)
+    parser.add_argument(
+        "--turns", action="store_true", help="watch each broker's reactor turns (bench only)"
+    )
+    parser.add_argument("--profile", metavar="DIRECTORY", help="sample both brokers with py-spy")
     options = parser.parse_args()
+    watch: str | None = None
+    if options.turns:
+        watch = tempfile.mkdtemp(prefix="qha-turns-")
+        with open(os.path.join(watch, "sitecustomize.py"), "w") as module:
+            module.write(turnwatch.SITECUSTOMIZE)
+        os.environ["QHA_TURNWATCH"] = watch
+        path = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = watch if not path else path + os.pathsep + watch
     cluster = Cluster(2, heartbeat=options.heartbeat)
     try:
         cluster.start([0])
@@ -159,7 +202,26 @@ def main() -> None:
             live = LivePublisher(cluster.brokers[0].port, "live", options.size)
             live.start()
             began = time.monotonic()
+            beganAt = time.time()
+            loadBefore = loadAverage()
+            assert cluster.brokers[0].process is not None
+            primaryPid = cluster.brokers[0].process.pid
+            primaryCPU = cpuSeconds(primaryPid)
             cluster.startBroker(1)
+            assert backup.process is not None
+            backupPid = backup.process.pid
+            samplers = []
+            if options.profile:
+                os.makedirs(options.profile, exist_ok=True)
+                for name, pid in (("primary", primaryPid), ("backup", backupPid)):
+                    samplers.append(
+                        subprocess.Popen(
+                            ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
+                             "--output", os.path.join(options.profile, f"{name}-{run}.txt")],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
             # (seconds the answer took, seconds since the start, role)
             answers: list[tuple[float, float, str]] = []
             queries: list[float] = []
@@ -188,6 +250,27 @@ def main() -> None:
                     raise SystemExit(f"run {run}: not ready after 600 s: {state}")
                 time.sleep(0.05)
             ready = time.monotonic() - began
+            readyAt = time.time()
+            for sampler in samplers:
+                sampler.send_signal(signal.SIGINT)
+            for sampler in samplers:
+                sampler.wait(60)
+            cpu = (
+                f"CPU {cpuSeconds(primaryPid) - primaryCPU:.1f}s primary,"
+                f" {cpuSeconds(backupPid):.1f}s backup; load average {loadBefore} before,"
+                f" {loadAverage()} at ready"
+            )
+            turns = ""
+            if watch is not None:
+                words = []
+                for name, pid in (("primary", primaryPid), ("backup", backupPid)):
+                    turn = turnwatch.longestTurn(watch, pid, beganAt, readyAt)
+                    if turn is not None:
+                        words.append(
+                            f"{name} {turn[0]:.0f} ms ({turn[1]:.0f} ms CPU; the most CPU in one"
+                            f" turn {turn[3]:.0f} ms; longest full collection {turn[2]:.0f} ms)"
+                        )
+                turns = f" longest reactor turn: {', '.join(words) or 'none seen'};"
             if session is not None:
                 session.close()
             confirms = live.stop()
@@ -215,11 +298,13 @@ def main() -> None:
                 f" {catchup.get('receivedBytes')} bytes, {catchup.get('batches')} batches);"
                 f" {len(answers)} queries (connect, log in, query), the longest answer"
                 f" {longest * 1000:.0f} ms (longest three: {worst}); {alone};"
-                f" {confirms};"
+                f" {confirms}; {cpu};{turns}"
                 f" flaps: {drops} drops by the primary, {silent} silent-primary warnings"
             )
     finally:
         cluster.stop()
+        if watch is not None:
+            shutil.rmtree(watch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ MEMBERS = b"M"
 _q = struct.Struct(">q")
 _I = struct.Struct(">I")
 _H = struct.Struct(">H")
-_qBqI = struct.Struct(">qBqI").pack
+_qBqIs = struct.Struct(">qBqI")
+_qBqI = _qBqIs.pack
 
 
 class EventWriter:
@@ -88,7 +89,7 @@ class EventWriter:
     """
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.count = 0
         self._run: list[Any] | None = None
         # Whether every event so far is of a message no store keeps.
@@ -103,6 +104,9 @@ class EventWriter:
         self._heldAcquired = False
         # The virtual host the events written now are of (see scope).
         self.vhost = DEFAULT_VHOST
+        # The last piece of encoded events added (see encoded): its data,
+        # where it starts and ends there, and its index in the parts.
+        self._encoded: tuple[bytes, int, int, int] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -350,6 +354,33 @@ class EventWriter:
             body,
         )
 
+    def encoded(self, data: bytes, start: int, end: int, count: int) -> None:
+        """
+        C{count} events encoded already, C{data[start:end]}, of the default
+        virtual host (as a box's are from its start), added as they are: a
+        backup's store takes a catch-up batch's run of enqueues so (see
+        L{qha.changes.replay.Verbatim}). They are not transient.
+
+        They are not copied before the events are taken, and a piece that
+        follows the last one in C{data} extends it: a whole batch taken in
+        pieces (a step at a time) and nothing else is C{data} itself.
+        """
+        if not count:
+            return
+        self.scope(DEFAULT_VHOST)
+        if self.held is not None:
+            self._encodeHeld()
+        if self._run is not None:
+            self._endRun()
+        last = self._encoded
+        if last is not None and last[0] is data and last[2] == start and len(self.parts) == last[3] + 1:
+            start = last[1]
+            self.parts.pop()
+        self._encoded = (data, start, end, len(self.parts))
+        self.parts.append(data if start == 0 and end == len(data) else memoryview(data)[start:end])
+        self.count += count
+        self.transient = False
+
     def take(self) -> bytes:
         """
         The encoded events so far; the writer starts empty again.
@@ -360,6 +391,7 @@ class EventWriter:
             self._endRun()
         data = b"".join(self.parts)
         self.parts = []
+        self._encoded = None
         self.count = 0
         self.transient = True
         self.vhost = DEFAULT_VHOST
@@ -501,9 +533,10 @@ def _malformed(kind: bytes, start: int, what: str) -> MalformedEvents:
     return MalformedEvents(f"malformed {EVENT_NAMES[kind]} event at offset {start}: {what}")
 
 
-def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
+def readEvents(data: bytes, start: int = 0) -> Iterator[tuple[Any, ...]]:
     """
-    Decode the events in C{data}: tuples of the type byte and its fields.
+    Decode the events in C{data} (from offset C{start}, where an event
+    starts): tuples of the type byte and its fields.
 
     Every field is checked as it is decoded, so that what the events cost
     to apply depends on what a queue holds, never on the numbers in them:
@@ -516,35 +549,43 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
     @raise MalformedEvents: if C{data} is not a valid encoding, naming the
         event and the field.
     """
-    offset = 0
-    start = 0
+    offset = start
     end = len(data)
     view = memoryview(data)
     unpackH = _H.unpack_from
     unpackI = _I.unpack_from
     unpackq = _q.unpack_from
+    unpackqBqI = _qBqIs.unpack_from
     kind = b""
+    # The previous entry event's queue name (as encoded and decoded), and
+    # the previous enqueue's addressing and header.
+    lastName = b""
+    name = ""
+    addressing = header = b""
     try:
         while offset < end:
             start = offset
             kind = data[offset : offset + 1]
             offset += 1
             if kind in _ENTRY_EVENTS:
-                # The hot events, decoded without the generic loop.
+                # The hot events, decoded without the generic loop. Runs of
+                # them name the same queue, and a catch-up's messages mostly
+                # share their addressing and header: those equal to the
+                # previous event's are not decoded or copied again (the
+                # messages share the bytes).
                 length = unpackH(data, offset)[0]
                 offset += 2
-                if length > MAX_NAME:
-                    raise _malformed(kind, start, f"queue name of {length} bytes (at most {MAX_NAME})")
-                name = str(view[offset : offset + length], "utf-8")
+                if length != len(lastName) or not data.startswith(lastName, offset):
+                    if length > MAX_NAME:
+                        raise _malformed(kind, start, f"queue name of {length} bytes (at most {MAX_NAME})")
+                    name = str(view[offset : offset + length], "utf-8")
+                    lastName = data[offset : offset + length]
                 offset += length
-                id = unpackq(data, offset)[0]
-                offset += 8
-                if id < 0:
-                    raise _malformed(kind, start, f"id {id} is negative")
                 if kind == ENQUEUED:
-                    flags = data[offset]
-                    expiresAt = unpackq(data, offset + 1)[0]
-                    offset += 9
+                    id, flags, expiresAt, length = unpackqBqI(data, offset)
+                    offset += 21
+                    if id < 0:
+                        raise _malformed(kind, start, f"id {id} is negative")
                     if flags > _ENQUEUED_FLAGS or expiresAt < 0:
                         raise _malformed(
                             kind,
@@ -552,12 +593,18 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                             f"flags 0x{flags:02x}" if flags > _ENQUEUED_FLAGS
                             else f"deadline {expiresAt} is negative",
                         )
+                    if length == len(addressing) and data.startswith(addressing, offset):
+                        offset += length
+                    else:
+                        addressing = data[offset : offset + length]
+                        offset += length
                     length = unpackI(data, offset)[0]
-                    addressing = data[offset + 4 : offset + 4 + length]
-                    offset += 4 + length
-                    length = unpackI(data, offset)[0]
-                    header = data[offset + 4 : offset + 4 + length]
-                    offset += 4 + length
+                    offset += 4
+                    if length == len(header) and data.startswith(header, offset):
+                        offset += length
+                    else:
+                        header = data[offset : offset + length]
+                        offset += length
                     length = unpackI(data, offset)[0]
                     body = data[offset + 4 : offset + 4 + length]
                     offset += 4 + length
@@ -575,6 +622,10 @@ def readEvents(data: bytes) -> Iterator[tuple[Any, ...]]:
                         flags & 2 == 2,
                     )
                 else:
+                    id = unpackq(data, offset)[0]
+                    offset += 8
+                    if id < 0:
+                        raise _malformed(kind, start, f"id {id} is negative")
                     if offset > end:
                         raise _malformed(kind, start, "it runs past the end of the box")
                     yield (kind, name, id)

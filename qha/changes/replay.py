@@ -7,7 +7,8 @@ stream with it, and a store replays its journal's records with it.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+import struct
+from typing import Any, Callable, Generator, Iterator
 
 from twisted.logger import Logger
 
@@ -171,6 +172,54 @@ def parseMembers(data: bytes) -> list[dict[str, str]]:
     return members
 
 
+_H = struct.Struct(">H").unpack_from
+_qBqI = struct.Struct(">qBqI").unpack_from
+_I = struct.Struct(">I").unpack_from
+
+
+class Verbatim:
+    """
+    How much of a box, from its start, a store may write as it came
+    rather than encode again what applying it did: a backup's catch-up
+    batch is a run of enqueues encoded as a store encodes them, and
+    encoding a million of them again is a fifth of the backup's work.
+
+    L{Replicator.steps} applies the box's leading run of enqueues of new
+    persistent messages, not acquired, on queues a store keeps (durable,
+    not exclusive), of the default virtual host, in a loop of its own
+    (L{Replicator._leadingRun}), and counts them here: what the store
+    would write of them is exactly their bytes. The first other event (or
+    a message the queue had already, which changes nothing) ends the run:
+    L{close} is called before it is applied, and the store sees it, and
+    every event after it, as ever. A run that reaches the box's end is
+    not closed.
+
+    @ivar end: the box's bytes up to this offset are such events, applied.
+    @ivar count: how many.
+    @ivar bytes: their bodies' bytes.
+    @ivar open: whether the run goes on.
+    """
+
+    def __init__(self, closed: Callable[[], None] = lambda: None) -> None:
+        """
+        @param closed: called once, when the run ends (before the event
+            that ends it is applied).
+        """
+        self.end = 0
+        self.count = 0
+        self.bytes = 0
+        self.open = True
+        self._closed = closed
+
+    def close(self) -> None:
+        """
+        The run ends here.
+        """
+        if self.open:
+            self.open = False
+            self._closed()
+
+
 class Replicator:
     """
     Applies replication events to a backup's virtual hosts.
@@ -208,21 +257,26 @@ class Replicator:
         for _ in self.steps(data, 0):
             pass
 
-    def steps(self, data: bytes, every: int) -> Iterator[None]:
+    def steps(self, data: bytes, every: int, verbatim: Verbatim | None = None) -> Iterator[None]:
         """
         Apply the events of one box in order, pausing (yielding) after
         every C{every} events (never if 0), so that a large box can be
         applied over several reactor turns; nothing else may be applied
         until the iterator is exhausted.
 
+        @param verbatim: if given, the box's leading run of events a store
+            may write as they came is applied first, and counted in it
+            (see L{Verbatim} and L{_leadingRun}).
         @raise ev.MalformedEvents: if the box cannot be decoded (raised by
             the step that meets the fault; the events before it are
             applied).
         """
         self.vhost = self.default
+        count = start = 0
+        if verbatim is not None:
+            start, count = yield from self._leadingRun(data, every, verbatim)
         queues = self.vhost.queues
-        count = 0
-        for event in ev.readEvents(data):
+        for event in ev.readEvents(data, start):
             if every:
                 count += 1
                 if count > every:
@@ -261,6 +315,112 @@ class Replicator:
                 self.log.warn(
                     "could not apply {event}: {error}", event=event[0], error=error.replyText
                 )
+
+    def _leadingRun(self, data: bytes, every: int, verbatim: Verbatim) -> Generator[None, None, tuple[int, int]]:
+        """
+        Apply the box's leading run of enqueues of new persistent messages,
+        not acquired, on queues a store keeps, in the default virtual host
+        (L{Verbatim}), decoded and applied in one loop (a catch-up batch is
+        such a run, thousands of events long), pausing as L{steps} does.
+
+        Anything else ends the run before it is applied: another event, an
+        enqueue the run does not take, and an enqueue this loop cannot
+        decode (L{ev.readEvents} then decodes it in L{steps}, refusing it
+        with its reasons if it is malformed); so is a message the queue had
+        already (a change of nothing, applied again by L{steps}). There is
+        no run on a broker that is not a replica (single-queue replication
+        to a serving broker): there an enqueue may be handed to a waiting
+        consumer at once, which the store observes too.
+
+        @return: where the run ends in the box (where L{steps} goes on),
+            and the events counted towards the current pause.
+        """
+        if not self.default.replica:
+            verbatim.close()
+            return 0, 0
+        queues = self.default.queues
+        end = len(data)
+        unpackH = _H
+        unpackqBqI = _qBqI
+        unpackI = _I
+        offset = start = count = taken = size = 0
+        # The last queue name (as encoded) and its queue, and the last
+        # addressing and header (whose delivery mode says persistent).
+        lastName = b""
+        queue: Queue | None = None
+        keeps = False
+        addressing = header = b""
+        persistent = False
+        try:
+            while offset < end:
+                start = offset
+                if data[offset] != 69:  # ev.ENQUEUED
+                    break
+                try:
+                    length = unpackH(data, offset + 1)[0]
+                    offset += 3
+                    if length != len(lastName) or not data.startswith(lastName, offset):
+                        if length > ev.MAX_NAME:
+                            break
+                        name = str(data[offset : offset + length], "utf-8")
+                        lastName = data[offset : offset + length]
+                        queue = queues.get(name)
+                        keeps = queue is not None and queue.durable and not queue.exclusive
+                    offset += length
+                    id, flags, expiresAt, length = unpackqBqI(data, offset)
+                    offset += 21
+                    if id < 0 or flags > 1 or expiresAt < 0 or not keeps:
+                        # Malformed, acquired at once, or of a queue not kept.
+                        break
+                    if length != len(addressing) or not data.startswith(addressing, offset):
+                        addressing = data[offset : offset + length]
+                    offset += length
+                    length = unpackI(data, offset)[0]
+                    offset += 4
+                    if length != len(header) or not data.startswith(header, offset):
+                        header = data[offset : offset + length]
+                        persistent = Message(b"", header, b"").persistent
+                    offset += length
+                    length = unpackI(data, offset)[0]
+                    body = data[offset + 4 : offset + 4 + length]
+                    offset += 4 + length
+                except (struct.error, UnicodeDecodeError, IndexError):
+                    break
+                if offset > end or not persistent:
+                    break
+                if every:
+                    count += 1
+                    if count > every:
+                        count = 1
+                        verbatim.end, verbatim.count, verbatim.bytes = start, taken, size
+                        yield None
+                        # Other turns ran: look the queue up again.
+                        if queues.get(queue.name) is not queue:  # type: ignore[union-attr]
+                            count -= 1
+                            break
+                message = Message(addressing, header, body)
+                try:
+                    entry = queue.replicaEnqueue(  # type: ignore[union-attr]
+                        message, id, flags == 1, expiresAt / 1000.0 if expiresAt else None, False
+                    )
+                except AMQPError:
+                    count -= 1
+                    break
+                if entry.message is not message:
+                    # It had it: nothing changed (applied again by steps).
+                    count -= 1
+                    break
+                self.applied += 1
+                self.enqueues += 1
+                taken += 1
+                size += length
+            else:
+                start = end
+        finally:
+            verbatim.end, verbatim.count, verbatim.bytes = start, taken, size
+        if start < end:
+            verbatim.close()
+        return start, count
 
     def _queue(self, name: str) -> Queue | None:
         return self.vhost.queues.get(name)

@@ -224,7 +224,7 @@ def eventsArguments(
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """
 The most bytes of events a backup takes in one L{CatchUp} batch that
-carries more than one message (a primary aims at a quarter of it; one
+carries more than one message (a primary aims at half of it; one
 message larger than a batch travels alone).
 """
 

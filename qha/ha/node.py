@@ -80,6 +80,9 @@ class NodeStore(Protocol):
     def whenSynced(self) -> Deferred[None] | None:
         "Fires once what was written is on disk."
 
+    def appliedEncoded(self, events: bytes, start: int, end: int, count: int, bodyBytes: int) -> None:
+        "Write events applied unobserved, encoded as this store encodes them."
+
 
 class HANode(Service):
     """

@@ -94,8 +94,11 @@ def encodeRecord(epoch: int, position: int, events: bytes) -> bytes:
     """
     A record as it is written to the journal.
     """
-    body = _meta.pack(epoch, position) + events
-    return _record.pack(len(body), zlib.crc32(body)) + body
+    # Joined once: a record of a catch-up batch is megabytes, and each
+    # copy of it is a page fault per 4 KiB on a fresh buffer.
+    meta = _meta.pack(epoch, position)
+    length = len(meta) + len(events)
+    return b"".join((_record.pack(length, zlib.crc32(events, zlib.crc32(meta))), meta, events))
 
 
 def scanRecords(data: bytes, path: str, start: int = 0) -> tuple[list[Record], int]:
@@ -1188,6 +1191,19 @@ class Store:
             self.writer.entry(queue, entry)
             self.liveBytes += entry.message.size
             self._dirty()
+
+    def appliedEncoded(self, events: bytes, start: int, end: int, count: int, bodyBytes: int) -> None:
+        """
+        C{count} events a backup applied while this store did not observe
+        them, C{events[start:end]}, encoded already as it would have
+        encoded them (a catch-up batch's run of enqueues,
+        L{qha.changes.replay.Verbatim}), with C{bodyBytes} of persistent
+        bodies: written as they are, in their place among this store's
+        events, at the next flush (the backup flushes once the batch is
+        applied).
+        """
+        self.writer.encoded(events, start, end, count)
+        self.liveBytes += bodyBytes
 
     def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
         if queue.durable and not queue.exclusive:

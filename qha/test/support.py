@@ -640,13 +640,13 @@ class InMemoryCluster:
         connection = Link(primarySide, backupSide, pump, link)
         steps = link.replicator.steps
 
-        def recordingSteps(data: bytes, every: int) -> Iterator[None]:
+        def recordingSteps(data: bytes, every: int, verbatim: Any = None) -> Iterator[None]:
             """
             Record the box, then apply it (a step at a time, or at once:
             L{Replicator.apply} goes through here too).
             """
             connection.boxes.append(list(ev.readEvents(data)))
-            return steps(data, every)
+            return steps(data, every, verbatim)
 
         link.replicator.steps = recordingSteps  # type: ignore[method-assign]
         backup.followLink(link)

@@ -23,7 +23,7 @@ from qha.admin.commands import Query
 from qha.admin.locator import adminLocator
 
 from qha.changes import events as ev
-from qha.changes.cursor import entriesAfter
+from qha.changes.cursor import CopiedWalk, entriesAfter
 from qha.ha.commands import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MalformedBox
 from qha.ha.connection import nodeConnection
 from qha.ha.link import BackupLink
@@ -42,6 +42,13 @@ from qha.test.support import (
 )
 
 
+promoteYoung = ReplicationSource._promoteYoung
+"""
+The primary's promotion of young objects, as defined (L{recordFreezes}
+replaces it).
+"""
+
+
 def recordFreezes(case: SynchronousTestCase) -> list[None]:
     """
     Record the calls of C{gc.freeze} during C{case} instead of freezing
@@ -50,6 +57,8 @@ def recordFreezes(case: SynchronousTestCase) -> list[None]:
     """
     freezes: list[None] = []
     case.patch(gc, "freeze", lambda: freezes.append(None))
+    # The primary's promotion of its walks' copies (tested on its own).
+    case.patch(ReplicationSource, "_promoteYoung", lambda source: None)
     return freezes
 
 
@@ -140,6 +149,95 @@ class CatchUpTests(SynchronousTestCase):
         self.assertTrue(self.source().ready)
         self.cluster.finish()
 
+    def test_oneBatchPerTurn(self) -> None:
+        """
+        The primary makes one batch per reactor turn (a timed call of its
+        own), even when the window has room for more (at the start, or when
+        answers come together), and none in the turn it starts: the other
+        connections' turns come between two.
+        """
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 95)
+        atStart: list[tuple[int, bool]] = []
+        perCall: list[int] = []
+        start = ReplicationSource.start
+        pump = ReplicationSource._pump
+
+        def started(source: ReplicationSource, holdings: Any) -> None:
+            start(source, holdings)
+            assert source.catchup is not None
+            atStart.append((source.catchup.batches, source._pumpCall is not None))
+
+        def pumped(source: ReplicationSource) -> None:
+            assert source.catchup is not None
+            before = source.catchup.batches
+            pump(source)
+            perCall.append(source.catchup.batches - before)
+
+        self.patch(ReplicationSource, "start", started)
+        self.patch(ReplicationSource, "_pump", pumped)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(atStart, [(0, True)])
+        self.assertEqual(max(perCall), 1)
+        self.assertEqual(sum(perCall), 10)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertReplicated()
+        self.cluster.finish()
+
+    def test_copiesPromoted(self) -> None:
+        """
+        A catch-up in batches moves the young objects (its walks' copies
+        among them) to the oldest generation at its start, freezing and
+        unfreezing once, unless objects are frozen already; a catch-up in
+        one box does not.
+        """
+        calls: list[str] = []
+        self.patch(ReplicationSource, "_promoteYoung", promoteYoung)
+        self.patch(gc, "freeze", lambda: calls.append("freeze"))
+        self.patch(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        self.patch(gc, "get_freeze_count", lambda: 0)
+        self.patch(BackupLink, "freezeCaughtUp", False)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 95)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(calls, ["freeze", "unfreeze"])
+        self.cluster.finish()
+
+    def test_copiesNotPromotedWhenFrozen(self) -> None:
+        """
+        Nothing is moved when objects are frozen already (they would be
+        unfrozen), nor for a catch-up in one box.
+        """
+        calls: list[str] = []
+        self.patch(ReplicationSource, "_promoteYoung", promoteYoung)
+        self.patch(gc, "freeze", lambda: calls.append("freeze"))
+        self.patch(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        self.patch(gc, "get_freeze_count", lambda: 10)
+        self.patch(BackupLink, "freezeCaughtUp", False)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 95)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(calls, [])
+        self.cluster.finish()
+
+    def test_smallCatchUpNotPromoted(self) -> None:
+        """
+        A catch-up in one box copies nothing: nothing is moved.
+        """
+        calls: list[str] = []
+        self.patch(ReplicationSource, "_promoteYoung", promoteYoung)
+        self.patch(gc, "freeze", lambda: calls.append("freeze"))
+        self.patch(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        self.patch(gc, "get_freeze_count", lambda: 0)
+        self.primary.vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 5)
+        self.cluster.connect(self.primary, self.backup)
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertEqual(calls, [])
+        self.cluster.finish()
+
     def test_bytesBound(self) -> None:
         """
         Batches stay within the bytes bound: messages of 1,000 bytes with a
@@ -220,6 +318,37 @@ class CatchUpTests(SynchronousTestCase):
         ]
         self.assertTrue(live)
         self.assertLess(live[0], caughtUp)
+        self.cluster.finish()
+
+    def test_purgedDuringCatchUp(self) -> None:
+        """
+        The queue being walked is purged half way: the batches after it
+        send none of its ready entries the walk had not reached (only the
+        held ones), and the backup ends with what the primary holds.
+        """
+        vhost = self.primary.vhost
+        queue = vhost.declareQueue("q", arguments=ALL)
+        self.publish("q", 100)
+        link = self.cluster.connect(self.primary, self.backup, flush=False)
+        self.pumpUntil(
+            link,
+            lambda: bool(self.primary.sources)
+            and self.source().catchup is not None
+            and self.source().catchup.ackedBatches >= 2,  # type: ignore[union-attr]
+        )
+        after = self.source()._walking[queue].after
+        self.assertLess(after, 80)
+        held = [queue.get() for _ in range(after + 5)]
+        assert None not in held
+        queue.purge()
+        link.flush()
+        self.assertEqual(self.backup.role.name, READY)
+        self.assertReplicated()
+        backupQueue = self.backup.vhost.queues["q"]
+        self.assertEqual(
+            [id for id, _, _ in queueContents(backupQueue)], list(range(1, after + 6))
+        )
+        self.assertEqual(sorted(backupQueue.held), list(range(1, after + 6)))
         self.cluster.finish()
 
     def test_queueDeletedDuringCatchUp(self) -> None:
@@ -513,6 +642,328 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
         entries, after, done = entriesAfter(queue, after, 4, 100, 1000)
         self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))
+
+
+class CopiedWalkTests(SynchronousTestCase):
+    """
+    L{CopiedWalk} walks a queue's entries as they were when it started, in
+    id order, a bounded piece at a time, passing over those it is told
+    left the queue.
+    """
+
+    def queue(self, count: int, **arguments: Any) -> Any:
+        """
+        A queue holding C{count} transient messages (priorities 0 to 2 in
+        turn if C{arguments} give it priorities).
+        """
+        from qha.broker.vhost import VirtualHost
+
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q", arguments=arguments or None)
+        for index in range(count):
+            vhost.publish("", "q", persistentMessage(b"m", "q", persistent=False, priority=index % 3))
+        return queue
+
+    def walk(self, walk: CopiedWalk, count: int) -> list[int]:
+        """
+        Walk C{walk} to its end in pieces of at most C{count} entries.
+        """
+        seen: list[int] = []
+        done = False
+        while not done:
+            entries, after, done = walk.take(count, 10**9)
+            self.assertLessEqual(len(entries), count)
+            self.assertEqual(after, walk.after)
+            seen += [entry.id for entry in entries]
+        return seen
+
+    def test_walk(self) -> None:
+        """
+        Pieces of at most C{count} entries, in id order across priority
+        levels and held entries, cover the queue up to C{last} once.
+        """
+        queue = self.queue(30, **{"x-max-priority": 3})
+        held = [queue.get() for _ in range(4)]
+        assert None not in held
+        walk = CopiedWalk(queue, 28)
+        self.assertEqual(self.walk(walk, 7), list(range(1, 29)))
+        self.assertEqual(walk.after, 28)
+
+    def test_sizeBound(self) -> None:
+        """
+        The size bound stops a piece before the entry that would pass it,
+        unless it is the first.
+        """
+        from qha.broker.vhost import VirtualHost
+
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q")
+        for size in (100, 100, 5000, 100):
+            vhost.publish("", "q", message(b"x" * size, "q"))
+        walk = CopiedWalk(queue, 4)
+        entries, after, done = walk.take(100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([1, 2], 2, False))
+        entries, after, done = walk.take(100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
+        entries, after, done = walk.take(100, 1000)
+        self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))
+
+    def test_changesAfterStart(self) -> None:
+        """
+        The queue changes after the walk started: entries consumed or
+        dropped before the walk reaches them (as the walker is told) are
+        passed over; one taken and given back is walked once, as it is
+        then (redelivered); those enqueued later are not part of it.
+        """
+        queue = self.queue(20)
+        walk = CopiedWalk(queue, 20)
+        entries, after, done = walk.take(5, 10**9)
+        self.assertEqual([entry.id for entry in entries], [1, 2, 3, 4, 5])
+        taken = [queue.get() for _ in range(8)]
+        assert None not in taken
+        # 6 and 7 consumed, 8 given back, the rest held.
+        queue.settleAll(taken[5:7])  # type: ignore[arg-type]
+        walk.gone(taken[:7])  # type: ignore[arg-type]
+        queue.release([taken[7]])  # type: ignore[list-item]
+        queue.vhost.publish("", "q", message(b"late", "q"))
+        self.assertEqual(self.walk(walk, 4), [8] + list(range(9, 21)))
+        released = [entry for entry in queue.readyEntries() if entry.id == 8][0]
+        self.assertTrue(released.redelivered)
+
+    def test_purged(self) -> None:
+        """
+        After a purge, the walk passes over the ready entries it has not
+        reached, and goes on over the held ones.
+        """
+        queue = self.queue(20)
+        walk = CopiedWalk(queue, 20)
+        walk.take(5, 10**9)
+        taken = [queue.get() for _ in range(7)]
+        assert None not in taken
+        # 7 given back and taken again with the next seven: 1 to 14 held.
+        queue.release([taken[6]])  # type: ignore[list-item]
+        self.assertNotIn(None, [queue.get() for _ in range(8)])
+        self.assertEqual(sorted(queue.held), list(range(1, 15)))
+        queue.purge()
+        walk.purged()
+        self.assertEqual(self.walk(walk, 4), list(range(6, 15)))
+
+    def test_startIsOneCopy(self) -> None:
+        """
+        The walk reads the queue's levels once, when it starts: taking a
+        piece reads none of the queue's deques (indexing a deque walks it
+        from the nearer end, so a bisection per piece made a catch-up of a
+        large queue quadratic).
+        """
+        queue = self.queue(50)
+
+        class Counting(list):  # type: ignore[type-arg]
+            """
+            A level that counts the reads of it.
+            """
+
+            reads = 0
+
+            def __getitem__(self, index: Any) -> Any:
+                Counting.reads += 1
+                return super().__getitem__(index)
+
+            def __iter__(self) -> Any:
+                Counting.reads += 1
+                return super().__iter__()
+
+        queue.levels[0] = Counting(queue.levels[0])
+        walk = CopiedWalk(queue, 50)
+        started = Counting.reads
+        self.assertEqual(self.walk(walk, 7), list(range(1, 51)))
+        self.assertEqual(Counting.reads, started)
+
+
+class VerbatimStoreTests(SynchronousTestCase):
+    """
+    A backup's store takes a catch-up batch's leading run of enqueues of
+    persistent messages on durable queues as the bytes came
+    (L{BackupLink.verbatimCatchUp}, L{Verbatim}): its journal says what
+    it would have said had it observed and encoded each enqueue.
+    """
+
+    def catchUp(self, verbatim: bool) -> tuple[list[tuple[Any, ...]], int, dict[str, Any]]:
+        """
+        Catch a backup with a store up (in batches of 40) on a primary
+        holding a durable queue of persistent messages with transient ones
+        and messages held by a consumer among them, a durable queue in
+        another virtual host, and a non-durable queue.
+
+        @param verbatim: L{BackupLink.verbatimCatchUp}.
+        @return: the events of the backup's journal, its count of live
+            bytes, and what the journal recovers (queue to contents).
+        """
+        from qha.broker.vhost import VirtualHost
+        from qha.broker.vhosts import VirtualHosts
+
+        self.patch(ReplicationSource, "batchMessages", 40)
+        self.patch(BackupLink, "verbatimCatchUp", verbatim)
+        recordFreezes(self)
+        cluster = InMemoryCluster(self)
+        primary = cluster.primary()
+        backup = cluster.node()
+        journal = MemoryJournal()
+        store = Store(journal, cluster.clock)
+        store.attach(backup.vhost)
+        backup.store = store
+        taken: list[int] = []
+        appliedEncoded = store.appliedEncoded
+
+        def counting(events: bytes, start: int, end: int, count: int, bodyBytes: int) -> None:
+            taken.append(count)
+            appliedEncoded(events, start, end, count, bodyBytes)
+
+        self.patch(store, "appliedEncoded", counting)
+        vhost = primary.vhost
+        durable = vhost.declareQueue("d", durable=True, arguments=ALL)
+        vhost.declareQueue("t", arguments=ALL)
+        other = VirtualHosts.of(vhost).ensure("other")
+        other.declareQueue("o", durable=True, arguments=ALL)
+        for index in range(150):
+            vhost.publish(
+                "", "d", persistentMessage(b"d%d" % index, "d", persistent=index % 37 != 5)
+            )
+        for index in range(30):
+            vhost.publish("", "t", persistentMessage(b"t%d" % index, "t"))
+            other.publish("", "o", persistentMessage(b"o%d" % index, "o"))
+        for _ in range(3):
+            self.assertIsNotNone(durable.get())
+        cluster.connect(primary, backup)
+        self.assertEqual(backup.role.name, READY)
+        cluster.finish()
+        # The leading runs of batches 2 to 4 (41-42, 81-116, 121-150) were
+        # taken as they came, or none.
+        self.assertEqual(sum(taken), 68) if verbatim else self.assertEqual(taken, [])
+        records, _ = scanRecords(b"".join(journal.records), "<memory>")
+        # The message events and their scopes (the declarations carry
+        # uuids, new each run).
+        kinds = (ev.ENQUEUED, ev.DEQUEUED, ev.ACQUIRED, ev.DEQUEUED_RANGE, ev.ACQUIRED_RANGE, ev.VHOST)
+        events = [
+            event for record in records for event in ev.readEvents(record.events) if event[0] in kinds
+        ]
+        recovered = VirtualHost()
+        copy = MemoryJournal()
+        for record in journal.records:
+            copy.append(record)
+        Store(copy, cluster.clock).recover(recovered)
+        contents = {
+            f"{each.name} {queue.name}": queueContents(queue)
+            for each in VirtualHosts.of(recovered)
+            for queue in each.queues.values()
+        }
+        return events, store.liveBytes, contents
+
+    def test_sameJournal(self) -> None:
+        """
+        The journal holds the same message events either way, the store
+        counts the same live bytes, and it recovers the same queues: the
+        transient messages and the messages of the non-durable queue are
+        not in it.
+        """
+        verbatim = self.catchUp(True)
+        encoded = self.catchUp(False)
+        self.assertEqual(verbatim[0], encoded[0])
+        self.assertEqual(verbatim[1], encoded[1])
+        self.assertEqual(verbatim[2], encoded[2])
+        kept = [id for id, _, _ in verbatim[2]["/ d"]]
+        self.assertEqual(len(kept), 146)
+        self.assertNotIn(6, kept)
+        self.assertNotIn("/ t", verbatim[2])
+        self.assertEqual(len(verbatim[2]["other o"]), 30)
+
+    def test_runs(self) -> None:
+        """
+        L{Verbatim} counts the leading run of new persistent enqueues on a
+        durable queue, and ends it (before applying it) at the first other
+        event: a transient message, one acquired at once, one the queue had
+        already, one of a queue not kept, the caught-up marker.
+        """
+        from qha.broker.vhost import VirtualHost
+        from qha.changes.replay import Replicator, Verbatim
+
+        vhost = VirtualHost()
+        vhost.replica = True
+        vhost.declareQueue("d", durable=True, replica=True)
+        vhost.declareQueue("t", replica=True)
+        replicator = Replicator(vhost, lambda: None)
+        persistent = persistentMessage(b"p", "d")
+        transient = persistentMessage(b"t", "d", persistent=False)
+
+        def run(data: bytes) -> Verbatim:
+            """
+            Apply C{data} with a L{Verbatim}; it, and how often it closed.
+            """
+            closed: list[int] = []
+            verbatim = Verbatim(lambda: closed.append(verbatim.end))
+            for _ in replicator.steps(data, 0, verbatim):
+                pass
+            self.assertLessEqual(len(closed), 1)
+            return verbatim
+
+        def encoded(*entries: tuple[str, int, Any, bool]) -> bytes:
+            """
+            The events of C{entries} (queue, id, message, acquired at
+            once), encoded.
+            """
+            writer = ev.EventWriter()
+            for queue, id, message, acquired in entries:
+                writeEnqueued(writer, queue, id, False, message.addressing, message.header, message.body)
+                if acquired:
+                    writer.entryEvent(ev.ACQUIRED, queue, id)
+            return writer.take()
+
+        whole = encoded(("d", 1, persistent, False), ("d", 2, persistent, False))
+        verbatim = run(whole)
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.bytes, verbatim.open), (len(whole), 2, 2, True))
+        cases = [
+            ("transient", ("d", 11, transient, False)),
+            ("acquired", ("d", 12, persistent, True)),
+            ("had it", ("d", 2, persistent, False)),
+            ("not kept", ("t", 13, persistent, False)),
+        ]
+        for index, (why, ending) in enumerate(cases):
+            lead = encoded(("d", 20 + 2 * index, persistent, False))
+            data = encoded(("d", 20 + 2 * index, persistent, False), ending, ("d", 21 + 2 * index, persistent, False))
+            verbatim = run(data)
+            self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(lead), 1, False), why)
+        # A malformed enqueue within the run: the run ends before it, and
+        # it is refused with the reason readEvents gives.
+        lead = encoded(("d", 30, persistent, False))
+        bad = bytearray(encoded(("d", 31, persistent, False)))
+        bad[4:12] = (-1).to_bytes(8, "big", signed=True)
+        closed: list[int] = []
+        verbatim = Verbatim(lambda: closed.append(verbatim.end))
+        error = self.assertRaises(
+            ev.MalformedEvents, list, replicator.steps(lead + bytes(bad), 0, verbatim)
+        )
+        self.assertIn("id -1 is negative", str(error))
+        self.assertEqual((verbatim.end, verbatim.count, closed), (len(lead), 1, [len(lead)]))
+        # The run pauses as the steps do, with its count so far.
+        data = encoded(*[("d", id, persistent, False) for id in range(50, 55)])
+        verbatim = Verbatim()
+        paused = []
+        for _ in replicator.steps(data, 2, verbatim):
+            paused.append((verbatim.end, verbatim.count))
+        self.assertEqual(paused, [(len(data) * 2 // 5, 2), (len(data) * 4 // 5, 4)])
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(data), 5, True))
+        writer = ev.EventWriter()
+        writeEnqueued(writer, "d", 40, False, persistent.addressing, persistent.header, persistent.body)
+        lead = writer.take()
+        writeEnqueued(writer, "d", 40 + 1, False, persistent.addressing, persistent.header, persistent.body)
+        writer.event(ev.CAUGHT_UP)
+        verbatim = run(lead + writer.take())
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(lead) * 2, 2, False))
+        # No run on a broker that is not a replica (a waiting consumer may
+        # take an enqueue at once there).
+        vhost.replica = False
+        verbatim = run(encoded(("d", 60, persistent, False)))
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (0, 0, False))
+        self.assertIn(60, vhost.queues["d"].ids())
 
 
 class SteppedApplyTests(SynchronousTestCase):

@@ -50,6 +50,68 @@ class EventCodecTests(SynchronousTestCase):
         writer.event(ev.PURGED, "plain")
         self.assertFalse(writer.transient)
 
+    def test_repeatedPartsShared(self) -> None:
+        """
+        Consecutive enqueues with the same addressing and header (a
+        catch-up's backlog, mostly) decode to messages that share those
+        bytes, and the same queue name each time; parts that differ, even
+        of the same length, are decoded anew, and a dequeue between them
+        changes nothing.
+        """
+        writer = ev.EventWriter()
+        writeEnqueued(writer, "q1", 1, False, b"\x00\x02q1", b"header-A", b"one")
+        writeEnqueued(writer, "q1", 2, False, b"\x00\x02q1", b"header-A", b"two")
+        writer.entryEvent(ev.DEQUEUED, "q1", 1)
+        writeEnqueued(writer, "q1", 3, True, b"\x00\x02q1", b"header-A", b"three")
+        writeEnqueued(writer, "q2", 4, False, b"\x00\x02q2", b"header-B", b"four")
+        events = list(ev.readEvents(writer.take()))
+        self.assertEqual(
+            [(event[0], event[1], event[2]) for event in events],
+            [(ev.ENQUEUED, "q1", 1), (ev.ENQUEUED, "q1", 2), (ev.DEQUEUED, "q1", 1),
+             (ev.ENQUEUED, "q1", 3), (ev.ENQUEUED, "q2", 4)],
+        )
+        first, second, _, third, fourth = events
+        self.assertIs(second[4], first[4])
+        self.assertIs(second[5], first[5])
+        self.assertIs(third[5], first[5])
+        self.assertEqual((third[3], third[6]), (True, b"three"))
+        self.assertEqual((fourth[4], fourth[5], fourth[6]), (b"\x00\x02q2", b"header-B", b"four"))
+
+    def test_encoded(self) -> None:
+        """
+        Events encoded already are added as they are, in their place:
+        pieces that follow each other in the same data make one, a whole
+        box taken in pieces and nothing else is the box itself (no copy),
+        and they count as events of the default virtual host.
+        """
+        source = ev.EventWriter()
+        for id in (1, 2, 3):
+            writeEnqueued(source, "q", id, False, b"\x00\x01q", b"header", b"body %d" % id)
+        data = source.take()
+        events = list(ev.readEvents(data))
+        cut = len(data) // 3
+        writer = ev.EventWriter()
+        writer.encoded(data, 0, cut, 1)
+        writer.encoded(data, cut, len(data), 2)
+        self.assertEqual((writer.count, writer.transient), (3, False))
+        self.assertIs(writer.take(), data)
+        # Another event between two pieces, and another virtual host
+        # before them.
+        writer.scope("other")
+        writer.event(ev.PURGED, "elsewhere")
+        writer.encoded(data, 0, cut, 1)
+        writer.entryEvent(ev.DEQUEUED, "q", 1)
+        writer.encoded(data, cut, len(data), 2)
+        taken = writer.take()
+        self.assertEqual(
+            list(ev.readEvents(taken)),
+            [(ev.VHOST, "other"), (ev.PURGED, "elsewhere"), (ev.VHOST, "/")]
+            + list(ev.readEvents(data[:cut]))
+            + [(ev.DEQUEUED, "q", 1)]
+            + list(ev.readEvents(data[cut:])),
+        )
+        self.assertEqual(list(ev.readEvents(data[:cut])) + list(ev.readEvents(data[cut:])), events)
+
     def everyEvent(self) -> tuple[bytes, list[tuple[Any, ...]]]:
         """
         One event of every type, encoded; and the tuples that decoding
