@@ -272,18 +272,31 @@ class StoppedAtExit(Generic[_Process]):
         return process
 
 
+_handedOut: set[int] = set()
+"""
+The ports L{freePort} gave in this process: never given twice.
+"""
+
+
 def freePort(host: str = "127.0.0.1") -> int:
     """
-    A TCP port that nothing listens on right now: bind port 0, read the
-    port, close. Another process could take it before the broker (or etcd,
-    or HAProxy) does, but on loopback in a test run that does not happen in
-    practice. The one definition the harnesses share (L{cluster} and
-    L{etcdprocess} export it too).
+    A TCP port that nothing listens on right now and that this process was
+    not given before: bind port 0, read the port, close. The kernel may give
+    a port just closed again, so two calls before either port is taken (a
+    cluster broker's AMQP and AMP ports) could return the same one; the
+    ports handed out are remembered and skipped. Another process could still
+    take it before the broker (or etcd, or HAProxy) does, but on loopback in
+    a test run that does not happen in practice. The one definition the
+    harnesses share (L{cluster} and L{etcdprocess} export it too).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port: int = probe.getsockname()[1]
+        if port not in _handedOut:
+            _handedOut.add(port)
+            return port
+    raise RuntimeError("no loopback port that was not handed out before")
 
 
 class BrokerProcess:
