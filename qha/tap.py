@@ -9,7 +9,7 @@ import os
 import threading
 import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -1032,6 +1032,19 @@ def httpService(
     )
 
 
+def messagesHeld(vhosts: Iterable[VirtualHost]) -> int:
+    """
+    The messages the queues of C{vhosts} hold, ready or unacknowledged
+    (paged ones too): each is about two objects the garbage collector
+    tracks, an estimate that costs a look per queue (see
+    L{CollectorPolicy}'s C{size}; paged in segments, they are fewer, and
+    the estimate errs on the side of not scanning).
+    """
+    return sum(
+        queue.messageCount + len(queue.held) for vhost in vhosts for queue in vhost.queues.values()
+    )
+
+
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """
     The broker's services for twistd: the AMQP listener, and the AMP port
@@ -1176,7 +1189,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     ReloadOnSignal(reactor, config["userDatabase"]).setServiceParent(service)
     # What survives a full garbage collection (mostly queued messages) is
     # set aside from later ones (see qha.collector).
-    CollectorPolicy(reactor).setServiceParent(service)
+    CollectorPolicy(reactor, size=lambda: 2 * messagesHeld(node.vhosts)).setServiceParent(service)
     # Last: READY=1 to systemd (Type=notify) once serving or a ready backup.
     notifier = SystemdNotifier.fromEnvironment(lambda: node.role.name, lambda: node.epoch, reactor)
     if notifier is not None:

@@ -142,3 +142,27 @@ class CollectorPolicyTests(SynchronousTestCase):
         finally:
             policy.stopService()
         self.assertEqual(gc.callbacks, before)
+
+    def test_sizeEstimate(self) -> None:
+        """
+        Given an estimate of the objects set aside, the policy decides on
+        it and never counts them (counting walks every frozen object).
+        """
+        self.policy.stopService()
+        self.collector.calls.clear()
+        sizes = [CollectorPolicy.reclaimLimit + 1, 5]
+
+        def size() -> int:
+            return sizes.pop(0)
+
+        def count() -> int:
+            raise AssertionError("counted the frozen objects")
+
+        self.collector.get_freeze_count = count  # type: ignore[method-assign]
+        self.policy = CollectorPolicy(self.clock, self.collector, size=size)
+        self.policy.startService()
+        self.clock.advance(self.policy.reclaimInterval)
+        self.assertEqual(self.policy.skipped, 1)
+        self.clock.advance(self.policy.reclaimInterval)
+        self.assertEqual(self.policy.reclaimed, 1)
+        self.assertEqual(self.collector.calls, ["freeze", "unfreeze", "collect", "freeze"])

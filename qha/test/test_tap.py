@@ -21,7 +21,15 @@ from qha.ha.role import JOINING, STANDALONE
 from qha.amqp.users import FailedLogins, ReloadOnSignal, ThreadPoolVerifier
 from qha.collector import CollectorPolicy
 from qha.datadir import DataDirectoryLock
-from qha.tap import ClientPort, ListenService, Options, StoreService, makeService, storeThread
+from qha.tap import (
+    ClientPort,
+    ListenService,
+    Options,
+    StoreService,
+    makeService,
+    messagesHeld,
+    storeThread,
+)
 
 
 def parse(*argv: str) -> Options:
@@ -422,3 +430,27 @@ class StoreThreadTests(SynchronousTestCase):
         self.assertEqual(
             [t for t in threading.enumerate() if "qha-store" in t.name], []
         )
+
+
+class MessagesHeldTests(SynchronousTestCase):
+    """
+    Tests for L{messagesHeld}, the collector policy's estimate.
+    """
+
+    def test_readyAndHeld(self) -> None:
+        """
+        Ready and unacknowledged messages of every vhost's queues count.
+        """
+        from qha.broker.message import Message
+        from qha.broker.vhost import VirtualHost
+        from qha.broker.vhosts import VirtualHosts
+
+        vhost = VirtualHost()
+        other = VirtualHosts.of(vhost).ensure("other")
+        for each in (vhost, other):
+            each.declareQueue("q")
+            for _ in range(3):
+                each.publish("", "q", Message(b"\x00\x01q", b"\x00<\x00\x00" + bytes(10), b""))
+        entry = vhost.queues["q"].get()
+        self.assertIsNotNone(entry)
+        self.assertEqual(messagesHeld(VirtualHosts.of(vhost)), 6)
