@@ -16,12 +16,8 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..progress import PROGRESS_INTERVAL, ProgressPace
 from .commands import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_CATCHUP_MESSAGES, MalformedBox
-
-PROGRESS_INTERVAL = 5.0
-"""
-Seconds between two log lines of a long catch-up's progress.
-"""
 
 
 class CatchUpReceiver:
@@ -53,7 +49,7 @@ class CatchUpReceiver:
         self.done = False
         self.started: float | None = None
         self.finished: float | None = None
-        self._loggedAt = 0.0
+        self._pace = ProgressPace(0.0, PROGRESS_INTERVAL)
 
     def check(self, seq: int, size: int, messages: int, total: int, last: bool) -> None:
         """
@@ -106,7 +102,8 @@ class CatchUpReceiver:
             )
         now = self.clock.seconds()
         if self.started is None:
-            self.started = self._loggedAt = now
+            self.started = now
+            self._pace = ProgressPace(now, PROGRESS_INTERVAL)
             self.log.info(
                 "catching up with the primary at {primary}: at most {total} messages in batches",
                 primary=self.primary,
@@ -116,29 +113,28 @@ class CatchUpReceiver:
         self.messages += messages
         self.bytes += size
         self.batches += 1
+        # The fields both lines name: what came so far, and the time taken.
+        sofar = {
+            "primary": self.primary,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "batches": self.batches,
+            "seconds": self._pace.elapsed(now),
+        }
         if last:
             self.done = True
             self.finished = now
             self.log.info(
                 "catch-up from {primary} applied: {messages} messages ({bytes} bytes) in"
                 " {batches} batches, {seconds:.1f}s",
-                primary=self.primary,
-                messages=self.messages,
-                bytes=self.bytes,
-                batches=self.batches,
-                seconds=now - self.started,
+                **sofar,
             )
-        elif now - self._loggedAt >= PROGRESS_INTERVAL:
-            self._loggedAt = now
+        elif self._pace.due(now):
             self.log.info(
                 "catching up with the primary at {primary}: {messages} of at most {total}"
                 " messages applied ({bytes} bytes, {batches} batches), {seconds:.1f}s",
-                primary=self.primary,
-                messages=self.messages,
                 total=total,
-                bytes=self.bytes,
-                batches=self.batches,
-                seconds=now - self.started,
+                **sofar,
             )
 
     def describe(self) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from ..changes import events as ev
 from ..changes.replay import heldKey
 from ..changes.scoped import observe, unobserve
 from ..changes.cursor import CopiedWalk, entrySize, lastId, sizeOf
+from ..progress import PROGRESS_INTERVAL, ProgressPace
 from .commands import (
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
@@ -625,6 +626,7 @@ class CatchUpProgress:
     @ivar ackedBatches: batches answered.
     @ivar started: when it started (the clock's seconds).
     @ivar finished: when the backup answered its last batch, or L{None}.
+    @ivar pace: when the next progress line is due (L{ProgressPace}).
     """
 
     def __init__(self, started: float) -> None:
@@ -638,6 +640,7 @@ class CatchUpProgress:
         self.ackedBatches = 0
         self.started = started
         self.finished: float | None = None
+        self.pace = ProgressPace(started, PROGRESS_INTERVAL)
 
     def describe(self, now: float) -> dict[str, Any]:
         """
@@ -654,12 +657,6 @@ class CatchUpProgress:
             "done": self.finished is not None,
             "seconds": round((self.finished if self.finished is not None else now) - self.started, 3),
         }
-
-
-PROGRESS_INTERVAL = 5.0
-"""
-Seconds between two log lines of a long catch-up's progress (both sides).
-"""
 
 
 class ReplicationSource:
@@ -730,7 +727,6 @@ class ReplicationSource:
         self._pumpCall: IDelayedCall | None = None
         self._catchupDone = True
         self.catchup: CatchUpProgress | None = None
-        self._loggedAt = 0.0
 
     def __repr__(self) -> str:
         return f"<ReplicationSource to {self.backupId} ready={self.ready}>"
@@ -755,7 +751,6 @@ class ReplicationSource:
         self._stream = self._large()
         if self._stream:
             self.catchup = CatchUpProgress(self.clock.seconds())
-            self._loggedAt = self.clock.seconds()
         if self.only is not None:
             self.snapshotQueue(holdings)
         else:
@@ -937,31 +932,28 @@ class ReplicationSource:
         progress.ackedMessages += messages
         progress.ackedBytes += size
         now = self.clock.seconds()
+        # The fields both lines name: which backup, and the time taken.
+        which = {"backup": self.backupId, "address": self.address, "seconds": progress.pace.elapsed(now)}
         if self.caughtUpAt is not None and seq >= self.caughtUpAt:
             progress.finished = now
             self.log.info(
                 "catch-up of backup {backup} at {address} done: {messages} messages ({bytes} bytes) in"
                 " {batches} batches, {seconds:.1f}s",
-                backup=self.backupId,
-                address=self.address,
                 messages=progress.ackedMessages,
                 bytes=progress.ackedBytes,
                 batches=progress.ackedBatches,
-                seconds=now - progress.started,
+                **which,
             )
-        elif now - self._loggedAt >= PROGRESS_INTERVAL:
-            self._loggedAt = now
+        elif progress.pace.due(now):
             self.log.info(
                 "catching up backup {backup} at {address}: {sent} of at most {total} messages sent"
                 " ({sentBytes} bytes), {acked} acknowledged ({ackedBytes} bytes), {seconds:.1f}s",
-                backup=self.backupId,
-                address=self.address,
                 sent=progress.sentMessages,
                 total=progress.messages,
                 sentBytes=progress.sentBytes,
                 acked=progress.ackedMessages,
                 ackedBytes=progress.ackedBytes,
-                seconds=now - progress.started,
+                **which,
             )
         self._applied(seq)
         if self._pumpCall is None:

@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from ..amqp.holders import Completion, IConfirmHolder
 from ..datadir import makeDirectory, openPrivate
+from ..progress import PROGRESS_INTERVAL, ProgressPace, percent
 from ..broker.exchange import Binding, Exchange
 from ..broker.message import Message
 from ..broker.queue import Entry, Queue
@@ -1230,18 +1231,13 @@ class Store:
             self._dirty()
 
 
-PROGRESS_INTERVAL = 5.0
-"""
-Seconds between two progress lines while a store is recovered.
-"""
-
-
 class RecoveryProgress:
     """
     Logs a line every L{PROGRESS_INTERVAL} seconds while a store's records
     are replayed: how many of how many, the bytes, the rate, so that a long
     recovery is seen to move.
 
+    @ivar pace: when a line is due, and the rate (L{ProgressPace}).
     @ivar lines: how many lines were logged.
     """
 
@@ -1268,8 +1264,7 @@ class RecoveryProgress:
         self.size = size
         self.monotonic = monotonic
         self.interval = interval
-        self.started = monotonic()
-        self.due = self.started + interval
+        self.pace = ProgressPace(monotonic(), interval)
         self.lines = 0
 
     def __call__(self, done: int, offset: int) -> None:
@@ -1278,21 +1273,19 @@ class RecoveryProgress:
         one is due.
         """
         now = self.monotonic()
-        if now < self.due:
+        if not self.pace.due(now):
             return
-        self.due = now + self.interval
         self.lines += 1
-        elapsed = max(now - self.started, 1e-9)
         self.log.info(
             "recovering the store {path}: record {done} of {records} ({percent:.0f}%),"
             " {mb:.1f} of {totalMB:.1f} MB, {rate:.0f} records/s",
             path=self.path,
             done=done,
             records=self.records,
-            percent=100.0 * done / max(self.records, 1),
+            percent=percent(done, self.records),
             mb=offset / 1e6,
             totalMB=self.size / 1e6,
-            rate=done / elapsed,
+            rate=self.pace.rate(done, now),
         )
 
 
