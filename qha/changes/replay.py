@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, Callable, Generator, Iterator
+from typing import Any, Callable, Generator, Iterator, Mapping
 
 from twisted.logger import Logger
 
@@ -297,16 +297,7 @@ class Replicator:
                     continue
                 if kind == ev.ENQUEUED:
                     # The hot event, applied without the handler table.
-                    self.enqueues += 1
-                    queue = queues.get(event[1])
-                    if queue is not None:
-                        queue.replicaEnqueue(
-                            Message(event[4], event[5], event[6]),
-                            event[2],
-                            event[3],
-                            event[7],
-                            event[8],
-                        )
+                    self.applyEnqueued(queues, event)
                     continue
                 _handlers[kind](self, *event[1:])
             except AMQPError as error:
@@ -421,6 +412,27 @@ class Replicator:
         if start < end:
             verbatim.close()
         return start, count
+
+    def applyEnqueued(self, queues: Mapping[str, Queue], event: tuple[Any, ...]) -> None:
+        """
+        Apply an enqueue event as L{ev.readEvents} decodes it to its queue
+        in C{queues} (nothing if there is no such queue), and count it.
+        L{steps} and the single-queue replicator
+        (L{qha.ha.queuereplica.QueueReplicator.apply}) call it directly,
+        not through the handler table: it is the hot event.
+
+        @raise AMQPError: if the queue refuses the message.
+        """
+        self.enqueues += 1
+        queue = queues.get(event[1])
+        if queue is not None:
+            queue.replicaEnqueue(
+                Message(event[4], event[5], event[6]),
+                event[2],
+                event[3],
+                event[7],
+                event[8],
+            )
 
     def _queue(self, name: str) -> Queue | None:
         return self.vhost.queues.get(name)

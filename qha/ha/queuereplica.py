@@ -19,7 +19,6 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from ..broker.errors import AMQPError
-from ..broker.message import Message
 from ..changes import events as ev
 from ..changes.events import MalformedEvents
 from ..changes.replay import Replicator, holdingsOf
@@ -257,16 +256,7 @@ class QueueReplicator(Replicator):
             kind = event[0]
             try:
                 if kind == ev.ENQUEUED:
-                    self.enqueues += 1
-                    queue = queues.get(event[1])
-                    if queue is not None:
-                        queue.replicaEnqueue(
-                            Message(event[4], event[5], event[6]),
-                            event[2],
-                            event[3],
-                            event[7],
-                            event[8],
-                        )
+                    self.applyEnqueued(queues, event)
                 elif kind == ev.SNAPSHOT:
                     self.queueSnapshot(event[1])
                 elif kind != ev.MEMBERS:
