@@ -14,6 +14,7 @@ import calendar
 import datetime
 import decimal
 import struct
+import sys
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands, decode
@@ -66,15 +67,21 @@ _LONG_VALUES = frozenset(b"Sx")
 _TABLE, _ARRAY = ord("F"), ord("A")
 
 
-def checkTableDepth(data: bytes, offset: int = 0, limit: int = MAX_TABLE_DEPTH) -> None:
+def _walkTable(data: bytes, offset: int, depth: int, most: int) -> int:
     """
-    Check that the field table at C{offset} of C{data} (its 4-byte length
-    first) nests tables and arrays at most C{limit} deep, without
-    recursion: one pass over its bytes. Anything else wrong with it is left
-    for the decoder to find.
+    Walk the field table at C{offset} of C{data} (its 4-byte length first)
+    in one pass over its bytes, without recursion, counting its field
+    values, nested ones included: the one walk of L{checkTableDepth} and
+    L{countTableFields}. A malformed table is walked as far as it goes;
+    the decoder finds what is wrong with it.
 
-    @raise ValueError: if it nests deeper.
+    @param depth: how deep tables and arrays may nest.
+    @param most: stop counting once the count passes it.
+    @return: the count (at most C{most + 1}).
+    @raise ValueError: if tables nest deeper than C{depth} before the
+        count passes C{most}.
     """
+    count = 0
     try:
         length = _unpackLong(data, offset)[0]
         offset += 4
@@ -89,21 +96,38 @@ def checkTableDepth(data: bytes, offset: int = 0, limit: int = MAX_TABLE_DEPTH) 
                 offset += 1 + data[offset]
             code = data[offset]
             offset += 1
+            count += 1
+            if count > most:
+                return count
             size = _FIXED_VALUES.get(code)
             if size is not None:
                 offset += size
             elif code in _LONG_VALUES:
                 offset += 4 + _unpackLong(data, offset)[0]
             elif code == _TABLE or code == _ARRAY:
-                if len(stack) >= limit:
-                    raise ValueError(f"tables nest deeper than {limit} levels")
+                if len(stack) >= depth:
+                    # Malformed rather than large: said as the decoder would.
+                    raise ValueError(f"tables nest deeper than {depth} levels")
                 length = _unpackLong(data, offset)[0]
                 offset += 4
                 stack.append((code == _TABLE, offset + length))
             else:
-                return
+                return count
     except (IndexError, struct.error):
-        return
+        return count
+    return count
+
+
+def checkTableDepth(data: bytes, offset: int = 0, limit: int = MAX_TABLE_DEPTH) -> None:
+    """
+    Check that the field table at C{offset} of C{data} (its 4-byte length
+    first) nests tables and arrays at most C{limit} deep, without
+    recursion: one pass over its bytes. Anything else wrong with it is left
+    for the decoder to find.
+
+    @raise ValueError: if it nests deeper.
+    """
+    _walkTable(data, offset, limit, sys.maxsize)
 
 
 class TableTooLarge(ValueError):
@@ -124,40 +148,7 @@ def countTableFields(data: bytes, offset: int, limit: int) -> int:
     @raise ValueError: if tables nest deeper than L{MAX_TABLE_DEPTH} before
         the count passes C{limit}.
     """
-    count = 0
-    try:
-        length = _unpackLong(data, offset)[0]
-        offset += 4
-        stack = [(True, offset + length)]
-        while stack:
-            isTable, stop = stack[-1]
-            if offset >= stop:
-                stack.pop()
-                continue
-            if isTable:
-                offset += 1 + data[offset]
-            code = data[offset]
-            offset += 1
-            count += 1
-            if count > limit:
-                return count
-            size = _FIXED_VALUES.get(code)
-            if size is not None:
-                offset += size
-            elif code in _LONG_VALUES:
-                offset += 4 + _unpackLong(data, offset)[0]
-            elif code == _TABLE or code == _ARRAY:
-                if len(stack) >= MAX_TABLE_DEPTH:
-                    # Malformed rather than large: said as the decoder would.
-                    raise ValueError(f"tables nest deeper than {MAX_TABLE_DEPTH} levels")
-                length = _unpackLong(data, offset)[0]
-                offset += 4
-                stack.append((code == _TABLE, offset + length))
-            else:
-                return count
-    except (IndexError, struct.error):
-        return count
-    return count
+    return _walkTable(data, offset, MAX_TABLE_DEPTH, limit)
 
 
 def checkNesting(table: Any, limit: int = MAX_TABLE_DEPTH) -> None:
