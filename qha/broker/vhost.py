@@ -342,18 +342,16 @@ class VirtualHost:
         cls = exchangeType(type)
         checkReplicate(arguments, "exchange", name)
         if existing is not None:
-            for field, received, current in [
-                ("type", type, existing.type),
-                ("durable", durable, existing.durable),
-                ("auto_delete", autoDelete, existing.autoDelete),
-                ("internal", internal, existing.internal),
-            ]:
-                if received != current:
-                    raise PreconditionFailed(
-                        f"inequivalent arg '{field}' for exchange '{name}'"
-                        f" {self._where()}: received {_describe(received)} but"
-                        f" current is {_describe(current)}"
-                    )
+            self._checkFields(
+                "exchange",
+                name,
+                [
+                    ("type", type, existing.type),
+                    ("durable", durable, existing.durable),
+                    ("auto_delete", autoDelete, existing.autoDelete),
+                    ("internal", internal, existing.internal),
+                ],
+            )
             self._checkArguments("exchange", name, existing.arguments, arguments)
             return existing
         if name.startswith("amq."):
@@ -366,6 +364,23 @@ class VirtualHost:
         for observer in self.observers:
             observer.exchangeDeclared(exchange)
         return exchange
+
+    def _checkFields(self, kind: str, name: str, fields: list[tuple[str, Any, Any]]) -> None:
+        """
+        Check that a redeclaration of the C{kind} C{name} asks for what it
+        has: each of C{fields} is its name, the value received and the
+        current one, checked in order.
+
+        @raise PreconditionFailed: naming the first field that differs, as
+            RabbitMQ says it.
+        """
+        for field, received, current in fields:
+            if received != current:
+                raise PreconditionFailed(
+                    f"inequivalent arg '{field}' for {kind} '{name}'"
+                    f" {self._where()}: received {_describe(received)} but"
+                    f" current is {_describe(current)}"
+                )
 
     def _checkArguments(
         self, kind: str, name: str, current: dict[str, Any], received: dict[str, Any]
@@ -469,16 +484,11 @@ class VirtualHost:
                 # 405 with the text of another connection's exclusive queue,
                 # which names this case too.
                 raise ResourceLocked(self._lockedText(existing))
-            for field, received, current in [
-                ("durable", durable, existing.durable),
-                ("auto_delete", autoDelete, existing.autoDelete),
-            ]:
-                if received != current:
-                    raise PreconditionFailed(
-                        f"inequivalent arg '{field}' for queue '{name}'"
-                        f" {self._where()}: received {_describe(received)} but"
-                        f" current is {_describe(current)}"
-                    )
+            self._checkFields(
+                "queue",
+                name,
+                [("durable", durable, existing.durable), ("auto_delete", autoDelete, existing.autoDelete)],
+            )
             self._checkArguments("queue", name, existing.arguments, arguments)
             existing.touch()
             return existing
