@@ -30,6 +30,7 @@ import gc
 import os
 import shutil
 import struct
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -91,15 +92,32 @@ class Record:
     offset: int = 0
 
 
+def recordParts(epoch: int, position: int, events: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+    """
+    A record whose events are the concatenation of C{events}, as the
+    pieces written to the journal one after the other: its length and
+    checksum, its epoch and position, then the pieces as they are.
+
+    The store's thread calls this: a record of a catch-up batch is
+    megabytes, whose checksum C{zlib.crc32} computes without holding the
+    interpreter's lock (so the reactor thread goes on meanwhile), and
+    which is never joined into one buffer (each copy of a fresh buffer of
+    megabytes is a page fault per 4 KiB).
+    """
+    meta = _meta.pack(epoch, position)
+    crc = zlib.crc32(meta)
+    length = len(meta)
+    for piece in events:
+        crc = zlib.crc32(piece, crc)
+        length += len(piece)
+    return [_record.pack(length, crc), meta, *events]
+
+
 def encodeRecord(epoch: int, position: int, events: bytes) -> bytes:
     """
     A record as it is written to the journal.
     """
-    # Joined once: a record of a catch-up batch is megabytes, and each
-    # copy of it is a page fault per 4 KiB on a fresh buffer.
-    meta = _meta.pack(epoch, position)
-    length = len(meta) + len(events)
-    return b"".join((_record.pack(length, zlib.crc32(events, zlib.crc32(meta))), meta, events))
+    return b"".join(recordParts(epoch, position, (events,)))
 
 
 def scanRecords(data: bytes, path: str, start: int = 0) -> tuple[list[Record], int]:
@@ -187,6 +205,12 @@ class Journal(Protocol):
         Write C{record}, and with C{sync} make it durable before returning.
         """
 
+    def appendParts(self, parts: Sequence[bytes | memoryview], sync: bool = True) -> None:
+        """
+        Write one record given as the pieces of its bytes (L{recordParts}),
+        exactly as L{append} writes them joined. May run in another thread.
+        """
+
     def rewrite(self, record: bytes) -> None:
         """
         Replace the whole journal with C{record} (compaction), atomically.
@@ -256,6 +280,9 @@ class MemoryJournal:
         if sync:
             self.syncs += 1
 
+    def appendParts(self, parts: Sequence[bytes | memoryview], sync: bool = True) -> None:
+        self.append(b"".join(parts), sync)
+
     def rewrite(self, record: bytes) -> None:
         self.records = [record]
         self._size = len(record)
@@ -299,6 +326,10 @@ class FileJournal:
         self.recover = recover
         self.file: Any = None
         self.syncs = 0
+        # Held while a record's pieces are written (in the store's
+        # thread): the size the reactor reads (a compaction copies the
+        # records up to it) always ends at a whole record.
+        self._writing = threading.Lock()
 
     def load(self) -> list[Record]:
         directory = os.path.dirname(self.path) or "."
@@ -371,6 +402,18 @@ class FileJournal:
             os.fdatasync(self.file.fileno())
             self.syncs += 1
 
+    def appendParts(self, parts: Sequence[bytes | memoryview], sync: bool = True) -> None:
+        # A piece larger than the file's buffer is written directly, not
+        # copied into it.
+        with self._writing:
+            write = self.file.write
+            for part in parts:
+                write(part)
+            self.file.flush()
+        if sync:
+            os.fdatasync(self.file.fileno())
+            self.syncs += 1
+
     def rewrite(self, record: bytes) -> None:
         temporary = self.path + ".compacting"
         with openPrivate(temporary, "wb") as f:
@@ -384,7 +427,8 @@ class FileJournal:
         self.file.seek(0, os.SEEK_END)
 
     def size(self) -> int:
-        return self.file.tell() if self.file is not None else 0
+        with self._writing:
+            return self.file.tell() if self.file is not None else 0
 
     def close(self) -> None:
         if self.file is not None:
@@ -740,6 +784,14 @@ class Store:
         self.compaction: Compaction | None = None
         self._held = False
         self._whenHeld: Callable[[], None] | None = None
+        # Events of the next record taken from the writer already, and
+        # runs of events a backup applied encoded as they came (see
+        # appliedEncoded), in order: how many events, and the last run's
+        # box and range while it is the last piece (the next run of the
+        # same box extends it).
+        self._pieces: list[bytes | memoryview] = []
+        self._piecesCount = 0
+        self._lastRun: tuple[bytes, int, int] | None = None
 
     # Recovery
 
@@ -826,9 +878,9 @@ class Store:
         if self.syncInThread is not None:
             self._flushInThread()
             return
-        if self.writer.count:
+        if self._hasEvents():
             started = time.monotonic()
-            self.journal.append(encodeRecord(self.epoch, self.position, self.writer.take()))
+            self.journal.appendParts(recordParts(self.epoch, self.position, self._takeEvents()))
             self._timeSync(time.monotonic() - started)
             self.records += 1
             self._positionDirty = False
@@ -841,6 +893,29 @@ class Store:
             current.holds -= 1
             current.check()
         self._maybeCompact()
+
+    def _hasEvents(self) -> bool:
+        """
+        Whether events wait for the next record.
+        """
+        return bool(self.writer.count or self._piecesCount)
+
+    def _takeEvents(self) -> list[bytes | memoryview]:
+        """
+        The events of the next record, as pieces to write one after the
+        other (never joined: see L{recordParts}); the store starts the
+        next record empty.
+        """
+        pieces = self._pieces
+        if not pieces:
+            return [self.writer.take()]
+        rest = self.writer.take()
+        if rest:
+            pieces.append(rest)
+        self._pieces = []
+        self._piecesCount = 0
+        self._lastRun = None
+        return pieces
 
     def _countLiveBytes(self) -> int:
         """
@@ -882,8 +957,8 @@ class Store:
         if self._syncing:
             return
         sync = True
-        if self.writer.count:
-            data = encodeRecord(self.epoch, self.position, self.writer.take())
+        if self._hasEvents():
+            events = self._takeEvents()
         elif self._positionDirty:
             # A position alone needs no fsync, so no trip to the thread
             # (a backup answers each box after this).
@@ -905,7 +980,14 @@ class Store:
         self._syncing = True
         assert self.syncInThread is not None
         timing: list[float] = []
-        d = self.syncInThread(lambda: _timed(lambda: self.journal.append(data, sync=sync), timing))
+        epoch, position, journal = self.epoch, self.position, self.journal
+        # The checksum and the writes in the store's thread, the record
+        # never joined (see recordParts).
+        d = self.syncInThread(
+            lambda: _timed(
+                lambda: journal.appendParts(recordParts(epoch, position, events), sync=sync), timing
+            )
+        )
 
         def written(result: Any) -> None:
             self._syncing = False
@@ -918,7 +1000,7 @@ class Store:
             if current is not None:
                 current.holds -= 1
                 current.check()
-            if self.writer.count or self._positionDirty or self.current is not None:
+            if self._hasEvents() or self._positionDirty or self.current is not None:
                 self.flush()
             else:
                 self._synced(None)
@@ -946,7 +1028,7 @@ class Store:
             self._syncWaiters.append(held)
             return held
         if self.syncInThread is None or (
-            not self._syncing and not self.writer.count and not self._positionDirty
+            not self._syncing and not self._hasEvents() and not self._positionDirty
         ):
             return None
         waiter: Deferred[None] = Deferred()
@@ -1203,7 +1285,26 @@ class Store:
         events, at the next flush (the backup flushes once the batch is
         applied).
         """
-        self.writer.encoded(events, start, end, count)
+        if not count:
+            return
+        # In their place: after what this store encoded so far (which ends
+        # in the default virtual host, where a box's events start), taken
+        # now; the run itself is not copied (a whole batch taken in steps
+        # is one piece, the box itself, or a view of it).
+        writer = self.writer
+        writer.scope(ev.DEFAULT_VHOST)
+        before = writer.count
+        encoded = writer.take()
+        pieces = self._pieces
+        last = self._lastRun
+        if encoded:
+            pieces.append(encoded)
+        elif last is not None and last[0] is events and last[2] == start:
+            start = last[1]
+            pieces.pop()
+        self._lastRun = (events, start, end)
+        pieces.append(events if start == 0 and end == len(events) else memoryview(events)[start:end])
+        self._piecesCount += before + count
         self.liveBytes += bodyBytes
 
     def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
