@@ -1379,6 +1379,96 @@ class Queue:
             self._maybePageOut(entry)
         return entry
 
+    def replicaAppend(self, entries: list[Entry], bodyBytes: int, expiring: bool) -> bool:
+        """
+        Add the primary's new ready C{entries} at the end of the queue at
+        once, exactly as L{replicaEnqueue} would add them one by one, if
+        that is simple: a catch-up batch is thousands of them in a row, and
+        the checks of each one (its place, whether it is there already,
+        the paging budget) are then the same for all.
+
+        It is simple when this is a replica with one level, no tail, no
+        last-value key and no observers of its virtual host (a backup's
+        store does not observe the run it takes as it came; see
+        L{qha.changes.replay.Verbatim}), the first id is past the queue's
+        last one (so none is a duplicate), none is held, no deadline makes
+        a plain queue leave its fast path, and the queue stays within its
+        paging budget with all of them (then it is within it after each
+        one, as every count only grows). Otherwise nothing is added, and
+        the caller adds them one by one.
+
+        @param entries: new entries, ids in increasing order (the caller
+            checked), level 0, not acquired.
+        @param bodyBytes: the sum of their bodies' lengths.
+        @param expiring: whether any of them has a deadline.
+        @return: whether they were added.
+        """
+        vhost = self.vhost
+        if (
+            not entries
+            or not vhost.replica
+            or vhost.observers
+            or self._segments
+            or self._forming
+            or len(self.levels) > 1
+            or self.policy.lvqKey is not None
+            or (expiring and self.plain)
+        ):
+            return False
+        level = self._first
+        if level and entries[0].id <= level[-1].id:
+            return False
+        held = self.held
+        if held and any(entry.id in held for entry in entries):
+            return False
+        count = len(entries)
+        resources = vhost.resources
+        if self._pager is not None and not self._withinBudget(
+            count, bodyBytes, resources.used + bodyBytes + count * resources.overhead
+        ):
+            return False
+        byId = self._byId
+        if byId is None:
+            byId = self._byId = {e.id: e for each in self.levels for e in each}
+        byId.update(zip(map(_entryId, entries), entries))
+        level.extend(entries)
+        last = entries[-1].id
+        if last >= self.nextId:
+            self.nextId = last + 1
+        self.readyCount += count
+        self.readyBytes += bodyBytes
+        # As many additions as entries (the watermark checked once, at the
+        # end: the use only grows meanwhile).
+        resources.used += bodyBytes + (count - 1) * resources.overhead
+        resources.add(0)
+        return True
+
+    def _withinBudget(self, count: int, bodyBytes: int, used: int) -> bool:
+        """
+        Whether the queue would still be within its paging budget (no new
+        entry at the end of its head paged; see L{_overBudget}) with
+        C{count} more ready entries of C{bodyBytes}, the broker using
+        C{used} bytes then. Changes nothing; a plain queue over the
+        broker's budget with a backlog is said not to be (it would leave
+        its fast path first).
+        """
+        resident = self.messageCount + count - self.pagedCount
+        length = self.maxInMemoryLength
+        if length is not None and resident > length:
+            return False
+        size = self.maxInMemoryBytes
+        if size is not None and self.readyBytes + bodyBytes - self.pagedBytes > size:
+            return False
+        pager = self._pager
+        if pager is None or not pager.budget or used <= pager.budget:
+            return True
+        if self.plain:
+            return resident <= _PLAIN_BACKLOG
+        return not (
+            resident > pager.window
+            or self.readyBytes + bodyBytes - self.pagedBytes > pager.windowBytes
+        )
+
     def replicaDequeue(self, id: int) -> None:
         """
         The primary's entry C{id} is gone.

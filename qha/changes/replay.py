@@ -17,7 +17,7 @@ from .settings import RuntimeSettings, SettingsError
 from ..broker.errors import AMQPError
 from ..broker.exchange import exchangeType
 from ..broker.message import Message
-from ..broker.queue import Queue
+from ..broker.queue import Entry, Queue
 from ..broker.vhost import VirtualHost
 from ..broker.vhosts import VirtualHosts
 from . import events as ev
@@ -173,8 +173,10 @@ def parseMembers(data: bytes) -> list[dict[str, str]]:
 
 
 _H = struct.Struct(">H").unpack_from
-_qBqI = struct.Struct(">qBqI").unpack_from
 _I = struct.Struct(">I").unpack_from
+# The rest of an enqueue after its queue name, by the length of its
+# addressing and header as encoded (see Replicator._leadingRun).
+_shapes: dict[int, struct.Struct] = {}
 
 
 class Verbatim:
@@ -323,6 +325,17 @@ class Replicator:
         to a serving broker): there an enqueue may be handed to a waiting
         consumer at once, which the store observes too.
 
+        Consecutive enqueues share what they have in common: their queue
+        (the event's type and queue name, checked as one piece of bytes
+        against the previous event's) and their addressing and header (the
+        bytes from the addressing's length to the header's end, checked as
+        one piece too): the messages share those bytes, and the rest of an
+        event is unpacked at once. The entries of a queue are gathered and
+        added together (L{Queue.replicaAppend}) before each pause, at the
+        end of the run and when the queue changes; if the queue cannot
+        take them so, they are decoded again and added one by one, as the
+        rest of the step's.
+
         @return: where the run ends in the box (where L{steps} goes on),
             and the events counted towards the current pause.
         """
@@ -332,81 +345,167 @@ class Replicator:
         queues = self.default.queues
         end = len(data)
         unpackH = _H
-        unpackqBqI = _qBqI
         unpackI = _I
         offset = start = count = taken = size = 0
-        # The last queue name (as encoded) and its queue, and the last
-        # addressing and header (whose delivery mode says persistent).
-        lastName = b""
+        # The last event's type and queue name (as encoded) and its queue
+        # (a queue the store keeps: any other ends the run), and its
+        # addressing and header (persistent: any other ends the run), as
+        # encoded from the addressing's length to the header's end, with
+        # the struct of the rest of such an event (id, flags, deadline,
+        # those bytes skipped, body length) and its size.
+        prefix = b""
         queue: Queue | None = None
-        keeps = False
+        shared = b""
         addressing = header = b""
-        persistent = False
+        shape: struct.Struct | None = None
+        skip = 0
+        # Entries decoded and not yet added: their queue, where the first
+        # starts, their bodies' bytes, whether any has a deadline, the
+        # last id; whether entries are gathered at all in this step.
+        pending: list[Entry] = []
+        pendingQueue: Queue | None = None
+        pendingStart = pendingBytes = 0
+        pendingExpiring = False
+        lastId = -1
+        gather = True
+
+        def addPending() -> bool:
+            """
+            Add the gathered entries to their queue at once and count them;
+            whether it took them (if not, nothing changed).
+            """
+            nonlocal taken, size, pendingBytes, pendingExpiring, lastId
+            assert pendingQueue is not None
+            if not pendingQueue.replicaAppend(pending, pendingBytes, pendingExpiring):
+                return False
+            added = len(pending)
+            self.applied += added
+            self.enqueues += added
+            taken += added
+            size += pendingBytes
+            pending.clear()
+            pendingBytes = 0
+            pendingExpiring = False
+            lastId = -1
+            return True
+
         try:
-            while offset < end:
-                start = offset
-                if data[offset] != 69:  # ev.ENQUEUED
-                    break
-                try:
-                    length = unpackH(data, offset + 1)[0]
-                    offset += 3
-                    if length != len(lastName) or not data.startswith(lastName, offset):
+            while True:
+                while offset < end:
+                    start = offset
+                    if queue is None or not data.startswith(prefix, offset):
+                        # Another queue (or the first event).
+                        if pending and not addPending():
+                            break
+                        if data[offset] != 69:  # ev.ENQUEUED
+                            break
+                        length = unpackH(data, offset + 1)[0]
                         if length > ev.MAX_NAME:
                             break
-                        name = str(data[offset : offset + length], "utf-8")
-                        lastName = data[offset : offset + length]
-                        queue = queues.get(name)
-                        keeps = queue is not None and queue.durable and not queue.exclusive
-                    offset += length
-                    id, flags, expiresAt, length = unpackqBqI(data, offset)
-                    offset += 21
-                    if id < 0 or flags > 1 or expiresAt < 0 or not keeps:
-                        # Malformed, acquired at once, or of a queue not kept.
-                        break
-                    if length != len(addressing) or not data.startswith(addressing, offset):
-                        addressing = data[offset : offset + length]
-                    offset += length
-                    length = unpackI(data, offset)[0]
-                    offset += 4
-                    if length != len(header) or not data.startswith(header, offset):
-                        header = data[offset : offset + length]
-                        persistent = Message(b"", header, b"").persistent
-                    offset += length
-                    length = unpackI(data, offset)[0]
-                    body = data[offset + 4 : offset + 4 + length]
-                    offset += 4 + length
-                except (struct.error, UnicodeDecodeError, IndexError):
-                    break
-                if offset > end or not persistent:
-                    break
-                if every:
-                    count += 1
-                    if count > every:
-                        count = 1
-                        verbatim.end, verbatim.count, verbatim.bytes = start, taken, size
-                        yield None
-                        # Other turns ran: look the queue up again.
-                        if queues.get(queue.name) is not queue:  # type: ignore[union-attr]
-                            count -= 1
+                        name = data[offset + 3 : offset + 3 + length]
+                        if len(name) != length:
                             break
-                message = Message(addressing, header, body)
-                try:
-                    entry = queue.replicaEnqueue(  # type: ignore[union-attr]
-                        message, id, flags == 1, expiresAt / 1000.0 if expiresAt else None, False
-                    )
-                except AMQPError:
-                    count -= 1
-                    break
-                if entry.message is not message:
-                    # It had it: nothing changed (applied again by steps).
-                    count -= 1
-                    break
-                self.applied += 1
-                self.enqueues += 1
-                taken += 1
-                size += length
-            else:
-                start = end
+                        queue = queues.get(str(name, "utf-8"))
+                        if queue is None or not queue.durable or queue.exclusive:
+                            # Of a queue not kept.
+                            queue = None
+                            break
+                        prefix = data[offset : offset + 3 + length]
+                    offset += len(prefix)
+                    if shape is None or not data.startswith(shared, offset + 17):
+                        # Another addressing or header.
+                        length = unpackI(data, offset + 17)[0]
+                        headerAt = offset + 21 + length
+                        shared = data[offset + 17 : headerAt + 4 + unpackI(data, headerAt)[0]]
+                        addressing = shared[4 : 4 + length]
+                        header = shared[8 + length :]
+                        if len(shared) != 8 + length + len(header) or not Message(b"", header, b"").persistent:
+                            # Cut short, or transient.
+                            shape = None
+                            break
+                        shape = _shapes.get(len(shared))
+                        if shape is None:
+                            shape = _shapes[len(shared)] = struct.Struct(f">qBq{len(shared)}xI")
+                        skip = shape.size
+                    id, flags, expiresAt, length = shape.unpack_from(data, offset)
+                    if id < 0 or flags > 1 or expiresAt < 0:
+                        # Malformed, or acquired at once.
+                        break
+                    bodyAt = offset + skip
+                    offset = bodyAt + length
+                    if offset > end:
+                        break
+                    if every:
+                        if count >= every:
+                            if pending and not addPending():
+                                break
+                            count = 0
+                            gather = True
+                            verbatim.end, verbatim.count, verbatim.bytes = start, taken, size
+                            yield None
+                            # Other turns ran: look the queue up again.
+                            if queues.get(queue.name) is not queue:
+                                queue = None
+                                break
+                        count += 1
+                    if gather:
+                        if pending and id <= lastId and not addPending():
+                            break
+                        if not pending:
+                            pendingStart = start
+                            pendingQueue = queue
+                        pending.append(
+                            Entry(
+                                Message(addressing, header, data[bodyAt:offset]),
+                                id,
+                                flags == 1,
+                                0,
+                                expiresAt / 1000.0 if expiresAt else None,
+                            )
+                        )
+                        lastId = id
+                        pendingBytes += length
+                        if expiresAt:
+                            pendingExpiring = True
+                        continue
+                    message = Message(addressing, header, data[bodyAt:offset])
+                    try:
+                        entry = queue.replicaEnqueue(
+                            message, id, flags == 1, expiresAt / 1000.0 if expiresAt else None, False
+                        )
+                    except AMQPError:
+                        count -= 1
+                        break
+                    if entry.message is not message:
+                        # It had it: nothing changed (applied again by steps).
+                        count -= 1
+                        break
+                    self.applied += 1
+                    self.enqueues += 1
+                    taken += 1
+                    size += length
+                else:
+                    start = end
+                if pending and not addPending():
+                    # The queue did not take them at once: decode them
+                    # again and add them one by one.
+                    offset = pendingStart
+                    count -= len(pending)
+                    pending.clear()
+                    pendingBytes = 0
+                    pendingExpiring = False
+                    lastId = -1
+                    gather = False
+                    queue = None
+                    continue
+                break
+        except (struct.error, UnicodeDecodeError, IndexError):
+            # Cut short or not UTF-8: the run ends at this event (or, if
+            # the gathered entries cannot be added at once, at the first
+            # of them), and readEvents says what is wrong with it.
+            if pending and not addPending():
+                start = pendingStart
+                count -= len(pending)
         finally:
             verbatim.end, verbatim.count, verbatim.bytes = start, taken, size
         if start < end:
