@@ -18,12 +18,13 @@ load average, and, with C{--turns}, each broker's longest reactor turn then
 
     PYTHONPATH=. .venv/bin/python -m qha_bench.catchupbench \\
         [--messages 300000] [--size 250] [--runs 3] [--heartbeat 2] [--turns] \\
-        [--profile DIRECTORY]
+        [--profile DIRECTORY [--idle]]
 
 C{--profile} samples both brokers with C{py-spy} (if installed) from the
 backup's start to its ready, into C{DIRECTORY/primary-RUN.txt} and
 C{backup-RUN.txt} (C{py-spy}'s raw format: one stack and its samples a
-line).
+line); with C{--idle}, the waits too (a reactor waiting for its sockets,
+the store's thread for its disk), each stack under its thread.
 """
 
 from __future__ import annotations
@@ -153,6 +154,11 @@ def main() -> None:
         "--turns", action="store_true", help="watch each broker's reactor turns (bench only)"
     )
     parser.add_argument("--profile", metavar="DIRECTORY", help="sample both brokers with py-spy")
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="with --profile, sample idle threads too, each stack under its thread",
+    )
     options = parser.parse_args()
     watch: str | None = None
     if options.turns:
@@ -217,6 +223,7 @@ def main() -> None:
                     samplers.append(
                         subprocess.Popen(
                             ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
+                             *(["--idle", "--threads"] if options.idle else []),
                              "--output", os.path.join(options.profile, f"{name}-{run}.txt")],
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,

@@ -29,6 +29,7 @@ from qha.ha.connection import nodeConnection
 from qha.ha.link import BackupLink
 from qha.ha.primary import ReplicationSource
 from qha.ha.role import READY
+from qha.broker.message import Message
 from qha.store.journal import MemoryJournal, Store, scanRecords
 from qha.test.support import (
     ALL,
@@ -40,6 +41,7 @@ from qha.test.support import (
     snapshotOf,
     writeEnqueued,
 )
+from qha.testing import MemoryBodyStore, RecordingObserver
 
 
 promoteYoung = ReplicationSource._promoteYoung
@@ -1183,3 +1185,214 @@ class SteppedBatchOrderTests(SynchronousTestCase):
         self.assertEqual(self.backup.vhost.queues["w"].messageCount, 25)
         self.assertIsNone(backupLink.receivedBatch(epoch, seq, data, None, 25, 100, False))
         self.cluster.finish()
+
+
+class ReplicaAppendTests(SynchronousTestCase):
+    """
+    L{Queue.replicaAppend} adds a run of the primary's new entries at once
+    exactly as L{Queue.replicaEnqueue} adds them one by one, or, when that
+    is not simple, adds nothing and says so.
+    """
+
+    def replica(self, pager: Any = None, **arguments: Any) -> Any:
+        """
+        A durable queue C{d} of a replica virtual host (with C{pager}),
+        declared with C{arguments}.
+        """
+        from qha.broker.vhost import Resources, VirtualHost
+
+        vhost = VirtualHost(resources=Resources(highWatermark=3000, pager=pager))
+        vhost.replica = True
+        return vhost.declareQueue("d", durable=True, replica=True, arguments=arguments or None)
+
+    def entries(self, ids: list[int], expiresAt: float | None = None) -> list[Any]:
+        """
+        New entries with C{ids}, bodies of 100 bytes, each redelivered if
+        its id is odd.
+        """
+        from qha.broker.queue import Entry
+
+        return [
+            Entry(persistentMessage(b"%d" % id + b"." * (100 - len(b"%d" % id)), "d"), id, id % 2 == 1, 0, expiresAt)
+            for id in ids
+        ]
+
+    def state(self, queue: Any) -> tuple[Any, ...]:
+        """
+        What the queue and its broker's resources say after the entries
+        were added.
+        """
+        resources = queue.vhost.resources
+        return (
+            queueContents(queue),
+            queue.messageCount,
+            queue.readyCount,
+            queue.readyBytes,
+            queue.nextId,
+            queue.pagedCount,
+            sorted(queue._byId or {}),
+            resources.used,
+            resources.blocked,
+        )
+
+    def test_sameAsOneByOne(self) -> None:
+        """
+        Entries added at once leave the queue and the broker's resources as
+        adding them one by one does (the watermark crossed on the way
+        blocks publishers just the same), and their ids past the last.
+        """
+        ids = [3, 4, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]
+        at = self.replica()
+        oneByOne = self.replica()
+        for queue in (at, oneByOne):
+            queue.replicaEnqueue(persistentMessage(b"first", "d"), 1)
+        entries = self.entries(ids)
+        self.assertTrue(at.replicaAppend(entries, 100 * len(ids), False))
+        for entry in self.entries(ids):
+            oneByOne.replicaEnqueue(entry.message, entry.id, entry.redelivered, None, False)
+        self.assertEqual(self.state(at), self.state(oneByOne))
+        self.assertTrue(at.vhost.resources.blocked)
+        self.assertEqual(at.nextId, 32)
+        self.assertIs(at._byId[7], entries[2])  # type: ignore[index]
+
+    def test_refused(self) -> None:
+        """
+        Entries whose first id is not past the queue's last (one may be
+        there already), one of which a consumer on the primary holds, with
+        deadlines on a queue on its fast path, or on a queue with priority
+        levels, a last-value key or observers: nothing is added.
+        """
+        queue = self.replica()
+        queue.replicaEnqueue(persistentMessage(b"five", "d"), 5)
+        before = self.state(queue)
+        self.assertFalse(queue.replicaAppend(self.entries([5, 6]), 200, False))
+        self.assertFalse(queue.replicaAppend(self.entries([4]), 100, False))
+        queue.held[7] = self.entries([7])[0]
+        self.assertFalse(queue.replicaAppend(self.entries([6, 7]), 200, False))
+        del queue.held[7]
+        self.assertTrue(queue.plain)
+        self.assertFalse(queue.replicaAppend(self.entries([6], expiresAt=50.0), 100, True))
+        self.assertEqual(self.state(queue), before)
+        for arguments in ({"x-max-priority": 5}, {"qpid.last_value_queue_key": "k"}):
+            other = self.replica(**arguments)
+            self.assertFalse(other.replicaAppend(self.entries([1]), 100, False))
+            self.assertEqual(other.messageCount, 0)
+        observed = self.replica()
+        observed.vhost.observers.append(RecordingObserver())
+        self.assertFalse(observed.replicaAppend(self.entries([1]), 100, False))
+        self.assertEqual(observed.messageCount, 0)
+
+    def test_budget(self) -> None:
+        """
+        With a pager, entries are added at once only if the queue stays
+        within its budget with all of them; past it, nothing is added (one
+        by one, the last ones would be paged).
+        """
+        from qha.broker.paging import Pager
+
+        queue = self.replica(Pager(MemoryBodyStore(), budget=2000, window=4))
+        queue._leavePlain()
+        self.assertTrue(queue.replicaAppend(self.entries([1, 2, 3, 4]), 400, False))
+        self.assertEqual(queue.pagedCount, 0)
+        before = self.state(queue)
+        self.assertFalse(queue.replicaAppend(self.entries(list(range(5, 30))), 2500, False))
+        self.assertEqual(self.state(queue), before)
+        limited = self.replica(Pager(MemoryBodyStore()), **{"x-max-in-memory-length": 3})
+        self.assertFalse(limited.replicaAppend(self.entries([1, 2, 3, 4]), 400, False))
+        self.assertTrue(limited.replicaAppend(self.entries([1, 2, 3]), 300, False))
+
+
+class LeadingRunTests(SynchronousTestCase):
+    """
+    L{Replicator.steps} applies a box's leading run of new persistent
+    enqueues (L{Verbatim}) as the events say whatever the queue makes of
+    them at once: entries it takes together, entries it takes one by one
+    (paged, already there), and addressing, header and queue changing
+    within the run.
+    """
+
+    def apply(self, data: bytes, every: int, pager: Any = None) -> tuple[Any, Any]:
+        """
+        Apply C{data} with a L{Verbatim} to a replica with durable queues
+        C{d} and C{e} (whose resources page with C{pager}), pausing every
+        C{every} events.
+
+        @return: the verbatim and the replica's virtual host.
+        """
+        from qha.broker.vhost import Resources, VirtualHost
+        from qha.changes.replay import Replicator, Verbatim
+
+        vhost = VirtualHost(resources=Resources(pager=pager))
+        vhost.replica = True
+        for name in ("d", "e"):
+            vhost.declareQueue(name, durable=True, replica=True)
+        replicator = Replicator(vhost, lambda: None)
+        replicator.apply(self.encoded([("d", 1, persistentMessage(b"first", "d"))]))
+        verbatim = Verbatim()
+        for _ in replicator.steps(data, every, verbatim):
+            pass
+        return verbatim, vhost
+
+    def encoded(self, entries: list[tuple[str, int, Message]]) -> bytes:
+        """
+        The enqueue events of C{entries} (queue name, id, message).
+        """
+        writer = ev.EventWriter()
+        for queue, id, each in entries:
+            writeEnqueued(writer, queue, id, False, each.addressing, each.header, each.body)
+        return writer.take()
+
+    def test_shapesAndQueues(self) -> None:
+        """
+        A run whose queue, addressing and header change within it (and
+        back) is applied whole, each message with its own addressing and
+        header, in steps or not.
+        """
+        kinds = [
+            persistentMessage(b"a", "d"),
+            persistentMessage(b"b", "other-key"),
+            persistentMessage(b"c", "d", priority=3),
+        ]
+        entries = [("d" if id % 7 else "e", id, kinds[id // 5 % 3]) for id in range(2, 60)]
+        data = self.encoded(entries)
+        for every in (0, 1, 4, 512):
+            verbatim, vhost = self.apply(data, every)
+            self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(data), 58, True), every)
+            held = {
+                id: each for name in ("d", "e") for id, each in
+                ((entry.id, entry.message) for entry in vhost.queues[name].levels[0])
+            }
+            for queue, id, each in entries:
+                self.assertEqual(
+                    (held[id].addressing, held[id].header, held[id].body),
+                    (each.addressing, each.header, each.body),
+                )
+            self.assertEqual(vhost.queues["e"].ids(), [id for id in range(2, 60) if id % 7 == 0])
+
+    def test_oneByOne(self) -> None:
+        """
+        Entries the queue does not take at once are applied one by one in
+        the run, as they always were: past the paging budget, up to the
+        first one paged, where the run ends (as ever: the store then
+        observes it and those after it, which L{Replicator.steps} applies
+        as usual); after an entry the queue had already or an id out of
+        order, up to the one it had.
+        """
+        from qha.broker.paging import Pager
+
+        each = persistentMessage(b"x" * 100, "d")
+        entry = self.encoded([("d", 2, each)])
+        data = self.encoded([("d", id, each) for id in range(2, 40)])
+        for every in (0, 7):
+            verbatim, vhost = self.apply(data, every, Pager(MemoryBodyStore(), budget=1000, window=4))
+            queue = vhost.queues["d"]
+            self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (15 * len(entry), 15, False))
+            self.assertEqual(queue.ids(), list(range(1, 40)))
+            self.assertEqual(queue.pagedCount, 23)
+        # Ids 2-4 and 6-7 go at once, 5 one by one; 1 is there already
+        # (the steps then apply it, a change of nothing, and 8).
+        lead = self.encoded([("d", id, each) for id in (2, 3, 4, 6, 7, 5)])
+        data = lead + self.encoded([("d", id, each) for id in (1, 8)])
+        verbatim, vhost = self.apply(data, 0)
+        self.assertEqual((verbatim.end, verbatim.count, verbatim.open), (len(lead), 6, False))
+        self.assertEqual(vhost.queues["d"].ids(), list(range(1, 9)))

@@ -49,9 +49,11 @@ from qha.store.journal import (
     Store,
     StoreCorrupt,
     encodeRecord,
+    recordParts,
     storeInfo,
 )
-from qha.test.support import persistentMessage as message
+from qha.changes.scoped import observe, unobserve
+from qha.test.support import persistentMessage as message, writeEnqueued
 from qha.testing import RecordingTarget
 
 
@@ -1342,6 +1344,129 @@ class RecordFormatTests(SynchronousTestCase):
         self.assertEqual(length, len(record) - 8)
         self.assertEqual(crc, zlib.crc32(record[8:]))
         self.assertEqual(struct.unpack_from(">qq", record, 8), (1, 2))
+
+
+class RecordPiecesTests(SynchronousTestCase):
+    """
+    A record handed to the journal as pieces (L{recordParts},
+    L{Journal.appendParts}: a catch-up batch's events are never joined into
+    one buffer) is the record L{encodeRecord} makes of the pieces joined.
+    """
+
+    def test_recordParts(self) -> None:
+        """
+        The pieces, joined, are the record of their events joined; views
+        are taken as their bytes.
+        """
+        events = b"0123456789" * 1000
+        pieces: list[bytes | memoryview] = [events[:10], memoryview(events)[10:7000], b"", events[7000:]]
+        self.assertEqual(b"".join(recordParts(3, 4, pieces)), encodeRecord(3, 4, events))
+
+    def test_fileJournal(self) -> None:
+        """
+        L{FileJournal.appendParts} writes the record's bytes in place, and
+        the journal reads it back.
+        """
+        path = os.path.join(self.mktemp(), "journal")
+        journal = FileJournal(path)
+        journal.load()
+        journal.append(encodeRecord(1, 1, b"first"))
+        events = os.urandom(300000)
+        journal.appendParts(recordParts(1, 2, [events[:5], memoryview(events)[5:200000], events[200000:]]))
+        self.assertEqual(journal.size(), len(MAGIC) + len(encodeRecord(1, 1, b"first")) + len(encodeRecord(1, 2, events)))
+        journal.close()
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), MAGIC + encodeRecord(1, 1, b"first") + encodeRecord(1, 2, events))
+        records = FileJournal(path).load()
+        self.assertEqual([record.events for record in records], [b"first", events])
+
+    def journalOf(self, verbatim: bool, threaded: bool) -> list[bytes]:
+        """
+        The records of a backup's store that observes an enqueue in
+        another virtual host, then takes two runs of one box and one of
+        another as they came (L{Store.appliedEncoded}), with observed
+        events before, between and after them, over three flushes.
+
+        @param verbatim: take the runs as they came; else observe their
+            enqueues and encode them (as a store without a backup's link).
+        @param threaded: flush through a store's thread (run here).
+        """
+        from qha.broker.vhosts import VirtualHosts
+
+        clock = Clock()
+        journal = MemoryJournal()
+        store = Store(journal, clock)
+        vhost = VirtualHost(clock=clock)
+        vhost.replica = True
+        other = VirtualHosts.of(vhost).ensure("other")
+        other.replica = True
+        store.attach(vhost)
+        if threaded:
+
+            def syncInThread(write: Any) -> Any:
+                from twisted.internet.defer import succeed
+
+                write()
+                return succeed(None)
+
+            store.syncInThread = syncInThread
+        # (Their uuids the same in every journal.)
+        queue = vhost.declareQueue("d", durable=True, replica=True, uuid="d" * 32)
+        elsewhere = other.declareQueue("o", durable=True, replica=True, uuid="o" * 32)
+        body = message(b"x" * 40, "d")
+
+        def box(ids: range) -> bytes:
+            """
+            The enqueue events of C{ids}, as a primary encodes them.
+            """
+            writer = ev.EventWriter()
+            for id in ids:
+                writeEnqueued(writer, "d", id, False, body.addressing, body.header, body.body)
+            return writer.take()
+
+        def run(data: bytes, start: int, end: int, ids: range) -> None:
+            """
+            Apply the events C{data[start:end]} (of C{ids}) unobserved and
+            hand them to the store as they came, or apply them observed.
+            """
+            if not verbatim:
+                for id in ids:
+                    queue.replicaEnqueue(body, id)
+                return
+            unobserve(vhost, store)
+            for id in ids:
+                queue.replicaEnqueue(body, id)
+            observe(vhost, store, first=True)
+            store.appliedEncoded(data, start, end, len(ids), 40 * len(ids))
+
+        first = box(range(10, 20))
+        half = len(box(range(10, 15)))
+        second = box(range(30, 33))
+        elsewhere.replicaEnqueue(message(b"o", "o"), 1)
+        run(first, 0, half, range(10, 15))
+        run(first, half, len(first), range(15, 20))
+        store.flush()
+        run(second, 0, len(second), range(30, 33))
+        store.flush()
+        queue.replicaDequeue(10)
+        run(second + second, len(second), len(second), range(0))
+        elsewhere.replicaEnqueue(message(b"p", "o"), 2)
+        run(box(range(40, 42)), 0, len(box(range(40, 42))), range(40, 42))
+        queue.replicaDequeue(11)
+        store.flush()
+        self.assertEqual(store.whenSynced(), None)
+        return journal.records
+
+    def test_sameRecords(self) -> None:
+        """
+        A backup's store writes byte for byte the same records whether it
+        takes runs of enqueues as they came or encodes each enqueue it
+        observes, flushing in the reactor's thread or its own.
+        """
+        encoded = self.journalOf(False, False)
+        self.assertEqual(len(encoded), 3)
+        for verbatim, threaded in ((True, False), (True, True), (False, True)):
+            self.assertEqual(self.journalOf(verbatim, threaded), encoded, (verbatim, threaded))
 
 
 class ThreadedSyncTests(SynchronousTestCase):
