@@ -416,10 +416,11 @@ class Replicator:
                         # Another addressing or header.
                         length = unpackI(data, offset + 17)[0]
                         headerAt = offset + 21 + length
-                        shared = data[offset + 17 : headerAt + 4 + unpackI(data, headerAt)[0]]
+                        headerLength = unpackI(data, headerAt)[0]
+                        shared = data[offset + 17 : headerAt + 4 + headerLength]
                         addressing = shared[4 : 4 + length]
                         header = shared[8 + length :]
-                        if len(shared) != 8 + length + len(header) or not Message(b"", header, b"").persistent:
+                        if len(shared) != 8 + length + headerLength or not Message(b"", header, b"").persistent:
                             # Cut short, or transient.
                             shape = None
                             break

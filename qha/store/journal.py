@@ -396,8 +396,9 @@ class FileJournal:
         return records, valid
 
     def append(self, record: bytes, sync: bool = True) -> None:
-        self.file.write(record)
-        self.file.flush()
+        with self._writing:
+            self.file.write(record)
+            self.file.flush()
         if sync:
             os.fdatasync(self.file.fileno())
             self.syncs += 1

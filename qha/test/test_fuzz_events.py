@@ -29,6 +29,7 @@ from types import FrameType, SimpleNamespace
 from typing import Any, Callable
 
 from hypothesis import given
+from pamqp import commands
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -253,6 +254,44 @@ def mutatedBoxes(draw: Callable[..., Any]) -> bytes:
     return bytes(data)
 
 
+@st.composite
+def catchUpBoxes(draw: Callable[..., Any]) -> bytes:
+    """
+    A catch-up batch as a primary sends it: a run of enqueues of
+    persistent messages (mostly on the durable queue, ids mostly rising,
+    addressing and header mostly shared), then a few other events, made
+    wrong as L{mutatedBoxes} makes them (or not).
+    """
+    writer = ev.EventWriter()
+    bodies = [
+        Message.build("", "durable", b"x" * size, commands.Basic.Properties(delivery_mode=mode, priority=priority))
+        for size, mode, priority in ((10, 2, None), (30, 2, 3), (5, 1, None))
+    ]
+    id = draw(st.integers(15, 25))
+    for _ in range(draw(st.integers(1, 30))):
+        id += draw(st.sampled_from([1, 1, 1, 2, -3]))
+        queue = SimpleNamespace(name=draw(st.sampled_from(["durable", "durable", "durable", "q1"])), durable=True)
+        message = bodies[draw(st.sampled_from([0, 0, 0, 1, 2]))]
+        writer.entry(queue, Entry(message, max(id, 1), draw(st.booleans()), 0, draw(st.sampled_from([None, None, 5.0]))))
+    for _ in range(draw(st.integers(0, 3))):
+        writeEvent(writer, draw)
+    data = bytearray(writer.take())
+    for _ in range(draw(st.integers(0, 3))):
+        how = draw(st.sampled_from(["flip", "big", "truncate", "insert"]))
+        if not data:
+            break
+        where = draw(st.integers(0, len(data) - 1))
+        if how == "flip":
+            data[where] ^= draw(st.integers(1, 255))
+        elif how == "big":
+            data[where : where + 8] = struct.pack(">q", draw(st.integers(-(2**63), 2**63 - 1)))
+        elif how == "truncate":
+            data = data[:where]
+        else:
+            data[where:where] = draw(st.binary(min_size=1, max_size=16))
+    return bytes(data)
+
+
 def decodeAll(data: bytes) -> list[tuple[Any, ...]]:
     """
     Every event of C{data}, decoded.
@@ -390,6 +429,42 @@ class ReplicaFindings(ReplicaCase):
         Any mutated box: only L{ev.MalformedEvents}, bounded work.
         """
         self.assertRefusedQuickly(box)
+
+    @fuzzed()
+    @given(box=catchUpBoxes(), every=st.sampled_from([0, 1, 3, 512]))
+    def test_catchUpBoxes(self, box: bytes, every: int) -> None:
+        """
+        A catch-up batch, made wrong or not, applied as a backup with a
+        store applies one (its leading run of persistent enqueues decoded
+        and added in a loop of its own, L{Verbatim}), in steps of C{every}
+        events: only L{ev.MalformedEvents}, bounded work, and the replica
+        then holds what applying the same box without that loop leaves.
+        """
+        from qha.changes.replay import Verbatim
+        from qha.test.support import queueContents
+
+        def contents(replicator: Replicator) -> dict[str, Any]:
+            return {
+                name: [(entry, queue.readyCount, queue.readyBytes, queue.nextId) for entry in queueContents(queue)]
+                for name, queue in replicator.default.queues.items()
+            }
+
+        outcomes = []
+        for verbatim in (Verbatim(), None):
+            replicator, _ = self.replicator()
+            refused = None
+
+            def apply() -> None:
+                for _ in replicator.steps(box, every, verbatim):
+                    pass
+
+            try:
+                measuredWork(budgetFor(box) + 60 * LINES_PER_BYTE, apply)
+            except ev.MalformedEvents as error:
+                refused = str(error)
+            outcomes.append((refused, contents(replicator), replicator.applied, replicator.enqueues))
+        self.assertEqual(outcomes[0], outcomes[1])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_dequeueRangeBomb(self) -> None:
         """
