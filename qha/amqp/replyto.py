@@ -66,7 +66,7 @@ from pamqp import commands
 from twisted.logger import Logger
 
 from ..broker.errors import NotAllowed, NotFound, PreconditionFailed
-from ..broker.message import Message
+from ..broker.message import Message, scanProperties
 from . import wire
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ C{amq.rabbitmq.reply-to} as a short string: a content header whose
 C{reply_to} is the pseudo-queue holds these bytes (a cheap test, in C, that
 rules out every other header).
 """
+_MARK_LENGTH = len(REPLY_MARK)
 _IDENT = struct.Struct(">Q")
 _TAG_BYTES = 16
 _TOKEN_LENGTH = 32
@@ -98,8 +99,6 @@ Characters of a token: base64 of the 8-byte number and the 16-byte tag.
 """
 
 _packTag = struct.Struct(">Q").pack
-_unpackShort = struct.Struct(">H").unpack_from
-_unpackLong = struct.Struct(">I").unpack_from
 
 
 class ReplyConsumer:
@@ -260,29 +259,15 @@ class DirectReplies:
             consumer (RabbitMQ's text).
         """
         try:
-            flags = _unpackShort(header, 12)[0]
-            offset = 14
-            # The properties before reply_to: content-type, content-encoding,
-            # headers, delivery-mode, priority, correlation-id.
-            if flags & 0x8000:
-                offset += 1 + header[offset]
-            if flags & 0x4000:
-                offset += 1 + header[offset]
-            if flags & 0x2000:
-                offset += 4 + _unpackLong(header, offset)[0]
-            if flags & 0x1000:
-                offset += 1
-            if flags & 0x0800:
-                offset += 1
-            if flags & 0x0400:
-                offset += 1 + header[offset]
-            length = header[offset]
-        except (IndexError, struct.error):
+            offset = scanProperties(header, True)[3]
+        except (ValueError, IndexError, struct.error):
             # The channel checked the properties (checkProperties); should
             # a malformed header come here all the same, it is no request.
             return header
-        end = offset + 1 + length
-        if length != len(_REPLY_TO) or header[offset + 1 : end] != _REPLY_TO:
+        end = offset + _MARK_LENGTH
+        if offset < 0 or header[offset:end] != REPLY_MARK:
+            # No reply_to, or one other than the pseudo-queue (the mark is
+            # its length byte and its text).
             return header
         consumer = channel.replyConsumer
         if consumer is None:
