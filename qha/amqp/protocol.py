@@ -155,6 +155,7 @@ class BrokerFactory(ServerFactory):
         vhost.resources.listeners.append(self._memoryAlarm)
         # The broker's virtual hosts: connection.open picks one by name.
         self.vhosts = VirtualHosts.of(vhost)
+        self.vhosts.replies = self.replies
         self.vhosts.observers.append(self)
         # Users and permissions changed at run time lie over the users file;
         # a user who loses access has its connections closed.

@@ -67,6 +67,7 @@ from twisted.logger import Logger
 
 from ..broker.errors import NotAllowed, NotFound, PreconditionFailed
 from ..broker.message import Message, scanProperties
+from ..broker.vhost import DIRECT_REPLY_PREFIX, VirtualHost
 from . import wire
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ The pseudo-queue a client consumes its replies from, and the C{reply_to} it
 gives its requests.
 """
 
-REPLY_PREFIX = REPLY_QUEUE + "."
+REPLY_PREFIX = DIRECT_REPLY_PREFIX
 """
 How every reply address starts; the token follows.
 """
@@ -278,10 +279,25 @@ class DirectReplies:
         """
         C{message}, published on C{channel} to the default exchange with
         C{routingKey}, which starts with C{amq.rabbitmq.reply-to.}, and
-        routed to no queue: if C{routingKey} is the reply
-        address of a live consumer in the channel's virtual host, deliver
-        the message to it and return C{True} (routed); otherwise C{False}
-        (unroutable: dropped, or returned when mandatory).
+        routed to no queue: L{deliver} it in the channel's virtual host,
+        and count it there as a publish (C{repliesPublished}) if it
+        reached its consumer. Return whether it did (routed); otherwise
+        it is unroutable (dropped, or returned when mandatory).
+        """
+        vhost = channel.vhost
+        if self.deliver(vhost, routingKey, message):
+            vhost.repliesPublished += 1
+            return True
+        return False
+
+    def deliver(self, vhost: VirtualHost, address: str, message: Message) -> bool:
+        """
+        If C{address} is the reply address of a live consumer in C{vhost},
+        deliver C{message} to it and return C{True} (routed); otherwise
+        C{False}. A reply published to the address comes here, and so does a
+        message dead-lettered to it (L{VirtualHost.deadLetter}, through
+        L{qha.broker.vhost.DirectReplyTarget}), as RabbitMQ's default
+        exchange hands both to the requester.
 
         A reply to a channel whose client paused its deliveries
         (channel.flow active=false) is dropped. Replies to a connection
@@ -290,7 +306,7 @@ class DirectReplies:
         same (direct reply-to is at most once, and RabbitMQ 4.2 drops too
         when a requester cannot keep up).
         """
-        consumer = self.find(routingKey, channel.vhost.name)
+        consumer = self.find(address, vhost.name)
         if consumer is None:
             return False
         target = consumer.channel
