@@ -26,6 +26,11 @@ pika, and read in C{rabbit_channel.erl} and C{rabbit_direct_reply_to.erl}):
   - A reply (default exchange, routing key a reply address) is delivered
     with exchange C{""}, the address as its routing key and redelivered
     false; its confirm completes at once.
+  - A message dead-lettered to a reply address (the default exchange as
+    its dead-letter exchange, the address as its routing key) is delivered
+    as a reply is (RabbitMQ's dead-lettering routes through
+    C{rabbit_exchange:route}, which hands reply addresses to
+    C{rabbit_channel:deliver_reply}); see L{DirectReplies.deliver}.
 
 Where qha differs, on purpose: RabbitMQ 3.10 answers every reply published
 with C{mandatory} with basic.return 312 NO_ROUTE, the delivered ones too (its
