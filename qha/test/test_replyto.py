@@ -641,6 +641,20 @@ class DeadLetterTests(DirectReplyTestCase):
     that is a reply address to C{rabbit_channel:deliver_reply}.
     """
 
+    def deadLetter(self, address: str) -> None:
+        """
+        Declare the queue C{answers}, which dead-letters to C{address}
+        through the default exchange, publish a message to it and reject
+        that message without requeueing it.
+        """
+        queue = self.vhost.declareQueue(
+            "answers", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": address}
+        )
+        self.vhost.publish("", "answers", Message.build("", "answers", b"x"))
+        entry = queue.get()
+        assert entry is not None
+        queue.reject([entry])
+
     def test_deadLetterRoutingKey(self) -> None:
         """
         A message rejected from a queue whose dead-letter exchange is the
@@ -704,16 +718,9 @@ class DeadLetterTests(DirectReplyTestCase):
         requester = self.requester(tag="replies")
         address = self.request(requester)
         requester.call(1, commands.Basic.Cancel(consumer_tag="replies"))
-        self.vhost.declareQueue(
-            "answers", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": address}
-        )
-        self.vhost.publish("", "answers", Message.build("", "answers", b"late"))
-        queue = self.vhost.queues["answers"]
-        entry = queue.get()
-        assert entry is not None
-        queue.reject([entry])
+        self.deadLetter(address)
         self.assertEqual(requester.received(), [])
-        self.assertEqual(queue.messageCount, 0)
+        self.assertEqual(self.vhost.queues["answers"].messageCount, 0)
 
     def test_notCountedAsPublish(self) -> None:
         """
@@ -722,14 +729,7 @@ class DeadLetterTests(DirectReplyTestCase):
         """
         requester = self.requester()
         address = self.request(requester)
-        self.vhost.declareQueue(
-            "answers", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": address}
-        )
-        self.vhost.publish("", "answers", Message.build("", "answers", b"x"))
-        queue = self.vhost.queues["answers"]
-        entry = queue.get()
-        assert entry is not None
-        queue.reject([entry])
+        self.deadLetter(address)
         self.assertEqual(len(contents(requester.received())), 1)
         self.assertEqual(self.vhost.repliesPublished, 0)
 
