@@ -489,6 +489,18 @@ class PagingTestCase(SynchronousTestCase):
         queue.settleAll(entries)
         queue.consumerSettled(consumer, len(entries))
 
+    def giveBack(self, queue: Queue, consumer: Consumer, target: RecordingTarget, taken: list[Entry]) -> None:
+        """
+        Give C{taken}, which C{consumer} holds, back to C{queue}, as a
+        channel does on basic.recover or a nack, and let C{target} take
+        everything again without a credit limit.
+        """
+        queue.release(taken)
+        queue.consumerSettled(consumer, len(taken))
+        target.deliveries.clear()
+        target.credit = None
+        queue.dispatch()
+
     def assertEmpty(self, queue: Queue | None = None) -> None:
         """
         Nothing is held: no memory counted, no page left, and (for

@@ -177,11 +177,7 @@ class SegmentQueueTests(PagingTestCase):
         consumer, target = self.consume(queue, credit=6)
         taken = [entry for _, entry in target.deliveries]
         self.assertEqual([entry.message.body for entry in taken], sent[:6])
-        queue.release(taken)
-        queue.consumerSettled(consumer, len(taken))
-        target.deliveries.clear()
-        target.credit = None
-        queue.dispatch()
+        self.giveBack(queue, consumer, target, taken)
         self.assertEqual(target.bodies(), sent)
         self.assertEqual(
             [entry.redelivered for _, entry in target.deliveries], [True] * 6 + [False] * 6
