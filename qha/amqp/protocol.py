@@ -311,6 +311,7 @@ class AMQPServer(Protocol):
         self._loginRefusal = None
         if self._heartbeatLoop is not None and self._heartbeatLoop.running:
             self._heartbeatLoop.stop()
+        self._heartbeatLoop = None  # it holds a bound method of this protocol: no cycle
         for channel in list(self.channels.values()):
             channel.cleanUp()
         self.channels.clear()
