@@ -683,7 +683,8 @@ class DeadLetterTests(DirectReplyTestCase):
         )
         [header] = headers(frames)
         self.assertEqual(header.properties.correlation_id, "c-1")
-        [death] = header.properties.headers["x-death"]
+        deadHeaders: Any = header.properties.headers
+        [death] = deadHeaders["x-death"]
         self.assertEqual((death["reason"], death["queue"]), ("rejected", "answers"))
         self.assertEqual(self.vhost.queues["answers"].messageCount, 0)
 
@@ -781,6 +782,7 @@ class CountTests(DirectReplyTestCase):
         entry = other.queues["requests"].get()
         assert entry is not None
         address = entry.message.properties.reply_to
+        assert address is not None
         responder = self.openClient(vhost="a")
         self.reply(responder, address)
         self.assertEqual((other.repliesPublished, self.vhost.repliesPublished), (1, 0))

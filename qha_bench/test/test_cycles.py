@@ -48,6 +48,7 @@ class OptionsTests(SynchronousTestCase):
         """
         C{--connections 0} is refused: there would be nothing to divide by.
         """
-        self.patch(sys, "stderr", io.StringIO())
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
         self.assertRaises(SystemExit, cycles.main, ["--connections", "0"])
-        self.assertIn("--connections must be at least 1", sys.stderr.getvalue())
+        self.assertIn("--connections must be at least 1", stderr.getvalue())
