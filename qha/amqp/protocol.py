@@ -155,6 +155,7 @@ class BrokerFactory(ServerFactory):
         vhost.resources.listeners.append(self._memoryAlarm)
         # The broker's virtual hosts: connection.open picks one by name.
         self.vhosts = VirtualHosts.of(vhost)
+        self.vhosts.replies = self.replies
         self.vhosts.observers.append(self)
         # Users and permissions changed at run time lie over the users file;
         # a user who loses access has its connections closed.
@@ -310,6 +311,7 @@ class AMQPServer(Protocol):
         self._loginRefusal = None
         if self._heartbeatLoop is not None and self._heartbeatLoop.running:
             self._heartbeatLoop.stop()
+        self._heartbeatLoop = None  # it holds a bound method of this protocol: no cycle
         for channel in list(self.channels.values()):
             channel.cleanUp()
         self.channels.clear()

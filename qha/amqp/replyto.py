@@ -26,6 +26,11 @@ pika, and read in C{rabbit_channel.erl} and C{rabbit_direct_reply_to.erl}):
   - A reply (default exchange, routing key a reply address) is delivered
     with exchange C{""}, the address as its routing key and redelivered
     false; its confirm completes at once.
+  - A message dead-lettered to a reply address (the default exchange as
+    its dead-letter exchange, the address as its routing key) is delivered
+    as a reply is (RabbitMQ's dead-lettering routes through
+    C{rabbit_exchange:route}, which hands reply addresses to
+    C{rabbit_channel:deliver_reply}); see L{DirectReplies.deliver}.
 
 Where qha differs, on purpose: RabbitMQ 3.10 answers every reply published
 with C{mandatory} with basic.return 312 NO_ROUTE, the delivered ones too (its
@@ -66,7 +71,8 @@ from pamqp import commands
 from twisted.logger import Logger
 
 from ..broker.errors import NotAllowed, NotFound, PreconditionFailed
-from ..broker.message import Message
+from ..broker.message import Message, scanProperties
+from ..broker.vhost import DIRECT_REPLY_PREFIX, VirtualHost
 from . import wire
 
 if TYPE_CHECKING:
@@ -78,7 +84,7 @@ The pseudo-queue a client consumes its replies from, and the C{reply_to} it
 gives its requests.
 """
 
-REPLY_PREFIX = REPLY_QUEUE + "."
+REPLY_PREFIX = DIRECT_REPLY_PREFIX
 """
 How every reply address starts; the token follows.
 """
@@ -90,6 +96,7 @@ C{amq.rabbitmq.reply-to} as a short string: a content header whose
 C{reply_to} is the pseudo-queue holds these bytes (a cheap test, in C, that
 rules out every other header).
 """
+_MARK_LENGTH = len(REPLY_MARK)
 _IDENT = struct.Struct(">Q")
 _TAG_BYTES = 16
 _TOKEN_LENGTH = 32
@@ -98,8 +105,6 @@ Characters of a token: base64 of the 8-byte number and the 16-byte tag.
 """
 
 _packTag = struct.Struct(">Q").pack
-_unpackShort = struct.Struct(">H").unpack_from
-_unpackLong = struct.Struct(">I").unpack_from
 
 
 class ReplyConsumer:
@@ -260,29 +265,15 @@ class DirectReplies:
             consumer (RabbitMQ's text).
         """
         try:
-            flags = _unpackShort(header, 12)[0]
-            offset = 14
-            # The properties before reply_to: content-type, content-encoding,
-            # headers, delivery-mode, priority, correlation-id.
-            if flags & 0x8000:
-                offset += 1 + header[offset]
-            if flags & 0x4000:
-                offset += 1 + header[offset]
-            if flags & 0x2000:
-                offset += 4 + _unpackLong(header, offset)[0]
-            if flags & 0x1000:
-                offset += 1
-            if flags & 0x0800:
-                offset += 1
-            if flags & 0x0400:
-                offset += 1 + header[offset]
-            length = header[offset]
-        except (IndexError, struct.error):
+            offset = scanProperties(header, True)[3]
+        except (ValueError, IndexError, struct.error):
             # The channel checked the properties (checkProperties); should
             # a malformed header come here all the same, it is no request.
             return header
-        end = offset + 1 + length
-        if length != len(_REPLY_TO) or header[offset + 1 : end] != _REPLY_TO:
+        end = offset + _MARK_LENGTH
+        if offset < 0 or header[offset:end] != REPLY_MARK:
+            # No reply_to, or one other than the pseudo-queue (the mark is
+            # its length byte and its text).
             return header
         consumer = channel.replyConsumer
         if consumer is None:
@@ -293,10 +284,25 @@ class DirectReplies:
         """
         C{message}, published on C{channel} to the default exchange with
         C{routingKey}, which starts with C{amq.rabbitmq.reply-to.}, and
-        routed to no queue: if C{routingKey} is the reply
-        address of a live consumer in the channel's virtual host, deliver
-        the message to it and return C{True} (routed); otherwise C{False}
-        (unroutable: dropped, or returned when mandatory).
+        routed to no queue: L{deliver} it in the channel's virtual host,
+        and count it there as a publish (C{repliesPublished}) if it
+        reached its consumer. Return whether it did (routed); otherwise
+        it is unroutable (dropped, or returned when mandatory).
+        """
+        vhost = channel.vhost
+        if self.deliver(vhost, routingKey, message):
+            vhost.repliesPublished += 1
+            return True
+        return False
+
+    def deliver(self, vhost: VirtualHost, address: str, message: Message) -> bool:
+        """
+        If C{address} is the reply address of a live consumer in C{vhost},
+        deliver C{message} to it and return C{True} (routed); otherwise
+        C{False}. A reply published to the address comes here, and so does a
+        message dead-lettered to it (L{VirtualHost.deadLetter}, through
+        L{qha.broker.vhost.DirectReplyTarget}), as RabbitMQ's default
+        exchange hands both to the requester.
 
         A reply to a channel whose client paused its deliveries
         (channel.flow active=false) is dropped. Replies to a connection
@@ -305,7 +311,7 @@ class DirectReplies:
         same (direct reply-to is at most once, and RabbitMQ 4.2 drops too
         when a requester cannot keep up).
         """
-        consumer = self.find(routingKey, channel.vhost.name)
+        consumer = self.find(address, vhost.name)
         if consumer is None:
             return False
         target = consumer.channel

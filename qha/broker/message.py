@@ -353,6 +353,71 @@ def decodeAddressing(addressing: bytes) -> tuple[str, str]:
     return exchange, routingKey
 
 
+Scan = tuple[int, int, str | None, int]
+"""
+What L{scanProperties} reads of a content header: C{(deliveryMode,
+priority, expiration, replyTo)}.
+"""
+
+
+def scanProperties(header: bytes, replyToOnly: bool = False) -> Scan:
+    """
+    Read a content header payload's delivery mode, priority and expiration,
+    and find its C{reply_to}, straight off the property bytes without
+    decoding the rest: the one walk of the properties that a message's
+    policy (L{Message.priority}, L{Message.persistent},
+    L{Message.expiration}) and direct reply-to's rewrite of C{reply_to}
+    (L{qha.amqp.replyto}) both make, on every publish that needs them.
+
+    @param replyToOnly: stop at C{reply_to} when there is one (the
+        expiration, which follows it, is then not read: L{None}).
+    @return: C{(deliveryMode, priority, expiration, replyTo)}: the delivery
+        mode and priority (0 when absent), the expiration text (L{None} when
+        absent), and the offset of C{reply_to}'s length byte in C{header}
+        (-1 when absent).
+    @raise ValueError: if the flags say that a second flag word follows.
+    @raise IndexError: if the header is cut short.
+    @raise struct.error: if it ends before its property flags.
+    @raise UnicodeDecodeError: if the expiration is not UTF-8.
+    """
+    flags = _unpackShort(header, 12)[0]
+    if not flags & 0xE701:
+        # Nothing of variable length before the expiration, and none:
+        # delivery mode and priority stand at fixed places (most messages).
+        if flags & 0x1000:
+            return (header[14], header[15] if flags & 0x0800 else 0, None, -1)
+        return (0, header[14] if flags & 0x0800 else 0, None, -1)
+    if flags & 1:
+        raise ValueError("more than one flag word")
+    offset = 14
+    deliveryMode = priority = 0
+    replyTo = -1
+    expiration = None
+    if flags & 0x8000:
+        offset += 1 + header[offset]
+    if flags & 0x4000:
+        offset += 1 + header[offset]
+    if flags & 0x2000:
+        offset += 4 + _unpackLong(header, offset)[0]
+    if flags & 0x1000:
+        deliveryMode = header[offset]
+        offset += 1
+    if flags & 0x0800:
+        priority = header[offset]
+        offset += 1
+    if flags & 0x0400:
+        offset += 1 + header[offset]
+    if flags & 0x0200:
+        if replyToOnly:
+            return (deliveryMode, priority, None, offset)
+        replyTo = offset
+        offset += 1 + header[offset]
+    if flags & 0x0100:
+        length = header[offset]
+        expiration = header[offset + 1 : offset + 1 + length].decode("utf-8")
+    return (deliveryMode, priority, expiration, replyTo)
+
+
 class Message:
     """
     One published message.
@@ -380,68 +445,46 @@ class Message:
         self.header = header
         self.body = body
         self._properties: commands.Basic.Properties | None = None
-        self._scan: tuple[int, int, str | None] | None = None
+        self._scan: Scan | None = None
 
-    def _scanned(self) -> tuple[int, int, str | None]:
+    def _scanned(self) -> Scan:
         """
         Delivery mode, priority and expiration read straight off the header
-        bytes, without decoding the rest (a policy queue needs them for every
-        message).
+        bytes (L{scanProperties}), without decoding the rest (a policy queue
+        needs them for every message); from the decoded properties should
+        the header not scan.
         """
-        if self._scan is not None:
-            return self._scan
-        header = self.header
-        result: tuple[int, int, str | None]
+        scan = self._scan
+        if scan is not None:
+            return scan
         try:
-            flags = _unpackShort(header, 12)[0]
-            if flags & 1:
-                raise ValueError("more than one flag word")
-            offset = 14
-            deliveryMode = priority = 0
-            expiration = None
-            if flags & 0x8000:
-                offset += 1 + header[offset]
-            if flags & 0x4000:
-                offset += 1 + header[offset]
-            if flags & 0x2000:
-                offset += 4 + _unpackLong(header, offset)[0]
-            if flags & 0x1000:
-                deliveryMode = header[offset]
-                offset += 1
-            if flags & 0x0800:
-                priority = header[offset]
-                offset += 1
-            if flags & 0x0400:
-                offset += 1 + header[offset]
-            if flags & 0x0200:
-                offset += 1 + header[offset]
-            if flags & 0x0100:
-                length = header[offset]
-                expiration = header[offset + 1 : offset + 1 + length].decode("utf-8")
-            result = (deliveryMode, priority, expiration)
+            scan = scanProperties(self.header)
         except (ValueError, IndexError, struct.error, UnicodeDecodeError):
             properties = self.properties
-            result = (
+            scan = (
                 properties.delivery_mode or 0,
                 properties.priority or 0,
                 properties.expiration,
+                -1,
             )
-        self._scan = result
-        return result
+        self._scan = scan
+        return scan
 
     @property
     def priority(self) -> int:
         """
         The message's priority property (0 if it has none).
         """
-        return self._scanned()[1]
+        scan = self._scan
+        return (scan if scan is not None else self._scanned())[1]
 
     @property
     def persistent(self) -> bool:
         """
         Whether the message asks to be kept on disk (delivery mode 2).
         """
-        return self._scanned()[0] == 2
+        scan = self._scan
+        return (scan if scan is not None else self._scanned())[0] == 2
 
     @property
     def expiration(self) -> int | None:
@@ -450,7 +493,8 @@ class Message:
         L{None}. An invalid value counts as none (the AMQP layer refuses it
         on publish).
         """
-        text = self._scanned()[2]
+        scan = self._scan
+        text = (scan if scan is not None else self._scanned())[2]
         if text is None:
             return None
         try:
@@ -576,9 +620,10 @@ class Message:
 _SIZE_BITS = 40
 _SIZE_MASK = (1 << _SIZE_BITS) - 1
 
-# The scanned (delivery mode, priority, expiration) of paged messages, one
-# tuple for each value seen (a handful): a paged message keeps a shared one.
-_SCANS: dict[tuple[int, int, str | None], tuple[int, int, str | None]] = {}
+# The scans (L{scanProperties}) of paged messages, one tuple for each value
+# seen (a handful): a paged message keeps a shared one. The reply_to offset
+# served the publish only, so a paged message's scan forgets it (-1).
+_SCANS: dict[Scan, Scan] = {}
 
 
 class PagedMessage(Message):
@@ -648,6 +693,8 @@ class PagedMessage(Message):
         paged._properties = message._properties
         scan = message._scan
         if scan is not None:
+            if scan[3] >= 0:
+                scan = (scan[0], scan[1], scan[2], -1)
             if len(_SCANS) < 1024:
                 scan = _SCANS.setdefault(scan, scan)
             paged._scan = scan

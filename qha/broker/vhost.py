@@ -219,6 +219,29 @@ def _deathCycle(queueName: str, deaths: list[Any]) -> bool:
     return False
 
 
+DIRECT_REPLY_PREFIX = "amq.rabbitmq.reply-to."
+"""
+How every direct reply-to address starts (L{qha.amqp.replyto}): a message
+routed by the default exchange with such a key goes to the reply consumer
+it names, never to a queue.
+"""
+
+
+class DirectReplyTarget(Protocol):
+    """
+    Hands messages to direct reply-to consumers (L{qha.amqp.replyto}'s
+    C{DirectReplies}), for the model, which knows nothing of channels: a
+    message dead-lettered to a reply address goes there, as a publish to it
+    does.
+    """
+
+    def deliver(self, vhost: "VirtualHost", address: str, message: Message) -> bool:
+        """
+        Deliver C{message} to the live reply consumer that C{address} names
+        in C{vhost}; return whether there is one (C{False}: unroutable).
+        """
+
+
 def serverQueueName() -> str:
     """
     A fresh name for a queue declared without one, as RabbitMQ makes them.
@@ -253,6 +276,9 @@ class VirtualHost:
     @ivar observers: told of every change, in order.
     @ivar changes: how many changes the observers were told of (a cluster
         primary's position in its replication stream).
+    @ivar repliesPublished: direct replies published in it that reached
+        their reply consumer (L{qha.amqp.replyto}): publishes that enter no
+        queue, counted here for its C{message_stats}.
     """
 
     def __init__(
@@ -282,6 +308,7 @@ class VirtualHost:
         # of a read; see AMQPServer.dataReceived).
         self.undispatched: set[Queue] | None = None
         self.changes = 0
+        self.repliesPublished = 0
         self.resources = resources if resources is not None else Resources()
         for exchangeName, typeName in [
             ("", "direct"),
@@ -823,7 +850,17 @@ class VirtualHost:
             deadLettered = message.rebuilt(
                 exchange.name, routingKey, headers, dropExpiration=True
             )
-            for target in self.route(exchange, routingKey, deadLettered):
+            targets = self.route(exchange, routingKey, deadLettered)
+            if (
+                not targets
+                and exchange is self.defaultExchange
+                and routingKey.startswith(DIRECT_REPLY_PREFIX)
+            ):
+                # A reply address: to its consumer, as RabbitMQ's default
+                # exchange hands every message routed to one.
+                self._directReply(routingKey, deadLettered)
+                continue
+            for target in targets:
                 if reason != "rejected" and _deathCycle(target.name, deaths):
                     # RabbitMQ drops a message that would cycle back to a
                     # queue without a rejection in the loop.
@@ -832,6 +869,17 @@ class VirtualHost:
                     target.enqueue(deadLettered)
                 except QueueFull:
                     pass
+
+    def _directReply(self, address: str, message: Message) -> bool:
+        """
+        Hand C{message} to the reply consumer C{address} names, through
+        the broker's L{DirectReplyTarget} (none: nobody consumes replies).
+        """
+        registry = self.registry
+        replies = registry.replies if registry is not None else None
+        if replies is None:
+            return False
+        return bool(replies.deliver(self, address, message))
 
     def publishTarget(self, exchangeName: str) -> Exchange:
         """

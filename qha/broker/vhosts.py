@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Iterator, Protocol
 
 from .errors import NotAllowed, NotFound, PreconditionFailed
-from .vhost import VirtualHost
+from .vhost import DirectReplyTarget, VirtualHost
 
 DEFAULT_VHOST = "/"
 # The longest vhost name: an AMQP short string, like the events' names.
@@ -63,6 +63,9 @@ class VirtualHosts:
     @ivar observers: told of every vhost added or deleted, in order.
     @ivar retired: the changes of deleted virtual hosts and the additions
         and deletions themselves, so that L{changes} never goes back.
+    @ivar replies: the broker's direct reply-to consumers, to which a
+        message dead-lettered to a reply address goes (set by the AMQP
+        factory; L{None}: there are none).
     """
 
     def __init__(self, default: VirtualHost | None = None) -> None:
@@ -75,6 +78,7 @@ class VirtualHosts:
         self.hosts: dict[str, VirtualHost] = {default.name: default}
         self.observers: list[VirtualHostsObserver] = []
         self.retired = 0
+        self.replies: DirectReplyTarget | None = None
         default.registry = self
 
     @classmethod

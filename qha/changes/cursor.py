@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from itertools import islice
+from itertools import chain, islice
 from typing import Iterable, Iterator
 from ..broker.queue import Entry, Queue
 
@@ -85,19 +85,56 @@ def entriesAfter(
         cut = True
     candidates.extend(held)
     candidates.sort(key=_entryId)
+    chosen, stopped, _ = _select(candidates, count, size, _NONE_GONE, after)
+    if stopped is None and not cut:
+        return chosen, last, True
+    return chosen, chosen[-1].id, False
+
+
+_NONE_GONE: set[int] = set()
+"""
+No entry passed over (L{entriesAfter} finds only the entries there are).
+"""
+
+
+def _select(
+    entries: Iterable[Entry], count: int, size: int, gone: set[int], reached: int
+) -> tuple[list[Entry], Entry | None, int]:
+    """
+    Take C{entries} in their order: at most C{count} of them (at least
+    1), and no more than C{size} bytes (by L{entrySize}) unless the first
+    alone is larger, passing over (and forgetting) those whose ids are in
+    C{gone}. The one selection of a piece of a walk, live
+    (L{entriesAfter}) or copied (L{CopiedWalk.take}).
+
+    @param reached: the id up to which every entry was taken before.
+    @return: the entries taken, the first entry not taken (L{None}: the
+        entries ran out), and the id up to which every entry has now been
+        taken or passed over.
+    """
     chosen: list[Entry] = []
     total = 0
-    for entry in candidates:
+    stopped: Entry | None = None
+    for entry in entries:
+        if gone:
+            id = entry.id
+            if id in gone:
+                gone.discard(id)
+                reached = id
+                continue
         if len(chosen) >= count:
+            stopped = entry
             break
         cost = entrySize(entry)
         if chosen and total + cost > size:
+            stopped = entry
             break
         chosen.append(entry)
         total += cost
-    if len(chosen) == len(candidates) and not cut:
-        return chosen, last, True
-    return chosen, chosen[-1].id, False
+    if chosen:
+        # Ids increase: the last taken is past those passed over before it.
+        reached = max(reached, chosen[-1].id)
+    return chosen, stopped, reached
 
 
 def _copies(queue: Queue, after: int, last: int, ready: bool = True) -> Iterator[Entry]:
@@ -200,39 +237,17 @@ class CopiedWalk:
         if self._live:
             chosen, self.after, done = entriesAfter(self.queue, self.after, self.last, count, size)
             return chosen, self.after, done
-        count = max(count, 1)
-        chosen = []
-        total = 0
-        gone = self._gone
-        entries = self._entries
-        entry = self._next
-        self._next = None
-        reached = self.after
-        while True:
-            if entry is None:
-                entry = next(entries, None)
-                if entry is None:
-                    self.after = self.last
-                    self._gone = set()
-                    return chosen, self.last, True
-            id = entry.id
-            if gone and id in gone:
-                gone.discard(id)
-                reached = id
-                entry = None
-                continue
-            if len(chosen) >= count:
-                break
-            cost = entrySize(entry)
-            if chosen and total + cost > size:
-                break
-            chosen.append(entry)
-            total += cost
-            reached = id
-            entry = None
-        self._next = entry
-        self.after = reached
-        return chosen, reached, False
+        entries: Iterator[Entry] = self._entries
+        pending = self._next
+        if pending is not None:
+            # The entry the last piece stopped at comes first.
+            entries = chain((pending,), entries)
+        chosen, self._next, self.after = _select(entries, max(count, 1), size, self._gone, self.after)
+        if self._next is None:
+            self.after = self.last
+            self._gone = set()
+            return chosen, self.last, True
+        return chosen, self.after, False
 
 
 def lastId(queue: Queue) -> int:

@@ -53,8 +53,9 @@ from qha.amqp.holders import Completion
 from qha.amqp.protocol import AMQPServer, BrokerFactory
 from qha.amqp.users import ScryptHash, UserDatabase
 from qha.broker.message import Message
-from qha.broker.queue import Entry, Queue
-from qha.broker.vhost import VirtualHost
+from qha.broker.paging import Pager
+from qha.broker.queue import Consumer, Entry, Queue
+from qha.broker.vhost import Resources, VirtualHost
 from qha.changes import events as ev
 from qha.changes.replay import holdingsOf
 from qha.ha.commands import Events, Subscribe
@@ -66,6 +67,7 @@ from qha.ha.link import BackupLink
 from qha.ha.locator import ReplicationLocator
 from qha.ha.node import HANode
 from qha.ha.role import ACTIVE
+from qha.testing import MemoryBodyStore, RecordingObserver, RecordingTarget
 
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 1234)
@@ -432,6 +434,87 @@ def queueContents(queue: Queue) -> list[tuple[int, bytes, bool]]:
             entries[entry.id] = entry
     entries.update(queue.held)
     return [(entry.id, entry.message.body, entry.redelivered) for _, entry in sorted(entries.items())]
+
+
+class PagingTestCase(SynchronousTestCase):
+    """
+    A virtual host whose resources page to a L{MemoryBodyStore}, with a
+    read-ahead window of 4 and no broker-wide budget, and the steps of a
+    paging test: publish numbered bodies, consume, acknowledge, check that
+    nothing is left.
+
+    @cvar pagerOptions: further keyword arguments of the L{Pager} (segments
+        and their size, for a queue that pages segments).
+    """
+
+    pagerOptions: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        """
+        The virtual host, its pager and resources, and an observer of it.
+        """
+        self.clock = Clock()
+        self.bodies = MemoryBodyStore()
+        self.pager = Pager(self.bodies, budget=0, window=4, **self.pagerOptions)
+        self.resources = Resources(pager=self.pager)
+        self.vhost = VirtualHost(resources=self.resources, clock=self.clock)
+        self.observer = RecordingObserver()
+        self.vhost.observers.append(self.observer)
+
+    def publishAll(self, queue: str, count: int, size: int = 10, **properties: Any) -> list[bytes]:
+        """
+        Publish C{count} numbered bodies of C{size} bytes to C{queue}.
+        """
+        bodies = [(b"%06d" % n).ljust(size, b".") for n in range(count)]
+        for body in bodies:
+            self.vhost.publish(
+                "", queue, Message.build("", queue, body, commands.Basic.Properties(**properties))
+            )
+        return bodies
+
+    def consume(self, queue: Queue, credit: int | None = None) -> tuple[Consumer, RecordingTarget]:
+        """
+        Subscribe a L{RecordingTarget} with C{credit}.
+        """
+        target = RecordingTarget(credit)
+        consumer = Consumer(queue, "ctag", target)
+        queue.addConsumer(consumer)
+        return consumer, target
+
+    def ack(self, queue: Queue, consumer: Consumer, target: RecordingTarget) -> None:
+        """
+        Acknowledge everything C{target} was given, as a channel does.
+        """
+        entries = [entry for _, entry in target.deliveries if entry.id in queue.held]
+        queue.settleAll(entries)
+        queue.consumerSettled(consumer, len(entries))
+
+    def giveBack(self, queue: Queue, consumer: Consumer, target: RecordingTarget, taken: list[Entry]) -> None:
+        """
+        Give C{taken}, which C{consumer} holds, back to C{queue}, as a
+        channel does on basic.recover or a nack, and let C{target} take
+        everything again without a credit limit.
+        """
+        queue.release(taken)
+        queue.consumerSettled(consumer, len(taken))
+        target.deliveries.clear()
+        target.credit = None
+        queue.dispatch()
+
+    def assertEmpty(self, queue: Queue | None = None) -> None:
+        """
+        Nothing is held: no memory counted, no page left, and (for
+        C{queue}) no count left and no paged tail.
+        """
+        self.assertEqual(self.resources.used, 0)
+        self.assertEqual(self.bodies.pages, {})
+        self.assertEqual((self.bodies.records, self.bodies.size), (0, 0))
+        if queue is not None:
+            self.assertEqual(
+                (queue.messageCount, queue.readyBytes, queue.pagedCount, queue.pagedBytes),
+                (0, 0, 0, 0),
+            )
+            self.assertFalse(queue.hasTail)
 
 
 class FakeNode:

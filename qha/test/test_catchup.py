@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
-from typing import Any
+from typing import Any, Callable
 
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
@@ -23,6 +23,7 @@ from qha.admin.commands import Query
 from qha.admin.locator import adminLocator
 
 from qha.changes import events as ev
+from qha.broker.queue import Entry, Queue
 from qha.changes.cursor import CopiedWalk, entriesAfter
 from qha.ha.commands import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MalformedBox
 from qha.ha.connection import nodeConnection
@@ -584,6 +585,34 @@ class BatchBoundsTests(SynchronousTestCase):
         self.assertRaises(OutOfSequence, self.batch, 0, seq=self.link.lastSeq + 2)
 
 
+def sizedQueue() -> Queue:
+    """
+    A queue of four transient messages (ids 1 to 4) of 100, 100, 5000 and
+    100 bytes.
+    """
+    from qha.broker.vhost import VirtualHost
+
+    vhost = VirtualHost()
+    queue = vhost.declareQueue("q")
+    for size in (100, 100, 5000, 100):
+        vhost.publish("", "q", message(b"x" * size, "q"))
+    return queue
+
+
+def assertSizeBound(
+    case: SynchronousTestCase, take: Callable[[int, int], tuple[list[Entry], int, bool]]
+) -> None:
+    """
+    C{take(count, size)}, a walk of L{sizedQueue} up to id 4 a piece at a
+    time, stops each piece of at most 1000 bytes before the entry that
+    would pass that bound, unless it is the first: ids 1 and 2, then 3
+    alone (5000 bytes), then 4, and the walk is done.
+    """
+    for expected in (([1, 2], 2, False), ([3], 3, False), ([4], 4, True)):
+        entries, after, done = take(100, 1000)
+        case.assertEqual(([entry.id for entry in entries], after, done), expected)
+
+
 class CursorTests(SynchronousTestCase):
     """
     L{entriesAfter} walks a live queue in id order, a bounded piece at a
@@ -616,20 +645,16 @@ class CursorTests(SynchronousTestCase):
     def test_sizeBound(self) -> None:
         """
         The size bound stops a piece before the entry that would pass it,
-        unless it is the first.
+        unless it is the first (L{assertSizeBound}).
         """
-        from qha.broker.vhost import VirtualHost
+        queue = sizedQueue()
+        cursor = [0]
 
-        vhost = VirtualHost()
-        queue = vhost.declareQueue("q")
-        for size in (100, 100, 5000, 100):
-            vhost.publish("", "q", message(b"x" * size, "q"))
-        entries, after, done = entriesAfter(queue, 0, 4, 100, 1000)
-        self.assertEqual(([entry.id for entry in entries], after, done), ([1, 2], 2, False))
-        entries, after, done = entriesAfter(queue, after, 4, 100, 1000)
-        self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
-        entries, after, done = entriesAfter(queue, after, 4, 100, 1000)
-        self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))
+        def take(count: int, size: int) -> tuple[list[Entry], int, bool]:
+            entries, cursor[0], done = entriesAfter(queue, cursor[0], 4, count, size)
+            return entries, cursor[0], done
+
+        assertSizeBound(self, take)
 
 
 class CopiedWalkTests(SynchronousTestCase):
@@ -680,21 +705,9 @@ class CopiedWalkTests(SynchronousTestCase):
     def test_sizeBound(self) -> None:
         """
         The size bound stops a piece before the entry that would pass it,
-        unless it is the first.
+        unless it is the first (L{assertSizeBound}).
         """
-        from qha.broker.vhost import VirtualHost
-
-        vhost = VirtualHost()
-        queue = vhost.declareQueue("q")
-        for size in (100, 100, 5000, 100):
-            vhost.publish("", "q", message(b"x" * size, "q"))
-        walk = CopiedWalk(queue, 4)
-        entries, after, done = walk.take(100, 1000)
-        self.assertEqual(([entry.id for entry in entries], after, done), ([1, 2], 2, False))
-        entries, after, done = walk.take(100, 1000)
-        self.assertEqual(([entry.id for entry in entries], after, done), ([3], 3, False))
-        entries, after, done = walk.take(100, 1000)
-        self.assertEqual(([entry.id for entry in entries], after, done), ([4], 4, True))
+        assertSizeBound(self, CopiedWalk(sizedQueue(), 4).take)
 
     def test_changesAfterStart(self) -> None:
         """

@@ -25,14 +25,14 @@ from zope.interface.verify import verifyObject
 from qha.broker.errors import PreconditionFailed
 from qha.broker.message import Message, PagedMessage
 from qha.broker.paging import IBodyStore, PageError, Pager
-from qha.broker.queue import Consumer, Queue
+from qha.broker.queue import Queue
 from qha.broker.vhost import Resources, VirtualHost
 from qha.store.journal import MemoryJournal, Store
 from qha.ha.primary import ReplicationSource
 from qha.ha.role import READY
 from qha.store.paging import PageFiles, PageFilesService, fixMmapThreshold
-from qha.test.support import ALL, InMemoryCluster, queueContents
-from qha.testing import MemoryBodyStore, RecordingObserver, RecordingTarget
+from qha.test.support import ALL, InMemoryCluster, PagingTestCase, queueContents
+from qha.testing import MemoryBodyStore, RecordingObserver
 
 
 class BodyStoreTestsMixin:
@@ -288,58 +288,12 @@ def message(body: bytes, routingKey: str = "q", **properties: Any) -> Message:
     return Message.build("", routingKey, body, commands.Basic.Properties(**properties))
 
 
-class PagingQueueTests(SynchronousTestCase):
+class PagingQueueTests(PagingTestCase):
     """
     A queue with a budget pages its backlog out and reads it back ahead of
-    its consumers, and nothing else about it changes.
+    its consumers, and nothing else about it changes (the virtual host and
+    the steps: L{PagingTestCase}).
     """
-
-    def setUp(self) -> None:
-        """
-        A virtual host whose resources page to a L{MemoryBodyStore}, with a
-        read-ahead window of 4 and no broker-wide budget.
-        """
-        self.clock = Clock()
-        self.bodies = MemoryBodyStore()
-        self.pager = Pager(self.bodies, budget=0, window=4)
-        self.resources = Resources(pager=self.pager)
-        self.vhost = VirtualHost(resources=self.resources, clock=self.clock)
-        self.observer = RecordingObserver()
-        self.vhost.observers.append(self.observer)
-
-    def publishAll(self, queue: str, count: int, size: int = 10, **properties: Any) -> list[bytes]:
-        """
-        Publish C{count} numbered bodies of C{size} bytes to C{queue}.
-        """
-        bodies = [(b"%06d" % n).ljust(size, b".") for n in range(count)]
-        for body in bodies:
-            self.vhost.publish("", queue, message(body, queue, **properties))
-        return bodies
-
-    def consume(self, queue: Queue, credit: int | None = None) -> tuple[Consumer, RecordingTarget]:
-        """
-        Subscribe a L{RecordingTarget} with C{credit}.
-        """
-        target = RecordingTarget(credit)
-        consumer = Consumer(queue, "ctag", target)
-        queue.addConsumer(consumer)
-        return consumer, target
-
-    def ack(self, queue: Queue, consumer: Consumer, target: RecordingTarget) -> None:
-        """
-        Acknowledge everything C{target} was given, as a channel does.
-        """
-        entries = [entry for _, entry in target.deliveries if entry.id in queue.held]
-        queue.settleAll(entries)
-        queue.consumerSettled(consumer, len(entries))
-
-    def assertEmpty(self) -> None:
-        """
-        Nothing is held: no memory counted, no page left.
-        """
-        self.assertEqual(self.resources.used, 0)
-        self.assertEqual(self.bodies.pages, {})
-        self.assertEqual((self.bodies.records, self.bodies.size), (0, 0))
 
     def paged(self, queue: Queue) -> list[bool]:
         """
@@ -431,11 +385,7 @@ class PagingQueueTests(SynchronousTestCase):
         taken = [entry for _, entry in target.deliveries]
         self.assertEqual([entry.message.body for entry in taken], sent[:6])
         self.assertFalse(any(entry.message.paged for entry in taken))
-        queue.release(taken)
-        queue.consumerSettled(consumer, len(taken))
-        target.deliveries.clear()
-        target.credit = None
-        queue.dispatch()
+        self.giveBack(queue, consumer, target, taken)
         self.assertEqual(target.bodies(), sent)
         self.assertEqual(
             [entry.redelivered for _, entry in target.deliveries], [True] * 6 + [False] * 6

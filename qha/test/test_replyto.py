@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qha.amqp.replyto import REPLY_PREFIX, REPLY_QUEUE, DirectReplies
 from qha.amqp.users import Permissions, ScryptHash, UserDatabase
 from qha.broker.errors import NotAllowed
+from qha.broker.message import Message
 from qha.broker.vhosts import VirtualHosts
 from qha.test.support import (
     FAST_N,
@@ -630,6 +631,161 @@ class ReplyTests(DirectReplyTestCase):
         [(returned, _)] = contents(frames)
         self.assertEqual((returned.reply_code, returned.reply_text), (312, "NO_ROUTE"))
         self.assertEqual(requester.received(), [])
+
+
+class DeadLetterTests(DirectReplyTestCase):
+    """
+    A message dead-lettered to a reply address goes to its consumer, as
+    RabbitMQ 3.10 delivers it: its dead-lettering routes through
+    C{rabbit_exchange:route}, whose default exchange hands every routing key
+    that is a reply address to C{rabbit_channel:deliver_reply}.
+    """
+
+    def deadLetter(self, address: str) -> None:
+        """
+        Declare the queue C{answers}, which dead-letters to C{address}
+        through the default exchange, publish a message to it and reject
+        that message without requeueing it.
+        """
+        queue = self.vhost.declareQueue(
+            "answers", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": address}
+        )
+        self.vhost.publish("", "answers", Message.build("", "answers", b"x"))
+        entry = queue.get()
+        assert entry is not None
+        queue.reject([entry])
+
+    def test_deadLetterRoutingKey(self) -> None:
+        """
+        A message rejected from a queue whose dead-letter exchange is the
+        default one and whose dead-letter routing key is a reply address
+        reaches the requester: exchange C{""}, the address as routing key,
+        with the x-death header of its rejection.
+        """
+        requester = self.requester(tag="replies")
+        address = self.request(requester)
+        responder = self.openClient()
+        responder.call(
+            1,
+            commands.Queue.Declare(
+                queue="answers",
+                arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": address},
+            ),
+        )
+        responder.send(publishBytes(1, "", "answers", b"dead answer", properties=properties(correlation_id="c-1")))
+        [(deliver, _)] = contents(responder.call(1, commands.Basic.Consume(queue="answers", consumer_tag="w")))
+        self.assertEqual(responder.call(1, commands.Basic.Reject(delivery_tag=deliver.delivery_tag, requeue=False)), [])
+        frames = requester.received()
+        [(delivered, body)] = contents(frames)
+        self.assertEqual(
+            (delivered.consumer_tag, delivered.exchange, delivered.routing_key, delivered.redelivered, body),
+            ("replies", "", address, False, b"dead answer"),
+        )
+        [header] = headers(frames)
+        self.assertEqual(header.properties.correlation_id, "c-1")
+        deadHeaders: Any = header.properties.headers
+        [death] = deadHeaders["x-death"]
+        self.assertEqual((death["reason"], death["queue"]), ("rejected", "answers"))
+        self.assertEqual(self.vhost.queues["answers"].messageCount, 0)
+
+    def test_ownRoutingKey(self) -> None:
+        """
+        Without a dead-letter routing key a message keeps its own: one
+        published with a reply address as its routing key (through a
+        binding of that key) and dropped from a full queue reaches the
+        requester.
+        """
+        requester = self.requester()
+        address = self.request(requester)
+        responder = self.openClient()
+        responder.call(
+            1,
+            commands.Queue.Declare(
+                queue="answers", arguments={"x-dead-letter-exchange": "", "x-max-length": 1}
+            ),
+        )
+        responder.call(1, commands.Queue.Bind(queue="answers", exchange="amq.direct", routing_key=address))
+        responder.send(publishBytes(1, "amq.direct", address, b"first"))
+        responder.send(publishBytes(1, "amq.direct", address, b"second"))
+        [(delivered, body)] = contents(requester.received())
+        self.assertEqual((delivered.exchange, delivered.routing_key, body), ("", address, b"first"))
+        self.assertEqual(self.vhost.queues["answers"].messageCount, 1)
+
+    def test_consumerGone(self) -> None:
+        """
+        A message dead-lettered to the address of a cancelled reply
+        consumer is dropped, as a reply to it is.
+        """
+        requester = self.requester(tag="replies")
+        address = self.request(requester)
+        requester.call(1, commands.Basic.Cancel(consumer_tag="replies"))
+        self.deadLetter(address)
+        self.assertEqual(requester.received(), [])
+        self.assertEqual(self.vhost.queues["answers"].messageCount, 0)
+
+    def test_notCountedAsPublish(self) -> None:
+        """
+        A dead-lettered message is no publish: the virtual host's count of
+        direct replies published does not change.
+        """
+        requester = self.requester()
+        address = self.request(requester)
+        self.deadLetter(address)
+        self.assertEqual(len(contents(requester.received())), 1)
+        self.assertEqual(self.vhost.repliesPublished, 0)
+
+
+class CountTests(DirectReplyTestCase):
+    """
+    Direct replies are publishes that enter no queue: the virtual host
+    counts those that reach their consumer (RabbitMQ counts every reply as
+    a publish of the channel and the virtual host).
+    """
+
+    def test_counted(self) -> None:
+        """
+        Each reply delivered counts once in its virtual host; a request,
+        which enters a queue, is counted by that queue, not here.
+        """
+        requester = self.requester()
+        address = self.request(requester)
+        responder = self.openClient()
+        self.reply(responder, address)
+        self.reply(responder, address)
+        self.assertEqual(len(contents(requester.received())), 2)
+        self.assertEqual(self.vhost.repliesPublished, 2)
+        self.assertEqual(self.vhost.queues["requests"].published, 1)
+
+    def test_unroutableNotCounted(self) -> None:
+        """
+        A reply that reaches nobody (its consumer cancelled) is unroutable
+        and not counted, as no unroutable publish is.
+        """
+        requester = self.requester(tag="replies")
+        address = self.request(requester)
+        requester.call(1, commands.Basic.Cancel(consumer_tag="replies"))
+        self.assertUnroutable(address, requester)
+        self.assertEqual(self.vhost.repliesPublished, 0)
+
+    def test_perVhost(self) -> None:
+        """
+        A reply counts in the virtual host it was published in.
+        """
+        self.users = UserDatabase(
+            {"guest": ScryptHash.fromPassword("guest", n=FAST_N)},
+            permissions={"guest": {"/": Permissions.everything(), "a": Permissions.everything()}},
+        )
+        self.factory = self.makeFactory()
+        other = VirtualHosts.of(self.vhost).add("a")
+        requester = self.requester(vhost="a")
+        requester.send(publishBytes(1, "", "requests", b"r", properties=properties(reply_to=REPLY_QUEUE)))
+        entry = other.queues["requests"].get()
+        assert entry is not None
+        address = entry.message.properties.reply_to
+        assert address is not None
+        responder = self.openClient(vhost="a")
+        self.reply(responder, address)
+        self.assertEqual((other.repliesPublished, self.vhost.repliesPublished), (1, 0))
 
 
 class BacklogTests(DirectReplyTestCase):

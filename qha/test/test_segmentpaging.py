@@ -27,7 +27,7 @@ from qha.changes.cursor import entriesAfter
 from qha.ha.primary import ReplicationSource
 from qha.ha.role import READY
 from qha.store.paging import PageFiles
-from qha.test.support import ALL, InMemoryCluster
+from qha.test.support import ALL, InMemoryCluster, PagingTestCase
 from qha.testing import MemoryBodyStore, RecordingObserver, RecordingTarget
 
 
@@ -102,65 +102,15 @@ class SegmentCodingTests(SynchronousTestCase):
         self.assertEqual(list(Segment(0, len(record), 2, 2, 1, 4, ids).idList()), [1, 4])
 
 
-class SegmentQueueTests(SynchronousTestCase):
+class SegmentQueueTests(PagingTestCase):
     """
     A plain queue that pages segments keeps only an in-memory head and
-    small segment objects, and behaves as a queue in memory.
+    small segment objects, and behaves as a queue in memory (the virtual
+    host, whose pager writes segments of 4 messages, and the steps:
+    L{PagingTestCase}).
     """
 
-    def setUp(self) -> None:
-        """
-        A virtual host whose pager writes segments of 4 messages to a
-        L{MemoryBodyStore}, with no broker-wide budget.
-        """
-        self.clock = Clock()
-        self.bodies = MemoryBodyStore()
-        self.pager = Pager(self.bodies, budget=0, window=4, segments=True, segmentMessages=4)
-        self.resources = Resources(pager=self.pager)
-        self.vhost = VirtualHost(resources=self.resources, clock=self.clock)
-        self.observer = RecordingObserver()
-        self.vhost.observers.append(self.observer)
-
-    def publishAll(self, queue: str, count: int, size: int = 10, **properties: Any) -> list[bytes]:
-        """
-        Publish C{count} numbered bodies of C{size} bytes to C{queue}.
-        """
-        bodies = [(b"%06d" % n).ljust(size, b".") for n in range(count)]
-        for body in bodies:
-            self.vhost.publish("", queue, message(body, queue, **properties))
-        return bodies
-
-    def consume(self, queue: Queue, credit: int | None = None) -> tuple[Consumer, RecordingTarget]:
-        """
-        Subscribe a L{RecordingTarget} with C{credit}.
-        """
-        target = RecordingTarget(credit)
-        consumer = Consumer(queue, "ctag", target)
-        queue.addConsumer(consumer)
-        return consumer, target
-
-    def ack(self, queue: Queue, consumer: Consumer, target: RecordingTarget) -> None:
-        """
-        Acknowledge everything C{target} was given, as a channel does.
-        """
-        entries = [entry for _, entry in target.deliveries if entry.id in queue.held]
-        queue.settleAll(entries)
-        queue.consumerSettled(consumer, len(entries))
-
-    def assertEmpty(self, queue: Queue | None = None) -> None:
-        """
-        Nothing is held: no memory counted, no page left, and (for
-        C{queue}) no count left.
-        """
-        self.assertEqual(self.resources.used, 0)
-        self.assertEqual(self.bodies.pages, {})
-        self.assertEqual((self.bodies.records, self.bodies.size), (0, 0))
-        if queue is not None:
-            self.assertEqual(
-                (queue.messageCount, queue.readyBytes, queue.pagedCount, queue.pagedBytes),
-                (0, 0, 0, 0),
-            )
-            self.assertFalse(queue.hasTail)
+    pagerOptions = {"segments": True, "segmentMessages": 4}
 
     def test_lazyPagesSegments(self) -> None:
         """
@@ -227,11 +177,7 @@ class SegmentQueueTests(SynchronousTestCase):
         consumer, target = self.consume(queue, credit=6)
         taken = [entry for _, entry in target.deliveries]
         self.assertEqual([entry.message.body for entry in taken], sent[:6])
-        queue.release(taken)
-        queue.consumerSettled(consumer, len(taken))
-        target.deliveries.clear()
-        target.credit = None
-        queue.dispatch()
+        self.giveBack(queue, consumer, target, taken)
         self.assertEqual(target.bodies(), sent)
         self.assertEqual(
             [entry.redelivered for _, entry in target.deliveries], [True] * 6 + [False] * 6

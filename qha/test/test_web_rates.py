@@ -8,7 +8,8 @@ from __future__ import annotations
 from pamqp import commands
 from twisted.trial.unittest import SynchronousTestCase
 
-from qha.test.support import Client
+from qha.amqp.replyto import REPLY_QUEUE
+from qha.test.support import Client, contents, publishBytes
 from qha.test.test_web import WebTestCase
 from qha.web.rates import MessageRates
 
@@ -116,3 +117,30 @@ class MessageStatsTests(WebTestCase):
         self.publish(1)
         self.ok("GET", "/api/overview")
         self.assertEqual(self.vhost.changes - before, 1)  # the enqueue, nothing more
+
+    def test_directReplies(self) -> None:
+        """
+        Direct replies, which enter no queue, count as publishes of their
+        virtual host: in the overview's and the virtual host's
+        C{message_stats}, with a rate.
+        """
+        self.vhost.declareQueue("jobs")
+        self.ok("GET", "/api/overview")  # the first reading, at 0
+        requester = Client(self.factory)
+        requester.handshake(response="\0admin\0adminpw")
+        requester.openChannel(1)
+        self.addCleanup(requester.disconnect)
+        requester.call(1, commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag="r", no_ack=True))
+        [ident] = self.factory.replies.consumers
+        address = self.factory.replies.address(ident, "/")
+        self.publish(1)  # into jobs; advances the clock
+        requester.send(publishBytes(1, "", address, b"reply"))
+        requester.send(publishBytes(1, "", address, b"reply"))
+        self.assertEqual(len(contents(requester.received())), 2)
+        overview = self.ok("GET", "/api/overview")["message_stats"]
+        self.assertEqual(overview["publish"], 3)
+        self.assertGreater(overview["publish_details"]["rate"], 0)
+        vhost = self.ok("GET", "/api/vhosts/%2F")["message_stats"]
+        self.assertEqual((vhost["publish"], vhost["deliver_get"]), (3, 0))
+        (queue,) = self.ok("GET", "/api/queues")
+        self.assertEqual(queue["message_stats"]["publish"], 1)

@@ -73,6 +73,12 @@ READ = "read"
 ADMIN_READ = "admin-read"
 WRITE = "write"
 
+_REPLIES_KEY = "direct-reply-to "
+"""
+The rates' key of a virtual host's direct replies (then its name): no
+queue's (those are queue ids).
+"""
+
 _PROPERTY_NAMES = {
     "content_type", "content_encoding", "headers", "delivery_mode", "priority",
     "correlation_id", "reply_to", "expiration", "message_id", "timestamp",
@@ -448,7 +454,27 @@ class ManagementAPI(Resource):
             for vhost in self.registry
             for queue in vhost.queues.values()
         }
+        for vhost in self.registry:
+            counts[_REPLIES_KEY + vhost.name] = (vhost.repliesPublished, 0)
         return self.broker.rates.rates(self.broker.clock.seconds(), counts)
+
+    def _messageStats(self, vhosts: list[VirtualHost], queues: list[dict[str, Any]]) -> dict[str, Any]:
+        """
+        The C{message_stats} of C{vhosts}, whose queues' views are
+        C{queues}: the queues' summed, and the direct replies published in
+        them (publishes that enter no queue; L{VirtualHost.repliesPublished}).
+        """
+        rates = self._rates()
+        return messageStats(
+            sum(q["message_stats"]["publish"] for q in queues)
+            + sum(vhost.repliesPublished for vhost in vhosts),
+            sum(q["message_stats"]["deliver_get"] for q in queues),
+            (
+                sum(q["message_stats"]["publish_details"]["rate"] for q in queues)
+                + sum(rates.get(_REPLIES_KEY + vhost.name, (0.0, 0.0))[0] for vhost in vhosts),
+                sum(q["message_stats"]["deliver_get_details"]["rate"] for q in queues),
+            ),
+        )
 
     @staticmethod
     def _withStats(view: dict[str, Any], queue: Queue, rates: dict[str, tuple[float, float]]) -> dict[str, Any]:
@@ -501,17 +527,8 @@ class ManagementAPI(Resource):
                 "messages_unacknowledged": sum(q["messages_unacknowledged"] for q in queues),
             },
             # Messages entering and leaving queues (a publish routed to
-            # two queues counts twice; see doc/http.md).
-            "message_stats": {
-                "publish": sum(q["message_stats"]["publish"] for q in queues),
-                "publish_details": {
-                    "rate": sum(q["message_stats"]["publish_details"]["rate"] for q in queues)
-                },
-                "deliver_get": sum(q["message_stats"]["deliver_get"] for q in queues),
-                "deliver_get_details": {
-                    "rate": sum(q["message_stats"]["deliver_get_details"]["rate"] for q in queues)
-                },
-            },
+            # two queues counts twice), and direct replies; see doc/http.md.
+            "message_stats": self._messageStats(vhosts, queues),
             "listeners": self.broker.listeners,
             "contexts": [],
             "qha_role": self.broker.node.role.name,
@@ -565,6 +582,7 @@ class ManagementAPI(Resource):
             "messages": sum(q["messages"] for q in queues),
             "messages_ready": sum(q["messages_ready"] for q in queues),
             "messages_unacknowledged": sum(q["messages_unacknowledged"] for q in queues),
+            "message_stats": self._messageStats([vhost], queues),
         }
 
     def vhosts(self, caller: Caller, request: IRequest) -> list[dict[str, Any]]:
