@@ -94,7 +94,8 @@ class EventWriter:
         self._run: list[Any] | None = None
         # Whether every event so far is of a message no store keeps.
         self.transient = True
-        # Queue names, encoded with their length, for the hot event.
+        # The start of the hot event of each queue: its type and the
+        # queue's name with its length.
         self._names: dict[str, bytes] = {}
         # The entry of the last event if it is an ENQUEUED event, its
         # queue's name and where its packed fields are in the parts: when
@@ -317,12 +318,12 @@ class EventWriter:
         if queue.durable and message.persistent:
             self.transient = False
         queueName = queue.name
-        name = self._names.get(queueName)
-        if name is None:
+        prefix = self._names.get(queueName)
+        if prefix is None:
             if len(self._names) > 1000:
                 self._names.clear()
             raw = queueName.encode("utf-8")
-            name = self._names[queueName] = _H.pack(len(raw)) + raw
+            prefix = self._names[queueName] = ENQUEUED + _H.pack(len(raw)) + raw
         addressing = message.addressing
         header = message.header
         body = message.body
@@ -330,10 +331,9 @@ class EventWriter:
         parts = self.parts
         self.held = entry
         self._heldName = queueName
-        self._heldAt = len(parts) + 2
+        self._heldAt = len(parts) + 1
         parts += (
-            b"E",
-            name,
+            prefix,
             _qBqI(
                 entry.id,
                 1 if entry.redelivered else 0,
