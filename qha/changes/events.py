@@ -97,13 +97,12 @@ class EventWriter:
         # The start of the hot event of each queue: its type and the
         # queue's name with its length.
         self._names: dict[str, bytes] = {}
-        # The entry of the last event if it is an ENQUEUED event, its
-        # queue's name and where its packed fields are in the parts: when
-        # the next event acquires it (a consumer was waiting), the flags
-        # byte says so and the two travel as one (see entryEvent).
+        # The entry of the last event if it is an ENQUEUED event (its parts
+        # are the last seven), and its queue's name: when the next event
+        # acquires it (a consumer was waiting), the flags byte says so and
+        # the two travel as one (see entryEvent).
         self.held: Any = None
         self._heldName = ""
-        self._heldAt = 0
         # The virtual host the events written now are of (see scope).
         self.vhost = DEFAULT_VHOST
         # The last piece of encoded events added (see encoded): its data,
@@ -197,7 +196,7 @@ class EventWriter:
         if held is not None:
             self.held = None
             if kind == ACQUIRED and held.id == id and self._heldName == queue:
-                self._acquiredHeld(held)
+                self._acquiredHeld()
                 return
         if kind in _RANGES:
             self._extendRun(kind, queue, id, id)
@@ -328,16 +327,14 @@ class EventWriter:
         header = message.header
         body = message.body
         expiresAt = entry.expiresAt
-        parts = self.parts
         self.held = entry
         self._heldName = queueName
-        self._heldAt = len(parts) + 1
-        parts += (
+        self.parts += (
             prefix,
             _qBqI(
                 entry.id,
                 1 if entry.redelivered else 0,
-                int(expiresAt * 1000) if expiresAt is not None else 0,
+                0 if expiresAt is None else int(expiresAt * 1000),
                 len(addressing),
             ),
             addressing,
@@ -347,18 +344,15 @@ class EventWriter:
             body,
         )
 
-    def _acquiredHeld(self, entry: Any) -> None:
+    def _acquiredHeld(self) -> None:
         """
         The entry of the last L{ENQUEUED} event was acquired as it was
-        enqueued: set flag 2 of its flags byte.
+        enqueued: set flag 2 of its flags byte (the byte after the id).
         """
-        expiresAt = entry.expiresAt
-        self.parts[self._heldAt] = _qBqI(
-            entry.id,
-            (1 if entry.redelivered else 0) | 2,
-            int(expiresAt * 1000) if expiresAt is not None else 0,
-            len(entry.message.addressing),
-        )
+        # Every other event clears the held entry first, so its seven parts
+        # are the last ones: the packed fields are the sixth from the end.
+        packed = bytes(self.parts[-6])
+        self.parts[-6] = packed[:8] + bytes((packed[8] | 2,)) + packed[9:]
 
     def encoded(self, data: bytes, start: int, end: int, count: int) -> None:
         """
