@@ -676,6 +676,10 @@ class SourceObserver(ScopedObserver):
     __slots__ = ()
 
     def enqueued(self, queue: Queue, entry: Entry) -> None:
+        """
+        The steps of L{ScopedObserver.enqueued} and then of
+        L{ReplicationSource.enqueued}, in one call (keep them alike).
+        """
         source: ReplicationSource = self.owner
         writer = source.writer
         if writer.vhost != self.name:
@@ -1360,6 +1364,12 @@ class ReplicationSource:
         return follows
 
     def enqueued(self, queue: Queue, entry: Entry) -> None:
+        """
+        C{entry} joined C{queue}: its enqueue event, if this backup copies
+        the queue's messages and has (or is sent) the entry. The snapshot
+        comes through here; the live stream through L{SourceObserver},
+        which does the same.
+        """
         follows = self._following.get(queue)
         if follows or (follows is None and self._follows(queue)):
             if self._walking and not self._has(queue, entry.id):
