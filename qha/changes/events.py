@@ -94,14 +94,15 @@ class EventWriter:
         self._run: list[Any] | None = None
         # Whether every event so far is of a message no store keeps.
         self.transient = True
-        # Queue names, encoded with their length, for the hot event.
+        # The start of the hot event of each queue: its type and the
+        # queue's name with its length.
         self._names: dict[str, bytes] = {}
-        # The entry of the last ENQUEUED event, not yet encoded: when the
-        # next event acquires it (a consumer was waiting), the two travel
-        # as one (see entryEvent).
+        # The entry of the last event if it is an ENQUEUED event (its parts
+        # are the last seven), and its queue's name: when the next event
+        # acquires it (a consumer was waiting), the flags byte says so and
+        # the two travel as one (see entryEvent).
         self.held: Any = None
-        self._heldQueue: Any = None
-        self._heldAcquired = False
+        self._heldName = ""
         # The virtual host the events written now are of (see scope).
         self.vhost = DEFAULT_VHOST
         # The last piece of encoded events added (see encoded): its data,
@@ -112,8 +113,7 @@ class EventWriter:
         return self.count
 
     def _add(self, data: bytes) -> None:
-        if self.held is not None:
-            self._encodeHeld()
+        self.held = None
         if self._run is not None:
             self._endRun()
         self.parts.append(data)
@@ -194,10 +194,10 @@ class EventWriter:
         self.count += 1
         held = self.held
         if held is not None:
-            if kind == ACQUIRED and held.id == id and self._heldQueue.name == queue:
-                self._heldAcquired = True
+            self.held = None
+            if kind == ACQUIRED and held.id == id and self._heldName == queue:
+                self._acquiredHeld()
                 return
-            self._encodeHeld()
         if kind in _RANGES:
             self._extendRun(kind, queue, id, id)
             return
@@ -239,8 +239,7 @@ class EventWriter:
         no longer has).
         """
         self.count += 1
-        if self.held is not None:
-            self._encodeHeld()
+        self.held = None
         self._extendRun(kind, queue, first, last)
 
     def _extendRun(self, kind: bytes, queue: str, first: int, last: int) -> None:
@@ -305,46 +304,37 @@ class EventWriter:
         """
         An entry of a queue (an L{ENQUEUED} event): its message, id,
         redelivered mark and deadline, and whether it was acquired at once.
-        It is encoded when the next event comes (or the events are taken),
-        so that an acquire of it can travel in the same event.
+
+        This is the hot event: encoded here in one go, added to the parts
+        as they are, with each queue's name encoded once. If the next event
+        acquires the entry, its flags byte is set then (L{entryEvent}), so
+        that the two travel as one.
         """
-        if self.held is not None:
-            self._encodeHeld()
-        elif self._run is not None:
+        if self._run is not None:
             self._endRun()
         self.count += 1
-        if queue.durable and entry.message.persistent:
-            self.transient = False
-        self.held = entry
-        self._heldQueue = queue
-        self._heldAcquired = False
-
-    def _encodeHeld(self) -> None:
-        """
-        Encode the held entry: this is the hot event, added to the parts
-        as they are, with each queue's name encoded once.
-        """
-        entry = self.held
-        queue = self._heldQueue
-        self.held = self._heldQueue = None
         message = entry.message
-        name = self._names.get(queue.name)
-        if name is None:
+        if queue.durable and message.persistent:
+            self.transient = False
+        queueName = queue.name
+        prefix = self._names.get(queueName)
+        if prefix is None:
             if len(self._names) > 1000:
                 self._names.clear()
-            raw = queue.name.encode("utf-8")
-            name = self._names[queue.name] = _H.pack(len(raw)) + raw
+            raw = queueName.encode("utf-8")
+            prefix = self._names[queueName] = ENQUEUED + _H.pack(len(raw)) + raw
         addressing = message.addressing
         header = message.header
         body = message.body
         expiresAt = entry.expiresAt
+        self.held = entry
+        self._heldName = queueName
         self.parts += (
-            b"E",
-            name,
+            prefix,
             _qBqI(
                 entry.id,
-                (1 if entry.redelivered else 0) | (2 if self._heldAcquired else 0),
-                int(expiresAt * 1000) if expiresAt is not None else 0,
+                1 if entry.redelivered else 0,
+                0 if expiresAt is None else int(expiresAt * 1000),
                 len(addressing),
             ),
             addressing,
@@ -353,6 +343,16 @@ class EventWriter:
             _I.pack(len(body)),
             body,
         )
+
+    def _acquiredHeld(self) -> None:
+        """
+        The entry of the last L{ENQUEUED} event was acquired as it was
+        enqueued: set flag 2 of its flags byte (the byte after the id).
+        """
+        # Every other event clears the held entry first, so its seven parts
+        # are the last ones: the packed fields are the sixth from the end.
+        packed = bytes(self.parts[-6])
+        self.parts[-6] = packed[:8] + bytes((packed[8] | 2,)) + packed[9:]
 
     def encoded(self, data: bytes, start: int, end: int, count: int) -> None:
         """
@@ -368,8 +368,7 @@ class EventWriter:
         if not count:
             return
         self.scope(DEFAULT_VHOST)
-        if self.held is not None:
-            self._encodeHeld()
+        self.held = None
         if self._run is not None:
             self._endRun()
         last = self._encoded
@@ -385,8 +384,7 @@ class EventWriter:
         """
         The encoded events so far; the writer starts empty again.
         """
-        if self.held is not None:
-            self._encodeHeld()
+        self.held = None
         if self._run is not None:
             self._endRun()
         data = b"".join(self.parts)

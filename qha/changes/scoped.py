@@ -59,7 +59,12 @@ class ScopedObserver:
         self._scope().unbound(binding)
 
     def enqueued(self, queue: Queue, entry: Entry) -> None:
-        self._scope().enqueued(queue, entry)
+        # The hot event: scoped here rather than through _scope.
+        owner = self.owner
+        writer = owner.writer
+        if writer.vhost != self.name:
+            writer.scope(self.name)
+        owner.enqueued(queue, entry)
 
     def acquired(self, queue: Queue, entries: Sequence[Entry]) -> None:
         self._scope().acquired(queue, entries)
@@ -74,19 +79,27 @@ class ScopedObserver:
         self._scope().purged(queue, count)
 
 
-def observe(vhost: VirtualHost, owner: Any, first: bool = False) -> ScopedObserver:
+def observe(
+    vhost: VirtualHost,
+    owner: Any,
+    first: bool = False,
+    kind: type[ScopedObserver] = ScopedObserver,
+) -> ScopedObserver:
     """
     Make C{owner} observe C{vhost} through a L{ScopedObserver}.
 
     @param first: before the other observers (the store: a journal record
         is written before the replication box that carries it is
         answered).
+    @param kind: the class of the observer: a L{ScopedObserver}, or a
+        subclass that does an owner's hot events itself (one call a
+        message less).
     @return: the observer added.
     """
     for observer in vhost.observers:
         if isinstance(observer, ScopedObserver) and observer.owner is owner:
             return observer
-    scoped = ScopedObserver(owner, vhost.name)
+    scoped = kind(owner, vhost.name)
     if first:
         vhost.observers.insert(0, scoped)
     else:

@@ -255,6 +255,38 @@ class EventCodecTests(SynchronousTestCase):
             ],
         )
 
+    def test_acquiredKeepsFields(self) -> None:
+        """
+        An enqueue flagged acquired keeps the entry's other fields: its
+        redelivered mark, its deadline and its message, as written.
+        """
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q")
+        entry = queue.enqueue(Message.build("", "q", b"body"))
+        entry.redelivered = True
+        entry.expiresAt = 12.5
+        writer = ev.EventWriter()
+        writer.entry(queue, entry)
+        writer.entryEvent(ev.ACQUIRED, "q", entry.id)
+        [event] = list(ev.readEvents(writer.take()))
+        self.assertEqual(event[:4], (ev.ENQUEUED, "q", entry.id, True))
+        self.assertEqual(event[6:], (b"body", 12.5, True))
+
+    def test_enqueueEncodedWhenWritten(self) -> None:
+        """
+        An enqueue event holds the message as it was when the event was
+        written, whatever happens to the entry before the events are taken.
+        """
+        vhost = VirtualHost()
+        queue = vhost.declareQueue("q")
+        entry = queue.enqueue(Message.build("", "q", b"as published"))
+        writer = ev.EventWriter()
+        writer.entry(queue, entry)
+        entry.message = Message.build("", "q", b"changed")
+        entry.redelivered = True
+        [event] = list(ev.readEvents(writer.take()))
+        self.assertEqual((event[3], event[6]), (False, b"as published"))
+
     def test_replicaAcquiredWithEnqueue(self) -> None:
         """
         A backup applies an enqueue flagged acquired as the enqueue and the

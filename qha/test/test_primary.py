@@ -5,12 +5,20 @@ L{Completion}s: which publishes wait for backups, and for which ones.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from qha.amqp.holders import Completion
+from qha.broker.message import Message
 from qha.broker.vhost import VirtualHost
-from qha.ha.primary import ReplicationGate
+from qha.broker.vhosts import VirtualHosts
+from qha.changes import events as ev
+from qha.changes.scoped import ScopedObserver, observe
+from qha.ha.commands import Events
+from qha.ha.primary import ReplicationGate, ReplicationSource, SourceObserver
 from qha.test.support import ALL, FakeNode, FakeSource
 
 
@@ -54,6 +62,25 @@ class GateTests(SynchronousTestCase):
         self.assertIsNone(gate.hold([self.plain]))
         config = self.vhost.declareQueue("c", arguments={"qpid.replicate": "configuration"})
         self.assertIsNone(gate.hold([config]))
+
+    def test_levelKept(self) -> None:
+        """
+        A queue's level is worked out under the default at its first
+        publish and kept: a later change of the default does not change
+        whether its publishes wait, and a level pinned before is used as
+        it is.
+        """
+        node = FakeNode()
+        gate = ReplicationGate(node, Clock())
+        gate.sources.add(FakeSource("b"))  # type: ignore[arg-type]
+        before = self.vhost.declareQueue("before")
+        self.assertIsNone(gate.hold([before]))
+        node.replicateDefault = "all"
+        self.assertIsNone(gate.hold([before]))
+        self.assertIsNotNone(gate.hold([self.vhost.declareQueue("after")]))
+        pinned = self.vhost.declareQueue("pinned")
+        pinned.replicationLevel = "none"
+        self.assertIsNone(gate.hold([pinned]))
 
     def test_noBackupsNoWait(self) -> None:
         """
@@ -215,3 +242,110 @@ class GateTests(SynchronousTestCase):
         completion.check()
         fired = self.confirmed(completion)
         self.assertEqual(fired, [True])
+
+
+class _Connection:
+    """
+    A backup's connection as a source sends on it: every box kept,
+    none answered.
+
+    @ivar boxes: the events of each L{Events} box sent.
+    """
+
+    transport = None
+
+    def __init__(self) -> None:
+        """
+        No box yet.
+        """
+        self.boxes: list[bytes] = []
+
+    def callRemoteString(self, command: bytes, requiresAnswer: bool = True, **strings: Any) -> Deferred[Any]:
+        """
+        Keep an L{Events} box's events; the answer never comes.
+        """
+        if command == Events.commandName:
+            self.boxes.append(b"".join(bytes(strings[key]) for key in sorted(strings) if key.startswith("events")))
+        return Deferred()
+
+
+class _SourceNode:
+    """
+    What a L{ReplicationSource} reads of its broker.
+    """
+
+    epoch = 1
+    position = 0
+    heartbeat = 0.0
+    replicateDefault = "none"
+
+    def __init__(self, vhost: VirtualHost, clock: Clock) -> None:
+        """
+        @param vhost: the virtual host streamed.
+        @param clock: the gate's clock.
+        """
+        self.vhost = vhost
+        self.gate = ReplicationGate(FakeNode(), clock)
+
+    def backupReady(self, source: ReplicationSource) -> None:
+        """
+        Not in these tests.
+        """
+
+    def backupLost(self, source: ReplicationSource) -> None:
+        """
+        Not in these tests.
+        """
+
+    def heardEpoch(self, epoch: int, role: str, brokerId: str) -> None:
+        """
+        Not in these tests.
+        """
+
+
+class SourceObserverTests(SynchronousTestCase):
+    """
+    A L{ReplicationSource} observes each virtual host through a
+    L{SourceObserver}, which writes the enqueue events itself.
+    """
+
+    def test_enqueuesScopedAndFollowed(self) -> None:
+        """
+        A source observes every virtual host once, through a
+        L{SourceObserver}; the enqueues of queues replicated with C{all}
+        travel, each virtual host's after a scope event naming it, and
+        those of other queues do not.
+        """
+        clock = Clock()
+        vhost = VirtualHost(clock=clock)
+        other = VirtualHosts.of(vhost).add("other")
+        replicated = vhost.declareQueue("r", arguments=ALL)
+        elsewhere = other.declareQueue("r2", arguments=ALL)
+        plain = vhost.declareQueue("p")
+        connection = _Connection()
+        source = ReplicationSource(_SourceNode(vhost, clock), connection, "b", "b:1", clock)  # type: ignore[arg-type]
+        source.start({})
+        clock.advance(0)
+        observers = [o for each in (vhost, other) for o in each.observers if isinstance(o, ScopedObserver)]
+        self.assertEqual([type(o) for o in observers], [SourceObserver, SourceObserver])
+        self.assertIs(observe(vhost, source, kind=SourceObserver), observers[0])
+        connection.boxes.clear()
+        replicated.enqueue(Message.build("", "r", b"1"))
+        plain.enqueue(Message.build("", "p", b"2"))
+        elsewhere.enqueue(Message.build("", "r2", b"3"))
+        replicated.enqueue(Message.build("", "r", b"4"))
+        clock.advance(0)
+        [box] = connection.boxes
+        self.assertEqual(
+            [(event[0], event[1]) + ((event[6],) if event[0] == ev.ENQUEUED else ()) for event in ev.readEvents(box)],
+            [
+                (ev.ENQUEUED, "r", b"1"),
+                (ev.VHOST, "other"),
+                (ev.ENQUEUED, "r2", b"3"),
+                (ev.VHOST, "/"),
+                (ev.ENQUEUED, "r", b"4"),
+            ],
+        )
+        source.stop()
+        self.assertEqual([o for o in vhost.observers if isinstance(o, ScopedObserver)], [])
+        self.assertEqual(clock.getDelayedCalls(), [])
