@@ -707,6 +707,10 @@ class FakeEtcd:
             self._check("txn")
         except EtcdUnavailable as e:
             return fail(e)
+        # Encoded as the real client encodes them, so that what it could
+        # not send (a compare on a lease of None) fails here too.
+        for item in (*compare, *success, *failure):
+            item.toJSON()
         succeeded = all(self._holds(c) for c in compare)
         operations = success if succeeded else failure
         for operation in operations:

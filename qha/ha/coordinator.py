@@ -850,7 +850,10 @@ class Coordinator:
         """
         Take the leadership in one transaction, or learn that another did.
         """
-        assert self.lease is not None
+        # The lease this campaign runs on: the one in hand may be lost, or
+        # replaced, while a transaction is out (and is None then).
+        lease = self.lease
+        assert lease is not None
         epoch = self._etcdEpoch + 1
         info = LeaderInfo(self.brokerId, epoch, self._amp, self._amqp)
         epochUnchanged = (
@@ -859,7 +862,7 @@ class Coordinator:
             else Compare(self._epochKey, "CREATE", "EQUAL", 0)
         )
         take: list[Put | Delete] = [
-            Put(self._leaderKey, info.toJSON(), self.lease),
+            Put(self._leaderKey, info.toJSON(), lease),
             Put(self._epochKey, str(epoch).encode("ascii")),
             Delete(self._switchoverKey),
         ]
@@ -891,7 +894,7 @@ class Coordinator:
         self._broker.recordEpoch(epoch)
         try:
             recorded = await self._etcd.txn(
-                [Compare(self._leaderKey, "LEASE", "EQUAL", self.lease)],
+                [Compare(self._leaderKey, "LEASE", "EQUAL", lease)],
                 [Put(self._recordedKey, str(epoch).encode("ascii"))],
                 [],
             )

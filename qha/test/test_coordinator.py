@@ -440,6 +440,39 @@ class CoordinatorTests(SynchronousTestCase):
         cAgain = self.coordinator("a", again)
         self.assertEqual((again.promoted, cAgain.whyNot()), ([], "there is a leader"))
 
+    def test_leaseLostWhileRecording(self) -> None:
+        """
+        A winner whose lease is lost between its take and its record (etcd
+        expired it while the take was answered; its keepalive loop then
+        dropped it): the record's check is made against the lease the
+        campaign ran on, fails, and the broker does not serve. Its
+        campaign ends cleanly, so once it holds a new lease it campaigns
+        again and leads in the next epoch: a campaign that failed must
+        never leave the broker out of every election.
+        """
+        a = RecordingBroker()
+        record = a.recordEpoch
+
+        def loseLease(epoch: int) -> None:
+            # The campaign runs within start(): the coordinator is the last.
+            campaigner = self.coordinators[-1]
+            assert campaigner.lease is not None
+            self.etcd.expire(campaigner.lease)
+            campaigner.lease = None
+            a.recordEpoch = record  # type: ignore[method-assign]
+            record(epoch)
+
+        a.recordEpoch = loseLease  # type: ignore[method-assign]
+        ca = self.coordinator("a", a)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual((a.recorded, a.promoted, ca.primary), ([1], [], False))
+        self.assertEqual((self.value(b"epoch"), self.value(b"leader")), (b"1", None))
+        self.advance(TTL)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual((a.recorded, a.promoted), ([1, 2], [2]))
+        self.assertTrue(ca.primary)
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"2", b"2"))
+
     def test_unrecordedEpochNotRelaxedForItsMembers(self) -> None:
         """
         A winner that recorded the epoch durably but could not write
