@@ -881,6 +881,21 @@ class VirtualHost:
             return False
         return bool(replies.deliver(self, address, message))
 
+    def publishReply(self, address: str, message: Message) -> bool:
+        """
+        A publish to the default exchange with a direct reply-to address
+        C{address} as its key, routed to no queue, from outside an AMQP
+        channel (the HTTP API's publish): hand it to the reply consumer,
+        and count it as a publish of this virtual host if it got there,
+        as a channel's reply is. Return whether it did.
+        """
+        if not address.startswith(DIRECT_REPLY_PREFIX):
+            return False
+        if self._directReply(address, message):
+            self.repliesPublished += 1
+            return True
+        return False
+
     def publishTarget(self, exchangeName: str) -> Exchange:
         """
         The exchange a client may publish to under C{exchangeName}.

@@ -144,3 +144,28 @@ class MessageStatsTests(WebTestCase):
         self.assertEqual((vhost["publish"], vhost["deliver_get"]), (3, 0))
         (queue,) = self.ok("GET", "/api/queues")
         self.assertEqual(queue["message_stats"]["publish"], 1)
+
+    def test_directReplyOverHTTP(self) -> None:
+        """
+        C{POST /api/exchanges/VHOST/amq.default/publish} to a direct
+        reply-to address reaches the requester and counts as a publish of
+        the virtual host, as RabbitMQ's default exchange takes it from any
+        publisher; an address nobody consumes is unroutable, uncounted.
+        """
+        requester = Client(self.factory)
+        requester.handshake(response="\0admin\0adminpw")
+        requester.openChannel(1)
+        self.addCleanup(requester.disconnect)
+        requester.call(1, commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag="r", no_ack=True))
+        [ident] = self.factory.replies.consumers
+        address = self.factory.replies.address(ident, "/")
+        path = "/api/exchanges/%2F/amq.default/publish"
+        answer = self.ok("POST", path, {"routing_key": address, "payload": "reply", "properties": {}})
+        self.assertEqual(answer, {"routed": True})
+        [(deliver, body)] = contents(requester.received())
+        self.assertEqual((deliver.routing_key, body), (address, b"reply"))
+        self.assertEqual(self.vhost.repliesPublished, 1)
+        forged = address[:-2] + ("AA" if not address.endswith("AA") else "BB")
+        answer = self.ok("POST", path, {"routing_key": forged, "payload": "x", "properties": {}})
+        self.assertEqual(answer, {"routed": False})
+        self.assertEqual((requester.received(), self.vhost.repliesPublished), ([], 1))

@@ -878,10 +878,15 @@ class ManagementAPI(Resource):
             )
         except (TypeError, ValueError) as error:
             raise HTTPError(400, "bad_request", f"bad properties: {error}") from None
+        exchange = self._exchangeName(name)
         try:
-            accepted = where.publish(self._exchangeName(name), routingKey, message)
+            accepted = where.publish(exchange, routingKey, message)
         except PublishRefused as refused:
             accepted = refused.accepted
+        if not accepted and exchange == "":
+            # A direct reply-to address, as RabbitMQ's default exchange
+            # takes it from its management API too.
+            return {"routed": where.publishReply(routingKey, message)}
         return {"routed": bool(accepted)}
 
     # Bindings
