@@ -231,14 +231,13 @@ def validBoxes(draw: Callable[..., Any]) -> bytes:
     return writer.take()
 
 
-@st.composite
-def mutatedBoxes(draw: Callable[..., Any]) -> bytes:
+def mutate(draw: Callable[..., Any], box: bytes, least: int) -> bytes:
     """
-    A valid box made wrong: bytes flipped, a length field or an id made
-    large, cut short, or random bytes inserted.
+    C{box} made wrong C{least} to 3 times: bytes flipped, a length field
+    or an id made large, cut short, or random bytes inserted.
     """
-    data = bytearray(draw(validBoxes()))
-    for _ in range(draw(st.integers(1, 3))):
+    data = bytearray(box)
+    for _ in range(draw(st.integers(least, 3))):
         how = draw(st.sampled_from(["flip", "big", "truncate", "insert"]))
         if not data:
             break
@@ -252,6 +251,15 @@ def mutatedBoxes(draw: Callable[..., Any]) -> bytes:
         else:
             data[where:where] = draw(st.binary(min_size=1, max_size=16))
     return bytes(data)
+
+
+@st.composite
+def mutatedBoxes(draw: Callable[..., Any]) -> bytes:
+    """
+    A valid box made wrong: bytes flipped, a length field or an id made
+    large, cut short, or random bytes inserted.
+    """
+    return mutate(draw, draw(validBoxes()), 1)
 
 
 @st.composite
@@ -275,21 +283,7 @@ def catchUpBoxes(draw: Callable[..., Any]) -> bytes:
         writer.entry(queue, Entry(message, max(id, 1), draw(st.booleans()), 0, draw(st.sampled_from([None, None, 5.0]))))
     for _ in range(draw(st.integers(0, 3))):
         writeEvent(writer, draw)
-    data = bytearray(writer.take())
-    for _ in range(draw(st.integers(0, 3))):
-        how = draw(st.sampled_from(["flip", "big", "truncate", "insert"]))
-        if not data:
-            break
-        where = draw(st.integers(0, len(data) - 1))
-        if how == "flip":
-            data[where] ^= draw(st.integers(1, 255))
-        elif how == "big":
-            data[where : where + 8] = struct.pack(">q", draw(st.integers(-(2**63), 2**63 - 1)))
-        elif how == "truncate":
-            data = data[:where]
-        else:
-            data[where:where] = draw(st.binary(min_size=1, max_size=16))
-    return bytes(data)
+    return mutate(draw, writer.take(), 0)
 
 
 def decodeAll(data: bytes) -> list[tuple[Any, ...]]:

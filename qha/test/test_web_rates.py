@@ -118,6 +118,18 @@ class MessageStatsTests(WebTestCase):
         self.ok("GET", "/api/overview")
         self.assertEqual(self.vhost.changes - before, 1)  # the enqueue, nothing more
 
+    def replyConsumer(self) -> tuple[Client, str]:
+        """
+        A client consuming direct replies on channel 1, and its address.
+        """
+        requester = Client(self.factory)
+        requester.handshake(response="\0admin\0adminpw")
+        requester.openChannel(1)
+        self.addCleanup(requester.disconnect)
+        requester.call(1, commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag="r", no_ack=True))
+        [ident] = self.factory.replies.consumers
+        return requester, self.factory.replies.address(ident, "/")
+
     def test_directReplies(self) -> None:
         """
         Direct replies, which enter no queue, count as publishes of their
@@ -126,13 +138,7 @@ class MessageStatsTests(WebTestCase):
         """
         self.vhost.declareQueue("jobs")
         self.ok("GET", "/api/overview")  # the first reading, at 0
-        requester = Client(self.factory)
-        requester.handshake(response="\0admin\0adminpw")
-        requester.openChannel(1)
-        self.addCleanup(requester.disconnect)
-        requester.call(1, commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag="r", no_ack=True))
-        [ident] = self.factory.replies.consumers
-        address = self.factory.replies.address(ident, "/")
+        requester, address = self.replyConsumer()
         self.publish(1)  # into jobs; advances the clock
         requester.send(publishBytes(1, "", address, b"reply"))
         requester.send(publishBytes(1, "", address, b"reply"))
@@ -152,13 +158,7 @@ class MessageStatsTests(WebTestCase):
         the virtual host, as RabbitMQ's default exchange takes it from any
         publisher; an address nobody consumes is unroutable, uncounted.
         """
-        requester = Client(self.factory)
-        requester.handshake(response="\0admin\0adminpw")
-        requester.openChannel(1)
-        self.addCleanup(requester.disconnect)
-        requester.call(1, commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag="r", no_ack=True))
-        [ident] = self.factory.replies.consumers
-        address = self.factory.replies.address(ident, "/")
+        requester, address = self.replyConsumer()
         path = "/api/exchanges/%2F/amq.default/publish"
         answer = self.ok("POST", path, {"routing_key": address, "payload": "reply", "properties": {}})
         self.assertEqual(answer, {"routed": True})
