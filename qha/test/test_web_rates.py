@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qha.amqp.replyto import REPLY_QUEUE
 from qha.test.support import Client, contents, publishBytes
 from qha.test.test_web import WebTestCase
+from qha.test.test_web_metrics import samples
 from qha.web.rates import MessageRates
 
 
@@ -150,6 +151,21 @@ class MessageStatsTests(WebTestCase):
         self.assertEqual((vhost["publish"], vhost["deliver_get"]), (3, 0))
         (queue,) = self.ok("GET", "/api/queues")
         self.assertEqual(queue["message_stats"]["publish"], 1)
+
+    def test_directRepliesInMetrics(self) -> None:
+        """
+        C{/metrics} counts the direct replies that reached their consumer
+        per virtual host (C{qha_direct_replies_published_total}): they
+        enter no queue, so no queue's counter has them.
+        """
+        requester, address = self.replyConsumer()
+        path = "/api/exchanges/%2F/amq.default/publish"
+        for _ in range(2):
+            self.ok("POST", path, {"routing_key": address, "payload": "reply", "properties": {}})
+        self.assertEqual(len(contents(requester.received())), 2)
+        request = self.call("GET", "/metrics", user=None)
+        found = samples(b"".join(request.written).decode("utf-8"))
+        self.assertEqual(found["qha_direct_replies_published_total", (("vhost", "/"),)], 2)
 
     def test_directReplyOverHTTP(self) -> None:
         """

@@ -251,6 +251,14 @@ class BrokerCollector:
             published.add_metric(labels, queue.published)
             delivered.add_metric(labels, queue.delivered)
         yield from (ready, unacked, messages, consumers, published, delivered)
+        replies = CounterMetricFamily(
+            "qha_direct_replies_published",
+            "Direct replies (amq.rabbitmq.reply-to) that reached their consumer: publishes that enter no queue",
+            labels=["vhost"],
+        )
+        for each in vhosts:
+            replies.add_metric([each.name], each.repliesPublished)
+        yield replies
         yield _gauge("rabbitmq_queues", "Queues", sum(len(each.queues) for each in vhosts))
         yield _gauge("rabbitmq_exchanges", "Exchanges", sum(len(each.exchanges) for each in vhosts))
         yield _gauge("qha_vhosts", "Virtual hosts", len(vhosts))
