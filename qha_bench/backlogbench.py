@@ -23,22 +23,7 @@ from typing import Any
 
 import pika
 
-from qha_bench.procfs import residentBytes
-
-
-def peakBytes(pid: int) -> int:
-    """
-    VmHWM (the peak resident memory) of process C{pid}, in bytes (0 if it
-    cannot be read).
-    """
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+from qha_bench.procfs import peakBytes, residentBytes
 
 
 def run(

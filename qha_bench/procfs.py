@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cpuSeconds", "residentBytes"]
+__all__ = ["cpuSeconds", "peakBytes", "residentBytes"]
 
 
 def cpuSeconds(pid: int) -> float:
@@ -27,16 +27,32 @@ def cpuSeconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _statusBytes(pid: int | str, field: str) -> int:
+    """
+    A size C{field} (in kB there) of C{/proc/PID/status}, in bytes, or 0
+    where it cannot be read.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def residentBytes(pid: int | str = "self") -> int:
     """
     VmRSS of process C{pid} (this one by default), in bytes, or 0 where it
     cannot be read.
     """
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _statusBytes(pid, "VmRSS:")
+
+
+def peakBytes(pid: int | str = "self") -> int:
+    """
+    VmHWM (the peak resident memory) of process C{pid} (this one by
+    default), in bytes, or 0 where it cannot be read.
+    """
+    return _statusBytes(pid, "VmHWM:")
