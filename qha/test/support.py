@@ -489,6 +489,15 @@ class PagingTestCase(SynchronousTestCase):
         queue.settleAll(entries)
         queue.consumerSettled(consumer, len(entries))
 
+    def drain(self, queue: Queue, expected: list[bytes]) -> None:
+        """
+        Consume C{queue}: its consumer is given the bodies C{expected}, in
+        order, and acknowledges them.
+        """
+        consumer, target = self.consume(queue)
+        self.assertEqual(target.bodies(), expected)
+        self.ack(queue, consumer, target)
+
     def giveBack(self, queue: Queue, consumer: Consumer, target: RecordingTarget, taken: list[Entry]) -> None:
         """
         Give C{taken}, which C{consumer} holds, back to C{queue}, as a

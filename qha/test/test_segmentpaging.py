@@ -147,9 +147,7 @@ class SegmentQueueTests(PagingTestCase):
         self.assertEqual(len(queue.levels[0]), 16)
         self.assertEqual(queue.pagedCount, 24)
         self.assertEqual(queue.messageCount, 40)
-        consumer, target = self.consume(queue)
-        self.assertEqual(target.bodies(), sent)
-        self.ack(queue, consumer, target)
+        self.drain(queue, sent)
         self.assertEmpty(queue)
 
     def test_newMessagesFollowTheTail(self) -> None:
@@ -232,9 +230,7 @@ class SegmentQueueTests(PagingTestCase):
         sent = self.publishAll("q", 14)
         self.assertEqual([body for _, body, _ in contents(dlq)], sent[:8])
         self.assertEqual(queue.messageCount, 6)
-        consumer, target = self.consume(queue)
-        self.assertEqual(target.bodies(), sent[8:])
-        self.ack(queue, consumer, target)
+        self.drain(queue, sent[8:])
         self.vhost.purgeQueue("dlq")
         self.assertEmpty(queue)
 
@@ -272,9 +268,7 @@ class SegmentQueueTests(PagingTestCase):
         self.assertFalse(queue._segments[-1].expiring)
         self.clock.advance(1)
         self.assertEqual([body for _, body, _ in contents(dlq)], sent[:4])
-        consumer, target = self.consume(queue)
-        self.assertEqual(target.bodies(), sent[4:])
-        self.ack(queue, consumer, target)
+        self.drain(queue, sent[4:])
         self.vhost.purgeQueue("dlq")
         self.assertEmpty(queue)
 
@@ -338,9 +332,7 @@ class SegmentQueueTests(PagingTestCase):
         queue = self.vhost.declareQueue("q", arguments={"x-queue-mode": "lazy"})
         sent = self.publishAll("q", 230, size=500)
         self.assertEqual(pages.records, 4)
-        consumer, target = self.consume(queue)
-        self.assertEqual(target.bodies(), sent)
-        self.ack(queue, consumer, target)
+        self.drain(queue, sent)
         self.assertEqual(pages.records, 0)
         self.assertEqual(self.resources.used, 0)
 
