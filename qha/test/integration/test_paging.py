@@ -15,6 +15,7 @@ from typing import Any
 import pika
 
 from qha.test.integration.brokerprocess import BrokerTestCase, waitUntil
+from qha.test.integration.cluster import Cluster
 from qha.test.integration.test_ha_failover import ALL, FailoverTestCase
 
 MiB = 1024 * 1024
@@ -154,6 +155,19 @@ class PagedFailoverTests(FailoverTestCase):
 
     watchdogTimeout = 120.0
 
+    def waitForBacklog(self, cluster: Cluster, queue: str, count: int) -> None:
+        """
+        Wait until both brokers hold C{count} messages on C{queue}.
+        """
+        for index in (0, 1):
+            self.waitUntil(
+                cluster,
+                index,
+                lambda: self.messages(cluster, index, queue) == count,
+                f"broker {index} to hold the backlog",
+                timeout=60,
+            )
+
     def test_backupPagesAndFailsOver(self) -> None:
         """
         5,000 confirmed messages of 4 KiB (20 MiB) to a replicated queue
@@ -170,14 +184,7 @@ class PagedFailoverTests(FailoverTestCase):
         bodies = numbered(5000, 4096)
         # Confirmed: each is on the backup before the next is sent.
         events = publishAll(connection, "paged", bodies, confirm=True)
-        for index in (0, 1):
-            self.waitUntil(
-                cluster,
-                index,
-                lambda: self.messages(cluster, index, "paged") == len(bodies),
-                f"broker {index} to hold the backlog",
-                timeout=60,
-            )
+        self.waitForBacklog(cluster, "paged", len(bodies))
         self.assertEqual(events, [])
         # Both page the backlog, and neither's memory grows with it: the
         # primary's did by 18-24 MiB, in freed heap that glibc's dynamic mmap
@@ -215,14 +222,8 @@ class PagedFailoverTests(FailoverTestCase):
         bodies = numbered(5000, 4096)
         events = publishAll(connection, "segments", bodies, confirm=True)
         self.assertEqual(events, [])
+        self.waitForBacklog(cluster, "segments", len(bodies))
         for index in (0, 1):
-            self.waitUntil(
-                cluster,
-                index,
-                lambda: self.messages(cluster, index, "segments") == len(bodies),
-                f"broker {index} to hold the backlog",
-                timeout=60,
-            )
             self.assertGreater(pageFileBytes(cluster.brokers[index].dataDirectory), 15 * MiB)
         connection.close()
         acked = self.take(self.connectTo(cluster, 0), "segments", 1000, ack=True)
