@@ -52,6 +52,14 @@ Rules (Patroni's and Artemis's lessons):
     nobody would be in the cluster's epoch. When the winner did record
     the epoch and comes back, it is registered in that epoch and ahead of
     every member: it campaigns, they do not.
+  - A winner that cannot record the epoch (its data directory cannot be
+    written), or fails otherwise after its take, leaves the election for
+    good: it stops as at shutdown (no keepalive, no campaign, its lease
+    revoked, so that its leader and member keys go at once) and says why
+    in its log and in L{Coordinator.whyNot}. Standing aside for a while
+    would not do: still the member furthest ahead, it would be waited for
+    and fail again. The members behind it campaign as after a winner that
+    died before recording; only a restart brings it back.
   - Switchover: a C{switchover} key names the member to take over. The
     leader steps down (its broker answers once in-flight confirms are
     settled) and deletes C{leader}; only the named member campaigns while
@@ -66,9 +74,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 from .etcd import (
     Compare,
@@ -218,7 +227,7 @@ class CoordinatedBroker(Protocol):
         "Whether it may take over: a ready backup, or the newest store after a total restart."
 
     def recordEpoch(self, epoch: int) -> None:
-        "It won epoch C{epoch}: record the epoch durably; serve nothing yet."
+        "It won epoch C{epoch}: record the epoch durably; serve nothing yet. Raising makes it leave the election."
 
     def becomePrimary(self, epoch: int) -> None:
         "The epoch C{epoch} it won is recorded, here and in etcd: recover and serve."
@@ -276,6 +285,13 @@ class Coordinator:
     """
 
     log = Logger()
+
+    _leftHow = (
+        "left the election: {reason}. This broker takes part in no election"
+        " from now on and does not serve as the primary; it gave up its etcd"
+        " lease, so that its leader and member keys go and another member"
+        " leads. {remedy}"
+    )
 
     def __init__(
         self,
@@ -353,6 +369,8 @@ class Coordinator:
         # The leader key as a range read it while the watch said otherwise.
         self._watchDoubt: tuple[int, int] | None = None
         self._campaigning = False
+        # Why this broker left the election for good (L{_leave}), or None.
+        self._left: str | None = None
         self._ticking = False
         self._stopped = True
         self._tickCall: IDelayedCall | None = None
@@ -409,8 +427,12 @@ class Coordinator:
     def start(self) -> None:
         """
         Register, read the cluster's keys, watch them, and keep the lease
-        alive from now on.
+        alive from now on; unless this broker left the election (L{_leave}),
+        which only a restart of its process undoes.
         """
+        if self._left is not None:
+            self.log.warn("not started: {why}", why=self.whyNot())
+            return
         self._stopped = False
         self._tick()
 
@@ -446,8 +468,11 @@ class Coordinator:
 
     def handOver(self, target: str, ttl: int | None = None) -> Deferred[None]:
         """
-        Ask for a switchover to member C{target}, as L{requestSwitchover}.
+        Ask for a switchover to member C{target}, as L{requestSwitchover};
+        refused for this broker when it left the election.
         """
+        if self._left is not None and target == self.brokerId:
+            return fail(SwitchoverRefused(f"switchover to {target}: this broker {self.whyNot()}"))
         return Deferred.fromCoroutine(
             requestSwitchover(self._etcd, self._cluster, target, ttl or 3 * self.ttl)
         )
@@ -789,6 +814,8 @@ class Coordinator:
         """
         Why this broker does not campaign now, or L{None} when it may.
         """
+        if self._left is not None:
+            return f"left the election: {self._left}"
         if self._stopped:
             return "stopped"
         if self.primary:
@@ -844,11 +871,58 @@ class Coordinator:
         if why is None:
             self._campaigning = True
             d = Deferred.fromCoroutine(self._campaign())
+            # _campaign handles its own failures; this is the last resort.
             d.addErrback(lambda f: self.log.failure("campaign failed", f))
 
     async def _campaign(self) -> None:
         """
-        Take the leadership in one transaction, or learn that another did.
+        Take the leadership in one transaction, or learn that another did;
+        having taken it, record the epoch and serve.
+
+        A campaign always ends with C{_campaigning} cleared: left set, this
+        broker would never campaign again and, holding the leader key on a
+        lease it keeps alive, let nobody else lead. A failure before the
+        take ends this campaign only; one after it (the broker could not
+        record the epoch) makes the broker leave the election (L{_leave}).
+        """
+        try:
+            taken = await self._take()
+        except Exception:
+            # If the take was applied after all, the watch shows a leader
+            # naming this broker while it is not primary: the next tick
+            # resigns it.
+            self._campaigning = False
+            self.log.failure("campaign failed before its take")
+            return
+        if taken is None:
+            return
+        lease, epoch = taken
+        # Record the epoch here, then in etcd, before serving: see
+        # _unrecordedEpoch for what a winner that stops in between leaves.
+        try:
+            self._broker.recordEpoch(epoch)
+        except Exception as e:
+            self._leave(
+                f"could not record epoch {epoch}: {e}",
+                "Fix its data directory (space, permissions, the disk), then restart the broker.",
+                Failure(),
+            )
+            return
+        try:
+            await self._serve(lease, epoch)
+        except Exception as e:
+            self._leave(
+                f"failed after taking epoch {epoch}: {type(e).__name__}: {e}",
+                "Find the cause in the traceback below, then restart the broker.",
+                Failure(),
+            )
+
+    async def _take(self) -> tuple[int, int] | None:
+        """
+        The transaction that takes C{leader} and the next epoch.
+
+        @return: the lease it ran on and the epoch taken, or L{None} (with
+            C{_campaigning} cleared) when it was not.
         """
         # The lease this campaign runs on: the one in hand may be lost, or
         # replaced, while a transaction is out (and is None then).
@@ -881,17 +955,21 @@ class Coordinator:
             # this broker while it is not primary: the next tick resigns it.
             self.log.warn("campaign for epoch {epoch} not answered: {why}", epoch=epoch, why=str(e))
             self._campaigning = False
-            return
+            return None
         if not result.succeeded:
             self._campaigning = False
             self.log.info("another broker took epoch {epoch}", epoch=epoch)
-            return
+            return None
         if self._stopped:
             self._campaigning = False
-            return
-        # Record the epoch here, then in etcd, before serving: see
-        # _unrecordedEpoch for what a winner that stops in between leaves.
-        self._broker.recordEpoch(epoch)
+            return None
+        return lease, epoch
+
+    async def _serve(self, lease: int, epoch: int) -> None:
+        """
+        The broker recorded C{epoch}, taken on C{lease}: write C{recorded}
+        while C{leader} is still on that lease, and only then serve.
+        """
         try:
             recorded = await self._etcd.txn(
                 [Compare(self._leaderKey, "LEASE", "EQUAL", lease)],
@@ -914,6 +992,34 @@ class Coordinator:
         self.log.info("leader in epoch {epoch}", epoch=epoch)
         self._broker.becomePrimary(epoch)
         self._publish()
+
+    def _leave(self, reason: str, remedy: str, failure: Failure) -> None:
+        """
+        Leave the election for good: this broker won a take but cannot go
+        on (it could not record the epoch durably, or something else
+        failed after the take).
+
+        Backing off would not do: it would still be the member furthest
+        ahead, the others would wait for it, and it would fail again. So it
+        stops as at shutdown (L{stop}): no more keepalives or campaigns,
+        its lease revoked, so that its leader key and its member key go at
+        once (if the revoke fails, the lease expires within the TTL, as
+        nothing keeps it alive) and the members behind it campaign. A
+        broker already told to serve is told to step down. L{whyNot} says
+        why from now on.
+
+        @param reason: what failed, for the log and L{whyNot}.
+        @param remedy: what the operator does, for the log.
+        @param failure: the failure, whose traceback is logged.
+        """
+        self._left = reason
+        self._campaigning = False
+        wasPrimary = self.primary
+        self.log.failure(self._leftHow, failure, level=LogLevel.error, reason=reason, remedy=remedy)
+        self.stop()
+        if wasPrimary:
+            d: Deferred[Any] = maybeDeferred(self._broker.stepDown, f"left the election: {reason}")
+            d.addErrback(lambda f: self.log.failure("broker step-down failed", f))
 
 
 async def _nothing() -> None:

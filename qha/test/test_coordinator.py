@@ -10,6 +10,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from ..ha.coordinator import (
@@ -35,7 +37,11 @@ class RecordingBroker:
     @ivar settling: when set, what L{stepDown} answers (in-flight confirms
         still settling).
     @ivar recorded: every epoch it recorded durably.
-    @ivar recordAttempts: every epoch it was asked to record.
+    @ivar recordFails: when set, what L{recordEpoch} raises (its data
+        directory cannot be written: the disk is full, an I/O error).
+    @ivar recordAttempts: every epoch it was asked to record, recorded or
+        not.
+    @ivar primaryFails: when set, what L{becomePrimary} raises.
     """
 
     def __init__(self, epoch: int = 0, position: int = 0, ready: bool = True) -> None:
@@ -53,7 +59,9 @@ class RecordingBroker:
         self.leaders: list[LeaderInfo | None] = []
         self.settling: Deferred[None] | None = None
         self.recorded: list[int] = []
+        self.recordFails: Exception | None = None
         self.recordAttempts: list[int] = []
+        self.primaryFails: Exception | None = None
 
     def role(self) -> str:
         """
@@ -83,18 +91,24 @@ class RecordingBroker:
 
     def recordEpoch(self, epoch: int) -> None:
         """
-        Record the epoch, as the broker does durably.
+        Record the epoch, as the broker does durably; or raise
+        C{recordFails}, as a broker whose data directory cannot be written.
         """
         self.recordAttempts.append(epoch)
+        if self.recordFails is not None:
+            raise self.recordFails
         self._epoch = epoch
         self.recorded.append(epoch)
 
     def becomePrimary(self, epoch: int) -> None:
         """
-        Serve in the epoch recorded.
+        Serve in the epoch recorded; or raise C{primaryFails} (once
+        primary), as a broker whose recovery failed.
         """
         self.primary = True
         self.promoted.append(epoch)
+        if self.primaryFails is not None:
+            raise self.primaryFails
 
     def stepDown(self, reason: str) -> Deferred[None] | None:
         """
@@ -462,6 +476,112 @@ class CoordinatorTests(SynchronousTestCase):
         again = RecordingBroker(epoch=1, position=7)
         cAgain = self.coordinator("a", again)
         self.assertEqual((again.promoted, cAgain.whyNot()), ([], "there is a leader"))
+
+    def logged(self) -> EventLoggingObserver:
+        """
+        Every event logged from now on, until the test ends.
+        """
+        logged = EventLoggingObserver()
+        globalLogPublisher.addObserver(logged)
+        self.addCleanup(globalLogPublisher.removeObserver, logged)
+        return logged
+
+    def test_cannotRecordLeavesElection(self) -> None:
+        """
+        A winner that cannot record its epoch (its data directory cannot be
+        written) leaves the election for good: it revokes its lease, so
+        its leader key and its member key go at once, not at the TTL, and
+        the member behind it, which no longer waits for it, leads in the
+        next epoch. It logs an error that says what to do, never campaigns
+        again, and L{Coordinator.whyNot} says why.
+        """
+        logged = self.logged()
+        self.leaderThatDies()
+        a = RecordingBroker(epoch=1, position=7)
+        a.recordFails = OSError(28, "No space left on device")
+        b = RecordingBroker(epoch=1, position=5)
+        ca = self.coordinator("a", a)
+        cb = self.coordinator("b", b)
+        lease = ca.lease
+        # x's lease expires at TTL; a takes epoch 2 then, and fails to
+        # record it. Its own lease, kept alive until then, would last
+        # until 2 * TTL.
+        self.advance(TTL + 1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual((a.recordAttempts, a.recorded, a.promoted), ([2], [], []))
+        self.assertFalse(ca.primary)
+        self.assertIsNone(ca.lease)
+        self.assertNotIn(lease, self.etcd.leases())
+        self.assertIsNone(self.value(b"members/a"))
+        self.assertEqual((b.recorded, b.promoted), ([3], [3]))
+        self.assertEqual(LeaderInfo.fromJSON(self.value(b"leader") or b"").id, "b")
+        self.assertEqual((self.value(b"epoch"), self.value(b"recorded")), (b"3", b"3"))
+        why = "left the election: could not record epoch 2: [Errno 28] No space left on device"
+        self.assertEqual(ca.whyNot(), why)
+        [event] = [e for e in logged if "log_failure" in e]
+        text = formatEvent(event)
+        self.assertEqual(event["log_level"], LogLevel.error)
+        for words in (why, "takes part in no election", "Fix its data directory", "restart the broker"):
+            self.assertIn(words, text)
+        # Never again: not when b goes, nor when a is asked to look again
+        # (update) or started again (only a new process rejoins).
+        assert cb.lease is not None
+        self.etcd.expire(cb.lease)
+        ca.update()
+        ca.start()
+        self.advance(3 * TTL)
+        self.assertEqual(a.recordAttempts, [2])
+        self.assertIsNone(self.value(b"members/a"))
+        self.assertEqual(b.promoted, [3, 4])
+        self.assertEqual(ca.whyNot(), why)
+        self.failureResultOf(ca.handOver("a"), SwitchoverRefused)
+
+    def test_failureAfterTakeLeavesElection(self) -> None:
+        """
+        Any other failure after the take (here the broker fails while it
+        becomes primary) takes the same way out: the broker is told to step
+        down, the lease is revoked, another member leads, and the campaign
+        does not stay under way for ever.
+        """
+        logged = self.logged()
+        a = RecordingBroker()
+        a.primaryFails = RuntimeError("recovery failed")
+        ca = self.coordinator("a", a)
+        b = RecordingBroker(epoch=1)
+        self.coordinator("b", b)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        [event] = [e for e in logged if "log_failure" in e]
+        self.assertIn("then restart the broker", formatEvent(event))
+        why = "left the election: failed after taking epoch 1: RuntimeError: recovery failed"
+        self.assertEqual(ca.whyNot(), why)
+        self.assertEqual((a.promoted, a.steppedDown, a.primary), ([1], [why], False))
+        self.assertFalse(ca.primary)
+        self.assertFalse(ca.canConfirm())
+        self.assertIsNone(self.value(b"members/a"))
+        self.assertEqual(b.promoted, [2])
+
+    def test_failureBeforeTake(self) -> None:
+        """
+        A campaign that fails unexpectedly before its take (not an answer
+        of etcd) ends, logged: the broker campaigns again at the next tick.
+        """
+        realTxn = self.etcd.txn
+        calls: list[Any] = []
+
+        def failFirst(*args: Any) -> Deferred[TxnResult]:
+            calls.append(args)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            return realTxn(*args)
+
+        self.etcd.txn = failFirst  # type: ignore[method-assign, assignment]
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((a.promoted, ca.whyNot()), ([], None))
+        self.clock.advance(TTL / 3)
+        self.assertEqual(a.promoted, [1])
+        del self.etcd.txn
 
     def test_leaseLostWhileRecording(self) -> None:
         """
