@@ -530,6 +530,48 @@ class ElectionTests(SynchronousTestCase):
         self.cluster.run(TTL * 3)
         self.assertEqual(len(self.cluster.primaries()), 1)
 
+    def test_cannotRecordEpoch(self) -> None:
+        """
+        A backup that wins the election but cannot write its epoch to its
+        data directory leaves the election: it stays a backup looking for
+        no primary (it serves nothing, confirms nothing, and is never
+        promoted), its keys leave etcd, and the other backup leads in the
+        epoch after; C{qha-admin status} shows why it is out.
+        """
+        self.cluster.start(3)
+        self.cluster.runUntil(lambda: self.cluster.formed(3), 10, "a cluster of three")
+        [old] = self.cluster.primaries()
+        failing, other = [node for node in self.cluster.nodes if node is not old]
+
+        def diskFull(epoch: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        failing.state.setEpoch = diskFull  # type: ignore[method-assign]
+        # The other backup's campaigns go unanswered until the failing one
+        # took epoch 2 and left.
+        self.cluster.views[other].txnUnanswered = True
+        self.cluster.kill(old)
+        assert failing.coordinated is not None
+        coordinator = failing.coordinated.coordinator
+        self.cluster.runUntil(lambda: coordinator.whyNot() != "there is a leader", TTL + 1, "a take")
+        why = "left the election: could not record epoch 2: [Errno 28] No space left on device"
+        self.assertEqual(coordinator.whyNot(), why)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual((failing.epoch, failing.role.name), (1, JOINING))
+        self.assertFalse(failing.amqp.listening)  # type: ignore[attr-defined]
+        self.assertFalse(failing.mayConfirm())
+        found: list[Any] = []
+        self.cluster.etcd.range(b"/qha/test/members/" + failing.brokerId.encode()).addCallback(found.append)
+        self.assertEqual(found[0].kvs, [])
+        self.cluster.views[other].txnUnanswered = False
+        self.cluster.runUntil(lambda: other.role.name == ACTIVE, 10, "the other backup to lead")
+        self.assertEqual((other.epoch, self.cluster.epochKey()), (3, b"3"))
+        self.cluster.run(TTL * 3)
+        self.assertEqual(self.cluster.primaries(), [other])
+        self.assertEqual((failing.epoch, failing.role.name), (1, JOINING))
+        self.assertEqual(failing.describe()["coordinator"]["whyNotCampaigning"], why)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_totalRestartNewestStore(self) -> None:
         """
         After a total restart, the broker whose copy went furthest takes
