@@ -14,9 +14,11 @@ window. The fake backup's time is measured and left out, so the figures
 are the primary's alone (CPU time of the thread, so that time the
 process waits for a core on a shared machine does not count): microseconds a message for the read (the publish
 path and its replication hooks), the box (sealing and writing it) and the
-answer (taking it and writing the confirm).
+answer (taking it and writing the confirm). With C{--without-events}, a
+third variant's source writes no enqueue events (its boxes carry none, the
+confirms still wait for them): what replicating costs besides encoding them.
 
-    PYTHONPATH=. python -m qha_bench.pubalone [--windows 2000] [--rounds 5] [--json]
+    PYTHONPATH=. python -m qha_bench.pubalone [--windows 2000] [--rounds 5] [--without-events] [--json]
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from twisted.test import iosim
 from qha.amqp.protocol import BrokerFactory
 from qha.broker.vhost import VirtualHost
 from qha.ha.commands import Events
-from qha.ha.primary import ReplicationGate, ReplicationSource
+from qha.ha.primary import ReplicationGate, ReplicationSource, SourceObserver
 from qha.test.support import Client, fastUsers, publishBytes
 
 
@@ -140,6 +142,21 @@ class _Timed:
         setattr(owner, name, timed)
 
 
+class _Silent(SourceObserver):
+    """
+    A source's observer that writes no enqueue events: what replicating
+    costs besides them (the gate, the observer and holder calls, the boxes
+    and answers), for C{--without-events}.
+    """
+
+    __slots__ = ()
+
+    def enqueued(self, queue: Any, entry: Any) -> None:
+        """
+        Write nothing.
+        """
+
+
 def _client(factory: BrokerFactory, window: int, size: int) -> tuple[Client, bytes]:
     """
     A client in confirm mode with a queue C{perf} declared, and the bytes
@@ -178,10 +195,14 @@ def standalone(windows: int, window: int, size: int) -> dict[str, float]:
     return {"read": elapsed / messages * 1e6, "total": elapsed / messages * 1e6}
 
 
-def replicated(windows: int, window: int, size: int) -> dict[str, float]:
+def replicated(windows: int, window: int, size: int, events: bool = True) -> dict[str, float]:
     """
     A primary with one ready backup (a fake that answers at once):
     microseconds a message for the reads, the boxes and the answers.
+
+    @param events: if false, the source writes no enqueue events (its
+        boxes carry none; the confirms still wait for them): an experiment
+        that parts their cost from the rest.
     """
     clock = Clock()
     vhost = VirtualHost(clock=clock)
@@ -203,6 +224,10 @@ def replicated(windows: int, window: int, size: int) -> dict[str, float]:
     clock.advance(0)
     pump.flush()
     assert source.ready and gate.sources, "the fake backup is not ready"
+    if not events:
+        for observer in vhost.observers:
+            if isinstance(observer, SourceObserver):
+                observer.__class__ = _Silent
     client, data = _client(factory, window, size)
     clock.advance(0)
     pump.flush()
@@ -250,10 +275,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=100, help="body bytes (default 100)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--without-events",
+        action="store_true",
+        help="also measure a primary whose source writes no enqueue events"
+        " (what replicating costs besides them)",
+    )
     options = parser.parse_args(argv)
     best: dict[str, dict[str, float]] = {}
+    runs: list[tuple[str, Callable[[int, int, int], dict[str, float]]]] = [
+        ("standalone", standalone),
+        ("replicated", replicated),
+    ]
+    if options.without_events:
+        runs.append(("without-events", lambda windows, window, size: replicated(windows, window, size, False)))
     for _ in range(options.rounds):
-        for name, run in (("standalone", standalone), ("replicated", replicated)):
+        for name, run in runs:
             figures = run(options.windows, options.window, options.size)
             if name not in best or figures["total"] < best[name]["total"]:
                 best[name] = figures

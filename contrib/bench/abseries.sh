@@ -5,6 +5,8 @@
 # CPU=1: each figure is followed by the broker's CPU a confirmed message over the
 # run (user + system, /proc/PID/stat), the primary's and then the backup's for a
 # replicated run: "msgs/s(primary us/backup us)".
+# PIN=1: each standalone broker and primary on core 0, each backup and the load
+# generator on core 1 (taskset), so that the broker measured never shares its core.
 # PY: the python whose site-packages both trees run with (PYTHONPATH picks the tree).
 # One load generator for both sides: qha_bench from the new tree.
 set -u
@@ -15,9 +17,12 @@ D=$(mktemp -d /tmp/ab.XXXX)
 # the new tree's two cluster brokers share one cluster secret
 $PY -c "import os; print(os.urandom(32).hex())" > $D/secret; chmod 600 $D/secret
 pids=()
+ON0=""; ON1=""
+[ -n "${PIN:-}" ] && ON0="taskset -c 0" && ON1="taskset -c 1"
 start() { # tree port haport args...
   local tree=$1 port=$2 hp=$3; shift 3
-  PYTHONPATH=$tree $TWISTD -n --pidfile= --logfile=$D/$port.log qha --port tcp:$port:interface=127.0.0.1 \
+  local on=$ON0; case $port in 5742|5762) on=$ON1;; esac
+  PYTHONPATH=$tree $on $TWISTD -n --pidfile= --logfile=$D/$port.log qha --port tcp:$port:interface=127.0.0.1 \
     --ha-port tcp:$hp:interface=127.0.0.1 --data-dir $D/d$port --http-port none "$@" &
   pids+=($!)
 }
@@ -36,7 +41,7 @@ badm -b 127.0.0.1:5751 promote; nadm -b 127.0.0.1:5771 promote
 for i in $(seq 100); do
   badm -b 127.0.0.1:5752 ping 2>/dev/null | grep -q ready && nadm -b 127.0.0.1:5772 ping 2>/dev/null | grep -q ready && break; sleep 0.2; done
 badm -b 127.0.0.1:5752 ping; nadm -b 127.0.0.1:5772 ping
-bench() { PYTHONPATH=$NEW $PY -m qha_bench.bench --queue perf-ab --confirm 100 --duration ${DUR:-5} ${EXTRA:-} --json --url amqp://guest:guest@127.0.0.1:$1/ 2>/dev/null | tail -1 | $PY -c 'import json,sys; d=json.load(sys.stdin); print(round(d.get("consumedRate") or d.get("confirmedRate") or 0))' ; }
+bench() { PYTHONPATH=$NEW $ON1 $PY -m qha_bench.bench --queue perf-ab --confirm 100 --duration ${DUR:-5} ${EXTRA:-} --json --url amqp://guest:guest@127.0.0.1:$1/ 2>/dev/null | tail -1 | $PY -c 'import json,sys; d=json.load(sys.stdin); print(round(d.get("consumedRate") or d.get("confirmedRate") or 0))' ; }
 if [ -n "${CPU:-}" ]; then  # each figure with the broker's CPU a confirmed message
 FMT='
 import json, os, sys
@@ -54,7 +59,7 @@ declare -A BPIDOF=( [5741]=3 [5761]=5 )
 bench() { local p=${pids[${PIDOF[$1]}]} b="" c0 c1 b0 b1 out
   [ -n "${BPIDOF[$1]:-}" ] && b=${pids[${BPIDOF[$1]}]}
   c0=$(cpu $p); [ -n "$b" ] && b0=$(cpu $b)
-  out=$(PYTHONPATH=$NEW $PY -m qha_bench.bench --queue perf-ab --confirm 100 --duration ${DUR:-5} ${EXTRA:-} --json --url amqp://guest:guest@127.0.0.1:$1/ 2>/dev/null | tail -1)
+  out=$(PYTHONPATH=$NEW $ON1 $PY -m qha_bench.bench --queue perf-ab --confirm 100 --duration ${DUR:-5} ${EXTRA:-} --json --url amqp://guest:guest@127.0.0.1:$1/ 2>/dev/null | tail -1)
   c1=$(cpu $p); [ -n "$b" ] && b1=$(cpu $b)
   echo "$out" | $PY -c "$FMT" $((c1-c0)) $([ -n "$b" ] && echo $((b1-b0)))
 }
