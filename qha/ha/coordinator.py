@@ -503,7 +503,13 @@ class Coordinator:
             sentAt = self._monotonic()
             try:
                 await self._etcd.keepalive(self.lease)
+                if self._stopped:
+                    # Stopped while the keepalive was out: no deadline to
+                    # watch, nothing to step down from.
+                    return
             except LeaseLost:
+                if self._stopped:
+                    return
                 self.log.warn("etcd lease {lease:x} is gone", lease=self.lease)
                 self.lease = None
                 self._stepDown("the etcd lease was lost")

@@ -20,7 +20,7 @@ from ..ha.coordinator import (
     SwitchoverRefused,
     requestSwitchover,
 )
-from ..ha.etcd import EtcdError, EtcdUnavailable, Lease, Put, TxnResult
+from ..ha.etcd import EtcdError, EtcdUnavailable, Lease, LeaseLost, Put, TxnResult
 from ..testing import FakeEtcd
 
 TTL = 6
@@ -360,6 +360,51 @@ class CoordinatorTests(SynchronousTestCase):
         )
         self.successResultOf(self.etcd.put(b"/qha/qha/members/four", record.encode(), four))
         self.assertEqual(one.promoted, [2])
+
+    def stopWhileKeepaliveOut(self, answer: Any) -> None:
+        """
+        Stop a leading coordinator while its keepalive is out, then answer
+        the keepalive with C{answer} (L{None}, or an exception): the
+        stopped coordinator sets no deadline and steps nothing down.
+        """
+        a = RecordingBroker()
+        ca = self.coordinator("a", a)
+        self.advance(TTL + 2)
+        self.assertEqual(a.promoted, [1])
+        held: list[Deferred[None]] = []
+
+        def holdKeepalive(lease: int) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            held.append(d)
+            return d
+
+        self.patch(self.etcd, "keepalive", holdKeepalive)
+        self.advance(TTL)
+        self.assertTrue(held)
+        self.successResultOf(ca.stop())
+        steppedDown = list(a.steppedDown)
+        for d in held:
+            if answer is None:
+                d.callback(None)
+            else:
+                d.errback(answer)
+        self.assertIsNone(ca._deadlineCall)
+        self.assertEqual(a.steppedDown, steppedDown)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopWhileKeepaliveOut(self) -> None:
+        """
+        A keepalive answered after its coordinator stopped sets no
+        deadline: a stopped coordinator leaves no timer behind.
+        """
+        self.stopWhileKeepaliveOut(None)
+
+    def test_stopWhileKeepaliveOutLost(self) -> None:
+        """
+        A keepalive that says the lease is gone after its coordinator
+        stopped steps nothing down.
+        """
+        self.stopWhileKeepaliveOut(LeaseLost(5, "lease 1000 expired or was revoked"))
 
     def test_raceOneWins(self) -> None:
         """
