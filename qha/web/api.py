@@ -330,7 +330,9 @@ class ManagementAPI(Resource):
 
     def _write(self, result: Any, request: IRequest) -> None:
         """
-        Write the answer as JSON (or nothing, for 204).
+        Write the answer as JSON; nothing for 204, nor for a 201 with no
+        body (a declare or a binding made: RabbitMQ answers those with an
+        empty body).
         """
         reply = result if isinstance(result, Reply) else Reply(200, result)
         if getattr(request, "_disconnected", False):
@@ -339,7 +341,7 @@ class ManagementAPI(Resource):
         for name, value in reply.headers.items():
             request.setHeader(name, value)
         request.setHeader(b"cache-control", b"no-cache")
-        if reply.status != 204:
+        if reply.status != 204 and not (reply.status == 201 and reply.body is None):
             request.setHeader(b"content-type", b"application/json")
             request.write(dumps(reply.body))
         request.finish()
