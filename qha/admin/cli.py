@@ -1256,8 +1256,18 @@ def _readStore(directory: str) -> dict[str, Any]:
 def formatStore(info: dict[str, Any]) -> str:
     """
     One store as C{store-info} prints it: where it stopped and what it
-    holds, then its queues with their message counts.
+    holds, then its queues with their message counts. A store with other
+    virtual hosts than C{/} names each exchange's and queue's (C{/}'s
+    first).
     """
+    vhosts = info.get("vhosts") or {"/": {"queues": info["queues"], "exchanges": info["exchanges"]}}
+    order = sorted(vhosts, key=lambda name: (name != "/", name))
+    several = order != ["/"]
+    exchanges = [
+        name if not several else f"{name} (vhost {vhost})"
+        for vhost in order
+        for name in vhosts[vhost]["exchanges"]
+    ]
     fields = [
         ("data dir", info["dataDir"]),
         ("journal", info["path"]),
@@ -1266,16 +1276,21 @@ def formatStore(info: dict[str, Any]) -> str:
         ("records", info["records"]),
         ("bytes", info["bytes"]),
         ("torn bytes", info["tornBytes"]),
-        ("exchanges", ", ".join(info["exchanges"]) or "none"),
+        ("exchanges", ", ".join(exchanges) or "none"),
     ]
     width = max(len(name) for name, _ in fields)
     text = "".join(f"{name.ljust(width)}  {_cell(value)}\n" for name, value in fields)
-    queues = info["queues"]
-    if not queues:
+    rows = [
+        [vhost, name, queues[name]["messages"]]
+        for vhost in order
+        for queues in [vhosts[vhost]["queues"]]
+        for name in sorted(queues)
+    ]
+    if not rows:
         return text + f"{'queues'.ljust(width)}  none\n"
-    return text + "\n" + formatTable(
-        ["queue", "messages"], [[name, queues[name]["messages"]] for name in sorted(queues)]
-    )
+    if not several:
+        return text + "\n" + formatTable(["queue", "messages"], [row[1:] for row in rows])
+    return text + "\n" + formatTable(["vhost", "queue", "messages"], rows)
 
 
 async def storeInfo(session: Session) -> int:

@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from qha.admin.cli import formatStore
 from qha.amqp.access import Permissions
 from qha.amqp.users import ScryptHash, UserDatabase
 from qha.broker.errors import NotAllowed, NotFound, PreconditionFailed
@@ -386,6 +387,12 @@ class StoreTests(SynchronousTestCase):
         info = storeInfo(path)
         self.assertEqual(sorted(info["vhosts"]), ["/", "a"])
         self.assertEqual(info["vhosts"]["a"]["queues"]["q"]["messages"], 1)
+        # The text form names each queue's vhost, / first.
+        lines = formatStore({**info, "dataDir": "d"}).splitlines()
+        self.assertIn("exchanges   x (vhost a)", lines)
+        table = lines[lines.index("") + 1 :]
+        self.assertEqual([line.split() for line in table[2:]], [["/", "q", "1"], ["a", "q", "1"]])
+        self.assertEqual(table[0].split(), ["vhost", "queue", "messages"])
 
 
 class ReplicationTests(SynchronousTestCase):
