@@ -11,8 +11,8 @@ in the entry). It reads them back, a bounded window at a time, ahead of its
 consumers. This is RabbitMQ's classic queue v2 idea; the model does no I/O
 of its own: the file implementation is L{qha.store.paging}.
 
-A plain FIFO queue that is not durable (no priorities, no last-value key,
-no queue TTL; see L{Pager.segments}) pages its metadata too: past its
+A plain FIFO queue, durable or not (no priorities, no last-value key, no
+queue TTL; see L{Pager.segments}), pages its metadata too: past its
 budget, its new messages go, whole (id, delivery state, addressing, content
 header and body), into I{segments} of consecutive messages, each written as
 one record (L{encodeSegment}) and kept in memory as one small L{Segment}
@@ -122,8 +122,8 @@ class Pager:
     @ivar window: how many entries one read-ahead brings back, and how many
         ready entries a queue keeps in memory under the broker-wide budget.
     @ivar windowBytes: the most body bytes one read-ahead brings back.
-    @ivar segments: whether the queues that can (plain FIFO queues that
-        are not durable) page whole messages in segments (L{Segment})
+    @ivar segments: whether the queues that can (plain FIFO queues,
+        durable or not) page whole messages in segments (L{Segment})
         rather than bodies one by one.
     @ivar segmentMessages: the most messages in one segment.
     @ivar segmentBytes: the body bytes past which a segment is written.

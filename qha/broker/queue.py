@@ -27,8 +27,8 @@ bodies of its new messages out, and reads them back a window at a time
 ahead of its consumers; delivery order, acknowledgements, requeues and the
 policies are those of messages in memory.
 
-A plain FIFO queue that is not durable (no priorities, no last-value key, no
-queue TTL) pages whole messages instead when its pager says so
+A plain FIFO queue (no priorities, no last-value key, no queue TTL; durable
+or not) pages whole messages instead when its pager says so
 (L{Pager.segments}): its ready entries are then an in-memory I{head}
 (L{Queue.levels}), followed by a paged I{tail} of L{Segment}s, followed by
 the I{forming} entries of the next segment, still in memory. New entries go
@@ -372,7 +372,6 @@ class Queue:
         self._segmentable = (
             pager is not None
             and pager.segments
-            and not (durable and not exclusive)
             and self.policy.priorities == 0
             and self.policy.lvqKey is None
             and self.policy.messageTtl is None
@@ -1617,9 +1616,13 @@ class Queue:
 
         Held entries are never in the tail (an acquire reads the tail back
         to them): it goes whole. On a backup its paged segments are dropped
-        unread and not told to the observers one by one (a queue that pages
-        segments is not durable: no store keeps it); a single-queue replica
-        on a serving broker, whose own backups follow its events, reads them
+        unread and not told to the observers one by one; if the queue is
+        durable, they are told of the purge once, after the entries the
+        primary's consumers hold, as acquired (its store writes both, and
+        replays them after a restart, keeping those: a tail read back to
+        tell each message could be gigabytes read in one turn). A
+        single-queue replica on a
+        serving broker, whose own backups follow its events, reads them
         back a segment at a time and tells each dequeue, as for the head.
         """
         self._purgeHead()
@@ -1627,9 +1630,15 @@ class Queue:
             return
         vhost = self.vhost
         if vhost.replica or not vhost.observers:
-            forming, _ = self._dropTail()
+            forming, count = self._dropTail()
             if forming:
                 self._removedAll(forming)
+            if count and self.durable and not self.exclusive:
+                held = [self.held[id] for id in sorted(self.held)]
+                for observer in vhost.observers:
+                    if held:
+                        observer.acquired(self, held)
+                    observer.purged(self, count)
             return
         while self._segments or self._forming:
             self._refill()
@@ -1892,6 +1901,23 @@ class Queue:
         self._idleCall = None
         if not self.deleted and not self.consumers:
             self.vhost.deleteQueue(self.name, owner=self.owner)
+
+    def persistentBytes(self) -> int:
+        """
+        About the body bytes of the queue's persistent messages, ready or
+        held, without reading its paged tail back: a paged segment's
+        bodies count whole, as a segment does not say which of its
+        messages are persistent (a store's estimate of what it keeps).
+        """
+        total = 0
+        for entries in (*self.levels, self._forming, self.held.values()):
+            for entry in entries:
+                message = entry.message
+                if message.persistent:
+                    total += message.size
+        for segment in self._segments:
+            total += segment.bodyBytes
+        return total
 
     def readyEntries(self) -> Iterator[Entry]:
         """

@@ -54,7 +54,7 @@ from ..broker.vhosts import VirtualHosts
 from ..amqp.accounts import AccountChange, Accounts
 from ..changes.settings import RuntimeSettings
 from ..changes import events as ev
-from ..changes.cursor import entrySize
+from ..changes.cursor import entriesAfter, entrySize, lastId
 from ..changes.replay import Replicator
 from ..changes.scoped import observe, unobserve
 
@@ -495,6 +495,25 @@ def durableQueue(queue: Queue) -> bool:
     return queue.durable and not queue.exclusive
 
 
+class _Walk:
+    """
+    Where a compaction's live walk of one queue is (see
+    L{Compaction._walkStep}).
+
+    @ivar after: every entry up to this id is written (or gone).
+    @ivar last: the walk ends at this id: entries enqueued after the
+        compaction began are in the records copied after it.
+    @ivar done: whether it reached C{last}.
+    """
+
+    __slots__ = ("after", "last", "done")
+
+    def __init__(self, last: int) -> None:
+        self.after = 0
+        self.last = last
+        self.done = last <= 0
+
+
 class Compaction:
     """
     One compaction of a store's journal, spread over many reactor turns so
@@ -546,7 +565,7 @@ class Compaction:
         self.cancelled = False
         self.done = False
         self.longest = 0.0
-        self._queues: deque[tuple[Queue, list[Entry]]] = deque()
+        self._queues: deque[tuple[Queue, list[Entry] | _Walk]] = deque()
         self._call: IDelayedCall | None = None
         self._writer = ev.EventWriter()
 
@@ -578,6 +597,11 @@ class Compaction:
             for queue in vhost.queues.values():
                 if durableQueue(queue):
                     writer.queueDeclared(queue)
+                    if queue.hasTail:
+                        # Its paged segments cannot be copied: walked live,
+                        # by id, up to its last entry now (see _walkStep).
+                        self._queues.append((queue, _Walk(lastId(queue))))
+                        continue
                     # The entries as they are now: references, copied at C
                     # speed; a step writes them as they are then (what
                     # happened to them since is in the records copied
@@ -625,6 +649,12 @@ class Compaction:
                 self._queues.popleft()
                 continue
             writer.scope(queue.vhost.name)
+            if isinstance(entries, _Walk):
+                budget, room = self._walkStep(writer, queue, entries, budget, room)
+                if entries.done:
+                    self._queues.popleft()
+                    continue
+                break
             held = queue.held
             taken = 0
             for entry in entries:
@@ -650,6 +680,38 @@ class Compaction:
         self.written += len(record)
         self.longest = max(self.longest, time.monotonic() - began)
         self._run(lambda: self.journal.writeRewrite(record)).addCallbacks(self._next, self._failed)
+
+    def _walkStep(
+        self, writer: ev.EventWriter, queue: Queue, walk: "_Walk", budget: int, room: int
+    ) -> tuple[int, int]:
+        """
+        Write the next entries of a queue walked live (one with a paged
+        tail), as much of them as C{budget} entries and C{room} bytes let
+        this step take, each as it is now: its tail's are read back as
+        copies (the queue's segments stay paged), and an entry that left
+        the queue since the compaction began is not found (its dequeue is
+        in the records copied after the snapshot, and replaying it then
+        changes nothing). An entry a replica holds is in its ready entries
+        too: written once.
+
+        @return: the budget and room left.
+        """
+        if budget <= 0 or room <= 0:
+            return budget, room
+        entries, walk.after, walk.done = entriesAfter(queue, walk.after, walk.last, budget, room)
+        held = queue.held
+        previous = -1
+        for entry in entries:
+            if entry.id == previous:
+                continue
+            previous = entry.id
+            budget -= 1
+            room -= entrySize(entry)
+            if entry.message.persistent:
+                writer.entry(queue, entry)
+                if entry.id in held:
+                    writer.entryEvent(ev.ACQUIRED, queue.name, entry.id)
+        return budget, room
 
     def _tail(self) -> None:
         """
@@ -824,9 +886,9 @@ class Store:
         vhosts = VirtualHosts.of(vhost)
         for each in vhosts:
             for queue in each.queues.values():
-                for entry in list(queue.readyEntries()):
-                    messages += 1
-                    self.liveBytes += entry.message.size
+                # Counted without reading a paged tail back.
+                messages += queue.messageCount
+                self.liveBytes += queue.persistentBytes()
         self.attach(vhost)
         return {
             "records": len(records),
@@ -924,13 +986,12 @@ class Store:
         """
         if self.vhosts is None:
             return 0
-        total = 0
-        for queue in [queue for vhost in self.vhosts for queue in vhost.queues.values()]:
-            if durableQueue(queue):
-                for entry in list(queue.readyEntries()) + list(queue.held.values()):
-                    if entry.message.persistent:
-                        total += entry.message.size
-        return total
+        return sum(
+            queue.persistentBytes()
+            for vhost in self.vhosts
+            for queue in vhost.queues.values()
+            if durableQueue(queue)
+        )
 
     def _timeSync(self, seconds: float) -> None:
         """

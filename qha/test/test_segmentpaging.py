@@ -1,6 +1,6 @@
 """
-Tests for segment paging (issue 15): a plain FIFO queue that is not
-durable pages whole messages, metadata and all, in segments
+Tests for segment paging (issue 15): a plain FIFO queue, durable or not,
+pages whole messages, metadata and all, in segments
 (L{qha.broker.paging.Segment}), so that a paged backlog costs a few bytes a
 message in memory. Order, acknowledgements, requeues, C{basic.get}, purge,
 delete, length limits, dead-lettering, per-message expiry, the memory
@@ -26,6 +26,7 @@ from qha.broker.vhost import Resources, VirtualHost
 from qha.changes.cursor import entriesAfter
 from qha.ha.primary import ReplicationSource
 from qha.ha.role import READY
+from qha.store.journal import Compaction, MemoryJournal, Store
 from qha.store.paging import PageFiles
 from qha.test.support import ALL, InMemoryCluster, PagingTestCase
 from qha.testing import MemoryBodyStore, RecordingObserver, RecordingTarget
@@ -274,12 +275,12 @@ class SegmentQueueTests(PagingTestCase):
 
     def test_notSegmented(self) -> None:
         """
-        Durable, priority, last-value and TTL queues page bodies one by one,
-        as before; so does every queue of a pager without segments.
+        Priority, last-value and TTL queues (durable or not) page bodies
+        one by one, as before; so does every queue of a pager without
+        segments.
         """
         cases: list[tuple[str, dict[str, Any], bool]] = [
-            ("durable", {}, True),
-            ("priority", {"x-max-priority": 3}, False),
+            ("priority", {"x-max-priority": 3}, True),
             ("lvq", {"qpid.last_value_queue_key": "k"}, False),
             ("ttl", {"x-message-ttl": 60000}, False),
         ]
@@ -529,3 +530,154 @@ class SegmentCatchUpTests(SynchronousTestCase):
         self.assertEqual(replica.pagedCount, 88)
         self.assertEqual(queue.pagedCount, 88)
         self.assertEqual(bodies.records, 11)
+
+
+class DurableSegmentTests(SynchronousTestCase):
+    """
+    A durable queue pages its messages in segments too. Its persistent
+    messages are in the journal as ever: they come back after a restart
+    (paged again), a compaction keeps every message of the tail while
+    consumers drain it, a backup's purge of its tail reaches its store, and
+    the store counts what it keeps without reading the tail back.
+    """
+
+    def setUp(self) -> None:
+        """
+        A virtual host whose pager writes segments of 10 messages, a store
+        on an in-memory journal that observes it, and a durable lazy queue.
+        """
+        self.clock = Clock()
+        self.journal = MemoryJournal()
+        self.bodies = MemoryBodyStore()
+        self.vhost = self.pagingVhost(self.bodies)
+        self.store = Store(self.journal, self.clock)
+        self.store.attach(self.vhost)
+        self.queue = self.vhost.declareQueue("q", durable=True, arguments={"x-queue-mode": "lazy"})
+
+    def pagingVhost(self, bodies: MemoryBodyStore) -> VirtualHost:
+        """
+        A virtual host that pages to C{bodies} in segments of 10.
+        """
+        pager = Pager(bodies, budget=0, window=4, segments=True, segmentMessages=10)
+        return VirtualHost(resources=Resources(pager=pager), clock=self.clock)
+
+    def publish(self, first: int, count: int) -> list[bytes]:
+        """
+        Publish C{count} numbered persistent bodies from C{first}.
+        """
+        bodies = [b"%06d" % n for n in range(first, first + count)]
+        for body in bodies:
+            self.vhost.publish("", "q", message(body, delivery_mode=2))
+        return bodies
+
+    def take(self, count: int) -> list[bytes]:
+        """
+        Consume and acknowledge the next C{count} messages of the queue.
+        """
+        target = RecordingTarget(count)
+        consumer = Consumer(self.queue, "ctag", target)
+        self.queue.addConsumer(consumer)
+        entries = [entry for _, entry in target.deliveries]
+        self.queue.settleAll(entries)
+        self.queue.consumerSettled(consumer, len(entries))
+        self.queue.removeConsumer(consumer)
+        return target.bodies()
+
+    def recovered(self) -> Queue:
+        """
+        The queue as a restart recovers it from the journal, into a broker
+        that pages the same way.
+        """
+        self.store.flush()
+        vhost = self.pagingVhost(MemoryBodyStore())
+        Store(self.journal, self.clock).recover(vhost)
+        return vhost.queues["q"]
+
+    def test_pagesSegments(self) -> None:
+        """
+        A durable lazy queue's persistent messages go to segments, not one
+        by one; a restart brings every one back, in order, paged again.
+        """
+        sent = self.publish(0, 35)
+        self.assertEqual((len(self.queue._segments), len(self.queue._forming)), (3, 5))
+        self.assertFalse(any(entry.message.paged for level in self.queue.levels for entry in level))
+        queue = self.recovered()
+        self.assertTrue(queue.hasTail)
+        self.assertEqual(queue.messageCount, 35)
+        self.assertEqual([entry.message.body for entry in queue.readyEntries()], sent)
+
+    def test_consumedStayConsumed(self) -> None:
+        """
+        Messages consumed from a segment read back are acknowledged in
+        the journal: the restart brings back only the rest.
+        """
+        sent = self.publish(0, 35)
+        self.assertEqual(self.take(12), sent[:12])
+        queue = self.recovered()
+        self.assertEqual([entry.message.body for entry in queue.readyEntries()], sent[12:])
+
+    def test_compactionKeepsTail(self) -> None:
+        """
+        A compaction walks a queue with a paged tail by id, a step at a
+        time, while a consumer drains segments (read back and freed) and
+        new messages arrive between the steps: the compacted journal holds
+        exactly the messages the queue holds, in order.
+        """
+        sent = self.publish(0, 95)
+        self.patch(Compaction, "step", 7)
+        original = Compaction._step
+        steps: list[int] = []
+        taken: list[bytes] = []
+
+        def step(compaction: Compaction) -> None:
+            steps.append(len(steps))
+            if len(steps) % 3 == 1:
+                taken.extend(self.take(9))
+                sent.extend(self.publish(1000 + len(steps), 2))
+            original(compaction)
+
+        self.patch(Compaction, "_step", step)
+        compaction = self.store.startCompaction()
+        assert compaction is not None
+        self.clock.advance(0)
+        self.assertTrue(compaction.done)
+        self.assertGreater(len(steps), 10)
+        self.assertEqual(taken, sent[: len(taken)])
+        self.assertGreater(compaction.records, 10)
+        queue = self.recovered()
+        self.assertEqual(
+            [entry.message.body for entry in queue.readyEntries()], sent[len(taken) :]
+        )
+
+    def test_backupPurgeReachesStore(self) -> None:
+        """
+        A backup's purge of a durable queue with a paged tail drops the
+        tail unread and tells its store of the purge: after a restart the
+        queue holds only what the primary's consumers held (the tail is not
+        resurrected).
+        """
+        self.vhost.replica = True
+        replica = self.vhost.declareQueue("r", durable=True, arguments={"x-queue-mode": "lazy"}, replica=True)
+        for id in range(1, 26):
+            replica.replicaEnqueue(message(b"%d" % id, "r", delivery_mode=2), id)
+        self.assertTrue(replica.hasTail)
+        replica.replicaAcquire(3)
+        reads = len(self.bodies.reads)
+        replica.replicaPurge()
+        self.assertEqual(len(self.bodies.reads), reads)
+        self.assertFalse(replica.hasTail)
+        self.assertEqual(self.bodies.pages, {})
+        self.store.flush()
+        vhost = self.pagingVhost(MemoryBodyStore())
+        Store(self.journal, self.clock).recover(vhost)
+        self.assertEqual([entry.id for entry in vhost.queues["r"].readyEntries()], [3])
+
+    def test_liveBytesWithoutReadBack(self) -> None:
+        """
+        The store counts the bytes it keeps without reading a paged tail
+        back (a paged segment's bodies count whole).
+        """
+        self.publish(0, 35)
+        reads = len(self.bodies.reads)
+        self.assertEqual(self.store._countLiveBytes(), 35 * 6)
+        self.assertEqual(len(self.bodies.reads), reads)

@@ -188,16 +188,19 @@ class WindowedPublisher:
         until: int,
         window: int = 200,
         then: Callable[[], None] | None = None,
+        size: int = 0,
     ) -> None:
         """
         Publish C{prefix-N} bodies, keeping C{window} unconfirmed, until
         C{until} are confirmed; then send one more window's worth and, at
         once, call C{then} (the kill) with those in flight.
+
+        @param size: pad each body with dots to this many bytes.
         """
         while self.confirmed < until:
             burst = []
             while len(self.sent) - self.confirmed < window:
-                body = f"{prefix}-{len(self.sent)}".encode("ascii")
+                body = f"{prefix}-{len(self.sent)}".ljust(size, ".").encode("ascii")
                 self.sent.append(body)
                 burst.append(self._frames(queue, body))
             if burst:
@@ -212,7 +215,7 @@ class WindowedPublisher:
         if then is not None:
             burst = []
             for _ in range(window):
-                body = f"{prefix}-{len(self.sent)}".encode("ascii")
+                body = f"{prefix}-{len(self.sent)}".ljust(size, ".").encode("ascii")
                 self.sent.append(body)
                 burst.append(self._frames(queue, body))
             self.connection.send(b"".join(burst))

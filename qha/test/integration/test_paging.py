@@ -40,7 +40,11 @@ def numbered(count: int, size: int) -> list[bytes]:
 
 
 def publishAll(
-    connection: pika.BlockingConnection, queue: str, bodies: list[bytes], confirm: bool = False
+    connection: pika.BlockingConnection,
+    queue: str,
+    bodies: list[bytes],
+    confirm: bool = False,
+    properties: pika.BasicProperties | None = None,
 ) -> list[str]:
     """
     Publish C{bodies} to C{queue}, letting pika read what the broker sends
@@ -48,6 +52,7 @@ def publishAll(
     connection got.
 
     @param confirm: wait for each publish's confirm.
+    @param properties: the messages' properties.
     """
     events: list[str] = []
     connection.add_on_connection_blocked_callback(lambda c, m: events.append("blocked"))
@@ -56,7 +61,7 @@ def publishAll(
     if confirm:
         channel.confirm_delivery()
     for index, body in enumerate(bodies):
-        channel.basic_publish("", queue, body)
+        channel.basic_publish("", queue, body, properties)
         if index % 200 == 0:
             connection.process_data_events(time_limit=0)
     connection.process_data_events(time_limit=0)
@@ -208,19 +213,34 @@ class PagedFailoverTests(FailoverTestCase):
     def test_segmentBacklogAckedHeldAndFailsOver(self) -> None:
         """
         A replicated backlog of 5,000 messages of 4 KiB that both brokers
-        page in segments (the queue is plain and not durable): a consumer
-        on the primary takes and acknowledges the first 1,000 (the backup
-        reads its segments back as the acknowledgements arrive) and holds
-        the next 500 unacknowledged (the backup reads them back to mark
-        them held); the primary is killed, the backup promoted, and a
-        consumer gets the other 4,000 in order, the 500 held ones marked
-        redelivered and the rest not.
+        page in segments (the queue is plain): a consumer on the primary
+        takes and acknowledges the first 1,000 (the backup reads its
+        segments back as the acknowledgements arrive) and holds the next
+        500 unacknowledged (the backup reads them back to mark them held);
+        the primary is killed, the backup promoted, and a consumer gets the
+        other 4,000 in order, the 500 held ones marked redelivered and the
+        rest not.
+        """
+        self.segmentFailover(durable=False)
+
+    def test_durableSegmentBacklogFailsOver(self) -> None:
+        """
+        The same with a durable queue and persistent messages: both
+        brokers' stores write them, and both page them in segments too.
+        """
+        self.segmentFailover(durable=True)
+
+    def segmentFailover(self, durable: bool) -> None:
+        """
+        The steps of the segment failover tests, on a C{durable} queue with
+        persistent messages or not.
         """
         cluster = self.startCluster(2, ["--memory-budget", "1MiB"])
         connection = cluster.connect()
-        connection.channel().queue_declare("segments", arguments=ALL)
+        connection.channel().queue_declare("segments", durable=durable, arguments=ALL)
         bodies = numbered(5000, 4096)
-        events = publishAll(connection, "segments", bodies, confirm=True)
+        properties = pika.BasicProperties(delivery_mode=2) if durable else None
+        events = publishAll(connection, "segments", bodies, confirm=True, properties=properties)
         self.assertEqual(events, [])
         self.waitForBacklog(cluster, "segments", len(bodies))
         for index in (0, 1):

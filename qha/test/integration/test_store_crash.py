@@ -235,6 +235,56 @@ class StandaloneCrashTests(CrashTestCase):
             channel.queue_declare("transient", passive=True)
 
 
+class SegmentBacklogCrashTests(CrashTestCase):
+    """
+    A durable queue's backlog paged in segments (issue 15), killed during
+    confirmed persistent publishing: the journal has every message, the
+    page files are scratch.
+    """
+
+    def test_killWithSegmentBacklog(self) -> None:
+        """
+        With C{--memory-budget 1MiB}, 12,000 confirmed persistent messages
+        of 512 bytes to a durable queue go to segments in the page files; SIGKILL with
+        200 more in flight; after the restart the backlog is paged again,
+        and every confirmed message is there, in order.
+        """
+        directory = self.dataDirectory()
+        broker = self.standalone(directory, "--memory-budget", "1MiB")
+        self.startStandalone(broker)
+        channel = self.connect(broker.port).channel()
+        channel.queue_declare("paged", durable=True)
+        publisher = WindowedPublisher(broker.port)
+        self.addCleanup(publisher.close)
+        pages = os.path.join(directory, "paging")
+
+        def kill() -> None:
+            # The backlog is in the page files when the broker dies.
+            self.assertGreater(_bytesIn(pages), 0)
+            broker.kill()
+
+        publisher.publish("paged", "p", until=12000, size=512, then=kill)
+        self.startStandalone(broker)
+        queues, messages, _ = self.recoveredLine(broker)
+        self.assertEqual(queues, 1)
+        self.assertGreaterEqual(messages, 12000)
+        # Recovery paged the backlog again, segments and all.
+        self.assertGreater(_bytesIn(pages), 0)
+        got = self.drain(broker.port, "paged")
+        self.assertEqual(len(got), messages)
+        self.assertEqual({flag for _, flag in got}, {False})
+        self.assertStream([body for body, _ in got], publisher, "after the restart")
+
+
+def _bytesIn(directory: str) -> int:
+    """
+    The bytes of the files in C{directory} (none if it is not there).
+    """
+    if not os.path.isdir(directory):
+        return 0
+    return sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+
+
 class DamagedStoreTests(CrashTestCase):
     """
     A journal damaged before its last record: the broker refuses to start,
