@@ -649,6 +649,26 @@ class DurableSegmentTests(SynchronousTestCase):
             [entry.message.body for entry in queue.readyEntries()], sent[len(taken) :]
         )
 
+    def test_purgeAndDelete(self) -> None:
+        """
+        A purge of a durable queue with a paged tail frees its segments
+        unread and its store writes it: the restart brings back only what
+        was published after; a deleted queue does not come back.
+        """
+        self.publish(0, 35)
+        reads = len(self.bodies.reads)
+        self.vhost.purgeQueue("q")
+        self.assertEqual(len(self.bodies.reads), reads)
+        self.assertEqual(self.bodies.pages, {})
+        after = self.publish(100, 3)
+        self.assertEqual([entry.message.body for entry in self.recovered().readyEntries()], after)
+        self.publish(200, 25)
+        self.vhost.deleteQueue("q")
+        self.store.flush()
+        vhost = self.pagingVhost(MemoryBodyStore())
+        Store(self.journal, self.clock).recover(vhost)
+        self.assertNotIn("q", vhost.queues)
+
     def test_backupPurgeReachesStore(self) -> None:
         """
         A backup's purge of a durable queue with a paged tail drops the
