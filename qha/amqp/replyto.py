@@ -284,16 +284,13 @@ class DirectReplies:
         """
         C{message}, published on C{channel} to the default exchange with
         C{routingKey}, which starts with C{amq.rabbitmq.reply-to.}, and
-        routed to no queue: L{deliver} it in the channel's virtual host,
-        and count it there as a publish (C{repliesPublished}) if it
-        reached its consumer. Return whether it did (routed); otherwise
-        it is unroutable (dropped, or returned when mandatory).
+        routed to no queue: the channel's virtual host delivers it and
+        counts it (L{VirtualHost.publishReply}, which comes back to
+        L{deliver}), as it does the HTTP API's. Return whether it reached
+        its consumer (routed); otherwise it is unroutable (dropped, or
+        returned when mandatory).
         """
-        vhost = channel.vhost
-        if self.deliver(vhost, routingKey, message):
-            vhost.repliesPublished += 1
-            return True
-        return False
+        return channel.vhost.publishReply(routingKey, message)
 
     def deliver(self, vhost: VirtualHost, address: str, message: Message) -> bool:
         """

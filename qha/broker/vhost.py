@@ -884,10 +884,10 @@ class VirtualHost:
     def publishReply(self, address: str, message: Message) -> bool:
         """
         A publish to the default exchange with a direct reply-to address
-        C{address} as its key, routed to no queue, from outside an AMQP
-        channel (the HTTP API's publish): hand it to the reply consumer,
-        and count it as a publish of this virtual host if it got there,
-        as a channel's reply is. Return whether it did.
+        C{address} as its key, routed to no queue (a channel's, or the
+        HTTP API's): hand it to the reply consumer, and count it as a
+        publish of this virtual host if it got there. Return whether it
+        did.
         """
         if not address.startswith(DIRECT_REPLY_PREFIX):
             return False
