@@ -698,26 +698,41 @@ class Queue:
     def _overBudget(self) -> bool:
         """
         Whether the queue is past its budget, so that a new entry at the
-        end of its head should be paged.
+        end of its head should be paged (a plain queue with a backlog past
+        the broker's budget leaves its fast path first).
         """
-        resident = self.messageCount - self.pagedCount
+        used = self.vhost.resources.used
+        past = self._pastBudget(0, 0, used)
+        if past is None:
+            self._leavePlain()
+            past = self._pastBudget(0, 0, used)
+        return bool(past)
+
+    def _pastBudget(self, count: int, bodyBytes: int, used: int) -> bool | None:
+        """
+        Whether the queue would be past its paging budget with C{count}
+        more ready entries of C{bodyBytes}, the broker using C{used} bytes
+        then; L{None} for a plain queue with a backlog past the broker's
+        budget (it would leave its fast path, and then be judged again).
+        Changes nothing.
+        """
+        resident = self.messageCount + count - self.pagedCount
         length = self.maxInMemoryLength
         if length is not None and resident > length:
             return True
+        inMemory = self.readyBytes + bodyBytes - self.pagedBytes
         size = self.maxInMemoryBytes
-        if size is not None and self.readyBytes - self.pagedBytes > size:
+        if size is not None and inMemory > size:
             return True
         pager = self._pager
-        if pager is None or not pager.budget or self.vhost.resources.used <= pager.budget:
+        if pager is None or not pager.budget or used <= pager.budget:
             return False
         # Over the broker's budget: a queue with a backlog keeps the read-
         # ahead window's worth in memory and pages its new messages.
         if self.plain:
-            if resident <= _PLAIN_BACKLOG:
-                # Consumers keep up: stay on the fast path.
-                return False
-            self._leavePlain()
-        return resident > pager.window or self.readyBytes - self.pagedBytes > pager.windowBytes
+            # Consumers keep up: stay on the fast path.
+            return False if resident <= _PLAIN_BACKLOG else None
+        return resident > pager.window or inMemory > pager.windowBytes
 
     # Segment paging (see the module)
 
@@ -1422,9 +1437,10 @@ class Queue:
             return False
         count = len(entries)
         resources = vhost.resources
-        if self._pager is not None and not self._withinBudget(
+        if self._pager is not None and self._pastBudget(
             count, bodyBytes, resources.used + bodyBytes + count * resources.overhead
-        ):
+        ) is not False:
+            # (A plain queue that would leave its fast path is not simple.)
             return False
         byId = self._byId
         if byId is None:
@@ -1441,32 +1457,6 @@ class Queue:
         resources.used += bodyBytes + (count - 1) * resources.overhead
         resources.add(0)
         return True
-
-    def _withinBudget(self, count: int, bodyBytes: int, used: int) -> bool:
-        """
-        Whether the queue would still be within its paging budget (no new
-        entry at the end of its head paged; see L{_overBudget}) with
-        C{count} more ready entries of C{bodyBytes}, the broker using
-        C{used} bytes then. Changes nothing; a plain queue over the
-        broker's budget with a backlog is said not to be (it would leave
-        its fast path first).
-        """
-        resident = self.messageCount + count - self.pagedCount
-        length = self.maxInMemoryLength
-        if length is not None and resident > length:
-            return False
-        size = self.maxInMemoryBytes
-        if size is not None and self.readyBytes + bodyBytes - self.pagedBytes > size:
-            return False
-        pager = self._pager
-        if pager is None or not pager.budget or used <= pager.budget:
-            return True
-        if self.plain:
-            return resident <= _PLAIN_BACKLOG
-        return not (
-            resident > pager.window
-            or self.readyBytes + bodyBytes - self.pagedBytes > pager.windowBytes
-        )
 
     def replicaDequeue(self, id: int) -> None:
         """
